@@ -1,0 +1,152 @@
+"""Dynamic micro-batching: coalesce texts from concurrent requests into model batches.
+
+One asyncio task collects queued texts for up to `max_wait_ms` (or until `max_batch_size`),
+drops those nobody waits for any more (cancelled) or whose deadline passed, sorts the rest by
+length (less padding, ~2x throughput) and runs the model on a worker thread so the event loop
+keeps serving gRPC I/O meanwhile. The queue is bounded: a full queue rejects new work with
+OverloadedError instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from embedder import metrics
+from embedder.servable import EmbedBatchResult
+from polyhead.errors import DeadlineExceededError, OverloadedError, UnavailableError
+
+log = logging.getLogger("polyhead.embedder.batching")
+
+
+@dataclass(eq=False)
+class BatchItem:
+    text: str
+    future: asyncio.Future
+    deadline: float | None = None  # time.monotonic() seconds; None = no deadline
+    waiters: int = 0  # requests awaiting this text (in-flight dedup shares one item)
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+    def extend_deadline(self, deadline: float | None) -> None:
+        if self.deadline is None or deadline is None:
+            self.deadline = None
+        else:
+            self.deadline = max(self.deadline, deadline)
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        run_batch: Callable[[list[str]], EmbedBatchResult],
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue_size: int,
+    ):
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self._queue: deque[BatchItem] = deque()
+        self._wakeup = asyncio.Event()
+        # One model thread: TensorFlow parallelises inside a batch; two batches at once only contend.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self.batches_run = 0
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="micro-batcher")
+
+    def ensure_capacity(self, n: int) -> None:
+        """All-or-nothing admission: a request is refused whole, never half-queued."""
+        if self._closing:
+            raise UnavailableError("embedder is shutting down", retry_after_s=1)
+        if len(self._queue) + n > self.max_queue_size:
+            raise OverloadedError(
+                f"queue full: {len(self._queue)} texts waiting, limit max_queue_size={self.max_queue_size}",
+                retry_after_s=0.5,
+            )
+
+    def submit(self, text: str, deadline: float | None) -> BatchItem:
+        item = BatchItem(text, asyncio.get_running_loop().create_future(), deadline)
+        self._queue.append(item)
+        metrics.QUEUE_DEPTH.set(len(self._queue))
+        self._wakeup.set()
+        return item
+
+    async def close(self) -> None:
+        """Stop admitting, finish everything queued, then stop the loop."""
+        self._closing = True
+        while self._queue:
+            await asyncio.sleep(0.01)
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+    async def _collect(self) -> list[BatchItem]:
+        while not self._queue:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        # Wait briefly for company, unless a full batch is already there.
+        first_at = self._queue[0].enqueued_at
+        while len(self._queue) < self.max_batch_size:
+            remaining = first_at + self.max_wait_s - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        batch: list[BatchItem] = []
+        now = time.monotonic()
+        while self._queue and len(batch) < self.max_batch_size:
+            item = self._queue.popleft()
+            if item.future.done() or item.waiters <= 0:
+                metrics.DROPPED.labels("cancelled").inc()
+                if not item.future.done():
+                    item.future.cancel()
+                continue
+            if item.deadline is not None and item.deadline <= now:
+                metrics.DROPPED.labels("deadline").inc()
+                item.future.set_exception(DeadlineExceededError("deadline passed while queued"))
+                continue
+            batch.append(item)
+        metrics.QUEUE_DEPTH.set(len(self._queue))
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            if not batch:
+                continue
+            batch.sort(key=lambda it: len(it.text))
+            started = time.perf_counter()
+            try:
+                result = await loop.run_in_executor(self._executor, self._run_batch, [it.text for it in batch])
+            except Exception as exc:  # a model failure fails this batch only
+                log.exception("model batch failed", extra={"size": len(batch)})
+                for it in batch:
+                    if not it.future.done():
+                        it.future.set_exception(exc)
+                continue
+            metrics.BATCH_SIZE.observe(len(batch))
+            metrics.BATCH_LATENCY.observe(time.perf_counter() - started)
+            self.batches_run += 1
+            for i, it in enumerate(batch):
+                if not it.future.done():
+                    it.future.set_result((result.vectors[i], bool(result.truncated[i])))

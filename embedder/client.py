@@ -1,0 +1,213 @@
+"""Client library for the embedder (used by heads, the gateway and external gRPC users).
+
+No TensorFlow here: only grpc, protobuf and numpy. One channel per client, reused for every
+call; per-call deadlines; retries with exponential backoff and jitter on UNAVAILABLE (a server
+restarting or a replica going away); `dns:///host:port` targets are balanced round-robin across
+every address the name resolves to (a Kubernetes headless Service). Server errors come back as
+polyhead's own error types, so callers map them to HTTP the same way as their own errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+
+import grpc
+import numpy as np
+
+from embedder.v1 import embedder_pb2, embedder_pb2_grpc
+from polyhead.errors import (
+    DeadlineExceededError,
+    NotFoundError,
+    OverloadedError,
+    PolyheadError,
+    UnavailableError,
+    ValidationError,
+)
+
+_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+_ERRORS = {
+    grpc.StatusCode.INVALID_ARGUMENT: ValidationError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: OverloadedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+}
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: np.ndarray  # [N, dim] float32
+    cached: list[bool]
+    truncated: list[bool]
+    fingerprint: str
+    model: str
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    multiplier: float = 2.0
+
+    def backoff(self, attempt: int) -> float:
+        cap = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** attempt)
+        return random.uniform(cap / 2, cap)  # jitter so replicas' clients do not retry in lockstep
+
+
+def decode(response: embedder_pb2.EmbedResponse) -> Embeddings:
+    n = len(response.cached)
+    vectors = np.frombuffer(response.embeddings, dtype="<f4").reshape(n, response.dim) if n else np.zeros((0, response.dim), np.float32)
+    return Embeddings(vectors, list(response.cached), list(response.truncated), response.fingerprint, response.model)
+
+
+def to_polyhead_error(exc: grpc.RpcError) -> PolyheadError:
+    code = exc.code()
+    error_type = _ERRORS.get(code, PolyheadError)
+    retry_after = None
+    for key, value in exc.trailing_metadata() or ():
+        if key == "retry-after":
+            retry_after = float(value)
+    err = error_type(f"embedder: {exc.details()}", retry_after_s=retry_after or (1.0 if code in _RETRYABLE else None))
+    err.grpc_code = code
+    return err
+
+
+def _channel_options(max_message_mb: int) -> list[tuple[str, object]]:
+    mb = max_message_mb * 1024 * 1024
+    return [
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.max_receive_message_length", mb),
+        ("grpc.max_send_message_length", mb),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.enable_retries", 0),  # retries are ours: app-level, with a visible policy
+    ]
+
+
+def _metadata(request_id: str | None):
+    return (("x-request-id", request_id),) if request_id else None
+
+
+class EmbedderClient:
+    """Blocking client. Thread-safe: share one per process."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", timeout_s: float = 10.0,
+                 retry: RetryPolicy = RetryPolicy(), max_message_mb: int = 64):
+        self.target = target
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self._channel = grpc.insecure_channel(target, options=_channel_options(max_message_mb))
+        self._stub = embedder_pb2_grpc.EmbedderStub(self._channel)
+
+    def _call(self, method, request, timeout_s: float | None, request_id: str | None):
+        for attempt in range(self.retry.max_attempts):
+            try:
+                return method(request, timeout=timeout_s or self.timeout_s, metadata=_metadata(request_id))
+            except grpc.RpcError as exc:
+                if exc.code() not in _RETRYABLE or attempt == self.retry.max_attempts - 1:
+                    raise to_polyhead_error(exc) from None
+                time.sleep(self.retry.backoff(attempt))
+        raise AssertionError("unreachable")
+
+    def embed(self, texts: Sequence[str], *, bypass_cache: bool = False, timeout_s: float | None = None,
+              request_id: str | None = None) -> Embeddings:
+        request = embedder_pb2.EmbedRequest(texts=list(texts), bypass_cache=bypass_cache)
+        return decode(self._call(self._stub.Embed, request, timeout_s, request_id))
+
+    def embed_stream(self, batches: Iterable[Sequence[str]], *, bypass_cache: bool = False,
+                     timeout_s: float | None = None, request_id: str | None = None) -> Iterator[Embeddings]:
+        """Bulk jobs: one response per batch, in order, over one HTTP/2 stream (not retried)."""
+        requests = (embedder_pb2.EmbedRequest(texts=list(b), bypass_cache=bypass_cache) for b in batches)
+        try:
+            for response in self._stub.EmbedStream(requests, timeout=timeout_s, metadata=_metadata(request_id)):
+                yield decode(response)
+        except grpc.RpcError as exc:
+            raise to_polyhead_error(exc) from None
+
+    def info(self, timeout_s: float | None = None) -> embedder_pb2.InfoResponse:
+        return self._call(self._stub.Info, embedder_pb2.InfoRequest(), timeout_s, None)
+
+    def health(self, timeout_s: float = 2.0, service: str = "") -> str:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            reply = health_pb2_grpc.HealthStub(self._channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            return f"UNREACHABLE ({exc.code().name})"
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AsyncEmbedderClient:
+    """asyncio client; create it inside the event loop that uses it."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", timeout_s: float = 10.0,
+                 retry: RetryPolicy = RetryPolicy(), max_message_mb: int = 64):
+        self.target = target
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self._channel = grpc.aio.insecure_channel(target, options=_channel_options(max_message_mb))
+        self._stub = embedder_pb2_grpc.EmbedderStub(self._channel)
+
+    async def _call(self, method, request, timeout_s: float | None, request_id: str | None):
+        for attempt in range(self.retry.max_attempts):
+            try:
+                return await method(request, timeout=timeout_s or self.timeout_s, metadata=_metadata(request_id))
+            except grpc.RpcError as exc:
+                if exc.code() not in _RETRYABLE or attempt == self.retry.max_attempts - 1:
+                    raise to_polyhead_error(exc) from None
+                await asyncio.sleep(self.retry.backoff(attempt))
+        raise AssertionError("unreachable")
+
+    async def embed(self, texts: Sequence[str], *, bypass_cache: bool = False, timeout_s: float | None = None,
+                    request_id: str | None = None) -> Embeddings:
+        request = embedder_pb2.EmbedRequest(texts=list(texts), bypass_cache=bypass_cache)
+        return decode(await self._call(self._stub.Embed, request, timeout_s, request_id))
+
+    async def embed_stream(self, batches: AsyncIterable[Sequence[str]] | Iterable[Sequence[str]], *,
+                           bypass_cache: bool = False, timeout_s: float | None = None,
+                           request_id: str | None = None) -> AsyncIterator[Embeddings]:
+        async def requests():
+            if hasattr(batches, "__aiter__"):
+                async for b in batches:
+                    yield embedder_pb2.EmbedRequest(texts=list(b), bypass_cache=bypass_cache)
+            else:
+                for b in batches:
+                    yield embedder_pb2.EmbedRequest(texts=list(b), bypass_cache=bypass_cache)
+
+        try:
+            async for response in self._stub.EmbedStream(requests(), timeout=timeout_s, metadata=_metadata(request_id)):
+                yield decode(response)
+        except grpc.RpcError as exc:
+            raise to_polyhead_error(exc) from None
+
+    async def info(self, timeout_s: float | None = None) -> embedder_pb2.InfoResponse:
+        return await self._call(self._stub.Info, embedder_pb2.InfoRequest(), timeout_s, None)
+
+    async def health(self, timeout_s: float = 2.0, service: str = "") -> str:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            reply = await health_pb2_grpc.HealthStub(self._channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            return f"UNREACHABLE ({exc.code().name})"
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    async def close(self) -> None:
+        await self._channel.close()

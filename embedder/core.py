@@ -1,0 +1,135 @@
+"""The embedder's core, independent of any front end: validate -> cache -> batcher -> servable."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedder import metrics
+from embedder.batching import BatchItem, MicroBatcher
+from embedder.cache import CachedEmbedding, EmbeddingCache
+from embedder.servable import TextEmbeddingServable
+from embedder.settings import EmbedderSettings
+from polyhead.errors import ValidationError
+
+
+@dataclass(frozen=True)
+class EmbedOutcome:
+    vectors: np.ndarray  # [N, D] float32
+    cached: list[bool]
+    truncated: list[bool]
+
+
+class EmbeddingService:
+    def __init__(self, settings: EmbedderSettings, servable: TextEmbeddingServable):
+        self.settings = settings
+        self.servable = servable
+        self.cache = EmbeddingCache(settings.cache_max_entries)
+        self.batcher: MicroBatcher | None = None
+        # (fingerprint, text) -> the queued item computing it: concurrent requests share one row.
+        self._inflight: dict[tuple[str, str], BatchItem] = {}
+
+    async def start(self) -> None:
+        self.batcher = MicroBatcher(
+            self.servable.embed, self.settings.max_batch_size, self.settings.max_wait_ms, self.settings.max_queue_size
+        )
+        self.batcher.start()
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+
+    def validate(self, texts: list[str]) -> None:
+        limit = self.settings.max_texts_per_request
+        if not texts:
+            raise ValidationError("texts: must contain at least 1 text", field="texts")
+        if len(texts) > limit:
+            raise ValidationError(
+                f"texts: {len(texts)} texts exceed the limit of max_texts_per_request={limit}", field="texts"
+            )
+        max_chars = self.settings.max_text_chars
+        for i, text in enumerate(texts):
+            if not text or text.isspace():
+                raise ValidationError(f"texts[{i}]: empty or whitespace-only text", field=f"texts[{i}]")
+            if len(text) > max_chars:
+                raise ValidationError(
+                    f"texts[{i}]: {len(text)} characters exceed the limit of max_text_chars={max_chars}",
+                    field=f"texts[{i}]",
+                )
+
+    async def embed(self, texts: list[str], bypass_cache: bool = False, timeout_s: float | None = None) -> EmbedOutcome:
+        self.validate(texts)
+        metrics.TEXTS.inc(len(texts))
+        fp = self.servable.fingerprint
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        vectors = np.empty((len(texts), self.servable.dim), dtype=np.float32)
+        cached = [False] * len(texts)
+        truncated = [False] * len(texts)
+
+        # Texts still needed, each once (a request may repeat a text).
+        needed: dict[str, list[int]] = {}
+        for i, text in enumerate(texts):
+            hit = None if bypass_cache else self.cache.get((fp, text))
+            if hit is not None:
+                vectors[i], cached[i], truncated[i] = hit.vector, True, hit.truncated
+            else:
+                needed.setdefault(text, []).append(i)
+
+        if needed:
+            items = self._enqueue(list(needed), fp, bypass_cache, deadline)
+            for it in items:
+                it.waiters += 1
+            try:
+                results = await asyncio.gather(*(asyncio.shield(it.future) for it in items))
+            finally:
+                for it in items:
+                    it.waiters -= 1  # a cancelled caller leaves; an item nobody awaits is dropped
+            for (text, indices), (vector, was_truncated) in zip(needed.items(), results):
+                for i in indices:
+                    vectors[i], truncated[i] = vector, was_truncated
+        return EmbedOutcome(vectors, cached, truncated)
+
+    def _enqueue(self, texts: list[str], fp: str, bypass_cache: bool, deadline: float | None) -> list[BatchItem]:
+        assert self.batcher is not None, "start() first"
+        joined = {} if bypass_cache else {t: self._inflight[(fp, t)] for t in texts if (fp, t) in self._inflight}
+        self.batcher.ensure_capacity(len(texts) - len(joined))
+        items = []
+        for text in texts:
+            item = joined.get(text)
+            if item is not None:
+                metrics.INFLIGHT_JOINS.inc()
+                item.extend_deadline(deadline)
+            else:
+                item = self.batcher.submit(text, deadline)
+                if not bypass_cache:
+                    key = (fp, text)
+                    self._inflight[key] = item
+                    item.future.add_done_callback(lambda fut, key=key, item=item: self._settle(key, item, fut))
+            items.append(item)
+        return items
+
+    def _settle(self, key: tuple[str, str], item: BatchItem, fut: asyncio.Future) -> None:
+        if self._inflight.get(key) is item:
+            del self._inflight[key]
+        if not fut.cancelled() and fut.exception() is None:
+            vector, was_truncated = fut.result()
+            self.cache.put(key, CachedEmbedding(vector, was_truncated))
+
+    def info(self) -> dict:
+        s = self.settings
+        return {
+            "model": self.servable.name,
+            "fingerprint": self.servable.fingerprint,
+            "dim": self.servable.dim,
+            "max_seq_length": self.servable.max_seq_length,
+            "limits": {
+                "max_texts_per_request": s.max_texts_per_request,
+                "max_text_chars": s.max_text_chars,
+                "max_batch_size": s.max_batch_size,
+                "max_queue_size": s.max_queue_size,
+            },
+            "cache_max_entries": s.cache_max_entries,
+        }

@@ -1,0 +1,196 @@
+"""gRPC front end of the embedder: the Embedder API, standard health and reflection.
+
+Only this module knows gRPC; the core raises PolyheadError and this maps it to a status once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from embedder import metrics
+from embedder.core import EmbeddingService, EmbedOutcome
+from embedder.servable import TextEmbeddingServable
+from embedder.settings import EmbedderSettings
+from embedder.v1 import embedder_pb2, embedder_pb2_grpc
+from polyhead import __version__
+from polyhead.errors import PolyheadError, UnavailableError, grpc_status_code
+
+log = logging.getLogger("polyhead.embedder.grpc")
+SERVICE_NAME = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
+STREAM_WINDOW = 4  # stream messages embedded concurrently; answers still leave in order
+
+
+def request_id(context: grpc.aio.ServicerContext) -> str:
+    return dict(context.invocation_metadata() or ()).get("x-request-id", "")
+
+
+def to_response(outcome: EmbedOutcome, service: EmbeddingService) -> embedder_pb2.EmbedResponse:
+    return embedder_pb2.EmbedResponse(
+        embeddings=outcome.vectors.astype("<f4", copy=False).tobytes(),
+        dim=outcome.vectors.shape[1],
+        cached=outcome.cached,
+        truncated=outcome.truncated,
+        fingerprint=service.servable.fingerprint,
+        model=service.servable.name,
+    )
+
+
+class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
+    def __init__(self, service: EmbeddingService):
+        self.service = service
+        self.ready = False
+
+    async def _fail(self, context, method: str, err: PolyheadError, started: float):
+        code = grpc_status_code(err)
+        metrics.REQUESTS.labels(method, code.name).inc()
+        metrics.REQUEST_LATENCY.labels(method).observe(time.perf_counter() - started)
+        log.info("request failed", extra={"method": method, "code": code.name, "error": err.message,
+                                          "request_id": request_id(context)})
+        metadata = (("retry-after", str(err.retry_after_s)),) if err.retry_after_s else None
+        if metadata:
+            context.set_trailing_metadata(metadata)
+        await context.abort(code, err.message)
+
+    def _check_ready(self) -> None:
+        if not self.ready:
+            raise UnavailableError("model not loaded yet", retry_after_s=1)
+
+    async def Embed(self, request, context):
+        started = time.perf_counter()
+        try:
+            self._check_ready()
+            outcome = await self.service.embed(list(request.texts), request.bypass_cache, context.time_remaining())
+        except PolyheadError as err:
+            await self._fail(context, "Embed", err, started)
+        metrics.REQUESTS.labels("Embed", "OK").inc()
+        metrics.REQUEST_LATENCY.labels("Embed").observe(time.perf_counter() - started)
+        return to_response(outcome, self.service)
+
+    async def EmbedStream(self, request_iterator, context):
+        started = time.perf_counter()
+        window: asyncio.Queue = asyncio.Queue(maxsize=STREAM_WINDOW)
+
+        async def read_requests():
+            index = 0
+            async for req in request_iterator:
+                task = asyncio.ensure_future(
+                    self.service.embed(list(req.texts), req.bypass_cache, context.time_remaining())
+                )
+                await window.put((index, task))
+                index += 1
+            await window.put(None)
+
+        reader = asyncio.ensure_future(read_requests())
+        try:
+            self._check_ready()
+            while (entry := await window.get()) is not None:
+                index, task = entry
+                try:
+                    outcome = await task
+                except PolyheadError as err:
+                    err.message = f"request[{index}].{err.message}"
+                    raise
+                yield to_response(outcome, self.service)
+        except PolyheadError as err:
+            await self._fail(context, "EmbedStream", err, started)
+        finally:
+            reader.cancel()
+            while not window.empty():
+                entry = window.get_nowait()
+                if entry is not None:
+                    entry[1].cancel()
+        metrics.REQUESTS.labels("EmbedStream", "OK").inc()
+        metrics.REQUEST_LATENCY.labels("EmbedStream").observe(time.perf_counter() - started)
+
+    async def Info(self, request, context):
+        started = time.perf_counter()
+        try:
+            self._check_ready()
+        except PolyheadError as err:
+            await self._fail(context, "Info", err, started)
+        info = self.service.info()
+        metrics.REQUESTS.labels("Info", "OK").inc()
+        return embedder_pb2.InfoResponse(
+            model=info["model"], fingerprint=info["fingerprint"], dim=info["dim"],
+            max_seq_length=info["max_seq_length"], limits=embedder_pb2.Limits(**info["limits"]),
+            cache_max_entries=info["cache_max_entries"], server_version=__version__,
+        )
+
+
+class EmbedderServer:
+    """Owns the gRPC server's lifecycle: listen -> load + warm up -> SERVING -> drain -> stop."""
+
+    def __init__(self, settings: EmbedderSettings):
+        self.settings = settings
+        self.servable = TextEmbeddingServable(settings)
+        self.service = EmbeddingService(settings, self.servable)
+        self.servicer = EmbedderServicer(self.service)
+        self.health = health.aio.HealthServicer()
+        mb = settings.grpc_max_message_mb * 1024 * 1024
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", mb), ("grpc.max_send_message_length", mb),
+            ("grpc.so_reuseport", 0),
+        ])
+        embedder_pb2_grpc.add_EmbedderServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = 0
+
+    async def start(self) -> None:
+        s = self.settings
+        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {s.host}:{s.port}")
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        log.info("listening; loading model", extra={"address": f"{s.host}:{self.port}"})
+        # Load off the event loop so health checks are answered (NOT_SERVING) meanwhile.
+        await asyncio.to_thread(self._load_and_warm_up)
+        await self.service.start()
+        self.servicer.ready = True
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"address": f"{s.host}:{self.port}", "fingerprint": self.servable.fingerprint})
+
+    def _load_and_warm_up(self) -> None:
+        self.servable.load()
+        self.servable.warmup()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful: health says NOT_SERVING, new calls are refused, in-flight calls finish."""
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.service.close()
+        log.info("stopped")
+
+
+async def serve(settings: EmbedderSettings) -> None:
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.host)
+    server = EmbedderServer(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    start = asyncio.ensure_future(server.start())
+    await asyncio.wait([start, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if start.done():
+        start.result()  # surface a failed start
+        await stop.wait()
+    else:
+        start.cancel()
+    await server.stop()

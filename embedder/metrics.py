@@ -1,0 +1,21 @@
+"""Prometheus metrics of the embedder (exposed on `metrics_port`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+REQUESTS = Counter("polyhead_embedder_requests_total", "RPCs handled", ["method", "code"])
+REQUEST_LATENCY = Histogram("polyhead_embedder_request_seconds", "RPC latency", ["method"], buckets=LATENCY_BUCKETS)
+TEXTS = Counter("polyhead_embedder_texts_total", "Texts received")
+BATCH_SIZE = Histogram("polyhead_embedder_batch_size", "Texts per model batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+BATCH_LATENCY = Histogram("polyhead_embedder_batch_seconds", "Model time per batch", buckets=LATENCY_BUCKETS)
+QUEUE_DEPTH = Gauge("polyhead_embedder_queue_depth", "Texts waiting for the model")
+DROPPED = Counter("polyhead_embedder_dropped_total", "Queued texts dropped before the model ran", ["reason"])
+CACHE_HITS = Counter("polyhead_embedder_cache_hits_total", "Texts answered from the cache")
+CACHE_MISSES = Counter("polyhead_embedder_cache_misses_total", "Texts not in the cache")
+CACHE_EVICTIONS = Counter("polyhead_embedder_cache_evictions_total", "Entries evicted by the LRU policy")
+CACHE_SIZE = Gauge("polyhead_embedder_cache_entries", "Entries in the cache")
+CACHE_HIT_RATIO = Gauge("polyhead_embedder_cache_hit_ratio", "Hits / lookups since start")
+INFLIGHT_JOINS = Counter("polyhead_embedder_inflight_joins_total", "Texts that joined an identical in-flight text")

@@ -1,0 +1,101 @@
+"""The servable: a TF-Hub text-embedding module loaded once, called on batches of strings.
+
+Hooks in the LitServe spirit: `load()` once, `warmup()` before health says SERVING, then
+`embed(texts)` from one worker thread. Any module whose call maps a 1-D string tensor to [N, D]
+float32 works; ours also reports per-text token counts so truncation can be flagged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from embedder.settings import EmbedderSettings
+
+log = logging.getLogger("polyhead.embedder.servable")
+
+
+@dataclass(frozen=True)
+class EmbedBatchResult:
+    vectors: np.ndarray  # [N, D] float32
+    truncated: np.ndarray  # [N] bool
+
+
+class TextEmbeddingServable:
+    def __init__(self, settings: EmbedderSettings):
+        self.settings = settings
+        self.name = settings.model_name
+        self.handle = settings.model_handle
+        self.fingerprint = ""
+        self.dim = 0
+        self.max_seq_length = 0
+        self._module = None
+        self._with_stats = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def load(self) -> None:
+        started = time.perf_counter()
+        path = self._resolve_local_path()
+        import tensorflow as tf
+
+        if self.settings.intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(self.settings.intra_op_threads)
+        if self.settings.inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(self.settings.inter_op_threads)
+        import tensorflow_text  # noqa: F401  registers the tokenizer ops hub.load needs
+        import tensorflow_hub as hub
+
+        from embedder.fingerprint import fingerprint_saved_model
+
+        resolved = Path(hub.resolve(str(path) if path else self.handle))
+        self._module = hub.load(str(resolved))
+        self._with_stats = getattr(self._module, "embed_with_stats", None)
+        self.fingerprint = fingerprint_saved_model(resolved)
+        max_len = getattr(self._module, "max_seq_length", None)
+        self.max_seq_length = int(max_len.numpy()) if max_len is not None else 0
+        probe = self.embed(["polyhead"])
+        self.dim = int(probe.vectors.shape[1])
+        log.info("model loaded", extra={"handle": self.handle, "fingerprint": self.fingerprint,
+                                        "dim": self.dim, "load_s": round(time.perf_counter() - started, 2)})
+
+    def warmup(self) -> None:
+        """Trace the shapes real traffic hits first, so the first caller does not pay for it."""
+        for n in (1, 2, self.settings.max_batch_size):
+            self.embed([f"warm up text number {i} for the encoder" for i in range(n)])
+
+    def _resolve_local_path(self) -> Path | None:
+        if "://" in self.handle:
+            return None
+        path = Path(self.handle)
+        if not (path / "saved_model.pb").exists():
+            if not self.settings.export_if_missing:
+                raise FileNotFoundError(f"no SavedModel at {path} (export it with `polyhead export-model`)")
+            from embedder.export import export_minilm
+
+            log.info("exporting the bundled all-MiniLM-L6-v2 (first start)", extra={"path": str(path)})
+            export_minilm(path, max_seq_length=self.settings.max_seq_length)
+        return path
+
+    # -- inference -------------------------------------------------------------------------------
+    def embed(self, texts: list[str]) -> EmbedBatchResult:
+        import tensorflow as tf
+
+        batch = tf.constant(texts, dtype=tf.string)
+        if self._with_stats is not None:
+            out = self._with_stats(batch)
+            vectors = out["embeddings"].numpy()
+            truncated = out["num_tokens"].numpy() > self.max_seq_length if self.max_seq_length else np.zeros(len(texts), bool)
+        else:
+            vectors = self._module(batch).numpy()
+            truncated = np.zeros(len(texts), dtype=bool)
+        return EmbedBatchResult(np.ascontiguousarray(vectors, dtype=np.float32), truncated)
+
+
+def configure_tf_logging() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

@@ -1,0 +1,49 @@
+"""Embedder settings: YAML section `embedder:`, env `POLYHEAD_EMBEDDER_*`, or CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from polyhead.settings import ServiceSettings
+
+DEFAULT_MODEL_DIR = Path("models/_encoders/all-minilm-l6-v2")
+
+
+class EmbedderSettings(ServiceSettings):
+    section = "embedder"
+    model_config = SettingsConfigDict(env_prefix="POLYHEAD_EMBEDDER_", extra="forbid")
+
+    # The servable: a TF-Hub handle (URL or local directory).
+    model_handle: str = Field(str(DEFAULT_MODEL_DIR), description="TF-Hub handle: URL or local SavedModel directory")
+    model_name: str = Field("all-MiniLM-L6-v2", description="Name reported to callers")
+    export_if_missing: bool = Field(True, description="Export the bundled MiniLM when model_handle is a missing local dir")
+    max_seq_length: int = Field(128, ge=8, le=512, description="Used when exporting the bundled model")
+
+    # Front end.
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus /metrics over HTTP; 0 disables")
+    grpc_max_message_mb: int = Field(64, ge=4)
+    shutdown_grace_s: float = Field(10.0, ge=0)
+
+    # Limits (INVALID_ARGUMENT beyond them).
+    max_texts_per_request: int = Field(1024, ge=1)
+    max_text_chars: int = Field(10_000, ge=1)
+
+    # Cache.
+    cache_max_entries: int = Field(50_000, ge=0, description="LRU entries; 0 disables the cache")
+
+    # Batching.
+    max_batch_size: int = Field(32, ge=1)
+    max_wait_ms: float = Field(2.0, ge=0)
+    max_queue_size: int = Field(8192, ge=1, description="Texts waiting for the model; RESOURCE_EXHAUSTED beyond")
+
+    # TensorFlow threads; 0 = TensorFlow's own choice.
+    intra_op_threads: int = Field(0, ge=0)
+    inter_op_threads: int = Field(0, ge=0)
+
+    log_level: str = "info"
+    json_logs: bool = True

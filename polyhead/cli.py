@@ -1,0 +1,108 @@
+"""The `polyhead` command line. Service modules are imported lazily: `polyhead embed` must not
+pay for (or even have) TensorFlow."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(help="polyhead: one embedder, many cheap classifier heads.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+embedder_app = typer.Typer(help="The embedder service.", no_args_is_help=True)
+app.add_typer(embedder_app, name="embedder")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML settings file (section per service)", exists=True)
+
+
+@embedder_app.command("serve")
+def embedder_serve(
+    config: Optional[Path] = ConfigOpt,
+    host: Optional[str] = typer.Option(None, help="Listen address"),
+    port: Optional[int] = typer.Option(None, help="gRPC port"),
+    metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (0 disables)"),
+    model_handle: Optional[str] = typer.Option(None, help="TF-Hub handle: URL or SavedModel directory"),
+    cache_max_entries: Optional[int] = typer.Option(None, help="LRU cache size in entries (0 disables)"),
+    max_batch_size: Optional[int] = typer.Option(None, help="Texts per model batch"),
+    max_wait_ms: Optional[float] = typer.Option(None, help="How long a batch waits for company"),
+    max_queue_size: Optional[int] = typer.Option(None, help="Queued texts before RESOURCE_EXHAUSTED"),
+    intra_op_threads: Optional[int] = typer.Option(None, help="TensorFlow intra-op threads (0 = auto)"),
+    inter_op_threads: Optional[int] = typer.Option(None, help="TensorFlow inter-op threads (0 = auto)"),
+    log_level: Optional[str] = typer.Option(None),
+):
+    """Serve the embedder over gRPC (health + reflection included)."""
+    overrides = {k: v for k, v in locals().items() if k != "config"}
+    from embedder.servable import configure_tf_logging
+
+    configure_tf_logging()
+    from embedder.grpc_server import serve
+    from embedder.settings import EmbedderSettings
+    from polyhead.logging import configure_logging
+
+    settings = EmbedderSettings.load(config, **overrides)
+    configure_logging(settings.log_level, settings.json_logs)
+    asyncio.run(serve(settings))
+
+
+@app.command("embed")
+def embed(
+    texts: List[str] = typer.Argument(..., help="Texts to embed"),
+    target: str = typer.Option("127.0.0.1:50051", envvar="POLYHEAD_EMBEDDER_TARGET", help="Embedder address"),
+    bypass_cache: bool = typer.Option(False, help="Skip the server's cache"),
+    full: bool = typer.Option(False, help="Print whole vectors, not a preview"),
+):
+    """Embed TEXT... with a running embedder and print one JSON object per text."""
+    from embedder.client import EmbedderClient
+    from polyhead.errors import PolyheadError
+
+    with EmbedderClient(target, retry=_no_retry()) as client:
+        try:
+            result = client.embed(texts, bypass_cache=bypass_cache)
+        except PolyheadError as err:
+            typer.echo(f"error: {err.message}", err=True)
+            raise typer.Exit(2)
+    for text, vector, cached, truncated in zip(texts, result.vectors, result.cached, result.truncated):
+        values = vector.tolist() if full else [round(x, 5) for x in vector[:8].tolist()]
+        typer.echo(json.dumps({"text": text, "dim": len(vector), "cached": cached, "truncated": truncated,
+                               "fingerprint": result.fingerprint, "vector" if full else "vector_head": values},
+                              ensure_ascii=False))
+
+
+def _no_retry():
+    from embedder.client import RetryPolicy
+
+    return RetryPolicy(max_attempts=2)
+
+
+@app.command("export-model")
+def export_model(
+    output: Path = typer.Option(None, help="SavedModel directory (default: the embedder's model_handle)"),
+    max_seq_length: int = typer.Option(128, help="Tokens per text; longer texts are truncated"),
+    force: bool = typer.Option(False, help="Export even if the directory already holds a model"),
+):
+    """Export the bundled all-MiniLM-L6-v2 into a TF-Hub-format SavedModel."""
+    from embedder.servable import configure_tf_logging
+
+    configure_tf_logging()
+    from embedder.export import export_minilm
+    from embedder.fingerprint import fingerprint_saved_model
+    from embedder.settings import EmbedderSettings
+
+    output = output or Path(EmbedderSettings.load().model_handle)
+    if (output / "saved_model.pb").exists() and not force:
+        typer.echo(f"{output} already holds a SavedModel (use --force to re-export)")
+    else:
+        export_minilm(output, max_seq_length=max_seq_length)
+    typer.echo(json.dumps({"path": str(output), "fingerprint": fingerprint_saved_model(output)}))
+
+
+def main() -> None:  # console-script entry point
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Settings base: one object per service that reads a YAML file, env vars and CLI flags alike.
+
+Precedence, highest first: CLI flags (passed as keyword overrides) > environment variables
+(`POLYHEAD_<SERVICE>_<FIELD>`) > the YAML file (`--config FILE` or `POLYHEAD_CONFIG`; a
+top-level section per service, e.g. `embedder:`) > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+CONFIG_ENV_VAR = "POLYHEAD_CONFIG"
+
+
+class _YamlSection(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None):
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        if path is not None:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            section = loaded.get(settings_cls.section, {}) if isinstance(loaded, dict) else {}
+            self._data = dict(section or {})
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ is used instead
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
+
+
+class ServiceSettings(BaseSettings):
+    """Subclasses set `section` (YAML section) and an env prefix in `model_config`."""
+
+    section: ClassVar[str] = ""
+    _config_file: ClassVar[Path | None] = None
+
+    model_config = SettingsConfigDict(extra="forbid", validate_default=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        path = cls._config_file or (Path(os.environ[CONFIG_ENV_VAR]) if os.environ.get(CONFIG_ENV_VAR) else None)
+        return (init_settings, env_settings, _YamlSection(settings_cls, path))
+
+    @classmethod
+    def load(cls, config_file: Path | str | None = None, **cli_overrides: Any):
+        """Build the settings; CLI options left unset (None) fall through to env/file/defaults."""
+        overrides = {k: v for k, v in cli_overrides.items() if v is not None}
+        previous = cls._config_file
+        cls._config_file = Path(config_file) if config_file else None
+        try:
+            return cls(**overrides)
+        finally:
+            cls._config_file = previous
