@@ -127,9 +127,10 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
 class EmbedderServer:
     """Owns the gRPC server's lifecycle: listen -> load + warm up -> SERVING -> drain -> stop."""
 
-    def __init__(self, settings: EmbedderSettings):
+    def __init__(self, settings: EmbedderSettings, servable: TextEmbeddingServable | None = None):
         self.settings = settings
-        self.servable = TextEmbeddingServable(settings)
+        # A servable may be passed in already loaded (tests share one model across servers).
+        self.servable = servable or TextEmbeddingServable(settings)
         self.service = EmbeddingService(settings, self.servable)
         self.servicer = EmbedderServicer(self.service)
         self.health = health.aio.HealthServicer()
@@ -164,8 +165,9 @@ class EmbedderServer:
         log.info("serving", extra={"address": f"{s.host}:{self.port}", "fingerprint": self.servable.fingerprint})
 
     def _load_and_warm_up(self) -> None:
-        self.servable.load()
-        self.servable.warmup()
+        if not self.servable.loaded:
+            self.servable.load()
+            self.servable.warmup()
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful: health says NOT_SERVING, new calls are refused, in-flight calls finish."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,10 @@ class TextEmbeddingServable:
         self._module = None
         self._with_stats = None
 
+    @property
+    def loaded(self) -> bool:
+        return self._module is not None
+
     # -- lifecycle -------------------------------------------------------------------------------
     def load(self) -> None:
         started = time.perf_counter()
@@ -48,7 +53,10 @@ class TextEmbeddingServable:
         if self.settings.inter_op_threads:
             tf.config.threading.set_inter_op_parallelism_threads(self.settings.inter_op_threads)
         import tensorflow_text  # noqa: F401  registers the tokenizer ops hub.load needs
-        import tensorflow_hub as hub
+
+        with warnings.catch_warnings():  # tensorflow_hub 0.16 imports the deprecated pkg_resources
+            warnings.simplefilter("ignore", UserWarning)
+            import tensorflow_hub as hub
 
         from embedder.fingerprint import fingerprint_saved_model
 

@@ -1,0 +1,1 @@
+"""Classifier-head services: light numpy heads over embedder vectors (no TensorFlow here)."""

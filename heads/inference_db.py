@@ -1,0 +1,522 @@
+"""Inference log: every prediction a head serves, written to SQLite (default) or PostgreSQL.
+
+Writes never sit on the request path: ``record()`` only enqueues; a writer thread inserts batches
+with one executemany ``INSERT ... ON CONFLICT (id) DO NOTHING``. When the database is down the
+batch goes to a local JSONL spool (fsync'd); once the database answers again the spool is replayed.
+Each row carries a uuid4 primary key, so a replay that is interrupted after its insert committed,
+or a spool replayed twice, cannot duplicate rows.
+
+Schema: ``polyhead_schema_version`` plus ``MIGRATIONS`` (ordered, idempotent), applied under a
+lock (``pg_advisory_xact_lock`` / SQLite ``BEGIN IMMEDIATE``) so head processes may start together.
+
+One ``spool_dir`` per process: ``start()`` takes an exclusive ``flock`` on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import Counter, Gauge
+from sqlalchemy.dialects import postgresql, sqlite
+
+log = logging.getLogger(__name__)
+
+WRITTEN = Counter("polyhead_head_db_written_total", "Prediction rows inserted by the request-path writer")
+SPOOLED = Counter("polyhead_head_db_spooled_total", "Prediction rows written to the local spool (DB down or queue full)")
+REPLAYED = Counter("polyhead_head_db_replayed_total", "Spooled prediction rows replayed into the DB")
+SPOOL_ROWS = Gauge("polyhead_head_db_spool_rows", "Prediction rows waiting in the local spool")
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "polyhead_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("description", sa.String(200), nullable=False),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # uuid4 hex: makes inserts/replays idempotent
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),  # UTC
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("head", sa.String(128), nullable=False),
+    sa.Column("head_version", sa.String(64), nullable=False),
+    sa.Column("embedder_fingerprint", sa.String(128), nullable=False),
+    sa.Column("text", sa.Text, nullable=True),  # NULL when redacted
+    sa.Column("text_sha256", sa.String(64), nullable=False),
+    sa.Column("label", sa.String(256), nullable=False),
+    sa.Column("probability", sa.Float, nullable=False),
+    sa.Column("top_k", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Index("ix_predictions_head_ts", "head", "ts"),
+    sa.Index("ix_predictions_request_id", "request_id"),
+)
+
+
+def _m1_predictions(conn: sa.Connection) -> None:
+    # Migration 1 creates the table as it was first shipped; later migrations must ALTER explicitly
+    # rather than edit the Table above.
+    predictions.create(conn, checkfirst=True)
+
+
+# Ordered and append-only: (version, description, apply). Each runs once per database.
+MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
+    (1, "create predictions", _m1_predictions),
+]
+
+_PG_MIGRATION_LOCK = 0x706F6C79  # "poly": pg_advisory_xact_lock key serialising migrations
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    id: str
+    ts: datetime
+    request_id: str
+    head: str
+    head_version: str
+    embedder_fingerprint: str
+    text: str | None
+    text_sha256: str
+    label: str
+    probability: float
+    top_k: list[dict[str, Any]]
+    latency_ms: float
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        request_id: str,
+        head: str,
+        head_version: str,
+        embedder_fingerprint: str,
+        text: str,
+        label: str,
+        probability: float,
+        top_k: Iterable[Mapping[str, Any] | tuple[str, float]],
+        latency_ms: float,
+        redact: bool = False,
+    ) -> PredictionRecord:
+        """Fill id (uuid4 hex), ts (now, UTC) and the text hash; with ``redact`` keep only the hash."""
+        pairs = [(k["label"], k["probability"]) if isinstance(k, Mapping) else k for k in top_k]
+        return cls(
+            id=uuid.uuid4().hex,
+            ts=datetime.now(timezone.utc),
+            request_id=str(request_id),
+            head=head,
+            head_version=str(head_version),
+            embedder_fingerprint=embedder_fingerprint,
+            text=None if redact else text,
+            text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            label=str(label),
+            probability=float(probability),  # numpy scalars -> plain float (JSON, drivers)
+            top_k=[{"label": str(lab), "probability": float(p)} for lab, p in pairs],
+            latency_ms=float(latency_ms),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps({**dataclasses.asdict(self), "ts": self.ts.isoformat()}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, line: str) -> PredictionRecord:
+        obj = json.loads(line)
+        obj["ts"] = datetime.fromisoformat(obj["ts"])
+        return cls(**obj)
+
+
+@dataclass(frozen=True)
+class InferenceLogStats:
+    written: int  # rows inserted straight from the queue
+    spooled: int  # rows appended to the spool
+    replayed: int  # spool rows sent to the DB again (ON CONFLICT drops any already there)
+    dropped: int  # rows lost: not a PredictionRecord, or the spool itself could not be written
+    queue_depth: int
+    spool_rows: int
+    batches: int  # successful executemany inserts from the queue
+    healthy: bool
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine tuned to notice an outage quickly: pre-ping, 2 s connect timeout, TCP keepalives."""
+    u = sa.make_url(url)
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        args = {} if "timeout" in u.query else {"timeout": 5.0}  # busy timeout; URL ?timeout= wins
+        engine = sa.create_engine(u, pool_pre_ping=True, connect_args=args)
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+            # Let SQLAlchemy emit BEGIN itself (below): pysqlite would otherwise autocommit DDL.
+            dbapi_conn.isolation_level = None
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn: sa.Connection) -> None:
+            immediate = conn.get_execution_options().get("polyhead_immediate")
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+    if backend == "postgresql":
+        args = {"connect_timeout": 2, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                "keepalives_count": 2, "tcp_user_timeout": 5000}
+        return sa.create_engine(u, pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args=args)
+    raise ValueError(f"inference DB must be sqlite or postgresql, not {backend!r}")
+
+
+def migrate(engine: sa.Engine) -> list[int]:
+    """Apply the missing MIGRATIONS under a DB-wide lock; returns the versions applied now."""
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+    applied: list[int] = []
+    with engine.connect() as conn:
+        conn.execution_options(polyhead_immediate=True)  # SQLite: take the write lock up front
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
+            schema_version.create(conn, checkfirst=True)
+            done = set(conn.execute(sa.select(schema_version.c.version)).scalars())
+            for version, description, apply in MIGRATIONS:
+                if version not in done:
+                    apply(conn)
+                    conn.execute(schema_version.insert().values(
+                        version=version, description=description, applied_at=datetime.now(timezone.utc)))
+                    applied.append(version)
+    return applied
+
+
+def count_rows(url: str, *, heads: Iterable[str] | None = None) -> int:
+    """Rows in ``predictions`` (only those of ``heads`` when given)."""
+    engine = make_engine(url)
+    try:
+        query = sa.select(sa.func.count()).select_from(predictions)
+        if heads is not None:
+            query = query.where(predictions.c.head.in_(list(heads)))
+        with engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+    finally:
+        engine.dispose()
+
+
+class _Marker:
+    """Queued behind records: the writer sets ``done`` once everything ahead of it is handled."""
+
+    def __init__(self, stop: bool = False):
+        self.stop = stop
+        self.done = threading.Event()
+
+
+class InferenceLog:
+    def __init__(
+        self,
+        url: str,
+        spool_dir: Path,
+        *,
+        batch_size: int = 500,
+        flush_interval_s: float = 0.2,
+        max_queue: int = 10000,
+        redact_text: bool = False,
+        retry_min_s: float = 0.5,
+        retry_max_s: float = 10.0,
+    ):
+        self.url = url
+        self.spool_dir = Path(spool_dir)
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.redact_text = redact_text
+        self.retry_min_s, self.retry_max_s = retry_min_s, retry_max_s
+        self._engine = make_engine(url)
+        dialect = sqlite if self._engine.dialect.name == "sqlite" else postgresql
+        self._insert_stmt = dialect.insert(predictions).on_conflict_do_nothing(index_elements=["id"])
+        self._q: queue.Queue[PredictionRecord | _Marker] = queue.Queue(maxsize=max_queue)
+        self._spool_path = self.spool_dir / "spool.jsonl"  # appended to
+        self._replay_path = self.spool_dir / "replay.jsonl"  # being replayed (renamed from spool.jsonl)
+        self._spool_lock = threading.Lock()  # record() may spool from request threads (queue full)
+        self._lock_file: Any = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._migrated = False
+        self._healthy = False
+        self._retry_delay = 0.0
+        self._next_retry = 0.0  # monotonic; while the DB is down, batches go to the spool until then
+        self._written = self._spooled = self._replayed = self._dropped = self._batches = 0
+        self._spool_rows = 0
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Migrate (if the DB answers; if not, spool and retry later), start the writer, replay old spool."""
+        if self._thread is not None:
+            return
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.spool_dir / ".lock", "w")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise RuntimeError(f"spool dir {self.spool_dir} is in use by another process") from None
+        with self._spool_lock:
+            rows = sum(_count_lines(p) for p in (self._spool_path, self._replay_path))
+            self._spool_rows += rows
+            SPOOL_ROWS.inc(rows)
+        self._try_db(self._ensure_schema)
+        self._thread = threading.Thread(target=self._run, name="inference-log-writer", daemon=True)
+        self._thread.start()
+
+    def record(self, rec: PredictionRecord) -> None:
+        """Non-blocking, never raises. Queue full (or closed) -> straight to the spool, not dropped."""
+        try:
+            if not isinstance(rec, PredictionRecord):
+                raise TypeError(f"expected PredictionRecord, got {type(rec).__name__}")
+            if self.redact_text and rec.text is not None:
+                rec = dataclasses.replace(rec, text=None)
+            if self._closed:
+                self._spool([rec])
+                return
+            try:
+                self._q.put_nowait(rec)
+            except queue.Full:
+                self._spool([rec])
+        except Exception:  # noqa: BLE001 - logging must never fail a prediction
+            self._dropped += 1
+            log.exception("inference log: record dropped")
+
+    def flush(self, timeout_s: float = 10) -> bool:
+        """Wait until everything recorded so far is in the DB or the spool (and, DB up, the spool replayed)."""
+        if self._closed:
+            return True
+        if self._thread is None or not self._thread.is_alive():
+            return False
+        return self._send_marker(_Marker(), timeout_s)
+
+    def close(self, timeout_s: float = 10) -> None:
+        """Flush (to the DB, or the spool if it is down), stop the writer, release the spool dir."""
+        if self._closed:
+            return
+        self._closed = True  # from now on record() spools directly
+        deadline = time.monotonic() + timeout_s
+        if self._thread is not None and self._thread.is_alive():
+            self._send_marker(_Marker(stop=True), timeout_s)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+            if self._thread.is_alive():
+                log.warning("inference log: writer still busy after %.1fs; spooling the rest", timeout_s)
+        leftover = []  # records that raced close(), or everything when start() never ran
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, PredictionRecord):
+                leftover.append(item)
+            else:
+                item.done.set()
+        if leftover:
+            self._spool(leftover)
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
+        self._engine.dispose()
+
+    def healthy(self) -> bool:
+        """True when the last DB write (or migration) succeeded."""
+        return self._healthy
+
+    @property
+    def stats(self) -> InferenceLogStats:
+        return InferenceLogStats(
+            written=self._written, spooled=self._spooled, replayed=self._replayed, dropped=self._dropped,
+            queue_depth=self._q.qsize(), spool_rows=self._spool_rows, batches=self._batches,
+            healthy=self._healthy,
+        )
+
+    def __enter__(self) -> InferenceLog:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writer thread ----------------------------------------------------------------------------
+
+    def _send_marker(self, marker: _Marker, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        try:
+            self._q.put(marker, timeout=timeout_s)
+        except queue.Full:
+            return False
+        return marker.done.wait(max(0.0, deadline - time.monotonic()))
+
+    def _run(self) -> None:
+        while True:
+            batch, markers, stop = self._collect()
+            try:
+                if batch:
+                    self._write(batch)
+                if (self._spool_rows or not self._migrated) and time.monotonic() >= self._next_retry:
+                    self._try_db(self._replay)  # also the retry loop while idle after an outage
+            except Exception:  # noqa: BLE001 - keep the writer alive whatever happens
+                log.exception("inference log: writer error")
+            for m in markers:
+                m.done.set()
+            if stop:
+                return
+
+    def _collect(self) -> tuple[list[PredictionRecord], list[_Marker], bool]:
+        """Up to batch_size records: wait for the first, then at most flush_interval_s for more."""
+        batch: list[PredictionRecord] = []
+        markers: list[_Marker] = []
+        wait = 0.5
+        if self._spool_rows or not self._migrated:
+            wait = min(wait, max(0.01, self._next_retry - time.monotonic()))
+        try:
+            item = self._q.get(timeout=wait)
+        except queue.Empty:
+            return batch, markers, False
+        deadline = time.monotonic() + self.flush_interval_s
+        while True:
+            if isinstance(item, _Marker):  # flush/close: write what we have now
+                markers.append(item)
+                return batch, markers, item.stop
+            batch.append(item)
+            if len(batch) >= self.batch_size:
+                return batch, markers, False
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
+            except queue.Empty:
+                return batch, markers, False
+
+    def _write(self, batch: list[PredictionRecord]) -> None:
+        if time.monotonic() < self._next_retry:  # DB known down: don't wait on it again yet
+            self._spool(batch)
+            return
+        if self._try_db(lambda: (self._ensure_schema(), self._insert(batch))):
+            self._written += len(batch)
+            self._batches += 1
+            WRITTEN.inc(len(batch))
+        else:
+            self._spool(batch)
+
+    def _try_db(self, fn: Callable[[], object]) -> bool:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - any DB failure means "spool and retry later"
+            self._retry_delay = min(max(self._retry_delay * 2, self.retry_min_s), self.retry_max_s)
+            self._next_retry = time.monotonic() + self._retry_delay
+            if self._healthy:
+                log.warning("inference DB unavailable, spooling to %s: %s", self.spool_dir, exc)
+            self._healthy = False
+            return False
+        if not self._healthy:
+            log.info("inference DB available")
+        self._healthy, self._retry_delay, self._next_retry = True, 0.0, 0.0
+        return True
+
+    def _ensure_schema(self) -> None:
+        if not self._migrated:
+            migrate(self._engine)
+            self._migrated = True
+
+    def _insert(self, records: list[PredictionRecord]) -> None:
+        rows = [dataclasses.asdict(r) for r in records]
+        with self._engine.begin() as conn:
+            conn.execute(self._insert_stmt, rows)  # one executemany; ON CONFLICT makes it idempotent
+
+    # -- spool --------------------------------------------------------------------------------------
+
+    def _spool(self, records: list[PredictionRecord]) -> None:
+        data = "".join(r.to_json() + "\n" for r in records).encode("utf-8")
+        try:
+            with self._spool_lock:
+                self.spool_dir.mkdir(parents=True, exist_ok=True)
+                new = not self._spool_path.exists()
+                with open(self._spool_path, "a+b") as f:
+                    f.seek(0, os.SEEK_END)
+                    if f.tell() > 0:  # a torn last line (crash mid-write) must not swallow ours
+                        f.seek(-1, os.SEEK_END)
+                        if f.read(1) != b"\n":
+                            data = b"\n" + data
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                if new:
+                    _fsync_dir(self.spool_dir)
+                self._spooled += len(records)
+                self._spool_rows += len(records)
+            SPOOLED.inc(len(records))
+            SPOOL_ROWS.inc(len(records))
+        except Exception:  # noqa: BLE001 - disk full etc.: nothing left to try
+            self._dropped += len(records)
+            log.exception("inference log: could not spool %d rows; they are lost", len(records))
+
+    def _replay(self) -> None:
+        """Send the spool to the DB in batch_size chunks; remove a file only after all of it is in."""
+        self._ensure_schema()
+        for _ in range(4):  # a bounded number of passes, so the queue gets its turn
+            with self._spool_lock:
+                if not self._replay_path.exists():
+                    if not self._spool_path.exists():
+                        SPOOL_ROWS.dec(self._spool_rows)  # no files: the spool is empty, whatever we counted
+                        self._spool_rows = 0
+                        return
+                    os.replace(self._spool_path, self._replay_path)  # new spool rows go to a fresh file
+                    _fsync_dir(self.spool_dir)
+            lines = 0
+            chunk: list[PredictionRecord] = []
+            with open(self._replay_path, encoding="utf-8") as f:
+                for line in f:
+                    if not line.strip():
+                        continue
+                    lines += 1
+                    try:
+                        chunk.append(PredictionRecord.from_json(line))
+                    except (ValueError, TypeError, KeyError):
+                        log.warning("inference log: skipping a corrupt spool line (torn write?)")
+                    if len(chunk) >= self.batch_size:
+                        self._replay_chunk(chunk)
+                        chunk = []
+            if chunk:
+                self._replay_chunk(chunk)
+            with self._spool_lock:
+                self._replay_path.unlink()
+                _fsync_dir(self.spool_dir)
+                self._spool_rows -= lines
+            SPOOL_ROWS.dec(lines)
+            log.info("inference log: replayed %d spooled rows", lines)
+
+    def _replay_chunk(self, chunk: list[PredictionRecord]) -> None:
+        self._insert(chunk)
+        self._replayed += len(chunk)
+        REPLAYED.inc(len(chunk))
+
+
+def _count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes a file's creation/rename/removal itself durable, not only its contents.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,237 @@
+"""Compute and cache all-MiniLM-L6-v2 embeddings of the public datasets in ../shared/datasets.
+
+Each split lands in `<cache-dir>/<dataset>/<split>.npz` (default cache dir
+/tmp/polyhead-embeddings) holding `X` [N,384] float32, `labels` and `texts` (unicode arrays, no
+pickle) and `source_sha256` (a digest of the JSONL file, so a changed dataset is re-embedded).
+CLINC150 domain subsets (`clinc150/domains/<d>`) reuse the vectors of the full CLINC150 splits
+when those are cached, since their texts are a subset.
+
+    .venv/bin/python scripts/embed_datasets.py                      # every dataset, in-process
+    .venv/bin/python scripts/embed_datasets.py clinc150 emotion trec sms_spam
+    .venv/bin/python scripts/embed_datasets.py --target 127.0.0.1:50051   # via the embedder service
+
+In-process embedding loads the exported TF-Hub SavedModel (models/_encoders/all-minilm-l6-v2);
+`--target` goes through `embedder.client.EmbedderClient` instead (no TensorFlow in this process).
+The module is also imported by scripts/bench_heads.py and the heads tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS_ROOT = ROOT.parent / "shared" / "datasets"
+DEFAULT_CACHE_DIR = Path("/tmp/polyhead-embeddings")
+ENCODER_PATH = ROOT / "models" / "_encoders" / "all-minilm-l6-v2"
+FLOOR_DATASETS = ["clinc150", "emotion", "trec", "sms_spam"]
+OTHER_DATASETS = ["sst2", "ag_news_small", "tweeteval_offensive", "tweeteval_irony"]
+CLINC_DOMAINS = ["auto_and_commute", "banking", "credit_cards", "home", "kitchen_and_dining",
+                 "meta", "small_talk", "travel", "utility", "work"]
+SPLITS = ("train", "val", "test")
+BATCH_SIZE = 64
+
+Embedder = Callable[[Sequence[str]], np.ndarray]
+
+
+def all_dataset_names() -> list[str]:
+    """Every dataset this project benchmarks, floor sets first, domains last."""
+    return FLOOR_DATASETS + OTHER_DATASETS + [f"clinc150/domains/{d}" for d in CLINC_DOMAINS]
+
+
+def read_jsonl(path: Path) -> tuple[list[str], list[str]]:
+    texts, labels = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                texts.append(row["text"])
+                labels.append(str(row["label"]))
+    return texts, labels
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def available_splits(dataset: str, datasets_root: Path = DATASETS_ROOT) -> list[str]:
+    folder = datasets_root / dataset
+    return [s for s in SPLITS if (folder / f"{s}.jsonl").is_file()]
+
+
+# -- encoders ------------------------------------------------------------------------------------
+class LocalEncoder:
+    """The exported SavedModel, loaded in this process (lazily, once)."""
+
+    def __init__(self, path: Path | str = ENCODER_PATH, batch_size: int = BATCH_SIZE):
+        self.path = str(path)
+        self.batch_size = batch_size
+        self._module = None
+
+    def _load(self):
+        if self._module is None:
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            import tensorflow as tf  # noqa: F401
+            import tensorflow_text  # noqa: F401  registers the tokenizer ops; before hub.load
+
+            with warnings.catch_warnings():  # tensorflow_hub 0.16 imports the deprecated pkg_resources
+                warnings.simplefilter("ignore")
+                import tensorflow_hub as hub
+            self._module = hub.load(self.path)
+        return self._module
+
+    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+        import tensorflow as tf
+
+        return np.asarray(self._load()(tf.constant(texts, dtype=tf.string)).numpy(), dtype=np.float32)
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return embed_sorted(self._embed_batch, texts, self.batch_size)
+
+
+class RemoteEncoder:
+    """The embedder gRPC service at `target` (host:port)."""
+
+    def __init__(self, target: str, batch_size: int = 256):
+        from embedder.client import EmbedderClient
+
+        self.client = EmbedderClient(target, timeout_s=60.0)
+        self.batch_size = batch_size
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return embed_sorted(lambda b: np.asarray(self.client.embed(b).vectors, np.float32), texts, self.batch_size)
+
+
+def embed_sorted(embed_batch: Callable[[list[str]], np.ndarray], texts: Sequence[str], batch_size: int,
+                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Embed in batches of similar-length texts (less padding), returned in the input order."""
+    texts = list(texts)
+    if not texts:
+        return np.zeros((0, 384), np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: np.ndarray | None = None
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        vecs = embed_batch([texts[i] for i in idx])
+        if out is None:
+            out = np.empty((len(texts), vecs.shape[1]), np.float32)
+        out[idx] = vecs
+        if progress:
+            progress(min(start + batch_size, len(order)), len(order))
+    assert out is not None
+    return out
+
+
+def make_encoder(target: str | None = None) -> Embedder:
+    return RemoteEncoder(target) if target else LocalEncoder()
+
+
+# -- cache ---------------------------------------------------------------------------------------
+def cache_path(dataset: str, split: str, cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
+    return Path(cache_dir) / dataset / f"{split}.npz"
+
+
+def _read_cache(path: Path, sha: str | None = None) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception:  # noqa: BLE001 - a torn or foreign file is simply recomputed
+        return None
+    if sha is not None and str(data.get("source_sha256", "")) != sha:
+        return None
+    return data
+
+
+def _write_cache(path: Path, X: np.ndarray, texts: list[str], labels: list[str], sha: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, X=X.astype(np.float32), texts=np.array(texts, dtype=str), labels=np.array(labels, dtype=str),
+             source_sha256=np.array(sha))
+    os.replace(tmp, path)
+
+
+def _reuse_pool(dataset: str, split: str, cache_dir: Path) -> dict[str, np.ndarray]:
+    """Vectors already computed for the same texts (CLINC150 domains are subsets of CLINC150)."""
+    if not dataset.startswith("clinc150/domains/"):
+        return {}
+    data = _read_cache(cache_path("clinc150", split, cache_dir))
+    if data is None:
+        return {}
+    return {t: v for t, v in zip(data["texts"].tolist(), data["X"])}
+
+
+def load_split(dataset: str, split: str, *, cache_dir: Path = DEFAULT_CACHE_DIR,
+               datasets_root: Path = DATASETS_ROOT, encoder: Embedder | None = None,
+               log: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(X [N,384] float32, labels [N] str, texts) for one split, embedding and caching it if needed.
+
+    `encoder` maps texts to vectors (LocalEncoder loads its model lazily, on the first cache miss);
+    None means a fresh in-process LocalEncoder.
+    """
+    src = Path(datasets_root) / dataset / f"{split}.jsonl"
+    sha = file_sha256(src)
+    path = cache_path(dataset, split, cache_dir)
+    data = _read_cache(path, sha)
+    if data is not None:
+        return data["X"], data["labels"], data["texts"].tolist()
+    texts, labels = read_jsonl(src)
+    pool = _reuse_pool(dataset, split, cache_dir)
+    missing = [i for i, t in enumerate(texts) if t not in pool]
+    X = np.empty((len(texts), 384), np.float32)
+    for i, t in enumerate(texts):
+        if t in pool:
+            X[i] = pool[t]
+    if missing:
+        if encoder is None:
+            encoder = LocalEncoder()
+        started = time.perf_counter()
+        vecs = encoder([texts[i] for i in missing])
+        X[missing] = vecs
+        if log:
+            dt = time.perf_counter() - started
+            log(f"{dataset}/{split}: embedded {len(missing)} texts in {dt:.1f}s ({len(missing) / max(dt, 1e-9):.0f}/s)"
+                + (f", reused {len(texts) - len(missing)}" if len(missing) < len(texts) else ""))
+    elif log:
+        log(f"{dataset}/{split}: reused all {len(texts)} vectors")
+    _write_cache(path, X, texts, labels, sha)
+    return X, np.array(labels, dtype=str), texts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("datasets", nargs="*", help="dataset folders (e.g. clinc150 trec clinc150/domains/banking); default all")
+    ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
+    ap.add_argument("--datasets-root", type=Path, default=DATASETS_ROOT)
+    ap.add_argument("--target", default=None, help="host:port of a running embedder service (default: in-process model)")
+    args = ap.parse_args(argv)
+
+    if not args.datasets_root.is_dir():
+        print(f"no datasets at {args.datasets_root}; nothing to do", file=sys.stderr)
+        return 1
+    names = args.datasets or all_dataset_names()
+    encoder = make_encoder(args.target)  # the in-process model loads lazily, on the first cache miss
+    for name in names:
+        splits = available_splits(name, args.datasets_root)
+        if not splits:
+            print(f"skip {name}: no {args.datasets_root / name}/*.jsonl", flush=True)
+            continue
+        for split in splits:
+            X, _, _ = load_split(name, split, cache_dir=args.cache_dir, datasets_root=args.datasets_root,
+                                 encoder=encoder, log=lambda m: print(m, flush=True))
+            print(f"{name}/{split}: {X.shape} -> {cache_path(name, split, args.cache_dir)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

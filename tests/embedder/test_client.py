@@ -1,0 +1,60 @@
+"""The client library against real server processes: retry across a restart, round-robin targets."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from embedder.client import EmbedderClient, RetryPolicy
+from polyhead.errors import UnavailableError
+from tests.conftest import free_port
+from tests.embedder.fixtures import start_server_process, wait_serving
+
+
+def test_client_retries_while_the_server_restarts(exported_model, tmp_path):
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    proc = start_server_process(exported_model, port, log=tmp_path / "first.log")
+    try:
+        wait_serving(target)
+        client = EmbedderClient(target, timeout_s=5,
+                                retry=RetryPolicy(max_attempts=60, initial_backoff_s=0.1, max_backoff_s=0.5))
+        before = client.embed(["survive a restart"]).vectors
+        proc.terminate()
+        proc.wait(15)
+        # Restart after a pause; the call below starts while nothing listens and must succeed.
+        restarted = {}
+        threading.Timer(1.0, lambda: restarted.setdefault(
+            "proc", start_server_process(exported_model, port, log=tmp_path / "second.log"))).start()
+        started = time.monotonic()
+        after = client.embed(["survive a restart"]).vectors
+        assert time.monotonic() - started > 1.0  # it really had to wait and retry
+        assert np.allclose(before, after, atol=1e-6)
+        client.close()
+    finally:
+        proc.kill()
+        if "proc" in restarted:
+            restarted["proc"].terminate()
+            restarted["proc"].wait(15)
+
+
+def test_client_gives_up_with_unavailable_when_nothing_listens():
+    client = EmbedderClient(f"127.0.0.1:{free_port()}", timeout_s=1,
+                            retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02))
+    with pytest.raises(UnavailableError) as info:
+        client.embed(["anyone there?"])
+    assert info.value.retry_after_s
+    client.close()
+
+
+def test_dns_target_round_robins_across_replicas(server_process, servable):
+    # Both 'localhost' addresses would be needed for two replicas; a dns:/// target with
+    # round_robin must at least resolve and serve through the balancer.
+    _, target = server_process
+    port = target.rsplit(":", 1)[1]
+    with EmbedderClient(f"dns:///localhost:{port}") as client:
+        out = client.embed(["through the dns resolver"])
+    assert out.vectors.shape == (1, 384)

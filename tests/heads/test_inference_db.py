@@ -1,0 +1,405 @@
+"""Inference log against real databases: a SQLite file and the shared PostgreSQL (own schema per test).
+
+Outages are real: for PostgreSQL a TCP proxy between the log and the server is cut (listener and
+every open connection closed) and restored on the same port; for SQLite another connection holds
+the write lock (``BEGIN EXCLUSIVE``) so inserts fail with "database is locked" after the busy timeout.
+(Renaming the file or its directory away would not fail anything: pooled connections keep writing
+through their open file descriptors.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from datetime import timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from prometheus_client import REGISTRY
+
+from heads.inference_db import (
+    InferenceLog,
+    PredictionRecord,
+    count_rows,
+    make_engine,
+    migrate,
+    predictions,
+    schema_version,
+)
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST_RETRY = {"retry_min_s": 0.05, "retry_max_s": 0.5}
+
+
+class TcpProxy:
+    """127.0.0.1:port -> upstream, one thread per direction; cut() kills the listener and all links."""
+
+    def __init__(self, upstream: tuple[str, int]):
+        self.upstream = upstream
+        self.port = free_port()
+        self._socks: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+
+    def start(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: same port again
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            socks, self._socks = [self._listener, *self._socks], set()
+            self._listener = None
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # wakes accept()/recv() in the other threads
+            except OSError:
+                pass
+            s.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+                server = socket.create_connection(self.upstream, timeout=2)
+                server.settimeout(None)
+                for s in (client, server):  # no Nagle: psycopg's pipelined executemany stalls on it
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                if listener.fileno() == -1:
+                    return
+                continue
+            with self._lock:
+                self._socks |= {client, server}
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class SqliteBackend:
+    name = "sqlite"
+
+    def __init__(self, tmp_path: Path):
+        self.path = tmp_path / "db" / "inference.db"
+        self.url = f"sqlite:///{self.path}"
+        self.flaky_url = self.url + "?timeout=0.2"  # short busy timeout: the lock reads as an outage fast
+        (tmp_path / "not-a-dir").write_text("")
+        self.dead_url = f"sqlite:///{tmp_path / 'not-a-dir' / 'inference.db'}"
+        self._locker: sqlite3.Connection | None = None
+
+    def down(self) -> None:
+        self._locker = sqlite3.connect(self.path, isolation_level=None)
+        self._locker.execute("BEGIN EXCLUSIVE")
+
+    def up(self) -> None:
+        self._locker.execute("ROLLBACK")
+        self._locker.close()
+
+    def close(self) -> None:
+        pass
+
+
+class PostgresBackend:
+    name = "postgresql"
+
+    def __init__(self, base_url: str):
+        self.schema = "polyhead_test_" + uuid.uuid4().hex[:12]  # a fresh database, as far as we can tell
+        self._admin = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
+        with self._admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE SCHEMA "{self.schema}"')
+        base = sa.make_url(base_url).update_query_dict({"options": f"-csearch_path={self.schema}"})
+        self.url = base.render_as_string(hide_password=False)
+        self.proxy = TcpProxy((base.host or "127.0.0.1", base.port or 5432))
+        self.proxy.start()
+        self.flaky_url = base.set(host="127.0.0.1", port=self.proxy.port).render_as_string(hide_password=False)
+        self.dead_url = base.set(host="127.0.0.1", port=free_port()).render_as_string(hide_password=False)
+
+    def down(self) -> None:
+        self.proxy.cut()
+
+    def up(self) -> None:
+        self.proxy.start()
+
+    def close(self) -> None:
+        self.proxy.cut()
+        with self._admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{self.schema}" CASCADE')
+        self._admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path):
+    b = SqliteBackend(tmp_path) if request.param == "sqlite" else PostgresBackend(request.getfixturevalue("postgres_url"))
+    yield b
+    b.close()
+
+
+def make_records(head: str, n: int, *, redact: bool = False) -> list[PredictionRecord]:
+    return [
+        PredictionRecord.create(
+            request_id=f"req-{i}", head=head, head_version="v3", embedder_fingerprint="minilm:abc123",
+            text=f"text number {i} — ünïcode", label="pos" if i % 2 else "neg", probability=0.5 + i % 50 / 100,
+            top_k=[("pos", 0.7), ("neg", 0.3)], latency_ms=1.25 + i, redact=redact,
+        )
+        for i in range(n)
+    ]
+
+
+def fetch(url: str, heads: list[str]) -> dict[str, dict]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(predictions).where(predictions.c.head.in_(heads))).mappings().all()
+    finally:
+        engine.dispose()
+    return {r["id"]: dict(r) for r in rows}
+
+
+def wait_for(cond, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def metric(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def spool_files(spool_dir: Path) -> list[Path]:
+    return sorted(spool_dir.glob("*.jsonl"))
+
+
+def test_rows_land_with_all_fields_and_redaction_keeps_only_the_hash(backend, tmp_path):
+    head = "h-" + uuid.uuid4().hex[:8]
+    plain, pre_redacted = make_records(head, 1)[0], make_records(head, 1, redact=True)[0]
+    with InferenceLog(backend.url, tmp_path / "spool") as log:
+        log.record(plain)
+        log.record(pre_redacted)
+        assert log.flush()
+    with InferenceLog(backend.url, tmp_path / "spool", redact_text=True) as log:  # log-wide redaction
+        redacted_by_log = make_records(head, 1)[0]
+        log.record(redacted_by_log)
+        assert log.flush()
+
+    rows = fetch(backend.url, [head])
+    assert set(rows) == {plain.id, pre_redacted.id, redacted_by_log.id}
+    row = rows[plain.id]
+    ts = row.pop("ts")
+    assert (ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts) == plain.ts  # SQLite returns naive UTC
+    assert row == {
+        "id": plain.id, "request_id": "req-0", "head": head, "head_version": "v3",
+        "embedder_fingerprint": "minilm:abc123", "text": "text number 0 — ünïcode",
+        "text_sha256": hashlib.sha256("text number 0 — ünïcode".encode()).hexdigest(),
+        "label": "neg", "probability": 0.5, "top_k": [{"label": "pos", "probability": 0.7},
+                                                     {"label": "neg", "probability": 0.3}],
+        "latency_ms": 1.25,
+    }
+    for rid in (pre_redacted.id, redacted_by_log.id):
+        assert rows[rid]["text"] is None
+        assert rows[rid]["text_sha256"] == plain.text_sha256
+
+
+def test_migrations_are_idempotent_and_safe_when_processes_start_together(backend, tmp_path):
+    barrier = threading.Barrier(4)
+    results, errors = [], []
+
+    def one():
+        engine = make_engine(backend.url)
+        try:
+            barrier.wait()
+            results.append(migrate(engine))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(results) == [[], [], [], [1]]  # exactly one applied it
+
+    for _ in range(2):  # start twice: nothing to do the second time
+        with InferenceLog(backend.url, tmp_path / "spool") as log:
+            assert log.healthy()
+    engine = make_engine(backend.url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(schema_version.c.version)).scalars().all() == [1]
+        indexes = {ix["name"]: ix["column_names"] for ix in sa.inspect(engine).get_indexes("predictions")}
+        assert indexes["ix_predictions_head_ts"] == ["head", "ts"]
+        assert indexes["ix_predictions_request_id"] == ["request_id"]
+    finally:
+        engine.dispose()
+
+
+def test_many_records_are_written_in_few_batches(backend, tmp_path):
+    head = "h-" + uuid.uuid4().hex[:8]
+    records = make_records(head, 2000)
+    with InferenceLog(backend.url, tmp_path / "spool") as log:
+        for r in records:
+            log.record(r)
+        assert log.flush()
+        stats = log.stats
+    assert stats.written == 2000 and stats.spooled == 0
+    assert 4 <= stats.batches <= 40  # batch_size 500 caps a batch; flush_interval groups the rest
+    assert set(fetch(backend.url, [head])) == {r.id for r in records}
+
+
+def test_db_outage_mid_run_loses_and_duplicates_nothing(backend, tmp_path):
+    head = "h-" + uuid.uuid4().hex[:8]
+    before, during = make_records(head, 50), make_records(head, 200)
+    spooled0, replayed0 = metric("polyhead_head_db_spooled_total"), metric("polyhead_head_db_replayed_total")
+    log = InferenceLog(backend.flaky_url, tmp_path / "spool", **FAST_RETRY)
+    log.start()
+    try:
+        for r in before:
+            log.record(r)
+        assert log.flush() and log.healthy()
+        assert count_rows(backend.url, heads=[head]) == 50
+
+        backend.down()
+        t0 = time.perf_counter()
+        for r in during:
+            log.record(r)
+        per_call_ms = (time.perf_counter() - t0) / len(during) * 1000
+        assert per_call_ms < 5, f"record() took {per_call_ms:.2f} ms per call during the outage"
+        assert log.flush(timeout_s=15)
+        stats = log.stats
+        assert (stats.spooled, stats.spool_rows, stats.healthy) == (200, 200, False)
+        assert metric("polyhead_head_db_spooled_total") - spooled0 == 200
+        assert sum(len(p.read_text().splitlines()) for p in spool_files(tmp_path / "spool")) == 200
+        assert count_rows(backend.url, heads=[head]) == 50  # nothing reached the DB meanwhile
+
+        backend.up()
+        wait_for(lambda: log.stats.spool_rows == 0)
+        assert log.healthy()
+        assert log.stats.replayed == 200
+        assert metric("polyhead_head_db_replayed_total") - replayed0 == 200
+        assert spool_files(tmp_path / "spool") == []
+    finally:
+        log.close()
+    assert set(fetch(backend.url, [head])) == {r.id for r in before + during}
+    assert count_rows(backend.url, heads=[head]) == 250
+
+
+def test_flapping_db_while_recording_loses_and_duplicates_nothing(backend, tmp_path):
+    """Cuts land mid-insert too: a batch whose commit went through but whose reply was lost gets
+    spooled and replayed; the id + ON CONFLICT DO NOTHING keeps that from duplicating."""
+    head = "h-" + uuid.uuid4().hex[:8]
+    sent: list[str] = []
+    stop = threading.Event()
+
+    def producer(log: InferenceLog) -> None:
+        i = 0
+        while not stop.is_set():
+            rec = make_records(head, 1)[0]
+            log.record(rec)
+            sent.append(rec.id)
+            i += 1
+            if i % 20 == 0:
+                time.sleep(0.005)
+
+    log = InferenceLog(backend.flaky_url, tmp_path / "spool", batch_size=50, flush_interval_s=0.05, **FAST_RETRY)
+    log.start()
+    try:
+        t = threading.Thread(target=producer, args=(log,))
+        t.start()
+        for _ in range(3):
+            time.sleep(0.3)
+            backend.down()
+            time.sleep(0.4)
+            backend.up()
+        time.sleep(0.3)
+        stop.set()
+        t.join()
+        assert log.flush(timeout_s=15)
+        wait_for(lambda: log.stats.spool_rows == 0 and log.stats.queue_depth == 0)
+        assert log.stats.spooled > 0  # the outages really happened
+    finally:
+        log.close()
+    assert len(sent) == len(set(sent)) > 500
+    assert set(fetch(backend.url, [head])) == set(sent)
+    assert count_rows(backend.url, heads=[head]) == len(sent)
+
+
+def test_spool_left_by_a_previous_process_is_replayed_on_start(backend, tmp_path):
+    head = "h-" + uuid.uuid4().hex[:8]
+    spool = tmp_path / "spool"
+    written, fresh = make_records(head, 30), make_records(head, 40)
+    with InferenceLog(backend.url, tmp_path / "other-spool") as log:
+        for r in written:
+            log.record(r)
+    assert count_rows(backend.url, heads=[head]) == 30
+
+    # A previous process whose DB was unreachable: it spooled 10 rows that are in the DB already
+    # (as after a replay interrupted between commit and truncate) and 40 that are not.
+    with InferenceLog(backend.dead_url, spool, **FAST_RETRY) as dead:
+        for r in written[:10] + fresh:
+            dead.record(r)
+        assert dead.flush()
+        assert not dead.healthy()
+    assert dead.stats.spooled == 50
+    with open(spool / "spool.jsonl", "a") as f:
+        f.write('{"id": "torn-by-a-cra')  # the process died mid-write
+
+    log = InferenceLog(backend.url, spool)
+    log.start()
+    try:
+        assert log.stats.spool_rows == 51
+        assert log.flush()
+        assert log.stats.spool_rows == 0 and log.stats.replayed == 50
+    finally:
+        log.close()
+    assert spool_files(spool) == []
+    assert set(fetch(backend.url, [head])) == {r.id for r in written + fresh}
+    assert count_rows(backend.url, heads=[head]) == 70
+
+
+def test_full_queue_and_closed_log_spool_instead_of_dropping(tmp_path):
+    url, spool = f"sqlite:///{tmp_path / 'inference.db'}", tmp_path / "spool"
+    records = make_records("overflow", 10)
+    log = InferenceLog(url, spool, max_queue=5)
+    for r in records[:8]:  # writer not started: 5 fit in the queue, 3 overflow
+        log.record(r)
+    log.record(None)  # type: ignore[arg-type]  # never raises into the request
+    assert (log.stats.queue_depth, log.stats.spooled, log.stats.dropped) == (5, 3, 1)
+    log.start()
+    assert log.flush()
+    assert count_rows(url) == 8 and log.stats.spool_rows == 0
+    log.close()
+    for r in records[8:]:  # after close(): kept in the spool for the next process
+        log.record(r)
+    assert log.stats.spooled == 5
+    with InferenceLog(url, spool) as log2:
+        assert log2.flush()
+    assert {r.id for r in records} == set(fetch(url, ["overflow"]))
+
+
+def test_spool_dir_belongs_to_one_process(tmp_path):
+    url = f"sqlite:///{tmp_path / 'inference.db'}"
+    with InferenceLog(url, tmp_path / "spool"):
+        with pytest.raises(RuntimeError, match="in use"):
+            InferenceLog(url, tmp_path / "spool").start()
