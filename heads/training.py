@@ -349,11 +349,22 @@ def _fit(p: TrainParams, X: np.ndarray, y: np.ndarray, C: int, *, K: int, seed: 
 
 
 def _standardizer(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarray]:
-    if not enabled:
-        return np.zeros(X.shape[1]), np.ones(X.shape[1])
-    mean = X.mean(axis=0, dtype=np.float64)
+    """(mean, scale) so that (x - mean) * scale is the network input.
+
+    Dead dimensions (all-MiniLM-L6-v2 has a few that are ~1e-32 everywhere) get scale 0: besides
+    carrying no signal, their products underflow to subnormal floats, which makes BLAS crawl.
+    Small-but-live dimensions are floored so standardising cannot blow them up."""
     std = X.std(axis=0, dtype=np.float64)
-    return mean, 1.0 / np.maximum(std, 1e-6)
+    ref = float(np.median(std)) if std.size else 1.0
+    dead = std <= 1e-4 * max(ref, 1e-12)
+    if not enabled:
+        mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
+    else:
+        mean = X.mean(axis=0, dtype=np.float64)
+        scale = 1.0 / np.maximum(std, 0.25 * ref)
+    mean[dead] = 0.0
+    scale[dead] = 0.0
+    return mean, scale
 
 
 def train_head(X_train: np.ndarray, y_train: Sequence[str], X_val: np.ndarray | None = None,

@@ -15,6 +15,8 @@ app = typer.Typer(help="polyhead: one embedder, many cheap classifier heads.", n
                   pretty_exceptions_enable=False)
 embedder_app = typer.Typer(help="The embedder service.", no_args_is_help=True)
 app.add_typer(embedder_app, name="embedder")
+head_app = typer.Typer(help="Classifier head services.", no_args_is_help=True)
+app.add_typer(head_app, name="head")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML settings file (section per service)", exists=True)
 
@@ -98,6 +100,63 @@ def export_model(
     else:
         export_minilm(output, max_seq_length=max_seq_length)
     typer.echo(json.dumps({"path": str(output), "fingerprint": fingerprint_saved_model(output)}))
+
+
+@head_app.command("serve")
+def head_serve(
+    head_config: Path = typer.Argument(..., help="configs/heads/<name>.yaml", exists=True, dir_okay=False),
+    config: Optional[Path] = ConfigOpt,
+    host: Optional[str] = typer.Option(None),
+    port: Optional[int] = typer.Option(None),
+    models_dir: Optional[Path] = typer.Option(None, help="Artifacts folder (default models/)"),
+    embedder_target: Optional[str] = typer.Option(None, help="Embedder gRPC address"),
+    db_url: Optional[str] = typer.Option(None, help="Inference DB URL (SQLAlchemy)"),
+    spool_dir: Optional[Path] = typer.Option(None),
+    version_poll_s: Optional[float] = typer.Option(None),
+    log_level: Optional[str] = typer.Option(None),
+):
+    """Serve one head (numpy only: this process never imports TensorFlow)."""
+    overrides = {k: v for k, v in locals().items() if k not in ("config", "head_config")}
+    from heads.http_server import serve
+    from heads.settings import HeadSettings
+    from polyhead.logging import configure_logging
+
+    settings = HeadSettings.load(config, config=head_config, **overrides)
+    configure_logging(settings.log_level, settings.json_logs)
+    serve(settings)
+
+
+@app.command("train")
+def train(
+    head_configs: List[Path] = typer.Argument(..., help="configs/heads/<name>.yaml (one or more)", exists=True),
+    models_dir: Path = typer.Option(Path("models"), help="Where versioned artifacts are written"),
+    embedder_target: str = typer.Option("127.0.0.1:50051", envvar="POLYHEAD_EMBEDDER_TARGET"),
+):
+    """Train heads from their configs; embeddings come from the running embedder (and its cache)."""
+    from rich.console import Console
+
+    from embedder.client import EmbedderClient
+    from heads.config import HeadConfigError, load_head_config
+    from heads.trainer import train_from_config
+    from polyhead.errors import PolyheadError
+
+    console = Console(stderr=True)
+    try:
+        configs = [load_head_config(p) for p in head_configs]
+    except HeadConfigError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2)
+    with EmbedderClient(embedder_target, timeout_s=120) as client:
+        for cfg in configs:
+            try:
+                report = train_from_config(cfg, models_dir, client, console=console)
+            except PolyheadError as err:
+                console.print(f"[red]{cfg.name}: {err.message}[/red]")
+                raise typer.Exit(2)
+            test = report.metrics.get("test", {})
+            typer.echo(json.dumps({"head": report.name, "version": report.version, "path": str(report.path),
+                                   "train_time_s": round(report.train_time_s, 2),
+                                   "test_accuracy": test.get("accuracy"), "test_f1_weighted": test.get("f1_weighted")}))
 
 
 def main() -> None:  # console-script entry point

@@ -1,0 +1,99 @@
+"""Versioned head artifacts: models/<name>/<version>/ plus a `latest` pointer.
+
+A version is the UTC date-time of training (sortable). Each version directory holds
+weights.npz (HeadModel), labels.json, metrics.json, config.yaml (snapshot), manifest.json
+(training-data hash, embedder fingerprint, code version). The `latest` file names the newest
+version and is replaced atomically, so a head polling it never reads half a pointer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from heads.model import HeadModel
+from polyhead.errors import NotFoundError
+
+VERSION_RE = re.compile(r"^\d{8}T\d{6}(\d{6})?Z$")
+LATEST = "latest"
+
+
+@dataclass(frozen=True)
+class HeadArtifact:
+    name: str
+    version: str
+    path: Path
+    model: HeadModel
+    manifest: dict
+    metrics: dict
+
+    @property
+    def embedder_fingerprint(self) -> str:
+        return self.manifest["embedder_fingerprint"]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def list_versions(models_dir: Path, name: str) -> list[str]:
+    root = Path(models_dir) / name
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and VERSION_RE.match(p.name) and (p / "manifest.json").exists())
+
+
+def resolve_version(models_dir: Path, name: str, spec: str = LATEST) -> str:
+    root = Path(models_dir) / name
+    if spec == LATEST:
+        pointer = root / LATEST
+        if pointer.exists():
+            return pointer.read_text().strip()
+        versions = list_versions(models_dir, name)
+        if not versions:
+            raise NotFoundError(f"no trained artifact for head {name!r} in {root} (run `polyhead train`)")
+        return versions[-1]
+    if spec not in list_versions(models_dir, name):
+        raise NotFoundError(f"head {name!r} has no version {spec!r}; available: {list_versions(models_dir, name)}")
+    return spec
+
+
+def load_artifact(models_dir: Path, name: str, spec: str = LATEST) -> HeadArtifact:
+    version = resolve_version(models_dir, name, spec)
+    path = Path(models_dir) / name / version
+    manifest = json.loads((path / "manifest.json").read_text())
+    metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
+    return HeadArtifact(name, version, path, HeadModel.load(path / "weights.npz"), manifest, metrics)
+
+
+def write_artifact(models_dir: Path, name: str, version: str, model: HeadModel, *, manifest: dict,
+                   metrics: dict, config_yaml: str, set_latest: bool = True) -> Path:
+    """Write into a hidden staging dir, then rename: a half-written version is never visible."""
+    root = Path(models_dir) / name
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{version}."))
+    model.save(staging / "weights.npz")
+    (staging / "labels.json").write_text(json.dumps(list(model.labels), ensure_ascii=False, indent=1))
+    (staging / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1))
+    (staging / "config.yaml").write_text(config_yaml)
+    (staging / "manifest.json").write_text(json.dumps({"name": name, "version": version, **manifest}, indent=1))
+    final = root / version
+    os.replace(staging, final)
+    if set_latest:
+        set_latest_version(models_dir, name, version)
+    return final
+
+
+def set_latest_version(models_dir: Path, name: str, version: str) -> None:
+    if version not in list_versions(models_dir, name):
+        raise NotFoundError(f"head {name!r} has no version {version!r}")
+    _atomic_write(Path(models_dir) / name / LATEST, version + "\n")

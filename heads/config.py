@@ -1,0 +1,106 @@
+"""Head configs (configs/heads/<name>.yaml): the one place a head is declared.
+
+A config names its data and, optionally, training and serving options; everything else has a
+default. Paths are relative to the config file. A bad config fails with the file, the field and
+what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from heads.training import TrainParams
+
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+
+
+class HeadConfigError(ValueError):
+    pass
+
+
+class DatasetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    train: Path
+    val: Path | None = None
+    test: Path | None = None
+    text_field: str = "text"
+    label_field: str = "label"
+
+    @field_validator("train", "val", "test")
+    @classmethod
+    def _known_format(cls, path: Path | None) -> Path | None:
+        if path is not None and path.suffix.lower() not in (".jsonl", ".csv"):
+            raise ValueError(f"expected a .jsonl or .csv file, got {path.name!r}")
+        return path
+
+
+class ServingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field("latest", description="artifact version to serve, or 'latest'")
+    top_k: int = Field(3, ge=1, le=100)
+    abstain_threshold: float = Field(0.0, ge=0.0, le=1.0, description="below this top probability, answer abstain_label")
+    abstain_label: str = "abstain"
+    max_texts_per_request: int = Field(64, ge=1, le=4096)
+    max_text_chars: int = Field(10_000, ge=1)
+    redact_text: bool = Field(False, description="log only a hash of the input text")
+    address: str | None = Field(None, description="head URL for the gateway; default from the gateway's template")
+
+
+class HeadConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    dataset: DatasetConfig
+    training: TrainParams = Field(default_factory=TrainParams)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    seed: int = 0
+    kind: Literal["demo", "shared"] = Field("demo", description="shared = data in ../shared/datasets, not shipped")
+
+    source: Path | None = Field(None, exclude=True)
+
+    def resolve(self, path: Path | None) -> Path | None:
+        """Dataset paths are relative to the config file's folder."""
+        if path is None or path.is_absolute() or self.source is None:
+            return path
+        return (self.source.parent / path).resolve()
+
+    def data_available(self) -> bool:
+        return bool(self.resolve(self.dataset.train) and self.resolve(self.dataset.train).exists())
+
+
+def _describe(err: ValidationError, path: Path) -> str:
+    lines = [f"{path}: invalid head config"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {field}: {e['msg']}" + (f" (got {e['input']!r})" if e["type"] != "missing" else ""))
+    return "\n".join(lines)
+
+
+def load_head_config(path: Path | str) -> HeadConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise HeadConfigError(f"{path}: cannot read YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise HeadConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        config = HeadConfig.model_validate(raw)
+    except ValidationError as err:
+        raise HeadConfigError(_describe(err, path)) from None
+    if config.name != path.stem:
+        raise HeadConfigError(f"{path}: name: expected the file's name {path.stem!r}, got {config.name!r}")
+    config.source = path.resolve()
+    return config
+
+
+def load_head_configs(folder: Path | str) -> dict[str, HeadConfig]:
+    configs = [load_head_config(p) for p in sorted(Path(folder).glob("*.yaml"))]
+    return {c.name: c for c in configs}

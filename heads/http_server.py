@@ -1,0 +1,145 @@
+"""HTTP front end of a head (FastAPI): /predict, /healthz, /readyz, /info, /metrics, /admin."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from heads import metrics
+from heads.config import load_head_config
+from heads.core import HeadService
+from heads.inference_db import InferenceLog
+from heads.settings import HeadSettings
+from polyhead import __version__
+from polyhead.errors import PolyheadError, ValidationError
+from polyhead.http import ERROR_RESPONSES, REQUEST_ID_HEADER, install_error_handlers, request_id_of
+
+log = logging.getLogger("polyhead.head.http")
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "my card was declined"}]})
+
+    text: str | None = Field(None, description="One text")
+    texts: list[str] | None = Field(None, description="Several texts", min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' or 'texts'")
+        return self
+
+
+class ScoredLabel(BaseModel):
+    label: str
+    probability: float
+
+
+class PredictionOut(BaseModel):
+    label: str
+    probability: float
+    top_k: list[ScoredLabel]
+    abstained: bool
+
+
+class PredictResponse(BaseModel):
+    head: str
+    version: str
+    embedder_fingerprint: str
+    request_id: str
+    latency_ms: float
+    predictions: list[PredictionOut]
+
+
+class ReloadRequest(BaseModel):
+    version: str = Field("latest", description="A version id to pin, or 'latest' to follow new trainings")
+
+
+def create_app(settings: HeadSettings) -> FastAPI:
+    config = load_head_config(settings.config)
+    inference_log = InferenceLog(settings.db_url, settings.spool_dir / config.name,
+                                 redact_text=config.serving.redact_text)
+    service = HeadService(settings, config, inference_log)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start()
+        await asyncio.to_thread(inference_log.start)
+        await asyncio.to_thread(service.manager.sync)
+        poller = asyncio.create_task(service.poll_versions())
+        log.info("head started", extra={"head": config.name, "version": getattr(service.manager.current, "version", None)})
+        yield
+        poller.cancel()
+        await service.close()
+        await asyncio.to_thread(inference_log.close, 10)
+
+    app = FastAPI(title=f"polyhead head: {config.name}", version=__version__, description=config.description,
+                  lifespan=lifespan)
+    app.state.service = service
+    install_error_handlers(app)
+
+    @app.post("/predict", response_model=PredictResponse, responses={**ERROR_RESPONSES, 404: {"description": "no artifact"}})
+    async def predict(body: PredictRequest, request: Request, response: Response):
+        rid = request_id_of(request)
+        with metrics.LATENCY.labels(config.name).time():
+            try:
+                result = await service.predict(body.texts if body.texts is not None else [body.text],
+                                               batch=body.texts is not None, request_id=rid)
+            except PolyheadError as err:
+                metrics.REQUESTS.labels(config.name, str(int(err.http_status))).inc()
+                raise
+        metrics.REQUESTS.labels(config.name, "200").inc()
+        response.headers[REQUEST_ID_HEADER] = rid
+        return result
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"description": "not ready; body says why"}})
+    async def readyz():
+        state = await service.readiness()
+        return JSONResponse({"ready": state.ready, "checks": state.checks}, status_code=200 if state.ready else 503)
+
+    @app.get("/info")
+    async def info():
+        servable = service.manager.current
+        state = await service.readiness()
+        art = servable.artifact if servable else None
+        return {
+            "name": config.name, "description": config.description,
+            "version": art.version if art else None, "version_spec": service.manager.version_spec,
+            "labels": list(art.model.labels) if art else [],
+            "metrics": art.metrics.get("test", {}) if art else {},
+            "embedder_fingerprint": art.embedder_fingerprint if art else None,
+            "ready": state.ready, "checks": state.checks,
+            "serving": config.serving.model_dump(), "server_version": __version__,
+        }
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/reload", responses={404: {"description": "unknown version"}})
+    async def reload(body: ReloadRequest):
+        """Switch the served version without a restart (rollback, upgrade, or back to `latest`)."""
+        try:
+            servable = await asyncio.to_thread(service.manager.switch, body.version)
+        except RuntimeError as exc:
+            raise ValidationError(f"version: {exc}", field="version") from None
+        return {"head": config.name, "version": servable.version, "version_spec": service.manager.version_spec}
+
+    return app
+
+
+def serve(settings: HeadSettings) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+                access_log=False, timeout_graceful_shutdown=10)

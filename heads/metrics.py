@@ -1,0 +1,13 @@
+"""Prometheus metrics of a head (served at GET /metrics)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+REQUESTS = Counter("polyhead_head_requests_total", "Predict requests", ["head", "status"])
+LATENCY = Histogram("polyhead_head_request_seconds", "Predict latency", ["head"], buckets=LATENCY_BUCKETS)
+EMBED_LATENCY = Histogram("polyhead_head_embed_seconds", "Embedder call latency", ["head"], buckets=LATENCY_BUCKETS)
+PREDICTIONS = Counter("polyhead_head_predictions_total", "Texts classified", ["head", "label"])
+ABSTAINED = Counter("polyhead_head_abstained_total", "Predictions below the confidence threshold", ["head"])
+VERSION = Gauge("polyhead_head_serving_version_info", "Version being served (value 1)", ["head", "version"])
+READY = Gauge("polyhead_head_ready", "1 when ready", ["head"])

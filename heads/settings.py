@@ -1,0 +1,28 @@
+"""Head settings: YAML section `head:`, env `POLYHEAD_HEAD_*`, or CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from polyhead.settings import ServiceSettings
+
+
+class HeadSettings(ServiceSettings):
+    section = "head"
+    model_config = SettingsConfigDict(env_prefix="POLYHEAD_HEAD_", extra="forbid")
+
+    config: Path = Field(..., description="The head's config, configs/heads/<name>.yaml")
+    models_dir: Path = Field(Path("models"), description="Where versioned artifacts live")
+    embedder_target: str = Field("127.0.0.1:50051", description="Embedder gRPC address (dns:///name:port balances)")
+    embedder_timeout_s: float = Field(5.0, gt=0)
+    host: str = "127.0.0.1"
+    port: int = Field(8001, ge=0, le=65535)
+    db_url: str = Field("sqlite:///var/inference.db", description="Inference DB (SQLAlchemy URL)")
+    spool_dir: Path = Field(Path("var/spool"), description="Records wait here while the DB is down")
+    version_poll_s: float = Field(2.0, ge=0, description="How often to look for a new version; 0 = only on /admin/reload")
+    readiness_ttl_s: float = Field(2.0, ge=0, description="How long a readiness probe of the embedder is reused")
+    log_level: str = "info"
+    json_logs: bool = True

@@ -1,0 +1,149 @@
+"""The training pipeline behind `polyhead train CONFIG`: data -> embeddings -> head -> artifact.
+
+Embeddings come from the embedder over gRPC (a streamed bulk call), so re-training a head, or
+training another head on overlapping texts, is served from the embedder's cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import yaml
+
+from heads.artifacts import write_artifact
+from heads.config import HeadConfig
+from heads.training import evaluate, train_head
+from polyhead import __version__
+from polyhead.errors import ValidationError
+
+EMBED_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class Split:
+    texts: list[str]
+    labels: list[str]
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    name: str
+    version: str
+    path: Path
+    metrics: dict
+    train_time_s: float
+    embed_time_s: float
+
+
+def read_split(path: Path, text_field: str, label_field: str) -> Split:
+    """JSONL or CSV; a bad row fails with the file, the line and the missing field."""
+    texts, labels = [], []
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [(i + 2, row) for i, row in enumerate(csv.DictReader(f))]
+    else:
+        with path.open(encoding="utf-8") as f:
+            rows = [(i + 1, json.loads(line)) for i, line in enumerate(f) if line.strip()]
+    for line_no, row in rows:
+        text, label = row.get(text_field), row.get(label_field)
+        if not isinstance(text, str) or not text.strip():
+            raise ValidationError(f"{path}:{line_no}: field {text_field!r} must be a non-empty string", field=text_field)
+        if label is None or str(label) == "":
+            raise ValidationError(f"{path}:{line_no}: field {label_field!r} is missing", field=label_field)
+        texts.append(text)
+        labels.append(str(label))
+    if not texts:
+        raise ValidationError(f"{path}: no rows")
+    return Split(texts, labels)
+
+
+def data_hash(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def code_version() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def new_version() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def embed_all(client, texts: list[str], on_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, str]:
+    """Embed through one gRPC stream in chunks; returns vectors and the embedder fingerprint."""
+    chunks = [texts[i:i + EMBED_CHUNK] for i in range(0, len(texts), EMBED_CHUNK)]
+    vectors, fingerprint = [], ""
+    for out in client.embed_stream(chunks, timeout_s=max(60.0, len(texts) / 20)):
+        vectors.append(out.vectors)
+        if fingerprint and out.fingerprint != fingerprint:
+            raise RuntimeError("the embedder's fingerprint changed during training; retrain")
+        fingerprint = out.fingerprint
+        if on_progress:
+            on_progress(len(out.vectors))
+    return np.concatenate(vectors), fingerprint
+
+
+def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=None, version: str | None = None) -> TrainReport:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    ds = config.dataset
+    paths = {k: config.resolve(getattr(ds, k)) for k in ("train", "val", "test") if getattr(ds, k) is not None}
+    for split, path in paths.items():
+        if not path.exists():
+            raise ValidationError(f"{config.source}: dataset.{split}: file {path} does not exist", field=f"dataset.{split}")
+    splits = {k: read_split(p, ds.text_field, ds.label_field) for k, p in paths.items()}
+    total = sum(len(s.texts) for s in splits.values())
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False, disable=console is False) as progress:
+        task = progress.add_task(f"[{config.name}] embedding", total=total)
+        started = datetime.now(timezone.utc)
+        embedded, fingerprint = {}, ""
+        for k, s in splits.items():
+            embedded[k], fingerprint = embed_all(client, s.texts, lambda n: progress.advance(task, n))
+        embed_time = (datetime.now(timezone.utc) - started).total_seconds()
+
+        fit_task = progress.add_task(f"[{config.name}] training", total=None)
+        val = splits.get("val")
+        result = train_head(embedded["train"], splits["train"].labels,
+                            embedded.get("val"), val.labels if val else None,
+                            params=config.training, seed=config.seed,
+                            progress=lambda info: progress.update(fit_task, description=f"[{config.name}] training {info.get('stage', '')}"))
+        progress.update(fit_task, total=1, completed=1)
+
+    metrics = {"val": {"metric": result.val_metric, "score": result.val_score, "source": result.val_source},
+               "chosen": result.chosen, "train_time_s": round(result.train_time_s, 3),
+               "n_train": len(splits["train"].texts)}
+    if "test" in splits:
+        metrics["test"] = evaluate(result.model, embedded["test"], splits["test"].labels)
+    version = version or new_version()
+    manifest = {
+        "created": datetime.now(timezone.utc).isoformat(),
+        "embedder_fingerprint": fingerprint,
+        "data_sha256": data_hash(list(paths.values())),
+        "code_version": code_version(),
+        "head_type": result.model.head_type,
+        "labels": list(result.model.labels),
+        "params": result.params.model_dump(),
+    }
+    config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    path = write_artifact(models_dir, config.name, version, result.model, manifest=manifest, metrics=metrics,
+                          config_yaml=config_yaml)
+    return TrainReport(config.name, version, path, metrics, result.train_time_s, embed_time)
