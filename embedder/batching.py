@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from embedder import metrics
+from embedder.cache import CachedEmbedding
 from embedder.servable import EmbedBatchResult
 from polyhead.errors import DeadlineExceededError, OverloadedError, UnavailableError
 
@@ -149,4 +150,5 @@ class MicroBatcher:
             self.batches_run += 1
             for i, it in enumerate(batch):
                 if not it.future.done():
-                    it.future.set_result((result.vectors[i], bool(result.truncated[i])))
+                    it.future.set_result(CachedEmbedding(result.vectors[i], bool(result.truncated[i]),
+                                                         int(result.token_counts[i])))

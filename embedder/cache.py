@@ -14,6 +14,7 @@ from embedder import metrics
 class CachedEmbedding:
     vector: np.ndarray
     truncated: bool
+    token_count: int = 0
 
 
 class _CountingLRU(LRUCache):

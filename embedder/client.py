@@ -47,6 +47,7 @@ class Embeddings:
     truncated: list[bool]
     fingerprint: str
     model: str
+    token_counts: list[int]
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ class RetryPolicy:
 def decode(response: embedder_pb2.EmbedResponse) -> Embeddings:
     n = len(response.cached)
     vectors = np.frombuffer(response.embeddings, dtype="<f4").reshape(n, response.dim) if n else np.zeros((0, response.dim), np.float32)
-    return Embeddings(vectors, list(response.cached), list(response.truncated), response.fingerprint, response.model)
+    return Embeddings(vectors, list(response.cached), list(response.truncated), response.fingerprint, response.model,
+                      list(response.token_counts))
 
 
 def to_polyhead_error(exc: grpc.RpcError) -> PolyheadError:

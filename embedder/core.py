@@ -10,7 +10,7 @@ import numpy as np
 
 from embedder import metrics
 from embedder.batching import BatchItem, MicroBatcher
-from embedder.cache import CachedEmbedding, EmbeddingCache
+from embedder.cache import EmbeddingCache
 from embedder.servable import TextEmbeddingServable
 from embedder.settings import EmbedderSettings
 from polyhead.errors import ValidationError
@@ -21,6 +21,7 @@ class EmbedOutcome:
     vectors: np.ndarray  # [N, D] float32
     cached: list[bool]
     truncated: list[bool]
+    token_counts: list[int]
 
 
 class EmbeddingService:
@@ -68,13 +69,14 @@ class EmbeddingService:
         vectors = np.empty((len(texts), self.servable.dim), dtype=np.float32)
         cached = [False] * len(texts)
         truncated = [False] * len(texts)
+        token_counts = [0] * len(texts)
 
         # Texts still needed, each once (a request may repeat a text).
         needed: dict[str, list[int]] = {}
         for i, text in enumerate(texts):
             hit = None if bypass_cache else self.cache.get((fp, text))
             if hit is not None:
-                vectors[i], cached[i], truncated[i] = hit.vector, True, hit.truncated
+                vectors[i], cached[i], truncated[i], token_counts[i] = hit.vector, True, hit.truncated, hit.token_count
             else:
                 needed.setdefault(text, []).append(i)
 
@@ -87,10 +89,10 @@ class EmbeddingService:
             finally:
                 for it in items:
                     it.waiters -= 1  # a cancelled caller leaves; an item nobody awaits is dropped
-            for (text, indices), (vector, was_truncated) in zip(needed.items(), results):
+            for indices, result in zip(needed.values(), results):
                 for i in indices:
-                    vectors[i], truncated[i] = vector, was_truncated
-        return EmbedOutcome(vectors, cached, truncated)
+                    vectors[i], truncated[i], token_counts[i] = result.vector, result.truncated, result.token_count
+        return EmbedOutcome(vectors, cached, truncated, token_counts)
 
     def _enqueue(self, texts: list[str], fp: str, bypass_cache: bool, deadline: float | None) -> list[BatchItem]:
         assert self.batcher is not None, "start() first"
@@ -115,8 +117,7 @@ class EmbeddingService:
         if self._inflight.get(key) is item:
             del self._inflight[key]
         if not fut.cancelled() and fut.exception() is None:
-            vector, was_truncated = fut.result()
-            self.cache.put(key, CachedEmbedding(vector, was_truncated))
+            self.cache.put(key, fut.result())
 
     def info(self) -> dict:
         s = self.settings

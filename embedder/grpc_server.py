@@ -37,6 +37,7 @@ def to_response(outcome: EmbedOutcome, service: EmbeddingService) -> embedder_pb
         dim=outcome.vectors.shape[1],
         cached=outcome.cached,
         truncated=outcome.truncated,
+        token_counts=outcome.token_counts,
         fingerprint=service.servable.fingerprint,
         model=service.servable.name,
     )

@@ -25,6 +25,7 @@ log = logging.getLogger("polyhead.embedder.servable")
 class EmbedBatchResult:
     vectors: np.ndarray  # [N, D] float32
     truncated: np.ndarray  # [N] bool
+    token_counts: np.ndarray  # [N] int, tokens embedded (after truncation); 0 when the module cannot tell
 
 
 class TextEmbeddingServable:
@@ -97,11 +98,15 @@ class TextEmbeddingServable:
         if self._with_stats is not None:
             out = self._with_stats(batch)
             vectors = out["embeddings"].numpy()
-            truncated = out["num_tokens"].numpy() > self.max_seq_length if self.max_seq_length else np.zeros(len(texts), bool)
+            num_tokens = out["num_tokens"].numpy()
+            limit = self.max_seq_length or int(num_tokens.max(initial=0))
+            truncated = num_tokens > limit
+            token_counts = np.minimum(num_tokens, limit)
         else:
             vectors = self._module(batch).numpy()
             truncated = np.zeros(len(texts), dtype=bool)
-        return EmbedBatchResult(np.ascontiguousarray(vectors, dtype=np.float32), truncated)
+            token_counts = np.zeros(len(texts), dtype=np.int64)
+        return EmbedBatchResult(np.ascontiguousarray(vectors, dtype=np.float32), truncated, token_counts)
 
 
 def configure_tf_logging() -> None:

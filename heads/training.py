@@ -60,7 +60,9 @@ class TrainParams(BaseModel):
     selection_metric: Literal["accuracy", "f1_weighted", "f1_macro"] = "accuracy"
     refit: bool = Field(True, description="retrain the chosen settings on train+val")
     n_ensemble: int = Field(1, ge=1, le=16, description="members averaged in probability in the final model")
-    standardize: bool = True
+    input_scaling: Literal["center_scale", "standardize", "none"] = Field(
+        "center_scale", description="center_scale: subtract the mean, one global scale (keeps the embedding's "
+                                    "geometry); standardize: per-dimension z-scores")
     search_grid: dict[str, list[Any]] = Field(
         default_factory=lambda: {"dropout": [0.2, 0.5]},
         description="grid (cartesian product) of overrides tried on the val split; epochs come from early stopping",
@@ -348,7 +350,7 @@ def _fit(p: TrainParams, X: np.ndarray, y: np.ndarray, C: int, *, K: int, seed: 
     return net, best_params, best, best_epoch
 
 
-def _standardizer(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarray]:
+def _standardizer(X: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
     """(mean, scale) so that (x - mean) * scale is the network input.
 
     Dead dimensions (all-MiniLM-L6-v2 has a few that are ~1e-32 everywhere) get scale 0: besides
@@ -357,8 +359,11 @@ def _standardizer(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarray]
     std = X.std(axis=0, dtype=np.float64)
     ref = float(np.median(std)) if std.size else 1.0
     dead = std <= 1e-4 * max(ref, 1e-12)
-    if not enabled:
+    if mode == "none":
         mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
+    elif mode == "center_scale":
+        mean = X.mean(axis=0, dtype=np.float64)
+        scale = np.full(X.shape[1], 1.0 / max(float(np.sqrt(np.mean(std ** 2))), 1e-12))
     else:
         mean = X.mean(axis=0, dtype=np.float64)
         scale = 1.0 / np.maximum(std, 0.25 * ref)
@@ -404,7 +409,7 @@ def train_head(X_train: np.ndarray, y_train: Sequence[str], X_val: np.ndarray | 
         val_source = "split" if len(va) else "none"
 
     # -- search ----------------------------------------------------------------------------------
-    mean, scale = _standardizer(Xs_tr, p.standardize)
+    mean, scale = _standardizer(Xs_tr, p.input_scaling)
     s32 = lambda A: ((A - mean) * scale).astype(np.float32)  # noqa: E731
     Ztr, Zva = s32(Xs_tr), s32(Xs_va)
     candidates = p.candidates() if len(Xs_va) else [{}]
@@ -433,7 +438,7 @@ def train_head(X_train: np.ndarray, y_train: Sequence[str], X_val: np.ndarray | 
     if p.refit and len(Xs_va):
         X_all = np.concatenate([X_train, X_val]) if given_val else X_train
         y_all = np.concatenate([yi, ys_va]) if given_val else yi
-        mean, scale = _standardizer(X_all, p.standardize)
+        mean, scale = _standardizer(X_all, p.input_scaling)
         net, state, _, _ = _fit(final, ((X_all - mean) * scale).astype(np.float32), y_all, C, K=p.n_ensemble,
                                 seed=seed, X_val=None, y_val=None, epochs=max(1, best_epochs), metric=p.selection_metric,
                                 progress=_tagged(progress, "refit", 0, 1, chosen), stage="refit")

@@ -15,20 +15,22 @@ class EmbedRequest(_message.Message):
     def __init__(self, texts: _Optional[_Iterable[str]] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
-    __slots__ = ("embeddings", "dim", "cached", "truncated", "fingerprint", "model")
+    __slots__ = ("embeddings", "dim", "cached", "truncated", "fingerprint", "model", "token_counts")
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_COUNTS_FIELD_NUMBER: _ClassVar[int]
     embeddings: bytes
     dim: int
     cached: _containers.RepeatedScalarFieldContainer[bool]
     truncated: _containers.RepeatedScalarFieldContainer[bool]
     fingerprint: str
     model: str
-    def __init__(self, embeddings: _Optional[bytes] = ..., dim: _Optional[int] = ..., cached: _Optional[_Iterable[bool]] = ..., truncated: _Optional[_Iterable[bool]] = ..., fingerprint: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    token_counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, embeddings: _Optional[bytes] = ..., dim: _Optional[int] = ..., cached: _Optional[_Iterable[bool]] = ..., truncated: _Optional[_Iterable[bool]] = ..., fingerprint: _Optional[str] = ..., model: _Optional[str] = ..., token_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()

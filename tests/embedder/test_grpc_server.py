@@ -145,8 +145,11 @@ async def test_long_text_is_truncated_and_flagged(servable):
     async with running_server(servable) as (server, target):
         client = AsyncEmbedderClient(target)
         out = await client.embed(["short", "word " * 400])
+        again = await client.embed(["short", "word " * 400])
         await client.close()
     assert out.truncated == [False, True]
+    assert out.token_counts == [3, 128]  # [CLS] short [SEP]; the long one capped at max_seq_length
+    assert again.cached == [True, True] and again.token_counts == [3, 128] and again.truncated == [False, True]
 
 
 async def test_full_queue_answers_resource_exhausted_and_loses_nothing_accepted(servable):
