@@ -50,6 +50,7 @@ class ServingConfig(BaseModel):
     max_text_chars: int = Field(10_000, ge=1)
     redact_text: bool = Field(False, description="log only a hash of the input text")
     address: str | None = Field(None, description="head URL for the gateway; default from the gateway's template")
+    timeout_s: float | None = Field(None, gt=0, description="gateway -> head timeout for this model; default the gateway's")
 
 
 class HeadConfig(BaseModel):

@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field
 
 from heads import metrics
 from heads.config import load_head_config
 from heads.core import HeadService
+from heads.schemas import PredictRequest, PredictResponse
 from heads.inference_db import InferenceLog
 from heads.settings import HeadSettings
 from polyhead import __version__
@@ -21,40 +22,6 @@ from polyhead.errors import PolyheadError, ValidationError
 from polyhead.http import ERROR_RESPONSES, REQUEST_ID_HEADER, install_error_handlers, request_id_of
 
 log = logging.getLogger("polyhead.head.http")
-
-
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "my card was declined"}]})
-
-    text: str | None = Field(None, description="One text")
-    texts: list[str] | None = Field(None, description="Several texts", min_length=1)
-
-    @model_validator(mode="after")
-    def _exactly_one(self):
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of 'text' or 'texts'")
-        return self
-
-
-class ScoredLabel(BaseModel):
-    label: str
-    probability: float
-
-
-class PredictionOut(BaseModel):
-    label: str
-    probability: float
-    top_k: list[ScoredLabel]
-    abstained: bool
-
-
-class PredictResponse(BaseModel):
-    head: str
-    version: str
-    embedder_fingerprint: str
-    request_id: str
-    latency_ms: float
-    predictions: list[PredictionOut]
 
 
 class ReloadRequest(BaseModel):

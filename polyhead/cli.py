@@ -17,6 +17,10 @@ embedder_app = typer.Typer(help="The embedder service.", no_args_is_help=True)
 app.add_typer(embedder_app, name="embedder")
 head_app = typer.Typer(help="Classifier head services.", no_args_is_help=True)
 app.add_typer(head_app, name="head")
+gateway_app = typer.Typer(help="The gateway.", no_args_is_help=True)
+app.add_typer(gateway_app, name="gateway")
+keys_app = typer.Typer(help="Gateway API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML settings file (section per service)", exists=True)
 
@@ -126,6 +130,52 @@ def head_serve(
     serve(settings)
 
 
+@gateway_app.command("serve")
+def gateway_serve(
+    config: Optional[Path] = ConfigOpt,
+    host: Optional[str] = typer.Option(None),
+    port: Optional[int] = typer.Option(None),
+    heads_dir: Optional[Path] = typer.Option(None, help="Head configs (default configs/heads)"),
+    routes_file: Optional[Path] = typer.Option(None, help="YAML {name: url} overriding addresses"),
+    head_url_template: Optional[str] = typer.Option(None, help="e.g. http://head-{name}:8000"),
+    embedder_target: Optional[str] = typer.Option(None),
+    api_keys_file: Optional[Path] = typer.Option(None, help="YAML list of hashed keys (see `polyhead keys create`)"),
+    rate_limit_per_s: Optional[float] = typer.Option(None),
+    rate_limit_burst: Optional[int] = typer.Option(None),
+    max_body_bytes: Optional[int] = typer.Option(None),
+    log_level: Optional[str] = typer.Option(None),
+):
+    """Serve the gateway: route by model name, OpenAI-style /v1/embeddings."""
+    overrides = {k: v for k, v in locals().items() if k != "config"}
+    from gateway.http_server import serve
+    from gateway.settings import GatewaySettings
+    from polyhead.logging import configure_logging
+
+    settings = GatewaySettings.load(config, **overrides)
+    configure_logging(settings.log_level, settings.json_logs)
+    serve(settings)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Argument(..., help="Who the key is for"),
+    models: str = typer.Option("*", help="Comma-separated models the key may call; * = all"),
+    keys_file: Optional[Path] = typer.Option(None, help="Append the hashed entry to this YAML file"),
+):
+    """Make an API key: prints the key once; only its hash is stored."""
+    import yaml
+
+    from gateway.auth import new_key
+
+    key, digest = new_key()
+    entry = {"name": name, "sha256": digest, "models": [m.strip() for m in models.split(",") if m.strip()]}
+    if keys_file:
+        existing = (yaml.safe_load(keys_file.read_text()) if keys_file.exists() else None) or []
+        keys_file.write_text(yaml.safe_dump(existing + [entry], sort_keys=False))
+    typer.echo(f"key (shown once, give it to {name}): {key}")
+    typer.echo(yaml.safe_dump([entry], sort_keys=False).rstrip())
+
+
 @app.command("train")
 def train(
     head_configs: List[Path] = typer.Argument(..., help="configs/heads/<name>.yaml (one or more)", exists=True),
@@ -157,6 +207,53 @@ def train(
             typer.echo(json.dumps({"head": report.name, "version": report.version, "path": str(report.path),
                                    "train_time_s": round(report.train_time_s, 2),
                                    "test_accuracy": test.get("accuracy"), "test_f1_weighted": test.get("f1_weighted")}))
+
+
+StackConfigOpt = typer.Option(None, "--config", "-c", help="YAML settings file (section `stack:`)", exists=True)
+
+
+@app.command("up")
+def up(
+    config: Optional[Path] = StackConfigOpt,
+    heads_dir: Optional[Path] = typer.Option(None, help="Head configs to serve (default configs/heads)"),
+    models_dir: Optional[Path] = typer.Option(None, help="Artifacts (default models/)"),
+    var_dir: Optional[Path] = typer.Option(None, help="Logs, inference DB, state (default var/)"),
+    gateway_port: Optional[int] = typer.Option(None),
+    embedder_port: Optional[int] = typer.Option(None),
+    embedder_metrics_port: Optional[int] = typer.Option(None),
+    head_base_port: Optional[int] = typer.Option(None),
+    db_url: Optional[str] = typer.Option(None, help="Inference DB (default SQLite in var/)"),
+):
+    """Run the whole stack: embedder, every configured head, gateway (Ctrl-C stops all)."""
+    overrides = {k: v for k, v in locals().items() if k != "config"}
+    from rich.console import Console
+
+    from polyhead.stack import Stack, StackSettings
+
+    settings = StackSettings.load(config, **overrides)
+    raise typer.Exit(Stack(settings, Console()).run())
+
+
+@app.command("status")
+def stack_status(
+    config: Optional[Path] = StackConfigOpt,
+    var_dir: Optional[Path] = typer.Option(None, help="Where `polyhead up` keeps its state (default var/)"),
+):
+    """Show each service of a running `polyhead up`: port, health, version."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from polyhead.stack import StackSettings, status
+
+    rows = status(StackSettings.load(config, var_dir=var_dir))
+    if not rows:
+        typer.echo("polyhead is not running here (no stack state found)")
+        raise typer.Exit(1)
+    table = Table("service", "port", "pid", "health", "version", "restarts")
+    for r in rows:
+        table.add_row(r["name"], str(r["port"]), f"{r['pid']}" + ("" if r["alive"] else " (dead)"), r["health"],
+                      r["version"], str(r["restarts"]))
+    Console().print(table)
 
 
 def main() -> None:  # console-script entry point

@@ -1,0 +1,1 @@
+"""polyhead gateway: routes requests by model name to heads; OpenAI-style embeddings; API keys."""

@@ -1,0 +1,136 @@
+"""API keys (Bearer, stored hashed), per-key rate limits (token bucket), request body limit."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+
+import yaml
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from gateway.settings import ApiKey, GatewaySettings
+from polyhead.errors import OverloadedError, PolyheadError
+
+
+class UnauthorizedError(PolyheadError):
+    http_status = HTTPStatus.UNAUTHORIZED
+    grpc_code_name = "UNAUTHENTICATED"
+    kind = "unauthorized"
+
+
+class ForbiddenError(PolyheadError):
+    http_status = HTTPStatus.FORBIDDEN
+    grpc_code_name = "PERMISSION_DENIED"
+    kind = "forbidden"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> tuple[str, str]:
+    key = "ph_" + secrets.token_urlsafe(32)
+    return key, hash_key(key)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """Token bucket per caller: `rate` tokens/s, up to `burst`; an empty bucket says when to retry."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, _Bucket] = {}
+
+    def take(self, who: str, rate: float | None = None) -> None:
+        rate = rate or self.rate
+        now = time.monotonic()
+        b = self._buckets.setdefault(who, _Bucket(self.burst, now))
+        b.tokens = min(self.burst, b.tokens + (now - b.updated) * rate)
+        b.updated = now
+        if b.tokens < 1:
+            raise OverloadedError(f"rate limit of {rate:g} requests/s exceeded for {who!r}",
+                                  retry_after_s=(1 - b.tokens) / rate)
+        b.tokens -= 1
+
+
+class Authenticator:
+    def __init__(self, settings: GatewaySettings):
+        keys = list(settings.api_keys)
+        if settings.api_keys_file and Path(settings.api_keys_file).exists():
+            keys += [ApiKey.model_validate(k) for k in yaml.safe_load(Path(settings.api_keys_file).read_text()) or []]
+        self._by_hash = {k.sha256: k for k in keys}
+        self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+
+    @property
+    def required(self) -> bool:
+        return bool(self._by_hash)
+
+    def authenticate(self, request: Request) -> ApiKey | None:
+        """None when no keys are configured (open local default); raises 401 otherwise."""
+        header = request.headers.get("authorization", "")
+        if not self.required:
+            return None
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise UnauthorizedError("missing API key: send 'Authorization: Bearer <key>'", field="authorization")
+        digest = hash_key(token.strip())
+        for stored, key in self._by_hash.items():
+            if hmac.compare_digest(stored, digest):
+                return key
+        raise UnauthorizedError("invalid API key", field="authorization")
+
+    def admit(self, request: Request, model: str | None = None) -> ApiKey | None:
+        key = self.authenticate(request)
+        if key is not None and model is not None and "*" not in key.models and model not in key.models:
+            raise ForbiddenError(f"API key {key.name!r} may not call model {model!r}", field="model")
+        who = key.name if key else f"ip:{request.client.host if request.client else 'unknown'}"
+        self.limiter.take(who, key.rate_per_s if key else None)
+        return key
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for bodies over the limit, declared or streamed."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._reject(scope, receive, send)
+
+    async def _reject(self, scope, receive, send):
+        response = JSONResponse({"error": {"type": "too_large", "message": f"request body exceeds the limit of "
+                                           f"max_body_bytes={self.max_bytes}", "field": "body"}}, status_code=413)
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass

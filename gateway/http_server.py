@@ -1,0 +1,198 @@
+"""HTTP front end of the gateway (FastAPI): what users touch first."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Literal
+
+from fastapi import FastAPI, Path, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway import metrics
+from gateway.auth import Authenticator, BodySizeLimit
+from gateway.core import GatewayService
+from gateway.settings import GatewaySettings
+from heads.schemas import PredictRequest, PredictResponse
+from polyhead import __version__
+from polyhead.errors import PolyheadError
+from polyhead.http import REQUEST_ID_HEADER, install_error_handlers, request_id_of
+
+log = logging.getLogger("polyhead.gateway.http")
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def _errors(*codes: int) -> dict:
+    text = {401: "Missing or invalid API key", 403: "This key may not call this model", 404: "Unknown model; the message lists the known ones",
+            413: "Request body over max_body_bytes", 422: "Invalid input; names the field and the limit",
+            429: "Rate limit hit or server overloaded; see Retry-After",
+            503: "Model (head) or embedder unavailable; see Retry-After"}
+    return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}
+
+
+class ModelInfo(BaseModel):
+    name: str
+    description: str = ""
+    version: str | None = None
+    labels: list[str] = []
+    metrics: dict[str, float | None] = {}
+    ready: bool
+    checks: dict = {}
+    embedder_fingerprint: str | None = None
+    error: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelInfo]
+
+
+class EmbeddingsRequest(BaseModel):
+    """The OpenAI embeddings request (strings only: token arrays are specific to OpenAI's tokenizer)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | list[str] = Field(..., description="A text or a list of texts")
+    model: str = Field(..., description="The embedder's model name (see GET /v1/embeddings/models) or 'default'")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _strings_only(cls, value):
+        if isinstance(value, list) and value and not all(isinstance(v, str) for v in value):
+            raise ValueError("token arrays are not supported; send a string or a list of strings")
+        if isinstance(value, list) and not value:
+            raise ValueError("must contain at least 1 text")
+        return value
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: Usage
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    service = GatewayService(settings)
+    auth = Authenticator(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start()
+        watcher = asyncio.create_task(service.watch_routes())
+        log.info("gateway started", extra={"models": sorted(service.routing.routes), "auth": auth.required})
+        yield
+        watcher.cancel()
+        await service.close()
+
+    app = FastAPI(title="polyhead gateway", version=__version__, lifespan=lifespan,
+                  description="Route predictions to classifier heads by model name; OpenAI-style embeddings.")
+    app.state.service = service
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    def observe(route: str, model: str, status: int, started: float) -> None:
+        metrics.REQUESTS.labels(route, model, str(status)).inc()
+        metrics.LATENCY.labels(route, model).observe(time.perf_counter() - started)
+
+    @app.post("/v1/models/{name}/predict", response_model=PredictResponse,
+              responses=_errors(401, 403, 404, 413, 422, 429, 503))
+    async def predict(body: PredictRequest, request: Request, name: str = Path(..., description="Model (head) name")):
+        """Classify one text (`text`) or several (`texts`) with the named model."""
+        started, rid = time.perf_counter(), request_id_of(request)
+        try:
+            auth.admit(request, name)
+            reply = await service.predict(name, body.model_dump(exclude_none=True), rid)
+        except PolyheadError as err:
+            observe("predict", name if name in service.routing.routes else "unknown", int(err.http_status), started)
+            raise
+        observe("predict", name, reply.status, started)
+        return JSONResponse(reply.body, status_code=reply.status, headers={**reply.headers, REQUEST_ID_HEADER: rid})
+
+    @app.get("/v1/models", response_model=ModelList, responses=_errors(401, 429))
+    async def list_models(request: Request):
+        """Every routable model with its version, labels, test metrics and readiness."""
+        auth.admit(request)
+        return {"object": "list", "data": await service.list_models(request_id_of(request))}
+
+    @app.get("/v1/models/{name}", response_model=ModelInfo, responses=_errors(401, 403, 404, 429))
+    async def get_model(name: str, request: Request):
+        auth.admit(request, name)
+        return await service.model_info(name, request_id_of(request))
+
+    @app.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=_errors(401, 404, 413, 422, 429, 503))
+    async def embeddings(body: EmbeddingsRequest, request: Request):
+        """OpenAI-compatible embeddings, served by the embedder (and its cache)."""
+        started, rid = time.perf_counter(), request_id_of(request)
+        auth.admit(request)
+        inputs = [body.input] if isinstance(body.input, str) else body.input
+        try:
+            result = await service.embeddings(inputs, body.model, body.encoding_format, body.dimensions, rid)
+        except PolyheadError as err:
+            err.message = err.message.replace("texts[", "input[")  # the embedder's name for the field
+            observe("embeddings", "-", int(err.http_status), started)
+            raise
+        observe("embeddings", "-", 200, started)
+        return JSONResponse(result, headers={REQUEST_ID_HEADER: rid})
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        embedder = await service.embedder.health(timeout_s=1.0)
+        ready = embedder == "SERVING"
+        return JSONResponse({"ready": ready, "embedder": embedder, "models": sorted(service.routing.routes),
+                             "config_errors": service.routing.errors}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/reload", responses=_errors(401, 403))
+    async def reload(request: Request):
+        """Re-read configs/heads and the routes file now (they are also polled)."""
+        key = auth.authenticate(request)
+        if key is not None and "*" not in key.models:
+            from gateway.auth import ForbiddenError
+
+            raise ForbiddenError("admin needs a key allowed on every model ('*')")
+        service.routing.refresh(force=True)
+        return {"models": sorted(service.routing.routes), "config_errors": service.routing.errors}
+
+    return app
+
+
+def serve(settings: GatewaySettings) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+                access_log=False, timeout_graceful_shutdown=10)

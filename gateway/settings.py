@@ -1,0 +1,51 @@
+"""Gateway settings: YAML section `gateway:`, env `POLYHEAD_GATEWAY_*`, or CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import SettingsConfigDict
+
+from polyhead.settings import ServiceSettings
+
+
+class ApiKey(BaseModel):
+    """A key is stored only as its SHA-256; `polyhead keys create` prints both once."""
+
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    models: list[str] = Field(default_factory=lambda: ["*"], description="models this key may call; * = all")
+    rate_per_s: float | None = Field(None, gt=0, description="overrides the default per-key rate")
+
+
+class GatewaySettings(ServiceSettings):
+    section = "gateway"
+    model_config = SettingsConfigDict(env_prefix="POLYHEAD_GATEWAY_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    # Routing: configs/heads/*.yaml names the models; the address comes from, in order, the routes
+    # file (written by `polyhead up`), the config's serving.address, then the template.
+    heads_dir: Path = Path("configs/heads")
+    routes_file: Path | None = Field(None, description="YAML {name: url} written by `polyhead up`")
+    head_url_template: str = Field("http://head-{name}:8000", description="Address of a head by name")
+    reload_interval_s: float = Field(1.0, ge=0, description="Look for new/changed head configs this often; 0 = only POST /admin/reload")
+
+    embedder_target: str = "127.0.0.1:50051"
+    embedder_timeout_s: float = Field(10.0, gt=0)
+
+    head_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout towards a head")
+    info_timeout_s: float = Field(1.0, gt=0, description="Timeout of the /info calls behind GET /v1/models")
+    max_connections_per_head: int = Field(64, ge=1)
+
+    # Security. With no keys configured the gateway is open (the local default).
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    api_keys_file: Path | None = Field(None, description="YAML list of keys (name, sha256, models, rate_per_s)")
+    rate_limit_per_s: float = Field(50.0, gt=0, description="Per-key sustained requests/s")
+    rate_limit_burst: int = Field(100, ge=1)
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413")
+
+    log_level: str = "info"
+    json_logs: bool = True

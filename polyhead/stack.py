@@ -1,0 +1,346 @@
+"""`polyhead up`: the whole stack on one machine, as supervised child processes on loopback.
+
+Embedder first (it exports the bundled model on first start), then any missing head artifacts
+are trained through it, then every head and the gateway. Children that crash are restarted with
+backoff; head configs added while running are trained, started and routed; Ctrl-C / SIGTERM
+stops everything. A second run re-does nothing: artifacts and the exported model are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import yaml
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from polyhead.settings import ServiceSettings
+
+RESTART_BACKOFF_MAX_S = 30.0
+
+
+class StackSettings(ServiceSettings):
+    section = "stack"
+    model_config = SettingsConfigDict(env_prefix="POLYHEAD_STACK_", extra="forbid")
+
+    heads_dir: Path = Path("configs/heads")
+    models_dir: Path = Path("models")
+    var_dir: Path = Field(Path("var"), description="logs, inference DB, spool, stack state")
+    host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    embedder_port: int = 50051
+    embedder_metrics_port: int = 9101
+    head_base_port: int = 8101
+    db_url: str | None = Field(None, description="default: SQLite in var_dir")
+    train_missing: bool = True
+    scan_interval_s: float = 2.0
+
+    @property
+    def state_file(self) -> Path:
+        return self.var_dir / "stack.json"
+
+
+@dataclass
+class Child:
+    name: str
+    kind: str  # embedder | head | gateway
+    argv: list[str]
+    port: int
+    url: str
+    log: Path
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def start(self, env: dict) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log, "ab")
+        # Own process group: Ctrl-C in the terminal reaches only the supervisor, which stops children in order.
+        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        out.close()
+        self.started_at = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 10) -> None:
+        if not self.alive():
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "polyhead.cli", *args]
+
+
+class Stack:
+    def __init__(self, settings: StackSettings, console):
+        self.s = settings
+        self.console = console
+        self.children: dict[str, Child] = {}
+        self.stopping = False
+        self.ports_file = settings.var_dir / "ports.json"
+        self.routes_file = settings.var_dir / "routes.yaml"
+        self.db_url = settings.db_url or f"sqlite:///{(settings.var_dir / 'inference.db').resolve()}"
+        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "POLYHEAD_EMBEDDER_TARGET": self.embedder_target}
+
+    @property
+    def embedder_target(self) -> str:
+        return f"{self.s.host}:{self.s.embedder_port}"
+
+    # -- children ----------------------------------------------------------------------------------
+    def _embedder(self) -> Child:
+        argv = _cli("embedder", "serve", "--host", self.s.host, "--port", str(self.s.embedder_port),
+                    "--metrics-port", str(self.s.embedder_metrics_port))
+        return Child("embedder", "embedder", argv, self.s.embedder_port, self.embedder_target,
+                     self.s.var_dir / "logs" / "embedder.log")
+
+    def _head(self, name: str, config: Path, port: int) -> Child:
+        argv = _cli("head", "serve", str(config), "--host", self.s.host, "--port", str(port),
+                    "--models-dir", str(self.s.models_dir), "--embedder-target", self.embedder_target,
+                    "--db-url", self.db_url, "--spool-dir", str(self.s.var_dir / "spool"))
+        return Child(f"head:{name}", "head", argv, port, f"http://{self.s.host}:{port}",
+                     self.s.var_dir / "logs" / f"head-{name}.log", extra={"head": name})
+
+    def _gateway(self) -> Child:
+        argv = _cli("gateway", "serve", "--host", self.s.host, "--port", str(self.s.gateway_port),
+                    "--heads-dir", str(self.s.heads_dir), "--routes-file", str(self.routes_file),
+                    "--embedder-target", self.embedder_target)
+        return Child("gateway", "gateway", argv, self.s.gateway_port, f"http://{self.s.host}:{self.s.gateway_port}",
+                     self.s.var_dir / "logs" / "gateway.log")
+
+    def _launch(self, child: Child) -> None:
+        self.children[child.name] = child
+        child.start(self.env)
+        self._write_state()
+
+    # -- readiness ---------------------------------------------------------------------------------
+    def _wait_embedder(self, timeout_s: float = 600) -> None:
+        from embedder.client import EmbedderClient
+
+        child = self.children["embedder"]
+        with EmbedderClient(self.embedder_target) as client:
+            deadline = time.monotonic() + timeout_s
+            while client.health() != "SERVING":
+                if not child.alive():
+                    raise RuntimeError(f"the embedder exited ({child.proc.returncode}); see {child.log}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the embedder was not ready after {timeout_s:.0f}s; see {child.log}")
+                time.sleep(0.25)
+
+    def _wait_http(self, child: Child, path: str, timeout_s: float = 60) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and child.alive():
+            try:
+                if httpx.get(child.url + path, timeout=1).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        return False
+
+    # -- heads -------------------------------------------------------------------------------------
+    def _configs(self) -> dict:
+        from heads.config import HeadConfigError, load_head_config
+
+        found = {}
+        for path in sorted(Path(self.s.heads_dir).glob("*.yaml")):
+            try:
+                cfg = load_head_config(path)
+            except HeadConfigError as err:
+                self.console.print(f"[yellow]skipping {path}: {err}[/yellow]")
+                continue
+            found[cfg.name] = cfg
+        return found
+
+    def _ensure_trained(self, configs: dict) -> dict:
+        from embedder.client import EmbedderClient
+        from heads.artifacts import list_versions
+        from heads.trainer import train_from_config
+
+        servable = {}
+        missing = [c for c in configs.values() if not list_versions(self.s.models_dir, c.name)]
+        if missing and self.s.train_missing:
+            self.console.print(f"training {len(missing)} head(s) with no artifact yet (first run only)")
+            with EmbedderClient(self.embedder_target, timeout_s=120) as client:
+                for cfg in missing:
+                    if not cfg.data_available():
+                        self.console.print(f"[yellow]{cfg.name}: no data at {cfg.resolve(cfg.dataset.train)}; skipped[/yellow]")
+                        continue
+                    report = train_from_config(cfg, self.s.models_dir, client, console=self.console)
+                    acc = report.metrics.get("test", {}).get("accuracy")
+                    self.console.print(f"  {cfg.name}: version {report.version}"
+                                       + (f", test accuracy {acc:.3f}" if acc is not None else ""))
+        for name, cfg in configs.items():
+            if list_versions(self.s.models_dir, name):
+                servable[name] = cfg
+        return servable
+
+    def _ports(self, names) -> dict[str, int]:
+        ports = json.loads(self.ports_file.read_text()) if self.ports_file.exists() else {}
+        taken = set(ports.values())
+        for name in sorted(names):
+            if name not in ports:
+                port = self.s.head_base_port
+                while port in taken:
+                    port += 1
+                ports[name] = port
+                taken.add(port)
+        self.ports_file.write_text(json.dumps(ports, indent=1))
+        return ports
+
+    def _start_heads(self, configs: dict) -> list[Child]:
+        ports = self._ports(configs)
+        new = []
+        for name, cfg in configs.items():
+            if f"head:{name}" not in self.children:
+                child = self._head(name, cfg.source, ports[name])
+                self._launch(child)
+                new.append(child)
+        routes = {c.extra["head"]: c.url for c in self.children.values() if c.kind == "head"}
+        tmp = self.routes_file.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(routes, sort_keys=True))
+        os.replace(tmp, self.routes_file)  # the gateway polls it: never show half a file
+        return new
+
+    # -- state -------------------------------------------------------------------------------------
+    def _write_state(self) -> None:
+        state = {"pid": os.getpid(), "services": [
+            {"name": c.name, "kind": c.kind, "port": c.port, "url": c.url, "pid": c.proc.pid if c.proc else None,
+             "restarts": c.restarts, "log": str(c.log)} for c in self.children.values()]}
+        self.s.state_file.write_text(json.dumps(state, indent=1))
+
+    # -- main loop ---------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.s.var_dir.mkdir(parents=True, exist_ok=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        try:
+            started = time.monotonic()
+            self.console.print(f"starting the embedder on {self.embedder_target} "
+                               "(exports the bundled all-MiniLM-L6-v2 on first run)")
+            self._launch(self._embedder())
+            self._wait_embedder()
+            configs = self._ensure_trained(self._configs())
+            heads = self._start_heads(configs)
+            self._launch(self._gateway())
+            for child in heads:
+                if not self._wait_http(child, "/healthz"):
+                    self.console.print(f"[yellow]{child.name} did not start; see {child.log}[/yellow]")
+            if not self._wait_http(self.children["gateway"], "/readyz"):
+                raise RuntimeError(f"the gateway did not become ready; see {self.children['gateway'].log}")
+            self._banner(sorted(configs), time.monotonic() - started)
+            self._supervise()
+        except RuntimeError as err:
+            self.console.print(f"[red]{err}[/red]")
+            return 1
+        finally:
+            self.shutdown()
+        return 0
+
+    def _banner(self, names: list[str], elapsed: float) -> None:
+        gw = self.children["gateway"].url
+        example = names[0] if names else "NAME"
+        self.console.print(f"\n[bold green]polyhead is up[/bold green] in {elapsed:.1f}s: embedder + {len(names)} "
+                           f"heads + gateway\n  gateway: {gw}   (OpenAPI docs: {gw}/docs)\n  models:  {', '.join(names)}\n"
+                           f"  try:     curl -s {gw}/v1/models/{example}/predict -H 'content-type: application/json' "
+                           f"-d '{{\"text\": \"my card was charged twice\"}}'\n  status:  polyhead status    stop: Ctrl-C\n")
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stopping = True
+
+    def _supervise(self) -> None:
+        last_scan = time.monotonic()
+        while not self.stopping:
+            time.sleep(0.2)
+            now = time.monotonic()
+            for child in list(self.children.values()):
+                if child.alive() or self.stopping:
+                    continue
+                if child.next_start == 0.0:
+                    # Backoff grows with quick crashes and resets after a minute of healthy running.
+                    quick = now - child.started_at < 60
+                    child.restarts += 1
+                    delay = min(RESTART_BACKOFF_MAX_S, 2 ** min(child.restarts - 1, 5)) if quick else 1.0
+                    child.next_start = now + delay
+                    self.console.print(f"[yellow]{child.name} exited ({child.proc.returncode}); "
+                                       f"restarting in {delay:.0f}s (see {child.log})[/yellow]")
+                elif now >= child.next_start:
+                    child.next_start = 0.0
+                    child.start(self.env)
+                    self._write_state()
+            if now - last_scan >= self.s.scan_interval_s:
+                last_scan = now
+                self._pick_up_new_heads()
+
+    def _pick_up_new_heads(self) -> None:
+        configs = self._configs()
+        new = {n: c for n, c in configs.items() if f"head:{n}" not in self.children}
+        if not new:
+            return
+        self.console.print(f"new head config(s): {', '.join(sorted(new))}")
+        try:
+            ready = self._ensure_trained(new)
+        except Exception as err:  # a bad new head must not take the running stack down
+            self.console.print(f"[red]could not train {', '.join(sorted(new))}: {err}[/red]")
+            return
+        for child in self._start_heads(ready):
+            self.console.print(f"  started {child.name} on {child.url}")
+
+    def shutdown(self) -> None:
+        order = ["gateway"] + [n for n in self.children if n.startswith("head:")] + ["embedder"]
+        for name in order:
+            child = self.children.get(name)
+            if child and child.alive():
+                child.proc.terminate()
+        for name in order:
+            child = self.children.get(name)
+            if child:
+                child.stop(timeout_s=15)
+        if self.s.state_file.exists():
+            self.s.state_file.unlink()
+        self.console.print("polyhead stopped")
+
+
+def status(settings: StackSettings) -> list[dict]:
+    """Each service of a running `polyhead up`: port, pid, health, version."""
+    if not settings.state_file.exists():
+        return []
+    state = json.loads(settings.state_file.read_text())
+    rows = []
+    for svc in state["services"]:
+        alive = svc["pid"] is not None and Path(f"/proc/{svc['pid']}").exists()
+        row = {**svc, "alive": alive, "health": "down", "version": ""}
+        if svc["kind"] == "embedder":
+            from embedder.client import EmbedderClient, RetryPolicy
+
+            with EmbedderClient(svc["url"], retry=RetryPolicy(max_attempts=1)) as client:
+                row["health"] = client.health(timeout_s=1.0)
+                if row["health"] == "SERVING":
+                    info = client.info(timeout_s=1.0)
+                    row["version"] = f"{info.model} {info.fingerprint}"
+        else:
+            try:
+                r = httpx.get(svc["url"] + "/readyz", timeout=1.0)
+                row["health"] = "ready" if r.status_code == 200 else "not ready"
+                if svc["kind"] == "head":
+                    row["version"] = httpx.get(svc["url"] + "/info", timeout=1.0).json().get("version") or ""
+            except httpx.HTTPError:
+                pass
+        rows.append(row)
+    return rows
