@@ -56,6 +56,11 @@ class TrainParams(BaseModel):
     input_dropout: float = Field(0.0, ge=0, lt=1, description="on the (standardised) embedding")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     class_weighting: Literal["balanced", "none"] = "balanced"
+    prior_adjustment: float | Literal["auto"] = Field(
+        "auto", description="tau: tau * log(class prior) is added to the output logits of a class-weighted model "
+                            "(0 keeps the balanced decision rule, 1 restores the training prior); 'auto' picks "
+                            "tau from prior_adjustment_grid on the validation data. Ignored without class weighting.")
+    prior_adjustment_grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="held out of train when no val split is given")
     selection_metric: Literal["accuracy", "f1_weighted", "f1_macro"] = "accuracy"
     refit: bool = Field(True, description="retrain the chosen settings on train+val")
@@ -295,6 +300,22 @@ class _Net:
             v += np.float32(1 - b2) * (g * g)
             w -= np.float32(lr_t) * m / (np.sqrt(v) + np.float32(eps))
 
+    def shifted(self, state: dict[str, np.ndarray], shift: np.ndarray) -> dict[str, np.ndarray]:
+        """`state` with `shift` [C] added to every member's output logits."""
+        out = dict(state)
+        if self.mlp:
+            out["b2"] = (state["b2"] + shift[None, :]).astype(np.float32)
+        else:
+            out["b1"] = (state["b1"].reshape(self.K, self.C) + shift[None, :]).reshape(-1).astype(np.float32)
+        return out
+
+    def proba_with(self, state: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
+        saved, self.params = self.params, state
+        try:
+            return self.proba(X)
+        finally:
+            self.params = saved
+
     def snapshot(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self.params.items()}
 
@@ -337,7 +358,7 @@ def _fit(p: TrainParams, X: np.ndarray, y: np.ndarray, C: int, *, K: int, seed: 
             score = _score(confusion_matrix(y_val, pred, C), metric)
             if progress:
                 progress({"stage": stage, "epoch": epoch, "val_score": score})
-            if score > best + 1e-9:
+            if score >= best - 1e-12:  # ties: the later epoch (small val sets tie often)
                 best, best_epoch, best_params, bad = score, epoch, net.snapshot(), 0
             else:
                 bad += 1
@@ -348,6 +369,23 @@ def _fit(p: TrainParams, X: np.ndarray, y: np.ndarray, C: int, *, K: int, seed: 
     if X_val is None or not len(X_val):
         return net, net.snapshot(), float("nan"), epochs
     return net, best_params, best, best_epoch
+
+
+def _log_prior(y: np.ndarray, C: int) -> np.ndarray:
+    counts = np.bincount(y, minlength=C).astype(np.float64) + 0.5  # +0.5: no log(0) for a class absent here
+    return np.log(counts / counts.sum())
+
+
+def _pick_tau(net: _Net, state: dict[str, np.ndarray], X_val: np.ndarray, y_val: np.ndarray, log_prior: np.ndarray,
+              taus: list[float], metric: str) -> tuple[float, float]:
+    """The prior adjustment tau with the best val score (ties: the smaller tau)."""
+    best_tau, best = 0.0, -1.0
+    for tau in sorted(taus):
+        pred = net.proba_with(net.shifted(state, tau * log_prior), X_val).argmax(axis=1)
+        score = _score(confusion_matrix(y_val, pred, net.C), metric)
+        if score > best + 1e-9:
+            best_tau, best = float(tau), score
+    return best_tau, best
 
 
 def _standardizer(X: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -415,6 +453,8 @@ def train_head(X_train: np.ndarray, y_train: Sequence[str], X_val: np.ndarray | 
     candidates = p.candidates() if len(Xs_va) else [{}]
     search: list[dict[str, Any]] = []
     best_i, best_state = -1, None
+    weighted = p.class_weighting != "none"
+    log_prior_tr = _log_prior(ys_tr, C)
     for i, overrides in enumerate(candidates):
         cp = p.model_copy(update=overrides)
         t0 = time.perf_counter()
@@ -423,13 +463,24 @@ def train_head(X_train: np.ndarray, y_train: Sequence[str], X_val: np.ndarray | 
                                         y_val=ys_va, epochs=p.epochs_max, metric=p.selection_metric,
                                         progress=_tagged(progress, "search", i, len(candidates), overrides),
                                         stage="search")
-        search.append({**overrides, "val_score": score, "epochs": epoch, "time_s": round(time.perf_counter() - t0, 3)})
+        tau = 0.0
+        if weighted and len(Zva):
+            if p.prior_adjustment == "auto":
+                tau, score = _pick_tau(net, state, Zva, ys_va, log_prior_tr, p.prior_adjustment_grid, p.selection_metric)
+            else:
+                tau, score = _pick_tau(net, state, Zva, ys_va, log_prior_tr, [float(p.prior_adjustment)],
+                                       p.selection_metric)
+        elif weighted and p.prior_adjustment != "auto":
+            tau = float(p.prior_adjustment)
+        search.append({**overrides, "val_score": score, "epochs": epoch, "prior_adjustment": tau,
+                       "time_s": round(time.perf_counter() - t0, 3)})
         if best_i < 0 or score > search[best_i]["val_score"] + 1e-9:
             best_i, best_state = i, (net, state, mean, scale)
     chosen = dict(candidates[best_i])
     final = p.model_copy(update=chosen)
     best_epochs = search[best_i]["epochs"]
     val_score = search[best_i]["val_score"]
+    tau = search[best_i]["prior_adjustment"]
 
     # -- final model -----------------------------------------------------------------------------
     meta = {"trainer": "heads.training", "seed": seed, "chosen": chosen, "epochs": best_epochs,
@@ -442,16 +493,19 @@ def train_head(X_train: np.ndarray, y_train: Sequence[str], X_val: np.ndarray | 
         net, state, _, _ = _fit(final, ((X_all - mean) * scale).astype(np.float32), y_all, C, K=p.n_ensemble,
                                 seed=seed, X_val=None, y_val=None, epochs=max(1, best_epochs), metric=p.selection_metric,
                                 progress=_tagged(progress, "refit", 0, 1, chosen), stage="refit")
-        n_fit = len(X_all)
+        n_fit, log_prior = len(X_all), _log_prior(y_all, C)
     else:
         assert best_state is not None
         net, state, mean, scale = best_state
-        n_fit = len(Xs_tr)
+        n_fit, log_prior = len(Xs_tr), log_prior_tr
+    if tau:
+        state = net.shifted(state, tau * log_prior)
     meta["n_fit"] = n_fit
+    meta["prior_adjustment"] = tau
     model = net.to_head(state, labels, mean, scale, final, meta)
     elapsed = time.perf_counter() - started
     model.meta["train_time_s"] = round(elapsed, 3)
-    return TrainResult(model=model, params=final, chosen={**chosen, "epochs": best_epochs}, val_score=val_score,
+    return TrainResult(model=model, params=final, chosen={**chosen, "epochs": best_epochs, "prior_adjustment": tau}, val_score=val_score,
                        val_metric=p.selection_metric, train_time_s=elapsed, search=search, n_train=len(X_train),
                        n_val=len(Xs_va), val_source=val_source)
 

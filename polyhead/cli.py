@@ -209,6 +209,39 @@ def train(
                                    "test_accuracy": test.get("accuracy"), "test_f1_weighted": test.get("f1_weighted")}))
 
 
+@app.command("batch")
+def batch(
+    input_path: Path = typer.Argument(..., help="INPUT.jsonl or INPUT.csv", exists=True, dir_okay=False),
+    model: str = typer.Option(..., "--model", "-m", help="Model (head) name"),
+    output: Path = typer.Option(..., "--output", "-o", help="Output JSONL (appended to; re-run to resume)"),
+    gateway: str = typer.Option("http://127.0.0.1:8000", envvar="POLYHEAD_GATEWAY_URL"),
+    text_field: str = typer.Option("text"),
+    id_field: Optional[str] = typer.Option(None, help="Copy this input field into each output row"),
+    chunk_size: int = typer.Option(32, min=1, max=4096),
+    concurrency: int = typer.Option(4, min=1, max=256),
+    api_key: Optional[str] = typer.Option(None, envvar="POLYHEAD_API_KEY"),
+):
+    """Classify a whole file through the gateway: progress bar, bounded concurrency, resumable."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from gateway.batch import classify_file, done_rows, read_rows
+
+    total = sum(1 for _ in read_rows(input_path, text_field))
+    already = len(done_rows(output))
+    with Progress(TextColumn(f"[{model}]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as progress:
+        task = progress.add_task("classify", total=total, completed=already)
+        try:
+            report = asyncio.run(classify_file(gateway, model, input_path, output, text_field=text_field,
+                                               id_field=id_field, chunk_size=chunk_size, concurrency=concurrency,
+                                               api_key=api_key, on_progress=lambda n: progress.advance(task, n)))
+        except (ValueError, RuntimeError) as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2)
+    typer.echo(json.dumps({"rows": report.rows_total, "already_done": report.rows_done_before,
+                           "classified": report.rows_classified, "seconds": round(report.seconds, 2),
+                           "rows_per_s": round(report.rows_per_s, 1), "output": str(output)}))
+
+
 StackConfigOpt = typer.Option(None, "--config", "-c", help="YAML settings file (section `stack:`)", exists=True)
 
 

@@ -83,3 +83,203 @@ def machine() -> str:
     import platform
 
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+# -- helpers for bench_gateway.py / bench_stack.py: head configs in a work dir, CLI children, /proc memory --
+SHARED_HEADS = ROOT / "configs" / "shared-heads"
+DEMO_HEADS = ROOT / "configs" / "heads"
+HEAD_PREFERENCE = ("clinc-banking", "emotion", "sms-spam", "ag-news-small", "trec", "sst2")
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "polyhead.cli", *args]
+
+
+def spawn(argv: list[str], log: Path, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    """A child in this process group (Ctrl-C reaches it too), output appended to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+                                stdout=out, stderr=subprocess.STDOUT, **kwargs)
+
+
+def free_port_block(n: int, start: int = 20000, stop_at: int = 60000) -> int:
+    """First port p such that p..p+n-1 are all free on loopback (randomised start, fewer collisions)."""
+    p = random.Random().randrange(start, stop_at - n, 97)
+    for _ in range(200):
+        ok = True
+        for port in range(p, p + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return p
+        p = start + (p - start + n + 97) % (stop_at - start - n)
+    raise RuntimeError(f"no block of {n} free ports")
+
+
+def wait_http_ok(url: str, proc: subprocess.Popen | None = None, timeout_s: float = 120, interval_s: float = 0.05) -> float:
+    """Poll `url` until HTTP 200; returns seconds waited."""
+    import httpx
+
+    t0 = time.monotonic()
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return time.monotonic() - t0
+        except httpx.HTTPError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited ({proc.returncode})")
+        if time.monotonic() - t0 > timeout_s:
+            raise RuntimeError(f"{url}: not 200 after {timeout_s:.0f}s")
+        time.sleep(interval_s)
+
+
+def wait_grpc_serving(target: str, proc: subprocess.Popen | None = None, timeout_s: float = 300,
+                      interval_s: float = 0.05) -> float:
+    from embedder.client import EmbedderClient, RetryPolicy
+
+    t0 = time.monotonic()
+    with EmbedderClient(target, retry=RetryPolicy(max_attempts=1)) as client:
+        while client.health(timeout_s=1.0) != "SERVING":
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"embedder at {target} exited ({proc.returncode})")
+            if time.monotonic() - t0 > timeout_s:
+                raise RuntimeError(f"embedder at {target} not SERVING after {timeout_s:.0f}s")
+            time.sleep(interval_s)
+    return time.monotonic() - t0
+
+
+def stop_all(procs) -> None:
+    """terminate() every live child first, then wait for each (kill after 20 s)."""
+    procs = [p for p in procs if p is not None]
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        stop(p)
+
+
+def mem_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in KiB of one process; (0, 0) when it is gone."""
+    try:
+        rss = int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0])
+        pss = int(Path(f"/proc/{pid}/smaps_rollup").read_text().split("\nPss:")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0, 0
+    return rss, pss
+
+
+def scrape_prometheus(url: str) -> dict[tuple, float]:
+    """{(sample name, sorted label items): value} from a Prometheus text endpoint."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(httpx.get(url, timeout=5).text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _read_jsonl(path: Path, text_field: str = "text", label_field: str = "label") -> list[tuple[str, str]]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                rows.append((row[text_field], str(row[label_field])))
+    return rows
+
+
+def pick_head_configs(count: int) -> list:
+    """`count` HeadConfigs: shared-dataset heads first (data present), then demo heads, then copies."""
+    from heads.config import HeadConfigError, load_head_config
+
+    found = []
+    for folder in (SHARED_HEADS, DEMO_HEADS):
+        for path in sorted(folder.glob("*.yaml")):
+            try:
+                cfg = load_head_config(path)
+            except HeadConfigError:
+                continue
+            if cfg.data_available() and cfg.dataset.train.suffix == ".jsonl":
+                found.append(cfg)
+    order = {name: i for i, name in enumerate(HEAD_PREFERENCE)}
+    found.sort(key=lambda c: (c.kind != "shared", order.get(c.name, len(order)), c.name))
+    if not found:
+        raise RuntimeError("no usable head config in configs/shared-heads or configs/heads")
+    picked = found[:count]
+    copy = 2
+    while len(picked) < count:  # more heads than configs: the same data under new names
+        for cfg in list(found):
+            if len(picked) >= count:
+                break
+            clone = cfg.model_copy(deep=True)
+            clone.name = f"{cfg.name[:56]}-copy{copy}"
+            clone.source = cfg.source
+            picked.append(clone)
+        copy += 1
+    return picked
+
+
+def write_bench_heads(workdir: Path, configs: list, train_limit: int = 0, seed: int = 0) -> dict[str, dict]:
+    """Head configs under workdir/heads with absolute dataset paths; with `train_limit`, a class-balanced
+    sample of at most that many training texts (written under workdir/data, val/test left out). Returns
+    {name: {"config": path, "texts": every text of the source dataset (train+val+test), "n_train": int}}."""
+    import yaml
+
+    heads_dir, data_dir = workdir / "heads", workdir / "data"
+    heads_dir.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for cfg in configs:
+        ds = cfg.dataset
+        paths = {k: cfg.resolve(getattr(ds, k)) for k in ("train", "val", "test") if getattr(ds, k) is not None}
+        paths = {k: p for k, p in paths.items() if p.exists()}
+        raw = cfg.model_dump(mode="json")
+        raw["dataset"] = {"train": str(paths["train"]), "text_field": ds.text_field, "label_field": ds.label_field}
+        for k in ("val", "test"):
+            if k in paths:
+                raw["dataset"][k] = str(paths[k])
+        train_rows = _read_jsonl(paths["train"], ds.text_field, ds.label_field)
+        n_train = len(train_rows)
+        if train_limit and len(train_rows) > train_limit:
+            rng = random.Random(seed)
+            by_label: dict[str, list] = {}
+            for row in train_rows:
+                by_label.setdefault(row[1], []).append(row)
+            for rows in by_label.values():
+                rng.shuffle(rows)
+            sample, i = [], 0
+            while len(sample) < train_limit:  # round-robin over classes: every class keeps examples
+                for rows in by_label.values():
+                    if i < len(rows) and len(sample) < train_limit:
+                        sample.append(rows[i])
+                i += 1
+            target = data_dir / cfg.name / "train.jsonl"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in sample), encoding="utf-8")
+            raw["dataset"] = {"train": str(target)}
+            n_train = len(sample)
+        path = heads_dir / f"{cfg.name}.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+        texts = [t for p in paths.values() for t, _ in _read_jsonl(p, ds.text_field, ds.label_field)]
+        out[cfg.name] = {"config": path, "texts": list(dict.fromkeys(texts)), "n_train": n_train}
+    return out
+
+
+def train_bench_heads(heads: dict[str, dict], models_dir: Path, target: str, log: Path) -> float:
+    """`polyhead train` (the real CLI) for every head without an artifact yet; returns seconds taken."""
+    from heads.artifacts import list_versions
+
+    todo = [str(h["config"]) for name, h in heads.items() if not list_versions(models_dir, name)]
+    t0 = time.monotonic()
+    if todo:
+        proc = spawn(cli("train", *todo, "--models-dir", str(models_dir), "--embedder-target", target), log)
+        if proc.wait() != 0:
+            raise RuntimeError(f"polyhead train failed ({proc.returncode}); see {log}")
+    return time.monotonic() - t0
