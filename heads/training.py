@@ -377,14 +377,23 @@ def _log_prior(y: np.ndarray, C: int) -> np.ndarray:
 
 
 def _pick_tau(net: _Net, state: dict[str, np.ndarray], X_val: np.ndarray, y_val: np.ndarray, log_prior: np.ndarray,
-              taus: list[float], metric: str) -> tuple[float, float]:
-    """The prior adjustment tau with the best val score (ties: the smaller tau)."""
-    best_tau, best = 0.0, -1.0
-    for tau in sorted(taus):
+              taus: list[float], metric: str, z: float = 1.0) -> tuple[float, float]:
+    """The prior adjustment tau with the best val score, guarded against val noise.
+
+    tau = 0 (the balanced decision rule) is the default; another tau must score higher *and* its
+    per-example changes must be a real improvement: with b examples it fixes and c it breaks
+    (relative to tau = 0), b - c > z * sqrt(b + c) (a McNemar-style one-sigma rule)."""
+    def run(tau: float) -> tuple[np.ndarray, float]:
         pred = net.proba_with(net.shifted(state, tau * log_prior), X_val).argmax(axis=1)
-        score = _score(confusion_matrix(y_val, pred, net.C), metric)
-        if score > best + 1e-9:
-            best_tau, best = float(tau), score
+        return pred == y_val, _score(confusion_matrix(y_val, pred, net.C), metric)
+
+    base_ok, base = run(0.0)
+    best_tau, best = 0.0, base
+    for tau in sorted(set(float(t) for t in taus) - {0.0}):
+        ok, score = run(tau)
+        fixed, broken = int((ok & ~base_ok).sum()), int((~ok & base_ok).sum())
+        if score > best + 1e-9 and fixed - broken > z * math.sqrt(fixed + broken):
+            best_tau, best = tau, score
     return best_tau, best
 
 
@@ -468,8 +477,9 @@ def train_head(X_train: np.ndarray, y_train: Sequence[str], X_val: np.ndarray | 
             if p.prior_adjustment == "auto":
                 tau, score = _pick_tau(net, state, Zva, ys_va, log_prior_tr, p.prior_adjustment_grid, p.selection_metric)
             else:
-                tau, score = _pick_tau(net, state, Zva, ys_va, log_prior_tr, [float(p.prior_adjustment)],
-                                       p.selection_metric)
+                tau = float(p.prior_adjustment)
+                pred = net.proba_with(net.shifted(state, tau * log_prior_tr), Zva).argmax(axis=1)
+                score = _score(confusion_matrix(ys_va, pred, C), p.selection_metric)
         elif weighted and p.prior_adjustment != "auto":
             tau = float(p.prior_adjustment)
         search.append({**overrides, "val_score": score, "epochs": epoch, "prior_adjustment": tau,

@@ -289,6 +289,34 @@ def stack_status(
     Console().print(table)
 
 
+deploy_app = typer.Typer(help="Deployment files: docker-compose.yml, deploy/prometheus.yml, deploy/k8s/.",
+                         no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("generate")
+def deploy_generate(
+    root: Path = typer.Option(Path("."), help="Project root: reads configs/heads, writes the files there",
+                              exists=True, file_okay=False),
+    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 if any generated file is stale"),
+):
+    """(Re)generate compose, Prometheus and Kubernetes files from configs/heads/*.yaml."""
+    from heads.config import HeadConfigError
+    from polyhead.deploy import stale, write
+
+    try:
+        changed = stale(root) if check else write(root)
+    except HeadConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+    for rel in changed:
+        typer.echo(f"{'stale' if check else 'wrote'}: {rel}")
+    if check and changed:
+        raise typer.Exit(1)
+    if not changed:
+        typer.echo("deployment files are up to date")
+
+
 def main() -> None:  # console-script entry point
     sys.exit(app())
 
