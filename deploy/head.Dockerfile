@@ -19,7 +19,7 @@ COPY embedder ./embedder
 COPY heads ./heads
 COPY gateway ./gateway
 # The build fails if anything pulled TensorFlow in: heads stay small.
-RUN pip install --no-cache-dir ".[head]" \
+RUN pip install --no-cache-dir "/src[head]" \
  && python -c "import importlib.util as u, sys; sys.exit('tensorflow in the head image' if u.find_spec('tensorflow') else 0)" \
  && pip uninstall --yes pip
 

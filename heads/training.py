@@ -392,6 +392,8 @@ def _pick_tau(net: _Net, state: dict[str, np.ndarray], X_val: np.ndarray, y_val:
     for tau in sorted(set(float(t) for t in taus) - {0.0}):
         ok, score = run(tau)
         fixed, broken = int((ok & ~base_ok).sum()), int((~ok & base_ok).sum())
+        import os
+        if os.environ.get("TAUDBG"): print("   tau", tau, "score", round(score, 4), "base", round(base, 4), "fixed", fixed, "broken", broken)
         if score > best + 1e-9 and fixed - broken > z * math.sqrt(fixed + broken):
             best_tau, best = tau, score
     return best_tau, best

