@@ -7,7 +7,6 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 
 import yaml
@@ -15,19 +14,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from gateway.settings import ApiKey, GatewaySettings
-from polyhead.errors import OverloadedError, PolyheadError
-
-
-class UnauthorizedError(PolyheadError):
-    http_status = HTTPStatus.UNAUTHORIZED
-    grpc_code_name = "UNAUTHENTICATED"
-    kind = "unauthorized"
-
-
-class ForbiddenError(PolyheadError):
-    http_status = HTTPStatus.FORBIDDEN
-    grpc_code_name = "PERMISSION_DENIED"
-    kind = "forbidden"
+from polyhead.errors import ForbiddenError, OverloadedError, UnauthorizedError
 
 
 def hash_key(key: str) -> str:

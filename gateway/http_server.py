@@ -19,7 +19,7 @@ from gateway.core import GatewayService
 from gateway.settings import GatewaySettings
 from heads.schemas import PredictRequest, PredictResponse
 from polyhead import __version__
-from polyhead.errors import PolyheadError
+from polyhead.errors import ForbiddenError, PolyheadError
 from polyhead.http import REQUEST_ID_HEADER, install_error_handlers, request_id_of
 
 log = logging.getLogger("polyhead.gateway.http")
@@ -182,8 +182,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         """Re-read configs/heads and the routes file now (they are also polled)."""
         key = auth.authenticate(request)
         if key is not None and "*" not in key.models:
-            from gateway.auth import ForbiddenError
-
             raise ForbiddenError("admin needs a key allowed on every model ('*')")
         service.routing.refresh(force=True)
         return {"models": sorted(service.routing.routes), "config_errors": service.routing.errors}

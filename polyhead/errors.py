@@ -35,6 +35,22 @@ class ValidationError(PolyheadError):
     kind = "validation"
 
 
+class UnauthorizedError(PolyheadError):
+    """No or an unknown API key."""
+
+    http_status = HTTPStatus.UNAUTHORIZED
+    grpc_code_name = "UNAUTHENTICATED"
+    kind = "unauthorized"
+
+
+class ForbiddenError(PolyheadError):
+    """A known key that may not do this."""
+
+    http_status = HTTPStatus.FORBIDDEN
+    grpc_code_name = "PERMISSION_DENIED"
+    kind = "forbidden"
+
+
 class NotFoundError(PolyheadError):
     http_status = HTTPStatus.NOT_FOUND
     grpc_code_name = "NOT_FOUND"
