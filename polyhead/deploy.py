@@ -24,7 +24,7 @@ import yaml
 
 from embedder.settings import EmbedderSettings
 from gateway.settings import GatewaySettings
-from heads.config import load_head_configs
+from heads.config import HeadConfigError, load_head_configs
 from heads.settings import HeadSettings
 from polyhead import __version__
 
@@ -144,11 +144,14 @@ def http_healthcheck(port_env: str, port: int) -> list[str]:
 
 def head_names(root: Path) -> list[str]:
     """Every head config under configs/heads (validated: a bad config stops generation)."""
-    return sorted(load_head_configs(root / "configs" / "heads"))
+    folder = root / "configs" / "heads"
+    if not folder.is_dir():
+        raise HeadConfigError(f"{folder}: no such folder (run from the project root, or pass --root)")
+    return sorted(load_head_configs(folder))
 
 
 def _dump(doc) -> str:
-    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=120, allow_unicode=True)
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=4096, allow_unicode=True)
 
 
 def _dump_all(docs: list) -> str:
@@ -511,6 +514,12 @@ def kustomization(heads: list[str]) -> dict:
     }
 
 
+KUSTOMIZATION_NOTE = (
+    "#\n"
+    "# The base for `kubectl apply -k deploy/k8s`. Its two Secrets hold EXAMPLE placeholder values\n"
+    "# (secrets/*.example*): replace them in an overlay (secretGenerator, behavior: replace) before a\n"
+    "# real deployment; see deploy/README.md.\n"
+)
 EXAMPLE_DB_ENV = (
     "# EXAMPLE ONLY - a placeholder, not a credential. The heads' inference DB (SQLAlchemy URL);\n"
     "# replace it (overlay secretGenerator with behavior: replace) before deploying.\n"
@@ -535,7 +544,7 @@ def generate(root: Path) -> dict[str, str]:
     files = {
         "docker-compose.yml": HEADER + _dump(compose(heads)),
         "deploy/prometheus.yml": HEADER + _dump(prometheus(heads)),
-        f"{K8S}/kustomization.yaml": HEADER + _dump(kustomization(heads)),
+        f"{K8S}/kustomization.yaml": HEADER + KUSTOMIZATION_NOTE + _dump(kustomization(heads)),
         f"{K8S}/namespace.yaml": HEADER + _dump({"apiVersion": "v1", "kind": "Namespace",
                                                  "metadata": {"name": NAMESPACE, "labels": PART_OF}}),
         f"{K8S}/embedder.yaml": HEADER + _dump_all(k8s_embedder()),

@@ -1,0 +1,161 @@
+"""docker-compose.yml and deploy/prometheus.yml: schema-valid and wired to the real settings."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from polyhead import deploy
+from tests.conftest import ROOT
+from tests.deploy.common import SETTINGS_BY_IMAGE, field_of, run, tool
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+HEADS = sorted(p.stem for p in (ROOT / "configs" / "heads").glob("*.yaml"))
+OURS = {n: s for n, s in SERVICES.items() if s.get("image", "").startswith("polyhead/")}
+
+
+def image_kind(service: dict) -> str:
+    return service["image"].split("/")[1].split(":")[0]
+
+
+def interpolate(value: str) -> str:
+    """Compose's ${VAR:-default} with VAR unset."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", r"\1", value)
+
+
+def settings_of(name: str):
+    service = SERVICES[name]
+    kind = image_kind(service)
+    cls = SETTINGS_BY_IMAGE[kind]
+    env = {k: interpolate(v) for k, v in service.get("environment", {}).items()}
+    init = {}
+    if kind == "head":  # the config path is the command's argument; read it from the repo's copy
+        init["config"] = ROOT / "configs" / "heads" / Path(service["command"][0]).name
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("POLYHEAD_")}
+    os.environ.update(env)
+    try:
+        return cls(**init)
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+        os.environ.update(saved)
+
+
+def test_compose_validates_against_the_compose_spec_schema():
+    result = run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_schema_check_catches_mistakes(tmp_path):
+    broken = dict(COMPOSE, services={**SERVICES, "gateway": {**SERVICES["gateway"], "restart_policy": "always"}})
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump(broken))
+    result = run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)])
+    assert result.returncode != 0 and "restart_policy" in result.stdout + result.stderr
+
+
+def test_services():
+    assert set(SERVICES) == {"embedder", "gateway", "postgres", "prometheus", *(f"head-{n}" for n in HEADS)}
+    assert {image_kind(SERVICES[f"head-{n}"]) for n in HEADS} == {"head"}, "one head image for every head"
+    for name, service in OURS.items():
+        assert service["build"] == {"context": ".", "dockerfile": deploy.DOCKERFILES[image_kind(service)]}
+        assert (ROOT / service["build"]["dockerfile"]).is_file()
+
+
+def test_only_the_gateway_publishes_a_port():
+    assert [n for n, s in SERVICES.items() if s.get("ports")] == ["gateway"]
+    (published,) = SERVICES["gateway"]["ports"]
+    assert interpolate(published).rsplit(":", 1)[1] == str(settings_of("gateway").port)
+
+
+def test_healthchecks_restart_policies_and_depends_on_healthy():
+    for name, service in SERVICES.items():
+        assert service["restart"] == "unless-stopped", name
+        assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
+        for dep, cond in service.get("depends_on", {}).items():
+            assert dep in SERVICES and cond == {"condition": "service_healthy"}, (name, dep)
+            assert "healthcheck" in SERVICES[dep]
+    for n in HEADS:
+        assert set(SERVICES[f"head-{n}"]["depends_on"]) == {"embedder", "postgres"}
+    assert set(SERVICES["gateway"]["depends_on"]) == {"embedder", *(f"head-{n}" for n in HEADS)}
+    assert SERVICES["embedder"]["healthcheck"]["test"] == ["CMD", "python", deploy.EMBEDDER_HEALTHCHECK]
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_env_vars_are_real_settings_fields(name):
+    cls = SETTINGS_BY_IMAGE[image_kind(SERVICES[name])]
+    prefix = cls.model_config["env_prefix"]
+    env = SERVICES[name]["environment"]
+    for key in env:
+        assert key.startswith(prefix), f"{name}: {key} is not a {cls.__name__} variable"
+        assert field_of(key), f"{name}: {key} is not a field of {cls.__name__}"
+    assert env[f"{prefix}HOST"] == "0.0.0.0"
+    settings_of(name)  # and the values parse
+
+
+def test_ports_agree_across_services():
+    embedder = settings_of("embedder")
+    gateway = settings_of("gateway")
+    assert set(SERVICES["embedder"]["expose"]) == {str(embedder.port), str(embedder.metrics_port)}
+    embedder_target = f"dns:///embedder:{embedder.port}"
+    assert gateway.embedder_target == embedder_target
+    for n in HEADS:
+        head = settings_of(f"head-{n}")
+        assert head.embedder_target == embedder_target
+        assert SERVICES[f"head-{n}"]["expose"] == [str(head.port)]
+        # The gateway finds each head by its template: the compose service name and the head's port.
+        url = urlsplit(gateway.head_url_template.format(name=n))
+        assert (url.hostname, url.port) == (f"head-{n}", head.port)
+        assert head.db_url.startswith("postgresql+psycopg://") and "@postgres:5432/" in head.db_url
+        assert head.models_dir.as_posix() == deploy.MODELS_DIR
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_head_command_and_mounts(name):
+    service = SERVICES[f"head-{name}"]
+    assert service["command"] == [f"{deploy.HEAD_CONFIGS_DIR}/{name}.yaml"]
+    mounts = {m["target"]: m for m in service["volumes"]}
+    models = mounts[deploy.MODELS_DIR]
+    assert models["source"] == "./models" and models["read_only"] is True
+    configs = mounts[deploy.HEAD_CONFIGS_DIR]
+    assert configs["read_only"] is True
+    assert (ROOT / configs["source"] / f"{name}.yaml").is_file()
+    assert mounts[deploy.SPOOL_DIR]["type"] == "volume"
+
+
+def test_services_keep_the_image_entrypoints():
+    """The images' ENTRYPOINTs (`polyhead <service> serve`, checked to be real commands by
+    test_dockerfiles) stay in force: compose only appends a head's config path."""
+    for name in OURS:
+        assert "entrypoint" not in SERVICES[name]
+    assert "command" not in SERVICES["embedder"] and "command" not in SERVICES["gateway"]
+
+
+def test_gateway_reads_the_mounted_head_configs():
+    gateway = settings_of("gateway")
+    mounts = {m["target"]: m for m in SERVICES["gateway"]["volumes"]}
+    assert gateway.heads_dir.as_posix() in mounts and mounts[gateway.heads_dir.as_posix()]["read_only"]
+
+
+def test_prometheus_scrapes_every_service():
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = set()
+    for job in config["scrape_configs"]:
+        for sc in job.get("static_configs", []):
+            targets |= set(sc["targets"])
+        for sd in job.get("dns_sd_configs", []):
+            targets |= {f"{n}:{sd['port']}" for n in sd["names"]}
+    embedder = settings_of("embedder")
+    wanted = {f"embedder:{embedder.metrics_port}", f"gateway:{settings_of('gateway').port}",
+              *(f"head-{n}:{settings_of(f'head-{n}').port}" for n in HEADS)}
+    assert wanted <= targets
+    for target in targets - {f"127.0.0.1:{deploy.PROMETHEUS_PORT}"}:
+        assert target.split(":")[0] in SERVICES, target
+    mount = {m["target"]: m for m in SERVICES["prometheus"]["volumes"]}["/etc/prometheus/prometheus.yml"]
+    assert mount["source"] == "./deploy/prometheus.yml" and mount["read_only"]

@@ -1,0 +1,279 @@
+"""deploy/k8s: the kustomize build validates, and is wired to the real settings and endpoints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from polyhead import deploy
+from tests.conftest import ROOT
+from tests.deploy.common import SETTINGS_BY_IMAGE, VENV_BIN, field_of, run, tool
+
+HEADS = sorted(p.stem for p in (ROOT / "configs" / "heads").glob("*.yaml"))
+NAMESPACE = deploy.NAMESPACE
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    result = run([tool("kubectl"), "kustomize", "deploy/k8s"])
+    assert result.returncode == 0, result.stderr
+    path = tmp_path_factory.mktemp("k8s") / "k8s.yaml"
+    path.write_text(result.stdout)
+    return path
+
+
+@pytest.fixture(scope="module")
+def docs(built) -> list[dict]:
+    return [d for d in yaml.safe_load_all(built.read_text()) if d]
+
+
+@pytest.fixture(scope="module")
+def by_kind(docs) -> dict[str, dict[str, dict]]:
+    out: dict[str, dict[str, dict]] = {}
+    for d in docs:
+        out.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    return out
+
+
+def container(deployment: dict) -> dict:
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def image_kind(c: dict) -> str:
+    return c["image"].split("/")[1].split(":")[0]
+
+
+def env_of(c: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in c.get("env", [])}
+
+
+def settings_of(deployment: dict):
+    c = container(deployment)
+    kind = image_kind(c)
+    env = {k: (v or "from-a-secret").replace("$(POD_NAMESPACE)", NAMESPACE)
+           for k, v in env_of(c).items() if k.startswith("POLYHEAD_")}
+    init = {"config": ROOT / "configs" / "heads" / Path(c["args"][0]).name} if kind == "head" else {}
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("POLYHEAD_")}
+    os.environ.update(env)
+    try:
+        return SETTINGS_BY_IMAGE[kind](**init)
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+        os.environ.update(saved)
+
+
+def port_number(c: dict, port) -> int:
+    if isinstance(port, int):
+        return port
+    (number,) = [p["containerPort"] for p in c["ports"] if p["name"] == port]
+    return number
+
+
+def test_kubernetes_validate_strict(built):
+    result = run([tool("kubernetes-validate"), "--strict", "--quiet", str(built)], timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_service_has_deployment_service_hpa_pdb(by_kind):
+    instances = {"embedder", "gateway", *(f"head-{n}" for n in HEADS)}
+    assert set(by_kind["Deployment"]) == instances
+    assert set(by_kind["HorizontalPodAutoscaler"]) == instances
+    assert set(by_kind["PodDisruptionBudget"]) == instances
+    assert set(by_kind["Service"]) == {"embedder-headless", "gateway", *(f"head-{n}" for n in HEADS)}
+    for d in (d for kind in by_kind.values() for d in kind.values() if d["kind"] != "Namespace"):
+        assert d["metadata"]["namespace"] == NAMESPACE
+
+
+def test_selectors_hpas_and_pdbs_point_at_real_pods(by_kind):
+    pods = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in by_kind["Deployment"].items()}
+    for name, d in by_kind["Deployment"].items():
+        assert d["spec"]["selector"]["matchLabels"].items() <= pods[name].items()
+        assert "replicas" not in d["spec"], "the HPA owns the replica count"
+    for name, hpa in by_kind["HorizontalPodAutoscaler"].items():
+        ref = hpa["spec"]["scaleTargetRef"]
+        assert ref["kind"] == "Deployment" and ref["name"] in by_kind["Deployment"]
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+        # Utilization is a share of the requests: every container must request CPU.
+        assert container(by_kind["Deployment"][ref["name"]])["resources"]["requests"]["cpu"]
+    for name, pdb in by_kind["PodDisruptionBudget"].items():
+        matched = [p for p, labels in pods.items() if pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        assert matched == [name]
+        hpa_min = by_kind["HorizontalPodAutoscaler"][name]["spec"]["minReplicas"]
+        assert pdb["spec"]["minAvailable"] < hpa_min, "a PDB that blocks every eviction stops node drains"
+    for name, svc in by_kind["Service"].items():
+        matched = [p for p, labels in pods.items() if svc["spec"]["selector"].items() <= labels.items()]
+        assert len(matched) == 1, name
+        c = container(by_kind["Deployment"][matched[0]])
+        for port in svc["spec"]["ports"]:
+            assert port_number(c, port["targetPort"]) == port["port"], (name, port)
+
+
+def test_only_the_gateway_is_exposed_outside(by_kind):
+    types = {name: s["spec"].get("type", "ClusterIP") for name, s in by_kind["Service"].items()}
+    assert [n for n, t in types.items() if t in ("LoadBalancer", "NodePort")] == ["gateway"]
+    assert by_kind["Service"]["embedder-headless"]["spec"]["clusterIP"] == "None"
+
+
+def test_resources_security_and_probes(by_kind):
+    for name, d in by_kind["Deployment"].items():
+        c = container(d)
+        res = c["resources"]
+        assert set(res) == {"requests", "limits"} and all(set(res[k]) == {"cpu", "memory"} for k in res), name
+        assert c["securityContext"]["runAsNonRoot"] and c["securityContext"]["runAsUser"] == deploy.UID
+        assert c["securityContext"]["readOnlyRootFilesystem"] and not c["securityContext"]["allowPrivilegeEscalation"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert probe in c, (name, probe)
+        settings = settings_of(d)
+        if image_kind(c) == "embedder":
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):  # native gRPC health probe
+                assert c[probe]["grpc"] == {"port": settings.port}
+        else:
+            assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert port_number(c, c[probe]["httpGet"]["port"]) == settings.port
+        # Sized from the measured RSS (polyhead/deploy.py): the limit is above the request.
+        assert deploy.RESOURCES[image_kind(c)].k8s() == res
+
+
+def test_the_http_endpoints_the_probes_use_exist():
+    for module in ("heads/http_server.py", "gateway/http_server.py"):
+        source = (ROOT / module).read_text()
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert f'@app.get("{path}"' in source, (module, path)
+
+
+def test_env_vars_are_real_settings_fields_and_ports_agree(by_kind):
+    embedder = settings_of(by_kind["Deployment"]["embedder"])
+    headless = by_kind["Service"]["embedder-headless"]
+    grpc_port = {p["name"]: p["port"] for p in headless["spec"]["ports"]}["grpc"]
+    assert grpc_port == embedder.port
+    for name, d in by_kind["Deployment"].items():
+        c = container(d)
+        cls = SETTINGS_BY_IMAGE[image_kind(c)]
+        prefix = cls.model_config["env_prefix"]
+        for key in env_of(c):
+            if key == "POD_NAMESPACE":
+                continue
+            assert key.startswith(prefix) and field_of(key), f"{name}: {key} is not a field of {cls.__name__}"
+        settings = settings_of(d)
+        assert settings.host == "0.0.0.0"
+        container_ports = {p["containerPort"] for p in c["ports"]}
+        wanted = {settings.port} | ({settings.metrics_port} if image_kind(c) == "embedder" else set())
+        assert container_ports == wanted, name
+        annotations = d["spec"]["template"]["metadata"]["annotations"]
+        assert int(annotations["prometheus.io/port"]) == (settings.metrics_port if name == "embedder" else settings.port)
+        if name != "embedder":  # heads and gateway balance gRPC over the headless Service's pods
+            assert settings.embedder_target == (
+                f"dns:///embedder-headless.{NAMESPACE}.svc.cluster.local:{embedder.port}")
+    gateway = settings_of(by_kind["Deployment"]["gateway"])
+    for n in HEADS:
+        head = settings_of(by_kind["Deployment"][f"head-{n}"])
+        url = urlsplit(gateway.head_url_template.format(name=n))
+        assert url.hostname in by_kind["Service"] and url.port == head.port
+        db = [e for e in container(by_kind["Deployment"][f"head-{n}"])["env"] if e["name"] == "POLYHEAD_HEAD_DB_URL"]
+        ref = db[0]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] in by_kind["Secret"] and ref["key"] in by_kind["Secret"][ref["name"]]["data"]
+
+
+def test_head_configs_configmap_and_args(by_kind):
+    (cm_name,) = [n for n in by_kind["ConfigMap"] if n.startswith("head-configs-")]
+    data = by_kind["ConfigMap"][cm_name]["data"]
+    assert sorted(data) == [f"{n}.yaml" for n in HEADS]
+    for n in HEADS:
+        assert data[f"{n}.yaml"] == (ROOT / "configs" / "heads" / f"{n}.yaml").read_text()
+        d = by_kind["Deployment"][f"head-{n}"]
+        c = container(d)
+        assert c["args"] == [f"{deploy.HEAD_CONFIGS_DIR}/{n}.yaml"]
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        volumes = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}
+        assert volumes[mounts[deploy.HEAD_CONFIGS_DIR]]["configMap"]["name"] == cm_name
+        models = volumes[mounts[deploy.MODELS_DIR]]
+        assert models["persistentVolumeClaim"]["readOnly"] and models["persistentVolumeClaim"]["claimName"] in \
+            by_kind["PersistentVolumeClaim"]
+    gateway = settings_of(by_kind["Deployment"]["gateway"])
+    gc = container(by_kind["Deployment"]["gateway"])
+    assert gateway.heads_dir.as_posix() in {m["mountPath"] for m in gc["volumeMounts"]}
+    # The image's ENTRYPOINT (`polyhead head serve`, a real command: test_dockerfiles) stays in force.
+    for d in by_kind["Deployment"].values():
+        assert "command" not in container(d)
+
+
+def test_gateway_api_keys_secret_is_a_closed_placeholder(by_kind):
+    import base64
+
+    from gateway.settings import ApiKey
+
+    gateway = settings_of(by_kind["Deployment"]["gateway"])
+    gc = container(by_kind["Deployment"]["gateway"])
+    volumes = {v["name"]: v for v in by_kind["Deployment"]["gateway"]["spec"]["template"]["spec"]["volumes"]}
+    mount = [m for m in gc["volumeMounts"] if gateway.api_keys_file.as_posix().startswith(m["mountPath"] + "/")][0]
+    secret = by_kind["Secret"][volumes[mount["name"]]["secret"]["secretName"]]
+    text = base64.b64decode(secret["data"][gateway.api_keys_file.name]).decode()
+    keys = [ApiKey.model_validate(k) for k in yaml.safe_load(text)]
+    assert keys and all(k.sha256 == "0" * 64 for k in keys), "the example must lock the gateway, not open it"
+    assert "EXAMPLE" in text
+    db = base64.b64decode(by_kind["Secret"][[n for n in by_kind["Secret"] if n.startswith("polyhead-db-")][0]]
+                          ["data"]["DB_URL"]).decode()
+    assert "REPLACE-ME" in db and db.startswith("postgresql+psycopg://")
+
+
+def test_network_policies(by_kind):
+    policies = by_kind["NetworkPolicy"]
+    deny = policies["default-deny-ingress"]["spec"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and not deny.get("ingress")
+
+    def pod_labels(component):
+        return [d["spec"]["template"]["metadata"]["labels"] for d in by_kind["Deployment"].values()
+                if d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+
+    def selects(selector, labels):
+        if selector.get("matchLabels") and not selector["matchLabels"].items() <= labels.items():
+            return False
+        for expr in selector.get("matchExpressions", []):
+            assert expr["operator"] == "In"
+            if labels.get(expr["key"]) not in expr["values"]:
+                return False
+        return True
+
+    def allowed_peers(component, port):
+        """Who may reach `component` pods on `port`: 'anyone', or the components of the allowed pods."""
+        peers = set()
+        for p in policies.values():
+            spec = p["spec"]
+            if not any(selects(spec["podSelector"], labels) for labels in pod_labels(component)):
+                continue
+            for rule in spec.get("ingress", []):
+                if rule.get("ports") and port not in [x["port"] for x in rule["ports"]]:
+                    continue
+                if not rule.get("from"):
+                    return "anyone"
+                for peer in rule["from"]:
+                    if "namespaceSelector" in peer:
+                        peers.add("prometheus" if peer["podSelector"]["matchLabels"] ==
+                                  {"app.kubernetes.io/name": "prometheus"} else "other-namespace")
+                        continue
+                    peers |= {c for c in ("embedder", "head", "gateway")
+                              if any(selects(peer["podSelector"], labels) for labels in pod_labels(c))}
+        return peers
+
+    assert allowed_peers("gateway", deploy.GATEWAY_PORT) == "anyone"
+    assert allowed_peers("head", deploy.HEAD_PORT) == {"gateway", "prometheus"}
+    assert allowed_peers("embedder", deploy.EMBEDDER_PORT) == {"gateway", "head"}
+    assert allowed_peers("embedder", deploy.EMBEDDER_METRICS_PORT) == {"prometheus"}
+
+
+def test_validate_deploy_script():
+    """scripts/validate_deploy.sh: generated files current, kustomize | kubernetes-validate, compose schema, hadolint."""
+    for name in ("kubectl", "kubernetes-validate", "check-jsonschema", "hadolint"):
+        tool(name)
+    result = run(["bash", "scripts/validate_deploy.sh"], timeout=300, env={**os.environ, "VENV": str(VENV_BIN.parent)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "deployment files are valid" in result.stdout
