@@ -139,6 +139,8 @@ class EmbedderServer:
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", mb), ("grpc.max_send_message_length", mb),
             ("grpc.so_reuseport", 0),
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.shutdown_grace_s * 1000)),
         ])
         embedder_pb2_grpc.add_EmbedderServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

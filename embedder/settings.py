@@ -28,6 +28,8 @@ class EmbedderSettings(ServiceSettings):
     metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus /metrics over HTTP; 0 disables")
     grpc_max_message_mb: int = Field(64, ge=4)
     shutdown_grace_s: float = Field(10.0, ge=0)
+    max_connection_age_s: float = Field(300.0, gt=0, description="Clients reconnect this often, so round-robin "
+                                        "clients (k8s headless service) discover new replicas")
 
     # Limits (INVALID_ARGUMENT beyond them).
     max_texts_per_request: int = Field(1024, ge=1)
