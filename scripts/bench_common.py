@@ -227,10 +227,32 @@ def pick_head_configs(count: int) -> list:
     return picked
 
 
-def write_bench_heads(workdir: Path, configs: list, train_limit: int = 0, seed: int = 0) -> dict[str, dict]:
-    """Head configs under workdir/heads with absolute dataset paths; with `train_limit`, a class-balanced
-    sample of at most that many training texts (written under workdir/data, val/test left out). Returns
-    {name: {"config": path, "texts": every text of the source dataset (train+val+test), "n_train": int}}."""
+def _balanced_sample(rows: list[tuple[str, str]], limit: int, seed: int) -> list[tuple[str, str]]:
+    """At most `limit` rows, round-robin over the classes so every class keeps examples."""
+    if len(rows) <= limit:
+        return rows
+    rng = random.Random(seed)
+    by_label: dict[str, list] = {}
+    for row in rows:
+        by_label.setdefault(row[1], []).append(row)
+    for group in by_label.values():
+        rng.shuffle(group)
+    sample, i = [], 0
+    while len(sample) < limit:
+        for group in by_label.values():
+            if i < len(group) and len(sample) < limit:
+                sample.append(group[i])
+        i += 1
+    return sample
+
+
+def write_bench_heads(workdir: Path, configs: list, train_limit: int = 0, fast_training: bool = False,
+                      seed: int = 0) -> dict[str, dict]:
+    """Head configs under workdir/heads with absolute dataset paths. With `train_limit`, the training split is
+    a class-balanced sample of at most that many texts (and val, if any, of a third of it; test left out),
+    written under workdir/data. `fast_training`: one candidate, no refit (same network shape, so the same
+    serving cost). Returns {name: {"config": path, "texts": every text of the source dataset (all splits),
+    "n_train": int}}."""
     import yaml
 
     heads_dir, data_dir = workdir / "heads", workdir / "data"
@@ -245,29 +267,26 @@ def write_bench_heads(workdir: Path, configs: list, train_limit: int = 0, seed: 
         for k in ("val", "test"):
             if k in paths:
                 raw["dataset"][k] = str(paths[k])
-        train_rows = _read_jsonl(paths["train"], ds.text_field, ds.label_field)
-        n_train = len(train_rows)
-        if train_limit and len(train_rows) > train_limit:
-            rng = random.Random(seed)
-            by_label: dict[str, list] = {}
-            for row in train_rows:
-                by_label.setdefault(row[1], []).append(row)
-            for rows in by_label.values():
-                rng.shuffle(rows)
-            sample, i = [], 0
-            while len(sample) < train_limit:  # round-robin over classes: every class keeps examples
-                for rows in by_label.values():
-                    if i < len(rows) and len(sample) < train_limit:
-                        sample.append(rows[i])
-                i += 1
-            target = data_dir / cfg.name / "train.jsonl"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in sample), encoding="utf-8")
-            raw["dataset"] = {"train": str(target)}
-            n_train = len(sample)
+        rows = {k: _read_jsonl(p, ds.text_field, ds.label_field) for k, p in paths.items()}
+        n_train = len(rows["train"])
+        if train_limit:
+            raw["dataset"] = {}
+            for k, limit in (("train", train_limit), ("val", max(1, train_limit // 3))):
+                if k not in rows:
+                    continue
+                sample = _balanced_sample(rows[k], limit, seed)
+                target = data_dir / cfg.name / f"{k}.jsonl"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in sample),
+                                  encoding="utf-8")
+                raw["dataset"][k] = str(target)
+                if k == "train":
+                    n_train = len(sample)
+        if fast_training:
+            raw.setdefault("training", {}).update({"search_grid": {}, "refit": False})
         path = heads_dir / f"{cfg.name}.yaml"
         path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-        texts = [t for p in paths.values() for t, _ in _read_jsonl(p, ds.text_field, ds.label_field)]
+        texts = [t for split in rows.values() for t, _ in split]
         out[cfg.name] = {"config": path, "texts": list(dict.fromkeys(texts)), "n_train": n_train}
     return out
 
@@ -283,3 +302,18 @@ def train_bench_heads(heads: dict[str, dict], models_dir: Path, target: str, log
         if proc.wait() != 0:
             raise RuntimeError(f"polyhead train failed ({proc.returncode}); see {log}")
     return time.monotonic() - t0
+
+
+def mem_detail(pid: int) -> dict[str, int]:
+    """KiB of one process from /proc/<pid>/smaps_rollup: rss, pss, uss (private pages) and shared (pages
+    another process maps too); all 0 when it is gone."""
+    fields = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, _, rest = line.partition(":")
+            fields[key] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        return {"rss": 0, "pss": 0, "uss": 0, "shared": 0}
+    return {"rss": fields.get("Rss", 0), "pss": fields.get("Pss", 0),
+            "uss": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0),
+            "shared": fields.get("Shared_Clean", 0) + fields.get("Shared_Dirty", 0)}
