@@ -58,6 +58,7 @@ class Authenticator:
             keys += [ApiKey.model_validate(k) for k in yaml.safe_load(Path(settings.api_keys_file).read_text()) or []]
         self._by_hash = {k.sha256: k for k in keys}
         self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        self.anonymous_rate = settings.anonymous_rate_limit_per_s
 
     @property
     def required(self) -> bool:
@@ -81,8 +82,10 @@ class Authenticator:
         key = self.authenticate(request)
         if key is not None and model is not None and "*" not in key.models and model not in key.models:
             raise ForbiddenError(f"API key {key.name!r} may not call model {model!r}", field="model")
-        who = key.name if key else f"ip:{request.client.host if request.client else 'unknown'}"
-        self.limiter.take(who, key.rate_per_s if key else None)
+        if key is not None:
+            self.limiter.take(key.name, key.rate_per_s)
+        elif self.anonymous_rate is not None:
+            self.limiter.take(f"ip:{request.client.host if request.client else 'unknown'}", self.anonymous_rate)
         return key
 
 

@@ -19,31 +19,38 @@ log = logging.getLogger("polyhead.gateway.core")
 
 
 class UpstreamReply:
-    """A head's answer, passed through as is (status, JSON body, the headers that matter)."""
+    """A head's answer, passed through as is (status, raw JSON bytes, the headers that matter)."""
 
-    def __init__(self, status: int, body: dict, headers: dict[str, str]):
-        self.status, self.body, self.headers = status, body, headers
+    def __init__(self, status: int, content: bytes, headers: dict[str, str]):
+        self.status, self.content, self.headers = status, content, headers
 
 
 class GatewayService:
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
         self.routing = RoutingTable(settings)
-        self.http: httpx.AsyncClient | None = None
+        self._clients: dict[str, httpx.AsyncClient] = {}
         self.embedder: AsyncEmbedderClient | None = None
 
     async def start(self) -> None:
         self.routing.refresh(force=True)
-        limits = httpx.Limits(max_connections=self.settings.max_connections_per_head * 4,
-                              max_keepalive_connections=self.settings.max_connections_per_head)
-        # One pooled client for every head: keep-alive connections, no per-request handshakes.
-        self.http = httpx.AsyncClient(limits=limits, timeout=self.settings.head_timeout_s)
         self.embedder = AsyncEmbedderClient(self.settings.embedder_target, timeout_s=self.settings.embedder_timeout_s,
                                             retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.05, max_backoff_s=0.1))
 
+    def _client(self, route: Route) -> httpx.AsyncClient:
+        """One keep-alive pool per head: a slow or dead head cannot starve the others' connections
+        (and httpcore's pool bookkeeping grows with the number of connections it scans)."""
+        client = self._clients.get(route.url)
+        if client is None:
+            n = self.settings.max_connections_per_head
+            client = httpx.AsyncClient(base_url=route.url, timeout=self.settings.head_timeout_s,
+                                       limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+            self._clients[route.url] = client
+        return client
+
     async def close(self) -> None:
-        if self.http:
-            await self.http.aclose()
+        for client in self._clients.values():
+            await client.aclose()
         if self.embedder:
             await self.embedder.close()
 
@@ -57,7 +64,7 @@ class GatewayService:
 
     async def _call_head(self, route: Route, method: str, path: str, request_id: str, **kwargs) -> httpx.Response:
         try:
-            return await self.http.request(method, route.url + path, headers={REQUEST_ID_HEADER: request_id},
+            return await self._client(route).request(method, path, headers={REQUEST_ID_HEADER: request_id},
                                            timeout=kwargs.pop("timeout", None) or route.timeout_s or self.settings.head_timeout_s,
                                            **kwargs)
         except httpx.TimeoutException:
@@ -71,15 +78,12 @@ class GatewayService:
     async def predict(self, name: str, payload: dict, request_id: str) -> UpstreamReply:
         route = self.routing.get(name)
         response = await self._call_head(route, "POST", "/predict", request_id, json=payload)
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if response.status_code >= 500 and response.status_code != 503 or body is None:
+        is_json = response.headers.get("content-type", "").startswith("application/json")
+        if (response.status_code >= 500 and response.status_code != 503) or not is_json:
             metrics.UPSTREAM_ERRORS.labels(name, f"http_{response.status_code}").inc()
             raise UnavailableError(f"model {name!r} failed (head answered HTTP {response.status_code})", retry_after_s=2)
-        headers = {k: v for k, v in response.headers.items() if k.lower() in ("retry-after",)}
-        return UpstreamReply(response.status_code, body, headers)
+        headers = {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
+        return UpstreamReply(response.status_code, response.content, headers)
 
     async def model_info(self, name: str, request_id: str = "") -> dict:
         route = self.routing.get(name)

@@ -44,6 +44,8 @@ class GatewaySettings(ServiceSettings):
     api_keys: list[ApiKey] = Field(default_factory=list)
     api_keys_file: Path | None = Field(None, description="YAML list of keys (name, sha256, models, rate_per_s)")
     rate_limit_per_s: float = Field(50.0, gt=0, description="Per-key sustained requests/s")
+    anonymous_rate_limit_per_s: float | None = Field(None, gt=0, description="Per-client-IP limit when no keys are "
+                                                     "configured (the open local default); None = unlimited")
     rate_limit_burst: int = Field(100, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413")
 
