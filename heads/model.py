@@ -5,8 +5,8 @@ Serving imports this module alone, so it must never import TensorFlow, torch or 
 Head types (every weight has a leading member axis K; K > 1 is an ensemble whose members'
 probabilities are averaged, computed in one forward pass):
 
-* ``"mlp"``    -- ``W1 [K,D,H]``, ``b1 [K,H]``, ``W2 [K,H,C]``, ``b2 [K,C]``;
-                  ``p = mean_k softmax(act(x @ W1[k] + b1[k]) @ W2[k] + b2[k])``
+* ``"mlp"``    -- ``W1 [K,D,H]``, ``b1 [K,H]``, ``W2 [K,H,C]``, ``b2 [K,C]``, optional ``Ws [K,D,C]``;
+                  ``p = mean_k softmax(act(x @ W1[k] + b1[k]) @ W2[k] + b2[k] (+ x @ Ws[k]))``
 * ``"logreg"`` -- ``W [K,D,C]``, ``b [K,C]``; ``p = mean_k softmax(x @ W[k] + b[k])``
 
 Any input standardisation used in training is folded into ``W1``/``b1`` (or ``W``/``b``), so the
@@ -27,6 +27,7 @@ HEAD_TYPES = ("mlp", "logreg")
 ACTIVATIONS = ("relu", "gelu")
 FORMAT_VERSION = 1
 _WEIGHT_NAMES = {"mlp": ("W1", "b1", "W2", "b2"), "logreg": ("W", "b")}
+_OPTIONAL_WEIGHTS = {"mlp": ("Ws",), "logreg": ()}
 _SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
 
 
@@ -37,6 +38,7 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     z = z - z.max(axis=axis, keepdims=True)
+    np.maximum(z, -80.0, out=z)  # exp(-80) ~ 2e-35: keeps results out of the (slow) subnormal range
     np.exp(z, out=z)
     z /= z.sum(axis=axis, keepdims=True)
     return z
@@ -56,7 +58,10 @@ class HeadModel:
         if missing:
             raise ValueError(f"{head_type} head needs weights {names}; missing {missing}")
         w: dict[str, np.ndarray] = {}
-        for n in names:
+        unknown = set(weights) - set(names) - set(_OPTIONAL_WEIGHTS[head_type])
+        if unknown:
+            raise ValueError(f"{head_type} head does not take weights {sorted(unknown)}")
+        for n in names + tuple(n for n in _OPTIONAL_WEIGHTS[head_type] if n in weights):
             a = np.asarray(weights[n], dtype=np.float32)
             # accept single-member shapes ([D,C], [C]) for convenience
             if n.startswith("W") and a.ndim == 2:
@@ -78,6 +83,8 @@ class HeadModel:
         if self.head_type == "mlp":
             K, D, H = w["W1"].shape
             expected = {"b1": (K, H), "W2": (K, H, C), "b2": (K, C)}
+            if "Ws" in w:
+                expected["Ws"] = (K, D, C)
         else:
             K, D, _ = w["W"].shape
             expected = {"W": (K, D, C), "b": (K, C)}
@@ -88,12 +95,21 @@ class HeadModel:
             raise ValueError("labels must be unique")
 
     def _prepare(self) -> None:
-        """Concatenate the members' first layers so the forward is one [D, K*H] matmul."""
+        """Concatenate the members' first layers (and linear skips) so the forward starts with one
+        [D, K*H (+ K*C)] matmul."""
         w = self.weights
         first = w["W1"] if self.head_type == "mlp" else w["W"]
         K, D, H = first.shape
-        self._first = np.ascontiguousarray(first.transpose(1, 0, 2).reshape(D, K * H))
-        self._first_b = (w["b1"] if self.head_type == "mlp" else w["b"]).reshape(K * H)
+        mats = [first.transpose(1, 0, 2).reshape(D, K * H)]
+        biases = [(w["b1"] if self.head_type == "mlp" else w["b"]).reshape(K * H)]
+        self._skip = "Ws" in w
+        if self._skip:
+            C = w["Ws"].shape[2]
+            mats.append(w["Ws"].transpose(1, 0, 2).reshape(D, K * C))
+            biases.append(np.zeros(K * C, np.float32))
+        self._width = K * H
+        self._first = np.ascontiguousarray(np.concatenate(mats, axis=1))
+        self._first_b = np.ascontiguousarray(np.concatenate(biases))
 
     @property
     def n_members(self) -> int:
@@ -127,6 +143,8 @@ class HeadModel:
         z += self._first_b
         if self.head_type == "logreg":
             return z.reshape(-1, K, C)
+        skip = z[:, self._width:].reshape(-1, K, C) if self._skip else None
+        z = z[:, :self._width]
         if self.activation == "relu":
             np.maximum(z, 0, out=z)
         else:
@@ -135,10 +153,14 @@ class HeadModel:
         if K == 1:
             out = z @ self.weights["W2"][0]
             out += self.weights["b2"][0]
-            return out[:, None, :]
-        out = np.matmul(z.reshape(-1, K, H).transpose(1, 0, 2), self.weights["W2"])  # [K, N, C]
-        out += self.weights["b2"][:, None, :]
-        return out.transpose(1, 0, 2)
+            out = out[:, None, :]
+        else:
+            out = np.matmul(z.reshape(-1, K, H).transpose(1, 0, 2), self.weights["W2"])  # [K, N, C]
+            out += self.weights["b2"][:, None, :]
+            out = out.transpose(1, 0, 2)
+        if skip is not None:
+            out = out + skip
+        return out
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities [N, C] (float32, rows sum to 1), columns in `self.labels` order."""

@@ -1,28 +1,36 @@
 """Train a classifier head (numpy only) from sentence embeddings and string labels.
 
     result = train_head(X_train, y_train, X_val, y_val, params=TrainParams())
-    result.model.predict_proba(X)          # a heads.model.HeadModel
+    result.model.predict_proba(X)           # a heads.model.HeadModel
     evaluate(result.model, X_test, y_test)  # accuracy, weighted/macro F1, per class, confusion
 
 What `train_head` does:
 
-1. encodes the string labels (sorted), and weights classes for imbalance ("balanced":
-   n / (C * n_c), as scikit-learn's; "none" turns it off);
-2. standardises the inputs (per-dimension mean/std of the fit data, later folded into the first
-   layer, so the served model takes raw embeddings);
-3. for each candidate of a small grid (`TrainParams.search_grid`), trains with mini-batch AdamW on
-   softmax cross-entropy with label smoothing, dropout and decoupled weight decay, and early-stops
-   on the validation metric; the validation data is the given split or, if none, a seeded
-   stratified `val_fraction` of the training data;
-4. keeps the best candidate (and its best epoch count) and, with `refit` (default), retrains it on
-   train+val for that many epochs; `n_ensemble` members (different seeds, trained jointly in one
-   wide network) are stored in one HeadModel whose forward averages their probabilities.
+1. encodes the string labels (sorted) and weights classes for imbalance ("balanced":
+   n / (C * n_c), as scikit-learn's; `class_weighting="none"` turns it off);
+2. centres and scales the inputs (folded into the first layer afterwards, so the served model
+   takes raw embeddings);
+3. for each candidate of a small grid (`search_grid`), trains with mini-batch AdamW on softmax
+   cross-entropy with label smoothing, dropout and decoupled weight decay, halving the learning
+   rate on validation plateaus and early-stopping on the validation metric. The validation data:
+   the given (X_val, y_val); else, for up to `cv_max_examples` examples, `cv_folds`-fold
+   stratified cross-validation (the folds train jointly as members of one wide network and are
+   scored on their pooled out-of-fold predictions, far less noisy than one small split); else a
+   seeded stratified `val_fraction` split;
+4. picks the prior adjustment tau (see `TrainParams.prior_adjustment`) on the same validation
+   predictions, keeps the best candidate, and, with `refit` (default), retrains it on all the data
+   (train + val) for the chosen number of epochs, replaying the learning-rate schedule.
+   `n_ensemble` members with different initialisations train jointly and are stored in one
+   HeadModel whose forward averages their probabilities.
 
-Everything is seeded: the same inputs, params and seed give identical weights.
+Everything is seeded: the same inputs, params and seed give identical weights. Training runs
+BLAS single-threaded by default (via threadpoolctl when installed): the matmuls are small, and
+threads fighting over shared cores slow them down many times over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -35,8 +43,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from heads.model import HeadModel, gelu, softmax
 
 Progress = Callable[[dict[str, Any]], None]
+_TINY = np.float32(1e-15)
 _SEARCHABLE = {"hidden_units", "dropout", "input_dropout", "weight_decay", "lr", "label_smoothing", "batch_size",
-               "activation", "head_type"}
+               "activation", "head_type", "linear_skip"}
 
 
 class TrainParams(BaseModel):
@@ -45,32 +54,46 @@ class TrainParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     head_type: Literal["mlp", "logreg"] = "mlp"
-    hidden_units: int = Field(256, ge=1, le=8192)
+    hidden_units: int = Field(128, ge=1, le=8192, description="per ensemble member")
+    linear_skip: bool = Field(False, description="mlp: add a linear path from the input to the logits")
     activation: Literal["relu", "gelu"] = "relu"
-    lr: float = Field(1e-3, gt=0)
+    lr: float | None = Field(None, gt=0, description="Adam step size; None: 1e-3 for mlp, 1e-2 for logreg")
     epochs_max: int = Field(40, ge=1)
-    patience: int = Field(4, ge=1, description="epochs without a better val score before stopping")
-    batch_size: int = Field(64, ge=1)
+    patience: int = Field(6, ge=1, description="epochs without a better val score before stopping")
+    lr_decay: float = Field(0.5, gt=0, le=1, description="multiply the learning rate by this on a val plateau")
+    lr_decay_patience: int = Field(2, ge=1, description="epochs without a better val score before decaying")
+    batch_size: int = Field(128, ge=1)
     weight_decay: float = Field(1e-2, ge=0, description="decoupled (AdamW) weight decay on weight matrices")
-    dropout: float = Field(0.3, ge=0, lt=1, description="on the hidden layer")
-    input_dropout: float = Field(0.0, ge=0, lt=1, description="on the (standardised) embedding")
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    dropout: float = Field(0.5, ge=0, lt=1, description="on the hidden layer")
+    input_dropout: float = Field(0.0, ge=0, lt=1, description="on the (scaled) embedding")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
     class_weighting: Literal["balanced", "none"] = "balanced"
     prior_adjustment: float | Literal["auto"] = Field(
         "auto", description="tau: tau * log(class prior) is added to the output logits of a class-weighted model "
                             "(0 keeps the balanced decision rule, 1 restores the training prior); 'auto' picks "
-                            "tau from prior_adjustment_grid on the validation data. Ignored without class weighting.")
+                            "tau from prior_adjustment_grid on the validation predictions, moving off 0 only for "
+                            "a clear gain. Ignored without class weighting.")
     prior_adjustment_grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="held out of train when no val split is given")
+    prior_adjustment_min_gain: float = Field(
+        0.0025, ge=0, description="'auto' moves tau off 0 only if that raises the validation score this much")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="held out of train when there is no val split "
+                                                              "and cross-validation does not apply")
+    cv_folds: int = Field(5, ge=0, le=20, description="folds for model selection without a val split (0/1: off)")
+    cv_max_examples: int = Field(10_000, ge=0, description="cross-validate only up to this many training examples")
     selection_metric: Literal["accuracy", "f1_weighted", "f1_macro"] = "accuracy"
-    refit: bool = Field(True, description="retrain the chosen settings on train+val")
-    n_ensemble: int = Field(1, ge=1, le=16, description="members averaged in probability in the final model")
+    refit: bool = Field(True, description="retrain the chosen settings on all the data (train + val)")
+    n_ensemble: int = Field(2, ge=1, le=16, description="members (different initialisations) averaged in "
+                                                         "probability in the final model")
     input_scaling: Literal["center_scale", "standardize", "none"] = Field(
         "center_scale", description="center_scale: subtract the mean, one global scale (keeps the embedding's "
                                     "geometry); standardize: per-dimension z-scores")
+    blas_threads: int | None = Field(
+        1, ge=1, description="BLAS threads while training (needs threadpoolctl; None leaves BLAS alone). The "
+                             "matmuls are small: more threads gain little and crawl when cores are shared")
     search_grid: dict[str, list[Any]] = Field(
-        default_factory=lambda: {"dropout": [0.2, 0.5]},
-        description="grid (cartesian product) of overrides tried on the val split; epochs come from early stopping",
+        default_factory=lambda: {"hidden_units": [128]},
+        description="grid (cartesian product) of overrides tried on the validation data; "
+                    "epochs come from early stopping",
     )
 
     @field_validator("search_grid")
@@ -87,19 +110,24 @@ class TrainParams(BaseModel):
         keys = sorted(self.search_grid)
         return [dict(zip(keys, combo)) for combo in itertools.product(*(self.search_grid[k] for k in keys))]
 
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1e-3 if self.head_type == "mlp" else 1e-2
+
 
 @dataclass
 class TrainResult:
     model: HeadModel
-    params: TrainParams  # the resolved settings used for the final model (grid choice applied)
-    chosen: dict[str, Any]  # the grid choice plus the epoch count
-    val_score: float  # selection metric of the chosen candidate on the validation data
+    params: TrainParams  # the settings of the final model (grid choice applied)
+    chosen: dict[str, Any]  # the grid choice, the epoch count and the prior adjustment
+    val_score: float  # selection metric of the chosen candidate on the validation predictions
     val_metric: str
     train_time_s: float
-    search: list[dict[str, Any]] = field(default_factory=list)  # every candidate's score and best epoch
+    search: list[dict[str, Any]] = field(default_factory=list)  # every candidate's score, epochs, time
     n_train: int = 0
-    n_val: int = 0
-    val_source: str = ""  # "given", "split" or "none"
+    n_val: int = 0  # examples scored for selection (out-of-fold predictions under cross-validation)
+    val_source: str = ""  # "given", "cv", "split" or "none"
 
 
 # -- metrics ---------------------------------------------------------------------------------------
@@ -136,10 +164,15 @@ def _score(cm: np.ndarray, metric: str) -> float:
 
 
 def classification_report(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
-    """Metrics for string labels; `labels` fixes the order (labels seen only in the data are appended)."""
+    """Metrics for string labels; `labels` fixes the order (labels seen only in the data are appended).
+
+    Macro averages run over the labels that occur in y_true or y_pred (as scikit-learn's); a 0/0
+    precision, recall or F1 counts as 0."""
     labels = [str(x) for x in labels]
     y_true = [str(x) for x in y_true]
     y_pred = [str(x) for x in y_pred]
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions")
     extra = sorted((set(y_true) | set(y_pred)) - set(labels))
     labels = labels + extra
     index = {label: i for i, label in enumerate(labels)}
@@ -148,7 +181,7 @@ def classification_report(y_true: Sequence[str], y_pred: Sequence[str], labels: 
     cm = confusion_matrix(t, p, len(labels))
     precision, recall, f1, support = _prf(cm)
     n = int(cm.sum())
-    present = (support > 0) | (cm.sum(axis=0) > 0)  # macro over labels in y_true or y_pred, as scikit-learn
+    present = (support > 0) | (cm.sum(axis=0) > 0)
     return {
         "n": n,
         "accuracy": float(np.trace(cm) / n) if n else 0.0,
@@ -167,8 +200,9 @@ def classification_report(y_true: Sequence[str], y_pred: Sequence[str], labels: 
 
 
 def evaluate(model: HeadModel, X: np.ndarray, y: Sequence[str]) -> dict[str, Any]:
-    """accuracy, f1_weighted, f1_macro, per-class precision/recall/f1/support and the confusion
-    matrix (rows true, columns predicted) in `model.labels` order."""
+    """accuracy, f1_weighted, f1_macro, precision/recall_macro, per-class precision/recall/f1/support
+    and the confusion matrix (rows true, columns predicted) in `labels` order (= `model.labels`,
+    plus any label of `y` the model does not know)."""
     return classification_report(y, model.predict(X), model.labels)
 
 
@@ -187,6 +221,19 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
 
 
+def stratified_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold index per example: each class dealt round-robin over the k folds, in seeded order."""
+    rng = np.random.default_rng([seed, 0xF01D])
+    folds = np.empty(len(y), np.int64)
+    offset = 0
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        idx = idx[rng.permutation(len(idx))]
+        folds[idx] = (np.arange(len(idx)) + offset) % k
+        offset += len(idx)  # spread the remainders of small classes over different folds
+    return folds
+
+
 def class_weights(y: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
     """Per-class weights, "balanced" = n / (C_present * n_c) (mean sample weight 1)."""
     if mode == "none":
@@ -198,11 +245,39 @@ def class_weights(y: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
     return w.astype(np.float32)
 
 
+def _log_prior(y: np.ndarray, C: int) -> np.ndarray:
+    counts = np.bincount(y, minlength=C).astype(np.float64) + 0.5  # +0.5: no log(0) for a class absent here
+    return np.log(counts / counts.sum())
+
+
+def _scaler(X: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) so that (x - mean) * scale is the network input.
+
+    Dead dimensions (all-MiniLM-L6-v2 has a few that are ~1e-32 everywhere) get scale 0: besides
+    carrying no signal, their products underflow to subnormal floats, which makes BLAS crawl.
+    Small-but-live dimensions are floored so per-dimension standardising cannot blow them up."""
+    std = X.std(axis=0, dtype=np.float64)
+    ref = float(np.median(std)) if std.size else 1.0
+    dead = std <= 1e-4 * max(ref, 1e-12)
+    if mode == "none":
+        mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
+    elif mode == "center_scale":
+        mean = X.mean(axis=0, dtype=np.float64)
+        scale = np.full(X.shape[1], 1.0 / max(float(np.sqrt(np.mean(std ** 2))), 1e-12))
+    else:
+        mean = X.mean(axis=0, dtype=np.float64)
+        scale = 1.0 / np.maximum(std, 0.25 * ref)
+    mean[dead] = 0.0
+    scale[dead] = 0.0
+    return mean, scale
+
+
 # -- the network -----------------------------------------------------------------------------------
 class _Net:
     """K independent members trained jointly: first layer [D, K*H] (one matmul), second [K, H, C].
 
-    For "logreg" the first layer is the whole model ([D, K*C])."""
+    For "logreg" the first layer is the whole model ([D, K*C]). Members share batches but not
+    initialisation or dropout masks; per-member sample weights let them train on different folds."""
 
     def __init__(self, p: TrainParams, D: int, C: int, K: int, rng: np.random.Generator):
         self.mlp = p.head_type == "mlp"
@@ -219,12 +294,17 @@ class _Net:
                 "W2": rng.uniform(-lim2, lim2, (K, self.H, C)).astype(f32),
                 "b2": np.zeros((K, C), f32),
             }
+            if p.linear_skip:
+                self.params["Ws"] = np.zeros((D, K * C), f32)
         else:
             self.params = {"W1": np.zeros((D, K * C), f32), "b1": np.zeros(K * C, f32)}
-        self.decay = {"W1", "W2"}
+        self.skip = self.mlp and p.linear_skip
+        self.decay = {"W1", "W2", "Ws"}
         self.m = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.v = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.t = 0
+        self.lr = p.resolved_lr()
+        self.lr_scale = 1.0
 
     def _act(self, a: np.ndarray) -> np.ndarray:
         return np.maximum(a, 0) if self.act == "relu" else gelu(a)
@@ -236,21 +316,24 @@ class _Net:
         t = np.tanh(c * (a + np.float32(0.044715) * a ** 3))
         return np.float32(0.5) * (1 + t) + np.float32(0.5) * a * (1 - t * t) * c * (1 + np.float32(3 * 0.044715) * a * a)
 
-    def proba(self, X: np.ndarray, batch: int = 4096) -> np.ndarray:
-        """Ensemble-averaged probabilities [N, C]."""
-        out = np.empty((len(X), self.C), np.float32)
-        P, K, H, C = self.params, self.K, self.H, self.C
+    def member_proba(self, X: np.ndarray, state: dict[str, np.ndarray] | None = None, batch: int = 4096) -> np.ndarray:
+        """Per-member probabilities [K, N, C]."""
+        P, K, H, C = state or self.params, self.K, self.H, self.C
+        out = np.empty((K, len(X), C), np.float32)
         for s in range(0, len(X), batch):
             a = X[s:s + batch] @ P["W1"] + P["b1"]
             if self.mlp:
                 h = self._act(a).reshape(-1, K, H).transpose(1, 0, 2)
                 z = np.matmul(h, P["W2"]) + P["b2"][:, None, :]  # [K, B, C]
+                if self.skip:
+                    z += (X[s:s + batch] @ P["Ws"]).reshape(-1, K, C).transpose(1, 0, 2)
             else:
                 z = a.reshape(-1, K, C).transpose(1, 0, 2)
-            out[s:s + batch] = softmax(z, axis=-1).mean(axis=0)
+            out[:, s:s + batch] = softmax(z, axis=-1)
         return out
 
     def step(self, xb: np.ndarray, target: np.ndarray, sw: np.ndarray, p: TrainParams, rng: np.random.Generator) -> None:
+        """One AdamW step on a batch; `sw` [K, B] per-member sample weights."""
         P, K, H, C = self.params, self.K, self.H, self.C
         B = len(xb)
         f32 = np.float32
@@ -268,14 +351,18 @@ class _Net:
                 h = h * mask
             h3 = h.reshape(B, K, H).transpose(1, 0, 2)  # [K, B, H]
             z = np.matmul(h3, P["W2"]) + P["b2"][:, None, :]  # [K, B, C]
+            if self.skip:
+                z += (xb @ P["Ws"]).reshape(B, K, C).transpose(1, 0, 2)
         else:
             z = a.reshape(B, K, C).transpose(1, 0, 2)
         g = softmax(z, axis=-1)
         g -= target[None]
-        g *= (sw / f32(B))[None, :, None]  # d(mean weighted CE)/dz, per member
+        g *= (sw / f32(B))[:, :, None]  # d(mean weighted CE)/dz, per member
         if self.mlp:
             grads["W2"] = np.matmul(h3.transpose(0, 2, 1), g)
             grads["b2"] = g.sum(axis=1)
+            if self.skip:
+                grads["Ws"] = xb.T @ g.transpose(1, 0, 2).reshape(B, K * C)
             dh = np.matmul(g, P["W2"].transpose(0, 2, 1)).transpose(1, 0, 2).reshape(B, K * H)
             if mask is not None:
                 dh *= mask
@@ -284,21 +371,30 @@ class _Net:
             da = g.transpose(1, 0, 2).reshape(B, K * C)
         grads["W1"] = xb.T @ da
         grads["b1"] = da.sum(axis=0)
+        for g_ in grads.values():  # squares of tiny gradients would be subnormal, which makes numpy crawl
+            g_[np.abs(g_) < _TINY] = 0
         self._adamw(grads, p)
 
     def _adamw(self, grads: dict[str, np.ndarray], p: TrainParams, b1: float = 0.9, b2: float = 0.999,
                eps: float = 1e-8) -> None:
         self.t += 1
-        lr_t = p.lr * math.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t)
+        lr = self.lr * self.lr_scale
+        lr_t = lr * math.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t)
         for k, g in grads.items():
             w, m, v = self.params[k], self.m[k], self.v[k]
             if k in self.decay and p.weight_decay > 0:
-                w *= np.float32(1 - p.lr * p.weight_decay)
+                w *= np.float32(1 - lr * p.weight_decay)
             m *= np.float32(b1)
             m += np.float32(1 - b1) * g
             v *= np.float32(b2)
             v += np.float32(1 - b2) * (g * g)
             w -= np.float32(lr_t) * m / (np.sqrt(v) + np.float32(eps))
+
+    def flush_tiny(self) -> None:
+        """Zero Adam moments decaying towards the subnormal range (dead units' moments decay forever)."""
+        for d in (self.m, self.v):
+            for a in d.values():
+                a[np.abs(a) < _TINY * _TINY] = 0
 
     def shifted(self, state: dict[str, np.ndarray], shift: np.ndarray) -> dict[str, np.ndarray]:
         """`state` with `shift` [C] added to every member's output logits."""
@@ -309,124 +405,155 @@ class _Net:
             out["b1"] = (state["b1"].reshape(self.K, self.C) + shift[None, :]).reshape(-1).astype(np.float32)
         return out
 
-    def proba_with(self, state: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
-        saved, self.params = self.params, state
-        try:
-            return self.proba(X)
-        finally:
-            self.params = saved
-
     def snapshot(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self.params.items()}
 
-    def to_head(self, params: dict[str, np.ndarray], labels: list[str], mean: np.ndarray, scale: np.ndarray,
+    def to_head(self, state: dict[str, np.ndarray], labels: list[str], mean: np.ndarray, scale: np.ndarray,
                 p: TrainParams, meta: dict[str, Any]) -> HeadModel:
-        """Fold the standardisation ((x - mean) * scale) into the first layer and split members."""
+        """Fold the input scaling ((x - mean) * scale) into the first layer and split the members."""
         K, H, D = self.K, self.H, self.D
-        W1 = params["W1"].astype(np.float64)
+        W1 = state["W1"].astype(np.float64)
         Wf = W1 * scale[:, None]
-        bf = params["b1"].astype(np.float64) - (mean * scale) @ W1
+        bf = state["b1"].astype(np.float64) - (mean * scale) @ W1
         W1k = Wf.reshape(D, K, H).transpose(1, 0, 2).astype(np.float32)
         b1k = bf.reshape(K, H).astype(np.float32)
         if self.mlp:
-            weights = {"W1": W1k, "b1": b1k, "W2": params["W2"], "b2": params["b2"]}
+            weights = {"W1": W1k, "b1": b1k, "W2": state["W2"], "b2": state["b2"]}
+            if self.skip:
+                Ws = state["Ws"].astype(np.float64)
+                weights["Ws"] = (Ws * scale[:, None]).reshape(D, K, self.C).transpose(1, 0, 2).astype(np.float32)
+                weights["b2"] = (state["b2"] - ((mean * scale) @ Ws).reshape(K, self.C)).astype(np.float32)
             return HeadModel("mlp", weights, labels, activation=p.activation, meta=meta)
         return HeadModel("logreg", {"W": W1k, "b": b1k}, labels, meta=meta)
 
 
-def _fit(p: TrainParams, X: np.ndarray, y: np.ndarray, C: int, *, K: int, seed: int,
-         X_val: np.ndarray | None, y_val: np.ndarray | None, epochs: int, metric: str,
-         progress: Progress | None, stage: str) -> tuple[_Net, dict[str, np.ndarray], float, int]:
-    """Train; with val data early-stop on `metric` and return the best epoch's weights."""
+@dataclass
+class _Fit:
+    net: _Net
+    state: dict[str, np.ndarray]  # weights at the best epoch (the last one without validation)
+    score: float
+    epochs: int
+    lr_plan: list[float]  # learning-rate multiplier per epoch, up to the best epoch
+    val_proba: np.ndarray | None  # [n_val, C] validation probabilities at the best epoch
+
+
+def _fit(p: TrainParams, X: np.ndarray, y: np.ndarray, C: int, *, K: int, seed: int, epochs: int,
+         X_val: np.ndarray | None = None, y_val: np.ndarray | None = None, folds: np.ndarray | None = None,
+         lr_plan: list[float] | None = None, progress: Progress | None = None) -> _Fit:
+    """Train K members jointly for up to `epochs` epochs.
+
+    Validation, when there is some, early-stops on the selection metric and decays the learning
+    rate on plateaus: on (X_val, y_val) with the members' average; or, with `folds` (K = number of
+    folds), member k trains without fold k and predicts it, scored on the pooled out-of-fold
+    predictions. `lr_plan` replays a schedule instead (refits)."""
     rng = np.random.default_rng([seed, 1])
     net = _Net(p, X.shape[1], C, K, rng)
-    weights = class_weights(y, C, p.class_weighting)
-    sw_all = weights[y]
+    sw_all = np.broadcast_to(class_weights(y, C, p.class_weighting)[y], (K, len(y)))
+    if folds is not None:
+        sw_all = sw_all * (folds[None, :] != np.arange(K)[:, None])  # member k never sees fold k
+    sw_all = np.ascontiguousarray(sw_all, np.float32)
+    validate = folds is not None or (X_val is not None and len(X_val) > 0)
     ls = p.label_smoothing
-    onehot = np.full((C,), ls / C, np.float32)
-    best, best_epoch, best_params, bad = -1.0, 0, net.snapshot(), 0
-    bs = min(p.batch_size, len(X))
+    smooth = np.full((C,), ls / C, np.float32)
+    bs = max(1, min(p.batch_size, len(X)))
+    best, best_epoch, best_state, best_proba, bad = -1.0, 0, net.snapshot(), None, 0
+    plan: list[float] = []
+    mult, since_decay = 1.0, 0
     for epoch in range(1, epochs + 1):
+        if lr_plan is not None:
+            mult = lr_plan[min(epoch, len(lr_plan)) - 1] if lr_plan else 1.0
+        net.lr_scale = mult
+        plan.append(mult)
         order = rng.permutation(len(X))
         for s in range(0, len(order), bs):
             idx = order[s:s + bs]
-            target = np.broadcast_to(onehot, (len(idx), C)).copy()
+            target = np.broadcast_to(smooth, (len(idx), C)).copy()
             target[np.arange(len(idx)), y[idx]] += np.float32(1.0 - ls)
-            net.step(X[idx], target, sw_all[idx], p, rng)
-        if X_val is not None and len(X_val):
-            pred = net.proba(X_val).argmax(axis=1)
-            score = _score(confusion_matrix(y_val, pred, C), metric)
+            net.step(X[idx], target, sw_all[:, idx], p, rng)
+        net.flush_tiny()
+        if not validate:
             if progress:
-                progress({"stage": stage, "epoch": epoch, "val_score": score})
-            if score >= best - 1e-12:  # ties: the later epoch (small val sets tie often)
-                best, best_epoch, best_params, bad = score, epoch, net.snapshot(), 0
-            else:
-                bad += 1
-                if bad >= p.patience:
-                    break
-        elif progress:
-            progress({"stage": stage, "epoch": epoch})
-    if X_val is None or not len(X_val):
-        return net, net.snapshot(), float("nan"), epochs
-    return net, best_params, best, best_epoch
+                progress({"epoch": epoch})
+            continue
+        if folds is not None:
+            member = net.member_proba(X)
+            proba = member[folds, np.arange(len(X))]  # out-of-fold: example i scored by member folds[i]
+            truth = y
+        else:
+            proba = net.member_proba(X_val).mean(axis=0)
+            truth = y_val
+        score = _score(confusion_matrix(truth, proba.argmax(axis=1), C), p.selection_metric)
+        if progress:
+            progress({"epoch": epoch, "val_score": score})
+        improved = score > best + 1e-9
+        if score >= best - 1e-12:  # ties: the later epoch (small validation sets tie often)
+            best, best_epoch, best_state, best_proba, bad = score, epoch, net.snapshot(), proba, 0
+        else:
+            bad += 1
+            if bad >= p.patience:
+                break
+        since_decay = 0 if improved else since_decay + 1
+        if since_decay >= p.lr_decay_patience and p.lr_decay < 1:
+            mult *= p.lr_decay
+            since_decay = 0
+    if not validate:
+        return _Fit(net, net.snapshot(), float("nan"), epochs, plan, None)
+    return _Fit(net, best_state, best, best_epoch, plan[:best_epoch], best_proba)
 
 
-def _log_prior(y: np.ndarray, C: int) -> np.ndarray:
-    counts = np.bincount(y, minlength=C).astype(np.float64) + 0.5  # +0.5: no log(0) for a class absent here
-    return np.log(counts / counts.sum())
+def _pick_tau(proba: np.ndarray, y: np.ndarray, log_prior: np.ndarray, taus: list[float], metric: str,
+              min_score_gain: float = 0.0025, z: float = 0.5, min_gain: int = 2) -> tuple[float, float]:
+    """The prior adjustment tau with the best validation score, guarded against validation noise.
 
+    tau = 0 (the balanced decision rule) is the default; another tau must raise the score by at
+    least `min_score_gain` *and* be a real improvement example-wise: with b examples it fixes and c
+    it breaks (relative to tau = 0), b - c >= min_gain and b - c > z * sqrt(b + c) (McNemar-style),
+    so neither a small validation set nor a negligible gain moves the decision rule."""
+    logp = np.log(np.maximum(proba, 1e-30))
+    C = proba.shape[1]
 
-def _pick_tau(net: _Net, state: dict[str, np.ndarray], X_val: np.ndarray, y_val: np.ndarray, log_prior: np.ndarray,
-              taus: list[float], metric: str, z: float = 1.0) -> tuple[float, float]:
-    """The prior adjustment tau with the best val score, guarded against val noise.
-
-    tau = 0 (the balanced decision rule) is the default; another tau must score higher *and* its
-    per-example changes must be a real improvement: with b examples it fixes and c it breaks
-    (relative to tau = 0), b - c > z * sqrt(b + c) (a McNemar-style one-sigma rule)."""
     def run(tau: float) -> tuple[np.ndarray, float]:
-        pred = net.proba_with(net.shifted(state, tau * log_prior), X_val).argmax(axis=1)
-        return pred == y_val, _score(confusion_matrix(y_val, pred, net.C), metric)
+        pred = (logp + tau * log_prior).argmax(axis=1)
+        return pred == y, _score(confusion_matrix(y, pred, C), metric)
 
     base_ok, base = run(0.0)
     best_tau, best = 0.0, base
     for tau in sorted(set(float(t) for t in taus) - {0.0}):
         ok, score = run(tau)
         fixed, broken = int((ok & ~base_ok).sum()), int((~ok & base_ok).sum())
-        import os
-        if os.environ.get("TAUDBG"): print("   tau", tau, "score", round(score, 4), "base", round(base, 4), "fixed", fixed, "broken", broken)
-        if score > best + 1e-9 and fixed - broken > z * math.sqrt(fixed + broken):
+        if (score > best + 1e-9 and score >= base + min_score_gain - 1e-12 and fixed - broken >= min_gain                 and fixed - broken > z * math.sqrt(fixed + broken)):
             best_tau, best = tau, score
     return best_tau, best
 
 
-def _standardizer(X: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, scale) so that (x - mean) * scale is the network input.
-
-    Dead dimensions (all-MiniLM-L6-v2 has a few that are ~1e-32 everywhere) get scale 0: besides
-    carrying no signal, their products underflow to subnormal floats, which makes BLAS crawl.
-    Small-but-live dimensions are floored so standardising cannot blow them up."""
-    std = X.std(axis=0, dtype=np.float64)
-    ref = float(np.median(std)) if std.size else 1.0
-    dead = std <= 1e-4 * max(ref, 1e-12)
-    if mode == "none":
-        mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
-    elif mode == "center_scale":
-        mean = X.mean(axis=0, dtype=np.float64)
-        scale = np.full(X.shape[1], 1.0 / max(float(np.sqrt(np.mean(std ** 2))), 1e-12))
-    else:
-        mean = X.mean(axis=0, dtype=np.float64)
-        scale = 1.0 / np.maximum(std, 0.25 * ref)
-    mean[dead] = 0.0
-    scale[dead] = 0.0
-    return mean, scale
+def _blas_threads(n: int | None):
+    """Limit BLAS threads for the duration (results do not depend on it; speed does)."""
+    if n is None:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: without it BLAS keeps its own thread count
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n, user_api="blas")
 
 
 def train_head(X_train: np.ndarray, y_train: Sequence[str], X_val: np.ndarray | None = None,
                y_val: Sequence[str] | None = None, *, params: TrainParams | None = None, seed: int = 0,
                progress: Progress | None = None) -> TrainResult:
-    """Train a head on embeddings [N, D] and string labels; see the module docstring."""
-    started = time.perf_counter()
+    """Train a head on embeddings [N, D] and string labels; see the module docstring.
+
+    Labels are strings (other values are converted with str()); the model's labels are sorted.
+    `progress`, if given, is called with dicts such as
+    {"stage": "search", "candidate": 0, "of": 1, "overrides": {...}, "epoch": 3, "val_score": 0.91}
+    and {"stage": "refit", ..., "epoch": 3}.
+    """
     p = params or TrainParams()
+    with _blas_threads(p.blas_threads):
+        return _train_head(X_train, y_train, X_val, y_val, p, seed, progress)
+
+
+def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progress: Progress | None) -> TrainResult:
+    started = time.perf_counter()
     X_train = np.asarray(X_train, np.float32)
     y_train = np.array([str(v) for v in y_train])
     if X_train.ndim != 2 or len(X_train) != len(y_train):
@@ -437,8 +564,8 @@ def train_head(X_train: np.ndarray, y_train: Sequence[str], X_val: np.ndarray | 
     if given_val:
         X_val = np.asarray(X_val, np.float32)
         y_val = np.array([str(v) for v in y_val])
-        if len(X_val) != len(y_val):
-            raise ValueError(f"X_val {X_val.shape} and y_val ({len(y_val)}) do not match")
+        if X_val.ndim != 2 or len(X_val) != len(y_val) or X_val.shape[1] != X_train.shape[1]:
+            raise ValueError(f"X_val {X_val.shape} and y_val ({len(y_val)}) do not match X_train {X_train.shape}")
         labels = sorted(set(y_train.tolist()) | set(y_val.tolist()))
     else:
         labels = sorted(set(y_train.tolist()))
@@ -448,81 +575,93 @@ def train_head(X_train: np.ndarray, y_train: Sequence[str], X_val: np.ndarray | 
     C = len(labels)
     yi = np.array([index[v] for v in y_train], np.int64)
 
+    # -- where validation predictions come from ----------------------------------------------------
+    folds = None
     if given_val:
-        Xs_tr, ys_tr = X_train, yi
-        Xs_va, ys_va = X_val, np.array([index[v] for v in y_val], np.int64)
         val_source = "given"
+        X_fit, y_fit = X_train, yi
+        X_sel, y_sel = X_val, np.array([index[v] for v in y_val], np.int64)
+    elif p.cv_folds >= 2 and len(X_train) <= p.cv_max_examples and len(X_train) >= 2 * p.cv_folds:
+        val_source = "cv"
+        X_fit, y_fit = X_train, yi
+        X_sel, y_sel = None, yi
+        folds = stratified_folds(yi, p.cv_folds, seed)
     else:
         tr, va = stratified_split(yi, p.val_fraction, seed)
-        Xs_tr, ys_tr, Xs_va, ys_va = X_train[tr], yi[tr], X_train[va], yi[va]
         val_source = "split" if len(va) else "none"
+        X_fit, y_fit = X_train[tr], yi[tr]
+        X_sel, y_sel = X_train[va], yi[va]
 
-    # -- search ----------------------------------------------------------------------------------
-    mean, scale = _standardizer(Xs_tr, p.input_scaling)
-    s32 = lambda A: ((A - mean) * scale).astype(np.float32)  # noqa: E731
-    Ztr, Zva = s32(Xs_tr), s32(Xs_va)
-    candidates = p.candidates() if len(Xs_va) else [{}]
-    search: list[dict[str, Any]] = []
-    best_i, best_state = -1, None
+    mean, scale = _scaler(X_fit, p.input_scaling)
+
+    def scaled(A: np.ndarray) -> np.ndarray:
+        return ((A - mean) * scale).astype(np.float32)
+
+    Z_fit = scaled(X_fit)
+    Z_sel = scaled(X_sel) if X_sel is not None and len(X_sel) else None
     weighted = p.class_weighting != "none"
-    log_prior_tr = _log_prior(ys_tr, C)
+    log_prior_fit = _log_prior(y_fit, C)
+
+    # -- search ------------------------------------------------------------------------------------
+    candidates = p.candidates() if val_source != "none" else [{}]
+    search: list[dict[str, Any]] = []
+    best_i, best_fit = -1, None
     for i, overrides in enumerate(candidates):
         cp = p.model_copy(update=overrides)
         t0 = time.perf_counter()
-        K = p.n_ensemble if not p.refit else 1
-        net, state, score, epoch = _fit(cp, Ztr, ys_tr, C, K=K, seed=seed, X_val=Zva if len(Zva) else None,
-                                        y_val=ys_va, epochs=p.epochs_max, metric=p.selection_metric,
-                                        progress=_tagged(progress, "search", i, len(candidates), overrides),
-                                        stage="search")
-        tau = 0.0
-        if weighted and len(Zva):
+        K = p.cv_folds if folds is not None else (1 if p.refit else p.n_ensemble)
+        fit = _fit(cp, Z_fit, y_fit, C, K=K, seed=seed, epochs=p.epochs_max, X_val=Z_sel,
+                   y_val=y_sel if Z_sel is not None else None, folds=folds,
+                   progress=_tagged(progress, "search", i, len(candidates), overrides))
+        tau, score = 0.0, fit.score
+        if weighted and fit.val_proba is not None:
+            taus = p.prior_adjustment_grid if p.prior_adjustment == "auto" else [float(p.prior_adjustment)]
             if p.prior_adjustment == "auto":
-                tau, score = _pick_tau(net, state, Zva, ys_va, log_prior_tr, p.prior_adjustment_grid, p.selection_metric)
+                tau, score = _pick_tau(fit.val_proba, y_sel, log_prior_fit, taus, p.selection_metric,
+                                       min_score_gain=p.prior_adjustment_min_gain)
             else:
                 tau = float(p.prior_adjustment)
-                pred = net.proba_with(net.shifted(state, tau * log_prior_tr), Zva).argmax(axis=1)
-                score = _score(confusion_matrix(ys_va, pred, C), p.selection_metric)
+                pred = (np.log(np.maximum(fit.val_proba, 1e-30)) + tau * log_prior_fit).argmax(axis=1)
+                score = _score(confusion_matrix(y_sel, pred, C), p.selection_metric)
         elif weighted and p.prior_adjustment != "auto":
             tau = float(p.prior_adjustment)
-        search.append({**overrides, "val_score": score, "epochs": epoch, "prior_adjustment": tau,
+        search.append({**overrides, "val_score": score, "epochs": fit.epochs, "prior_adjustment": tau,
                        "time_s": round(time.perf_counter() - t0, 3)})
         if best_i < 0 or score > search[best_i]["val_score"] + 1e-9:
-            best_i, best_state = i, (net, state, mean, scale)
+            best_i, best_fit = i, fit
+    assert best_fit is not None
     chosen = dict(candidates[best_i])
     final = p.model_copy(update=chosen)
-    best_epochs = search[best_i]["epochs"]
-    val_score = search[best_i]["val_score"]
-    tau = search[best_i]["prior_adjustment"]
+    best_epochs = int(search[best_i]["epochs"])
+    val_score = float(search[best_i]["val_score"])
+    tau = float(search[best_i]["prior_adjustment"])
 
-    # -- final model -----------------------------------------------------------------------------
-    meta = {"trainer": "heads.training", "seed": seed, "chosen": chosen, "epochs": best_epochs,
-            "val_score": val_score, "val_metric": p.selection_metric, "val_source": val_source,
-            "params": final.model_dump(exclude={"search_grid"})}
-    if p.refit and len(Xs_va):
+    # -- the final model ---------------------------------------------------------------------------
+    if p.refit and val_source != "none":
         X_all = np.concatenate([X_train, X_val]) if given_val else X_train
-        y_all = np.concatenate([yi, ys_va]) if given_val else yi
-        mean, scale = _standardizer(X_all, p.input_scaling)
-        net, state, _, _ = _fit(final, ((X_all - mean) * scale).astype(np.float32), y_all, C, K=p.n_ensemble,
-                                seed=seed, X_val=None, y_val=None, epochs=max(1, best_epochs), metric=p.selection_metric,
-                                progress=_tagged(progress, "refit", 0, 1, chosen), stage="refit")
-        n_fit, log_prior = len(X_all), _log_prior(y_all, C)
-    else:
-        assert best_state is not None
-        net, state, mean, scale = best_state
-        n_fit, log_prior = len(Xs_tr), log_prior_tr
+        y_all = np.concatenate([yi, y_sel]) if given_val else yi
+        mean, scale = _scaler(X_all, p.input_scaling)
+        fit = _fit(final, ((X_all - mean) * scale).astype(np.float32), y_all, C, K=p.n_ensemble, seed=seed,
+                   epochs=max(1, best_epochs), lr_plan=best_fit.lr_plan,
+                   progress=_tagged(progress, "refit", 0, 1, chosen))
+        net, state, n_fit, log_prior = fit.net, fit.state, len(X_all), _log_prior(y_all, C)
+    else:  # the search model itself (under cross-validation: the fold members, as an ensemble)
+        net, state, n_fit, log_prior = best_fit.net, best_fit.state, len(X_fit), log_prior_fit
     if tau:
         state = net.shifted(state, tau * log_prior)
-    meta["n_fit"] = n_fit
-    meta["prior_adjustment"] = tau
-    model = net.to_head(state, labels, mean, scale, final, meta)
     elapsed = time.perf_counter() - started
-    model.meta["train_time_s"] = round(elapsed, 3)
-    return TrainResult(model=model, params=final, chosen={**chosen, "epochs": best_epochs, "prior_adjustment": tau}, val_score=val_score,
-                       val_metric=p.selection_metric, train_time_s=elapsed, search=search, n_train=len(X_train),
-                       n_val=len(Xs_va), val_source=val_source)
+    meta = {"trainer": "heads.training", "seed": seed, "chosen": chosen, "epochs": best_epochs,
+            "prior_adjustment": tau, "val_score": val_score, "val_metric": p.selection_metric,
+            "val_source": val_source, "n_fit": n_fit, "train_time_s": round(elapsed, 3),
+            "params": final.model_dump(exclude={"search_grid"})}
+    model = net.to_head(state, labels, mean, scale, final, meta)
+    return TrainResult(model=model, params=final, chosen={**chosen, "epochs": best_epochs, "prior_adjustment": tau},
+                       val_score=val_score, val_metric=p.selection_metric, train_time_s=time.perf_counter() - started,
+                       search=search, n_train=len(X_train),
+                       n_val=len(y_sel) if val_source != "none" else 0, val_source=val_source)
 
 
 def _tagged(progress: Progress | None, stage: str, i: int, n: int, overrides: dict[str, Any]) -> Progress | None:
     if progress is None:
         return None
-    return lambda ev: progress({**ev, "stage": stage, "candidate": i, "of": n, "overrides": overrides})
+    return lambda ev: progress({"stage": stage, "candidate": i, "of": n, "overrides": overrides, **ev})
