@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from heads.model import HeadModel
-from heads.training import TrainParams, classification_report, evaluate, train_head
+from heads.training import TrainParams, _fit, _scaler, classification_report, evaluate, stratified_folds, train_head
 
 FAST = TrainParams(epochs_max=15, cv_folds=0, search_grid={"dropout": [0.3]})
 
@@ -85,25 +85,59 @@ def test_logreg_head_type_trains_and_serves():
     assert model.head_type == "logreg" and evaluate(model, X, y)["accuracy"] > 0.9
 
 
+@pytest.mark.parametrize("overrides", [{}, {"linear_skip": True, "activation": "gelu"}, {"head_type": "logreg"},
+                                       {"input_scaling": "standardize"}])
+def test_served_model_matches_the_training_network(overrides):
+    """Input scaling folded into the first layer, members split out: same probabilities as in training."""
+    X, y = clusters({"a": 40, "b": 40, "c": 40})
+    yi = np.array(["abc".index(v) for v in y])
+    p = TrainParams(**overrides)
+    mean, scale = _scaler(X, p.input_scaling)
+    fit = _fit(p, ((X - mean) * scale).astype(np.float32), yi, 3, K=3, seed=0, epochs=2)
+    model = fit.net.to_head(fit.state, ["a", "b", "c"], mean, scale, p, {})
+    expected = fit.net.member_proba(((X - mean) * scale).astype(np.float32), fit.state).mean(axis=0)
+    assert model.n_members == 3
+    np.testing.assert_allclose(model.predict_proba(X), expected, atol=2e-6)
+
+
+def test_validation_source_and_stratified_folds():
+    X, y = clusters({"a": 30, "b": 10})
+    assert train_head(X, y, params=FAST.model_copy(update={"cv_folds": 5})).val_source == "cv"
+    result = train_head(X, y, params=FAST.model_copy(update={"cv_folds": 5, "cv_max_examples": 10}))
+    assert result.val_source == "split" and result.n_val == 4  # 10 % of each class
+    folds = stratified_folds(np.array([0] * 30 + [1] * 10), 5, seed=0)
+    assert [int((folds == k).sum()) for k in range(5)] == [8] * 5
+    assert all(int(((folds == k) & (np.arange(40) >= 30)).sum()) == 2 for k in range(5))
+
+
 def test_model_module_imports_neither_tensorflow_nor_sklearn():
     code = ("import sys, heads.model; bad = [m for m in sys.modules if m.split('.')[0] in "
             "('tensorflow', 'sklearn', 'torch')]; assert not bad, bad")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    code = "import heads.model, sys; assert 'tensorflow' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+@pytest.mark.needs_shared_datasets
 def test_real_clinc_domain_beats_a_logistic_regression_floor(shared_datasets, servable):
-    """CLINC150 banking (15 intents, 1500 train texts), embedded by the real exported model."""
+    """CLINC150 banking (15 intents, 1500 train / 300 val / 450 test texts), embedded in the test by
+    the real exported model (the session-scoped `servable`), trained with the default params."""
     import json
 
     def load(split):
-        rows = [json.loads(line) for line in (shared_datasets / "clinc150/domains/banking" / f"{split}.jsonl").open()]
+        path = shared_datasets / "clinc150" / "domains" / "banking" / f"{split}.jsonl"
+        rows = [json.loads(line) for line in path.open(encoding="utf-8")]
         texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
         vectors = np.concatenate([servable.embed(texts[i:i + 64]).vectors for i in range(0, len(texts), 64)])
         return vectors, labels
 
     X, y = load("train")
+    Xv, yv = load("val")
     Xt, yt = load("test")
-    result = train_head(X, y, params=TrainParams(n_ensemble=1), seed=0)
+    assert len(y) == 1500 and len(set(y)) == 15
+    result = train_head(X, y, Xv, yv, seed=0)
     accuracy = evaluate(result.model, Xt, yt)["accuracy"]
-    # LogisticRegression(C=10) on the same embeddings reaches ~0.95 here (scripts/bench_heads.py).
-    assert accuracy >= 0.93, accuracy
+    # LogisticRegression(C=10) on the same embeddings: 0.960 test accuracy (fitted on train; measured
+    # with scripts/bench_heads.py). Ours: 0.951-0.960 over seeds 0-2. The floor leaves room for seeds.
+    assert accuracy >= 0.94, accuracy
+    assert result.val_source == "given" and result.train_time_s < 20
