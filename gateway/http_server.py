@@ -191,8 +191,25 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     return app
 
 
+SETTINGS_ENV = "POLYHEAD_GATEWAY_SETTINGS_JSON"
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn factory for worker processes: the parent hands its resolved settings over as JSON."""
+    import os
+
+    return create_app(GatewaySettings.model_validate_json(os.environ[SETTINGS_ENV]))
+
+
 def serve(settings: GatewaySettings) -> None:
+    import os
+
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                access_log=False, timeout_graceful_shutdown=10)
+    common = dict(host=settings.host, port=settings.port, log_config=None, access_log=False,
+                  timeout_graceful_shutdown=10)
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **common)
+    else:
+        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        uvicorn.run("gateway.http_server:create_app_from_env", factory=True, workers=settings.workers, **common)

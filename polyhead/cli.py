@@ -135,6 +135,7 @@ def gateway_serve(
     config: Optional[Path] = ConfigOpt,
     host: Optional[str] = typer.Option(None),
     port: Optional[int] = typer.Option(None),
+    workers: Optional[int] = typer.Option(None, help="Worker processes (default 1)"),
     heads_dir: Optional[Path] = typer.Option(None, help="Head configs (default configs/heads)"),
     routes_file: Optional[Path] = typer.Option(None, help="YAML {name: url} overriding addresses"),
     head_url_template: Optional[str] = typer.Option(None, help="e.g. http://head-{name}:8000"),

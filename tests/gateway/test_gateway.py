@@ -238,6 +238,16 @@ def test_api_keys_rate_limit_and_body_limit(secured_gateway):
     assert big.status_code == 413 and "max_body_bytes=2048" in big.json()["error"]["message"]
 
 
+def test_gateway_with_two_workers_serves_predictions(stack):
+    proc, url = start_gateway(stack["heads_dir"], stack["routes"], stack["target"], "--workers", "2")
+    try:
+        for _ in range(6):
+            r = httpx.post(f"{url}/v1/models/tickets/predict", json={"text": "refund my payment"})
+            assert r.status_code == 200 and r.json()["predictions"][0]["label"] == "billing"
+    finally:
+        stop(proc)
+
+
 def test_batch_mode_resumes_without_duplicates_or_losses(stack, tmp_path):
     from gateway.batch import classify_file
 
