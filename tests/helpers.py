@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import uuid
@@ -95,3 +96,15 @@ class PostgresBackend:
         with self._admin.connect() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{self.schema}" CASCADE')
         self._admin.dispose()
+
+
+def settings_from_env(cls, env: dict[str, str], **init):
+    """Build a settings object from exactly `env` (the caller's POLYHEAD_* vars set aside meanwhile)."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("POLYHEAD_")}
+    os.environ.update(env)
+    try:
+        return cls(**init)
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+        os.environ.update(saved)

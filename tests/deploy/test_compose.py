@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -13,6 +12,7 @@ import yaml
 from polyhead import deploy
 from tests.conftest import ROOT
 from tests.deploy.common import SETTINGS_BY_IMAGE, field_of, run, tool
+from tests.helpers import settings_from_env
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -37,14 +37,7 @@ def settings_of(name: str):
     init = {}
     if kind == "head":  # the config path is the command's argument; read it from the repo's copy
         init["config"] = ROOT / "configs" / "heads" / Path(service["command"][0]).name
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("POLYHEAD_")}
-    os.environ.update(env)
-    try:
-        return cls(**init)
-    finally:
-        for k in env:
-            os.environ.pop(k, None)
-        os.environ.update(saved)
+    return settings_from_env(cls, env, **init)
 
 
 def test_compose_validates_against_the_compose_spec_schema():

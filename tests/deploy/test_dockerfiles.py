@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from polyhead import deploy
 from tests.conftest import ROOT, free_port
+from tests.helpers import settings_from_env
 from tests.deploy.common import (DOCKERFILES, SETTINGS_BY_IMAGE, dockerignore_rules, env_of, field_of,
                                  image_of_dockerfile, is_ignored, parse_dockerfile, polyhead_cmd, run, tool)
 
@@ -151,17 +152,6 @@ def test_env_vars_and_ports_match_the_settings(dockerfile):
                              "gateway": deploy.GATEWAY_PORT}[image]
     if image == "embedder":
         assert Path(settings.model_handle).as_posix() == "/opt/polyhead/encoder" and not settings.export_if_missing
-
-
-def settings_from_env(cls, env: dict[str, str], **init):
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("POLYHEAD_")}
-    os.environ.update(env)
-    try:
-        return cls(**init)
-    finally:
-        for k in env:
-            os.environ.pop(k, None)
-        os.environ.update(saved)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)

@@ -16,6 +16,17 @@ from polyhead.errors import OverloadedError, ValidationError
 from tests.embedder.fixtures import running_server
 
 
+def recording(servable):
+    """(batches, run_batch): a model call that records each batch it is given, then embeds it."""
+    batches: list[list[str]] = []
+
+    def run_batch(texts):
+        batches.append(list(texts))
+        return servable.embed(texts)
+
+    return batches, run_batch
+
+
 def unique(prefix: str, n: int) -> list[str]:
     return [f"{prefix} sentence number {i} about banking" for i in range(n)]
 
@@ -72,33 +83,21 @@ async def test_cache_size_zero_disables_caching(servable):
 
 
 async def test_concurrent_requests_for_one_uncached_text_cost_one_model_row(servable):
-    rows = []
-    original = servable.embed
-
-    def counting_embed(texts):
-        rows.extend(texts)
-        return original(texts)
-
+    batches, run_batch = recording(servable)
     async with running_server(servable, max_wait_ms=20) as (server, target):
-        server.service.batcher._run_batch = counting_embed
+        server.service.batcher._run_batch = run_batch
         client = AsyncEmbedderClient(target)
         results = await asyncio.gather(*(client.embed(["the very same question"]) for _ in range(12)))
         await client.close()
-    assert rows.count("the very same question") == 1
+    assert sum(b.count("the very same question") for b in batches) == 1
     assert all(np.array_equal(r.vectors, results[0].vectors) for r in results)
 
 
 async def test_concurrent_requests_are_coalesced_into_sorted_batches(servable):
-    batches = []
-    original = servable.embed
-
-    def recording_embed(texts):
-        batches.append(list(texts))
-        return original(texts)
-
+    batches, run_batch = recording(servable)
     texts = unique("concurrent", 48)
     async with running_server(servable, max_batch_size=16, max_wait_ms=30) as (server, target):
-        server.service.batcher._run_batch = recording_embed
+        server.service.batcher._run_batch = run_batch
         client = AsyncEmbedderClient(target)
         results = await asyncio.gather(*(client.embed([t]) for t in texts))
         await client.close()
@@ -106,7 +105,7 @@ async def test_concurrent_requests_are_coalesced_into_sorted_batches(servable):
     assert len(batches) < 48 / 2, f"expected coalescing, got batch sizes {[len(b) for b in batches]}"
     assert max(len(b) for b in batches) <= 16
     assert all([len(t) for t in b] == sorted(len(t) for t in b) for b in batches)
-    expected = original(texts).vectors
+    expected = servable.embed(texts).vectors
     got = np.stack([r.vectors[0] for r in results])
     assert np.min(np.sum(expected * got, axis=1)) > 0.99999  # each answer went to its own caller
 
@@ -165,15 +164,9 @@ async def test_full_queue_answers_resource_exhausted_and_loses_nothing_accepted(
 
 
 async def test_cancelled_requests_are_dropped_before_the_model(servable):
-    rows = []
-    original = servable.embed
-
-    def slow_counting_embed(texts):
-        rows.extend(texts)
-        return original(texts)
-
+    batches, run_batch = recording(servable)
     async with running_server(servable, max_batch_size=4, max_wait_ms=0) as (server, target):
-        server.service.batcher._run_batch = slow_counting_embed
+        server.service.batcher._run_batch = run_batch
         async with grpc.aio.insecure_channel(target) as channel:
             stub = embedder_pb2_grpc.EmbedderStub(channel)
             blocker = stub.Embed(embedder_pb2.EmbedRequest(texts=unique("blocker", 64), bypass_cache=True))
@@ -184,7 +177,7 @@ async def test_cancelled_requests_are_dropped_before_the_model(servable):
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             await blocker
             await asyncio.sleep(0.2)
-    assert "cancel me before the model" not in rows
+    assert not any("cancel me before the model" in b for b in batches)
 
 
 async def test_stream_answers_each_message_in_order(servable):
