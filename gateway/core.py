@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
+from collections.abc import Mapping
 
-import httpx
+import aiohttp
 
 from embedder.client import AsyncEmbedderClient, RetryPolicy
 from gateway import metrics
@@ -21,7 +23,7 @@ log = logging.getLogger("polyhead.gateway.core")
 class UpstreamReply:
     """A head's answer, passed through as is (status, raw JSON bytes, the headers that matter)."""
 
-    def __init__(self, status: int, content: bytes, headers: dict[str, str]):
+    def __init__(self, status: int, content: bytes, headers: Mapping[str, str]):
         self.status, self.content, self.headers = status, content, headers
 
 
@@ -29,28 +31,24 @@ class GatewayService:
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
         self.routing = RoutingTable(settings)
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._session: aiohttp.ClientSession | None = None
         self.embedder: AsyncEmbedderClient | None = None
 
     async def start(self) -> None:
         self.routing.refresh(force=True)
         self.embedder = AsyncEmbedderClient(self.settings.embedder_target, timeout_s=self.settings.embedder_timeout_s,
                                             retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.05, max_backoff_s=0.1))
-
-    def _client(self, route: Route) -> httpx.AsyncClient:
-        """One keep-alive pool per head: a slow or dead head cannot starve the others' connections
-        (and httpcore's pool bookkeeping grows with the number of connections it scans)."""
-        client = self._clients.get(route.url)
-        if client is None:
-            n = self.settings.max_connections_per_head
-            client = httpx.AsyncClient(base_url=route.url, timeout=self.settings.head_timeout_s,
-                                       limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
-            self._clients[route.url] = client
-        return client
+        # aiohttp, not httpx, on the hot path: its pool hands out a keep-alive connection in O(1) and a
+        # forwarded call costs ~0.5 ms of CPU against httpx's ~1.5 ms (bench_gateway, "upstream client").
+        # limit_per_host: a slow or dead head can hold only its own share of connections.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self.settings.max_connections_per_head,
+                                         keepalive_timeout=self.settings.head_keepalive_s)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                              timeout=aiohttp.ClientTimeout(total=self.settings.head_timeout_s))
 
     async def close(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
+        if self._session:
+            await self._session.close()
         if self.embedder:
             await self.embedder.close()
 
@@ -62,35 +60,42 @@ class GatewayService:
             except Exception:  # a half-written file is read again next time
                 log.exception("routing refresh failed")
 
-    async def _call_head(self, route: Route, method: str, path: str, request_id: str, **kwargs) -> httpx.Response:
+    async def _call_head(self, route: Route, method: str, path: str, request_id: str, body: bytes | None = None,
+                         timeout_s: float | None = None) -> UpstreamReply:
+        timeout = aiohttp.ClientTimeout(total=timeout_s or route.timeout_s or self.settings.head_timeout_s)
+        headers = {REQUEST_ID_HEADER: request_id}
+        if body is not None:
+            headers["content-type"] = "application/json"
         try:
-            return await self._client(route).request(method, path, headers={REQUEST_ID_HEADER: request_id},
-                                           timeout=kwargs.pop("timeout", None) or route.timeout_s or self.settings.head_timeout_s,
-                                           **kwargs)
-        except httpx.TimeoutException:
+            async with self._session.request(method, route.url + path, data=body, headers=headers,
+                                             timeout=timeout) as response:
+                content = await response.read()
+                return UpstreamReply(response.status, content, response.headers)
+        except TimeoutError:  # aiohttp's timeouts are TimeoutErrors; checked before ClientError on purpose
             metrics.UPSTREAM_ERRORS.labels(route.name, "timeout").inc()
             raise UnavailableError(f"model {route.name!r} timed out (head at {route.url})", retry_after_s=2) from None
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             metrics.UPSTREAM_ERRORS.labels(route.name, "unreachable").inc()
             raise UnavailableError(f"model {route.name!r} is unavailable: head at {route.url} is unreachable "
                                    f"({type(exc).__name__})", retry_after_s=2) from None
 
-    async def predict(self, name: str, payload: dict, request_id: str) -> UpstreamReply:
+    async def predict(self, name: str, body: bytes, request_id: str) -> UpstreamReply:
+        """Forward a predict body (JSON bytes) to the named model's head; its answer comes back as is."""
         route = self.routing.get(name)
-        response = await self._call_head(route, "POST", "/predict", request_id, json=payload)
-        is_json = response.headers.get("content-type", "").startswith("application/json")
-        if (response.status_code >= 500 and response.status_code != 503) or not is_json:
-            metrics.UPSTREAM_ERRORS.labels(name, f"http_{response.status_code}").inc()
-            raise UnavailableError(f"model {name!r} failed (head answered HTTP {response.status_code})", retry_after_s=2)
-        headers = {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
-        return UpstreamReply(response.status_code, response.content, headers)
+        reply = await self._call_head(route, "POST", "/predict", request_id, body=body)
+        is_json = reply.headers.get("Content-Type", "").startswith("application/json")
+        if (reply.status >= 500 and reply.status != 503) or not is_json:
+            metrics.UPSTREAM_ERRORS.labels(name, f"http_{reply.status}").inc()
+            raise UnavailableError(f"model {name!r} failed (head answered HTTP {reply.status})", retry_after_s=2)
+        reply.headers = {k: v for k, v in reply.headers.items() if k.lower() == "retry-after"}
+        return reply
 
     async def model_info(self, name: str, request_id: str = "") -> dict:
         route = self.routing.get(name)
         entry = {"name": name, "description": route.description, "ready": False}
         try:
-            r = await self._call_head(route, "GET", "/info", request_id, timeout=self.settings.info_timeout_s)
-            info = r.json()
+            reply = await self._call_head(route, "GET", "/info", request_id, timeout_s=self.settings.info_timeout_s)
+            info = json.loads(reply.content)
         except (PolyheadError, ValueError) as exc:
             return {**entry, "error": getattr(exc, "message", str(exc))}
         metrics_ = info.get("metrics") or {}

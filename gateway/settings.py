@@ -41,6 +41,9 @@ class GatewaySettings(ServiceSettings):
     head_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout towards a head")
     info_timeout_s: float = Field(1.0, gt=0, description="Timeout of the /info calls behind GET /v1/models")
     max_connections_per_head: int = Field(64, ge=1)
+    head_keepalive_s: float = Field(30.0, gt=0, description="Idle keep-alive towards heads; keep it below the heads' "
+                                    "keepalive_s, so a head never closes a connection the gateway is about to reuse")
+    keepalive_s: float = Field(75.0, gt=0, description="How long the gateway keeps an idle client connection open")
 
     # Security. With no keys configured the gateway is open (the local default).
     api_keys: list[ApiKey] = Field(default_factory=list)

@@ -110,4 +110,4 @@ def serve(settings: HeadSettings) -> None:
     import uvicorn
 
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                access_log=False, timeout_graceful_shutdown=10)
+                access_log=False, timeout_graceful_shutdown=10, timeout_keep_alive=int(settings.keepalive_s))

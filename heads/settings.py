@@ -20,6 +20,8 @@ class HeadSettings(ServiceSettings):
     embedder_timeout_s: float = Field(5.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(8001, ge=0, le=65535)
+    keepalive_s: float = Field(75.0, gt=0, description="Idle keep-alive of client connections; longer than the "
+                               "gateway's head_keepalive_s, so the gateway's reused connections are never stale")
     db_url: str = Field("sqlite:///var/inference.db", description="Inference DB (SQLAlchemy URL)")
     spool_dir: Path = Field(Path("var/spool"), description="Records wait here while the DB is down")
     version_poll_s: float = Field(2.0, ge=0, description="How often to look for a new version; 0 = only on /admin/reload")

@@ -43,12 +43,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
-        field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
-        message = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()
-        )
-        return JSONResponse({"error": {"type": "validation", "message": message, "field": field}}, status_code=422,
+        problems = [_describe(e) for e in exc.errors()] or [("body", "body: invalid request")]
+        return JSONResponse({"error": {"type": "validation", "message": "; ".join(m for _, m in problems),
+                                       "field": problems[0][0]}}, status_code=422,
                             headers={REQUEST_ID_HEADER: request_id_of(request)})
 
     @app.exception_handler(Exception)
@@ -58,6 +55,15 @@ def install_error_handlers(app: FastAPI) -> None:
         logging.getLogger("polyhead.http").exception("unhandled error", extra={"request_id": request_id_of(request)})
         return JSONResponse({"error": {"type": "internal", "message": "internal error"}}, status_code=500,
                             headers={REQUEST_ID_HEADER: request_id_of(request)})
+
+
+def _describe(error: dict) -> tuple[str, str]:
+    """(field, message) of one pydantic error; the field is dotted and has no 'body.' prefix."""
+    if error.get("type") == "json_invalid":  # loc is ("body", <character offset>): not a field
+        reason = (error.get("ctx") or {}).get("error", "")
+        return "body", f"body: invalid JSON at character {error['loc'][-1]}" + (f" ({reason})" if reason else "")
+    field = ".".join(str(p) for p in error["loc"] if p != "body") or "body"
+    return field, f"{field}: {error['msg']}"
 
 
 ERROR_RESPONSES = {

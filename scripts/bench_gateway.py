@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -111,6 +112,40 @@ async def measure(path: str, cached: bool, clients: int, texts: Texts, urls: dic
             "rps": len(latencies) / elapsed if elapsed else 0.0}
 
 
+async def upstream_client_cost(head_url: str, text: str, calls: int) -> dict[str, dict]:
+    """The gateway -> head hop's client, side by side: the same sequential calls to the head with
+    httpx (the general-purpose client) and with aiohttp (what the gateway uses), alternating in rounds
+    so machine noise hits both; CPU is this process's own time, i.e. what the gateway would spend."""
+    import aiohttp
+
+    body = json.dumps({"text": text}).encode()
+    headers = {"content-type": "application/json"}
+    wall: dict[str, list[float]] = {"httpx": [], "aiohttp": []}
+    cpu = {"httpx": 0.0, "aiohttp": 0.0}
+    async with httpx.AsyncClient(base_url=head_url) as hx, aiohttp.ClientSession(head_url) as aio:
+        async def via_httpx():
+            (await hx.post("/predict", content=body, headers=headers)).raise_for_status()
+
+        async def via_aiohttp():
+            async with aio.post("/predict", data=body, headers=headers) as r:
+                r.raise_for_status()
+                await r.read()
+
+        for call in (via_httpx, via_aiohttp):  # connect and warm up
+            for _ in range(20):
+                await call()
+        for _ in range(10):
+            for name, call in (("httpx", via_httpx), ("aiohttp", via_aiohttp)):
+                c0 = time.process_time()
+                for _ in range(calls // 10):
+                    t0 = time.perf_counter()
+                    await call()
+                    wall[name].append(time.perf_counter() - t0)
+                cpu[name] += time.process_time() - c0
+    return {name: {"n": len(wall[name]), "p50": pct(wall[name], 50) * 1e3,
+                   "cpu": cpu[name] / len(wall[name]) * 1e3} for name in wall}
+
+
 async def warm_pool(target: str, texts: Texts) -> None:
     client = AsyncEmbedderClient(target, timeout_s=60)
     try:
@@ -180,6 +215,9 @@ def main() -> int:
                     print(f"  .. {path:14s} {'cached' if cached else 'uncached':8s} {clients:3d} clients: "
                           f"p50 {r['p50']:.2f} ms, {r['rps']:.0f} req/s", file=sys.stderr, flush=True)
 
+        asyncio.run(warm_pool(target, texts))
+        clients_cost = asyncio.run(upstream_client_cost(head_url, texts.cached(0), 400 if args.quick else 2000))
+
         print(f"# Gateway benchmark — {machine()}\n")
         print(f"command: .venv/bin/python scripts/bench_gateway.py{' --quick' if args.quick else ''}\n")
         print(f"head `{name}` (trained on {heads[name]['n_train']} texts in {train_s:.0f}s); each cell: "
@@ -206,6 +244,12 @@ def main() -> int:
               f"{'met' if one['p50'] < 5 else 'NOT met'}\n")
         print("Under saturation (uncached texts at 16 and 64 clients) every path waits in the embedder's queue, "
               "so the per-hop differences there are noise, not hop costs.\n")
+        print("Upstream client: the gateway -> head hop made with each client from this process, "
+              "sequential cached calls to the head, alternating rounds:\n")
+        print(table(["client", "calls", "p50 ms (client -> head -> embedder)", "client CPU ms/call"],
+                    [[name, r["n"], f"{r['p50']:.2f}", f"{r['cpu']:.3f}"] for name, r in clients_cost.items()]))
+        ratio = clients_cost["httpx"]["cpu"] / clients_cost["aiohttp"]["cpu"]
+        print(f"\nhttpx / aiohttp CPU per call: {ratio:.2f}x (the gateway forwards with aiohttp)\n")
         print("notes: uncached = a real sentence + a suffix unique to this run (never seen by the embedder's "
               "cache); cached = a pool of 256 real sentences embedded right before the cell. The gateway runs with "
               "its rate limit raised (--rate-limit-per-s 1000000); at 64 clients the load generator shares the "

@@ -126,6 +126,13 @@ def test_bad_input_is_a_clear_422_through_the_gateway(stack):
     assert r.status_code == 422 and r.json()["error"]["field"] == "texts[1]"
     r = httpx.post(f"{stack['url']}/v1/models/tickets/predict", json={"text": 7})
     assert r.status_code == 422 and r.json()["error"]["field"] == "text"
+    # The gateway forwards the body unparsed: malformed JSON and a missing body still get the head's 422.
+    r = httpx.post(f"{stack['url']}/v1/models/tickets/predict", content=b'{"text": "unterminated',
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "body"
+    assert "invalid JSON at character" in r.json()["error"]["message"]
+    r = httpx.post(f"{stack['url']}/v1/models/tickets/predict")
+    assert r.status_code == 422 and r.json()["error"]["field"] == "body" and "x-request-id" in r.headers
 
 
 def test_openai_client_embeds_through_the_gateway(stack, servable):
@@ -204,6 +211,9 @@ def test_openapi_documents_error_responses(stack):
     predict = spec["paths"]["/v1/models/{name}/predict"]["post"]["responses"]
     assert {"200", "401", "403", "404", "413", "422", "429", "503"} <= set(predict)
     assert {"200", "404", "422", "503"} <= set(spec["paths"]["/v1/embeddings"]["post"]["responses"])
+    # The predict body is forwarded unparsed, but still documented as the head's request shape.
+    body = spec["paths"]["/v1/models/{name}/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"text", "texts"} <= set(body["properties"]) and body["additionalProperties"] is False
 
 
 @pytest.fixture()
