@@ -1,6 +1,8 @@
-"""`polyhead batch`: classify a whole JSONL/CSV file through the gateway, resumably.
+"""`polyhead batch`: classify a whole JSONL/CSV file, resumably, through the gateway or directly.
 
-Rows are sent in chunks with bounded concurrency. Each finished chunk is appended to the output
+Two predictors answer a chunk of texts: `GatewayPredictor` (HTTP, what a client of a running stack
+uses) and `DirectPredictor` (embedder gRPC + the head's artifact loaded here: a nightly job needs
+no head or gateway process, only an embedder). Rows are sent in chunks with bounded concurrency. Each finished chunk is appended to the output
 as JSONL lines carrying the input row number, in one write + flush; a restart reads the output,
 drops a torn last line, and skips every row already there, so no row is written twice or lost.
 """
@@ -13,9 +15,11 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import httpx
+
+from polyhead.errors import PolyheadError
 
 
 @dataclass
@@ -58,9 +62,79 @@ def done_rows(output: Path) -> set[int]:
     return done
 
 
-async def classify_file(gateway: str, model: str, input_path: Path, output: Path, *, text_field: str = "text",
-                        id_field: str | None = None, chunk_size: int = 32, concurrency: int = 4,
-                        api_key: str | None = None, timeout_s: float = 60, on_progress=None,
+class Predictor(Protocol):
+    async def predict(self, texts: list[str]) -> dict:
+        """{"version": str, "predictions": [{"label", "probability", ...}, ...]} for the texts, in order."""
+
+
+class GatewayPredictor:
+    def __init__(self, gateway: str, model: str, *, api_key: str | None = None, timeout_s: float = 60,
+                 attempts: int = 6):
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.AsyncClient(base_url=gateway, timeout=timeout_s, headers=headers)
+        self.model, self.attempts = model, attempts
+
+    async def predict(self, texts: list[str]) -> dict:
+        for attempt in range(self.attempts):
+            try:
+                r = await self.client.post(f"/v1/models/{self.model}/predict", json={"texts": texts})
+            except httpx.TransportError as exc:  # gateway restarting: same back-off as a 503
+                if attempt == self.attempts - 1:
+                    raise RuntimeError(f"gateway unreachable: {exc!r}") from None
+                await asyncio.sleep(1)
+                continue
+            if r.status_code == 200:
+                return r.json()
+            if r.status_code in (429, 503) and attempt < self.attempts - 1:
+                await asyncio.sleep(float(r.headers.get("retry-after", 1)))
+                continue
+            raise RuntimeError(f"gateway answered {r.status_code}: {r.text[:300]}")
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class DirectPredictor:
+    """The head's artifact in this process, fed by the embedder: same labels as the head serves,
+    with the same fingerprint check (a head trained on another encoder is refused, not guessed)."""
+
+    def __init__(self, embedder_target: str, models_dir: Path, config_path: Path, *, version: str | None = None,
+                 timeout_s: float = 60):
+        from embedder.client import AsyncEmbedderClient
+        from heads.config import load_head_config
+        from heads.servable import HeadServable
+
+        config = load_head_config(config_path)
+        self.servable = HeadServable.load(models_dir, config.name, version or config.serving.version, config.serving)
+        self.client = AsyncEmbedderClient(embedder_target, timeout_s=timeout_s)  # construct inside the event loop
+        self._checked = False
+
+    async def predict(self, texts: list[str]) -> dict:
+        try:
+            if not self._checked:
+                info = await self.client.info(timeout_s=10)
+                self._check(info.fingerprint)
+                self._checked = True
+            out = await self.client.embed(texts)
+        except PolyheadError as err:
+            raise RuntimeError(f"embedder: {err.message}") from None
+        self._check(out.fingerprint)
+        predictions = [{"label": p.label, "probability": round(p.probability, 6), "top_k": p.top_k,
+                        "abstained": p.abstained} for p in self.servable.predict(out.vectors)]
+        return {"version": self.servable.version, "predictions": predictions}
+
+    def _check(self, fingerprint: str) -> None:
+        if fingerprint != self.servable.fingerprint:
+            raise RuntimeError(f"embedder fingerprint {fingerprint} differs from the one version "
+                               f"{self.servable.version} was trained on ({self.servable.fingerprint})")
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+async def classify_file(predictor: Predictor, input_path: Path, output: Path, *, text_field: str = "text",
+                        id_field: str | None = None, chunk_size: int = 32, concurrency: int = 4, on_progress=None,
                         max_chunks: int | None = None) -> BatchReport:
     started = time.perf_counter()
     done = done_rows(output)
@@ -72,42 +146,28 @@ async def classify_file(gateway: str, model: str, input_path: Path, output: Path
     chunks = [pending[i:i + chunk_size] for i in range(0, len(pending), chunk_size)]
     if max_chunks is not None:
         chunks = chunks[:max_chunks]  # lets tests stop part-way as an interruption would
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     semaphore = asyncio.Semaphore(concurrency)
     classified = 0
     output.parent.mkdir(parents=True, exist_ok=True)
 
-    async with httpx.AsyncClient(base_url=gateway, timeout=timeout_s, headers=headers) as client:
-        with output.open("a", encoding="utf-8") as out:
+    with output.open("a", encoding="utf-8") as out:
 
-            async def run(chunk):
-                nonlocal classified
-                async with semaphore:
-                    body = await _predict_with_retry(client, model, [row[text_field] for _, row in chunk])
-                lines = []
-                for (i, row), pred in zip(chunk, body["predictions"]):
-                    record = {"row": i, "label": pred["label"], "probability": pred["probability"],
-                              "version": body["version"]}
-                    if id_field:
-                        record["id"] = row.get(id_field)
-                    lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-                out.write("".join(lines))  # one chunk, one write: a crash tears at most the last line
-                out.flush()
-                classified += len(chunk)
-                if on_progress:
-                    on_progress(len(chunk))
+        async def run(chunk):
+            nonlocal classified
+            async with semaphore:
+                body = await predictor.predict([row[text_field] for _, row in chunk])
+            lines = []
+            for (i, row), pred in zip(chunk, body["predictions"]):
+                record = {"row": i, "label": pred["label"], "probability": pred["probability"],
+                          "version": body["version"]}
+                if id_field:
+                    record["id"] = row.get(id_field)
+                lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+            out.write("".join(lines))  # one chunk, one write: a crash tears at most the last line
+            out.flush()
+            classified += len(chunk)
+            if on_progress:
+                on_progress(len(chunk))
 
-            await asyncio.gather(*(run(c) for c in chunks))
+        await asyncio.gather(*(run(c) for c in chunks))
     return BatchReport(total, len(done), classified, time.perf_counter() - started)
-
-
-async def _predict_with_retry(client: httpx.AsyncClient, model: str, texts: list[str], attempts: int = 6) -> dict:
-    for attempt in range(attempts):
-        r = await client.post(f"/v1/models/{model}/predict", json={"texts": texts})
-        if r.status_code == 200:
-            return r.json()
-        if r.status_code in (429, 503) and attempt < attempts - 1:
-            await asyncio.sleep(float(r.headers.get("retry-after", 1)))
-            continue
-        raise RuntimeError(f"gateway answered {r.status_code}: {r.text[:300]}")
-    raise AssertionError("unreachable")

@@ -216,27 +216,47 @@ def batch(
     model: str = typer.Option(..., "--model", "-m", help="Model (head) name"),
     output: Path = typer.Option(..., "--output", "-o", help="Output JSONL (appended to; re-run to resume)"),
     gateway: str = typer.Option("http://127.0.0.1:8000", envvar="POLYHEAD_GATEWAY_URL"),
+    direct: bool = typer.Option(False, "--direct", help="No gateway or head: embed with the embedder and apply "
+                                "the head's artifact in this process (predictions are not logged to the inference DB)"),
+    embedder_target: str = typer.Option("127.0.0.1:50051", help="With --direct: the embedder's gRPC address"),
+    heads_dir: Path = typer.Option(Path("configs/heads"), help="With --direct: where <model>.yaml is"),
+    models_dir: Path = typer.Option(Path("models"), help="With --direct: the trained artifacts"),
+    version: Optional[str] = typer.Option(None, help="With --direct: a version (default: the config's, usually latest)"),
     text_field: str = typer.Option("text"),
     id_field: Optional[str] = typer.Option(None, help="Copy this input field into each output row"),
     chunk_size: int = typer.Option(32, min=1, max=4096),
     concurrency: int = typer.Option(4, min=1, max=256),
     api_key: Optional[str] = typer.Option(None, envvar="POLYHEAD_API_KEY"),
 ):
-    """Classify a whole file through the gateway: progress bar, bounded concurrency, resumable."""
+    """Classify a whole file through the gateway (or --direct): progress bar, bounded concurrency, resumable."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from gateway.batch import classify_file, done_rows, read_rows
+    from gateway.batch import DirectPredictor, GatewayPredictor, classify_file, done_rows, read_rows
+    from polyhead.errors import PolyheadError
 
     total = sum(1 for _ in read_rows(input_path, text_field))
     already = len(done_rows(output))
+
+    async def run(advance):
+        if direct:
+            predictor = DirectPredictor(embedder_target, models_dir, heads_dir / f"{model}.yaml", version=version)
+        else:
+            predictor = GatewayPredictor(gateway, model, api_key=api_key)
+        try:
+            return await classify_file(predictor, input_path, output, text_field=text_field, id_field=id_field,
+                                       chunk_size=chunk_size, concurrency=concurrency, on_progress=advance)
+        finally:
+            await predictor.aclose()
+
     with Progress(TextColumn(f"[{model}]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as progress:
         task = progress.add_task("classify", total=total, completed=already)
         try:
-            report = asyncio.run(classify_file(gateway, model, input_path, output, text_field=text_field,
-                                               id_field=id_field, chunk_size=chunk_size, concurrency=concurrency,
-                                               api_key=api_key, on_progress=lambda n: progress.advance(task, n)))
-        except (ValueError, RuntimeError) as err:
+            report = asyncio.run(run(lambda n: progress.advance(task, n)))
+        except (ValueError, RuntimeError) as err:  # a bad row, a head config error, a refused chunk
             typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2)
+        except PolyheadError as err:
+            typer.echo(f"error: {err.message}", err=True)
             raise typer.Exit(2)
     typer.echo(json.dumps({"rows": report.rows_total, "already_done": report.rows_done_before,
                            "classified": report.rows_classified, "seconds": round(report.seconds, 2),

@@ -108,8 +108,15 @@ async def measure(path: str, cached: bool, clients: int, texts: Texts, urls: dic
     finally:
         for c in conns:
             await (c.close() if path == "embedder gRPC" else c.aclose())
-    return {"n": len(latencies), "errors": errors, "p50": pct(latencies, 50) * 1e3, "p99": pct(latencies, 99) * 1e3,
-            "rps": len(latencies) / elapsed if elapsed else 0.0}
+    return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
+
+
+def pooled(rounds: list[dict]) -> dict:
+    """One cell from its rounds: latencies pooled, throughput over the rounds' summed time."""
+    latencies = [x for r in rounds for x in r["latencies"]]
+    elapsed = sum(r["elapsed"] for r in rounds)
+    return {"n": len(latencies), "errors": sum(r["errors"] for r in rounds), "p50": pct(latencies, 50) * 1e3,
+            "p99": pct(latencies, 99) * 1e3, "rps": len(latencies) / elapsed if elapsed else 0.0}
 
 
 async def upstream_client_cost(head_url: str, text: str, calls: int) -> dict[str, dict]:
@@ -159,6 +166,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2 s per cell instead of 10")
     parser.add_argument("--seconds", type=float, help="time bound per cell (default 10, --quick 2)")
     parser.add_argument("--max-requests", type=int, help="request bound per cell (default 20000, --quick 3000)")
+    parser.add_argument("--rounds", type=int, default=5, help="each cell's time is split into this many turns, "
+                        "the three paths alternating (default 5)")
     parser.add_argument("--workdir", type=Path, help="keep configs/artifacts/logs here (default: a temp dir, removed)")
     args = parser.parse_args()
 
@@ -206,12 +215,16 @@ def main() -> int:
         results = {}
         for cached in (True, False):
             for clients in CONCURRENCY:
+                if cached:
+                    asyncio.run(warm_pool(target, texts))
+                # The three paths take turns, `rounds` times, so a noisy moment hits all of them alike.
+                rounds = {path: [] for path in PATHS}
+                for _ in range(args.rounds):
+                    for path in PATHS:
+                        rounds[path].append(asyncio.run(measure(path, cached, clients, texts, urls,
+                                                                seconds / args.rounds, max_requests // args.rounds)))
                 for path in PATHS:
-                    if cached:
-                        asyncio.run(warm_pool(target, texts))
-                    results[path, cached, clients] = asyncio.run(
-                        measure(path, cached, clients, texts, urls, seconds, max_requests))
-                    r = results[path, cached, clients]
+                    r = results[path, cached, clients] = pooled(rounds[path])
                     print(f"  .. {path:14s} {'cached' if cached else 'uncached':8s} {clients:3d} clients: "
                           f"p50 {r['p50']:.2f} ms, {r['rps']:.0f} req/s", file=sys.stderr, flush=True)
 
@@ -221,7 +234,8 @@ def main() -> int:
         print(f"# Gateway benchmark — {machine()}\n")
         print(f"command: .venv/bin/python scripts/bench_gateway.py{' --quick' if args.quick else ''}\n")
         print(f"head `{name}` (trained on {heads[name]['n_train']} texts in {train_s:.0f}s); each cell: "
-              f"single-text requests for {seconds:g}s or {max_requests} requests, whichever first; one "
+              f"single-text requests for {seconds:g}s or {max_requests} requests, whichever first, in "
+              f"{args.rounds} turns alternating with the other paths; one "
               "connection per simulated client (httpx keep-alive / own gRPC channel), all clients in one "
               "asyncio load generator on the same machine.\n")
         rows = []

@@ -258,26 +258,69 @@ def test_gateway_with_two_workers_serves_predictions(stack):
         stop(proc)
 
 
-def test_batch_mode_resumes_without_duplicates_or_losses(stack, tmp_path):
+def run_batch(predictor_factory, *args, **kwargs):
     from gateway.batch import classify_file
+
+    async def go():
+        predictor = predictor_factory()  # inside the loop: grpc.aio and httpx clients belong to one
+        try:
+            return await classify_file(predictor, *args, **kwargs)
+        finally:
+            await predictor.aclose()
+
+    return asyncio.run(go())
+
+
+def test_batch_mode_resumes_without_duplicates_or_losses(stack, tmp_path):
+    from gateway.batch import GatewayPredictor
 
     rows = [{"id": f"t{i}", "text": text} for i, text in enumerate(
         ["refund my double charge", "the app crashes", "change my email", "invoice is wrong"] * 25)]
     source = tmp_path / "tickets.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "scored.jsonl"
-    first = asyncio.run(classify_file(stack["url"], "tickets", source, out, id_field="id", chunk_size=8,
-                                      concurrency=3, max_chunks=5))  # interrupted part-way
+    via_gateway = lambda: GatewayPredictor(stack["url"], "tickets")  # noqa: E731
+    first = run_batch(via_gateway, source, out, id_field="id", chunk_size=8, concurrency=3,
+                      max_chunks=5)  # interrupted part-way
     assert first.rows_classified == 40
     with out.open("a") as f:
         f.write('{"row": 99, "label": "bill')  # a crash mid-write leaves a torn line
-    second = asyncio.run(classify_file(stack["url"], "tickets", source, out, id_field="id", chunk_size=8, concurrency=3))
+    second = run_batch(via_gateway, source, out, id_field="id", chunk_size=8, concurrency=3)
     assert second.rows_done_before == 40 and second.rows_classified == 60
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["row"] for r in lines) == list(range(100))
     assert {r["id"] for r in lines} == {f"t{i}" for i in range(100)}
     by_row = {r["row"]: r["label"] for r in lines}
     assert by_row[0] == "billing" and by_row[1] == "technical"
+
+
+def test_direct_batch_matches_the_gateway_and_refuses_a_foreign_encoder(stack, tmp_path):
+    """--direct: the embedder plus the head's artifact in-process give the labels the served head gives."""
+    from gateway.batch import DirectPredictor, GatewayPredictor
+
+    texts = ["refund my double charge", "the app crashes on start", "change my email address", "invoice is wrong",
+             "I cannot log in", "payment failed twice"]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    config = stack["configs"]["tickets"]
+    run_batch(lambda: GatewayPredictor(stack["url"], "tickets"), source, tmp_path / "gw.jsonl", chunk_size=4)
+    direct = lambda: DirectPredictor(stack["target"], stack["models"], config)  # noqa: E731
+    report = run_batch(direct, source, tmp_path / "direct.jsonl", chunk_size=4)
+    assert report.rows_classified == len(texts)
+    read = lambda p: sorted((r["row"], r["label"], r["version"]) for r in map(json.loads, p.read_text().splitlines()))  # noqa: E731
+    assert read(tmp_path / "direct.jsonl") == read(tmp_path / "gw.jsonl")
+
+    # A copy of the artifact that claims another encoder: refused with the reason, nothing written.
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(stack["models"], models)
+    for manifest in (models / "tickets").glob("*/manifest.json"):
+        data = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({**data, "embedder_fingerprint": "sha256:0000000000000000"}))
+    with pytest.raises(RuntimeError, match="fingerprint"):
+        run_batch(lambda: DirectPredictor(stack["target"], models, config), source, tmp_path / "bad.jsonl")
+    assert not (tmp_path / "bad.jsonl").exists() or (tmp_path / "bad.jsonl").read_text() == ""
 
 
 def test_batch_cli_reports_throughput(stack, tmp_path):
@@ -290,3 +333,17 @@ def test_batch_cli_reports_throughput(stack, tmp_path):
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["classified"] == 2 and report["rows_per_s"] > 0
     assert len(out.read_text().splitlines()) == 2
+    # The same file with --direct (embedder + artifact in the CLI process) resumes the same way.
+    direct_out = tmp_path / "direct.jsonl"
+    r = subprocess.run([sys.executable, "-m", "polyhead.cli", "batch", str(source), "--model", "tickets", "-o",
+                        str(direct_out), "--direct", "--embedder-target", stack["target"], "--heads-dir",
+                        str(stack["heads_dir"]), "--models-dir", str(stack["models"])],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["classified"] == 2
+    assert [json.loads(x)["label"] for x in direct_out.read_text().splitlines()] == \
+        [json.loads(x)["label"] for x in out.read_text().splitlines()]
+    r = subprocess.run([sys.executable, "-m", "polyhead.cli", "batch", str(source), "--model", "nope", "-o",
+                        str(tmp_path / "x.jsonl"), "--direct", "--heads-dir", str(stack["heads_dir"])],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "nope.yaml" in r.stderr
