@@ -206,6 +206,28 @@ def test_a_dead_head_503s_only_its_model_and_comes_back(stack):
     assert httpx.post(f"{stack['url']}/v1/models/helpdesk/predict", json={"text": "hello"}).status_code == 200
 
 
+def test_a_silent_head_is_a_503_after_its_route_timeout_for_its_model_only(stack):
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))  # the kernel completes handshakes; nobody answers
+    port = listener.getsockname()[1]
+    config = write_head_config(stack["heads_dir"], "silent", timeout_s=0.5, address=f"http://127.0.0.1:{port}")
+    url = f"{stack['url']}/v1/models/silent/predict"
+    try:
+        deadline = time.monotonic() + 10
+        while httpx.post(url, json={"text": "x"}, timeout=10).status_code == 404 and time.monotonic() < deadline:
+            time.sleep(0.1)  # until the gateway's poll picks the new config up
+        started = time.monotonic()
+        r = httpx.post(url, json={"text": "hello"}, timeout=10)
+        assert time.monotonic() - started < 3  # the route's 0.5 s, not the gateway's 10 s default
+        assert r.status_code == 503 and "timed out" in r.json()["error"]["message"] and "retry-after" in r.headers
+        assert httpx.post(f"{stack['url']}/v1/models/tickets/predict", json={"text": "hello"}).status_code == 200
+    finally:
+        for path in stack["heads_dir"].glob("silent*"):
+            path.unlink()
+        listener.close()
+
+
 def test_openapi_documents_error_responses(stack):
     spec = httpx.get(stack["url"] + "/openapi.json").json()
     predict = spec["paths"]["/v1/models/{name}/predict"]["post"]["responses"]
