@@ -38,12 +38,12 @@ class GatewayService:
         self.routing.refresh(force=True)
         self.embedder = AsyncEmbedderClient(self.settings.embedder_target, timeout_s=self.settings.embedder_timeout_s,
                                             retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.05, max_backoff_s=0.1))
-        # aiohttp, not httpx, on the hot path: its pool hands out a keep-alive connection in O(1) and a
-        # forwarded call costs ~0.5 ms of CPU against httpx's ~1.5 ms (bench_gateway, "upstream client").
+        # aiohttp, not httpx, on the hot path: its pool hands out a keep-alive connection in O(1), and a
+        # forwarded call costs about a third of httpx's CPU (BENCHMARKS.md, section 3, "upstream client").
         # limit_per_host: a slow or dead head can hold only its own share of connections.
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=self.settings.max_connections_per_head,
                                          keepalive_timeout=self.settings.head_keepalive_s)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+        self._session = aiohttp.ClientSession(connector=connector,
                                               timeout=aiohttp.ClientTimeout(total=self.settings.head_timeout_s))
 
     async def close(self) -> None:
