@@ -1,10 +1,16 @@
 """Dynamic micro-batching: coalesce texts from concurrent requests into model batches.
 
 One asyncio task collects queued texts for up to `max_wait_ms` (or until `max_batch_size`),
-drops those nobody waits for any more (cancelled) or whose deadline passed, sorts the rest by
-length (less padding, ~2x throughput) and runs the model on a worker thread so the event loop
-keeps serving gRPC I/O meanwhile. The queue is bounded: a full queue rejects new work with
-OverloadedError instead of growing memory.
+drops those nobody waits for any more (cancelled) or whose deadline passed, and runs the model on
+a worker thread so the event loop keeps serving gRPC I/O meanwhile. The queue is bounded: a full
+queue rejects new work with OverloadedError instead of growing memory.
+
+Every batch is padded to its longest text, so padding is what length-mixed traffic wastes (random
+real sentences in batches of 16: 0.6x the throughput of length-sorted ones). Two cures:
+- a deep queue is read through a window: the oldest text (nobody starves) plus the texts nearest
+  its length among the next `batch_window` batches' worth;
+- a collected batch is sorted and cut into runs of similar length where the padding saved outweighs
+  a model call's fixed cost (`split_overhead_chars`).
 """
 
 from __future__ import annotations
@@ -47,11 +53,15 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_ms: float,
         max_queue_size: int,
+        batch_window: int = 4,
+        split_overhead_chars: int = 256,
     ):
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue_size = max_queue_size
+        self.batch_window = batch_window
+        self.split_overhead_chars = split_overhead_chars
         self._queue: deque[BatchItem] = deque()
         self._wakeup = asyncio.Event()
         # One model thread: TensorFlow parallelises inside a batch; two batches at once only contend.
@@ -112,9 +122,14 @@ class MicroBatcher:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except asyncio.TimeoutError:
                 break
-        batch: list[BatchItem] = []
+        return self._take()
+
+    def _take(self) -> list[BatchItem]:
+        """Up to max_batch_size live items: the oldest, then those nearest its length within the
+        window; the others keep their order at the front of the queue."""
+        window: list[BatchItem] = []
         now = time.monotonic()
-        while self._queue and len(batch) < self.max_batch_size:
+        while self._queue and len(window) < self.max_batch_size * self.batch_window:
             item = self._queue.popleft()
             if item.future.done() or item.waiters <= 0:
                 metrics.DROPPED.labels("cancelled").inc()
@@ -125,30 +140,58 @@ class MicroBatcher:
                 metrics.DROPPED.labels("deadline").inc()
                 item.future.set_exception(DeadlineExceededError("deadline passed while queued"))
                 continue
-            batch.append(item)
+            window.append(item)
+        if len(window) > self.max_batch_size:
+            anchor = len(window[0].text)
+            nearest = sorted(range(1, len(window)), key=lambda i: (abs(len(window[i].text) - anchor), i))
+            chosen = {0, *nearest[: self.max_batch_size - 1]}
+            self._queue.extendleft(reversed([it for i, it in enumerate(window) if i not in chosen]))
+            window = [it for i, it in enumerate(window) if i in chosen]
         metrics.QUEUE_DEPTH.set(len(self._queue))
-        return batch
+        return window
+
+    def split_by_length(self, batch: list[BatchItem]) -> list[list[BatchItem]]:
+        """Sort by length and cut into contiguous runs minimising sum(run size x its longest text
+        + split_overhead_chars): the padded work plus each model call's fixed cost."""
+        batch = sorted(batch, key=lambda it: len(it.text))
+        if not batch:
+            return []
+        if self.split_overhead_chars <= 0 or len(batch) < 2:
+            return [batch]
+        lengths = [len(it.text) for it in batch]
+        cost, cut = [0.0] + [float("inf")] * len(batch), [0] * (len(batch) + 1)
+        for end in range(1, len(batch) + 1):
+            for start in range(end):
+                c = cost[start] + (end - start) * lengths[end - 1] + self.split_overhead_chars
+                if c < cost[end]:
+                    cost[end], cut[end] = c, start
+        runs, end = [], len(batch)
+        while end > 0:
+            runs.append(batch[cut[end]:end])
+            end = cut[end]
+        return runs[::-1]
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
-            if not batch:
-                continue
-            batch.sort(key=lambda it: len(it.text))
-            started = time.perf_counter()
-            try:
-                result = await loop.run_in_executor(self._executor, self._run_batch, [it.text for it in batch])
-            except Exception as exc:  # a model failure fails this batch only
-                log.exception("model batch failed", extra={"size": len(batch)})
-                for it in batch:
-                    if not it.future.done():
-                        it.future.set_exception(exc)
-                continue
-            metrics.BATCH_SIZE.observe(len(batch))
-            metrics.BATCH_LATENCY.observe(time.perf_counter() - started)
-            self.batches_run += 1
-            for i, it in enumerate(batch):
+            for run in self.split_by_length(batch):
+                await self._run(run)
+
+    async def _run(self, batch: list[BatchItem]) -> None:
+        started = time.perf_counter()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_batch, [it.text for it in batch])
+        except Exception as exc:  # a model failure fails this batch only
+            log.exception("model batch failed", extra={"size": len(batch)})
+            for it in batch:
                 if not it.future.done():
-                    it.future.set_result(CachedEmbedding(result.vectors[i], bool(result.truncated[i]),
-                                                         int(result.token_counts[i])))
+                    it.future.set_exception(exc)
+            return
+        metrics.BATCH_SIZE.observe(len(batch))
+        metrics.BATCH_LATENCY.observe(time.perf_counter() - started)
+        self.batches_run += 1
+        for i, it in enumerate(batch):
+            if not it.future.done():
+                it.future.set_result(CachedEmbedding(result.vectors[i], bool(result.truncated[i]),
+                                                     int(result.token_counts[i])))

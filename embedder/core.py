@@ -35,7 +35,8 @@ class EmbeddingService:
 
     async def start(self) -> None:
         self.batcher = MicroBatcher(
-            self.servable.embed, self.settings.max_batch_size, self.settings.max_wait_ms, self.settings.max_queue_size
+            self.servable.embed, self.settings.max_batch_size, self.settings.max_wait_ms, self.settings.max_queue_size,
+            batch_window=self.settings.batch_window, split_overhead_chars=self.settings.split_overhead_chars,
         )
         self.batcher.start()
 

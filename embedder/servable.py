@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ class TextEmbeddingServable:
     # -- lifecycle -------------------------------------------------------------------------------
     def load(self) -> None:
         started = time.perf_counter()
+        configure_onednn(self.settings.onednn)  # before anything imports TensorFlow (an export would)
         path = self._resolve_local_path()
         import tensorflow as tf
 
@@ -109,6 +111,20 @@ class TextEmbeddingServable:
         return EmbedBatchResult(np.ascontiguousarray(vectors, dtype=np.float32), truncated, token_counts)
 
 
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def configure_onednn(enabled: bool) -> bool:
+    """Ask for TensorFlow's oneDNN kernels (or not). TensorFlow reads the variable once, at import:
+    returns False, with a warning, when it was imported before with another value."""
+    wanted = "1" if enabled else "0"
+    if "tensorflow" in sys.modules and os.environ.get(ONEDNN_ENV) != wanted:
+        log.warning("TensorFlow was imported before the oneDNN setting could apply",
+                    extra={"wanted": wanted, "in_effect": os.environ.get(ONEDNN_ENV, "TensorFlow's default")})
+        return False
+    os.environ[ONEDNN_ENV] = wanted
+    return True
+
+
 def configure_tf_logging() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

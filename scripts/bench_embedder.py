@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +44,20 @@ def model_throughput(texts: list[str], batch_sizes: list[int]) -> list[tuple[int
             servable.embed(ordered[i:i + bs])
         results.append((bs, len(texts) / (time.perf_counter() - started)))
     return results
+
+
+def onednn_comparison(n_texts: int, rounds: int = 2) -> dict[bool, float]:
+    """In-process texts/s at batch 32 with TensorFlow's oneDNN kernels off and on. TensorFlow reads
+    the switch once, at import, so each measurement is a child process; off and on alternate."""
+    results: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(rounds):
+        for enabled in (False, True):
+            env = {**os.environ, "POLYHEAD_EMBEDDER_ONEDNN": "true" if enabled else "false"}
+            env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+            out = subprocess.run([sys.executable, __file__, "--child-model-throughput", str(n_texts)], env=env,
+                                 capture_output=True, text=True, check=True)
+            results[enabled].append(json.loads(out.stdout.strip().splitlines()[-1])["texts_per_s"])
+    return {enabled: sum(v) / len(v) for enabled, v in results.items()}
 
 
 async def run_clients(target: str, requests: list[list[str]], concurrency: int, bypass: bool) -> tuple[float, list[float], int]:
@@ -84,7 +100,12 @@ def zipf_workload(n_requests: int, pool_size: int, tail_fraction: float, seed: i
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--child-model-throughput", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_model_throughput:  # one side of onednn_comparison()
+        (_, tps), = model_throughput(real_sentences(args.child_model_throughput), [32])
+        print(json.dumps({"texts_per_s": tps}))
+        return 0
     scale = 0.25 if args.quick else 1.0
     n = int(4096 * scale)
     texts = real_sentences(3 * n + 64)
@@ -96,6 +117,10 @@ def main() -> int:
     best_bs, best = max(sweep, key=lambda r: r[1])
     print("## In-process model throughput (length-sorted batches)\n")
     print(table(["batch size", "texts/s"], [[bs, tps] for bs, tps in sweep]) + "\n")
+    onednn = onednn_comparison(int(1024 * scale))
+    print("## TensorFlow's oneDNN kernels (in-process, batch 32, length-sorted; off and on alternate, 2 rounds)\n")
+    print(table(["onednn", "texts/s", "ratio"], [["off (TensorFlow's default on this CPU)", onednn[False], 1.0],
+                                                 ["on (polyhead's default)", onednn[True], onednn[True] / onednn[False]]]) + "\n")
 
     proc, target = start_embedder()
     try:

@@ -14,6 +14,9 @@ import pytest
 from tests.conftest import ROOT, free_port
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The exporter below imports TensorFlow first; with oneDNN on, as in the served embedder
+# (EmbedderSettings.onednn), the in-process tests check the numerics that production runs.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 @pytest.fixture(scope="session")

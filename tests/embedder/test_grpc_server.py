@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import grpc
 import numpy as np
@@ -108,6 +109,21 @@ async def test_concurrent_requests_are_coalesced_into_sorted_batches(servable):
     expected = servable.embed(texts).vectors
     got = np.stack([r.vectors[0] for r in results])
     assert np.min(np.sum(expected * got, axis=1)) > 0.99999  # each answer went to its own caller
+
+
+async def test_length_mixed_traffic_is_regrouped_and_each_caller_gets_its_own_vector(servable):
+    """Window grouping and length splitting reorder texts between model calls; no answer may move."""
+    batches, run_batch = recording(servable)
+    texts = [f"question {i}: " + "why was my card declined at the shop " * (1 + i % 5) for i in range(40)]
+    async with running_server(servable, max_batch_size=8, max_wait_ms=30) as (server, target):
+        server.service.batcher._run_batch = run_batch
+        client = AsyncEmbedderClient(target)
+        results = await asyncio.gather(*(client.embed([t]) for t in texts))
+        await client.close()
+    assert sorted(t for b in batches for t in b) == sorted(texts)
+    expected = servable.embed(texts).vectors
+    got = np.stack([r.vectors[0] for r in results])
+    assert np.min(np.sum(expected * got, axis=1)) > 0.99999
 
 
 @pytest.mark.parametrize(
@@ -259,3 +275,31 @@ def test_sync_client_against_the_cli_server(server_process):
         assert out.vectors.shape == (1, 384)
         assert client.health() == "SERVING"
         assert client.info().model == "all-MiniLM-L6-v2"
+
+
+def test_the_served_model_matches_sentence_transformers(server_process):
+    """The CLI server (oneDNN on by default: other kernels than TensorFlow's default on this CPU)
+    keeps parity with the reference vectors."""
+    from tests.embedder.test_export import FIXTURE
+
+    _, target = server_process
+    texts = [item["text"] for item in FIXTURE["items"]]
+    reference = np.array([item["vector"] for item in FIXTURE["items"]], dtype=np.float32)
+    with EmbedderClient(target) as client:
+        out = client.embed(texts, bypass_cache=True)
+    cosines = np.sum(out.vectors * reference, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosines.min() >= 0.9999, texts[int(np.argmin(cosines))]
+
+
+def test_onednn_is_set_before_tensorflow_loads_and_never_silently_after(monkeypatch):
+    import sys
+
+    from embedder.servable import ONEDNN_ENV, configure_onednn
+
+    monkeypatch.delenv(ONEDNN_ENV, raising=False)
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    assert configure_onednn(True) and os.environ[ONEDNN_ENV] == "1"
+    assert configure_onednn(False) and os.environ[ONEDNN_ENV] == "0"
+    monkeypatch.setitem(sys.modules, "tensorflow", object())  # imported already, with "0" in effect
+    assert not configure_onednn(True) and os.environ[ONEDNN_ENV] == "0"
+    assert configure_onednn(False)

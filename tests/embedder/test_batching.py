@@ -1,0 +1,55 @@
+"""The micro-batcher's length policy, with a recording stand-in for the model (the real model's
+batching is covered end to end in test_grpc_server.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from embedder.batching import BatchItem, MicroBatcher
+from embedder.servable import EmbedBatchResult
+
+
+def recording_batcher(**kwargs) -> tuple[MicroBatcher, list[list[str]]]:
+    calls: list[list[str]] = []
+
+    def run_batch(texts):
+        calls.append(list(texts))
+        n = len(texts)
+        return EmbedBatchResult(np.zeros((n, 2), np.float32), np.zeros(n, bool), np.zeros(n, np.int64))
+
+    return MicroBatcher(run_batch, **{"max_wait_ms": 0, "max_queue_size": 1000, **kwargs}), calls
+
+
+def items(*lengths: int) -> list[BatchItem]:
+    return [BatchItem(f"{i:02d}".ljust(n, "x"), None) for i, n in enumerate(lengths)]
+
+
+def test_a_batch_is_cut_into_runs_of_similar_length_when_that_saves_work():
+    batcher, _ = recording_batcher(max_batch_size=8, split_overhead_chars=20)
+    runs = batcher.split_by_length(items(100, 3, 98, 4, 3, 101))
+    assert [[len(it.text) for it in run] for run in runs] == [[3, 3, 4], [98, 100, 101]]
+    # Similar lengths: one call (a second would cost more than the padding it saves).
+    assert len(batcher.split_by_length(items(30, 31, 29, 33))) == 1
+    # Splitting off: one sorted call.
+    batcher.split_overhead_chars = 0
+    (run,) = batcher.split_by_length(items(100, 3, 98))
+    assert [len(it.text) for it in run] == [3, 98, 100]
+
+
+async def test_a_deep_queue_groups_texts_around_the_oldest_and_loses_none():
+    batcher, calls = recording_batcher(max_batch_size=4, batch_window=4, split_overhead_chars=0)
+    lengths = [60] + [5, 60] * 8  # the oldest is long; short and long texts alternate behind it
+    queued = []
+    for n in lengths:
+        item = batcher.submit(f"{len(queued):02d}".ljust(n, "x"), None)
+        item.waiters = 1
+        queued.append(item)
+    batcher.start()
+    await asyncio.wait_for(asyncio.gather(*(it.future for it in queued)), 5)
+    await batcher.close()
+    assert queued[0].text in calls[0]  # the oldest always goes first: nobody starves
+    assert all(len({len(t) for t in call}) == 1 for call in calls), calls  # no short text padded to 60
+    assert sorted(t for call in calls for t in call) == sorted(it.text for it in queued)  # each once
+    assert len(calls) == len(lengths) // 4 + (len(lengths) % 4 > 0)
