@@ -53,7 +53,7 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_ms: float,
         max_queue_size: int,
-        batch_window: int = 4,
+        batch_window: int = 16,
         split_overhead_chars: int = 256,
     ):
         self._run_batch = run_batch

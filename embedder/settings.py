@@ -42,7 +42,7 @@ class EmbedderSettings(ServiceSettings):
     max_batch_size: int = Field(32, ge=1)
     max_wait_ms: float = Field(2.0, ge=0)
     max_queue_size: int = Field(8192, ge=1, description="Texts waiting for the model; RESOURCE_EXHAUSTED beyond")
-    batch_window: int = Field(4, ge=1, description="A deep queue is read this many batches ahead to put texts of "
+    batch_window: int = Field(16, ge=1, description="A deep queue is read this many batches ahead to put texts of "
                               "similar length together (less padding); 1 = first come, first batched")
     split_overhead_chars: int = Field(256, ge=0, description="A model call's fixed cost, in characters of padding: "
                                       "a batch is cut into runs of similar length when that saves more; 0 = never cut")

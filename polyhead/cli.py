@@ -36,6 +36,10 @@ def embedder_serve(
     max_batch_size: Optional[int] = typer.Option(None, help="Texts per model batch"),
     max_wait_ms: Optional[float] = typer.Option(None, help="How long a batch waits for company"),
     max_queue_size: Optional[int] = typer.Option(None, help="Queued texts before RESOURCE_EXHAUSTED"),
+    batch_window: Optional[int] = typer.Option(None, help="Batches' worth of queue searched for similar lengths"),
+    split_overhead_chars: Optional[int] = typer.Option(None, help="Cut a batch by length when it saves more "
+                                                       "padding than this (0 = never)"),
+    onednn: Optional[bool] = typer.Option(None, "--onednn/--no-onednn", help="TensorFlow's oneDNN CPU kernels"),
     intra_op_threads: Optional[int] = typer.Option(None, help="TensorFlow intra-op threads (0 = auto)"),
     inter_op_threads: Optional[int] = typer.Option(None, help="TensorFlow inter-op threads (0 = auto)"),
     log_level: Optional[str] = typer.Option(None),

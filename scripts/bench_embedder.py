@@ -84,6 +84,34 @@ async def run_clients(target: str, requests: list[list[str]], concurrency: int, 
     return sum(len(r) for r in requests) / elapsed, latencies, cached
 
 
+POLICIES = {  # (batch_window, split_overhead_chars)
+    "first come, first batched; sorted within the batch (the previous policy)": (1, 0),
+    "window 4 + length split": (4, 256),
+    "window 16 + length split (default)": (16, 256),
+}
+
+
+def batching_policies(texts: list[str], rounds: int = 2) -> dict[str, tuple[float, float]]:
+    """Service texts/s (singles, batches of 32; 16 clients, cache bypassed) per batching policy,
+    one fresh server per measurement, the policies alternating in rounds; each round new texts."""
+    per_round = len(texts) // rounds
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in POLICIES}
+    for r in range(rounds):
+        part = texts[r * per_round:(r + 1) * per_round]
+        half = per_round // 2
+        singles = [[t] for t in part[:half]]
+        batches = [part[half + i:half + i + 32] for i in range(0, per_round - half, 32)]
+        for name, (window, split) in POLICIES.items():
+            proc, target = start_embedder("--batch-window", str(window), "--split-overhead-chars", str(split))
+            try:
+                s_tps, _, _ = asyncio.run(run_clients(target, singles, 16, bypass=True))
+                b_tps, _, _ = asyncio.run(run_clients(target, batches, 16, bypass=True))
+            finally:
+                stop(proc)
+            results[name].append((s_tps, b_tps))
+    return {name: (sum(v[0] for v in vals) / rounds, sum(v[1] for v in vals) / rounds) for name, vals in results.items()}
+
+
 def zipf_workload(n_requests: int, pool_size: int, tail_fraction: float, seed: int = 0) -> list[str]:
     """Short phrases (3-8 words) drawn Zipf-like from a pool, plus a tail of unique texts."""
     rng = random.Random(seed)
@@ -162,7 +190,14 @@ def main() -> int:
     finally:
         stop(proc)
 
-    # 3. Cache size sweep: a stream over a larger pool, cold start, the first half warms.
+    # 3. Batching policies side by side (each its own server).
+    policies = batching_policies(real_sentences(int(4096 * scale), seed=7))
+    base_s, base_b = policies[next(iter(POLICIES))]
+    print("## Batching policies (service, 16 clients, unique texts, cache bypassed; policies alternate, 2 rounds)\n")
+    print(table(["policy", "single-text requests texts/s", "ratio", "batches of 32 texts/s", "ratio"],
+                [[name, s_tps, s_tps / base_s, b_tps, b_tps / base_b] for name, (s_tps, b_tps) in policies.items()]) + "\n")
+
+    # 4. Cache size sweep: a stream over a larger pool, cold start, the first half warms.
     stream = zipf_workload(int(40000 * scale), pool_size=60000, tail_fraction=0.05, seed=1)
     rows = []
     for size in [1000, 5000, 20000, 50000, 100000]:
