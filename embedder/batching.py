@@ -16,6 +16,7 @@ real sentences in batches of 16: 0.6x the throughput of length-sorted ones). Two
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections import deque
@@ -53,8 +54,9 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_ms: float,
         max_queue_size: int,
-        batch_window: int = 16,
-        split_overhead_chars: int = 256,
+        *,
+        batch_window: int,
+        split_overhead_chars: int,
     ):
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -143,8 +145,9 @@ class MicroBatcher:
             window.append(item)
         if len(window) > self.max_batch_size:
             anchor = len(window[0].text)
-            nearest = sorted(range(1, len(window)), key=lambda i: (abs(len(window[i].text) - anchor), i))
-            chosen = {0, *nearest[: self.max_batch_size - 1]}
+            nearest = heapq.nsmallest(self.max_batch_size - 1, range(1, len(window)),
+                                      key=lambda i: (abs(len(window[i].text) - anchor), i))
+            chosen = {0, *nearest}
             self._queue.extendleft(reversed([it for i, it in enumerate(window) if i not in chosen]))
             window = [it for i, it in enumerate(window) if i in chosen]
         metrics.QUEUE_DEPTH.set(len(self._queue))

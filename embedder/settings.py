@@ -52,7 +52,7 @@ class EmbedderSettings(ServiceSettings):
     inter_op_threads: int = Field(0, ge=0)
     onednn: bool = Field(True, description="TensorFlow's oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS, read when "
                          "TensorFlow is first imported). TensorFlow turns them on by itself only on recent Intel "
-                         "CPUs; on the AMD EPYC dev box they gave 2.9x model throughput at the same parity")
+                         "CPUs; on the AMD EPYC dev box they gave 2.6x model throughput at the same parity")
 
     log_level: str = "info"
     json_logs: bool = True

@@ -2,9 +2,10 @@
 
 Two predictors answer a chunk of texts: `GatewayPredictor` (HTTP, what a client of a running stack
 uses) and `DirectPredictor` (embedder gRPC + the head's artifact loaded here: a nightly job needs
-no head or gateway process, only an embedder). Rows are sent in chunks with bounded concurrency. Each finished chunk is appended to the output
-as JSONL lines carrying the input row number, in one write + flush; a restart reads the output,
-drops a torn last line, and skips every row already there, so no row is written twice or lost.
+no head or gateway process, only an embedder). Rows are sent in chunks with bounded concurrency.
+Each finished chunk is appended to the output as JSONL lines carrying the input row number, in one
+write + flush; a restart reads the output, drops a torn last line, and skips every row already
+there, so no row is written twice or lost.
 """
 
 from __future__ import annotations
@@ -108,26 +109,18 @@ class DirectPredictor:
         config = load_head_config(config_path)
         self.servable = HeadServable.load(models_dir, config.name, version or config.serving.version, config.serving)
         self.client = AsyncEmbedderClient(embedder_target, timeout_s=timeout_s)  # construct inside the event loop
-        self._checked = False
 
     async def predict(self, texts: list[str]) -> dict:
         try:
-            if not self._checked:
-                info = await self.client.info(timeout_s=10)
-                self._check(info.fingerprint)
-                self._checked = True
             out = await self.client.embed(texts)
         except PolyheadError as err:
             raise RuntimeError(f"embedder: {err.message}") from None
-        self._check(out.fingerprint)
+        if out.fingerprint != self.servable.fingerprint:  # checked before this chunk is written
+            raise RuntimeError(f"embedder fingerprint {out.fingerprint} differs from the one version "
+                               f"{self.servable.version} was trained on ({self.servable.fingerprint})")
         predictions = [{"label": p.label, "probability": round(p.probability, 6), "top_k": p.top_k,
                         "abstained": p.abstained} for p in self.servable.predict(out.vectors)]
         return {"version": self.servable.version, "predictions": predictions}
-
-    def _check(self, fingerprint: str) -> None:
-        if fingerprint != self.servable.fingerprint:
-            raise RuntimeError(f"embedder fingerprint {fingerprint} differs from the one version "
-                               f"{self.servable.version} was trained on ({self.servable.fingerprint})")
 
     async def aclose(self) -> None:
         await self.client.close()

@@ -31,6 +31,6 @@ def configure_logging(level: str = "info", json_logs: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # httpx logs every request at INFO: one line per forwarded prediction is noise, not a log.
+    # httpx logs every request at INFO (`polyhead up`'s health polls, batch calls): noise, not a log.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -19,7 +19,8 @@ def recording_batcher(**kwargs) -> tuple[MicroBatcher, list[list[str]]]:
         n = len(texts)
         return EmbedBatchResult(np.zeros((n, 2), np.float32), np.zeros(n, bool), np.zeros(n, np.int64))
 
-    return MicroBatcher(run_batch, **{"max_wait_ms": 0, "max_queue_size": 1000, **kwargs}), calls
+    defaults = {"max_wait_ms": 0, "max_queue_size": 1000, "batch_window": 16, "split_overhead_chars": 256}
+    return MicroBatcher(run_batch, **{**defaults, **kwargs}), calls
 
 
 def items(*lengths: int) -> list[BatchItem]:
