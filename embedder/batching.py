@@ -72,10 +72,6 @@ class MicroBatcher:
         self._closing = False
         self.batches_run = 0
 
-    @property
-    def depth(self) -> int:
-        return len(self._queue)
-
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="micro-batcher")
 

@@ -51,7 +51,3 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._lru) if self._lru is not None else 0
 
-    def clear(self) -> None:
-        if self._lru is not None:
-            self._lru.clear()
-            metrics.CACHE_SIZE.set(0)

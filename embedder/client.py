@@ -28,6 +28,7 @@ from polyhead.errors import (
     UnavailableError,
     ValidationError,
 )
+from polyhead.settings import DEFAULT_EMBEDDER_TARGET
 
 _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
@@ -77,7 +78,6 @@ def to_polyhead_error(exc: grpc.RpcError) -> PolyheadError:
         if key == "retry-after":
             retry_after = float(value)
     err = error_type(f"embedder: {exc.details()}", retry_after_s=retry_after or (1.0 if code in _RETRYABLE else None))
-    err.grpc_code = code
     return err
 
 
@@ -99,7 +99,7 @@ def _metadata(request_id: str | None):
 class EmbedderClient:
     """Blocking client. Thread-safe: share one per process."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", timeout_s: float = 10.0,
+    def __init__(self, target: str = DEFAULT_EMBEDDER_TARGET, timeout_s: float = 10.0,
                  retry: RetryPolicy = RetryPolicy(), max_message_mb: int = 64):
         self.target = target
         self.timeout_s = timeout_s
@@ -158,7 +158,7 @@ class EmbedderClient:
 class AsyncEmbedderClient:
     """asyncio client; create it inside the event loop that uses it."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", timeout_s: float = 10.0,
+    def __init__(self, target: str = DEFAULT_EMBEDDER_TARGET, timeout_s: float = 10.0,
                  retry: RetryPolicy = RetryPolicy(), max_message_mb: int = 64):
         self.target = target
         self.timeout_s = timeout_s

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from polyhead.settings import ServiceSettings
+from polyhead.settings import DEFAULT_EMBEDDER_METRICS_PORT, DEFAULT_EMBEDDER_PORT, Port, ServiceSettings
 
 DEFAULT_MODEL_DIR = Path("models/_encoders/all-minilm-l6-v2")
 
@@ -23,24 +23,23 @@ class EmbedderSettings(ServiceSettings):
     max_seq_length: int = Field(128, ge=8, le=512, description="Used when exporting the bundled model")
 
     # Front end.
-    host: str = "127.0.0.1"
-    port: int = Field(50051, ge=0, le=65535)
-    metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus /metrics over HTTP; 0 disables")
-    grpc_max_message_mb: int = Field(64, ge=4)
-    shutdown_grace_s: float = Field(10.0, ge=0)
+    port: int = Port(DEFAULT_EMBEDDER_PORT, "gRPC port")
+    metrics_port: int = Port(DEFAULT_EMBEDDER_METRICS_PORT, "Prometheus /metrics over HTTP; 0 disables")
+    grpc_max_message_mb: int = Field(64, ge=4, description="Largest gRPC message, both ways")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="In-flight calls get this long on SIGTERM")
     max_connection_age_s: float = Field(300.0, gt=0, description="Clients reconnect this often, so round-robin "
                                         "clients (k8s headless service) discover new replicas")
 
     # Limits (INVALID_ARGUMENT beyond them).
-    max_texts_per_request: int = Field(1024, ge=1)
-    max_text_chars: int = Field(10_000, ge=1)
+    max_texts_per_request: int = Field(1024, ge=1, description="Texts in one Embed call")
+    max_text_chars: int = Field(10_000, ge=1, description="Characters in one text")
 
     # Cache.
     cache_max_entries: int = Field(50_000, ge=0, description="LRU entries; 0 disables the cache")
 
     # Batching.
-    max_batch_size: int = Field(32, ge=1)
-    max_wait_ms: float = Field(2.0, ge=0)
+    max_batch_size: int = Field(32, ge=1, description="Texts per model batch")
+    max_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for company")
     max_queue_size: int = Field(8192, ge=1, description="Texts waiting for the model; RESOURCE_EXHAUSTED beyond")
     batch_window: int = Field(16, ge=1, description="A deep queue is read this many batches ahead to put texts of "
                               "similar length together (less padding); 1 = first come, first batched")
@@ -48,11 +47,8 @@ class EmbedderSettings(ServiceSettings):
                                       "a batch is cut into runs of similar length when that saves more; 0 = never cut")
 
     # TensorFlow threads; 0 = TensorFlow's own choice.
-    intra_op_threads: int = Field(0, ge=0)
-    inter_op_threads: int = Field(0, ge=0)
-    onednn: bool = Field(True, description="TensorFlow's oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS, read when "
-                         "TensorFlow is first imported). TensorFlow turns them on by itself only on recent Intel "
-                         "CPUs; on the AMD EPYC dev box they gave 2.6x model throughput at the same parity")
-
-    log_level: str = "info"
-    json_logs: bool = True
+    intra_op_threads: int = Field(0, ge=0, description="TensorFlow intra-op threads (0 = auto)")
+    inter_op_threads: int = Field(0, ge=0, description="TensorFlow inter-op threads (0 = auto)")
+    # On by default: TensorFlow enables oneDNN by itself only on recent Intel CPUs (BENCHMARKS.md, section 1).
+    onednn: bool = Field(True, description="TensorFlow's oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS, applied before "
+                         "TensorFlow is imported)")

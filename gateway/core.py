@@ -33,6 +33,7 @@ class GatewayService:
         self.routing = RoutingTable(settings)
         self._session: aiohttp.ClientSession | None = None
         self.embedder: AsyncEmbedderClient | None = None
+        self._embedder_info = None  # the embedder's Info, re-read only when an Embed reports another fingerprint
 
     async def start(self) -> None:
         self.routing.refresh(force=True)
@@ -108,15 +109,17 @@ class GatewayService:
         names = sorted(self.routing.routes)
         return list(await asyncio.gather(*(self.model_info(n, request_id) for n in names)))
 
+    async def _refresh_embedder_info(self):
+        self._embedder_info = await self.embedder.info(timeout_s=2.0)
+        return self._embedder_info
+
     async def embeddings(self, inputs: list[str], model: str, encoding_format: str, dimensions: int | None,
                          request_id: str) -> dict:
-        info = await self.embedder.info(timeout_s=2.0)
-        if model not in (info.model, "default"):
-            raise NotFoundError(f"unknown embedding model {model!r}; known models: {info.model}", field="model")
-        if dimensions is not None and dimensions != info.dim:
-            raise ValidationError(f"dimensions: {info.model} produces {info.dim} dimensions, got {dimensions}",
-                                  field="dimensions")
+        info = self._embedder_info or await self._refresh_embedder_info()
+        _check_embedding_request(info, model, dimensions)
         out = await self.embedder.embed(inputs, request_id=request_id)
+        if out.fingerprint != info.fingerprint:  # another encoder now serves: check the request against it
+            _check_embedding_request(await self._refresh_embedder_info(), model, dimensions)
         data = []
         for i, vector in enumerate(out.vectors):
             value = base64.b64encode(vector.astype("<f4").tobytes()).decode() if encoding_format == "base64" \
@@ -125,3 +128,11 @@ class GatewayService:
         tokens = sum(out.token_counts)
         return {"object": "list", "data": data, "model": out.model,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def _check_embedding_request(info, model: str, dimensions: int | None) -> None:
+    if model not in (info.model, "default"):
+        raise NotFoundError(f"unknown embedding model {model!r}; known models: {info.model}", field="model")
+    if dimensions is not None and dimensions != info.dim:
+        raise ValidationError(f"dimensions: {info.model} produces {info.dim} dimensions, got {dimensions}",
+                              field="dimensions")

@@ -17,7 +17,7 @@ from gateway import metrics
 from gateway.auth import Authenticator, BodySizeLimit
 from gateway.core import GatewayService
 from gateway.settings import GatewaySettings
-from heads.schemas import PredictRequest, PredictResponse
+from heads.api import PredictRequest, PredictResponse
 from polyhead import __version__
 from polyhead.errors import ForbiddenError, PolyheadError
 from polyhead.http import REQUEST_ID_HEADER, install_error_handlers, request_id_of

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
-from polyhead.settings import ServiceSettings
+from polyhead.settings import DEFAULT_EMBEDDER_TARGET, DEFAULT_GATEWAY_PORT, DEFAULT_HEADS_DIR, Port, ServiceSettings
 
 
 class ApiKey(BaseModel):
@@ -23,24 +23,22 @@ class GatewaySettings(ServiceSettings):
     section = "gateway"
     model_config = SettingsConfigDict(env_prefix="POLYHEAD_GATEWAY_", extra="forbid")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, le=32, description="uvicorn worker processes (bench_stack: 2 gave 1.33x on 2 cores); "
-                         "rate limits are kept per worker")
+    port: int = Port(DEFAULT_GATEWAY_PORT, "HTTP port")
+    workers: int = Field(1, ge=1, le=32, description="uvicorn worker processes; rate limits are kept per worker")
 
     # Routing: configs/heads/*.yaml names the models; the address comes from, in order, the routes
     # file (written by `polyhead up`), the config's serving.address, then the template.
-    heads_dir: Path = Path("configs/heads")
+    heads_dir: Path = Field(DEFAULT_HEADS_DIR, description="Head configs: one model per configs/heads/<name>.yaml")
     routes_file: Path | None = Field(None, description="YAML {name: url} written by `polyhead up`")
     head_url_template: str = Field("http://head-{name}:8000", description="Address of a head by name")
     reload_interval_s: float = Field(1.0, ge=0, description="Look for new/changed head configs this often; 0 = only POST /admin/reload")
 
-    embedder_target: str = "127.0.0.1:50051"
-    embedder_timeout_s: float = Field(10.0, gt=0)
+    embedder_target: str = Field(DEFAULT_EMBEDDER_TARGET, description="Embedder gRPC address (/v1/embeddings)")
+    embedder_timeout_s: float = Field(10.0, gt=0, description="Per-call deadline towards the embedder")
 
     head_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout towards a head")
     info_timeout_s: float = Field(1.0, gt=0, description="Timeout of the /info calls behind GET /v1/models")
-    max_connections_per_head: int = Field(64, ge=1)
+    max_connections_per_head: int = Field(64, ge=1, description="A slow head can hold at most this many connections")
     head_keepalive_s: float = Field(30.0, gt=0, description="Idle keep-alive towards heads; keep it below the heads' "
                                     "keepalive_s, so a head never closes a connection the gateway is about to reuse")
     keepalive_s: float = Field(75.0, gt=0, description="How long the gateway keeps an idle client connection open")
@@ -51,8 +49,5 @@ class GatewaySettings(ServiceSettings):
     rate_limit_per_s: float = Field(50.0, gt=0, description="Per-key sustained requests/s")
     anonymous_rate_limit_per_s: float | None = Field(None, gt=0, description="Per-client-IP limit when no keys are "
                                                      "configured (the open local default); None = unlimited")
-    rate_limit_burst: int = Field(100, ge=1)
+    rate_limit_burst: int = Field(100, ge=1, description="Requests a caller may send at once before the rate applies")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413")
-
-    log_level: str = "info"
-    json_logs: bool = True

@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from heads.training import TrainParams
+from heads.training.params import TrainParams
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
 

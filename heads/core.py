@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 
 from embedder.client import AsyncEmbedderClient, RetryPolicy
 from heads import metrics
+from heads.api import PredictResult
 from heads.config import HeadConfig
-from heads.inference_db import InferenceLog, PredictionRecord
+from heads.inference_log.records import PredictionRecord
+from heads.inference_log.writer import InferenceLog
+from heads.pipeline import FingerprintMismatch, HeadPipeline
 from heads.servable import ServableManager
 from heads.settings import HeadSettings
-from polyhead.errors import PolyheadError, UnavailableError, ValidationError
+from polyhead.errors import PolyheadError, ValidationError
 
 
 @dataclass
@@ -31,6 +34,7 @@ class HeadService:
         self.manager = ServableManager(settings.models_dir, config.name, config.serving)
         self.inference_log = inference_log
         self.client: AsyncEmbedderClient | None = None
+        self.pipeline: HeadPipeline | None = None
         self._readiness = Readiness(False)
 
     async def start(self) -> None:
@@ -38,6 +42,8 @@ class HeadService:
         # retries: a head answers 503 quickly rather than hanging on a dead embedder.
         self.client = AsyncEmbedderClient(self.settings.embedder_target, timeout_s=self.settings.embedder_timeout_s,
                                           retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.05, max_backoff_s=0.1))
+        self.pipeline = HeadPipeline(self.name, lambda: self.manager.current, self.client,
+                                     lambda: self.manager.last_error)
 
     async def close(self) -> None:
         if self.client is not None:
@@ -56,45 +62,29 @@ class HeadService:
                 raise ValidationError(f"{where}: {len(text)} characters exceed the limit of max_text_chars="
                                       f"{s.max_text_chars}", field=where)
 
-    async def predict(self, texts: list[str], *, batch: bool, request_id: str | None = None) -> dict:
+    async def predict(self, texts: list[str], *, batch: bool, request_id: str | None = None) -> PredictResult:
         started = time.perf_counter()
         request_id = request_id or uuid.uuid4().hex
         self.validate(texts, batch)
-        servable = self.manager.current  # pinned: a version switch mid-request does not affect it
-        if servable is None:
-            raise UnavailableError(f"head {self.name!r} has no loaded artifact: {self.manager.last_error}", retry_after_s=5)
-        t0 = time.perf_counter()
-        embeddings = await self.client.embed(texts, request_id=request_id)
-        metrics.EMBED_LATENCY.labels(self.name).observe(time.perf_counter() - t0)
-        if embeddings.fingerprint != servable.fingerprint:
+        try:
+            done = await self.pipeline.run(texts, request_id)
+        except FingerprintMismatch:
             self._readiness = Readiness(False, {"fingerprint": "mismatch"})
-            raise UnavailableError(
-                f"embedder fingerprint {embeddings.fingerprint} differs from the one version {servable.version} "
-                f"was trained on ({servable.fingerprint}); retrain the head or serve the matching encoder",
-                retry_after_s=30)
-        predictions = servable.predict(embeddings.vectors)
+            raise
+        metrics.EMBED_LATENCY.labels(self.name).observe(done.embed_s)
         latency_ms = (time.perf_counter() - started) * 1000
-        for text, p in zip(texts, predictions):
+        version = done.servable.version
+        for text, p in zip(texts, done.predictions):
             metrics.PREDICTIONS.labels(self.name, p.label).inc()
             if p.abstained:
                 metrics.ABSTAINED.labels(self.name).inc()
             if self.inference_log is not None:
                 self.inference_log.record(PredictionRecord.create(
-                    request_id=request_id, head=self.name, head_version=servable.version,
-                    embedder_fingerprint=embeddings.fingerprint, text=text, label=p.label,
+                    request_id=request_id, head=self.name, head_version=version,
+                    embedder_fingerprint=done.fingerprint, text=text, label=p.label,
                     probability=p.probability, top_k=p.top_k, latency_ms=latency_ms,
                     redact=self.config.serving.redact_text))
-        return {
-            "head": self.name,
-            "version": servable.version,
-            "embedder_fingerprint": embeddings.fingerprint,
-            "request_id": request_id,
-            "latency_ms": round(latency_ms, 3),
-            "predictions": [
-                {"label": p.label, "probability": round(p.probability, 6), "top_k": p.top_k, "abstained": p.abstained}
-                for p in predictions
-            ],
-        }
+        return PredictResult(self.name, version, done.fingerprint, request_id, latency_ms, done.predictions)
 
     async def readiness(self) -> Readiness:
         """Artifact loaded, embedder reachable, fingerprints match; cached for readiness_ttl_s."""

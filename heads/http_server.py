@@ -14,8 +14,8 @@ from pydantic import BaseModel, Field
 from heads import metrics
 from heads.config import load_head_config
 from heads.core import HeadService
-from heads.schemas import PredictRequest, PredictResponse
-from heads.inference_db import InferenceLog
+from heads.api import PredictRequest, PredictResponse, encode_predict_response
+from heads.inference_log.writer import InferenceLog
 from heads.settings import HeadSettings
 from polyhead import __version__
 from polyhead.errors import PolyheadError, ValidationError
@@ -56,15 +56,14 @@ def create_app(settings: HeadSettings) -> FastAPI:
         rid = request_id_of(request)
         with metrics.LATENCY.labels(config.name).time():
             try:
-                result = await service.predict(body.texts if body.texts is not None else [body.text],
-                                               batch=body.texts is not None, request_id=rid)
+                result = await service.predict(body.all_texts(), batch=body.batch, request_id=rid)
             except PolyheadError as err:
                 metrics.REQUESTS.labels(config.name, str(int(err.http_status))).inc()
                 raise
         metrics.REQUESTS.labels(config.name, "200").inc()
         # JSONResponse directly: the model above documents the shape; re-validating our own dict
         # on every request costs more than the classifier itself.
-        return JSONResponse(result, headers={REQUEST_ID_HEADER: rid})
+        return JSONResponse(encode_predict_response(result), headers={REQUEST_ID_HEADER: rid})
 
     @app.get("/healthz")
     async def healthz():

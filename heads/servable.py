@@ -9,24 +9,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from heads import metrics
+from heads.api import Prediction
 from heads.artifacts import HeadArtifact, load_artifact, resolve_version
 from heads.config import ServingConfig
 
 log = logging.getLogger("polyhead.head.servable")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    probability: float
-    top_k: list[dict]
-    abstained: bool
 
 
 class HeadServable:
@@ -38,6 +30,10 @@ class HeadServable:
     @classmethod
     def load(cls, models_dir: Path, name: str, version: str, serving: ServingConfig) -> "HeadServable":
         return cls(load_artifact(models_dir, name, version), serving)
+
+    @property
+    def name(self) -> str:
+        return self.artifact.name
 
     @property
     def version(self) -> str:
@@ -80,7 +76,7 @@ class ServableManager:
                 if self.current is not None and self.current.version == wanted:
                     return False
                 servable = HeadServable.load(self.models_dir, self.name, wanted, self.serving)
-            except Exception as exc:  # keep serving what we have; readiness reports the error
+            except Exception as exc:  # noqa: BLE001 - keep serving what we have; readiness reports the error
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("cannot load version", extra={"head": self.name, "spec": self.version_spec, "error": self.last_error})
                 return False

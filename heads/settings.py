@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from polyhead.settings import ServiceSettings
+from polyhead.settings import DEFAULT_EMBEDDER_TARGET, DEFAULT_HEAD_PORT, DEFAULT_MODELS_DIR, Port, ServiceSettings
 
 
 class HeadSettings(ServiceSettings):
@@ -15,16 +15,13 @@ class HeadSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="POLYHEAD_HEAD_", extra="forbid")
 
     config: Path = Field(..., description="The head's config, configs/heads/<name>.yaml")
-    models_dir: Path = Field(Path("models"), description="Where versioned artifacts live")
-    embedder_target: str = Field("127.0.0.1:50051", description="Embedder gRPC address (dns:///name:port balances)")
-    embedder_timeout_s: float = Field(5.0, gt=0)
-    host: str = "127.0.0.1"
-    port: int = Field(8001, ge=0, le=65535)
+    models_dir: Path = Field(DEFAULT_MODELS_DIR, description="Where versioned artifacts live")
+    embedder_target: str = Field(DEFAULT_EMBEDDER_TARGET, description="Embedder gRPC address (dns:///name:port balances)")
+    embedder_timeout_s: float = Field(5.0, gt=0, description="Per-call deadline towards the embedder")
+    port: int = Port(DEFAULT_HEAD_PORT, "HTTP port")
     keepalive_s: float = Field(75.0, gt=0, description="Idle keep-alive of client connections; longer than the "
                                "gateway's head_keepalive_s, so the gateway's reused connections are never stale")
     db_url: str = Field("sqlite:///var/inference.db", description="Inference DB (SQLAlchemy URL)")
     spool_dir: Path = Field(Path("var/spool"), description="Records wait here while the DB is down")
     version_poll_s: float = Field(2.0, ge=0, description="How often to look for a new version; 0 = only on /admin/reload")
     readiness_ttl_s: float = Field(2.0, ge=0, description="How long a readiness probe of the embedder is reused")
-    log_level: str = "info"
-    json_logs: bool = True

@@ -11,6 +11,15 @@ from typing import List, Optional
 
 import typer
 
+# Settings classes are light (pydantic only): importing them here lets each `serve` command's
+# options be generated from the one declaration of every setting.
+from embedder.settings import EmbedderSettings
+from gateway.settings import GatewaySettings
+from heads.settings import HeadSettings
+from polyhead.settings import DEFAULT_EMBEDDER_TARGET, DEFAULT_GATEWAY_URL, DEFAULT_HEADS_DIR, DEFAULT_MODELS_DIR
+from polyhead.settings_cli import settings_options
+from polyhead.stack import StackSettings
+
 app = typer.Typer(help="polyhead: one embedder, many cheap classifier heads.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 embedder_app = typer.Typer(help="The embedder service.", no_args_is_help=True)
@@ -22,38 +31,16 @@ app.add_typer(gateway_app, name="gateway")
 keys_app = typer.Typer(help="Gateway API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML settings file (section per service)", exists=True)
-
-
 @embedder_app.command("serve")
-def embedder_serve(
-    config: Optional[Path] = ConfigOpt,
-    host: Optional[str] = typer.Option(None, help="Listen address"),
-    port: Optional[int] = typer.Option(None, help="gRPC port"),
-    metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (0 disables)"),
-    model_handle: Optional[str] = typer.Option(None, help="TF-Hub handle: URL or SavedModel directory"),
-    cache_max_entries: Optional[int] = typer.Option(None, help="LRU cache size in entries (0 disables)"),
-    max_batch_size: Optional[int] = typer.Option(None, help="Texts per model batch"),
-    max_wait_ms: Optional[float] = typer.Option(None, help="How long a batch waits for company"),
-    max_queue_size: Optional[int] = typer.Option(None, help="Queued texts before RESOURCE_EXHAUSTED"),
-    batch_window: Optional[int] = typer.Option(None, help="Batches' worth of queue searched for similar lengths"),
-    split_overhead_chars: Optional[int] = typer.Option(None, help="Cut a batch by length when it saves more "
-                                                       "padding than this (0 = never)"),
-    onednn: Optional[bool] = typer.Option(None, "--onednn/--no-onednn", help="TensorFlow's oneDNN CPU kernels"),
-    intra_op_threads: Optional[int] = typer.Option(None, help="TensorFlow intra-op threads (0 = auto)"),
-    inter_op_threads: Optional[int] = typer.Option(None, help="TensorFlow inter-op threads (0 = auto)"),
-    log_level: Optional[str] = typer.Option(None),
-):
+@settings_options(EmbedderSettings)
+def embedder_serve(settings: EmbedderSettings):
     """Serve the embedder over gRPC (health + reflection included)."""
-    overrides = {k: v for k, v in locals().items() if k != "config"}
     from embedder.servable import configure_tf_logging
 
     configure_tf_logging()
     from embedder.grpc_server import serve
-    from embedder.settings import EmbedderSettings
     from polyhead.logging import configure_logging
 
-    settings = EmbedderSettings.load(config, **overrides)
     configure_logging(settings.log_level, settings.json_logs)
     asyncio.run(serve(settings))
 
@@ -61,7 +48,7 @@ def embedder_serve(
 @app.command("embed")
 def embed(
     texts: List[str] = typer.Argument(..., help="Texts to embed"),
-    target: str = typer.Option("127.0.0.1:50051", envvar="POLYHEAD_EMBEDDER_TARGET", help="Embedder address"),
+    target: str = typer.Option(DEFAULT_EMBEDDER_TARGET, envvar="POLYHEAD_EMBEDDER_TARGET", help="Embedder address"),
     bypass_cache: bool = typer.Option(False, help="Skip the server's cache"),
     full: bool = typer.Option(False, help="Print whole vectors, not a preview"),
 ):
@@ -74,7 +61,7 @@ def embed(
             result = client.embed(texts, bypass_cache=bypass_cache)
         except PolyheadError as err:
             typer.echo(f"error: {err.message}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
     for text, vector, cached, truncated in zip(texts, result.vectors, result.cached, result.truncated):
         values = vector.tolist() if full else [round(x, 5) for x in vector[:8].tolist()]
         typer.echo(json.dumps({"text": text, "dim": len(vector), "cached": cached, "truncated": truncated,
@@ -100,8 +87,6 @@ def export_model(
     configure_tf_logging()
     from embedder.export import export_minilm
     from embedder.fingerprint import fingerprint_saved_model
-    from embedder.settings import EmbedderSettings
-
     output = output or Path(EmbedderSettings.load().model_handle)
     if (output / "saved_model.pb").exists() and not force:
         typer.echo(f"{output} already holds a SavedModel (use --force to re-export)")
@@ -111,52 +96,24 @@ def export_model(
 
 
 @head_app.command("serve")
-def head_serve(
-    head_config: Path = typer.Argument(..., help="configs/heads/<name>.yaml", exists=True, dir_okay=False),
-    config: Optional[Path] = ConfigOpt,
-    host: Optional[str] = typer.Option(None),
-    port: Optional[int] = typer.Option(None),
-    models_dir: Optional[Path] = typer.Option(None, help="Artifacts folder (default models/)"),
-    embedder_target: Optional[str] = typer.Option(None, help="Embedder gRPC address"),
-    db_url: Optional[str] = typer.Option(None, help="Inference DB URL (SQLAlchemy)"),
-    spool_dir: Optional[Path] = typer.Option(None),
-    version_poll_s: Optional[float] = typer.Option(None),
-    log_level: Optional[str] = typer.Option(None),
-):
+@settings_options(HeadSettings, arguments={"head_config": "config"})
+def head_serve(settings: HeadSettings,
+               head_config: Path = typer.Argument(..., help="configs/heads/<name>.yaml", exists=True, dir_okay=False)):
     """Serve one head (numpy only: this process never imports TensorFlow)."""
-    overrides = {k: v for k, v in locals().items() if k not in ("config", "head_config")}
     from heads.http_server import serve
-    from heads.settings import HeadSettings
     from polyhead.logging import configure_logging
 
-    settings = HeadSettings.load(config, config=head_config, **overrides)
     configure_logging(settings.log_level, settings.json_logs)
     serve(settings)
 
 
 @gateway_app.command("serve")
-def gateway_serve(
-    config: Optional[Path] = ConfigOpt,
-    host: Optional[str] = typer.Option(None),
-    port: Optional[int] = typer.Option(None),
-    workers: Optional[int] = typer.Option(None, help="Worker processes (default 1)"),
-    heads_dir: Optional[Path] = typer.Option(None, help="Head configs (default configs/heads)"),
-    routes_file: Optional[Path] = typer.Option(None, help="YAML {name: url} overriding addresses"),
-    head_url_template: Optional[str] = typer.Option(None, help="e.g. http://head-{name}:8000"),
-    embedder_target: Optional[str] = typer.Option(None),
-    api_keys_file: Optional[Path] = typer.Option(None, help="YAML list of hashed keys (see `polyhead keys create`)"),
-    rate_limit_per_s: Optional[float] = typer.Option(None),
-    rate_limit_burst: Optional[int] = typer.Option(None),
-    max_body_bytes: Optional[int] = typer.Option(None),
-    log_level: Optional[str] = typer.Option(None),
-):
+@settings_options(GatewaySettings)
+def gateway_serve(settings: GatewaySettings):
     """Serve the gateway: route by model name, OpenAI-style /v1/embeddings."""
-    overrides = {k: v for k, v in locals().items() if k != "config"}
     from gateway.http_server import serve
-    from gateway.settings import GatewaySettings
     from polyhead.logging import configure_logging
 
-    settings = GatewaySettings.load(config, **overrides)
     configure_logging(settings.log_level, settings.json_logs)
     serve(settings)
 
@@ -184,15 +141,15 @@ def keys_create(
 @app.command("train")
 def train(
     head_configs: List[Path] = typer.Argument(..., help="configs/heads/<name>.yaml (one or more)", exists=True),
-    models_dir: Path = typer.Option(Path("models"), help="Where versioned artifacts are written"),
-    embedder_target: str = typer.Option("127.0.0.1:50051", envvar="POLYHEAD_EMBEDDER_TARGET"),
+    models_dir: Path = typer.Option(DEFAULT_MODELS_DIR, help="Where versioned artifacts are written"),
+    embedder_target: str = typer.Option(DEFAULT_EMBEDDER_TARGET, envvar="POLYHEAD_EMBEDDER_TARGET"),
 ):
     """Train heads from their configs; embeddings come from the running embedder (and its cache)."""
     from rich.console import Console
 
     from embedder.client import EmbedderClient
     from heads.config import HeadConfigError, load_head_config
-    from heads.trainer import train_from_config
+    from heads.training.pipeline import train_from_config
     from polyhead.errors import PolyheadError
 
     console = Console(stderr=True)
@@ -200,14 +157,14 @@ def train(
         configs = [load_head_config(p) for p in head_configs]
     except HeadConfigError as err:
         console.print(f"[red]{err}[/red]")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     with EmbedderClient(embedder_target, timeout_s=120) as client:
         for cfg in configs:
             try:
                 report = train_from_config(cfg, models_dir, client, console=console)
             except PolyheadError as err:
                 console.print(f"[red]{cfg.name}: {err.message}[/red]")
-                raise typer.Exit(2)
+                raise typer.Exit(2) from None
             test = report.metrics.get("test", {})
             typer.echo(json.dumps({"head": report.name, "version": report.version, "path": str(report.path),
                                    "train_time_s": round(report.train_time_s, 2),
@@ -219,12 +176,12 @@ def batch(
     input_path: Path = typer.Argument(..., help="INPUT.jsonl or INPUT.csv", exists=True, dir_okay=False),
     model: str = typer.Option(..., "--model", "-m", help="Model (head) name"),
     output: Path = typer.Option(..., "--output", "-o", help="Output JSONL (appended to; re-run to resume)"),
-    gateway: str = typer.Option("http://127.0.0.1:8000", envvar="POLYHEAD_GATEWAY_URL"),
+    gateway: str = typer.Option(DEFAULT_GATEWAY_URL, envvar="POLYHEAD_GATEWAY_URL"),
     direct: bool = typer.Option(False, "--direct", help="No gateway or head: embed with the embedder and apply "
                                 "the head's artifact in this process (predictions are not logged to the inference DB)"),
-    embedder_target: str = typer.Option("127.0.0.1:50051", help="With --direct: the embedder's gRPC address"),
-    heads_dir: Path = typer.Option(Path("configs/heads"), help="With --direct: where <model>.yaml is"),
-    models_dir: Path = typer.Option(Path("models"), help="With --direct: the trained artifacts"),
+    embedder_target: str = typer.Option(DEFAULT_EMBEDDER_TARGET, help="With --direct: the embedder's gRPC address"),
+    heads_dir: Path = typer.Option(DEFAULT_HEADS_DIR, help="With --direct: where <model>.yaml is"),
+    models_dir: Path = typer.Option(DEFAULT_MODELS_DIR, help="With --direct: the trained artifacts"),
     version: Optional[str] = typer.Option(None, help="With --direct: a version (default: the config's, usually latest)"),
     text_field: str = typer.Option("text"),
     id_field: Optional[str] = typer.Option(None, help="Copy this input field into each output row"),
@@ -235,7 +192,7 @@ def batch(
     """Classify a whole file through the gateway (or --direct): progress bar, bounded concurrency, resumable."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from gateway.batch import DirectPredictor, GatewayPredictor, classify_file, done_rows, read_rows
+    from polyhead.batch import DirectPredictor, GatewayPredictor, classify_file, done_rows, read_rows
     from polyhead.errors import PolyheadError
 
     total = sum(1 for _ in read_rows(input_path, text_field))
@@ -258,55 +215,39 @@ def batch(
             report = asyncio.run(run(lambda n: progress.advance(task, n)))
         except (ValueError, RuntimeError) as err:  # a bad row, a head config error, a refused chunk
             typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except PolyheadError as err:
             typer.echo(f"error: {err.message}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
     typer.echo(json.dumps({"rows": report.rows_total, "already_done": report.rows_done_before,
                            "classified": report.rows_classified, "seconds": round(report.seconds, 2),
                            "rows_per_s": round(report.rows_per_s, 1), "output": str(output)}))
 
 
-StackConfigOpt = typer.Option(None, "--config", "-c", help="YAML settings file (section `stack:`)", exists=True)
-
-
 @app.command("up")
-def up(
-    config: Optional[Path] = StackConfigOpt,
-    heads_dir: Optional[Path] = typer.Option(None, help="Head configs to serve (default configs/heads)"),
-    models_dir: Optional[Path] = typer.Option(None, help="Artifacts (default models/)"),
-    var_dir: Optional[Path] = typer.Option(None, help="Logs, inference DB, state (default var/)"),
-    gateway_port: Optional[int] = typer.Option(None),
-    embedder_port: Optional[int] = typer.Option(None),
-    embedder_metrics_port: Optional[int] = typer.Option(None),
-    head_base_port: Optional[int] = typer.Option(None),
-    db_url: Optional[str] = typer.Option(None, help="Inference DB (default SQLite in var/)"),
-):
+@settings_options(StackSettings)
+def up(settings: StackSettings):
     """Run the whole stack: embedder, every configured head, gateway (Ctrl-C stops all)."""
-    overrides = {k: v for k, v in locals().items() if k != "config"}
     from rich.console import Console
 
-    from polyhead.stack import Stack, StackSettings
+    from polyhead.stack import Stack
 
-    settings = StackSettings.load(config, **overrides)
     raise typer.Exit(Stack(settings, Console()).run())
 
 
 @app.command("status")
-def stack_status(
-    config: Optional[Path] = StackConfigOpt,
-    var_dir: Optional[Path] = typer.Option(None, help="Where `polyhead up` keeps its state (default var/)"),
-):
+@settings_options(StackSettings)
+def stack_status(settings: StackSettings):
     """Show each service of a running `polyhead up`: port, health, version."""
     from rich.console import Console
     from rich.table import Table
 
-    from polyhead.stack import StackSettings, status
+    from polyhead.stack import status
 
-    rows = status(StackSettings.load(config, var_dir=var_dir))
+    rows = status(settings)
     if not rows:
         typer.echo("polyhead is not running here (no stack state found)")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     table = Table("service", "port", "pid", "health", "version", "restarts")
     for r in rows:
         table.add_row(r["name"], str(r["port"]), f"{r['pid']}" + ("" if r["alive"] else " (dead)"), r["health"],
@@ -333,11 +274,11 @@ def deploy_generate(
         changed = stale(root) if check else write(root)
     except HeadConfigError as err:
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     for rel in changed:
         typer.echo(f"{'stale' if check else 'wrote'}: {rel}")
     if check and changed:
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     if not changed:
         typer.echo("deployment files are up to date")
 

@@ -15,10 +15,6 @@ from polyhead.errors import PolyheadError
 REQUEST_ID_HEADER = "x-request-id"
 
 
-class ErrorBody(dict):
-    """{"error": {"type", "message", "field"?}} - the shape of every error response."""
-
-
 def error_response(err: PolyheadError, request_id: str | None = None) -> JSONResponse:
     headers = {}
     if err.retry_after_s:

@@ -1,8 +1,10 @@
 """Settings base: one object per service that reads a YAML file, env vars and CLI flags alike.
 
 Precedence, highest first: CLI flags (passed as keyword overrides) > environment variables
-(`POLYHEAD_<SERVICE>_<FIELD>`) > the YAML file (`--config FILE` or `POLYHEAD_CONFIG`; a
+(`POLYHEAD_<SECTION>_<FIELD>`) > the YAML file (`--config FILE` or `POLYHEAD_CONFIG`; a
 top-level section per service, e.g. `embedder:`) > defaults.
+
+The defaults that several places must agree on (addresses, ports) are declared here, once.
 """
 
 from __future__ import annotations
@@ -12,9 +14,26 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
+from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_ENV_VAR = "POLYHEAD_CONFIG"
+
+# -- defaults shared by the services, the CLI and `polyhead up` -------------------------------------
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_EMBEDDER_PORT = 50051
+DEFAULT_EMBEDDER_METRICS_PORT = 9101
+DEFAULT_GATEWAY_PORT = 8000
+DEFAULT_HEAD_PORT = 8001
+DEFAULT_EMBEDDER_TARGET = f"{DEFAULT_HOST}:{DEFAULT_EMBEDDER_PORT}"
+DEFAULT_GATEWAY_URL = f"http://{DEFAULT_HOST}:{DEFAULT_GATEWAY_PORT}"
+DEFAULT_HEADS_DIR = Path("configs/heads")
+DEFAULT_MODELS_DIR = Path("models")
+
+
+def Port(default: int, description: str = "Listen port") -> Any:  # noqa: N802 - reads as a type in field lists
+    """A TCP port field (0 = let the OS pick, as tests do)."""
+    return Field(default, ge=0, le=65535, description=description)
 
 
 class _YamlSection(PydanticBaseSettingsSource):
@@ -33,8 +52,8 @@ class _YamlSection(PydanticBaseSettingsSource):
         return self._data
 
 
-class ServiceSettings(BaseSettings):
-    """Subclasses set `section` (YAML section) and an env prefix in `model_config`."""
+class PolyheadSettings(BaseSettings):
+    """Subclasses set `section` (YAML section) and `env_prefix="POLYHEAD_<SECTION>_"` in `model_config`."""
 
     section: ClassVar[str] = ""
     _config_file: ClassVar[Path | None] = None
@@ -56,3 +75,11 @@ class ServiceSettings(BaseSettings):
             return cls(**overrides)
         finally:
             cls._config_file = previous
+
+
+class ServiceSettings(PolyheadSettings):
+    """What every served process has: where it listens and how it logs. Subclasses add `port`."""
+
+    host: str = Field(DEFAULT_HOST, description="Listen address")
+    log_level: str = Field("info", description="debug, info, warning or error")
+    json_logs: bool = Field(True, description="One JSON object per log line (off: human-readable lines)")

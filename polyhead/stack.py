@@ -17,31 +17,41 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import yaml
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from polyhead.settings import ServiceSettings
+from polyhead.settings import (
+    DEFAULT_EMBEDDER_METRICS_PORT,
+    DEFAULT_EMBEDDER_PORT,
+    DEFAULT_GATEWAY_PORT,
+    DEFAULT_HEADS_DIR,
+    DEFAULT_HOST,
+    DEFAULT_MODELS_DIR,
+    PolyheadSettings,
+    Port,
+)
 
 RESTART_BACKOFF_MAX_S = 30.0
 
 
-class StackSettings(ServiceSettings):
+class StackSettings(PolyheadSettings):
+    """`polyhead up`: where the stack's files are and which loopback ports its services take."""
+
     section = "stack"
     model_config = SettingsConfigDict(env_prefix="POLYHEAD_STACK_", extra="forbid")
 
-    heads_dir: Path = Path("configs/heads")
-    models_dir: Path = Path("models")
-    var_dir: Path = Field(Path("var"), description="logs, inference DB, spool, stack state")
-    host: str = "127.0.0.1"
-    gateway_port: int = 8000
-    embedder_port: int = 50051
-    embedder_metrics_port: int = 9101
-    head_base_port: int = 8101
-    db_url: str | None = Field(None, description="default: SQLite in var_dir")
-    train_missing: bool = True
-    scan_interval_s: float = 2.0
+    heads_dir: Path = Field(DEFAULT_HEADS_DIR, description="Head configs to serve")
+    models_dir: Path = Field(DEFAULT_MODELS_DIR, description="Trained artifacts")
+    var_dir: Path = Field(Path("var"), description="Logs, inference DB, spool, stack state")
+    host: str = Field(DEFAULT_HOST, description="Address every service listens on")
+    gateway_port: int = Port(DEFAULT_GATEWAY_PORT, "The gateway's port (the stack's front door)")
+    embedder_port: int = Port(DEFAULT_EMBEDDER_PORT, "The embedder's gRPC port")
+    embedder_metrics_port: int = Port(DEFAULT_EMBEDDER_METRICS_PORT, "The embedder's Prometheus port")
+    head_base_port: int = Port(8101, "Heads take ports from here up (kept per head in var_dir/ports.json)")
+    db_url: str | None = Field(None, description="Inference DB (SQLAlchemy URL); default SQLite in var_dir")
+    train_missing: bool = Field(True, description="Train heads that have no artifact yet, before serving")
+    scan_interval_s: float = Field(2.0, gt=0, description="How often new head configs are looked for")
 
     @property
     def state_file(self) -> Path:
@@ -144,6 +154,8 @@ class Stack:
                 time.sleep(0.25)
 
     def _wait_http(self, child: Child, path: str, timeout_s: float = 60) -> bool:
+        import httpx
+
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and child.alive():
             try:
@@ -171,7 +183,7 @@ class Stack:
     def _ensure_trained(self, configs: dict) -> dict:
         from embedder.client import EmbedderClient
         from heads.artifacts import list_versions
-        from heads.trainer import train_from_config
+        from heads.training.pipeline import train_from_config
 
         servable = {}
         missing = [c for c in configs.values() if not list_versions(self.s.models_dir, c.name)]
@@ -296,7 +308,7 @@ class Stack:
         self.console.print(f"new head config(s): {', '.join(sorted(new))}")
         try:
             ready = self._ensure_trained(new)
-        except Exception as err:  # a bad new head must not take the running stack down
+        except Exception as err:  # noqa: BLE001 - a bad new head must not take the running stack down
             self.console.print(f"[red]could not train {', '.join(sorted(new))}: {err}[/red]")
             return
         for child in self._start_heads(ready):
@@ -322,6 +334,8 @@ def status(settings: StackSettings) -> list[dict]:
     if not settings.state_file.exists():
         return []
     state = json.loads(settings.state_file.read_text())
+    import httpx
+
     rows = []
     for svc in state["services"]:
         alive = svc["pid"] is not None and Path(f"/proc/{svc['pid']}").exists()

@@ -22,10 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-from bench_common import WORDS, machine, pct, real_sentences, start_embedder, stop, table  # noqa: E402
+import numpy as np
+from bench_common import WORDS, machine, pct, real_sentences, start_embedder, stop, table
 
-from embedder.client import AsyncEmbedderClient, EmbedderClient  # noqa: E402
+from embedder.client import AsyncEmbedderClient, EmbedderClient
 
 
 def model_throughput(texts: list[str], batch_sizes: list[int]) -> list[tuple[int, float]]:

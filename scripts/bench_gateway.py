@@ -27,14 +27,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
-import yaml  # noqa: E402
-from bench_common import (  # noqa: E402
+import httpx
+import yaml
+from bench_common import (
     cli, free_port, machine, pct, pick_head_configs, real_sentences, spawn, stop_all, table, train_bench_heads,
     wait_grpc_serving, wait_http_ok, write_bench_heads,
 )
 
-from embedder.client import AsyncEmbedderClient, RetryPolicy  # noqa: E402
+from embedder.client import AsyncEmbedderClient, RetryPolicy
 
 CONCURRENCY = (1, 16, 64)
 PATHS = ("embedder gRPC", "head HTTP", "gateway HTTP")

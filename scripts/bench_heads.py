@@ -24,12 +24,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-from bench_common import machine, table  # noqa: E402
-from embed_datasets import (DATASETS_ROOT, DEFAULT_CACHE_DIR, all_dataset_names, available_splits,  # noqa: E402
+import numpy as np
+from bench_common import machine, table
+from embed_datasets import (DATASETS_ROOT, DEFAULT_CACHE_DIR, all_dataset_names, available_splits,
                             load_split, make_encoder)
 
-from heads.training import TrainParams, evaluate, train_head  # noqa: E402
+from heads.training.evaluation import evaluate
+from heads.training.fit import train_head
+from heads.training.params import TrainParams
 
 # Floors from the issue: LogisticRegression(C=10) on frozen all-MiniLM-L6-v2 embeddings, test split.
 FLOORS = {"clinc150": ("accuracy", 0.855), "emotion": ("accuracy", 0.686), "trec": ("accuracy", 0.904),
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"- {name}: skipped ({args.datasets_root / name} has no train/test split)")
             continue
 
-        def load(split):
+        def load(split, name=name):
             X, y, _ = load_split(name, split, cache_dir=args.cache_dir, datasets_root=args.datasets_root,
                                  encoder=encoder, log=lambda m: print(f"  {m}", file=sys.stderr))
             return X, list(y)

@@ -39,15 +39,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-from bench_common import (  # noqa: E402
+import httpx
+import numpy as np
+import yaml
+from bench_common import (
     ROOT, cli, free_port, free_port_block, machine, mem_detail, mem_kib, pct, pick_head_configs, real_sentences, scrape_prometheus,
-    spawn, stop, stop_all, table, train_bench_heads, wait_grpc_serving, wait_http_ok, write_bench_heads,
+    spawn, stop_all, table, train_bench_heads, wait_grpc_serving, wait_http_ok, write_bench_heads,
 )
 
-from embedder.client import AsyncEmbedderClient, RetryPolicy  # noqa: E402
+from embedder.client import AsyncEmbedderClient, RetryPolicy
 
 SECTIONS = ("memory", "load", "sweep", "coldstart")
 NO_RATE_LIMIT = {"POLYHEAD_GATEWAY_RATE_LIMIT_PER_S": "1000000", "POLYHEAD_GATEWAY_RATE_LIMIT_BURST": "1000000"}
@@ -453,7 +453,7 @@ def section_memory(b: Bench, mem: dict) -> None:
     for proc, url in monos:
         wait_http_ok(url + "/healthz", proc, timeout_s=300, interval_s=0.2)
     with httpx.Client(timeout=60) as client:
-        for (proc, url), name in zip(monos, names):
+        for (_proc, url), name in zip(monos, names):
             for i in range(20):
                 text = b.heads[name]["texts"][i % len(b.heads[name]["texts"])]
                 client.post(url + "/predict", json={"text": text}).raise_for_status()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.embedder.fixtures", "tests.heads.fixtures"]
+pytest_plugins = ["tests.e2e.embedder.fixtures", "tests.e2e.heads.fixtures"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"

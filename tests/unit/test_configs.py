@@ -144,7 +144,7 @@ def test_no_large_files_under_configs():
 def test_readme_documents_every_field():
     """configs/README.md lists every config field; a field added to the schema needs a line there."""
     from heads.config import DatasetConfig, ServingConfig
-    from heads.training import TrainParams
+    from heads.training.params import TrainParams
 
     readme = (CONFIGS / "README.md").read_text(encoding="utf-8")
     fields = [f for f in HeadConfig.model_fields if f not in ("dataset", "training", "serving", "source")]

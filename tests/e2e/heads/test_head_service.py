@@ -11,9 +11,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from heads.inference_db import count_rows
+from heads.inference_log.schema import count_rows
 from tests.conftest import free_port
-from tests.heads.fixtures import head_process, wait_ready
+from tests.e2e.heads.fixtures import head_process, wait_ready
 from tests.helpers import PostgresBackend
 
 pytestmark = pytest.mark.timeout(180)
@@ -230,6 +230,6 @@ def test_head_modules_do_not_import_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys, heads.http_server, heads.core, heads.servable, heads.trainer, heads.artifacts; "
+    code = ("import sys, heads.http_server, heads.core, heads.servable, heads.training.pipeline, heads.artifacts; "
             "assert not [m for m in sys.modules if m.startswith('tensorflow')], 'tensorflow imported'")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

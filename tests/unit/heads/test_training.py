@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from heads.model import HeadModel
-from heads.training import TrainParams, _fit, _scaler, classification_report, evaluate, stratified_folds, train_head
+from heads.training.evaluation import classification_report, evaluate
+from heads.training.fit import _fit, _scaler, stratified_folds, train_head
+from heads.training.params import TrainParams
 
 FAST = TrainParams(epochs_max=15, cv_folds=0, search_grid={"dropout": [0.3]})
 

@@ -65,7 +65,7 @@ def done_rows(output: Path) -> set[int]:
 
 class Predictor(Protocol):
     async def predict(self, texts: list[str]) -> dict:
-        """{"version": str, "predictions": [{"label", "probability", ...}, ...]} for the texts, in order."""
+        """The head API's predict response (heads.api.PredictResponse) for the texts, in order."""
 
 
 class GatewayPredictor:
@@ -97,30 +97,30 @@ class GatewayPredictor:
 
 
 class DirectPredictor:
-    """The head's artifact in this process, fed by the embedder: same labels as the head serves,
-    with the same fingerprint check (a head trained on another encoder is refused, not guessed)."""
+    """The head's artifact in this process, fed by the embedder through the head's own pipeline:
+    same labels as the head serves, same fingerprint check (another encoder is refused, not guessed)."""
 
     def __init__(self, embedder_target: str, models_dir: Path, config_path: Path, *, version: str | None = None,
                  timeout_s: float = 60):
         from embedder.client import AsyncEmbedderClient
         from heads.config import load_head_config
+        from heads.pipeline import HeadPipeline
         from heads.servable import HeadServable
 
         config = load_head_config(config_path)
         self.servable = HeadServable.load(models_dir, config.name, version or config.serving.version, config.serving)
         self.client = AsyncEmbedderClient(embedder_target, timeout_s=timeout_s)  # construct inside the event loop
+        self.pipeline = HeadPipeline(config.name, lambda: self.servable, self.client)
 
     async def predict(self, texts: list[str]) -> dict:
+        from heads.api import PredictResult, encode_predict_response
+
         try:
-            out = await self.client.embed(texts)
+            done = await self.pipeline.run(texts)  # the fingerprint is checked before this chunk is written
         except PolyheadError as err:
-            raise RuntimeError(f"embedder: {err.message}") from None
-        if out.fingerprint != self.servable.fingerprint:  # checked before this chunk is written
-            raise RuntimeError(f"embedder fingerprint {out.fingerprint} differs from the one version "
-                               f"{self.servable.version} was trained on ({self.servable.fingerprint})")
-        predictions = [{"label": p.label, "probability": round(p.probability, 6), "top_k": p.top_k,
-                        "abstained": p.abstained} for p in self.servable.predict(out.vectors)]
-        return {"version": self.servable.version, "predictions": predictions}
+            raise RuntimeError(err.message) from None
+        return encode_predict_response(PredictResult(done.servable.name, done.servable.version, done.fingerprint,
+                                                     "", done.embed_s * 1000, done.predictions))
 
     async def aclose(self) -> None:
         await self.client.close()

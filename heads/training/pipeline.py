@@ -20,7 +20,8 @@ import yaml
 
 from heads.artifacts import write_artifact
 from heads.config import HeadConfig
-from heads.training import evaluate, train_head
+from heads.training.evaluation import evaluate
+from heads.training.fit import train_head
 from polyhead import __version__
 from polyhead.errors import ValidationError
 

@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from polyhead import deploy
 from tests.conftest import ROOT, free_port
 from tests.helpers import settings_from_env
-from tests.deploy.common import (DOCKERFILES, SETTINGS_BY_IMAGE, dockerignore_rules, env_of, field_of,
+from tests.e2e.deploy.common import (DOCKERFILES, SETTINGS_BY_IMAGE, dockerignore_rules, env_of, field_of,
                                  image_of_dockerfile, is_ignored, parse_dockerfile, polyhead_cmd, run, tool)
 
 IDS = [p.name for p in DOCKERFILES]
@@ -30,7 +30,7 @@ BUILD_TOOLS = ("apt-get", "apt ", "gcc", "g++", "build-essential", "make ", "cc 
 
 def test_one_dockerfile_per_service_image():
     assert {image_of_dockerfile(p) for p in DOCKERFILES} == set(deploy.IMAGES) == {"embedder", "head", "gateway"}
-    for name, rel in deploy.DOCKERFILES.items():
+    for rel in deploy.DOCKERFILES.values():
         assert (ROOT / rel).is_file(), rel
 
 
@@ -211,7 +211,7 @@ def test_embedder_healthcheck_script_fails_with_no_server():
 
 
 class _Healthz(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self.send_response(200 if self.path == "/healthz" else 404)
         self.end_headers()
 

@@ -11,7 +11,7 @@ import yaml
 
 from polyhead import deploy
 from tests.conftest import ROOT
-from tests.deploy.common import SETTINGS_BY_IMAGE, VENV_BIN, field_of, run, tool
+from tests.e2e.deploy.common import SETTINGS_BY_IMAGE, VENV_BIN, field_of, run, tool
 
 HEADS = sorted(p.stem for p in (ROOT / "configs" / "heads").glob("*.yaml"))
 NAMESPACE = deploy.NAMESPACE
@@ -95,7 +95,7 @@ def test_selectors_hpas_and_pdbs_point_at_real_pods(by_kind):
     for name, d in by_kind["Deployment"].items():
         assert d["spec"]["selector"]["matchLabels"].items() <= pods[name].items()
         assert "replicas" not in d["spec"], "the HPA owns the replica count"
-    for name, hpa in by_kind["HorizontalPodAutoscaler"].items():
+    for hpa in by_kind["HorizontalPodAutoscaler"].values():
         ref = hpa["spec"]["scaleTargetRef"]
         assert ref["kind"] == "Deployment" and ref["name"] in by_kind["Deployment"]
         assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]

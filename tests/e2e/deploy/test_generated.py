@@ -10,7 +10,7 @@ import yaml
 
 from polyhead import deploy
 from tests.conftest import ROOT
-from tests.deploy.common import polyhead_cmd, run
+from tests.e2e.deploy.common import polyhead_cmd, run
 
 HEAD_NAMES = sorted(p.stem for p in (ROOT / "configs" / "heads").glob("*.yaml"))
 

@@ -11,7 +11,7 @@ import yaml
 
 from polyhead import deploy
 from tests.conftest import ROOT
-from tests.deploy.common import SETTINGS_BY_IMAGE, field_of, run, tool
+from tests.e2e.deploy.common import SETTINGS_BY_IMAGE, field_of, run, tool
 from tests.helpers import settings_from_env
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -56,7 +56,7 @@ def test_the_schema_check_catches_mistakes(tmp_path):
 def test_services():
     assert set(SERVICES) == {"embedder", "gateway", "postgres", "prometheus", *(f"head-{n}" for n in HEADS)}
     assert {image_kind(SERVICES[f"head-{n}"]) for n in HEADS} == {"head"}, "one head image for every head"
-    for name, service in OURS.items():
+    for service in OURS.values():
         assert service["build"] == {"context": ".", "dockerfile": deploy.DOCKERFILES[image_kind(service)]}
         assert (ROOT / service["build"]["dockerfile"]).is_file()
 

@@ -11,7 +11,7 @@ import pytest
 from embedder.client import EmbedderClient, RetryPolicy
 from polyhead.errors import UnavailableError
 from tests.conftest import free_port
-from tests.embedder.fixtures import start_server_process, wait_serving
+from tests.e2e.embedder.fixtures import start_server_process, wait_serving
 
 
 def test_client_retries_while_the_server_restarts(exported_model, tmp_path):

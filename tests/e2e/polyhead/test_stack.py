@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, free_port
-from tests.heads.fixtures import write_head_config
+from tests.e2e.heads.fixtures import write_head_config
 
 pytestmark = pytest.mark.timeout(400)
 

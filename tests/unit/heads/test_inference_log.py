@@ -10,7 +10,6 @@ through their open file descriptors.)
 from __future__ import annotations
 
 import hashlib
-import socket
 import sqlite3
 import threading
 import time
@@ -22,16 +21,9 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
-from heads.inference_db import (
-    InferenceLog,
-    PredictionRecord,
-    count_rows,
-    make_engine,
-    migrate,
-    predictions,
-    schema_version,
-)
-from tests.conftest import free_port
+from heads.inference_log.records import PredictionRecord
+from heads.inference_log.schema import count_rows, make_engine, migrate, predictions, schema_version
+from heads.inference_log.writer import InferenceLog
 from tests.helpers import PostgresBackend, TcpProxy  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)

@@ -2,7 +2,7 @@
 
     result = train_head(X_train, y_train, X_val, y_val, params=TrainParams())
     result.model.predict_proba(X)           # a heads.model.HeadModel
-    evaluate(result.model, X_test, y_test)  # accuracy, weighted/macro F1, per class, confusion
+    evaluate(result.model, X_test, y_test)  # heads.training.evaluation
 
 What `train_head` does:
 
@@ -40,89 +40,19 @@ six- to eight-fold on a busy 2-core machine.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from heads.model import HeadModel, gelu, softmax
+from heads.training.evaluation import confusion_matrix, score_confusion
+from heads.training.params import TrainParams
 
 Progress = Callable[[dict[str, Any]], None]
 _TINY = np.float32(1e-15)
-_SEARCHABLE = {"hidden_units", "dropout", "input_dropout", "weight_decay", "lr", "label_smoothing", "batch_size",
-               "activation", "head_type", "linear_skip"}
-
-
-class TrainParams(BaseModel):
-    """Hyper-parameters; the defaults are meant to be used as they are."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    head_type: Literal["mlp", "logreg"] = "mlp"
-    hidden_units: int = Field(128, ge=1, le=8192, description="per ensemble member")
-    linear_skip: bool = Field(False, description="mlp: add a linear path from the input to the logits")
-    activation: Literal["relu", "gelu"] = "relu"
-    lr: float | None = Field(None, gt=0, description="Adam step size; None: 3e-3 for mlp, 1e-2 for logreg")
-    epochs_max: int = Field(40, ge=1)
-    patience: int = Field(6, ge=1, description="epochs without a better val score before stopping")
-    lr_decay: float = Field(0.5, gt=0, le=1, description="multiply the learning rate by this on a val plateau")
-    lr_decay_patience: int = Field(2, ge=1, description="epochs without a better val score before decaying")
-    batch_size: int = Field(128, ge=1)
-    weight_decay: float = Field(1e-2, ge=0, description="decoupled (AdamW) weight decay on weight matrices")
-    dropout: float = Field(0.5, ge=0, lt=1, description="on the hidden layer")
-    input_dropout: float = Field(0.0, ge=0, lt=1, description="on the (scaled) embedding")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    class_weighting: Literal["balanced", "none"] = "balanced"
-    prior_adjustment: float | Literal["auto"] = Field(
-        "auto", description="tau: tau * log(class prior) is added to the output logits of a class-weighted model "
-                            "(0 keeps the balanced decision rule, 1 restores the training prior); 'auto' picks "
-                            "tau from prior_adjustment_grid on the validation predictions, moving off 0 only for "
-                            "a clear gain. Ignored without class weighting.")
-    prior_adjustment_grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    prior_adjustment_min_gain: float = Field(
-        0.0025, ge=0, description="'auto' moves tau off 0 only if that raises the validation score this much")
-    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="held out of train when there is no val split "
-                                                              "and cross-validation does not apply")
-    cv_folds: int = Field(5, ge=0, le=20, description="folds for model selection without a val split (0/1: off)")
-    cv_max_examples: int = Field(10_000, ge=0, description="cross-validate only up to this many training examples")
-    selection_metric: Literal["accuracy", "f1_weighted", "f1_macro"] = "accuracy"
-    refit: bool = Field(True, description="retrain the chosen settings on all the data (train + val)")
-    n_ensemble: int = Field(2, ge=1, le=16, description="members (different initialisations) averaged in "
-                                                         "probability in the final model")
-    input_scaling: Literal["center_scale", "standardize", "none"] = Field(
-        "center_scale", description="center_scale: subtract the mean, one global scale (keeps the embedding's "
-                                    "geometry); standardize: per-dimension z-scores")
-    blas_threads: int | None = Field(
-        1, ge=1, description="BLAS threads while training (needs threadpoolctl; None leaves BLAS alone). The "
-                             "matmuls are small: more threads gain little and crawl when cores are shared")
-    search_grid: dict[str, list[Any]] = Field(
-        default_factory=lambda: {"hidden_units": [128]},
-        description="grid (cartesian product) of overrides tried on the validation data; "
-                    "epochs come from early stopping",
-    )
-
-    @field_validator("search_grid")
-    @classmethod
-    def _known_keys(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        unknown = set(grid) - _SEARCHABLE
-        if unknown:
-            raise ValueError(f"search_grid keys {sorted(unknown)} are not searchable (one of {sorted(_SEARCHABLE)})")
-        if any(len(v) == 0 for v in grid.values()):
-            raise ValueError("search_grid lists must not be empty")
-        return grid
-
-    def candidates(self) -> list[dict[str, Any]]:
-        keys = sorted(self.search_grid)
-        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.search_grid[k] for k in keys))]
-
-    def resolved_lr(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        return 3e-3 if self.head_type == "mlp" else 1e-2
 
 
 @dataclass
@@ -137,82 +67,6 @@ class TrainResult:
     n_train: int = 0
     n_val: int = 0  # examples scored for selection (out-of-fold predictions under cross-validation)
     val_source: str = ""  # "given", "cv", "split" or "none"
-
-
-# -- metrics ---------------------------------------------------------------------------------------
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """Rows: true class index; columns: predicted class index."""
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
-    return cm
-
-
-def _prf(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    tp = np.diag(cm).astype(np.float64)
-    pred = cm.sum(axis=0).astype(np.float64)
-    support = cm.sum(axis=1).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(pred > 0, tp / pred, 0.0)
-        recall = np.where(support > 0, tp / support, 0.0)
-        denom = precision + recall
-        f1 = np.where(denom > 0, 2 * precision * recall / denom, 0.0)
-    return precision, recall, f1, support
-
-
-def _score(cm: np.ndarray, metric: str) -> float:
-    n = cm.sum()
-    if n == 0:
-        return 0.0
-    if metric == "accuracy":
-        return float(np.trace(cm) / n)
-    _, _, f1, support = _prf(cm)
-    if metric == "f1_weighted":
-        return float((f1 * support).sum() / support.sum())
-    present = (support > 0) | (cm.sum(axis=0) > 0)
-    return float(f1[present].mean()) if present.any() else 0.0
-
-
-def classification_report(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
-    """Metrics for string labels; `labels` fixes the order (labels seen only in the data are appended).
-
-    Macro averages run over the labels that occur in y_true or y_pred (as scikit-learn's); a 0/0
-    precision, recall or F1 counts as 0."""
-    labels = [str(x) for x in labels]
-    y_true = [str(x) for x in y_true]
-    y_pred = [str(x) for x in y_pred]
-    if len(y_true) != len(y_pred):
-        raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions")
-    extra = sorted((set(y_true) | set(y_pred)) - set(labels))
-    labels = labels + extra
-    index = {label: i for i, label in enumerate(labels)}
-    t = np.array([index[x] for x in y_true], np.int64)
-    p = np.array([index[x] for x in y_pred], np.int64)
-    cm = confusion_matrix(t, p, len(labels))
-    precision, recall, f1, support = _prf(cm)
-    n = int(cm.sum())
-    present = (support > 0) | (cm.sum(axis=0) > 0)
-    return {
-        "n": n,
-        "accuracy": float(np.trace(cm) / n) if n else 0.0,
-        "f1_weighted": float((f1 * support).sum() / support.sum()) if n else 0.0,
-        "f1_macro": float(f1[present].mean()) if present.any() else 0.0,
-        "precision_macro": float(precision[present].mean()) if present.any() else 0.0,
-        "recall_macro": float(recall[present].mean()) if present.any() else 0.0,
-        "per_class": {
-            label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                    "support": int(support[i])}
-            for i, label in enumerate(labels)
-        },
-        "labels": labels,
-        "confusion_matrix": cm.tolist(),
-    }
-
-
-def evaluate(model: HeadModel, X: np.ndarray, y: Sequence[str]) -> dict[str, Any]:
-    """accuracy, f1_weighted, f1_macro, precision/recall_macro, per-class precision/recall/f1/support
-    and the confusion matrix (rows true, columns predicted) in `labels` order (= `model.labels`,
-    plus any label of `y` the model does not know)."""
-    return classification_report(y, model.predict(X), model.labels)
 
 
 # -- data helpers ----------------------------------------------------------------------------------
@@ -491,7 +345,7 @@ def _fit(p: TrainParams, X: np.ndarray, y: np.ndarray, C: int, *, K: int, seed: 
         else:
             proba = net.member_proba(X_val).mean(axis=0)
             truth = y_val
-        score = _score(confusion_matrix(truth, proba.argmax(axis=1), C), p.selection_metric)
+        score = score_confusion(confusion_matrix(truth, proba.argmax(axis=1), C), p.selection_metric)
         if progress:
             progress({"epoch": epoch, "val_score": score})
         improved = score > best + 1e-9
@@ -523,7 +377,7 @@ def _pick_tau(proba: np.ndarray, y: np.ndarray, log_prior: np.ndarray, taus: lis
 
     def run(tau: float) -> tuple[np.ndarray, float]:
         pred = (logp + tau * log_prior).argmax(axis=1)
-        return pred == y, _score(confusion_matrix(y, pred, C), metric)
+        return pred == y, score_confusion(confusion_matrix(y, pred, C), metric)
 
     base_ok, base = run(0.0)
     best_tau, best = 0.0, base
@@ -665,7 +519,7 @@ def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progr
             else:
                 tau = float(p.prior_adjustment)
                 pred = (np.log(np.maximum(fit.val_proba, 1e-30)) + tau * log_prior_fit).argmax(axis=1)
-                score = _score(confusion_matrix(y_sel, pred, C), p.selection_metric)
+                score = score_confusion(confusion_matrix(y_sel, pred, C), p.selection_metric)
         elif weighted and p.prior_adjustment != "auto":
             tau = float(p.prior_adjustment)
         search.append({**overrides, "val_score": score, "epochs": fit.epochs, "prior_adjustment": tau,
@@ -693,7 +547,7 @@ def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progr
     if tau:
         state = net.shifted(state, tau * log_prior)
     elapsed = time.perf_counter() - started
-    meta = {"trainer": "heads.training", "seed": seed, "chosen": chosen, "epochs": best_epochs,
+    meta = {"trainer": "heads.training.fit", "seed": seed, "chosen": chosen, "epochs": best_epochs,
             "prior_adjustment": tau, "val_score": val_score, "val_metric": p.selection_metric,
             "val_source": val_source, "n_fit": n_fit, "train_time_s": round(elapsed, 3),
             "params": final.model_dump(exclude={"search_grid"})}

@@ -14,7 +14,7 @@ from embedder import metrics
 from embedder.client import AsyncEmbedderClient, EmbedderClient, RetryPolicy
 from embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from polyhead.errors import OverloadedError, ValidationError
-from tests.embedder.fixtures import running_server
+from tests.e2e.embedder.fixtures import running_server
 
 
 def recording(servable):
@@ -280,7 +280,7 @@ def test_sync_client_against_the_cli_server(server_process):
 def test_the_served_model_matches_sentence_transformers(server_process):
     """The CLI server (oneDNN on by default: other kernels than TensorFlow's default on this CPU)
     keeps parity with the reference vectors."""
-    from tests.embedder.test_export import FIXTURE
+    from tests.e2e.embedder.test_export import FIXTURE
 
     _, target = server_process
     texts = [item["text"] for item in FIXTURE["items"]]

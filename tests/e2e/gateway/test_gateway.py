@@ -16,7 +16,7 @@ import sqlalchemy as sa
 import yaml
 
 from tests.conftest import ROOT, free_port
-from tests.heads.fixtures import head_process, start_head_process, train, wait_ready, write_head_config
+from tests.e2e.heads.fixtures import start_head_process, train, wait_ready, write_head_config
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -211,7 +211,7 @@ def test_a_silent_head_is_a_503_after_its_route_timeout_for_its_model_only(stack
 
     listener = socket.create_server(("127.0.0.1", 0))  # the kernel completes handshakes; nobody answers
     port = listener.getsockname()[1]
-    config = write_head_config(stack["heads_dir"], "silent", timeout_s=0.5, address=f"http://127.0.0.1:{port}")
+    write_head_config(stack["heads_dir"], "silent", timeout_s=0.5, address=f"http://127.0.0.1:{port}")
     url = f"{stack['url']}/v1/models/silent/predict"
     try:
         deadline = time.monotonic() + 10
@@ -281,7 +281,7 @@ def test_gateway_with_two_workers_serves_predictions(stack):
 
 
 def run_batch(predictor_factory, *args, **kwargs):
-    from gateway.batch import classify_file
+    from polyhead.batch import classify_file
 
     async def go():
         predictor = predictor_factory()  # inside the loop: grpc.aio and httpx clients belong to one
@@ -294,7 +294,7 @@ def run_batch(predictor_factory, *args, **kwargs):
 
 
 def test_batch_mode_resumes_without_duplicates_or_losses(stack, tmp_path):
-    from gateway.batch import GatewayPredictor
+    from polyhead.batch import GatewayPredictor
 
     rows = [{"id": f"t{i}", "text": text} for i, text in enumerate(
         ["refund my double charge", "the app crashes", "change my email", "invoice is wrong"] * 25)]
@@ -318,7 +318,7 @@ def test_batch_mode_resumes_without_duplicates_or_losses(stack, tmp_path):
 
 def test_direct_batch_matches_the_gateway_and_refuses_a_foreign_encoder(stack, tmp_path):
     """--direct: the embedder plus the head's artifact in-process give the labels the served head gives."""
-    from gateway.batch import DirectPredictor, GatewayPredictor
+    from polyhead.batch import DirectPredictor, GatewayPredictor
 
     texts = ["refund my double charge", "the app crashes on start", "change my email address", "invoice is wrong",
              "I cannot log in", "payment failed twice"]

@@ -6,9 +6,6 @@ batch goes to a local JSONL spool (fsync'd); once the database answers again the
 Each row carries a uuid4 primary key, so a replay that is interrupted after its insert committed,
 or a spool replayed twice, cannot duplicate rows.
 
-Schema: ``polyhead_schema_version`` plus ``MIGRATIONS`` (ordered, idempotent), applied under a
-lock (``pg_advisory_xact_lock`` / SQLite ``BEGIN IMMEDIATE``) so head processes may start together.
-
 One ``spool_dir`` per process: ``start()`` takes an exclusive ``flock`` on it.
 """
 
@@ -16,23 +13,21 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import hashlib
-import json
 import logging
 import os
 import queue
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from prometheus_client import Counter, Gauge
 from sqlalchemy.dialects import postgresql, sqlite
+
+from heads.inference_log.records import PredictionRecord
+from heads.inference_log.schema import make_engine, migrate, predictions
 
 log = logging.getLogger(__name__)
 
@@ -40,106 +35,6 @@ WRITTEN = Counter("polyhead_head_db_written_total", "Prediction rows inserted by
 SPOOLED = Counter("polyhead_head_db_spooled_total", "Prediction rows written to the local spool (DB down or queue full)")
 REPLAYED = Counter("polyhead_head_db_replayed_total", "Spooled prediction rows replayed into the DB")
 SPOOL_ROWS = Gauge("polyhead_head_db_spool_rows", "Prediction rows waiting in the local spool")
-
-metadata = sa.MetaData()
-
-schema_version = sa.Table(
-    "polyhead_schema_version",
-    metadata,
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("description", sa.String(200), nullable=False),
-    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-predictions = sa.Table(
-    "predictions",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),  # uuid4 hex: makes inserts/replays idempotent
-    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),  # UTC
-    sa.Column("request_id", sa.String(128), nullable=False),
-    sa.Column("head", sa.String(128), nullable=False),
-    sa.Column("head_version", sa.String(64), nullable=False),
-    sa.Column("embedder_fingerprint", sa.String(128), nullable=False),
-    sa.Column("text", sa.Text, nullable=True),  # NULL when redacted
-    sa.Column("text_sha256", sa.String(64), nullable=False),
-    sa.Column("label", sa.String(256), nullable=False),
-    sa.Column("probability", sa.Float, nullable=False),
-    sa.Column("top_k", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False),
-    sa.Column("latency_ms", sa.Float, nullable=False),
-    sa.Index("ix_predictions_head_ts", "head", "ts"),
-    sa.Index("ix_predictions_request_id", "request_id"),
-)
-
-
-def _m1_predictions(conn: sa.Connection) -> None:
-    # Migration 1 creates the table as it was first shipped; later migrations must ALTER explicitly
-    # rather than edit the Table above.
-    predictions.create(conn, checkfirst=True)
-
-
-# Ordered and append-only: (version, description, apply). Each runs once per database.
-MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
-    (1, "create predictions", _m1_predictions),
-]
-
-_PG_MIGRATION_LOCK = 0x706F6C79  # "poly": pg_advisory_xact_lock key serialising migrations
-
-
-@dataclass(frozen=True)
-class PredictionRecord:
-    id: str
-    ts: datetime
-    request_id: str
-    head: str
-    head_version: str
-    embedder_fingerprint: str
-    text: str | None
-    text_sha256: str
-    label: str
-    probability: float
-    top_k: list[dict[str, Any]]
-    latency_ms: float
-
-    @classmethod
-    def create(
-        cls,
-        *,
-        request_id: str,
-        head: str,
-        head_version: str,
-        embedder_fingerprint: str,
-        text: str,
-        label: str,
-        probability: float,
-        top_k: Iterable[Mapping[str, Any] | tuple[str, float]],
-        latency_ms: float,
-        redact: bool = False,
-    ) -> PredictionRecord:
-        """Fill id (uuid4 hex), ts (now, UTC) and the text hash; with ``redact`` keep only the hash."""
-        pairs = [(k["label"], k["probability"]) if isinstance(k, Mapping) else k for k in top_k]
-        return cls(
-            id=uuid.uuid4().hex,
-            ts=datetime.now(timezone.utc),
-            request_id=str(request_id),
-            head=head,
-            head_version=str(head_version),
-            embedder_fingerprint=embedder_fingerprint,
-            text=None if redact else text,
-            text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
-            label=str(label),
-            probability=float(probability),  # numpy scalars -> plain float (JSON, drivers)
-            top_k=[{"label": str(lab), "probability": float(p)} for lab, p in pairs],
-            latency_ms=float(latency_ms),
-        )
-
-    def to_json(self) -> str:
-        return json.dumps({**dataclasses.asdict(self), "ts": self.ts.isoformat()}, ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, line: str) -> PredictionRecord:
-        obj = json.loads(line)
-        obj["ts"] = datetime.fromisoformat(obj["ts"])
-        return cls(**obj)
 
 
 @dataclass(frozen=True)
@@ -152,67 +47,6 @@ class InferenceLogStats:
     spool_rows: int
     batches: int  # successful executemany inserts from the queue
     healthy: bool
-
-
-def make_engine(url: str) -> sa.Engine:
-    """An engine tuned to notice an outage quickly: pre-ping, 2 s connect timeout, TCP keepalives."""
-    u = sa.make_url(url)
-    backend = u.get_backend_name()
-    if backend == "sqlite":
-        args = {} if "timeout" in u.query else {"timeout": 5.0}  # busy timeout; URL ?timeout= wins
-        engine = sa.create_engine(u, pool_pre_ping=True, connect_args=args)
-
-        @sa.event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn, _record):  # noqa: ANN001
-            # Let SQLAlchemy emit BEGIN itself (below): pysqlite would otherwise autocommit DDL.
-            dbapi_conn.isolation_level = None
-            dbapi_conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-
-        @sa.event.listens_for(engine, "begin")
-        def _on_begin(conn: sa.Connection) -> None:
-            immediate = conn.get_execution_options().get("polyhead_immediate")
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-        return engine
-    if backend == "postgresql":
-        args = {"connect_timeout": 2, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
-                "keepalives_count": 2, "tcp_user_timeout": 5000}
-        return sa.create_engine(u, pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args=args)
-    raise ValueError(f"inference DB must be sqlite or postgresql, not {backend!r}")
-
-
-def migrate(engine: sa.Engine) -> list[int]:
-    """Apply the missing MIGRATIONS under a DB-wide lock; returns the versions applied now."""
-    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
-    applied: list[int] = []
-    with engine.connect() as conn:
-        conn.execution_options(polyhead_immediate=True)  # SQLite: take the write lock up front
-        with conn.begin():
-            if engine.dialect.name == "postgresql":
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
-            schema_version.create(conn, checkfirst=True)
-            done = set(conn.execute(sa.select(schema_version.c.version)).scalars())
-            for version, description, apply in MIGRATIONS:
-                if version not in done:
-                    apply(conn)
-                    conn.execute(schema_version.insert().values(
-                        version=version, description=description, applied_at=datetime.now(timezone.utc)))
-                    applied.append(version)
-    return applied
-
-
-def count_rows(url: str, *, heads: Iterable[str] | None = None) -> int:
-    """Rows in ``predictions`` (only those of ``heads`` when given)."""
-    engine = make_engine(url)
-    try:
-        query = sa.select(sa.func.count()).select_from(predictions)
-        if heads is not None:
-            query = query.where(predictions.c.head.in_(list(heads)))
-        with engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
-    finally:
-        engine.dispose()
 
 
 class _Marker:
@@ -266,7 +100,7 @@ class InferenceLog:
         if self._thread is not None:
             return
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.spool_dir / ".lock", "w")  # noqa: SIM115 - held until close()
+        self._lock_file = open(self.spool_dir / ".lock", "w")  # held until close()
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -294,7 +128,7 @@ class InferenceLog:
                 self._q.put_nowait(rec)
             except queue.Full:
                 self._spool([rec])
-        except Exception:  # noqa: BLE001 - logging must never fail a prediction
+        except Exception:  # logging must never fail a prediction
             self._dropped += 1
             log.exception("inference log: record dropped")
 
@@ -370,7 +204,7 @@ class InferenceLog:
                     self._write(batch)
                 if (self._spool_rows or not self._migrated) and time.monotonic() >= self._next_retry:
                     self._try_db(self._replay)  # also the retry loop while idle after an outage
-            except Exception:  # noqa: BLE001 - keep the writer alive whatever happens
+            except Exception:  # keep the writer alive whatever happens
                 log.exception("inference log: writer error")
             for m in markers:
                 m.done.set()
@@ -461,7 +295,7 @@ class InferenceLog:
                 self._spool_rows += len(records)
             SPOOLED.inc(len(records))
             SPOOL_ROWS.inc(len(records))
-        except Exception:  # noqa: BLE001 - disk full etc.: nothing left to try
+        except Exception:  # disk full etc.: nothing left to try
             self._dropped += len(records)
             log.exception("inference log: could not spool %d rows; they are lost", len(records))
 

@@ -1,0 +1,69 @@
+"""One logged prediction, as written to the database and to the spool (JSON lines)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    id: str
+    ts: datetime
+    request_id: str
+    head: str
+    head_version: str
+    embedder_fingerprint: str
+    text: str | None
+    text_sha256: str
+    label: str
+    probability: float
+    top_k: list[dict[str, Any]]
+    latency_ms: float
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        request_id: str,
+        head: str,
+        head_version: str,
+        embedder_fingerprint: str,
+        text: str,
+        label: str,
+        probability: float,
+        top_k: Iterable[Mapping[str, Any] | tuple[str, float]],
+        latency_ms: float,
+        redact: bool = False,
+    ) -> PredictionRecord:
+        """Fill id (uuid4 hex), ts (now, UTC) and the text hash; with ``redact`` keep only the hash."""
+        pairs = [(k["label"], k["probability"]) if isinstance(k, Mapping) else k for k in top_k]
+        return cls(
+            id=uuid.uuid4().hex,
+            ts=datetime.now(timezone.utc),
+            request_id=str(request_id),
+            head=head,
+            head_version=str(head_version),
+            embedder_fingerprint=embedder_fingerprint,
+            text=None if redact else text,
+            text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            label=str(label),
+            probability=float(probability),  # numpy scalars -> plain float (JSON, drivers)
+            top_k=[{"label": str(lab), "probability": float(p)} for lab, p in pairs],
+            latency_ms=float(latency_ms),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps({**dataclasses.asdict(self), "ts": self.ts.isoformat()}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, line: str) -> PredictionRecord:
+        obj = json.loads(line)
+        obj["ts"] = datetime.fromisoformat(obj["ts"])
+        return cls(**obj)

@@ -1,0 +1,118 @@
+"""The inference DB's tables, migrations and engines (SQLite or PostgreSQL, one code path).
+
+Schema: ``polyhead_schema_version`` plus ``MIGRATIONS`` (ordered, idempotent), applied under a
+lock (``pg_advisory_xact_lock`` / SQLite ``BEGIN IMMEDIATE``) so head processes may start together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "polyhead_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("description", sa.String(200), nullable=False),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # uuid4 hex: makes inserts/replays idempotent
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),  # UTC
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("head", sa.String(128), nullable=False),
+    sa.Column("head_version", sa.String(64), nullable=False),
+    sa.Column("embedder_fingerprint", sa.String(128), nullable=False),
+    sa.Column("text", sa.Text, nullable=True),  # NULL when redacted
+    sa.Column("text_sha256", sa.String(64), nullable=False),
+    sa.Column("label", sa.String(256), nullable=False),
+    sa.Column("probability", sa.Float, nullable=False),
+    sa.Column("top_k", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Index("ix_predictions_head_ts", "head", "ts"),
+    sa.Index("ix_predictions_request_id", "request_id"),
+)
+
+
+def _m1_predictions(conn: sa.Connection) -> None:
+    # Migration 1 creates the table as it was first shipped; later migrations must ALTER explicitly
+    # rather than edit the Table above.
+    predictions.create(conn, checkfirst=True)
+
+
+# Ordered and append-only: (version, description, apply). Each runs once per database.
+MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
+    (1, "create predictions", _m1_predictions),
+]
+
+_PG_MIGRATION_LOCK = 0x706F6C79  # "poly": pg_advisory_xact_lock key serialising migrations
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine tuned to notice an outage quickly: pre-ping, 2 s connect timeout, TCP keepalives."""
+    u = sa.make_url(url)
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        args = {} if "timeout" in u.query else {"timeout": 5.0}  # busy timeout; URL ?timeout= wins
+        engine = sa.create_engine(u, pool_pre_ping=True, connect_args=args)
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):
+            # Let SQLAlchemy emit BEGIN itself (below): pysqlite would otherwise autocommit DDL.
+            dbapi_conn.isolation_level = None
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn: sa.Connection) -> None:
+            immediate = conn.get_execution_options().get("polyhead_immediate")
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+    if backend == "postgresql":
+        args = {"connect_timeout": 2, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                "keepalives_count": 2, "tcp_user_timeout": 5000}
+        return sa.create_engine(u, pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args=args)
+    raise ValueError(f"inference DB must be sqlite or postgresql, not {backend!r}")
+
+
+def migrate(engine: sa.Engine) -> list[int]:
+    """Apply the missing MIGRATIONS under a DB-wide lock; returns the versions applied now."""
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+    applied: list[int] = []
+    with engine.connect() as conn:
+        conn.execution_options(polyhead_immediate=True)  # SQLite: take the write lock up front
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
+            schema_version.create(conn, checkfirst=True)
+            done = set(conn.execute(sa.select(schema_version.c.version)).scalars())
+            for version, description, apply in MIGRATIONS:
+                if version not in done:
+                    apply(conn)
+                    conn.execute(schema_version.insert().values(
+                        version=version, description=description, applied_at=datetime.now(timezone.utc)))
+                    applied.append(version)
+    return applied
+
+
+def count_rows(url: str, *, heads: Iterable[str] | None = None) -> int:
+    """Rows in ``predictions`` (only those of ``heads`` when given)."""
+    engine = make_engine(url)
+    try:
+        query = sa.select(sa.func.count()).select_from(predictions)
+        if heads is not None:
+            query = query.where(predictions.c.head.in_(list(heads)))
+        with engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+    finally:
+        engine.dispose()

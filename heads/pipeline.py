@@ -1,0 +1,55 @@
+"""One pipeline from texts to predictions: embed -> fingerprint check -> predict.
+
+Shared by the head service and `polyhead batch --direct`, so both refuse an artifact trained on
+another encoder in the same way and answer the same labels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from embedder.client import AsyncEmbedderClient
+from heads.api import Prediction
+from heads.servable import HeadServable
+from polyhead.errors import UnavailableError
+
+
+class FingerprintMismatch(UnavailableError):
+    """The embedder serves another encoder than the one the artifact was trained on."""
+
+
+@dataclass(frozen=True)
+class Classified:
+    servable: HeadServable  # the version that answered (pinned for the whole request)
+    fingerprint: str
+    vectors: np.ndarray
+    predictions: list[Prediction]
+    embed_s: float
+
+
+class HeadPipeline:
+    def __init__(self, name: str, current: Callable[[], HeadServable | None], client: AsyncEmbedderClient,
+                 unavailable_reason: Callable[[], str | None] = lambda: None):
+        self.name = name
+        self._current = current
+        self._reason = unavailable_reason
+        self.client = client
+
+    async def run(self, texts: list[str], request_id: str | None = None) -> Classified:
+        servable = self._current()  # pinned: a version switch mid-request does not affect it
+        if servable is None:
+            raise UnavailableError(f"head {self.name!r} has no loaded artifact: {self._reason()}", retry_after_s=5)
+        t0 = time.perf_counter()
+        embeddings = await self.client.embed(texts, request_id=request_id)
+        embed_s = time.perf_counter() - t0
+        if embeddings.fingerprint != servable.fingerprint:
+            raise FingerprintMismatch(
+                f"embedder fingerprint {embeddings.fingerprint} differs from the one version {servable.version} "
+                f"was trained on ({servable.fingerprint}); retrain the head or serve the matching encoder",
+                retry_after_s=30)
+        return Classified(servable, embeddings.fingerprint, embeddings.vectors,
+                          servable.predict(embeddings.vectors), embed_s)

@@ -1,0 +1,83 @@
+"""Training hyper-parameters: what a head config's `training:` section may set.
+
+Pydantic only (no numpy): head configs are validated by serving processes too, which must not
+import the optimiser.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_SEARCHABLE = {"hidden_units", "dropout", "input_dropout", "weight_decay", "lr", "label_smoothing", "batch_size",
+               "activation", "head_type", "linear_skip"}
+
+
+class TrainParams(BaseModel):
+    """Hyper-parameters; the defaults are meant to be used as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    head_type: Literal["mlp", "logreg"] = "mlp"
+    hidden_units: int = Field(128, ge=1, le=8192, description="per ensemble member")
+    linear_skip: bool = Field(False, description="mlp: add a linear path from the input to the logits")
+    activation: Literal["relu", "gelu"] = "relu"
+    lr: float | None = Field(None, gt=0, description="Adam step size; None: 3e-3 for mlp, 1e-2 for logreg")
+    epochs_max: int = Field(40, ge=1)
+    patience: int = Field(6, ge=1, description="epochs without a better val score before stopping")
+    lr_decay: float = Field(0.5, gt=0, le=1, description="multiply the learning rate by this on a val plateau")
+    lr_decay_patience: int = Field(2, ge=1, description="epochs without a better val score before decaying")
+    batch_size: int = Field(128, ge=1)
+    weight_decay: float = Field(1e-2, ge=0, description="decoupled (AdamW) weight decay on weight matrices")
+    dropout: float = Field(0.5, ge=0, lt=1, description="on the hidden layer")
+    input_dropout: float = Field(0.0, ge=0, lt=1, description="on the (scaled) embedding")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weighting: Literal["balanced", "none"] = "balanced"
+    prior_adjustment: float | Literal["auto"] = Field(
+        "auto", description="tau: tau * log(class prior) is added to the output logits of a class-weighted model "
+                            "(0 keeps the balanced decision rule, 1 restores the training prior); 'auto' picks "
+                            "tau from prior_adjustment_grid on the validation predictions, moving off 0 only for "
+                            "a clear gain. Ignored without class weighting.")
+    prior_adjustment_grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    prior_adjustment_min_gain: float = Field(
+        0.0025, ge=0, description="'auto' moves tau off 0 only if that raises the validation score this much")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="held out of train when there is no val split "
+                                                              "and cross-validation does not apply")
+    cv_folds: int = Field(5, ge=0, le=20, description="folds for model selection without a val split (0/1: off)")
+    cv_max_examples: int = Field(10_000, ge=0, description="cross-validate only up to this many training examples")
+    selection_metric: Literal["accuracy", "f1_weighted", "f1_macro"] = "accuracy"
+    refit: bool = Field(True, description="retrain the chosen settings on all the data (train + val)")
+    n_ensemble: int = Field(2, ge=1, le=16, description="members (different initialisations) averaged in "
+                                                         "probability in the final model")
+    input_scaling: Literal["center_scale", "standardize", "none"] = Field(
+        "center_scale", description="center_scale: subtract the mean, one global scale (keeps the embedding's "
+                                    "geometry); standardize: per-dimension z-scores")
+    blas_threads: int | None = Field(
+        1, ge=1, description="BLAS threads while training (needs threadpoolctl; None leaves BLAS alone). The "
+                             "matmuls are small: more threads gain little and crawl when cores are shared")
+    search_grid: dict[str, list[Any]] = Field(
+        default_factory=lambda: {"hidden_units": [128]},
+        description="grid (cartesian product) of overrides tried on the validation data; "
+                    "epochs come from early stopping",
+    )
+
+    @field_validator("search_grid")
+    @classmethod
+    def _known_keys(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        unknown = set(grid) - _SEARCHABLE
+        if unknown:
+            raise ValueError(f"search_grid keys {sorted(unknown)} are not searchable (one of {sorted(_SEARCHABLE)})")
+        if any(len(v) == 0 for v in grid.values()):
+            raise ValueError("search_grid lists must not be empty")
+        return grid
+
+    def candidates(self) -> list[dict[str, Any]]:
+        keys = sorted(self.search_grid)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.search_grid[k] for k in keys))]
+
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 3e-3 if self.head_type == "mlp" else 1e-2
