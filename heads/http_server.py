@@ -1,4 +1,4 @@
-"""HTTP front end of a head (FastAPI): /predict, /healthz, /readyz, /info, /metrics, /admin."""
+"""HTTP front end of a head (FastAPI): per-head /predict, /readyz, /info, /admin/reload; /healthz, /metrics."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
@@ -26,6 +26,58 @@ log = logging.getLogger("polyhead.head.http")
 
 class ReloadRequest(BaseModel):
     version: str = Field("latest", description="A version id to pin, or 'latest' to follow new trainings")
+
+
+def head_router(service: HeadService) -> APIRouter:
+    """One head's endpoints (/predict, /readyz, /info, /admin/reload): an app mounts one router
+    per head it serves, so every per-head endpoint is declared here once."""
+    config = service.config
+    router = APIRouter()
+
+    @router.post("/predict", response_model=PredictResponse, responses={**ERROR_RESPONSES, 404: {"description": "no artifact"}})
+    async def predict(body: PredictRequest, request: Request):
+        rid = request_id_of(request)
+        with metrics.LATENCY.labels(config.name).time():
+            try:
+                result = await service.predict(body.all_texts(), batch=body.batch, request_id=rid)
+            except PolyheadError as err:
+                metrics.REQUESTS.labels(config.name, str(int(err.http_status))).inc()
+                raise
+        metrics.REQUESTS.labels(config.name, "200").inc()
+        # JSONResponse directly: the model above documents the shape; re-validating our own dict
+        # on every request costs more than the classifier itself.
+        return JSONResponse(encode_predict_response(result), headers={REQUEST_ID_HEADER: rid})
+
+    @router.get("/readyz", responses={503: {"description": "not ready; body says why"}})
+    async def readyz():
+        state = await service.readiness()
+        return JSONResponse({"ready": state.ready, "checks": state.checks}, status_code=200 if state.ready else 503)
+
+    @router.get("/info")
+    async def info():
+        servable = service.manager.current
+        state = await service.readiness()
+        art = servable.artifact if servable else None
+        return {
+            "name": config.name, "description": config.description,
+            "version": art.version if art else None, "version_spec": service.manager.version_spec,
+            "labels": list(art.model.labels) if art else [],
+            "metrics": art.metrics.get("test", {}) if art else {},
+            "embedder_fingerprint": art.embedder_fingerprint if art else None,
+            "ready": state.ready, "checks": state.checks,
+            "serving": config.serving.model_dump(), "server_version": __version__,
+        }
+
+    @router.post("/admin/reload", responses={404: {"description": "unknown version"}})
+    async def reload(body: ReloadRequest):
+        """Switch the served version without a restart (rollback, upgrade, or back to `latest`)."""
+        try:
+            servable = await asyncio.to_thread(service.manager.switch, body.version)
+        except RuntimeError as exc:
+            raise ValidationError(f"version: {exc}", field="version") from None
+        return {"head": config.name, "version": servable.version, "version_spec": service.manager.version_spec}
+
+    return router
 
 
 def create_app(settings: HeadSettings) -> FastAPI:
@@ -50,57 +102,15 @@ def create_app(settings: HeadSettings) -> FastAPI:
                   lifespan=lifespan)
     app.state.service = service
     install_error_handlers(app)
-
-    @app.post("/predict", response_model=PredictResponse, responses={**ERROR_RESPONSES, 404: {"description": "no artifact"}})
-    async def predict(body: PredictRequest, request: Request):
-        rid = request_id_of(request)
-        with metrics.LATENCY.labels(config.name).time():
-            try:
-                result = await service.predict(body.all_texts(), batch=body.batch, request_id=rid)
-            except PolyheadError as err:
-                metrics.REQUESTS.labels(config.name, str(int(err.http_status))).inc()
-                raise
-        metrics.REQUESTS.labels(config.name, "200").inc()
-        # JSONResponse directly: the model above documents the shape; re-validating our own dict
-        # on every request costs more than the classifier itself.
-        return JSONResponse(encode_predict_response(result), headers={REQUEST_ID_HEADER: rid})
+    app.include_router(head_router(service))
 
     @app.get("/healthz")
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"description": "not ready; body says why"}})
-    async def readyz():
-        state = await service.readiness()
-        return JSONResponse({"ready": state.ready, "checks": state.checks}, status_code=200 if state.ready else 503)
-
-    @app.get("/info")
-    async def info():
-        servable = service.manager.current
-        state = await service.readiness()
-        art = servable.artifact if servable else None
-        return {
-            "name": config.name, "description": config.description,
-            "version": art.version if art else None, "version_spec": service.manager.version_spec,
-            "labels": list(art.model.labels) if art else [],
-            "metrics": art.metrics.get("test", {}) if art else {},
-            "embedder_fingerprint": art.embedder_fingerprint if art else None,
-            "ready": state.ready, "checks": state.checks,
-            "serving": config.serving.model_dump(), "server_version": __version__,
-        }
-
     @app.get("/metrics")
     async def prometheus_metrics():
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    @app.post("/admin/reload", responses={404: {"description": "unknown version"}})
-    async def reload(body: ReloadRequest):
-        """Switch the served version without a restart (rollback, upgrade, or back to `latest`)."""
-        try:
-            servable = await asyncio.to_thread(service.manager.switch, body.version)
-        except RuntimeError as exc:
-            raise ValidationError(f"version: {exc}", field="version") from None
-        return {"head": config.name, "version": servable.version, "version_spec": service.manager.version_spec}
 
     return app
 
