@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from embedder import metrics
 from embedder.core import EmbeddingService, EmbedOutcome
-from embedder.servable import TextEmbeddingServable
+from embedder.servable import TextEmbeddingServable, make_servable
 from embedder.settings import EmbedderSettings
 from embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from polyhead import __version__
@@ -131,7 +131,7 @@ class EmbedderServer:
     def __init__(self, settings: EmbedderSettings, servable: TextEmbeddingServable | None = None):
         self.settings = settings
         # A servable may be passed in already loaded (tests share one model across servers).
-        self.servable = servable or TextEmbeddingServable(settings)
+        self.servable = servable or make_servable(settings)
         self.service = EmbeddingService(settings, self.servable)
         self.servicer = EmbedderServicer(self.service)
         self.health = health.aio.HealthServicer()

@@ -111,6 +111,15 @@ class TextEmbeddingServable:
         return EmbedBatchResult(np.ascontiguousarray(vectors, dtype=np.float32), truncated, token_counts)
 
 
+def make_servable(settings: EmbedderSettings):
+    """The servable `model_handle` names: a TF-Hub module, or `fake://` (tests and development only)."""
+    from embedder.fake import FakeEmbeddingServable, is_fake_handle
+
+    if is_fake_handle(settings.model_handle):
+        return FakeEmbeddingServable.from_settings(settings)
+    return TextEmbeddingServable(settings)
+
+
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 
 

@@ -16,8 +16,9 @@ class EmbedderSettings(ServiceSettings):
     section = "embedder"
     model_config = SettingsConfigDict(env_prefix="POLYHEAD_EMBEDDER_", extra="forbid")
 
-    # The servable: a TF-Hub handle (URL or local directory).
-    model_handle: str = Field(str(DEFAULT_MODEL_DIR), description="TF-Hub handle: URL or local SavedModel directory")
+    # The servable: a TF-Hub handle (URL or local directory), or fake:// (embedder/fake.py).
+    model_handle: str = Field(str(DEFAULT_MODEL_DIR), description="TF-Hub handle: URL or local SavedModel directory; "
+                              "fake:// serves a deterministic fake model (tests and development only)")
     model_name: str = Field("all-MiniLM-L6-v2", description="Name reported to callers")
     export_if_missing: bool = Field(True, description="Export the bundled MiniLM when model_handle is a missing local dir")
     max_seq_length: int = Field(128, ge=8, le=512, description="Used when exporting the bundled model")

@@ -1,0 +1,112 @@
+"""A deterministic fake embedding servable, for tests and development only (as Infinity's dummy model).
+
+Same hooks as `TextEmbeddingServable` (load, warmup, embed -> EmbedBatchResult, name, fingerprint,
+dim, max_seq_length, loaded), no TensorFlow. A text's vector is the L2-normalised sum of one fixed
+pseudo-random unit vector per word (a random projection of its bag of words): texts sharing words
+are near, so a classifier head trained on fake vectors really learns something, while the whole
+stack (embedder core, gRPC, heads, gateway) runs in one process in milliseconds.
+
+The vectors mean nothing beyond shared words. The fingerprint ("fake:...") can never equal a real
+SavedModel's ("sha256:..."), so a head trained on fake vectors refuses to serve on the real model.
+Select it with `model_handle: "fake://"` (optionally `fake://?dim=64&seed=1`); the embedder then
+logs a warning at start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+
+from embedder.servable import EmbedBatchResult
+from embedder.settings import EmbedderSettings
+
+log = logging.getLogger("polyhead.embedder.fake")
+
+FAKE_SCHEME = "fake"
+ALGORITHM = "hashed-words-v1"  # change it when the vectors change: it is part of the fingerprint
+WORD = re.compile(r"\w+")
+
+
+def is_fake_handle(handle: str) -> bool:
+    return handle.startswith(f"{FAKE_SCHEME}://")
+
+
+class FakeEmbeddingServable:
+    def __init__(self, dim: int = 384, max_seq_length: int = 128, seed: int = 0, name: str = "fake-hashed-words"):
+        if dim < 1 or max_seq_length < 1:
+            raise ValueError(f"dim and max_seq_length must be >= 1, got {dim} and {max_seq_length}")
+        self.handle = f"{FAKE_SCHEME}://?dim={dim}&seed={seed}"
+        self.name = name
+        self.seed = seed
+        self._dim = dim
+        self._max_seq_length = max_seq_length
+        self.fingerprint = ""
+        self.dim = 0
+        self.max_seq_length = 0
+        self._words: dict[str, np.ndarray] = {}
+        # What the model was asked to embed (tests assert the cache and in-flight dedup with it).
+        self.texts_embedded = 0
+        self.batches_embedded = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: EmbedderSettings) -> FakeEmbeddingServable:
+        """`model_handle: "fake://?dim=384&seed=0"`; max_seq_length comes from the settings."""
+        query = parse_qs(urlsplit(settings.model_handle).query)
+        try:
+            dim = int(query.get("dim", ["384"])[0])
+            seed = int(query.get("seed", ["0"])[0])
+        except ValueError:
+            raise ValueError(f"model_handle: expected fake://?dim=<int>&seed=<int>, got {settings.model_handle!r}") from None
+        return cls(dim=dim, max_seq_length=settings.max_seq_length, seed=seed)
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self.fingerprint)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def load(self) -> None:
+        identity = f"{ALGORITHM}:dim={self._dim}:seed={self.seed}:max_seq_length={self._max_seq_length}"
+        self.fingerprint = "fake:" + hashlib.sha256(identity.encode()).hexdigest()[:16]
+        self.dim, self.max_seq_length = self._dim, self._max_seq_length
+        log.warning("serving a FAKE embedding model (hashed words): for tests and development only; its vectors "
+                    "are not sentence embeddings and heads trained on them refuse the real model",
+                    extra={"handle": self.handle, "fingerprint": self.fingerprint, "dim": self.dim})
+
+    def warmup(self) -> None:
+        """Nothing to trace: the first call costs what every call costs."""
+
+    # -- inference -------------------------------------------------------------------------------
+    def embed(self, texts: list[str]) -> EmbedBatchResult:
+        vectors = np.zeros((len(texts), self._dim), dtype=np.float32)
+        truncated = np.zeros(len(texts), dtype=bool)
+        token_counts = np.zeros(len(texts), dtype=np.int64)
+        for i, text in enumerate(texts):
+            # A text without word characters ("!!!") is one token of itself, so it still gets a vector.
+            words = WORD.findall(text.lower()) or [text]
+            truncated[i] = len(words) > self._max_seq_length
+            words = words[:self._max_seq_length]
+            token_counts[i] = len(words)
+            for word in words:
+                vectors[i] += self._word_vector(word)
+            vectors[i] /= max(float(np.linalg.norm(vectors[i])), 1e-12)
+        with self._lock:
+            self.texts_embedded += len(texts)
+            self.batches_embedded += 1
+        return EmbedBatchResult(vectors, truncated, token_counts)
+
+    def _word_vector(self, word: str) -> np.ndarray:
+        vector = self._words.get(word)
+        if vector is None:
+            # blake2b, not hash(): Python's string hash changes with every process.
+            digest = hashlib.blake2b(word.encode(), digest_size=8, key=str(self.seed).encode()).digest()
+            vector = np.random.default_rng(int.from_bytes(digest, "little")).standard_normal(self._dim)
+            vector = (vector / np.linalg.norm(vector)).astype(np.float32)
+            if len(self._words) < 100_000:  # a bounded memo, not a second cache to tune
+                self._words[word] = vector
+        return vector
