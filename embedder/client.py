@@ -73,11 +73,10 @@ def decode(response: embedder_pb2.EmbedResponse) -> Embeddings:
 def to_polyhead_error(exc: grpc.RpcError) -> PolyheadError:
     code = exc.code()
     error_type = _ERRORS.get(code, PolyheadError)
-    retry_after = None
-    for key, value in exc.trailing_metadata() or ():
-        if key == "retry-after":
-            retry_after = float(value)
-    err = error_type(f"embedder: {exc.details()}", retry_after_s=retry_after or (1.0 if code in _RETRYABLE else None))
+    trailers = dict(exc.trailing_metadata() or ())
+    retry_after = float(trailers["retry-after"]) if "retry-after" in trailers else None
+    err = error_type(f"embedder: {exc.details()}", field=trailers.get("field"),
+                     retry_after_s=retry_after or (1.0 if code in _RETRYABLE else None))
     return err
 
 

@@ -54,7 +54,9 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         metrics.REQUEST_LATENCY.labels(method).observe(time.perf_counter() - started)
         log.info("request failed", extra={"method": method, "code": code.name, "error": err.message,
                                           "request_id": request_id(context)})
-        metadata = (("retry-after", str(err.retry_after_s)),) if err.retry_after_s else None
+        # The field and the retry hint travel as trailing metadata: clients rebuild the same error.
+        metadata = ((("retry-after", str(err.retry_after_s)),) if err.retry_after_s else ()) + \
+            ((("field", err.field),) if err.field else ())
         if metadata:
             context.set_trailing_metadata(metadata)
         await context.abort(code, err.message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from contextlib import asynccontextmanager
 from typing import Literal
@@ -99,6 +100,13 @@ class EmbeddingsResponse(BaseModel):
     usage: Usage
 
 
+def _rename_texts_field(err: PolyheadError) -> None:
+    """The embedder calls the field `texts`; an OpenAI caller sent `input`."""
+    err.message = re.sub(r"\btexts\b", "input", err.message)
+    if err.field:
+        err.field = re.sub(r"^texts\b", "input", err.field)
+
+
 def create_app(settings: GatewaySettings) -> FastAPI:
     service = GatewayService(settings)
     auth = Authenticator(settings)
@@ -162,7 +170,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         try:
             result = await service.embeddings(inputs, body.model, body.encoding_format, body.dimensions, rid)
         except PolyheadError as err:
-            err.message = err.message.replace("texts[", "input[")  # the embedder's name for the field
+            _rename_texts_field(err)
             observe("embeddings", "-", int(err.http_status), started)
             raise
         observe("embeddings", "-", 200, started)

