@@ -6,7 +6,6 @@ import base64
 import uuid
 
 import numpy as np
-import pytest
 import sqlalchemy as sa
 
 from heads.inference_log.schema import make_engine, predictions
