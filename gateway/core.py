@@ -103,7 +103,8 @@ class GatewayService:
         return {**entry, "version": info.get("version"), "labels": info.get("labels", []),
                 "metrics": {k: metrics_.get(k) for k in ("accuracy", "f1_weighted", "f1_macro") if k in metrics_},
                 "ready": bool(info.get("ready")), "checks": info.get("checks", {}),
-                "embedder_fingerprint": info.get("embedder_fingerprint")}
+                "embedder_fingerprint": info.get("embedder_fingerprint"),
+                "drift": _drift_summary(info.get("drift"))}
 
     async def list_models(self, request_id: str = "") -> list[dict]:
         names = sorted(self.routing.routes)
@@ -128,6 +129,14 @@ class GatewayService:
         tokens = sum(out.token_counts)
         return {"object": "list", "data": data, "model": out.model,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def _drift_summary(drift) -> dict | None:
+    """The head's drift flag and scores (None from heads without drift monitoring)."""
+    if not isinstance(drift, dict):
+        return None
+    return {"flagged": bool(drift.get("flagged")), "scores": drift.get("scores") or {},
+            "available": bool(drift.get("available", True))}
 
 
 def _check_embedding_request(info, model: str, dimensions: int | None) -> None:

@@ -44,6 +44,12 @@ def _errors(*codes: int) -> dict:
     return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}
 
 
+class DriftSummary(BaseModel):
+    flagged: bool
+    scores: dict[str, float | None] = {}
+    available: bool = True
+
+
 class ModelInfo(BaseModel):
     name: str
     description: str = ""
@@ -54,6 +60,8 @@ class ModelInfo(BaseModel):
     checks: dict = {}
     embedder_fingerprint: str | None = None
     error: str | None = None
+    drift: DriftSummary | None = Field(None, description="The head's drift flag and scores (GET <head>/drift has the "
+                                                         "details); null when the head does not report drift")
 
 
 class ModelList(BaseModel):

@@ -4,6 +4,10 @@ A version is the UTC date-time of training (sortable). Each version directory ho
 weights.npz (HeadModel), labels.json, metrics.json, config.yaml (snapshot), manifest.json
 (training-data hash, embedder fingerprint, code version). The `latest` file names the newest
 version and is replaced atomically, so a head polling it never reads half a pointer.
+
+manifest.json carries `format_version` (ARTIFACT_FORMAT_VERSION). 1 (no field): the files above.
+2: adds drift.npz, the training-side drift reference (heads.drift.DriftReference), described by
+manifest["drift"]. Older versions load as they are (no drift reference); newer ones are refused.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from heads.drift import DRIFT_FILE, DriftReference
 from heads.model import HeadModel
 from polyhead.errors import NotFoundError
 
 VERSION_RE = re.compile(r"^\d{8}T\d{6}(\d{6})?Z$")
 LATEST = "latest"
+ARTIFACT_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,11 @@ class HeadArtifact:
     model: HeadModel
     manifest: dict
     metrics: dict
+    drift: DriftReference | None = None  # None for artifacts written before format 2
+
+    @property
+    def format_version(self) -> int:
+        return int(self.manifest.get("format_version", 1))
 
     @property
     def embedder_fingerprint(self) -> str:
@@ -72,11 +83,16 @@ def load_artifact(models_dir: Path, name: str, spec: str = LATEST) -> HeadArtifa
     path = Path(models_dir) / name / version
     manifest = json.loads((path / "manifest.json").read_text())
     metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
-    return HeadArtifact(name, version, path, HeadModel.load(path / "weights.npz"), manifest, metrics)
+    if int(manifest.get("format_version", 1)) > ARTIFACT_FORMAT_VERSION:
+        raise ValueError(f"{path}: artifact format {manifest['format_version']} is newer than this reader "
+                         f"({ARTIFACT_FORMAT_VERSION}); upgrade polyhead to serve it")
+    drift = DriftReference.load(path / manifest["drift"]["file"]) if manifest.get("drift") else None
+    return HeadArtifact(name, version, path, HeadModel.load(path / "weights.npz"), manifest, metrics, drift)
 
 
 def write_artifact(models_dir: Path, name: str, version: str, model: HeadModel, *, manifest: dict,
-                   metrics: dict, config_yaml: str, set_latest: bool = True) -> Path:
+                   metrics: dict, config_yaml: str, set_latest: bool = True,
+                   drift: DriftReference | None = None) -> Path:
     """Write into a hidden staging dir, then rename: a half-written version is never visible."""
     root = Path(models_dir) / name
     root.mkdir(parents=True, exist_ok=True)
@@ -85,7 +101,11 @@ def write_artifact(models_dir: Path, name: str, version: str, model: HeadModel, 
     (staging / "labels.json").write_text(json.dumps(list(model.labels), ensure_ascii=False, indent=1))
     (staging / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1))
     (staging / "config.yaml").write_text(config_yaml)
-    (staging / "manifest.json").write_text(json.dumps({"name": name, "version": version, **manifest}, indent=1))
+    manifest = {"name": name, "version": version, "format_version": ARTIFACT_FORMAT_VERSION, **manifest}
+    if drift is not None:
+        drift.save(staging / DRIFT_FILE)
+        manifest["drift"] = {"file": DRIFT_FILE, **drift.meta}
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
     final = root / version
     os.replace(staging, final)
     if set_latest:

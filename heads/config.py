@@ -53,6 +53,25 @@ class ServingConfig(BaseModel):
     timeout_s: float | None = Field(None, gt=0, description="gateway -> head timeout for this model; default the gateway's")
 
 
+class DriftConfig(BaseModel):
+    """Drift thresholds of a head (heads.drift): crossing one logs a warning and flags the head."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="keep a drift window (needs an artifact trained with drift stats)")
+    window: int = Field(1000, ge=10, le=1_000_000, description="texts in the rolling window")
+    min_window: int = Field(200, ge=1, description="texts needed before the head can be flagged")
+    label_shift_js: float = Field(0.3, gt=0, le=1, description="flag above this Jensen-Shannon distance (base 2) "
+                                                               "between predicted labels and the training prior")
+    confidence_shift: float = Field(0.15, gt=0, le=1, description="flag when the mean top probability moves "
+                                                                  "further than this from the held-out mean")
+    ood_rate: float = Field(0.25, gt=0, le=1, description="flag above this share of texts far from every "
+                                                          "training centroid")
+    ood_percentile: float = Field(1.0, ge=0, le=100, description="a text is out of distribution below this "
+                                                                 "percentile of the training texts' similarity "
+                                                                 "to their nearest centroid")
+
+
 class HeadConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -61,6 +80,7 @@ class HeadConfig(BaseModel):
     dataset: DatasetConfig
     training: TrainParams = Field(default_factory=TrainParams)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     seed: int = 0
     kind: Literal["demo", "shared"] = Field("demo", description="shared = data in ../shared/datasets, not shipped")
 

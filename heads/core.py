@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -11,12 +12,15 @@ from embedder.client import AsyncEmbedderClient, RetryPolicy
 from heads import metrics
 from heads.api import PredictResult
 from heads.config import HeadConfig
+from heads.drift import SCORE_NAMES, DriftMonitor, DriftThresholds
 from heads.inference_log.records import PredictionRecord
 from heads.inference_log.writer import InferenceLog
 from heads.pipeline import FingerprintMismatch, HeadPipeline
 from heads.servable import ServableManager
 from heads.settings import HeadSettings
 from polyhead.errors import PolyheadError, ValidationError
+
+log = logging.getLogger("polyhead.head.core")
 
 
 @dataclass
@@ -36,6 +40,10 @@ class HeadService:
         self.client: AsyncEmbedderClient | None = None
         self.pipeline: HeadPipeline | None = None
         self._readiness = Readiness(False)
+        d = config.drift
+        self.drift = DriftMonitor(self.name, DriftThresholds(d.label_shift_js, d.confidence_shift, d.ood_rate, d.window,
+                                                             d.min_window, d.ood_percentile), self._drift_changed)
+        self._drift_gauges = {n: metrics.DRIFT_SCORE.labels(self.name, n) for n in SCORE_NAMES}
 
     async def start(self) -> None:
         # Created inside the serving event loop (grpc.aio channels belong to one loop). Few, fast
@@ -74,6 +82,8 @@ class HeadService:
         metrics.EMBED_LATENCY.labels(self.name).observe(done.embed_s)
         latency_ms = (time.perf_counter() - started) * 1000
         version = done.servable.version
+        if self.config.drift.enabled:
+            self._observe_drift(done)
         for text, p in zip(texts, done.predictions):
             metrics.PREDICTIONS.labels(self.name, p.label).inc()
             if p.abstained:
@@ -85,6 +95,40 @@ class HeadService:
                     probability=p.probability, top_k=p.top_k, latency_ms=latency_ms,
                     redact=self.config.serving.redact_text))
         return PredictResult(self.name, version, done.fingerprint, request_id, latency_ms, done.predictions)
+
+    # -- drift (heads.drift): the window sees every answered text, from the vectors already at hand --
+    def _observe_drift(self, done) -> None:
+        artifact = done.servable.artifact
+        # the top label, not the abstain label: the prior it is compared with has no abstentions
+        if not self.drift.observe(done.servable.version, artifact.drift, done.vectors,
+                                  [p.top_k[0]["label"] for p in done.predictions],
+                                  [p.probability for p in done.predictions]):
+            return  # not rescored this time (once per 1 % of the window)
+        metrics.DRIFT_WINDOW.labels(self.name).set(self.drift.window_count)
+        for name, gauge in self._drift_gauges.items():
+            value = self.drift.scores[name]
+            gauge.set(float("nan") if value is None else value)
+
+    def _drift_changed(self, flagged: bool, reasons: list[str], scores: dict) -> None:
+        metrics.DRIFT_FLAGGED.labels(self.name).set(1 if flagged else 0)
+        if flagged:
+            log.warning("drift: head flagged", extra={"head": self.name, "reasons": reasons, "scores": scores})
+        else:
+            log.info("drift: flag cleared", extra={"head": self.name, "scores": scores})
+
+    def _served_drift(self):
+        servable = self.manager.current
+        if servable is None:
+            return None, None
+        return servable.version, servable.artifact.drift if self.config.drift.enabled else None
+
+    def drift_summary(self) -> dict:
+        """{"flagged", "scores", "available"} for /info (and so the gateway's /v1/models)."""
+        return self.drift.summary(*self._served_drift())
+
+    def drift_report(self) -> dict:
+        """The body of GET /drift."""
+        return self.drift.report(*self._served_drift())
 
     async def readiness(self) -> Readiness:
         """Artifact loaded, embedder reachable, fingerprints match; cached for readiness_ttl_s."""

@@ -1,4 +1,4 @@
-"""HTTP front end of a head (FastAPI): per-head /predict, /readyz, /info, /admin/reload; /healthz, /metrics."""
+"""HTTP front end of a head (FastAPI): per-head /predict, /readyz, /info, /drift, /admin/reload; /healthz, /metrics."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class ReloadRequest(BaseModel):
 
 
 def head_router(service: HeadService) -> APIRouter:
-    """One head's endpoints (/predict, /readyz, /info, /admin/reload): an app mounts one router
+    """One head's endpoints (/predict, /readyz, /info, /drift, /admin/reload): an app mounts one router
     per head it serves, so every per-head endpoint is declared here once."""
     config = service.config
     router = APIRouter()
@@ -66,7 +66,13 @@ def head_router(service: HeadService) -> APIRouter:
             "embedder_fingerprint": art.embedder_fingerprint if art else None,
             "ready": state.ready, "checks": state.checks,
             "serving": config.serving.model_dump(), "server_version": __version__,
+            "drift": service.drift_summary(),
         }
+
+    @router.get("/drift")
+    async def drift():
+        """Drift scores of the rolling window against the served version's training data."""
+        return service.drift_report()
 
     @router.post("/admin/reload", responses={404: {"description": "unknown version"}})
     async def reload(body: ReloadRequest):

@@ -11,3 +11,7 @@ PREDICTIONS = Counter("polyhead_head_predictions_total", "Texts classified", ["h
 ABSTAINED = Counter("polyhead_head_abstained_total", "Predictions below the confidence threshold", ["head"])
 VERSION = Gauge("polyhead_head_serving_version_info", "Version being served (value 1)", ["head", "version"])
 READY = Gauge("polyhead_head_ready", "1 when ready", ["head"])
+DRIFT_SCORE = Gauge("polyhead_head_drift_score", "Drift score of the rolling window against the training data "
+                    "(label_shift_js, confidence_shift, ood_rate; see GET /drift)", ["head", "score"])
+DRIFT_FLAGGED = Gauge("polyhead_head_drift_flagged", "1 when a drift score crosses its threshold", ["head"])
+DRIFT_WINDOW = Gauge("polyhead_head_drift_window_texts", "Texts in the drift window", ["head"])

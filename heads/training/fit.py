@@ -67,6 +67,10 @@ class TrainResult:
     n_train: int = 0
     n_val: int = 0  # examples scored for selection (out-of-fold predictions under cross-validation)
     val_source: str = ""  # "given", "cv", "split" or "none"
+    # [n_val, C] held-out probabilities of the chosen candidate at its best epoch, prior adjustment
+    # applied: on the given val split, the out-of-fold predictions (cv) or the held-out split. The
+    # final (refit) model never trained without these texts, so this is its honest confidence.
+    val_proba: np.ndarray | None = None
 
 
 # -- data helpers ----------------------------------------------------------------------------------
@@ -555,7 +559,18 @@ def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progr
     return TrainResult(model=model, params=final, chosen={**chosen, "epochs": best_epochs, "prior_adjustment": tau},
                        val_score=val_score, val_metric=p.selection_metric, train_time_s=time.perf_counter() - started,
                        search=search, n_train=len(X_train),
-                       n_val=len(y_sel) if val_source != "none" else 0, val_source=val_source)
+                       n_val=len(y_sel) if val_source != "none" else 0, val_source=val_source,
+                       val_proba=_adjusted(best_fit.val_proba, tau * log_prior_fit))
+
+
+def _adjusted(proba: np.ndarray | None, shift: np.ndarray) -> np.ndarray | None:
+    """Probabilities with `shift` added to their logits (the prior adjustment the final model gets)."""
+    if proba is None or not np.any(shift):
+        return proba
+    logits = np.log(np.maximum(proba, 1e-30)) + shift
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _tagged(progress: Progress | None, stage: str, i: int, n: int, overrides: dict[str, Any]) -> Progress | None:

@@ -20,6 +20,7 @@ import yaml
 
 from heads.artifacts import write_artifact
 from heads.config import HeadConfig
+from heads.training.drift import build_reference
 from heads.training.evaluation import evaluate
 from heads.training.fit import train_head
 from polyhead import __version__
@@ -144,7 +145,13 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
         "labels": list(result.model.labels),
         "params": result.params.model_dump(),
     }
+    # Drift reference: the texts the final model was fitted on (train + val when given); the
+    # confidence of held-out predictions only (result.val_proba: the val split, out-of-fold under
+    # cross-validation, or the held-out part of train), never the test split.
+    fitted_on = [embedded["train"]] + ([embedded["val"]] if val else [])
+    drift = build_reference(np.concatenate(fitted_on), splits["train"].labels + (val.labels if val else []),
+                            result.model.labels, result.val_proba, confidence_source=result.val_source)
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     path = write_artifact(models_dir, config.name, version, result.model, manifest=manifest, metrics=metrics,
-                          config_yaml=config_yaml)
+                          config_yaml=config_yaml, drift=drift)
     return TrainReport(config.name, version, path, metrics, result.train_time_s, embed_time)
