@@ -228,9 +228,12 @@ class DriftMonitor:
             if self._reference is None or not labels:
                 return False
             idx = np.fromiter((self._label_index.get(label, -1) for label in labels), np.int64, len(labels))
-            known = idx >= 0  # labels outside the reference cannot be (the same artifact), but be safe
-            sims = nearest_centroid_similarity(vectors, self._reference.centroids)
-            self._window.add(idx[known], np.asarray(confidence, np.float64)[known], (sims < self._ood_threshold)[known])
+            conf = np.asarray(confidence, np.float64)
+            ood = nearest_centroid_similarity(vectors, self._reference.centroids) < self._ood_threshold
+            if idx.min() < 0:  # a label outside the reference cannot come from the same artifact; be safe
+                known = idx >= 0
+                idx, conf, ood = idx[known], conf[known], ood[known]
+            self._window.add(idx, conf, ood)
             self._pending += len(labels)
             if self._pending < self._score_every:
                 return False

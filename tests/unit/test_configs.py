@@ -143,12 +143,13 @@ def test_no_large_files_under_configs():
 
 def test_readme_documents_every_field():
     """configs/README.md lists every config field; a field added to the schema needs a line there."""
-    from heads.config import DatasetConfig, ServingConfig
+    from heads.config import DatasetConfig, DriftConfig, ServingConfig
     from heads.training.params import TrainParams
 
     readme = (CONFIGS / "README.md").read_text(encoding="utf-8")
-    fields = [f for f in HeadConfig.model_fields if f not in ("dataset", "training", "serving", "source")]
-    fields += [f"{prefix}.{f}" for prefix, model in (("dataset", DatasetConfig), ("training", TrainParams),
-                                                   ("serving", ServingConfig)) for f in model.model_fields]
+    sections = (("dataset", DatasetConfig), ("training", TrainParams), ("serving", ServingConfig),
+                ("drift", DriftConfig))
+    fields = [f for f in HeadConfig.model_fields if f not in {"source", *(name for name, _ in sections)}]
+    fields += [f"{prefix}.{f}" for prefix, model in sections for f in model.model_fields]
     missing = [f for f in fields if f"`{f}`" not in readme]
     assert not missing, f"configs/README.md does not document {missing}"
