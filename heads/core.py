@@ -44,6 +44,7 @@ class HeadService:
         self.drift = DriftMonitor(self.name, DriftThresholds(d.label_shift_js, d.confidence_shift, d.ood_rate, d.window,
                                                              d.min_window, d.ood_percentile), self._drift_changed)
         self._drift_gauges = {n: metrics.DRIFT_SCORE.labels(self.name, n) for n in SCORE_NAMES}
+        metrics.DRIFT_FLAGGED.labels(self.name).set(0)
 
     async def start(self) -> None:
         # Created inside the serving event loop (grpc.aio channels belong to one loop). Few, fast
@@ -103,7 +104,7 @@ class HeadService:
         if not self.drift.observe(done.servable.version, artifact.drift, done.vectors,
                                   [p.top_k[0]["label"] for p in done.predictions],
                                   [p.probability for p in done.predictions]):
-            return  # not rescored this time (once per 1 % of the window)
+            return  # scores unchanged (rescored once per 1 % of the window)
         metrics.DRIFT_WINDOW.labels(self.name).set(self.drift.window_count)
         for name, gauge in self._drift_gauges.items():
             value = self.drift.scores[name]

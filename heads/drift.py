@@ -221,12 +221,13 @@ class DriftMonitor:
     def observe(self, version: str, reference: DriftReference | None, vectors: np.ndarray,
                 labels: list[str], confidence: list[float]) -> bool:
         """Add one request's texts: predicted (top, not abstain) labels, top probabilities, vectors.
-        True when the scores were recomputed."""
+        True when the scores changed (recomputed, or reset by a new version)."""
         with self._lock:
-            if version != self._version:
+            restarted = version != self._version
+            if restarted:
                 self._restart(version, reference)
             if self._reference is None or not labels:
-                return False
+                return restarted
             idx = np.fromiter((self._label_index.get(label, -1) for label in labels), np.int64, len(labels))
             conf = np.asarray(confidence, np.float64)
             ood = nearest_centroid_similarity(vectors, self._reference.centroids) < self._ood_threshold
@@ -236,7 +237,7 @@ class DriftMonitor:
             self._window.add(idx, conf, ood)
             self._pending += len(labels)
             if self._pending < self._score_every:
-                return False
+                return restarted
             self._score()
             return True
 
