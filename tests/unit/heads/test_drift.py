@@ -203,3 +203,24 @@ def test_artifact_round_trip_and_old_artifacts_still_load(trained, tmp_path):
     (old / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ValueError, match="newer than this reader"):
         load_artifact(tmp_path, "h", "20250101T000000Z")
+
+
+async def test_the_head_app_serves_drift_and_the_gateway_lists_it(head, gateway, trained_head):
+    """The wiring on the fake model: predict feeds the window; /drift, /info, /metrics and the
+    gateway's /v1/models show it. (Flagging on real data: tests/e2e/heads/test_drift.py.)"""
+    from tests.unit.conftest import HEAD, OFFLINE_HEAD
+
+    before = (await head.client.get("/drift")).json()
+    assert before["available"] and before["version"] == trained_head.version
+    assert before["reference"]["confidence_source"] == "cv" and before["min_window"] == 200
+    texts = ["I was charged twice", "my parcel never arrived", "reset my password", "the app crashes"] * 3
+    assert (await head.client.post("/predict", json={"texts": texts})).status_code == 200
+    after = (await head.client.get("/drift")).json()
+    assert after["window"] == before["window"] + 12 and after["current"]["texts_seen"] == after["window"]
+    assert all(v is not None for v in after["scores"].values())
+    info = (await head.client.get("/info")).json()
+    assert info["drift"] == {"flagged": after["flagged"], "scores": after["scores"], "available": True}
+    models = {m["name"]: m for m in (await gateway.get("/v1/models")).json()["data"]}
+    assert models[HEAD]["drift"] == info["drift"] and models[OFFLINE_HEAD]["drift"] is None
+    gauges = (await head.client.get("/metrics")).text
+    assert f'polyhead_head_drift_window_texts{{head="{HEAD}"}} {float(after["window"])}' in gauges
