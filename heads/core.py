@@ -85,7 +85,7 @@ class HeadService:
         version = done.servable.version
         if self.config.drift.enabled:
             self._observe_drift(done)
-        for text, p in zip(texts, done.predictions):
+        for index, (text, p) in enumerate(zip(texts, done.predictions)):
             metrics.PREDICTIONS.labels(self.name, p.label).inc()
             if p.abstained:
                 metrics.ABSTAINED.labels(self.name).inc()
@@ -94,6 +94,7 @@ class HeadService:
                     request_id=request_id, head=self.name, head_version=version,
                     embedder_fingerprint=done.fingerprint, text=text, label=p.label,
                     probability=p.probability, top_k=p.top_k, latency_ms=latency_ms,
+                    abstained=p.abstained, text_index=index,
                     redact=self.config.serving.redact_text))
         return PredictResult(self.name, version, done.fingerprint, request_id, latency_ms, done.predictions)
 

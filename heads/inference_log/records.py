@@ -26,6 +26,9 @@ class PredictionRecord:
     probability: float
     top_k: list[dict[str, Any]]
     latency_ms: float
+    # Added by migration 2; None in spool lines written by older heads.
+    abstained: bool | None = None
+    text_index: int | None = None  # the text's position in its request (feedback names it as `index`)
 
     @classmethod
     def create(
@@ -40,6 +43,8 @@ class PredictionRecord:
         probability: float,
         top_k: Iterable[Mapping[str, Any] | tuple[str, float]],
         latency_ms: float,
+        abstained: bool | None = None,
+        text_index: int | None = None,
         redact: bool = False,
     ) -> PredictionRecord:
         """Fill id (uuid4 hex), ts (now, UTC) and the text hash; with ``redact`` keep only the hash."""
@@ -57,6 +62,8 @@ class PredictionRecord:
             probability=float(probability),  # numpy scalars -> plain float (JSON, drivers)
             top_k=[{"label": str(lab), "probability": float(p)} for lab, p in pairs],
             latency_ms=float(latency_ms),
+            abstained=None if abstained is None else bool(abstained),
+            text_index=None if text_index is None else int(text_index),
         )
 
     def to_json(self) -> str:

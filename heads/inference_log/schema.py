@@ -23,35 +23,91 @@ schema_version = sa.Table(
     sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+def _prediction_columns() -> list[sa.Column]:
+    # The columns migration 1 shipped; later ones are added by ALTER in their own migration.
+    return [
+        sa.Column("id", sa.String(32), primary_key=True),  # uuid4 hex: makes inserts/replays idempotent
+        sa.Column("ts", sa.DateTime(timezone=True), nullable=False),  # UTC
+        sa.Column("request_id", sa.String(128), nullable=False),
+        sa.Column("head", sa.String(128), nullable=False),
+        sa.Column("head_version", sa.String(64), nullable=False),
+        sa.Column("embedder_fingerprint", sa.String(128), nullable=False),
+        sa.Column("text", sa.Text, nullable=True),  # NULL when redacted
+        sa.Column("text_sha256", sa.String(64), nullable=False),
+        sa.Column("label", sa.String(256), nullable=False),
+        sa.Column("probability", sa.Float, nullable=False),
+        sa.Column("top_k", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False),
+        sa.Column("latency_ms", sa.Float, nullable=False),
+    ]
+
+
+def _prediction_indexes() -> list[sa.Index]:
+    return [sa.Index("ix_predictions_head_ts", "head", "ts"), sa.Index("ix_predictions_request_id", "request_id")]
+
+
+# Migration 2's columns: NULL in rows logged before it (and by heads still running older code).
+_ADDED_COLUMNS = [
+    sa.Column("abstained", sa.Boolean, nullable=True),  # the head answered its abstain label
+    sa.Column("text_index", sa.Integer, nullable=True),  # position of the text in its request (0 = first)
+]
+
+# The table as migration 1 created it, in its own MetaData: migrations must not change with the code.
+_predictions_v1 = sa.Table("predictions", sa.MetaData(), *_prediction_columns(), *_prediction_indexes())
+
+# The table as the code reads and writes it now (migrations 1-3 applied).
 predictions = sa.Table(
     "predictions",
     metadata,
-    sa.Column("id", sa.String(32), primary_key=True),  # uuid4 hex: makes inserts/replays idempotent
-    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),  # UTC
-    sa.Column("request_id", sa.String(128), nullable=False),
+    *_prediction_columns(),
+    *[c._copy() for c in _ADDED_COLUMNS],
+    *_prediction_indexes(),
+    # Reports read only these columns of one head over a time range: a covering index answers them
+    # without touching the table (BENCHMARKS.md, "Reports").
+    sa.Index("ix_predictions_report", "head", "ts", "head_version", "text_index", "label", "probability",
+             "latency_ms", "abstained"),
+)
+
+# Labels that come later (POST /v1/models/{name}/feedback): one row per (head, request, text), the
+# latest wins. prediction_id is the logged row it was matched to when it arrived.
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
     sa.Column("head", sa.String(128), nullable=False),
-    sa.Column("head_version", sa.String(64), nullable=False),
-    sa.Column("embedder_fingerprint", sa.String(128), nullable=False),
-    sa.Column("text", sa.Text, nullable=True),  # NULL when redacted
-    sa.Column("text_sha256", sa.String(64), nullable=False),
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("text_index", sa.Integer, nullable=False),
+    sa.Column("prediction_id", sa.String(32), nullable=False),
     sa.Column("label", sa.String(256), nullable=False),
-    sa.Column("probability", sa.Float, nullable=False),
-    sa.Column("top_k", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False),
-    sa.Column("latency_ms", sa.Float, nullable=False),
-    sa.Index("ix_predictions_head_ts", "head", "ts"),
-    sa.Index("ix_predictions_request_id", "request_id"),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),  # when the (latest) feedback arrived, UTC
+    sa.UniqueConstraint("head", "request_id", "text_index", name="uq_feedback_request_text"),
+    sa.Index("ix_feedback_prediction_id", "prediction_id"),
 )
 
 
 def _m1_predictions(conn: sa.Connection) -> None:
-    # Migration 1 creates the table as it was first shipped; later migrations must ALTER explicitly
-    # rather than edit the Table above.
-    predictions.create(conn, checkfirst=True)
+    # Migration 1 creates the table as it was first shipped; later migrations ALTER it explicitly.
+    _predictions_v1.create(conn, checkfirst=True)
+
+
+def _m2_abstained_text_index(conn: sa.Connection) -> None:
+    existing = {c["name"] for c in sa.inspect(conn).get_columns("predictions")}
+    for column in _ADDED_COLUMNS:
+        if column.name not in existing:  # idempotent even if a crashed run got half way
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN {column.name} {kind}")
+
+
+def _m3_feedback_and_report_index(conn: sa.Connection) -> None:
+    feedback.create(conn, checkfirst=True)
+    index = next(ix for ix in predictions.indexes if ix.name == "ix_predictions_report")
+    index.create(conn, checkfirst=True)
 
 
 # Ordered and append-only: (version, description, apply). Each runs once per database.
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "create predictions", _m1_predictions),
+    (2, "predictions: abstained, text_index", _m2_abstained_text_index),
+    (3, "feedback table; covering report index", _m3_feedback_and_report_index),
 ]
 
 _PG_MIGRATION_LOCK = 0x706F6C79  # "poly": pg_advisory_xact_lock key serialising migrations

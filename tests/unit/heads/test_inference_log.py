@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
 from heads.inference_log.records import PredictionRecord
-from heads.inference_log.schema import count_rows, make_engine, migrate, predictions, schema_version
+from heads.inference_log.schema import MIGRATIONS, count_rows, make_engine, migrate, predictions, schema_version
 from heads.inference_log.writer import InferenceLog
 from tests.helpers import PostgresBackend, TcpProxy  # noqa: F401
 
@@ -66,7 +66,8 @@ def make_records(head: str, n: int, *, redact: bool = False) -> list[PredictionR
         PredictionRecord.create(
             request_id=f"req-{i}", head=head, head_version="v3", embedder_fingerprint="minilm:abc123",
             text=f"text number {i} — ünïcode", label="pos" if i % 2 else "neg", probability=0.5 + i % 50 / 100,
-            top_k=[("pos", 0.7), ("neg", 0.3)], latency_ms=1.25 + i, redact=redact,
+            top_k=[("pos", 0.7), ("neg", 0.3)], latency_ms=1.25 + i, abstained=i % 3 == 1, text_index=0,
+            redact=redact,
         )
         for i in range(n)
     ]
@@ -120,7 +121,7 @@ def test_rows_land_with_all_fields_and_redaction_keeps_only_the_hash(backend, tm
         "text_sha256": hashlib.sha256("text number 0 — ünïcode".encode()).hexdigest(),
         "label": "neg", "probability": 0.5, "top_k": [{"label": "pos", "probability": 0.7},
                                                      {"label": "neg", "probability": 0.3}],
-        "latency_ms": 1.25,
+        "latency_ms": 1.25, "abstained": False, "text_index": 0,
     }
     for rid in (pre_redacted.id, redacted_by_log.id):
         assert rows[rid]["text"] is None
@@ -147,7 +148,8 @@ def test_migrations_are_idempotent_and_safe_when_processes_start_together(backen
     for t in threads:
         t.join()
     assert not errors
-    assert sorted(results) == [[], [], [], [1]]  # exactly one applied it
+    everything = [version for version, _, _ in MIGRATIONS]
+    assert sorted(results) == [[], [], [], everything]  # exactly one applied them
 
     for _ in range(2):  # start twice: nothing to do the second time
         with InferenceLog(backend.url, tmp_path / "spool") as log:
@@ -155,7 +157,7 @@ def test_migrations_are_idempotent_and_safe_when_processes_start_together(backen
     engine = make_engine(backend.url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(sa.select(schema_version.c.version)).scalars().all() == [1]
+            assert sorted(conn.execute(sa.select(schema_version.c.version)).scalars().all()) == everything
         indexes = {ix["name"]: ix["column_names"] for ix in sa.inspect(engine).get_indexes("predictions")}
         assert indexes["ix_predictions_head_ts"] == ["head", "ts"]
         assert indexes["ix_predictions_request_id"] == ["request_id"]

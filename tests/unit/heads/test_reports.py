@@ -1,0 +1,171 @@
+"""Reports and feedback SQL against real databases: a SQLite file and the shared PostgreSQL (own schema).
+
+Rows are inserted directly (no head, no TensorFlow) with values chosen so every figure of the
+report can be worked out by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from heads.inference_log.feedback import feedback_examples, find_predictions, store_feedback
+from heads.inference_log.records import PredictionRecord
+from heads.inference_log.reports import build_report, empty_stats
+from heads.inference_log.schema import MIGRATIONS, _predictions_v1, make_engine, migrate, predictions, schema_version
+from tests.helpers import PostgresBackend
+
+pytestmark = pytest.mark.timeout(60)
+
+T0 = datetime(2026, 3, 1, 10, 0, tzinfo=timezone.utc)
+
+
+class SqliteFile:
+    def __init__(self, tmp_path):
+        self.url = f"sqlite:///{tmp_path / 'inference.db'}"
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request, tmp_path):
+    backend = SqliteFile(tmp_path) if request.param == "sqlite" else PostgresBackend(request.getfixturevalue("postgres_url"))
+    engine = make_engine(backend.url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+    backend.close()
+
+
+def row(rid, *, version="v1", index=0, label="pos", p=0.9, latency=10.0, abstained=False, minutes=0, head="h",
+        text="some text", redact=False) -> dict:
+    rec = PredictionRecord.create(request_id=rid, head=head, head_version=version, embedder_fingerprint="fp",
+                                  text=text, label=label, probability=p, top_k=[(label, p)], latency_ms=latency,
+                                  abstained=abstained, text_index=index, redact=redact)
+    return {**dataclasses.asdict(rec), "ts": T0 + timedelta(minutes=minutes)}
+
+
+def insert(engine, rows, table=predictions):
+    with engine.begin() as conn:
+        conn.execute(table.insert(), rows)
+
+
+TRAFFIC = [
+    # v1 in the 10:00 hour: 4 requests, 5 texts (r1 has two), latencies 10/20/30/40 ms, one abstention
+    row("r1", index=0, label="pos", p=0.05, latency=10, minutes=1, text="first"),
+    row("r1", index=1, label="neg", p=0.95, latency=10, minutes=1, text="second"),
+    row("r2", label="pos", p=0.55, latency=20, minutes=2, text="third"),
+    row("r3", label="pos", p=1.0, latency=30, minutes=3, abstained=True, text="fourth"),
+    row("r4", label="neg", p=0.3, latency=40, minutes=4, redact=True),
+    # v2 in the 11:00 hour; logged before migration 2 (no abstained / text_index)
+    {**row("r5", version="v2", label="neg", p=0.5, latency=5, minutes=65), "abstained": None, "text_index": None},
+    # outside the window, and another head: never counted
+    row("old", label="pos", minutes=-30),
+    row("other", head="other-head", minutes=5),
+]
+
+
+def test_report_figures_are_computed_in_sql_on_both_databases(engine):
+    insert(engine, TRAFFIC)
+    preds = find_predictions(engine, "h", [("r1", 0), ("r1", 1), ("r2", 0), ("r1", 7), ("nope", 0)])
+    assert set(preds) == {("r1", 0), ("r1", 1), ("r2", 0)}  # unknown index / request: not found
+    replaced = store_feedback(engine, "h", [(preds[("r1", 0)], "pos"), (preds[("r1", 1)], "pos"),
+                                            (preds[("r2", 0)], "pos")])
+    assert replaced == [False, False, False]
+    assert store_feedback(engine, "h", [(preds[("r2", 0)], "neg")]) == [True]  # the latest wins
+
+    report = build_report(engine, "h", since=T0, until=T0 + timedelta(hours=2), bucket="hour")
+    assert report["model"] == "h" and report["bucket"] == "hour"
+    assert report["since"] == T0.isoformat() and report["until"] == (T0 + timedelta(hours=2)).isoformat()
+
+    s = report["summary"]
+    assert (s["requests"], s["texts"]) == (5, 6)
+    assert s["label_distribution"] == {"neg": 3, "pos": 3}
+    assert s["confidence_histogram"]["edges"] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert s["confidence_histogram"]["counts"] == [1, 0, 0, 1, 0, 2, 0, 0, 0, 2]  # 0.05 | 0.3 | 0.5 0.55 | 0.95 1.0
+    assert s["confidence_mean"] == pytest.approx((0.05 + 0.95 + 0.55 + 1.0 + 0.3 + 0.5) / 6)
+    assert s["abstain_rate"] == pytest.approx(1 / 5)  # the v2 row does not record it
+    # request latencies 5, 10, 20, 30, 40: nearest rank ceil(p * 5) -> 3rd, 5th, 5th
+    assert s["latency_ms"] == {"p50": 20.0, "p95": 40.0, "p99": 40.0}
+    # feedback (true, predicted): (pos, pos), (pos, neg), (neg, pos) -> accuracy 1/3; F1 pos 0.5 (support 2), neg 0
+    assert s["feedback"] == {"count": 3, "accuracy": pytest.approx(1 / 3), "f1_weighted": pytest.approx(1 / 3)}
+
+    v1, v2 = report["versions"]
+    assert v1["version"] == "v1" and v2["version"] == "v2"
+    assert (v1["requests"], v1["texts"], v2["requests"], v2["texts"]) == (4, 5, 1, 1)
+    assert v1["latency_ms"] == {"p50": 20.0, "p95": 40.0, "p99": 40.0}  # 10 20 30 40: 2nd, 4th, 4th
+    assert v2["latency_ms"] == {"p50": 5.0, "p95": 5.0, "p99": 5.0}
+    assert v1["label_distribution"] == {"neg": 2, "pos": 3} and v2["label_distribution"] == {"neg": 1}
+    assert v1["abstain_rate"] == pytest.approx(1 / 5) and v2["abstain_rate"] is None
+    assert v2["feedback"] == {"count": 0, "accuracy": None, "f1_weighted": None}
+    assert v1["feedback"]["count"] == 3
+
+    assert [(t["start"], t["version"], t["requests"], t["texts"]) for t in report["timeline"]] == [
+        ("2026-03-01T10:00:00+00:00", "v1", 4, 5), ("2026-03-01T11:00:00+00:00", "v2", 1, 1)]
+    assert report["timeline"][0]["latency_ms"] == v1["latency_ms"]
+    assert report["timeline"][1]["abstain_rate"] is None
+
+    day = build_report(engine, "h", since=T0 - timedelta(hours=1), until=T0 + timedelta(hours=2), bucket="day")
+    assert [(t["start"], t["version"], t["texts"]) for t in day["timeline"]] == [
+        ("2026-03-01T00:00:00+00:00", "v1", 6), ("2026-03-01T00:00:00+00:00", "v2", 1)]  # 'old' is in range now
+
+
+def test_a_head_without_traffic_gets_an_empty_report(engine):
+    report = build_report(engine, "silent", since=T0, until=T0 + timedelta(hours=1))
+    assert report["summary"] == empty_stats()
+    assert report["summary"]["latency_ms"] == {"p50": None, "p95": None, "p99": None}
+    assert report["versions"] == [] and report["timeline"] == []
+
+
+def test_default_range_is_the_last_24_hours(engine):
+    now = datetime.now(timezone.utc)
+    insert(engine, [{**row("recent"), "ts": now - timedelta(hours=1)}, {**row("stale"), "ts": now - timedelta(hours=25)}])
+    report = build_report(engine, "h")
+    assert report["summary"]["requests"] == 1
+    assert datetime.fromisoformat(report["until"]) - datetime.fromisoformat(report["since"]) == timedelta(hours=24)
+
+
+def test_feedback_examples_carry_the_logged_text_or_none_when_redacted(engine):
+    insert(engine, [row("a", text="hello there"), row("b", redact=True), row("c", text="unlabelled")])
+    preds = find_predictions(engine, "h", [("a", 0), ("b", 0)])
+    store_feedback(engine, "h", [(preds[("a", 0)], "neg"), (preds[("b", 0)], "pos")])
+    store_feedback(engine, "h", [(preds[("a", 0)], "pos")])
+    examples = feedback_examples(engine, "h")
+    assert sorted((e.text or "", e.label) for e in examples) == [("", "pos"), ("hello there", "pos")]
+
+
+def test_a_reused_request_id_matches_its_latest_request(engine):
+    insert(engine, [row("same", label="pos", minutes=1), row("same", label="neg", minutes=2)])
+    assert find_predictions(engine, "h", [("same", 0)])[("same", 0)].label == "neg"
+
+
+def test_migrations_upgrade_a_database_created_before_them(tmp_path, request):
+    """A database with only migration 1 (and rows) gains the new columns (NULL in old rows) and tables."""
+    for kind in ("sqlite", "postgresql"):
+        backend = SqliteFile(tmp_path) if kind == "sqlite" else PostgresBackend(request.getfixturevalue("postgres_url"))
+        engine = make_engine(backend.url)
+        try:
+            with engine.begin() as conn:
+                _predictions_v1.create(conn)
+                schema_version.create(conn)
+                conn.execute(schema_version.insert().values(version=1, description="create predictions",
+                                                            applied_at=datetime.now(timezone.utc)))
+                old = row("old-row", minutes=5)
+                conn.execute(_predictions_v1.insert().values({k: v for k, v in old.items()
+                                                              if k not in ("abstained", "text_index")}))
+            assert migrate(engine) == [v for v, _, _ in MIGRATIONS if v > 1]
+            assert migrate(engine) == []
+            with engine.connect() as conn:
+                got = conn.execute(sa.select(predictions.c.abstained, predictions.c.text_index)).one()
+            assert tuple(got) == (None, None)
+            report = build_report(engine, "h", since=T0, until=T0 + timedelta(hours=1))
+            assert (report["summary"]["requests"], report["summary"]["abstain_rate"]) == (1, None)
+            indexes = {ix["name"] for ix in sa.inspect(engine).get_indexes("predictions")}
+            assert {"ix_predictions_head_ts", "ix_predictions_request_id", "ix_predictions_report"} <= indexes
+        finally:
+            engine.dispose()
+            backend.close()
