@@ -27,6 +27,7 @@ class LoggedPrediction:
     index: int
     version: str
     label: str
+    ts: datetime
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def find_predictions(engine: sa.Engine, head: str, keys: list[Key]) -> dict[Key,
         return {}
     p = predictions
     index = sa.func.coalesce(p.c.text_index, 0)
-    found: dict[Key, tuple] = {}
+    found: dict[Key, LoggedPrediction] = {}
     ids = sorted({rid for rid, _ in keys})
     with engine.connect() as conn:
         for start in range(0, len(ids), 500):  # bounded IN lists
@@ -51,11 +52,11 @@ def find_predictions(engine: sa.Engine, head: str, keys: list[Key]) -> dict[Key,
                                 .where(p.c.head == head, p.c.request_id.in_(ids[start:start + 500])))
             for row in rows:
                 key = (row.request_id, int(row.idx))
-                if key not in found or row.ts > found[key][1]:
-                    found[key] = (LoggedPrediction(row.id, row.request_id, int(row.idx), row.head_version, row.label),
-                                  row.ts)
+                if key not in found or row.ts > found[key].ts:
+                    found[key] = LoggedPrediction(row.id, row.request_id, int(row.idx), row.head_version, row.label,
+                                                  row.ts)
     wanted = set(keys)
-    return {k: v[0] for k, v in found.items() if k in wanted}
+    return {k: v for k, v in found.items() if k in wanted}
 
 
 def store_feedback(engine: sa.Engine, head: str, matched: list[tuple[LoggedPrediction, str]]) -> list[bool]:
@@ -67,12 +68,14 @@ def store_feedback(engine: sa.Engine, head: str, matched: list[tuple[LoggedPredi
     now = datetime.now(timezone.utc)
     f = feedback
     rows = [{"id": uuid.uuid4().hex, "head": head, "request_id": pred.request_id, "text_index": pred.index,
-             "prediction_id": pred.id, "label": label, "ts": now} for pred, label in matched]
+             "label": label, "ts": now, "prediction_id": pred.id, "prediction_ts": pred.ts,
+             "head_version": pred.version, "predicted_label": pred.label} for pred, label in matched]
     dialect = sqlite if engine.dialect.name == "sqlite" else postgresql
     insert = dialect.insert(f)
     upsert = insert.on_conflict_do_update(
         index_elements=[f.c.head, f.c.request_id, f.c.text_index],
-        set_={"label": insert.excluded.label, "prediction_id": insert.excluded.prediction_id, "ts": insert.excluded.ts})
+        set_={c: insert.excluded[c] for c in ("label", "ts", "prediction_id", "prediction_ts", "head_version",
+                                              "predicted_label")})
     existing: set[Key] = set()
     ids = sorted({r["request_id"] for r in rows})
     with engine.begin() as conn:

@@ -68,7 +68,8 @@ predictions = sa.Table(
 )
 
 # Labels that come later (POST /v1/models/{name}/feedback): one row per (head, request, text), the
-# latest wins. prediction_id is the logged row it was matched to when it arrived.
+# latest wins. It copies what it needs of the logged prediction it matched (id, time, version,
+# predicted label: facts that never change), so reports aggregate feedback without a join.
 feedback = sa.Table(
     "feedback",
     metadata,
@@ -76,11 +77,14 @@ feedback = sa.Table(
     sa.Column("head", sa.String(128), nullable=False),
     sa.Column("request_id", sa.String(128), nullable=False),
     sa.Column("text_index", sa.Integer, nullable=False),
-    sa.Column("prediction_id", sa.String(32), nullable=False),
-    sa.Column("label", sa.String(256), nullable=False),
+    sa.Column("label", sa.String(256), nullable=False),  # the true label
     sa.Column("ts", sa.DateTime(timezone=True), nullable=False),  # when the (latest) feedback arrived, UTC
+    sa.Column("prediction_id", sa.String(32), nullable=False),
+    sa.Column("prediction_ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("head_version", sa.String(64), nullable=False),
+    sa.Column("predicted_label", sa.String(256), nullable=False),
     sa.UniqueConstraint("head", "request_id", "text_index", name="uq_feedback_request_text"),
-    sa.Index("ix_feedback_prediction_id", "prediction_id"),
+    sa.Index("ix_feedback_head_prediction_ts", "head", "prediction_ts"),
 )
 
 
