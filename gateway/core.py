@@ -91,6 +91,15 @@ class GatewayService:
         reply.headers = {k: v for k, v in reply.headers.items() if k.lower() == "retry-after"}
         return reply
 
+    async def head_json(self, route: Route, path: str, request_id: str = "") -> dict | None:
+        """A head's JSON answer to GET `path` (e.g. /info, /drift), or None: unreachable, not 200, not JSON."""
+        try:
+            reply = await self._call_head(route, "GET", path, request_id, timeout_s=self.settings.info_timeout_s)
+            body = json.loads(reply.content) if reply.status == 200 else None
+        except (PolyheadError, ValueError):
+            return None
+        return body if isinstance(body, dict) else None
+
     async def model_info(self, name: str, request_id: str = "") -> dict:
         route = self.routing.get(name)
         entry = {"name": name, "description": route.description, "ready": False}

@@ -7,9 +7,10 @@ import logging
 import re
 import time
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Literal
 
-from fastapi import FastAPI, Path, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from gateway import metrics
 from gateway.auth import Authenticator, BodySizeLimit
 from gateway.core import GatewayService
+from gateway.insights import FeedbackRequest, FeedbackResponse, Insights, Report
 from gateway.settings import GatewaySettings
 from heads.api import PredictRequest, PredictResponse
 from polyhead import __version__
@@ -117,6 +119,7 @@ def _rename_texts_field(err: PolyheadError) -> None:
 
 def create_app(settings: GatewaySettings) -> FastAPI:
     service = GatewayService(settings)
+    insights = Insights(service)
     auth = Authenticator(settings)
 
     @asynccontextmanager
@@ -127,6 +130,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         yield
         watcher.cancel()
         await service.close()
+        insights.close()
 
     app = FastAPI(title="polyhead gateway", version=__version__, lifespan=lifespan,
                   description="Route predictions to classifier heads by model name; OpenAI-style embeddings.")
@@ -168,6 +172,22 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def get_model(name: str, request: Request):
         auth.admit(request, name)
         return await service.model_info(name, request_id_of(request))
+
+    @app.get("/v1/models/{name}/report", response_model=Report, responses=_errors(401, 403, 404, 422, 429, 503))
+    async def report(request: Request, name: str = Path(..., description="Model (head) name"),
+                     since: datetime | None = Query(None, description="ISO 8601; default: until - 24 h"),
+                     until: datetime | None = Query(None, description="ISO 8601; default: now"),
+                     bucket: Literal["hour", "day"] = Query("hour", description="Timeline bucket (UTC)")):
+        """Volume, labels, confidence, abstentions, latency and feedback accuracy, per version and over time."""
+        auth.admit(request, name)
+        return await insights.report(name, since, until, bucket, request_id_of(request))
+
+    @app.post("/v1/models/{name}/feedback", response_model=FeedbackResponse,
+              responses=_errors(401, 403, 404, 413, 422, 429, 503))
+    async def feedback(body: FeedbackRequest, request: Request, name: str = Path(..., description="Model (head) name")):
+        """The true label of earlier predictions (by request_id, and index for a request with several texts)."""
+        auth.admit(request, name)
+        return await insights.feedback(name, body.all_items(), batch=body.batch, request_id=request_id_of(request))
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=_errors(401, 404, 413, 422, 429, 503))
     async def embeddings(body: EmbeddingsRequest, request: Request):

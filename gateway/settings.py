@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
-from polyhead.settings import DEFAULT_EMBEDDER_TARGET, DEFAULT_GATEWAY_PORT, DEFAULT_HEADS_DIR, Port, ServiceSettings
+from polyhead.settings import DEFAULT_DB_URL, DEFAULT_EMBEDDER_TARGET, DEFAULT_GATEWAY_PORT, DEFAULT_HEADS_DIR, Port, ServiceSettings
 
 
 class ApiKey(BaseModel):
@@ -42,6 +42,12 @@ class GatewaySettings(ServiceSettings):
     head_keepalive_s: float = Field(30.0, gt=0, description="Idle keep-alive towards heads; keep it below the heads' "
                                     "keepalive_s, so a head never closes a connection the gateway is about to reuse")
     keepalive_s: float = Field(75.0, gt=0, description="How long the gateway keeps an idle client connection open")
+
+    # Reports and feedback read and write the inference DB the heads log to.
+    db_url: str = Field(DEFAULT_DB_URL, description="Inference DB (SQLAlchemy URL) the heads log to: "
+                        "reports read it, feedback is stored in it")
+    feedback_wait_s: float = Field(2.0, ge=0, le=30, description="Heads log asynchronously: feedback waits this long "
+                                   "for its prediction to reach the DB before answering 422 (unknown request_id)")
 
     # Security. With no keys configured the gateway is open (the local default).
     api_keys: list[ApiKey] = Field(default_factory=list)

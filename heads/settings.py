@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from polyhead.settings import DEFAULT_EMBEDDER_TARGET, DEFAULT_HEAD_PORT, DEFAULT_MODELS_DIR, Port, ServiceSettings
+from polyhead.settings import DEFAULT_DB_URL, DEFAULT_EMBEDDER_TARGET, DEFAULT_HEAD_PORT, DEFAULT_MODELS_DIR, Port, ServiceSettings
 
 
 class HeadSettings(ServiceSettings):
@@ -21,7 +21,7 @@ class HeadSettings(ServiceSettings):
     port: int = Port(DEFAULT_HEAD_PORT, "HTTP port")
     keepalive_s: float = Field(75.0, gt=0, description="Idle keep-alive of client connections; longer than the "
                                "gateway's head_keepalive_s, so the gateway's reused connections are never stale")
-    db_url: str = Field("sqlite:///var/inference.db", description="Inference DB (SQLAlchemy URL)")
+    db_url: str = Field(DEFAULT_DB_URL, description="Inference DB (SQLAlchemy URL)")
     spool_dir: Path = Field(Path("var/spool"), description="Records wait here while the DB is down")
     version_poll_s: float = Field(2.0, ge=0, description="How often to look for a new version; 0 = only on /admin/reload")
     readiness_ttl_s: float = Field(2.0, ge=0, description="How long a readiness probe of the embedder is reused")

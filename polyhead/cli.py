@@ -16,7 +16,13 @@ import typer
 from embedder.settings import EmbedderSettings
 from gateway.settings import GatewaySettings
 from heads.settings import HeadSettings
-from polyhead.settings import DEFAULT_EMBEDDER_TARGET, DEFAULT_GATEWAY_URL, DEFAULT_HEADS_DIR, DEFAULT_MODELS_DIR
+from polyhead.settings import (
+    DEFAULT_DB_URL,
+    DEFAULT_EMBEDDER_TARGET,
+    DEFAULT_GATEWAY_URL,
+    DEFAULT_HEADS_DIR,
+    DEFAULT_MODELS_DIR,
+)
 from polyhead.settings_cli import settings_options
 from polyhead.stack import StackSettings
 
@@ -143,6 +149,10 @@ def train(
     head_configs: List[Path] = typer.Argument(..., help="configs/heads/<name>.yaml (one or more)", exists=True),
     models_dir: Path = typer.Option(DEFAULT_MODELS_DIR, help="Where versioned artifacts are written"),
     embedder_target: str = typer.Option(DEFAULT_EMBEDDER_TARGET, envvar="POLYHEAD_EMBEDDER_TARGET"),
+    with_feedback: bool = typer.Option(False, "--with-feedback", help="Add the feedback stored in the inference DB "
+                                       "(text from the log) to the training data; redacted texts are skipped"),
+    db_url: str = typer.Option(DEFAULT_DB_URL, envvar="POLYHEAD_HEAD_DB_URL", help="With --with-feedback: the "
+                               "inference DB (SQLAlchemy URL)"),
 ):
     """Train heads from their configs; embeddings come from the running embedder (and its cache)."""
     from rich.console import Console
@@ -161,14 +171,50 @@ def train(
     with EmbedderClient(embedder_target, timeout_s=120) as client:
         for cfg in configs:
             try:
-                report = train_from_config(cfg, models_dir, client, console=console)
+                report = train_from_config(cfg, models_dir, client, console=console,
+                                           feedback_db_url=db_url if with_feedback else None)
             except PolyheadError as err:
                 console.print(f"[red]{cfg.name}: {err.message}[/red]")
                 raise typer.Exit(2) from None
             test = report.metrics.get("test", {})
             typer.echo(json.dumps({"head": report.name, "version": report.version, "path": str(report.path),
                                    "train_time_s": round(report.train_time_s, 2),
-                                   "test_accuracy": test.get("accuracy"), "test_f1_weighted": test.get("f1_weighted")}))
+                                   "test_accuracy": test.get("accuracy"), "test_f1_weighted": test.get("f1_weighted"),
+                                   **({"feedback": report.feedback} if report.feedback is not None else {})}))
+
+
+@app.command("report")
+def report(
+    name: str = typer.Argument(..., help="Model (head) name"),
+    since: Optional[str] = typer.Option(None, help="ISO 8601 start (default: 24 h before --until)"),
+    until: Optional[str] = typer.Option(None, help="ISO 8601 end (default: now)"),
+    bucket: str = typer.Option("hour", help="Timeline bucket: hour or day (UTC)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (the API's body)"),
+    gateway: str = typer.Option(DEFAULT_GATEWAY_URL, envvar="POLYHEAD_GATEWAY_URL", help="Ask this gateway"),
+    db_url: Optional[str] = typer.Option(None, help="Read this inference DB directly instead of asking the gateway "
+                                         "(no drift section: drift lives in the head)"),
+    heads_dir: Path = typer.Option(DEFAULT_HEADS_DIR, help="With --db-url: the known heads"),
+    api_key: Optional[str] = typer.Option(None, envvar="POLYHEAD_API_KEY"),
+):
+    """A head's production report: volume, labels, confidence, abstentions, latency, feedback accuracy, drift."""
+    from polyhead.errors import PolyheadError
+    from polyhead.report import from_db, from_gateway, print_report
+
+    if bucket not in ("hour", "day"):
+        typer.echo(f"error: --bucket must be hour or day, not {bucket!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        if db_url:
+            body = from_db(db_url, name, since=since, until=until, bucket=bucket, heads_dir=heads_dir)
+        else:
+            body = from_gateway(gateway, name, since=since, until=until, bucket=bucket, api_key=api_key)
+    except PolyheadError as err:
+        typer.echo(f"error: {err.message}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(body, ensure_ascii=False))
+    else:
+        print_report(body)
 
 
 @app.command("batch")

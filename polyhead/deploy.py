@@ -124,14 +124,17 @@ def head_env(embedder_target: str, db_url: str | None) -> dict[str, str]:
     return env
 
 
-def gateway_env(embedder_target: str) -> dict[str, str]:
-    return {
+def gateway_env(embedder_target: str, db_url: str | None = None) -> dict[str, str]:
+    env = {
         "POLYHEAD_GATEWAY_HOST": "0.0.0.0",
         "POLYHEAD_GATEWAY_PORT": str(GATEWAY_PORT),
         "POLYHEAD_GATEWAY_HEADS_DIR": HEAD_CONFIGS_DIR,
         "POLYHEAD_GATEWAY_HEAD_URL_TEMPLATE": HEAD_URL_TEMPLATE,
         "POLYHEAD_GATEWAY_EMBEDDER_TARGET": embedder_target,
     }
+    if db_url is not None:  # reports and feedback read/write the heads' inference DB
+        env["POLYHEAD_GATEWAY_DB_URL"] = db_url
+    return env
 
 
 def http_healthcheck(port_env: str, port: int) -> list[str]:
@@ -210,11 +213,11 @@ def compose(heads: list[str]) -> dict:
     services["gateway"] = {
         "build": {"context": ".", "dockerfile": DOCKERFILES["gateway"]},
         "image": IMAGES["gateway"],
-        "environment": gateway_env(COMPOSE_EMBEDDER_TARGET),
+        "environment": gateway_env(COMPOSE_EMBEDDER_TARGET, COMPOSE_DB_URL),
         "volumes": [dict(configs_mount)],
         # The one published port. Set POLYHEAD_GATEWAY_API_KEYS_FILE (and mount it) to require keys.
         "ports": [f"${{POLYHEAD_GATEWAY_PUBLISH:-127.0.0.1:{GATEWAY_PORT}}}:{GATEWAY_PORT}"],
-        "depends_on": {"embedder": {"condition": "service_healthy"},
+        "depends_on": {"embedder": {"condition": "service_healthy"}, "postgres": {"condition": "service_healthy"},
                        **{f"head-{n}": {"condition": "service_healthy"} for n in heads}},
         "healthcheck": _healthcheck(http_healthcheck("POLYHEAD_GATEWAY_PORT", GATEWAY_PORT)),
         "restart": "unless-stopped",
@@ -439,7 +442,7 @@ def k8s_gateway() -> list[dict]:
     container = {
         "name": "gateway", "image": IMAGES["gateway"], "imagePullPolicy": "IfNotPresent",
         "ports": [{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
-        "env": _env_list(env, namespace=True),
+        "env": _env_list(env, namespace=True, secret_env={"POLYHEAD_GATEWAY_DB_URL": ("polyhead-db", "DB_URL")}),
         "resources": RESOURCES["gateway"].k8s(),
         **_http_probes("http"),
         "volumeMounts": [cfg_mount, {"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True}, tmp_mount],

@@ -29,6 +29,7 @@ DEFAULT_EMBEDDER_TARGET = f"{DEFAULT_HOST}:{DEFAULT_EMBEDDER_PORT}"
 DEFAULT_GATEWAY_URL = f"http://{DEFAULT_HOST}:{DEFAULT_GATEWAY_PORT}"
 DEFAULT_HEADS_DIR = Path("configs/heads")
 DEFAULT_MODELS_DIR = Path("models")
+DEFAULT_DB_URL = "sqlite:///var/inference.db"  # the inference DB: heads log to it, the gateway reports from it
 
 
 def Port(default: int, description: str = "Listen port") -> Any:  # noqa: N802 - reads as a type in field lists

@@ -130,7 +130,7 @@ class Stack:
     def _gateway(self) -> Child:
         argv = _cli("gateway", "serve", "--host", self.s.host, "--port", str(self.s.gateway_port),
                     "--heads-dir", str(self.s.heads_dir), "--routes-file", str(self.routes_file),
-                    "--embedder-target", self.embedder_target)
+                    "--embedder-target", self.embedder_target, "--db-url", self.db_url)
         return Child("gateway", "gateway", argv, self.s.gateway_port, f"http://{self.s.host}:{self.s.gateway_port}",
                      self.s.var_dir / "logs" / "gateway.log")
 

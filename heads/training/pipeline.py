@@ -43,6 +43,48 @@ class TrainReport:
     metrics: dict
     train_time_s: float
     embed_time_s: float
+    feedback: dict | None = None  # with_feedback: what merge_feedback added and skipped
+
+
+def read_feedback(db_url: str, head: str) -> list:
+    """The head's stored feedback with its logged text (None where redacted), oldest first."""
+    from heads.inference_log.feedback import feedback_examples
+    from heads.inference_log.schema import make_engine, migrate
+
+    engine = make_engine(db_url)
+    try:
+        migrate(engine)  # a DB no head has written to yet simply has no feedback
+        return feedback_examples(engine, head)
+    finally:
+        engine.dispose()
+
+
+def merge_feedback(train: Split, examples: list, exclude: set[str]) -> tuple[Split, dict]:
+    """Add feedback (text, true label) rows to the training split.
+
+    Skipped and counted: redacted rows (the log kept only a hash of the text), texts already in the
+    data (``exclude``: every split, so a test text never leaks into training), texts given feedback
+    more than once (the latest label wins), and labels the training data does not have."""
+    known_labels = set(train.labels)
+    seen = {t.strip() for t in exclude}
+    added_texts, added_labels = [], []
+    counts = {"feedback_rows": len(examples), "added": 0, "duplicates_skipped": 0, "redacted_skipped": 0,
+              "unknown_label_skipped": 0}
+    for ex in reversed(examples):  # newest first: the latest label of a text wins
+        if ex.text is None:
+            counts["redacted_skipped"] += 1
+        elif ex.text.strip() in seen or not ex.text.strip():
+            counts["duplicates_skipped"] += 1
+        elif ex.label not in known_labels:
+            counts["unknown_label_skipped"] += 1
+        else:
+            seen.add(ex.text.strip())
+            added_texts.append(ex.text)
+            added_labels.append(ex.label)
+    counts["added"] = len(added_texts)
+    added = [list(pair) for pair in zip(added_texts[::-1], added_labels[::-1])]
+    counts["sha256"] = "sha256:" + hashlib.sha256(json.dumps(added, ensure_ascii=False).encode()).hexdigest()
+    return Split(train.texts + added_texts[::-1], train.labels + added_labels[::-1]), counts
 
 
 def read_split(path: Path, text_field: str, label_field: str) -> Split:
@@ -102,7 +144,10 @@ def embed_all(client, texts: list[str], on_progress: Callable[[int], None] | Non
     return np.concatenate(vectors), fingerprint
 
 
-def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=None, version: str | None = None) -> TrainReport:
+def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=None, version: str | None = None,
+                      feedback_db_url: str | None = None) -> TrainReport:
+    """Train and write a new version. With ``feedback_db_url``, the feedback stored for this head in
+    that inference DB joins the training data (merge_feedback; counts go to manifest and metrics)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     ds = config.dataset
@@ -111,6 +156,11 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
         if not path.exists():
             raise ValidationError(f"{config.source}: dataset.{split}: file {path} does not exist", field=f"dataset.{split}")
     splits = {k: read_split(p, ds.text_field, ds.label_field) for k, p in paths.items()}
+    feedback_counts = None
+    if feedback_db_url is not None:
+        examples = read_feedback(feedback_db_url, config.name)
+        every_text = {t for s in splits.values() for t in s.texts}
+        splits["train"], feedback_counts = merge_feedback(splits["train"], examples, every_text)
     total = sum(len(s.texts) for s in splits.values())
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -133,6 +183,8 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
     metrics = {"val": {"metric": result.val_metric, "score": result.val_score, "source": result.val_source},
                "chosen": result.chosen, "train_time_s": round(result.train_time_s, 3),
                "n_train": len(splits["train"].texts)}
+    if feedback_counts is not None:
+        metrics["feedback"] = feedback_counts
     if "test" in splits:
         metrics["test"] = evaluate(result.model, embedded["test"], splits["test"].labels)
     version = version or new_version()
@@ -145,6 +197,8 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
         "labels": list(result.model.labels),
         "params": result.params.model_dump(),
     }
+    if feedback_counts is not None:
+        manifest["feedback"] = feedback_counts  # the rows added are part of the training data
     # Drift reference: the texts the final model was fitted on (train + val when given); the
     # confidence of held-out predictions only (result.val_proba: the val split, out-of-fold under
     # cross-validation, or the held-out part of train), never the test split.
@@ -154,4 +208,4 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     path = write_artifact(models_dir, config.name, version, result.model, manifest=manifest, metrics=metrics,
                           config_yaml=config_yaml, drift=drift)
-    return TrainReport(config.name, version, path, metrics, result.train_time_s, embed_time)
+    return TrainReport(config.name, version, path, metrics, result.train_time_s, embed_time, feedback_counts)

@@ -64,7 +64,7 @@ def stack(server_process, tmp_path_factory):
                                          log=root / f"{name}.log")
     routes = root / "routes.yaml"
     routes.write_text(yaml.safe_dump({name: url for name, (_, url) in heads.items()}))
-    gateway, url = start_gateway(heads_dir, routes, target, log=root / "gateway.log")
+    gateway, url = start_gateway(heads_dir, routes, target, "--db-url", db, log=root / "gateway.log")
     state = {"root": root, "heads_dir": heads_dir, "models": models, "routes": routes, "target": target,
              "db": db, "heads": heads, "configs": configs, "url": url}
     try:

@@ -1,0 +1,250 @@
+"""What the heads did in production, at the gateway: reports and feedback over the inference DB.
+
+GET  /v1/models/{name}/report    -- heads.inference_log.reports.build_report + the head's GET /drift
+POST /v1/models/{name}/feedback  -- true labels of logged predictions (heads.inference_log.feedback)
+
+The DB work runs in worker threads (asyncio.to_thread): SQLAlchemy is synchronous. The gateway
+migrates the DB on first use, like a head does, so it works before any head has logged a row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.core import GatewayService
+from heads.inference_log.feedback import LoggedPrediction, find_predictions, store_feedback
+from heads.inference_log.reports import DEFAULT_RANGE, build_report, utc
+from heads.inference_log.schema import make_engine, migrate
+from polyhead.errors import UnavailableError, ValidationError
+
+log = logging.getLogger("polyhead.gateway.insights")
+
+MAX_FEEDBACK_ITEMS = 1000
+MAX_REPORT_BUCKETS = 2000
+FEEDBACK_POLL_S = 0.1
+
+
+# -- API schemas ------------------------------------------------------------------------------------
+class FeedbackItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(..., min_length=1, max_length=128, description="The predict answer's request_id")
+    label: str = Field(..., min_length=1, max_length=256, description="The true label (one of the model's labels)")
+    index: int = Field(0, ge=0, le=4095, description="Which text of a request with several texts (0 = the first)")
+
+
+class FeedbackRequest(BaseModel):
+    """One feedback (`request_id`, `label`, optional `index`) or several (`items`)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"request_id": "3f2a...", "label": "billing"},
+        {"items": [{"request_id": "3f2a...", "label": "billing"}, {"request_id": "77c1...", "label": "technical",
+                                                                    "index": 1}]}]})
+
+    request_id: str | None = Field(None, min_length=1, max_length=128)
+    label: str | None = Field(None, min_length=1, max_length=256)
+    index: int | None = Field(None, ge=0, le=4095)
+    items: list[FeedbackItem] | None = Field(None, min_length=1, max_length=MAX_FEEDBACK_ITEMS)
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        single = self.request_id is not None or self.label is not None or self.index is not None
+        if single == (self.items is not None):
+            raise ValueError("give either request_id and label (one feedback) or items (several)")
+        if single and (self.request_id is None or self.label is None):
+            raise ValueError("one feedback needs both request_id and label")
+        return self
+
+    @property
+    def batch(self) -> bool:
+        return self.items is not None
+
+    def all_items(self) -> list[FeedbackItem]:
+        if self.items is not None:
+            return self.items
+        return [FeedbackItem(request_id=self.request_id, label=self.label, index=self.index or 0)]
+
+
+class FeedbackResult(BaseModel):
+    request_id: str
+    index: int
+    label: str
+    predicted: str = Field(description="What the model answered for that text")
+    version: str = Field(description="The head version that answered")
+    status: Literal["stored", "replaced"] = Field(description="replaced: an earlier feedback for this text was overwritten")
+
+
+class FeedbackResponse(BaseModel):
+    stored: int = Field(description="Feedback items accepted (each is the latest for its text now)")
+    replaced: int = Field(description="How many of them replaced an earlier feedback for the same text")
+    items: list[FeedbackResult]
+
+
+class Latency(BaseModel):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class Histogram(BaseModel):
+    edges: list[float]
+    counts: list[int]
+
+
+class FeedbackStats(BaseModel):
+    count: int
+    accuracy: float | None
+    f1_weighted: float | None
+
+
+class Stats(BaseModel):
+    requests: int
+    texts: int
+    abstain_rate: float | None
+    confidence_mean: float | None
+    latency_ms: Latency
+    label_distribution: dict[str, int]
+    confidence_histogram: Histogram
+    feedback: FeedbackStats
+
+
+class VersionStats(Stats):
+    version: str
+
+
+class TimelineEntry(BaseModel):
+    start: datetime
+    version: str
+    requests: int
+    texts: int
+    confidence_mean: float | None
+    abstain_rate: float | None
+    latency_ms: Latency
+
+
+class Report(BaseModel):
+    model: str
+    since: datetime
+    until: datetime
+    bucket: Literal["hour", "day"]
+    summary: Stats
+    versions: list[VersionStats]
+    timeline: list[TimelineEntry]
+    drift: dict[str, Any] | None = Field(None, description="The head's GET /drift; null when it has none or is down")
+
+
+# -- core -------------------------------------------------------------------------------------------
+class Insights:
+    def __init__(self, gateway: GatewayService):
+        self.gateway = gateway
+        self.settings = gateway.settings
+        self._engine: sa.Engine | None = None
+        self._engine_lock = threading.Lock()
+        self._labels: dict[tuple[str, str], list[str]] = {}  # (model, version) -> labels; a version's never change
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def _db(self) -> sa.Engine:
+        with self._engine_lock:
+            if self._engine is None:
+                engine = make_engine(self.settings.db_url)
+                migrate(engine)
+                self._engine = engine
+            return self._engine
+
+    async def _in_db(self, fn, *args, **kwargs):
+        def run():
+            return fn(self._db(), *args, **kwargs)
+
+        try:
+            return await asyncio.to_thread(run)
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("inference DB error: %s", exc)
+            raise UnavailableError(f"the inference DB is unavailable ({type(exc).__name__})", retry_after_s=2) from None
+
+    # -- reports ------------------------------------------------------------------------------------
+    async def report(self, name: str, since: datetime | None, until: datetime | None, bucket: str,
+                     request_id: str) -> dict:
+        route = self.gateway.routing.get(name)  # 404 naming the known models
+        until = utc(until) if until is not None else datetime.now(timezone.utc)
+        since = utc(since) if since is not None else until - DEFAULT_RANGE
+        if since >= until:
+            raise ValidationError(f"since: {since.isoformat()} is not before until={until.isoformat()}", field="since")
+        buckets = (until - since) / timedelta(hours=1 if bucket == "hour" else 24)
+        if buckets > MAX_REPORT_BUCKETS:
+            raise ValidationError(f"since: {buckets:.0f} {bucket} buckets exceed the limit of {MAX_REPORT_BUCKETS}; "
+                                  "use bucket=day or a shorter range", field="since")
+        body, drift = await asyncio.gather(self._in_db(build_report, name, since=since, until=until, bucket=bucket),
+                                           self.gateway.head_json(route, "/drift", request_id))
+        body["drift"] = drift
+        return body
+
+    # -- feedback -----------------------------------------------------------------------------------
+    async def feedback(self, name: str, items: list[FeedbackItem], *, batch: bool, request_id: str) -> dict:
+        route = self.gateway.routing.get(name)
+
+        def where(i: int, attr: str) -> str:
+            return f"items[{i}].{attr}" if batch else attr
+
+        keys = [(it.request_id, it.index) for it in items]
+        found = await self._wait_for_predictions(name, keys)
+        missing = [i for i, key in enumerate(keys) if key not in found]
+        if missing:
+            i = missing[0]
+            rid, index = keys[i]
+            text = f" (text index {index})" if index else ""
+            more = f"; {len(missing)} of {len(items)} items are unknown" if len(missing) > 1 else ""
+            raise ValidationError(f"{where(i, 'request_id')}: unknown request_id {rid!r}{text}: model {name!r} logged "
+                                  f"no such prediction{more}", field=where(i, "request_id"))
+        for i, item in enumerate(items):
+            labels = await self._labels_of(route, found[keys[i]].version, request_id)
+            if item.label not in labels:
+                raise ValidationError(f"{where(i, 'label')}: model {name!r} has no label {item.label!r}; its labels: "
+                                      f"{', '.join(labels)}", field=where(i, "label"))
+
+        last = {key: i for i, key in enumerate(keys)}  # a text named twice in one call: the last one wins
+        unique: list[tuple[LoggedPrediction, str]] = [(found[key], items[i].label) for key, i in last.items()]
+        replaced_before = dict(zip(last, await self._in_db(store_feedback, name, unique)))
+        results, seen = [], set()
+        for (rid, index), item in zip(keys, items):
+            pred = found[(rid, index)]
+            replaced = (rid, index) in seen or replaced_before[(rid, index)]
+            seen.add((rid, index))
+            results.append({"request_id": rid, "index": index, "label": item.label, "predicted": pred.label,
+                            "version": pred.version, "status": "replaced" if replaced else "stored"})
+        return {"stored": len(results), "replaced": sum(r["status"] == "replaced" for r in results), "items": results}
+
+    async def _wait_for_predictions(self, name: str, keys: list[tuple[str, int]]) -> dict:
+        """Heads log asynchronously (a writer thread, batches every ~0.2 s): feedback sent right after
+        its predict may arrive first, so look again for up to feedback_wait_s before calling it unknown."""
+        deadline = time.monotonic() + self.settings.feedback_wait_s
+        while True:
+            found = await self._in_db(find_predictions, name, keys)
+            if len(found) == len(set(keys)) or time.monotonic() >= deadline:
+                return found
+            await asyncio.sleep(FEEDBACK_POLL_S)
+
+    async def _labels_of(self, route, version: str, request_id: str) -> list[str]:
+        """The labels of the version that answered, from the head's /info (cached per version). A
+        prediction of an older version is checked against the served version's labels."""
+        cached = self._labels.get((route.name, version))
+        if cached is not None:
+            return cached
+        info = await self.gateway.head_json(route, "/info", request_id)
+        if info is None or not info.get("labels"):
+            raise UnavailableError(f"model {route.name!r}: cannot check the label now: its head did not answer /info",
+                                   retry_after_s=2)
+        labels = [str(x) for x in info["labels"]]
+        if info.get("version"):
+            self._labels[(route.name, str(info["version"]))] = labels
+        return labels

@@ -1,0 +1,125 @@
+"""`polyhead report NAME`: fetch a head's report (from the gateway, or straight from the inference DB)
+and print it as rich tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.table import Table
+
+from polyhead.errors import NotFoundError, PolyheadError, UnavailableError, ValidationError
+
+
+def parse_time(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(f"{option}: {value!r} is not an ISO 8601 date-time (e.g. 2026-03-01T10:00:00Z)",
+                              field=option) from None
+
+
+def from_gateway(gateway: str, name: str, *, since: str | None, until: str | None, bucket: str,
+                 api_key: str | None = None) -> dict:
+    """GET /v1/models/{name}/report; the gateway's error message on a 4xx/5xx."""
+    import httpx
+
+    params = {"bucket": bucket, **({"since": since} if since else {}), **({"until": until} if until else {})}
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = httpx.get(f"{gateway.rstrip('/')}/v1/models/{name}/report", params=params, headers=headers, timeout=60)
+    except httpx.HTTPError as exc:
+        raise UnavailableError(f"gateway at {gateway} is unreachable ({type(exc).__name__}); "
+                               "is `polyhead up` running? (or read the DB directly with --db-url)") from None
+    if r.status_code != 200:
+        try:
+            message = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = r.text[:200]
+        error = NotFoundError if r.status_code == 404 else ValidationError if r.status_code == 422 else UnavailableError
+        raise error(f"HTTP {r.status_code}: {message}")
+    return r.json()
+
+
+def from_db(db_url: str, name: str, *, since: str | None, until: str | None, bucket: str,
+            heads_dir: Path | None = None) -> dict:
+    """The same report built here from the inference DB (no gateway needed; no drift: that lives in the head)."""
+    from heads.config import HeadConfigError, load_head_configs
+    from heads.inference_log.reports import build_report
+    from heads.inference_log.schema import make_engine, migrate
+
+    if heads_dir is not None and Path(heads_dir).is_dir():
+        try:
+            known = sorted(load_head_configs(Path(heads_dir)))
+        except HeadConfigError:  # a broken config elsewhere must not hide this head's report
+            known = [name]
+        if name not in known:
+            raise NotFoundError(f"unknown model {name!r}; known models: {', '.join(known) or '(none)'}")
+    engine = make_engine(db_url)
+    try:
+        migrate(engine)
+        body = build_report(engine, name, since=parse_time(since, "--since"), until=parse_time(until, "--until"),
+                            bucket=bucket)
+    except PolyheadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any DB failure: say which DB
+        raise UnavailableError(f"cannot read the inference DB {db_url}: {type(exc).__name__}: {exc}") from None
+    finally:
+        engine.dispose()
+    return {**body, "drift": None}
+
+
+def _num(value, fmt: str = "{:.3f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def render(report: dict) -> Group:
+    """Rich renderables: versions (+ all), labels, confidence histogram, timeline, drift."""
+    s = report["summary"]
+    title = (f"[bold]{report['model']}[/bold]  {report['since']} .. {report['until']}  "
+             f"({s['requests']} requests, {s['texts']} texts)")
+    versions = Table("version", "requests", "texts", "abstain", "conf.", "latency ms p50/p95/p99", "feedback",
+                     "acc.", "F1 w.", title=title, title_justify="left")
+    versions.columns[0].overflow = "fold"  # a version id is long: wrap it, never cut it
+    for v in [*report["versions"], {"version": "[bold]all[/bold]", **s}]:
+        fb, lat = v["feedback"], v["latency_ms"]
+        versions.add_row(v["version"], str(v["requests"]), str(v["texts"]), _pct(v["abstain_rate"]),
+                         _num(v["confidence_mean"], "{:.2f}"), "/".join(_num(lat[p], "{:.1f}") for p in ("p50", "p95", "p99")),
+                         str(fb["count"]), _num(fb["accuracy"]), _num(fb["f1_weighted"]))
+    parts = [versions]
+    if s["texts"]:
+        labels = Table("label", "texts", "share", title="labels", title_justify="left")
+        for label, n in s["label_distribution"].items():
+            labels.add_row(label, str(n), _pct(n / s["texts"]))
+        hist = Table("confidence", "texts", "", title="confidence histogram", title_justify="left")
+        edges, counts = s["confidence_histogram"]["edges"], s["confidence_histogram"]["counts"]
+        peak = max(counts) or 1
+        for i, n in enumerate(counts):
+            hist.add_row(f"{edges[i]:.1f}-{edges[i + 1]:.1f}", str(n), "#" * round(30 * n / peak))
+        timeline = Table("start (UTC)", "version", "requests", "texts", "abstain", "conf.", "p95 ms",
+                         title=f"per {report['bucket']}", title_justify="left")
+        timeline.columns[1].overflow = "fold"
+        for t in report["timeline"]:
+            timeline.add_row(t["start"][:16].replace("T", " "), t["version"], str(t["requests"]), str(t["texts"]), _pct(t["abstain_rate"]),
+                             _num(t["confidence_mean"]), _num(t["latency_ms"]["p95"], "{:.1f}"))
+        parts += [labels, hist, timeline]
+    drift = report.get("drift")
+    if drift:
+        flag = "[red]FLAGGED[/red]" if drift.get("flagged") else "[green]ok[/green]"
+        scores = ", ".join(f"{k} {_num(v)}" for k, v in (drift.get("scores") or {}).items())
+        reasons = "; ".join(drift.get("reasons") or [])
+        parts.append(f"drift: {flag}  {scores}" + (f"  ({reasons})" if reasons else ""))
+    else:
+        parts.append("drift: - (not available: read through the gateway, from a head that reports drift)")
+    return Group(*parts)
+
+
+def print_report(report: dict, console: Console | None = None) -> None:
+    (console or Console()).print(render(report))
