@@ -106,6 +106,7 @@ def test_ports_agree_across_services():
         url = urlsplit(gateway.head_url_template.format(name=n))
         assert (url.hostname, url.port) == (f"head-{n}", head.port)
         assert head.db_url.startswith("postgresql+psycopg://") and "@postgres:5432/" in head.db_url
+        assert gateway.db_url == head.db_url  # reports and feedback read the DB the heads log to
         assert head.models_dir.as_posix() == deploy.MODELS_DIR
 
 
