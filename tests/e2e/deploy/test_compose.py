@@ -76,7 +76,7 @@ def test_healthchecks_restart_policies_and_depends_on_healthy():
             assert "healthcheck" in SERVICES[dep]
     for n in HEADS:
         assert set(SERVICES[f"head-{n}"]["depends_on"]) == {"embedder", "postgres"}
-    assert set(SERVICES["gateway"]["depends_on"]) == {"embedder", *(f"head-{n}" for n in HEADS)}
+    assert set(SERVICES["gateway"]["depends_on"]) == {"embedder", "postgres", *(f"head-{n}" for n in HEADS)}
     assert SERVICES["embedder"]["healthcheck"]["test"] == ["CMD", "python", deploy.EMBEDDER_HEALTHCHECK]
 
 
