@@ -180,12 +180,13 @@ async def head(trained_head, embedder, tmp_path_factory) -> AsyncIterator[Runnin
 
 
 # -- gateway ---------------------------------------------------------------------------------------
-def gateway_app(heads_dir: Path, routes_file: Path, target: str) -> FastAPI:
+def gateway_app(heads_dir: Path, routes_file: Path, target: str, db_url: str | None = None) -> FastAPI:
     from gateway.http_server import create_app
     from gateway.settings import GatewaySettings
 
+    db = {"db_url": db_url} if db_url else {}  # reports and feedback: the heads' inference DB
     return create_app(GatewaySettings(heads_dir=heads_dir, routes_file=routes_file, embedder_target=target,
-                                      reload_interval_s=0, port=0, info_timeout_s=2))
+                                      reload_interval_s=0, port=0, info_timeout_s=2, **db))
 
 
 @pytest.fixture(scope="session")
@@ -202,6 +203,6 @@ def gateway_routes(head, tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def gateway(gateway_routes, embedder) -> AsyncIterator[httpx.AsyncClient]:
-    async with asgi_client(gateway_app(*gateway_routes, embedder.target), "http://gateway") as client:
+async def gateway(gateway_routes, embedder, head) -> AsyncIterator[httpx.AsyncClient]:
+    async with asgi_client(gateway_app(*gateway_routes, embedder.target, head.db_url), "http://gateway") as client:
         yield client
