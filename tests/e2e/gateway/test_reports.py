@@ -87,8 +87,8 @@ def test_traffic_and_feedback_show_in_the_report(stack):
     assert [v["version"] for v in rep["versions"]] == [sent[0][4]]
     assert rep["versions"][0]["feedback"] == s["feedback"]
     assert sum(t["texts"] for t in rep["timeline"]) == 7 and rep["bucket"] == "hour"
-    # The head's GET /drift (another part of issue 11): null where the head has none.
-    assert rep["drift"] is None or rep["drift"]["head"] == "tickets"
+    # The head's GET /drift, passed through (null when the head is down: the last test).
+    assert rep["drift"]["head"] == "tickets" and isinstance(rep["drift"]["flagged"], bool)
 
 
 def test_feedback_errors_name_the_problem_and_store_nothing(stack):

@@ -42,6 +42,7 @@ async def test_feedback_right_after_predict_then_the_report(gateway, trained_hea
     assert s["feedback"] == {"count": 2, "accuracy": 1.0, "f1_weighted": 1.0}  # the wrong label was replaced
     assert [v["version"] for v in report["versions"]] == [trained_head.version]
     assert len(report["timeline"]) == 1 and report["timeline"][0]["texts"] == 4
+    assert report["drift"]["head"] == HEAD and isinstance(report["drift"]["flagged"], bool)  # the head's GET /drift
 
 
 async def test_feedback_with_a_label_the_model_does_not_have_is_a_422(gateway, trained_head):
