@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -222,3 +223,16 @@ def test_report_of_a_head_without_traffic_and_with_its_head_down(stack):
     year = report(url, "tickets", since=(now - timedelta(days=365)).isoformat())
     assert year.status_code == 422 and "bucket=day" in year.json()["error"]["message"]
     assert report(url, "tickets", since=(now - timedelta(days=365)).isoformat(), bucket="day").status_code == 200
+
+
+def test_polyhead_report_reads_the_gateway(stack):
+    cli = [sys.executable, "-m", "polyhead.cli", "report", "tickets", "--gateway", stack["url"]]
+    out = subprocess.run([*cli, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert body["model"] == "tickets" and body["summary"]["requests"] >= 6 and body["drift"]["head"] == "tickets"
+    table = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "160"})
+    assert table.returncode == 0 and body["versions"][0]["version"] in table.stdout and "drift:" in table.stdout
+    missing = subprocess.run([*cli[:4], "nope", "--gateway", stack["url"]], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60)
+    assert missing.returncode == 2 and "unknown model 'nope'" in missing.stderr

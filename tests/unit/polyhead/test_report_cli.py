@@ -1,0 +1,58 @@
+"""`polyhead report NAME --db-url`: the report read straight from an inference DB (SQLite in tmp)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import datetime, timedelta, timezone
+
+from typer.testing import CliRunner
+
+from heads.inference_log.records import PredictionRecord
+from heads.inference_log.schema import make_engine, migrate, predictions
+from polyhead.cli import app
+from tests.conftest import ROOT
+
+
+def _log(url: str, rows: list[tuple[str, int, str]]) -> None:
+    engine = make_engine(url)
+    try:
+        migrate(engine)
+        now = datetime.now(timezone.utc)
+        with engine.begin() as conn:
+            conn.execute(predictions.insert(), [
+                {**dataclasses.asdict(PredictionRecord.create(
+                    request_id=rid, head="support-routing", head_version="20260101T000000Z", embedder_fingerprint="fp",
+                    text="t", label=label, probability=0.8, top_k=[(label, 0.8)], latency_ms=12.0, abstained=False,
+                    text_index=index)), "ts": now - timedelta(minutes=5)} for rid, index, label in rows])
+    finally:
+        engine.dispose()
+
+
+def test_report_from_the_db_as_json_and_as_tables(tmp_path):
+    url = f"sqlite:///{tmp_path / 'inference.db'}"
+    _log(url, [("a", 0, "billing"), ("a", 1, "billing"), ("b", 0, "technical")])
+    runner = CliRunner()
+    out = runner.invoke(app, ["report", "support-routing", "--db-url", url, "--json"])
+    assert out.exit_code == 0, out.output
+    body = json.loads(out.output)
+    assert (body["summary"]["requests"], body["summary"]["texts"]) == (2, 3)
+    assert body["summary"]["label_distribution"] == {"billing": 2, "technical": 1} and body["drift"] is None
+
+    out = runner.invoke(app, ["report", "support-routing", "--db-url", url, "--bucket", "day"],
+                        env={"COLUMNS": "160"})
+    assert out.exit_code == 0, out.output
+    assert "20260101T000000Z" in out.output and "billing" in out.output and "12.0/12.0/12.0" in out.output
+
+
+def test_unknown_head_and_bad_options_are_clear_errors(tmp_path):
+    url = f"sqlite:///{tmp_path / 'inference.db'}"
+    runner = CliRunner()
+    out = runner.invoke(app, ["report", "no-such-head", "--db-url", url, "--heads-dir", str(ROOT / "configs" / "heads")])
+    assert out.exit_code == 2 and "unknown model 'no-such-head'" in out.output and "support-routing" in out.output
+    out = runner.invoke(app, ["report", "support-routing", "--db-url", url, "--bucket", "week"])
+    assert out.exit_code == 2 and "hour or day" in out.output
+    out = runner.invoke(app, ["report", "support-routing", "--db-url", url, "--since", "yesterday"])
+    assert out.exit_code == 2 and "--since" in out.output and "ISO 8601" in out.output
+    empty = runner.invoke(app, ["report", "support-routing", "--db-url", url, "--json"])
+    assert empty.exit_code == 0 and json.loads(empty.output)["summary"]["texts"] == 0
