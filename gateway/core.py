@@ -82,8 +82,15 @@ class GatewayService:
 
     async def predict(self, name: str, body: bytes, request_id: str) -> UpstreamReply:
         """Forward a predict body (JSON bytes) to the named model's head; its answer comes back as is."""
+        return await self._forward(name, "/predict", body, request_id)
+
+    async def explain(self, name: str, body: bytes, request_id: str) -> UpstreamReply:
+        """Forward an explain body to the named model's head (word-occlusion importances)."""
+        return await self._forward(name, "/explain", body, request_id)
+
+    async def _forward(self, name: str, path: str, body: bytes, request_id: str) -> UpstreamReply:
         route = self.routing.get(name)
-        reply = await self._call_head(route, "POST", "/predict", request_id, body=body)
+        reply = await self._call_head(route, "POST", path, request_id, body=body)
         is_json = reply.headers.get("Content-Type", "").startswith("application/json")
         if (reply.status >= 500 and reply.status != 503) or not is_json:
             metrics.UPSTREAM_ERRORS.labels(name, f"http_{reply.status}").inc()

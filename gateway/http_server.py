@@ -17,10 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway import metrics
 from gateway.auth import Authenticator, BodySizeLimit
+from gateway.console import install_console
 from gateway.core import GatewayService
 from gateway.insights import FeedbackRequest, FeedbackResponse, Insights, Report
 from gateway.settings import GatewaySettings
-from heads.api import PredictRequest, PredictResponse
+from heads.api import ExplainRequest, ExplainResponse, PredictRequest, PredictResponse
 from polyhead import __version__
 from polyhead.errors import ForbiddenError, PolyheadError
 from polyhead.http import REQUEST_ID_HEADER, install_error_handlers, request_id_of
@@ -142,6 +143,19 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         metrics.REQUESTS.labels(route, model, str(status)).inc()
         metrics.LATENCY.labels(route, model).observe(time.perf_counter() - started)
 
+    async def forwarded(route: str, call, request: Request, name: str) -> Response:
+        """Admit, forward the body to the model's head, pass its answer back; count it either way."""
+        started, rid = time.perf_counter(), request_id_of(request)
+        try:
+            auth.admit(request, name)
+            reply = await call(name, await request.body(), rid)
+        except PolyheadError as err:
+            observe(route, name if name in service.routing.routes else "unknown", int(err.http_status), started)
+            raise
+        observe(route, name, reply.status, started)
+        return Response(reply.content, status_code=reply.status, media_type="application/json",
+                        headers={**reply.headers, REQUEST_ID_HEADER: rid})
+
     # The body is read as bytes and forwarded as is: the head validates it (one source of truth for
     # the limits; its 422 names the field) and the gateway spends no parse/re-encode on the hot path.
     predict_body = {"requestBody": {"required": True, "content": {"application/json": {
@@ -151,16 +165,17 @@ def create_app(settings: GatewaySettings) -> FastAPI:
               responses=_errors(401, 403, 404, 413, 422, 429, 503))
     async def predict(request: Request, name: str = Path(..., description="Model (head) name")):
         """Classify one text (`text`) or several (`texts`) with the named model."""
-        started, rid = time.perf_counter(), request_id_of(request)
-        try:
-            auth.admit(request, name)
-            reply = await service.predict(name, await request.body(), rid)
-        except PolyheadError as err:
-            observe("predict", name if name in service.routing.routes else "unknown", int(err.http_status), started)
-            raise
-        observe("predict", name, reply.status, started)
-        return Response(reply.content, status_code=reply.status, media_type="application/json",
-                        headers={**reply.headers, REQUEST_ID_HEADER: rid})
+        return await forwarded("predict", service.predict, request, name)
+
+    explain_body = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": ExplainRequest.model_json_schema()}}}}
+
+    @app.post("/v1/models/{name}/explain", response_model=ExplainResponse, openapi_extra=explain_body,
+              responses=_errors(401, 403, 404, 413, 422, 429, 503))
+    async def explain(request: Request, name: str = Path(..., description="Model (head) name")):
+        """Which words carry the prediction: the drop in the predicted label's probability when each word
+        is left out (all variants embedded in one call). At most the head's max_explain_words words."""
+        return await forwarded("explain", service.explain, request, name)
 
     @app.get("/v1/models", response_model=ModelList, responses=_errors(401, 429))
     async def list_models(request: Request):
@@ -203,6 +218,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             raise
         observe("embeddings", "-", 200, started)
         return JSONResponse(result, headers={REQUEST_ID_HEADER: rid})
+
+    install_console(app)
 
     @app.get("/healthz")
     async def healthz():

@@ -31,6 +31,26 @@ class PredictResult:
     predictions: list[Prediction]
 
 
+@dataclass(frozen=True)
+class WordImportance:
+    word: str
+    start: int  # character offsets into the text: text[start:end] == word
+    end: int
+    importance: float  # drop in the label's probability when the word is left out (< 0: it argued against)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    head: str
+    version: str
+    request_id: str
+    label: str  # the model's top label (even when the prediction abstains), the one the importances refer to
+    probability: float
+    abstained: bool
+    words: list[WordImportance]
+    latency_ms: float
+
+
 # -- wire encoding ---------------------------------------------------------------------------------
 def encode_prediction(p: Prediction) -> dict:
     return {"label": p.label, "probability": round(p.probability, 6), "top_k": p.top_k, "abstained": p.abstained}
@@ -45,6 +65,21 @@ def encode_predict_response(result: PredictResult) -> dict:
         "request_id": result.request_id,
         "latency_ms": round(result.latency_ms, 3),
         "predictions": [encode_prediction(p) for p in result.predictions],
+    }
+
+
+def encode_explain_response(result: Explanation) -> dict:
+    """The JSON body of a 200 from /explain (schema: `ExplainResponse`)."""
+    return {
+        "head": result.head,
+        "version": result.version,
+        "label": result.label,
+        "probability": round(result.probability, 6),
+        "abstained": result.abstained,
+        "words": [{"word": w.word, "start": w.start, "end": w.end, "importance": round(w.importance, 6)}
+                  for w in result.words],
+        "request_id": result.request_id,
+        "latency_ms": round(result.latency_ms, 3),
     }
 
 
@@ -88,3 +123,28 @@ class PredictResponse(BaseModel):
     request_id: str
     latency_ms: float
     predictions: list[PredictionOut]
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "my card was declined"}]})
+
+    text: str = Field(..., description="One text; at most the head's serving.max_explain_words words")
+
+
+class WordImportanceOut(BaseModel):
+    word: str
+    start: int = Field(..., description="Character offset of the word in the text")
+    end: int
+    importance: float = Field(..., description="Drop in the label's probability without this word; "
+                              "negative when the word argued against the label")
+
+
+class ExplainResponse(BaseModel):
+    head: str
+    version: str
+    label: str = Field(..., description="The model's top label, which the importances refer to")
+    probability: float
+    abstained: bool
+    words: list[WordImportanceOut]
+    request_id: str
+    latency_ms: float

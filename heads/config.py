@@ -48,6 +48,8 @@ class ServingConfig(BaseModel):
     abstain_label: str = "abstain"
     max_texts_per_request: int = Field(64, ge=1, le=4096)
     max_text_chars: int = Field(10_000, ge=1)
+    max_explain_words: int = Field(64, ge=1, le=1000, description="words in a text sent to /explain: each costs "
+                                   "one more text to embed")
     redact_text: bool = Field(False, description="log only a hash of the input text")
     address: str | None = Field(None, description="head URL for the gateway; default from the gateway's template")
     timeout_s: float | None = Field(None, gt=0, description="gateway -> head timeout for this model; default the gateway's")

@@ -9,8 +9,8 @@ import uuid
 from dataclasses import dataclass, field
 
 from embedder.client import AsyncEmbedderClient, RetryPolicy
-from heads import metrics
-from heads.api import PredictResult
+from heads import explain, metrics
+from heads.api import Explanation, PredictResult
 from heads.config import HeadConfig
 from heads.drift import SCORE_NAMES, DriftMonitor, DriftThresholds
 from heads.inference_log.records import PredictionRecord
@@ -97,6 +97,16 @@ class HeadService:
                     abstained=p.abstained, text_index=index,
                     redact=self.config.serving.redact_text))
         return PredictResult(self.name, version, done.fingerprint, request_id, latency_ms, done.predictions)
+
+    async def explain(self, text: str, request_id: str | None = None) -> Explanation:
+        """Word-occlusion importances for one text (heads/explain.py); not logged as a prediction."""
+        self.validate([text], batch=False)
+        try:
+            return await explain.explain(self.pipeline, text, self.config.serving.max_explain_words,
+                                         request_id or uuid.uuid4().hex)
+        except FingerprintMismatch:
+            self._readiness = Readiness(False, {"fingerprint": "mismatch"})
+            raise
 
     # -- drift (heads.drift): the window sees every answered text, from the vectors already at hand --
     def _observe_drift(self, done) -> None:

@@ -1,4 +1,4 @@
-"""HTTP front end of a head (FastAPI): per-head /predict, /readyz, /info, /drift, /admin/reload; /healthz, /metrics."""
+"""HTTP front end of a head (FastAPI): per-head /predict, /explain, /readyz, /info, /drift, /admin/reload; /healthz, /metrics."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from pydantic import BaseModel, Field
 from heads import metrics
 from heads.config import load_head_config
 from heads.core import HeadService
-from heads.api import PredictRequest, PredictResponse, encode_predict_response
+from heads.api import (ExplainRequest, ExplainResponse, PredictRequest, PredictResponse, encode_explain_response,
+                       encode_predict_response)
 from heads.inference_log.writer import InferenceLog
 from heads.settings import HeadSettings
 from polyhead import __version__
@@ -29,7 +30,7 @@ class ReloadRequest(BaseModel):
 
 
 def head_router(service: HeadService) -> APIRouter:
-    """One head's endpoints (/predict, /readyz, /info, /drift, /admin/reload): an app mounts one router
+    """One head's endpoints (/predict, /explain, /readyz, /info, /drift, /admin/reload): an app mounts one router
     per head it serves, so every per-head endpoint is declared here once."""
     config = service.config
     router = APIRouter()
@@ -47,6 +48,18 @@ def head_router(service: HeadService) -> APIRouter:
         # JSONResponse directly: the model above documents the shape; re-validating our own dict
         # on every request costs more than the classifier itself.
         return JSONResponse(encode_predict_response(result), headers={REQUEST_ID_HEADER: rid})
+
+    @router.post("/explain", response_model=ExplainResponse, responses=ERROR_RESPONSES)
+    async def explain(body: ExplainRequest, request: Request):
+        """Word-occlusion importance: the drop in the predicted label's probability without each word."""
+        rid = request_id_of(request)
+        try:
+            result = await service.explain(body.text, request_id=rid)
+        except PolyheadError as err:
+            metrics.EXPLAIN_REQUESTS.labels(config.name, str(int(err.http_status))).inc()
+            raise
+        metrics.EXPLAIN_REQUESTS.labels(config.name, "200").inc()
+        return JSONResponse(encode_explain_response(result), headers={REQUEST_ID_HEADER: rid})
 
     @router.get("/readyz", responses={503: {"description": "not ready; body says why"}})
     async def readyz():

@@ -6,6 +6,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 REQUESTS = Counter("polyhead_head_requests_total", "Predict requests", ["head", "status"])
 LATENCY = Histogram("polyhead_head_request_seconds", "Predict latency", ["head"], buckets=LATENCY_BUCKETS)
+EXPLAIN_REQUESTS = Counter("polyhead_head_explain_requests_total", "Explain requests (each embeds one text "
+                           "per word)", ["head", "status"])
 EMBED_LATENCY = Histogram("polyhead_head_embed_seconds", "Embedder call latency", ["head"], buckets=LATENCY_BUCKETS)
 PREDICTIONS = Counter("polyhead_head_predictions_total", "Texts classified", ["head", "label"])
 ABSTAINED = Counter("polyhead_head_abstained_total", "Predictions below the confidence threshold", ["head"])

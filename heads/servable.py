@@ -43,8 +43,12 @@ class HeadServable:
     def fingerprint(self) -> str:
         return self.artifact.embedder_fingerprint
 
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        """[texts, labels] probabilities, columns in the order of `labels`."""
+        return self.artifact.model.predict_proba(vectors)
+
     def predict(self, vectors: np.ndarray) -> list[Prediction]:
-        proba = self.artifact.model.predict_proba(vectors)
+        proba = self.probabilities(vectors)
         k = min(self.serving.top_k, proba.shape[1])
         order = np.argsort(-proba, axis=1)[:, :k]
         out = []
