@@ -269,7 +269,8 @@ class Stack:
         gw = self.children["gateway"].url
         example = names[0] if names else "NAME"
         self.console.print(f"\n[bold green]polyhead is up[/bold green] in {elapsed:.1f}s: embedder + {len(names)} "
-                           f"heads + gateway\n  gateway: {gw}   (OpenAPI docs: {gw}/docs)\n  models:  {', '.join(names)}\n"
+                           f"heads + gateway\n  console: {gw}/ui   (models, playground, dashboards)\n"
+                           f"  gateway: {gw}   (OpenAPI docs: {gw}/docs)\n  models:  {', '.join(names)}\n"
                            f"  try:     curl -s {gw}/v1/models/{example}/predict -H 'content-type: application/json' "
                            f"-d '{{\"text\": \"my card was charged twice\"}}'\n  status:  polyhead status    stop: Ctrl-C\n")
 

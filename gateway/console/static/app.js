@@ -181,7 +181,7 @@ function renderPrediction(card, name, text, reply) {
     const fill = h("div", { class: "fill" });
     fill.style.width = `${(t.probability * 100).toFixed(1)}%`;
     return h("li", { "data-label": t.label, "data-probability": t.probability },
-      h("span", { class: "topk-label" }, t.label), h("div", { class: "bar" }, fill),
+      h("span", { class: "topk-label" }, t.label), h("div", { class: "meter" }, fill),
       h("span", { class: "num" }, fmt.prob(t.probability)));
   });
   const explainBox = h("div", { class: "explanation" });
@@ -268,11 +268,13 @@ function renderReport(report, model) {
   $("#summary-tiles").replaceChildren(
     tile("Requests", fmt.num(s.requests), "requests"), tile("Texts", fmt.num(s.texts), "texts"),
     tile("Mean confidence", fmt.prob(s.confidence_mean), "confidence"), tile("Abstain rate", fmt.pct(s.abstain_rate), "abstain"),
-    tile("Latency p50 / p95 / p99", `${fmt.ms(s.latency_ms.p50)} / ${fmt.ms(s.latency_ms.p95)} / ${fmt.ms(s.latency_ms.p99)}`, "latency"),
+    tile("Latency p50 / p95 / p99", `${fmt.ms(s.latency_ms.p50)} / ${fmt.ms(s.latency_ms.p95)} / ${fmt.ms(s.latency_ms.p99)}`, "latency", "wide"),
     tile("Live accuracy", s.feedback.count ? `${fmt.pct(s.feedback.accuracy)} of ${fmt.num(s.feedback.count)}` : "no feedback", "accuracy"));
 
   const slots = timeSlots(report);
-  const labelOf = (t) => (report.bucket === "day" ? t.toISOString().slice(5, 10) : `${String(t.getHours()).padStart(2, "0")}:00`);
+  const date = (t) => `${String(t.getMonth() + 1).padStart(2, "0")}-${String(t.getDate()).padStart(2, "0")}`;
+  const labelOf = (t) => (report.bucket === "day" ? t.toISOString().slice(5, 10)
+    : t.getHours() === 0 ? date(t) : `${String(t.getHours()).padStart(2, "0")}:00`); // midnight shows the date
   chart("#chart-volume", barChart({
     labels: slots.map((slot) => labelOf(slot.start)), values: slots.map((slot) => slot.texts),
     titles: slots.map((slot) => `${slot.start.toLocaleString()}: ${slot.texts} texts in ${slot.requests} requests` +
@@ -283,8 +285,9 @@ function renderReport(report, model) {
   chart("#chart-labels", hbarChart({ labels: labels.map(([l]) => l), values: labels.map(([, n]) => n), format: (v) => fmt.num(v) }));
 
   const hist = s.confidence_histogram;
+  const edge = (v) => (v === 0 || v === 1 ? String(v) : v.toFixed(1).replace(/^0/, ""));
   chart("#chart-confidence", barChart({
-    labels: hist.counts.map((_, i) => hist.edges[i].toFixed(1)), values: hist.counts,
+    labels: hist.counts.map((_, i) => `${edge(hist.edges[i])}–${edge(hist.edges[i + 1])}`), values: hist.counts,
     titles: hist.counts.map((n, i) => `${hist.edges[i].toFixed(1)}–${hist.edges[i + 1].toFixed(1)}: ${n} texts`),
   }));
 
@@ -296,8 +299,10 @@ function renderReport(report, model) {
   renderDrift(report.drift);
 
   const acc = [];
-  if (model?.metrics?.accuracy !== undefined && model.metrics.accuracy !== null) acc.push([`test set (v ${model.version})`, model.metrics.accuracy]);
-  for (const v of report.versions) if (v.feedback.count) acc.push([`live v ${v.version} (n=${v.feedback.count})`, v.feedback.accuracy]);
+  // Versions are long UTC timestamps: their tail tells them apart in a narrow label.
+  const short = (version) => (report.versions.length > 1 ? ` …${String(version).slice(-8)}` : "");
+  if (model?.metrics?.accuracy !== undefined && model.metrics.accuracy !== null) acc.push(["test set", model.metrics.accuracy]);
+  for (const v of report.versions) if (v.feedback.count) acc.push([`live${short(v.version)} (n=${v.feedback.count})`, v.feedback.accuracy]);
   const liveAccuracy = hbarChart({ labels: acc.map(([l]) => l), values: acc.map(([, a]) => a), max: 1, format: fmt.pct,
     empty: "no test metrics and no feedback yet" });
   chart("#chart-accuracy", s.feedback.count ? liveAccuracy : h("div", {}, liveAccuracy,
@@ -311,7 +316,7 @@ function renderReport(report, model) {
 }
 
 function renderDrift(drift) {
-  const names = { label_shift_js: "label shift (JS)", confidence_shift: "confidence shift", ood_rate: "out-of-distribution rate" };
+  const names = { label_shift_js: "label shift (JS)", confidence_shift: "confidence shift", ood_rate: "OOD rate" };
   const figure = $("#chart-drift");
   const caption = $("figcaption", figure);
   if (!drift || drift.available === false) {
@@ -331,8 +336,8 @@ function renderDrift(drift) {
   chart(figure, h("div", {}, body, note));
 }
 
-function tile(title, value, key) {
-  return h("div", { class: "tile", "data-tile": key }, h("div", { class: "muted small" }, title), h("div", { class: "value" }, value));
+function tile(title, value, key, size = "") {
+  return h("div", { class: `tile ${size}`, "data-tile": key }, h("div", { class: "muted small" }, title), h("div", { class: "value" }, value));
 }
 
 function chart(figure, content) {
@@ -367,15 +372,16 @@ function timeSlots(report) {
 }
 
 // -- SVG charts --------------------------------------------------------------------------------------
-const W = 480, H = 210, M = { top: 12, right: 10, bottom: 30, left: 44 };
+const W = 480, H = 210, M = { top: 12, right: 18, bottom: 30, left: 44 };
 
+/** The top of a 4-step axis: the smallest "round" step (1, 1.5, 2, 2.5 ... x 10^n) times 4 that covers value. */
 function niceMax(value) {
   if (!(value > 0)) return 1;
-  const mag = 10 ** Math.floor(Math.log10(value));
-  return [1, 2, 2.5, 5, 10].map((f) => f * mag).find((v) => v >= value);
+  const mag = 10 ** Math.floor(Math.log10(value / 4));
+  return 4 * [1, 1.5, 2, 2.5, 3, 4, 5, 6, 7.5, 8, 10].map((f) => f * mag).find((step) => 4 * step >= value);
 }
 
-function axes(max, format = (v) => fmt.num(v, max < 10 ? 1 : 0)) {
+function axes(max, format = (v) => fmt.num(v, Number.isInteger(max / 4) ? 0 : 2)) {
   const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => f * max);
   const y = (v) => M.top + (H - M.top - M.bottom) * (1 - v / max);
   return { y, grid: ticks.map((t) => svg("g", { class: "grid" },
@@ -414,7 +420,7 @@ function hbarChart({ labels, values, markers = [], max, format = (v) => String(v
     const yTop = M.top + row * i;
     const v = values[i];
     return svg("g", { class: "hrow" },
-      svg("text", { x: left - 8, y: yTop + 16, "text-anchor": "end" }, label.length > 22 ? `${label.slice(0, 21)}…` : label),
+      svg("text", { x: left - 8, y: yTop + 16, "text-anchor": "end" }, label.length > 20 ? `${label.slice(0, 19)}…` : label),
       svg("rect", { class: "track", x: left, y: yTop + 4, width: W - left - right, height: row - 10 }),
       svg("rect", { class: "bar", x: left, y: yTop + 4, width: Math.max(0, x(v) - left), height: row - 10, "data-label": label,
         "data-value": v ?? "" }, svg("title", {}, `${label}: ${v === null || v === undefined ? "n/a" : format(v)}`)),

@@ -114,7 +114,8 @@ def test_the_build_context_builds_the_package(dockerfile, tmp_path):
 
     names = set(zipfile.ZipFile(wheel).namelist())
     for module in ("polyhead/cli.py", "embedder/grpc_server.py", "embedder/v1/embedder_pb2.py",
-                   "heads/http_server.py", "gateway/http_server.py"):
+                   "heads/http_server.py", "gateway/http_server.py", "gateway/console/static/index.html",
+                   "gateway/console/static/app.js", "gateway/console/static/console.css"):
         assert module in names
 
 

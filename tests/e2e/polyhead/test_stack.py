@@ -62,6 +62,8 @@ def test_up_trains_supervises_picks_up_new_heads_and_stops_cleanly(exported_mode
         r = httpx.post(gw + "/v1/models/tickets/predict", json={"text": "refund my double charge"})
         assert r.status_code == 200 and r.json()["predictions"][0]["label"] == "billing"
         assert "training 1 head" in (tmp_path / "up.log").read_text()
+        wait_for(lambda: f"console: {gw}/ui" in (tmp_path / "up.log").read_text(), 30, "no console address printed")
+        assert httpx.get(gw + "/ui").headers["content-type"].startswith("text/html")
 
         # A crashed head is restarted by the supervisor.
         state = json.loads(state_file.read_text())

@@ -106,3 +106,33 @@ async def test_foreign_encoder_is_refused():
     pipeline, _ = make_pipeline(RecordingEmbedder(fingerprint="other"))
     with pytest.raises(FingerprintMismatch):
         await explain(pipeline, "refund please", max_words=64, request_id="r")
+
+
+async def test_explain_through_the_gateway_is_one_embedder_call(gateway, head):
+    """Gateway -> head -> the in-process gRPC embedder (fake model): one Embed RPC for the text and all
+    its variants, and explanations are not logged as predictions."""
+    from tests.unit.conftest import HEAD, embedder_calls
+
+    text = "please send me a copy of last month's invoice"
+    before = embedder_calls("Embed")
+    reply = await gateway.post(f"/v1/models/{HEAD}/explain", json={"text": text}, headers={"x-request-id": "explain-unit"})
+    assert reply.status_code == 200, reply.text
+    assert embedder_calls("Embed") - before == 1
+    body = reply.json()
+    assert [w["word"] for w in body["words"]] == ["please", "send", "me", "a", "copy", "of", "last", "month's", "invoice"]
+    predicted = (await gateway.post(f"/v1/models/{HEAD}/predict", json={"text": text})).json()["predictions"][0]
+    assert body["label"] == predicted["label"] and body["probability"] == pytest.approx(predicted["probability"], abs=1e-6)
+    await head.flush_log()
+    import sqlalchemy as sa
+
+    from heads.inference_log.schema import make_engine, predictions
+
+    engine = make_engine(head.db_url)
+    try:
+        with engine.connect() as conn:
+            logged = conn.execute(sa.select(sa.func.count()).where(predictions.c.request_id == "explain-unit")).scalar()
+    finally:
+        engine.dispose()
+    assert logged == 0
+    too_many = await gateway.post(f"/v1/models/{HEAD}/explain", json={"text": "word " * 65})
+    assert too_many.status_code == 422 and "max_explain_words=64" in too_many.json()["error"]["message"]
