@@ -242,13 +242,13 @@ async function showDashboard(requested) {
 
 async function loadReport(name) {
   const range = RANGES[$("#dashboard-range").value];
-  const until = new Date();
-  const since = new Date(until.getTime() - range.hours * 3600e3);
+  // No `until`: the server's "now" ends the range, so what was served a moment ago is in it.
+  const since = new Date(Date.now() - range.hours * 3600e3);
   const status = $("#dashboard-status");
   status.textContent = `loading the report of ${name}…`;
   let report;
   try {
-    report = await api(`${modelPath(name, "report")}?since=${isoSeconds(since)}&until=${isoSeconds(until)}&bucket=${range.bucket}`);
+    report = await api(`${modelPath(name, "report")}?since=${isoSeconds(since)}&bucket=${range.bucket}`);
   } catch (err) {
     const missingApi = err.status === 404 && !err.field && /^not found$/i.test(err.message);
     status.textContent = missingApi ? "This gateway has no report API (GET /v1/models/{name}/report): the dashboard needs it."
@@ -324,10 +324,10 @@ function renderDrift(drift) {
     return chart(figure, emptyChart(drift ? "this artifact has no drift reference statistics" : "drift unavailable (no answer from the head)"));
   }
   const keys = Object.keys(names).filter((k) => k in (drift.scores || {}));
-  caption.replaceChildren("Drift scores (line: threshold) ",
+  caption.replaceChildren("Drift scores (bar: size of the score, line: threshold) ",
     h("span", { class: `badge ${drift.flagged ? "bad" : "ok"}` }, drift.flagged ? "flagged" : "ok"));
   const body = hbarChart({ labels: keys.map((k) => names[k]), values: keys.map((k) => drift.scores[k]),
-    markers: keys.map((k) => drift.thresholds?.[k]), max: Math.max(0.05, ...keys.map((k) => Math.max(drift.scores[k] ?? 0, drift.thresholds?.[k] ?? 0) * 1.15)),
+    markers: keys.map((k) => drift.thresholds?.[k]), max: Math.max(0.05, ...keys.map((k) => Math.max(Math.abs(drift.scores[k] ?? 0), drift.thresholds?.[k] ?? 0) * 1.15)),
     format: (v) => Number(v).toFixed(3) });
   const note = h("p", { class: "muted small" }, drift.window < drift.min_window
     ? `collecting: ${fmt.num(drift.window)} of the ${fmt.num(drift.min_window)} texts needed for scores`
@@ -414,8 +414,8 @@ function hbarChart({ labels, values, markers = [], max, format = (v) => String(v
   if (!labels.length) return emptyChart(empty);
   const row = 26, left = 150, right = 64;
   const height = M.top + row * labels.length + 6;
-  const top = max ?? niceMax(Math.max(...values.map((v) => v ?? 0)));
-  const x = (v) => left + (W - left - right) * Math.min(1, (v ?? 0) / top);
+  const top = max ?? niceMax(Math.max(...values.map((v) => Math.abs(v ?? 0))));
+  const x = (v) => left + (W - left - right) * Math.min(1, Math.abs(v ?? 0) / top); // a signed score: its size
   const rows = labels.map((label, i) => {
     const yTop = M.top + row * i;
     const v = values[i];

@@ -212,7 +212,10 @@ def test_dashboard_charts_real_traffic(stack, page):
     summary = report["summary"]
     assert summary["texts"] >= before["texts"] + sent
 
-    page.goto(url + "/ui#/dashboard/helpdesk")
+    with page.expect_response(lambda r: "/v1/models/helpdesk/report?" in r.url) as answer:
+        page.goto(url + "/ui#/dashboard/helpdesk")
+    drawn = answer.value.json()["summary"]  # the page's own request: last 24 h up to the server's now
+    assert drawn["texts"] == summary["texts"] and "until=" not in answer.value.url
     page.wait_for_selector("#dashboard:not([hidden]) #chart-volume[data-points]")
     assert page.locator("#dashboard-model").input_value() == "helpdesk"
     volume = page.locator("#chart-volume rect.bar")
