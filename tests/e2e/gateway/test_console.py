@@ -152,6 +152,8 @@ def test_models_and_playground_show_real_predictions_and_explanations(stack, pag
         assert listing[name]["version"] in row.inner_text()
         assert sorted(row.locator(".chip").all_inner_texts()) == ["account", "billing", "technical"]
         assert f"{listing[name]['metrics']['accuracy'] * 100:.1f}%" in row.inner_text()
+        if listing[name].get("drift") is not None:  # the drift flag of GET /v1/models
+            assert row.locator(".badge").nth(1).inner_text() == ("flagged" if listing[name]["drift"]["flagged"] else "ok")
     screenshot(page, "models")
 
     page.click("nav a[data-view='playground']")
