@@ -185,15 +185,8 @@ def test_models_and_playground_show_real_predictions_and_explanations(stack, pag
     screenshot(page, "playground")
 
 
-def _report_api_available(url: str) -> bool:
-    r = httpx.get(f"{url}/v1/models/tickets/report")
-    return not (r.status_code == 404 and "error" not in r.json())  # FastAPI's own 404: no such route
-
-
 def test_dashboard_charts_real_traffic(stack, page):
     url = stack["url"]
-    if not _report_api_available(url):
-        pytest.skip("report API not merged yet (GET /v1/models/{name}/report is the reports branch's)")
     before = httpx.get(f"{url}/v1/models/helpdesk/report").json()["summary"]
     texts = ["refund my double charge", "the app crashes on start", "I cannot log in", "invoice is wrong",
              "payment failed twice", "reset my password please", "screen stays black", "update my email"]
