@@ -40,9 +40,11 @@ def pack(value: CachedEmbedding) -> bytes:
     return _HEADER.pack(int(value.truncated), value.token_count) + value.vector.astype("<f4", copy=False).tobytes()
 
 
-def unpack(raw: bytes | None, dim: int) -> CachedEmbedding | None:
+def unpack(raw: bytes | None, dim: int | None) -> CachedEmbedding | None:
     """None for a miss or a value of another shape (an old format, another encoder's dimension)."""
-    if raw is None or len(raw) != _HEADER.size + 4 * dim:
+    if raw is None or len(raw) <= _HEADER.size or (len(raw) - _HEADER.size) % 4:
+        return None
+    if dim is not None and len(raw) != _HEADER.size + 4 * dim:
         return None
     truncated, token_count = _HEADER.unpack_from(raw)
     vector = np.frombuffer(raw, dtype="<f4", offset=_HEADER.size).astype(np.float32)
@@ -52,7 +54,7 @@ def unpack(raw: bytes | None, dim: int) -> CachedEmbedding | None:
 class RedisL2Cache:
     """Create and use inside one event loop (redis.asyncio connections belong to their loop)."""
 
-    def __init__(self, url: str, dim: int, *, ttl_s: float = 7 * 86400, timeout_s: float = 0.1,
+    def __init__(self, url: str, dim: int | None, *, ttl_s: float = 7 * 86400, timeout_s: float = 0.1,
                  retry_s: float = 5.0, key_prefix: str = "polyhead:emb:", role: str = "embedder"):
         import redis.asyncio as redis  # only processes that enable L2 need the package
         from redis.backoff import NoBackoff
