@@ -8,8 +8,9 @@ then the vector as little-endian float32. Every key gets a TTL; the memory cap i
 
 Round trips are coalesced: every lookup made in one event-loop tick goes out as one MGET and every
 write as one pipeline of SET EX, so a model batch costs one read and one write, not one per text.
-Redis down or slow never fails an embed: calls have short timeouts, a failure is counted and
-logged once per outage, and Redis is then skipped for `retry_s` before it is tried again.
+Redis down or slow never fails an embed: reads have a short timeout (writes, off the request path,
+five times that), a failure is counted and logged once per outage, and Redis is then skipped for
+`retry_s` before it is tried again.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from embedder.cache import CachedEmbedding
 
 log = logging.getLogger("polyhead.embedder.l2cache")
 _HEADER = struct.Struct("<BI")  # truncated, token_count
+WRITE_TIMEOUT_FACTOR = 5  # a write may take this many read timeouts
 MAX_PENDING_WRITES = 50_000  # writes waiting for Redis beyond this are dropped (counted), never queued forever
 
 
@@ -63,8 +65,10 @@ class RedisL2Cache:
         self.url, self.dim, self.ttl_s, self.timeout_s, self.retry_s = url, dim, ttl_s, timeout_s, retry_s
         self.key_prefix = key_prefix
         self.role = role  # metrics label: the embedder reads and writes, a head only reads
+        # Writes are off the request path: a busy host delaying one should not start a back-off of reads.
+        self.write_timeout_s = WRITE_TIMEOUT_FACTOR * timeout_s
         # No client-side retries: a failed call is skipped, and Redis is retried after retry_s.
-        self._redis = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        self._redis = redis.Redis.from_url(url, socket_timeout=self.write_timeout_s, socket_connect_timeout=timeout_s,
                                            retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
                                            health_check_interval=0)
         self._down_until = 0.0
@@ -87,8 +91,9 @@ class RedisL2Cache:
         metrics.L2_UP.labels(self.role).set(0)
         if not self._outage:
             self._outage = True
-            log.warning("L2 cache unreachable; skipping it, retrying every %.1fs", self.retry_s,
-                        extra={"url": _redact(self.url), "op": op, "error": f"{type(exc).__name__}: {exc}"})
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.warning("L2 cache unreachable (%s on %s); skipping it for %.1fs at a time", error, op, self.retry_s,
+                        extra={"url": _redact(self.url), "op": op, "error": error})
 
     def _succeeded(self) -> None:
         if self._outage:
@@ -146,7 +151,7 @@ class RedisL2Cache:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key, raw in writes.items():
                     pipe.set(key, raw, px=ttl_ms)
-                await asyncio.wait_for(pipe.execute(), self.timeout_s)
+                await asyncio.wait_for(pipe.execute(), self.write_timeout_s)
         except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001 - a lost write is only a future miss
             self._failed("set", exc, len(writes))
         else:
@@ -174,7 +179,7 @@ class RedisL2Cache:
         if self._flush_scheduled:
             self._flush()
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=max(1.0, 2 * self.timeout_s))
+            await asyncio.wait(list(self._tasks), timeout=max(1.0, 2 * self.write_timeout_s))
         await self._redis.aclose()
 
 
