@@ -3,8 +3,10 @@
 No TensorFlow here: only grpc, protobuf and numpy. One channel per client, reused for every
 call; per-call deadlines; retries with exponential backoff and jitter on UNAVAILABLE (a server
 restarting or a replica going away); `dns:///host:port` targets are balanced round-robin across
-every address the name resolves to (a Kubernetes headless Service). Server errors come back as
-polyhead's own error types, so callers map them to HTTP the same way as their own errors.
+every address the name resolves to (a Kubernetes headless Service), and `ipv4:h:p1,h:p2` lists
+likewise (`polyhead up --embedder-replicas`); a replica whose health is not SERVING gets no calls.
+Server errors come back as polyhead's own error types, so callers map them to HTTP the same way as
+their own errors.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from polyhead.errors import (
 )
 from polyhead.settings import DEFAULT_EMBEDDER_TARGET
 
-_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+# Round-robin over every address of the target; client-side health checking (grpc.health.v1 Watch)
+# keeps calls off a replica that listens but is not SERVING yet (loading its model) or any more (draining).
+_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}})
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 _ERRORS = {
     grpc.StatusCode.INVALID_ARGUMENT: ValidationError,

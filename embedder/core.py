@@ -1,4 +1,5 @@
-"""The embedder's core, independent of any front end: validate -> cache -> batcher -> servable."""
+"""The embedder's core, independent of any front end: validate -> L1 cache -> L2 cache (Redis, optional)
+-> in-flight dedup -> batcher -> servable."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 from embedder import metrics
 from embedder.batching import BatchItem, MicroBatcher
 from embedder.cache import EmbeddingCache
+from embedder.l2cache import RedisL2Cache
 from embedder.servable import TextEmbeddingServable
 from embedder.settings import EmbedderSettings
 from polyhead.errors import ValidationError
@@ -30,6 +32,7 @@ class EmbeddingService:
         self.servable = servable
         self.cache = EmbeddingCache(settings.cache_max_entries)
         self.batcher: MicroBatcher | None = None
+        self.l2: RedisL2Cache | None = None
         # (fingerprint, text) -> the queued item computing it: concurrent requests share one row.
         self._inflight: dict[tuple[str, str], BatchItem] = {}
 
@@ -39,10 +42,17 @@ class EmbeddingService:
             batch_window=self.settings.batch_window, split_overhead_chars=self.settings.split_overhead_chars,
         )
         self.batcher.start()
+        s = self.settings
+        if s.l2_cache_url:
+            self.l2 = RedisL2Cache(s.l2_cache_url, self.servable.dim, ttl_s=s.l2_cache_ttl_s,
+                                   timeout_s=s.l2_cache_timeout_ms / 1000, retry_s=s.l2_cache_retry_s,
+                                   key_prefix=s.l2_cache_key_prefix)
 
     async def close(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
+        if self.l2 is not None:
+            await self.l2.close()
 
     def validate(self, texts: list[str]) -> None:
         limit = self.settings.max_texts_per_request
@@ -81,6 +91,15 @@ class EmbeddingService:
             else:
                 needed.setdefault(text, []).append(i)
 
+        if needed and self.l2 is not None and not bypass_cache:
+            # One MGET for every L1 miss of this request (and of the other requests of this loop tick).
+            for text, hit in zip(list(needed), await self.l2.get_many(fp, list(needed))):
+                if hit is not None:
+                    self.cache.put((fp, text), hit)
+                    for i in needed.pop(text):
+                        vectors[i], cached[i], truncated[i], token_counts[i] = (
+                            hit.vector, True, hit.truncated, hit.token_count)
+
         if needed:
             items = self._enqueue(list(needed), fp, bypass_cache, deadline)
             for it in items:
@@ -118,7 +137,11 @@ class EmbeddingService:
         if self._inflight.get(key) is item:
             del self._inflight[key]
         if not fut.cancelled() and fut.exception() is None:
-            self.cache.put(key, fut.result())
+            result = fut.result()
+            self.cache.put(key, result)
+            if self.l2 is not None:
+                # The texts of one model batch settle in one loop tick: one pipelined write for all.
+                self.l2.put_later(key[0], key[1], result)
 
     def info(self) -> dict:
         s = self.settings

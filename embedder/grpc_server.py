@@ -6,6 +6,7 @@ Only this module knows gRPC; the core raises PolyheadError and this maps it to a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -127,6 +128,34 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         )
 
 
+class HealthServicer(health.aio.HealthServicer):
+    """grpc.health.v1 whose Watch streams end once shutdown begins (after saying NOT_SERVING).
+
+    Clients watch health (client-side health checking keeps round-robin calls off a replica that is
+    not SERVING), and a draining server waits for every open call: without this, each open Watch
+    would hold the shutdown for the whole grace period.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stopping = asyncio.Event()
+
+    async def Watch(self, request, context):  # noqa: N802 - the gRPC method name
+        watch = asyncio.ensure_future(super().Watch(request, context))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait([watch, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if not watch.done():
+            await asyncio.sleep(0.05)  # the NOT_SERVING update goes out first
+            watch.cancel()
+        stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+
+    async def enter_graceful_shutdown(self) -> None:
+        await super().enter_graceful_shutdown()
+        self._stopping.set()
+
+
 class EmbedderServer:
     """Owns the gRPC server's lifecycle: listen -> load + warm up -> SERVING -> drain -> stop."""
 
@@ -136,7 +165,7 @@ class EmbedderServer:
         self.servable = servable or make_servable(settings)
         self.service = EmbeddingService(settings, self.servable)
         self.servicer = EmbedderServicer(self.service)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         mb = settings.grpc_max_message_mb * 1024 * 1024
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", mb), ("grpc.max_send_message_length", mb),

@@ -19,3 +19,14 @@ CACHE_EVICTIONS = Counter("polyhead_embedder_cache_evictions_total", "Entries ev
 CACHE_SIZE = Gauge("polyhead_embedder_cache_entries", "Entries in the cache")
 CACHE_HIT_RATIO = Gauge("polyhead_embedder_cache_hit_ratio", "Hits / lookups since start")
 INFLIGHT_JOINS = Counter("polyhead_embedder_inflight_joins_total", "Texts that joined an identical in-flight text")
+
+# The shared L2 cache (Redis); role = embedder (reads + writes) or head (fallback reads).
+L2_HITS = Counter("polyhead_l2_cache_hits_total", "Texts found in the L2 cache", ["role"])
+L2_MISSES = Counter("polyhead_l2_cache_misses_total", "Texts looked up in the L2 cache and not found", ["role"])
+L2_WRITES = Counter("polyhead_l2_cache_writes_total", "Vectors written to the L2 cache", ["role"])
+L2_SKIPPED = Counter("polyhead_l2_cache_skipped_total", "Texts not read or written because Redis was down or slow",
+                     ["role", "op"])
+L2_ERRORS = Counter("polyhead_l2_cache_errors_total", "Failed Redis round trips (each starts a back-off)", ["role", "op"])
+L2_UP = Gauge("polyhead_l2_cache_up", "1 while Redis answers, 0 during a back-off after a failure", ["role"])
+L2_LATENCY = Histogram("polyhead_l2_cache_seconds", "Redis round trip (one per event-loop tick)", ["role", "op"],
+                       buckets=LATENCY_BUCKETS)

@@ -37,6 +37,15 @@ class EmbedderSettings(ServiceSettings):
 
     # Cache.
     cache_max_entries: int = Field(50_000, ge=0, description="LRU entries; 0 disables the cache")
+    # The shared L2 cache (Redis): survives restarts, shared by replicas. Its memory cap is Redis's own
+    # maxmemory + maxmemory-policy allkeys-lru, set on the Redis server.
+    l2_cache_url: str | None = Field(None, description="Shared L2 cache, e.g. redis://127.0.0.1:6379/0; "
+                                     "unset = no L2 (the in-process LRU only)")
+    l2_cache_ttl_s: float = Field(7 * 86400, gt=0, description="Lifetime of an L2 entry (seconds)")
+    l2_cache_timeout_ms: float = Field(100.0, gt=0, description="A Redis read slower than this is skipped (the "
+                                       "texts go to the model); writes, off the request path, get 5x as long")
+    l2_cache_retry_s: float = Field(5.0, gt=0, description="After a Redis failure, L2 is skipped this long")
+    l2_cache_key_prefix: str = Field("polyhead:emb:", description="Prefix of every L2 key")
 
     # Batching.
     max_batch_size: int = Field(32, ge=1, description="Texts per model batch")

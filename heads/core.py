@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from embedder.client import AsyncEmbedderClient, RetryPolicy
+from embedder.fallback import EmbeddingFallback
 from heads import explain, metrics
 from heads.api import Explanation, PredictResult
 from heads.config import HeadConfig
@@ -39,6 +40,7 @@ class HeadService:
         self.inference_log = inference_log
         self.client: AsyncEmbedderClient | None = None
         self.pipeline: HeadPipeline | None = None
+        self.fallback: EmbeddingFallback | None = None
         self._readiness = Readiness(False)
         d = config.drift
         self.drift = DriftMonitor(self.name, DriftThresholds(d.label_shift_js, d.confidence_shift, d.ood_rate, d.window,
@@ -51,12 +53,24 @@ class HeadService:
         # retries: a head answers 503 quickly rather than hanging on a dead embedder.
         self.client = AsyncEmbedderClient(self.settings.embedder_target, timeout_s=self.settings.embedder_timeout_s,
                                           retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.05, max_backoff_s=0.1))
+        self.fallback = EmbeddingFallback(self.settings.embed_fallback_entries, self._l2_reader())
         self.pipeline = HeadPipeline(self.name, lambda: self.manager.current, self.client,
-                                     lambda: self.manager.last_error)
+                                     lambda: self.manager.last_error, self.fallback)
+
+    def _l2_reader(self):
+        s = self.settings
+        if not s.l2_cache_url:
+            return None
+        from embedder.l2cache import RedisL2Cache
+
+        return RedisL2Cache(s.l2_cache_url, None, timeout_s=s.l2_cache_timeout_ms / 1000,
+                            key_prefix=s.l2_cache_key_prefix, role="head")
 
     async def close(self) -> None:
         if self.client is not None:
             await self.client.close()
+        if self.fallback is not None:
+            await self.fallback.close()
 
     def validate(self, texts: list[str], batch: bool) -> None:
         s = self.config.serving

@@ -17,3 +17,5 @@ DRIFT_SCORE = Gauge("polyhead_head_drift_score", "Drift score of the rolling win
                     "(label_shift_js, confidence_shift, ood_rate; see GET /drift)", ["head", "score"])
 DRIFT_FLAGGED = Gauge("polyhead_head_drift_flagged", "1 when a drift score crosses its threshold", ["head"])
 DRIFT_WINDOW = Gauge("polyhead_head_drift_window_texts", "Texts in the drift window", ["head"])
+EMBED_FALLBACK = Counter("polyhead_head_embed_fallback_total", "Requests met by an unavailable embedder, by what "
+                         "answered them: recent (this head's seen texts), l2 (Redis) or miss (503)", ["head", "source"])

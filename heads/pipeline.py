@@ -6,6 +6,7 @@ another encoder in the same way and answer the same labels.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -13,9 +14,13 @@ from typing import Callable
 import numpy as np
 
 from embedder.client import AsyncEmbedderClient
+from embedder.fallback import EmbeddingFallback
+from heads import metrics
 from heads.api import Prediction
 from heads.servable import HeadServable
-from polyhead.errors import UnavailableError
+from polyhead.errors import DeadlineExceededError, UnavailableError
+
+log = logging.getLogger("polyhead.head.pipeline")
 
 
 class FingerprintMismatch(UnavailableError):
@@ -33,23 +38,49 @@ class Classified:
 
 class HeadPipeline:
     def __init__(self, name: str, current: Callable[[], HeadServable | None], client: AsyncEmbedderClient,
-                 unavailable_reason: Callable[[], str | None] = lambda: None):
+                 unavailable_reason: Callable[[], str | None] = lambda: None,
+                 fallback: EmbeddingFallback | None = None):
         self.name = name
         self._current = current
         self._reason = unavailable_reason
         self.client = client
+        self.fallback = fallback if fallback is not None and fallback.enabled else None
+        self._outage = False  # logged once per embedder outage, not once per request
 
     async def run(self, texts: list[str], request_id: str | None = None) -> Classified:
         servable = self._current()  # pinned: a version switch mid-request does not affect it
         if servable is None:
             raise UnavailableError(f"head {self.name!r} has no loaded artifact: {self._reason()}", retry_after_s=5)
         t0 = time.perf_counter()
-        embeddings = await self.client.embed(texts, request_id=request_id)
+        try:
+            embeddings = await self.client.embed(texts, request_id=request_id)
+        except (UnavailableError, DeadlineExceededError) as err:
+            if self.fallback is None:
+                raise
+            vectors = await self._from_fallback(servable.fingerprint, texts, err)
+            return Classified(servable, servable.fingerprint, vectors, servable.predict(vectors),
+                              time.perf_counter() - t0)
         embed_s = time.perf_counter() - t0
         if embeddings.fingerprint != servable.fingerprint:
             raise FingerprintMismatch(
                 f"embedder fingerprint {embeddings.fingerprint} differs from the one version {servable.version} "
                 f"was trained on ({servable.fingerprint}); retrain the head or serve the matching encoder",
                 retry_after_s=30)
+        if self._outage:
+            self._outage = False
+            log.warning("embedder answers again; fallback off", extra={"head": self.name})
+        if self.fallback is not None:
+            self.fallback.remember(embeddings.fingerprint, texts, embeddings.vectors)
         return Classified(servable, embeddings.fingerprint, embeddings.vectors,
                           servable.predict(embeddings.vectors), embed_s)
+
+    async def _from_fallback(self, fingerprint: str, texts: list[str], err: UnavailableError | DeadlineExceededError):
+        """Vectors for every text, or the embedder's own error (503, Retry-After) when one is unknown."""
+        if not self._outage:
+            self._outage = True
+            log.warning("embedder unavailable; answering texts seen before from the fallback", extra={"head": self.name})
+        hit = await self.fallback.lookup(fingerprint, texts)
+        metrics.EMBED_FALLBACK.labels(self.name, hit.source if hit else "miss").inc()
+        if hit is None:
+            raise err
+        return hit.vectors

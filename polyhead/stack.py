@@ -48,6 +48,10 @@ class StackSettings(PolyheadSettings):
     gateway_port: int = Port(DEFAULT_GATEWAY_PORT, "The gateway's port (the stack's front door)")
     embedder_port: int = Port(DEFAULT_EMBEDDER_PORT, "The embedder's gRPC port")
     embedder_metrics_port: int = Port(DEFAULT_EMBEDDER_METRICS_PORT, "The embedder's Prometheus port")
+    embedder_replicas: int = Field(1, ge=1, le=16, description="Embedder processes (ports embedder_port, +1, ...); "
+                                   "heads and the gateway balance over them, so one dying costs no request")
+    l2_cache_url: str | None = Field(None, description="Shared L2 embedding cache (Redis URL) for the embedders, "
+                                     "read by the heads while no embedder answers; unset = none")
     head_base_port: int = Port(8101, "Heads take ports from here up (kept per head in var_dir/ports.json)")
     db_url: str | None = Field(None, description="Inference DB (SQLAlchemy URL); default SQLite in var_dir")
     train_missing: bool = Field(True, description="Train heads that have no artifact yet, before serving")
@@ -111,19 +115,25 @@ class Stack:
 
     @property
     def embedder_target(self) -> str:
-        return f"{self.s.host}:{self.s.embedder_port}"
+        return replica_target(self.s.host, [self.s.embedder_port + i for i in range(self.s.embedder_replicas)])
+
+    def _l2_args(self) -> list[str]:
+        return ["--l2-cache-url", self.s.l2_cache_url] if self.s.l2_cache_url else []
 
     # -- children ----------------------------------------------------------------------------------
-    def _embedder(self) -> Child:
-        argv = _cli("embedder", "serve", "--host", self.s.host, "--port", str(self.s.embedder_port),
-                    "--metrics-port", str(self.s.embedder_metrics_port))
-        return Child("embedder", "embedder", argv, self.s.embedder_port, self.embedder_target,
-                     self.s.var_dir / "logs" / "embedder.log")
+    def _embedder(self, replica: int = 0) -> Child:
+        port = self.s.embedder_port + replica
+        metrics_port = self.s.embedder_metrics_port + replica if self.s.embedder_metrics_port else 0
+        argv = _cli("embedder", "serve", "--host", self.s.host, "--port", str(port),
+                    "--metrics-port", str(metrics_port), *self._l2_args())
+        suffix = f"-{replica + 1}" if replica else ""
+        return Child(f"embedder{suffix}", "embedder", argv, port, f"{self.s.host}:{port}",
+                     self.s.var_dir / "logs" / f"embedder{suffix}.log")
 
     def _head(self, name: str, config: Path, port: int) -> Child:
         argv = _cli("head", "serve", str(config), "--host", self.s.host, "--port", str(port),
                     "--models-dir", str(self.s.models_dir), "--embedder-target", self.embedder_target,
-                    "--db-url", self.db_url, "--spool-dir", str(self.s.var_dir / "spool"))
+                    "--db-url", self.db_url, "--spool-dir", str(self.s.var_dir / "spool"), *self._l2_args())
         return Child(f"head:{name}", "head", argv, port, f"http://{self.s.host}:{port}",
                      self.s.var_dir / "logs" / f"head-{name}.log", extra={"head": name})
 
@@ -140,11 +150,10 @@ class Stack:
         self._write_state()
 
     # -- readiness ---------------------------------------------------------------------------------
-    def _wait_embedder(self, timeout_s: float = 600) -> None:
+    def _wait_embedder(self, child: Child, timeout_s: float = 600) -> None:
         from embedder.client import EmbedderClient
 
-        child = self.children["embedder"]
-        with EmbedderClient(self.embedder_target) as client:
+        with EmbedderClient(child.url) as client:
             deadline = time.monotonic() + timeout_s
             while client.health() != "SERVING":
                 if not child.alive():
@@ -246,8 +255,14 @@ class Stack:
             started = time.monotonic()
             self.console.print(f"starting the embedder on {self.embedder_target} "
                                "(exports the bundled all-MiniLM-L6-v2 on first run)")
+            # The first replica exports the bundled model if needed; the others start once it exists.
             self._launch(self._embedder())
-            self._wait_embedder()
+            self._wait_embedder(self.children["embedder"])
+            replicas = [self._embedder(i) for i in range(1, self.s.embedder_replicas)]
+            for child in replicas:
+                self._launch(child)
+            for child in replicas:
+                self._wait_embedder(child)
             configs = self._ensure_trained(self._configs())
             heads = self._start_heads(configs)
             self._launch(self._gateway())
@@ -316,7 +331,8 @@ class Stack:
             self.console.print(f"  started {child.name} on {child.url}")
 
     def shutdown(self) -> None:
-        order = ["gateway"] + [n for n in self.children if n.startswith("head:")] + ["embedder"]
+        order = (["gateway"] + [n for n in self.children if n.startswith("head:")]
+                 + [n for n, c in self.children.items() if c.kind == "embedder"])
         for name in order:
             child = self.children.get(name)
             if child and child.alive():
@@ -328,6 +344,22 @@ class Stack:
         if self.s.state_file.exists():
             self.s.state_file.unlink()
         self.console.print("polyhead stopped")
+
+
+def replica_target(host: str, ports: list[int]) -> str:
+    """One address, or gRPC's `ipv4:a:p1,a:p2` list, which the clients balance round-robin."""
+    if len(ports) == 1:
+        return f"{host}:{ports[0]}"
+    import ipaddress
+    import socket
+
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = ipaddress.ip_address(socket.gethostbyname(host))
+    if ip.version == 6:
+        return "ipv6:" + ",".join(f"[{ip}]:{p}" for p in ports)
+    return "ipv4:" + ",".join(f"{ip}:{p}" for p in ports)
 
 
 def status(settings: StackSettings) -> list[dict]:

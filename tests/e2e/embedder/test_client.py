@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -21,7 +22,7 @@ def test_client_retries_while_the_server_restarts(exported_model, tmp_path):
     try:
         wait_serving(target)
         client = EmbedderClient(target, timeout_s=5,
-                                retry=RetryPolicy(max_attempts=60, initial_backoff_s=0.1, max_backoff_s=0.5))
+                                retry=RetryPolicy(max_attempts=200, initial_backoff_s=0.1, max_backoff_s=0.5))  # ~80 s: a loaded host re-loads TF slowly
         before = client.embed(["survive a restart"]).vectors
         proc.terminate()
         proc.wait(15)
@@ -58,3 +59,28 @@ def test_dns_target_round_robins_across_replicas(server_process, servable):
     with EmbedderClient(f"dns:///localhost:{port}") as client:
         out = client.embed(["through the dns resolver"])
     assert out.vectors.shape == (1, 384)
+
+
+async def test_an_address_list_balances_and_skips_a_replica_that_is_not_serving(servable):
+    """`ipv4:a:p1,a:p2` (what `polyhead up --embedder-replicas` hands out): calls spread over every replica,
+    and a replica still loading its model (listening, health NOT_SERVING) gets none of them."""
+    from grpc_health.v1 import health_pb2
+
+    from embedder.client import AsyncEmbedderClient
+    from tests.e2e.embedder.fixtures import running_server
+
+    async with running_server(servable) as (a, target_a), running_server(servable) as (b, target_b):
+        ports = [target_a.rsplit(":", 1)[1], target_b.rsplit(":", 1)[1]]
+        client = AsyncEmbedderClient(f"ipv4:127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}", timeout_s=30,
+                                     retry=RetryPolicy(max_attempts=1))
+        for i in range(8):
+            await client.embed([f"spread {i}"])
+        assert len(a.service.cache) > 0 and len(b.service.cache) > 0  # both replicas served
+
+        b.servicer.ready = False  # as while a restarted replica loads its model
+        await b.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await asyncio.sleep(0.5)  # the client's health watch sees it
+        for i in range(20):  # one attempt each: a call picked onto b would fail
+            await client.embed([f"only a {i}"])
+        await client.close()
+        b.servicer.ready = True
