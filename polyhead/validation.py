@@ -15,8 +15,13 @@ from pydantic import AfterValidator, Discriminator, Tag, WithJsonSchema
 
 from polyhead.errors import ValidationError
 
-# JSON Schema `pattern` is unanchored: "contains a non-whitespace character".
-NON_BLANK_PATTERN = r"\S"
+# Whitespace by both definitions that meet here: Python's str.isspace and ECMA-262's \s, which is what
+# JSON Schema's `pattern` means to generated clients and fuzzers (they differ on U+001C-U+001F, U+0085
+# and U+FEFF). A text made only of these is blank, for the schema and the server alike.
+BLANK_CHARS = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
+               + "\u2028\u2029\u202f\u205f\u3000\ufeff")
+# Unanchored, as JSON Schema patterns are: "contains a character that is not blank".
+NON_BLANK_PATTERN = r"[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
 BLANK = "empty or whitespace-only text"
 
 
@@ -36,7 +41,7 @@ def text_problem(text: str, max_chars: int | None = None, limit_name: str = "max
     """Why `text` is not a valid input text, or None."""
     if problem := encoding_problem(text):
         return problem
-    if not text or text.isspace():
+    if not text.strip(BLANK_CHARS):
         return BLANK
     if max_chars is not None and len(text) > max_chars:
         return f"{len(text)} characters exceed the limit of {limit_name}={max_chars}"

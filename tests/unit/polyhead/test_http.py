@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from heads.api import PredictRequestBase, predict_request_model
 from polyhead.errors import ValidationError
 from polyhead.http import install_error_handlers
-from polyhead.validation import check_texts, encoding_problem, first_unencodable
+from polyhead.validation import BLANK_CHARS, NON_BLANK_PATTERN, check_texts, encoding_problem, first_unencodable
 
 
 def make_app() -> FastAPI:
@@ -107,7 +107,7 @@ def test_schema_states_the_limits_and_exactly_one_of():
     assert schema["oneOf"] == [{"required": ["text"]}, {"required": ["texts"]}]
     assert schema["additionalProperties"] is False
     text, texts = schema["properties"]["text"], schema["properties"]["texts"]
-    assert (text["minLength"], text["maxLength"], text["pattern"]) == (1, 20, r"\S") and "default" not in text
+    assert (text["minLength"], text["maxLength"], text["pattern"]) == (1, 20, NON_BLANK_PATTERN) and "default" not in text
     assert (texts["minItems"], texts["maxItems"], texts["items"]["maxLength"]) == (1, 4, 20)
     json.dumps(schema)
 
@@ -144,3 +144,25 @@ def test_the_embedder_names_a_text_that_is_not_utf8_on_the_wire():
     decoded = decode_embed_request(bad)
     assert isinstance(decoded, UndecodableRequest) and decoded.error.field == "texts[1]"
     assert isinstance(decode_embed_request(b"\x0a\xff"), UndecodableRequest)  # truncated: still a clear error
+
+
+def test_blank_means_the_same_to_the_schema_pattern_and_the_server():
+    """ECMA-262 (JSON Schema) and Python disagree on a few whitespace characters: both count as blank."""
+    import re
+    import sys
+
+    pattern = re.compile(NON_BLANK_PATTERN)
+    python_ws = {chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()}
+    assert python_ws | {"\ufeff"} == set(BLANK_CHARS)
+    for ch in BLANK_CHARS:
+        assert not pattern.search(ch) and check_texts_fails(ch), hex(ord(ch))
+    for ok in ("a", "\x00", "\u200b", "\x1b", "é"):
+        assert pattern.search(ok) and not check_texts_fails(ok), hex(ord(ok))
+
+
+def check_texts_fails(text: str) -> bool:
+    try:
+        check_texts([text])
+    except ValidationError:
+        return True
+    return False
