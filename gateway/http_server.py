@@ -120,7 +120,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await service.start()
-        prefetch = asyncio.create_task(_read_embedder_info(service))  # for the OpenAPI document
+        # The embedder's Info, read once at start: the OpenAPI document states its model and dimension.
+        app.state.embedder_info_read = prefetch = asyncio.create_task(_read_embedder_info(service))
         watcher = asyncio.create_task(service.watch_routes())
         log.info("gateway started", extra={"models": sorted(service.routing.routes), "auth": auth.required})
         yield
@@ -193,6 +194,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         """OpenAI-compatible embeddings, served by the embedder (and its cache)."""
         started, rid = time.perf_counter(), request_id_of(request)
         auth.admit(request)
+        if not app.state.embedder_info_read.done():  # share the start-up read rather than race it
+            await asyncio.wait([app.state.embedder_info_read])
         inputs = [body.input] if isinstance(body.input, str) else body.input
         try:
             result = await service.embeddings(inputs, body.model, body.encoding_format, body.dimensions, rid)
