@@ -9,12 +9,12 @@ import re
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from gateway import metrics
 from gateway.auth import Authenticator, BodySizeLimit
@@ -47,6 +47,16 @@ class DriftSummary(BaseModel):
     flagged: bool
     scores: dict[str, float | None] = {}
     available: bool = True
+
+
+def _iso_8601_only(value):
+    """pydantic also reads a bare number as a Unix time; the documented format is ISO 8601 only."""
+    if isinstance(value, str) and not re.match(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("expected an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_8601_only)]
 
 
 class ModelInfo(BaseModel):
@@ -174,8 +184,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @app.get("/v1/models/{name}/report", response_model=Report, responses=_errors(401, 403, 404, 422, 429, 503))
     async def report(request: Request, name: str = Path(..., description="Model (head) name"),
-                     since: datetime | None = Query(None, description="ISO 8601; default: until - 24 h"),
-                     until: datetime | None = Query(None, description="ISO 8601; default: now"),
+                     since: IsoDateTime | None = Query(None, description="ISO 8601; default: until - 24 h"),
+                     until: IsoDateTime | None = Query(None, description="ISO 8601; default: now"),
                      bucket: Literal["hour", "day"] = Query("hour", description="Timeline bucket (UTC)")):
         """Volume, labels, confidence, abstentions, latency and feedback accuracy, per version and over time."""
         auth.admit(request, name)
