@@ -31,6 +31,7 @@ from polyhead.errors import (
     ValidationError,
 )
 from polyhead.settings import DEFAULT_EMBEDDER_TARGET
+from polyhead.validation import first_unencodable
 
 # Round-robin over every address of the target; client-side health checking (grpc.health.v1 Watch)
 # keeps calls off a replica that listens but is not SERVING yet (loading its model) or any more (draining).
@@ -95,6 +96,15 @@ def _channel_options(max_message_mb: int) -> list[tuple[str, object]]:
     ]
 
 
+def embed_request(texts: Sequence[str], bypass_cache: bool = False) -> embedder_pb2.EmbedRequest:
+    """protobuf strings must be UTF-8: a text with an unpaired surrogate cannot even be sent. Say which."""
+    try:
+        return embedder_pb2.EmbedRequest(texts=list(texts), bypass_cache=bypass_cache)
+    except UnicodeEncodeError:
+        i, problem = first_unencodable(texts)
+        raise ValidationError(f"texts[{i}]: {problem}", field=f"texts[{i}]") from None
+
+
 def _metadata(request_id: str | None):
     return (("x-request-id", request_id),) if request_id else None
 
@@ -122,13 +132,13 @@ class EmbedderClient:
 
     def embed(self, texts: Sequence[str], *, bypass_cache: bool = False, timeout_s: float | None = None,
               request_id: str | None = None) -> Embeddings:
-        request = embedder_pb2.EmbedRequest(texts=list(texts), bypass_cache=bypass_cache)
+        request = embed_request(texts, bypass_cache)
         return decode(self._call(self._stub.Embed, request, timeout_s, request_id))
 
     def embed_stream(self, batches: Iterable[Sequence[str]], *, bypass_cache: bool = False,
                      timeout_s: float | None = None, request_id: str | None = None) -> Iterator[Embeddings]:
         """Bulk jobs: one response per batch, in order, over one HTTP/2 stream (not retried)."""
-        requests = (embedder_pb2.EmbedRequest(texts=list(b), bypass_cache=bypass_cache) for b in batches)
+        requests = (embed_request(b, bypass_cache) for b in batches)
         try:
             for response in self._stub.EmbedStream(requests, timeout=timeout_s, metadata=_metadata(request_id)):
                 yield decode(response)
@@ -181,7 +191,7 @@ class AsyncEmbedderClient:
 
     async def embed(self, texts: Sequence[str], *, bypass_cache: bool = False, timeout_s: float | None = None,
                     request_id: str | None = None) -> Embeddings:
-        request = embedder_pb2.EmbedRequest(texts=list(texts), bypass_cache=bypass_cache)
+        request = embed_request(texts, bypass_cache)
         return decode(await self._call(self._stub.Embed, request, timeout_s, request_id))
 
     async def embed_stream(self, batches: AsyncIterable[Sequence[str]] | Iterable[Sequence[str]], *,
@@ -190,10 +200,10 @@ class AsyncEmbedderClient:
         async def requests():
             if hasattr(batches, "__aiter__"):
                 async for b in batches:
-                    yield embedder_pb2.EmbedRequest(texts=list(b), bypass_cache=bypass_cache)
+                    yield embed_request(b, bypass_cache)
             else:
                 for b in batches:
-                    yield embedder_pb2.EmbedRequest(texts=list(b), bypass_cache=bypass_cache)
+                    yield embed_request(b, bypass_cache)
 
         try:
             async for response in self._stub.EmbedStream(requests(), timeout=timeout_s, metadata=_metadata(request_id)):

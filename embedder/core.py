@@ -15,7 +15,7 @@ from embedder.cache import EmbeddingCache
 from embedder.l2cache import RedisL2Cache
 from embedder.servable import TextEmbeddingServable
 from embedder.settings import EmbedderSettings
-from polyhead.errors import ValidationError
+from polyhead.validation import check_texts
 
 
 @dataclass(frozen=True)
@@ -55,22 +55,7 @@ class EmbeddingService:
             await self.l2.close()
 
     def validate(self, texts: list[str]) -> None:
-        limit = self.settings.max_texts_per_request
-        if not texts:
-            raise ValidationError("texts: must contain at least 1 text", field="texts")
-        if len(texts) > limit:
-            raise ValidationError(
-                f"texts: {len(texts)} texts exceed the limit of max_texts_per_request={limit}", field="texts"
-            )
-        max_chars = self.settings.max_text_chars
-        for i, text in enumerate(texts):
-            if not text or text.isspace():
-                raise ValidationError(f"texts[{i}]: empty or whitespace-only text", field=f"texts[{i}]")
-            if len(text) > max_chars:
-                raise ValidationError(
-                    f"texts[{i}]: {len(text)} characters exceed the limit of max_text_chars={max_chars}",
-                    field=f"texts[{i}]",
-                )
+        check_texts(texts, max_texts=self.settings.max_texts_per_request, max_chars=self.settings.max_text_chars)
 
     async def embed(self, texts: list[str], bypass_cache: bool = False, timeout_s: float | None = None) -> EmbedOutcome:
         self.validate(texts)

@@ -12,6 +12,7 @@ import signal
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -21,7 +22,7 @@ from embedder.servable import TextEmbeddingServable, make_servable
 from embedder.settings import EmbedderSettings
 from embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from polyhead import __version__
-from polyhead.errors import PolyheadError, UnavailableError, grpc_status_code
+from polyhead.errors import PolyheadError, UnavailableError, ValidationError, grpc_status_code
 
 log = logging.getLogger("polyhead.embedder.grpc")
 SERVICE_NAME = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
@@ -42,6 +43,79 @@ def to_response(outcome: EmbedOutcome, service: EmbeddingService) -> embedder_pb
         fingerprint=service.servable.fingerprint,
         model=service.servable.name,
     )
+
+
+class UndecodableRequest:
+    """An EmbedRequest whose bytes do not parse: the servicer answers INVALID_ARGUMENT with `error`
+    instead of gRPC's generic deserialization failure."""
+
+    def __init__(self, error: ValidationError):
+        self.error = error
+
+
+def decode_embed_request(raw: bytes):
+    try:
+        return embedder_pb2.EmbedRequest.FromString(raw)
+    except DecodeError:
+        return UndecodableRequest(_why_undecodable(raw))
+
+
+def _why_undecodable(raw: bytes) -> ValidationError:
+    """Walk the wire format for the usual culprit: a `texts` entry (field 1) that is not UTF-8
+    (protobuf strings must be; a lone surrogate from a non-Python client arrives this way)."""
+    index = pos = 0
+    try:
+        while pos < len(raw):
+            key, pos = _varint(raw, pos)
+            field, wire = key >> 3, key & 7
+            if wire == 2:
+                size, pos = _varint(raw, pos)
+                value, pos = raw[pos:pos + size], pos + size
+                if field == 1:
+                    try:
+                        value.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        return ValidationError(f"texts[{index}]: not valid UTF-8 (byte {exc.start}); protobuf "
+                                               f"strings must be UTF-8, without unpaired surrogates",
+                                               field=f"texts[{index}]")
+                    index += 1
+            elif wire == 0:
+                _, pos = _varint(raw, pos)
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            else:
+                break
+    except IndexError:
+        pass
+    return ValidationError("request: not a valid EmbedRequest message", field="request")
+
+
+def _varint(raw: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def add_embedder_servicer(servicer: "EmbedderServicer", server) -> None:
+    """The generated registration, with decode_embed_request as the EmbedRequest deserializer."""
+    handlers = {
+        "Embed": grpc.unary_unary_rpc_method_handler(
+            servicer.Embed, request_deserializer=decode_embed_request,
+            response_serializer=embedder_pb2.EmbedResponse.SerializeToString),
+        "EmbedStream": grpc.stream_stream_rpc_method_handler(
+            servicer.EmbedStream, request_deserializer=decode_embed_request,
+            response_serializer=embedder_pb2.EmbedResponse.SerializeToString),
+        "Info": grpc.unary_unary_rpc_method_handler(
+            servicer.Info, request_deserializer=embedder_pb2.InfoRequest.FromString,
+            response_serializer=embedder_pb2.InfoResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
@@ -66,11 +140,16 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         if not self.ready:
             raise UnavailableError("model not loaded yet", retry_after_s=1)
 
+    async def _embed(self, request, context) -> EmbedOutcome:
+        if isinstance(request, UndecodableRequest):
+            raise request.error
+        return await self.service.embed(list(request.texts), request.bypass_cache, context.time_remaining())
+
     async def Embed(self, request, context):
         started = time.perf_counter()
         try:
             self._check_ready()
-            outcome = await self.service.embed(list(request.texts), request.bypass_cache, context.time_remaining())
+            outcome = await self._embed(request, context)
         except PolyheadError as err:
             await self._fail(context, "Embed", err, started)
         metrics.REQUESTS.labels("Embed", "OK").inc()
@@ -84,9 +163,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         async def read_requests():
             index = 0
             async for req in request_iterator:
-                task = asyncio.ensure_future(
-                    self.service.embed(list(req.texts), req.bypass_cache, context.time_remaining())
-                )
+                task = asyncio.ensure_future(self._embed(req, context))
                 await window.put((index, task))
                 index += 1
             await window.put(None)
@@ -173,7 +250,7 @@ class EmbedderServer:
             ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
             ("grpc.max_connection_age_grace_ms", int(settings.shutdown_grace_s * 1000)),
         ])
-        embedder_pb2_grpc.add_EmbedderServicer_to_server(self.servicer, self.server)
+        add_embedder_servicer(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

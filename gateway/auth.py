@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from cachetools import TTLCache
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
@@ -33,18 +34,32 @@ class _Bucket:
 
 
 class RateLimiter:
-    """Token bucket per caller: `rate` tokens/s, up to `burst`; an empty bucket says when to retry."""
+    """Token bucket per caller: `rate` tokens/s, up to `burst`; an empty bucket says when to retry.
 
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, _Bucket] = {}
+    Buckets live in a TTL cache bounded to `max_callers`: a bucket idle for burst/slowest-rate seconds
+    has refilled, and a full bucket is the same as none, so expiring it changes nothing. Only when more
+    than `max_callers` callers are active at once is the least recently used bucket dropped early
+    (that caller starts over with a full burst): memory stays bounded however many callers appear.
+    """
+
+    def __init__(self, rate: float, burst: int, max_callers: int = 100_000, slowest_rate: float | None = None,
+                 clock=time.monotonic):
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.refill_s = burst / min(rate, slowest_rate or rate)
+        self._buckets: TTLCache[str, _Bucket] = TTLCache(maxsize=max_callers, ttl=self.refill_s, timer=clock)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def take(self, who: str, rate: float | None = None) -> None:
         rate = rate or self.rate
-        now = time.monotonic()
-        b = self._buckets.setdefault(who, _Bucket(self.burst, now))
+        now = self.clock()
+        b = self._buckets.get(who)
+        if b is None:
+            b = _Bucket(self.burst, now)
         b.tokens = min(self.burst, b.tokens + (now - b.updated) * rate)
         b.updated = now
+        self._buckets[who] = b  # (re)insert: the TTL counts from the last request
         if b.tokens < 1:
             raise OverloadedError(f"rate limit of {rate:g} requests/s exceeded for {who!r}",
                                   retry_after_s=(1 - b.tokens) / rate)
@@ -57,8 +72,11 @@ class Authenticator:
         if settings.api_keys_file and Path(settings.api_keys_file).exists():
             keys += [ApiKey.model_validate(k) for k in yaml.safe_load(Path(settings.api_keys_file).read_text()) or []]
         self._by_hash = {k.sha256: k for k in keys}
-        self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         self.anonymous_rate = settings.anonymous_rate_limit_per_s
+        rates = [settings.rate_limit_per_s, self.anonymous_rate or settings.rate_limit_per_s,
+                 *(k.rate_per_s for k in keys if k.rate_per_s)]
+        self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst,
+                                   settings.rate_limit_max_callers, slowest_rate=min(rates))
 
     @property
     def required(self) -> bool:

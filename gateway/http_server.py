@@ -3,54 +3,61 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from gateway import metrics
 from gateway.auth import Authenticator, BodySizeLimit
 from gateway.console import install_console
 from gateway.core import GatewayService
+from embedder.settings import EmbedderSettings
 from gateway.insights import FeedbackRequest, FeedbackResponse, Insights, Report
 from gateway.settings import GatewaySettings
 from heads.api import ExplainRequest, ExplainResponse, PredictRequest, PredictResponse
 from polyhead import __version__
 from polyhead.errors import ForbiddenError, PolyheadError
-from polyhead.http import REQUEST_ID_HEADER, install_error_handlers, request_id_of
+from polyhead.http import PROMETHEUS_TEXT, REQUEST_ID_HEADER, error_responses, install_error_handlers, request_id_of
+from polyhead.validation import text_or_texts_type
 
 log = logging.getLogger("polyhead.gateway.http")
 
 
-class ErrorDetail(BaseModel):
-    type: str
-    message: str
-    field: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
-
-
 def _errors(*codes: int) -> dict:
-    text = {401: "Missing or invalid API key", 403: "This key may not call this model", 404: "Unknown model; the message lists the known ones",
-            413: "Request body over max_body_bytes", 422: "Invalid input; names the field and the limit",
-            429: "Rate limit hit or server overloaded; see Retry-After",
-            503: "Model (head) or embedder unavailable; see Retry-After"}
-    return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}
+    return error_responses(*codes, _403="This key may not call this model",
+                           _404="Unknown model; the message lists the known ones",
+                           _503="Model (head) or embedder unavailable; see Retry-After")
+
+
+# The embedder's defaults; the embedder enforces its own configured limits (422 naming them).
+_EMBEDDER_LIMITS = EmbedderSettings.model_fields
+EmbeddingInput = text_or_texts_type(_EMBEDDER_LIMITS["max_texts_per_request"].default,
+                                    _EMBEDDER_LIMITS["max_text_chars"].default)
 
 
 class DriftSummary(BaseModel):
     flagged: bool
     scores: dict[str, float | None] = {}
     available: bool = True
+
+
+def _iso_8601_only(value):
+    """pydantic also reads a bare number as a Unix time; the documented format is ISO 8601 only."""
+    if isinstance(value, str) and not re.match(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("expected an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_8601_only)]
 
 
 class ModelInfo(BaseModel):
@@ -77,8 +84,8 @@ class EmbeddingsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input: str | list[str] = Field(..., description="A text or a list of texts")
-    model: str = Field(..., description="The embedder's model name (see GET /v1/embeddings/models) or 'default'")
+    input: EmbeddingInput = Field(..., description="A text or a list of texts")
+    model: str = Field(..., min_length=1, description="The embedder's model name or 'default'")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
@@ -88,8 +95,6 @@ class EmbeddingsRequest(BaseModel):
     def _strings_only(cls, value):
         if isinstance(value, list) and value and not all(isinstance(v, str) for v in value):
             raise ValueError("token arrays are not supported; send a string or a list of strings")
-        if isinstance(value, list) and not value:
-            raise ValueError("must contain at least 1 text")
         return value
 
 
@@ -126,16 +131,20 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await service.start()
+        # The embedder's Info, read once at start: the OpenAPI document states its model and dimension.
+        app.state.embedder_info_read = prefetch = asyncio.create_task(_read_embedder_info(service))
         watcher = asyncio.create_task(service.watch_routes())
         log.info("gateway started", extra={"models": sorted(service.routing.routes), "auth": auth.required})
         yield
         watcher.cancel()
+        prefetch.cancel()
         await service.close()
         insights.close()
 
     app = FastAPI(title="polyhead gateway", version=__version__, lifespan=lifespan,
                   description="Route predictions to classifier heads by model name; OpenAI-style embeddings.")
     app.state.service = service
+    app.openapi = lambda: _with_embedder_facts(FastAPI.openapi(app), service)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
@@ -162,7 +171,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         "schema": PredictRequest.model_json_schema()}}}}
 
     @app.post("/v1/models/{name}/predict", response_model=PredictResponse, openapi_extra=predict_body,
-              responses=_errors(401, 403, 404, 413, 422, 429, 503))
+              responses=_errors(401, 403, 404, 413, 415, 422, 429, 503))
     async def predict(request: Request, name: str = Path(..., description="Model (head) name")):
         """Classify one text (`text`) or several (`texts`) with the named model."""
         return await forwarded("predict", service.predict, request, name)
@@ -190,25 +199,28 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @app.get("/v1/models/{name}/report", response_model=Report, responses=_errors(401, 403, 404, 422, 429, 503))
     async def report(request: Request, name: str = Path(..., description="Model (head) name"),
-                     since: datetime | None = Query(None, description="ISO 8601; default: until - 24 h"),
-                     until: datetime | None = Query(None, description="ISO 8601; default: now"),
+                     since: IsoDateTime | None = Query(None, description="ISO 8601; default: until - 24 h"),
+                     until: IsoDateTime | None = Query(None, description="ISO 8601; default: now"),
                      bucket: Literal["hour", "day"] = Query("hour", description="Timeline bucket (UTC)")):
         """Volume, labels, confidence, abstentions, latency and feedback accuracy, per version and over time."""
         auth.admit(request, name)
         return await insights.report(name, since, until, bucket, request_id_of(request))
 
     @app.post("/v1/models/{name}/feedback", response_model=FeedbackResponse,
-              responses=_errors(401, 403, 404, 413, 422, 429, 503))
+              responses=_errors(401, 403, 404, 413, 415, 422, 429, 503))
     async def feedback(body: FeedbackRequest, request: Request, name: str = Path(..., description="Model (head) name")):
         """The true label of earlier predictions (by request_id, and index for a request with several texts)."""
         auth.admit(request, name)
         return await insights.feedback(name, body.all_items(), batch=body.batch, request_id=request_id_of(request))
 
-    @app.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=_errors(401, 404, 413, 422, 429, 503))
+    @app.post("/v1/embeddings", response_model=EmbeddingsResponse,
+              responses=_errors(401, 404, 413, 415, 422, 429, 503, 504))
     async def embeddings(body: EmbeddingsRequest, request: Request):
         """OpenAI-compatible embeddings, served by the embedder (and its cache)."""
         started, rid = time.perf_counter(), request_id_of(request)
         auth.admit(request)
+        if not app.state.embedder_info_read.done():  # share the start-up read rather than race it
+            await asyncio.wait([app.state.embedder_info_read])
         inputs = [body.input] if isinstance(body.input, str) else body.input
         try:
             result = await service.embeddings(inputs, body.model, body.encoding_format, body.dimensions, rid)
@@ -225,14 +237,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "Not ready: the embedder is not serving"}})
     async def readyz():
         embedder = await service.embedder.health(timeout_s=1.0)
         ready = embedder == "SERVING"
         return JSONResponse({"ready": ready, "embedder": embedder, "models": sorted(service.routing.routes),
                              "config_errors": service.routing.errors}, status_code=200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=PROMETHEUS_TEXT)
     async def prometheus_metrics():
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -246,6 +258,24 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         return {"models": sorted(service.routing.routes), "config_errors": service.routing.errors}
 
     return app
+
+
+async def _read_embedder_info(service: GatewayService) -> None:
+    with contextlib.suppress(PolyheadError):
+        await service._refresh_embedder_info()
+
+
+def _with_embedder_facts(schema: dict, service: GatewayService) -> dict:
+    """State what /v1/embeddings accepts for `model` and `dimensions` once the embedder has said it
+    (its Info, read on the first embedding), so generated clients and fuzzers send what is served."""
+    info = service._embedder_info
+    request = schema.get("components", {}).get("schemas", {}).get("EmbeddingsRequest")
+    if info is not None and request is not None:
+        props = request["properties"]
+        props["model"] = {**props["model"], "enum": [info.model, "default"]}
+        props["dimensions"] = {"anyOf": [{"type": "integer", "enum": [info.dim]}, {"type": "null"}],
+                               "description": f"Must be {info.dim}, the model's dimension, if given"}
+    return schema
 
 
 SETTINGS_ENV = "POLYHEAD_GATEWAY_SETTINGS_JSON"

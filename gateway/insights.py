@@ -23,7 +23,7 @@ from gateway.core import GatewayService
 from heads.inference_log.feedback import LoggedPrediction, find_predictions, store_feedback
 from heads.inference_log.reports import DEFAULT_RANGE, build_report, utc
 from heads.inference_log.schema import make_engine, migrate
-from polyhead.errors import UnavailableError, ValidationError
+from polyhead.errors import NotFoundError, UnavailableError, ValidationError
 
 log = logging.getLogger("polyhead.gateway.insights")
 
@@ -204,7 +204,8 @@ class Insights:
             rid, index = keys[i]
             text = f" (text index {index})" if index else ""
             more = f"; {len(missing)} of {len(items)} items are unknown" if len(missing) > 1 else ""
-            raise ValidationError(f"{where(i, 'request_id')}: unknown request_id {rid!r}{text}: model {name!r} logged "
+            # 404: the request is well formed, the prediction it names does not exist (the OpenAPI agrees)
+            raise NotFoundError(f"{where(i, 'request_id')}: unknown request_id {rid!r}{text}: model {name!r} logged "
                                   f"no such prediction{more}", field=where(i, "request_id"))
         for i, item in enumerate(items):
             labels = await self._labels_of(route, found[keys[i]].version, request_id)

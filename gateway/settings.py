@@ -56,4 +56,6 @@ class GatewaySettings(ServiceSettings):
     anonymous_rate_limit_per_s: float | None = Field(None, gt=0, description="Per-client-IP limit when no keys are "
                                                      "configured (the open local default); None = unlimited")
     rate_limit_burst: int = Field(100, ge=1, description="Requests a caller may send at once before the rate applies")
+    rate_limit_max_callers: int = Field(100_000, ge=1, description="Callers (keys, client IPs) whose buckets are kept; "
+                                       "idle full buckets are dropped first, so memory stays bounded under abuse")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413")

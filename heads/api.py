@@ -7,9 +7,23 @@ call `encode_predict_response`, so the JSON shape is written in exactly one plac
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from heads.config import ServingConfig
+from polyhead.validation import text_type, texts_type
+
+_DEFAULT_SERVING = ServingConfig()
+
+
+def _request_schema_extra(schema: dict) -> None:
+    """JSON Schema for "exactly one of text/texts, never null" (pydantic alone writes `default: null`)."""
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
+    schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]
+    schema["examples"] = [{"text": "my card was declined"}, {"texts": ["reset my password", "app crashes"]}]
 
 
 # -- typed results (what the core computes) ---------------------------------------------------------
@@ -84,11 +98,14 @@ def encode_explain_response(result: Explanation) -> dict:
 
 
 # -- schemas (request validation and OpenAPI) -------------------------------------------------------
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "my card was declined"}]})
+class PredictRequestBase(BaseModel):
+    """Exactly one of `text` / `texts`; every text non-blank, valid UTF-8 and within the head's limits.
 
-    text: str | None = Field(None, description="One text")
-    texts: list[str] | None = Field(None, description="Several texts", min_length=1)
+    The limits come from the head's ServingConfig, so each head builds its own request model
+    (`predict_request_model`) and its OpenAPI states the limits it enforces.
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_request_schema_extra)
 
     @model_validator(mode="after")
     def _exactly_one(self):
@@ -102,6 +119,21 @@ class PredictRequest(BaseModel):
 
     def all_texts(self) -> list[str]:
         return self.texts if self.texts is not None else [self.text]
+
+
+@functools.cache
+def predict_request_model(max_texts: int = _DEFAULT_SERVING.max_texts_per_request,
+                          max_chars: int = _DEFAULT_SERVING.max_text_chars) -> type[PredictRequestBase]:
+    """The request model for a head with these limits (absent fields are None; null is refused)."""
+    return create_model(
+        "PredictRequest", __base__=PredictRequestBase,
+        text=(text_type(max_chars, "One text"), Field(None)),
+        texts=(texts_type(max_texts, max_chars, "Several texts, answered in order"), Field(None)),
+    )
+
+
+# The generic contract (ServingConfig's default limits): what the gateway documents.
+PredictRequest = predict_request_model()
 
 
 class ScoredLabel(BaseModel):
@@ -125,10 +157,13 @@ class PredictResponse(BaseModel):
     predictions: list[PredictionOut]
 
 
+_ExplainText = text_type(_DEFAULT_SERVING.max_text_chars, "One text; at most the head's serving.max_explain_words words")
+
+
 class ExplainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "my card was declined"}]})
 
-    text: str = Field(..., description="One text; at most the head's serving.max_explain_words words")
+    text: _ExplainText
 
 
 class WordImportanceOut(BaseModel):

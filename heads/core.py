@@ -19,7 +19,8 @@ from heads.inference_log.writer import InferenceLog
 from heads.pipeline import FingerprintMismatch, HeadPipeline
 from heads.servable import ServableManager
 from heads.settings import HeadSettings
-from polyhead.errors import PolyheadError, ValidationError
+from polyhead.errors import PolyheadError
+from polyhead.validation import check_texts
 
 log = logging.getLogger("polyhead.head.core")
 
@@ -73,17 +74,10 @@ class HeadService:
             await self.fallback.close()
 
     def validate(self, texts: list[str], batch: bool) -> None:
+        """The HTTP schema already checks this; callers without it (tests, embedding apps) get the same rules."""
         s = self.config.serving
-        if len(texts) > s.max_texts_per_request:
-            raise ValidationError(f"texts: {len(texts)} texts exceed the limit of max_texts_per_request="
-                                  f"{s.max_texts_per_request}", field="texts")
-        for i, text in enumerate(texts):
-            where = f"texts[{i}]" if batch else "text"
-            if not text.strip():
-                raise ValidationError(f"{where}: empty or whitespace-only text", field=where)
-            if len(text) > s.max_text_chars:
-                raise ValidationError(f"{where}: {len(text)} characters exceed the limit of max_text_chars="
-                                      f"{s.max_text_chars}", field=where)
+        check_texts(texts, field="texts" if batch else "text", indexed=batch, max_texts=s.max_texts_per_request,
+                    max_chars=s.max_text_chars)
 
     async def predict(self, texts: list[str], *, batch: bool, request_id: str | None = None) -> PredictResult:
         started = time.perf_counter()

@@ -7,20 +7,20 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from heads import metrics
 from heads.config import load_head_config
 from heads.core import HeadService
-from heads.api import (ExplainRequest, ExplainResponse, PredictRequest, PredictResponse, encode_explain_response,
-                       encode_predict_response)
+from heads.api import (ExplainRequest, ExplainResponse, PredictRequestBase, PredictResponse, encode_explain_response,
+                       encode_predict_response, predict_request_model)
 from heads.inference_log.writer import InferenceLog
 from heads.settings import HeadSettings
 from polyhead import __version__
 from polyhead.errors import PolyheadError, ValidationError
-from polyhead.http import ERROR_RESPONSES, REQUEST_ID_HEADER, install_error_handlers, request_id_of
+from polyhead.http import PROMETHEUS_TEXT, REQUEST_ID_HEADER, error_responses, install_error_handlers, request_id_of
 
 log = logging.getLogger("polyhead.head.http")
 
@@ -34,9 +34,10 @@ def head_router(service: HeadService) -> APIRouter:
     per head it serves, so every per-head endpoint is declared here once."""
     config = service.config
     router = APIRouter()
+    # This head's limits, enforced by the schema and stated in its OpenAPI document.
+    predict_request = predict_request_model(config.serving.max_texts_per_request, config.serving.max_text_chars)
 
-    @router.post("/predict", response_model=PredictResponse, responses={**ERROR_RESPONSES, 404: {"description": "no artifact"}})
-    async def predict(body: PredictRequest, request: Request):
+    async def predict(body: PredictRequestBase, request: Request):
         rid = request_id_of(request)
         with metrics.LATENCY.labels(config.name).time():
             try:
@@ -49,7 +50,11 @@ def head_router(service: HeadService) -> APIRouter:
         # on every request costs more than the classifier itself.
         return JSONResponse(encode_predict_response(result), headers={REQUEST_ID_HEADER: rid})
 
-    @router.post("/explain", response_model=ExplainResponse, responses=ERROR_RESPONSES)
+    predict.__annotations__["body"] = predict_request  # built at run time: not a name FastAPI could resolve
+    router.post("/predict", response_model=PredictResponse,
+                responses=error_responses(404, 415, 422, 429, 503, 504, _404="No artifact to serve yet"))(predict)
+
+    @router.post("/explain", response_model=ExplainResponse, responses=error_responses(404, 415, 422, 503, 504))
     async def explain(body: ExplainRequest, request: Request):
         """Word-occlusion importance: the drop in the predicted label's probability without each word."""
         rid = request_id_of(request)
@@ -61,7 +66,7 @@ def head_router(service: HeadService) -> APIRouter:
         metrics.EXPLAIN_REQUESTS.labels(config.name, "200").inc()
         return JSONResponse(encode_explain_response(result), headers={REQUEST_ID_HEADER: rid})
 
-    @router.get("/readyz", responses={503: {"description": "not ready; body says why"}})
+    @router.get("/readyz", responses={503: {"description": "Not ready; the body says why"}})
     async def readyz():
         state = await service.readiness()
         return JSONResponse({"ready": state.ready, "checks": state.checks}, status_code=200 if state.ready else 503)
@@ -87,7 +92,7 @@ def head_router(service: HeadService) -> APIRouter:
         """Drift scores of the rolling window against the served version's training data."""
         return service.drift_report()
 
-    @router.post("/admin/reload", responses={404: {"description": "unknown version"}})
+    @router.post("/admin/reload", responses=error_responses(404, 415, 422, _404="Unknown version"))
     async def reload(body: ReloadRequest):
         """Switch the served version without a restart (rollback, upgrade, or back to `latest`)."""
         try:
@@ -127,7 +132,7 @@ def create_app(settings: HeadSettings) -> FastAPI:
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=PROMETHEUS_TEXT)
     async def prometheus_metrics():
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

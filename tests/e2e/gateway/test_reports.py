@@ -99,7 +99,7 @@ def test_feedback_errors_name_the_problem_and_store_nothing(stack):
 
     started = time.monotonic()
     r = httpx.post(fb, json={"request_id": "never-sent-42", "label": "billing"})
-    assert r.status_code == 422 and r.json()["error"]["field"] == "request_id"
+    assert r.status_code == 404 and r.json()["error"]["field"] == "request_id"
     assert "never-sent-42" in r.json()["error"]["message"]
     assert 1.5 < time.monotonic() - started < 10  # waited (bounded) for a row that might still be on its way
 
@@ -108,7 +108,7 @@ def test_feedback_errors_name_the_problem_and_store_nothing(stack):
     assert "'weather'" in r.json()["error"]["message"] and "billing" in r.json()["error"]["message"]
 
     r = httpx.post(fb, json={"request_id": rid, "label": "billing", "index": 3})
-    assert r.status_code == 422 and "text index 3" in r.json()["error"]["message"]
+    assert r.status_code == 404 and "text index 3" in r.json()["error"]["message"]
 
     r = httpx.post(fb, json={"items": [{"request_id": rid, "label": "billing"}, {"request_id": rid, "label": "nope"}]})
     assert r.status_code == 422 and r.json()["error"]["field"] == "items[1].label"
