@@ -642,7 +642,8 @@ def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progr
             mean, scale = _scaler(X_all, p.input_scaling)
             sw_all = fit_class_w[y_all]
             members = [logreg.fit(((X_all - mean) * scale).astype(np.float32), y_all, C, sw_all, c_value * _c_factor(scale),
-                                  init=logreg_fits[best_i][0], max_iter=p.logreg_max_iter, tol=p.logreg_tol)]
+                                  init=logreg_fits[best_i][0], max_iter=3 * p.logreg_max_iter,
+                                  tol=p.logreg_tol / 10)]  # the served model: solved tighter than the search
             n_fit, log_prior = len(X_all), _log_prior(y_all, C)
         else:  # the search fit itself (under cross-validation: the fold fits, as an ensemble)
             members, n_fit, log_prior = logreg_fits[best_i], len(X_fit), log_prior_fit
