@@ -10,18 +10,29 @@ What `train_head` does:
    n / (C * n_c), as scikit-learn's; `class_weighting="none"` turns it off);
 2. centres and scales the inputs (folded into the first layer afterwards, so the served model
    takes raw embeddings);
-3. for each candidate of a small grid (`search_grid`), trains with mini-batch AdamW on softmax
-   cross-entropy with label smoothing, dropout and decoupled weight decay, halving the learning
-   rate on validation plateaus and early-stopping on the validation metric. The validation data:
-   the given (X_val, y_val); else, for up to `cv_max_examples` examples, `cv_folds`-fold
-   stratified cross-validation (the folds train jointly as members of one wide network and are
-   scored on their pooled out-of-fold predictions, far less noisy than one small split); else a
-   seeded stratified `val_fraction` split;
+3. compares head families on the same validation predictions (`families`):
+   * "mlp": for each candidate of a small grid (`search_grid`), trains with mini-batch AdamW on
+     softmax cross-entropy with label smoothing, dropout and decoupled weight decay, halving the
+     learning rate on validation plateaus and early-stopping on the validation metric;
+   * "logreg": L2 multinomial logistic regression solved to convergence (heads.training.logreg,
+     L-BFGS) over `logreg_c_grid`, walked from its middle C each way while the validation score
+     improves, each fit warm-started from its neighbour's. This is the simple baseline; selecting it
+     whenever it validates at least as well keeps the trainer from losing to it.
+   The validation data: the given (X_val, y_val); else, for up to `cv_max_examples` examples,
+   `cv_folds`-fold stratified cross-validation (MLP folds train jointly as members of one wide
+   network; logreg fits one path per fold; both are scored on their pooled out-of-fold
+   predictions, far less noisy than one small split); else a seeded stratified `val_fraction` split;
 4. picks the prior adjustment tau (see `TrainParams.prior_adjustment`) on the same validation
-   predictions, keeps the best candidate, and, with `refit` (default), retrains it on all the data
-   (train + val) for the chosen number of epochs, replaying the learning-rate schedule.
-   `n_ensemble` members with different initialisations train jointly and are stored in one
-   HeadModel whose forward averages their probabilities.
+   predictions for every candidate; keeps the default candidate (logreg at the grid's middle C)
+   unless another one is clearly better on the validation examples (`selection_min_gain` and a
+   McNemar-style example-wise test, as for tau): one or two examples of a few hundred are noise,
+   and chasing them lost to plain logistic regression on held-out data. With `refit` (default) it
+   retrains the choice on all the data (train + val) with the training split's class weights: the
+   MLP for the chosen number of epochs, replaying the learning-rate schedule; logreg with the
+   chosen C, warm-started.
+   `n_ensemble` MLP members with different initialisations train jointly and are stored in one
+   HeadModel whose forward averages their probabilities. `TrainResult.selection` (and the
+   artifact's metrics.json) lists every candidate's validation score and the choice.
 
 Defaults (chosen on the benchmark in scripts/bench_heads.py, mean of 3 seeds): an ensemble of 2
 ReLU MLPs with 128 hidden units each (~400-550 KB of float32 weights in all), dropout 0.5, AdamW
@@ -29,7 +40,9 @@ lr 3e-3, weight decay 1e-2, batch 128, no label smoothing (0.1 cost CLINC150 sev
 out-of-scope recall), at most 40 epochs. The default grid is a single candidate: wider grids
 (dropout, lr, hidden size) chosen on the validation data did not beat it on average, the
 validation sets being too small to tell such settings apart; epochs and the prior adjustment are
-still selected per dataset.
+still selected per dataset. The logreg family's C grid (1-300 in scikit-learn's units) is wide on
+purpose, to hold whatever C suits a dataset rather than to fit the benchmark sets; its middle,
+C=10, the default candidate, is the LogisticRegression(C=10) the trainer must never lose to.
 
 Everything is seeded: the same inputs, params and seed give identical weights. Training runs
 BLAS single-threaded by default (threadpoolctl when installed, else numpy's bundled OpenBLAS via
@@ -48,6 +61,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from heads.model import HeadModel, gelu, softmax
+from heads.training import logreg
 from heads.training.evaluation import confusion_matrix, score_confusion
 from heads.training.params import TrainParams
 
@@ -71,6 +85,7 @@ class TrainResult:
     # applied: on the given val split, the out-of-fold predictions (cv) or the held-out split. The
     # final (refit) model never trained without these texts, so this is its honest confidence.
     val_proba: np.ndarray | None = None
+    selection: dict[str, Any] = field(default_factory=dict)  # metric, source, chosen, every candidate's score
 
 
 # -- data helpers ----------------------------------------------------------------------------------
@@ -306,16 +321,20 @@ class _Fit:
 
 def _fit(p: TrainParams, X: np.ndarray, y: np.ndarray, C: int, *, K: int, seed: int, epochs: int,
          X_val: np.ndarray | None = None, y_val: np.ndarray | None = None, folds: np.ndarray | None = None,
-         lr_plan: list[float] | None = None, progress: Progress | None = None) -> _Fit:
+         lr_plan: list[float] | None = None, progress: Progress | None = None,
+         class_w: np.ndarray | None = None) -> _Fit:
     """Train K members jointly for up to `epochs` epochs.
 
     Validation, when there is some, early-stops on the selection metric and decays the learning
     rate on plateaus: on (X_val, y_val) with the members' average; or, with `folds` (K = number of
     folds), member k trains without fold k and predicts it, scored on the pooled out-of-fold
-    predictions. `lr_plan` replays a schedule instead (refits)."""
+    predictions. `lr_plan` replays a schedule instead (refits). `class_w` fixes the per-class weights
+    (default: computed from y)."""
     rng = np.random.default_rng([seed, 1])
     net = _Net(p, X.shape[1], C, K, rng)
-    sw_all = np.broadcast_to(class_weights(y, C, p.class_weighting)[y], (K, len(y)))
+    if class_w is None:
+        class_w = class_weights(y, C, p.class_weighting)
+    sw_all = np.broadcast_to(class_w[y], (K, len(y)))
     if folds is not None:
         sw_all = sw_all * (folds[None, :] != np.arange(K)[:, None])  # member k never sees fold k
     sw_all = np.ascontiguousarray(sw_all, np.float32)
@@ -387,12 +406,19 @@ def _pick_tau(proba: np.ndarray, y: np.ndarray, log_prior: np.ndarray, taus: lis
     best_tau, best = 0.0, base
     for tau in sorted(set(float(t) for t in taus) - {0.0}):
         ok, score = run(tau)
-        fixed, broken = int((ok & ~base_ok).sum()), int((~ok & base_ok).sum())
-        gain = fixed - broken
-        if (score > best + 1e-9 and score >= base + min_score_gain - 1e-12 and gain >= min_gain
-                and gain > z * math.sqrt(fixed + broken)):
+        if score > best + 1e-9 and _clear_gain(ok, score, base_ok, base, min_score_gain, z, min_gain):
             best_tau, best = tau, score
     return best_tau, best
+
+
+def _clear_gain(ok: np.ndarray, score: float, base_ok: np.ndarray, base: float, min_score_gain: float = 0.0025,
+                z: float = 0.5, min_gain: int = 2) -> bool:
+    """Whether predictions that are right where `ok` beat the base ones (right where `base_ok`) by
+    more than validation noise: the score by `min_score_gain`, and example-wise, with b examples
+    fixed and c broken, b - c >= min_gain and b - c > z * sqrt(b + c) (McNemar-style)."""
+    fixed, broken = int((ok & ~base_ok).sum()), int((~ok & base_ok).sum())
+    gain = fixed - broken
+    return score >= base + min_score_gain - 1e-12 and gain >= min_gain and gain > z * math.sqrt(fixed + broken)
 
 
 _OPENBLAS_SET = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads_64_",
@@ -502,65 +528,156 @@ def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progr
     Z_sel = scaled(X_sel) if X_sel is not None and len(X_sel) else None
     weighted = p.class_weighting != "none"
     log_prior_fit = _log_prior(y_fit, C)
+    # Class weights come from the training split and stay fixed in the refit: the validated
+    # objective is the one refitted, whatever the class mix of the validation split.
+    fit_class_w = class_weights(y_fit, C, p.class_weighting)
 
-    # -- search ------------------------------------------------------------------------------------
-    candidates = p.candidates() if val_source != "none" else [{}]
+    # -- search: every family's candidates, scored on the same validation predictions --------------
+    correct: dict[int, np.ndarray] = {}  # per candidate: which validation examples it gets right
+    val_probas: dict[int, np.ndarray | None] = {}  # per candidate: its validation probabilities (before tau)
+
+    def with_tau(proba: np.ndarray | None) -> tuple[float, float, np.ndarray | None]:
+        """(prior adjustment, score, right-or-wrong per example) of validation probabilities."""
+        if proba is None:
+            return (float(p.prior_adjustment) if weighted and p.prior_adjustment != "auto" else 0.0), float("nan"), None
+        if weighted and p.prior_adjustment == "auto":
+            tau, _ = _pick_tau(proba, y_sel, log_prior_fit, p.prior_adjustment_grid, p.selection_metric,
+                               min_score_gain=p.prior_adjustment_min_gain)
+        else:
+            tau = float(p.prior_adjustment) if weighted else 0.0
+        pred = (np.log(np.maximum(proba, 1e-30)) + tau * log_prior_fit).argmax(axis=1)
+        return tau, score_confusion(confusion_matrix(y_sel, pred, C), p.selection_metric), pred == y_sel
+
+    validated = val_source != "none"
+    families = list(p.families) if validated else list(p.families)[:1]  # nothing to compare on
     search: list[dict[str, Any]] = []
-    best_i, best_fit = -1, None
-    for i, overrides in enumerate(candidates):
-        cp = p.model_copy(update=overrides)
-        t0 = time.perf_counter()
-        K = p.cv_folds if folds is not None else (1 if p.refit else p.n_ensemble)
-        fit = _fit(cp, Z_fit, y_fit, C, K=K, seed=seed, epochs=p.epochs_max, X_val=Z_sel,
-                   y_val=y_sel if Z_sel is not None else None, folds=folds,
-                   progress=_tagged(progress, "search", i, len(candidates), overrides))
-        tau, score = 0.0, fit.score
-        if weighted and fit.val_proba is not None:
-            taus = p.prior_adjustment_grid if p.prior_adjustment == "auto" else [float(p.prior_adjustment)]
-            if p.prior_adjustment == "auto":
-                tau, score = _pick_tau(fit.val_proba, y_sel, log_prior_fit, taus, p.selection_metric,
-                                       min_score_gain=p.prior_adjustment_min_gain)
+    mlp_fits: dict[int, _Fit] = {}
+    logreg_fits: dict[int, list[logreg.LogregFit]] = {}  # per candidate: one fit (K fold fits under CV)
+    if "mlp" in families:
+        grid = p.candidates() if validated else [{}]
+        for overrides in grid:
+            cp = p.model_copy(update=overrides)
+            t0 = time.perf_counter()
+            K = p.cv_folds if folds is not None else (1 if p.refit else p.n_ensemble)
+            fit = _fit(cp, Z_fit, y_fit, C, K=K, seed=seed, epochs=p.epochs_max, X_val=Z_sel,
+                       y_val=y_sel if Z_sel is not None else None, folds=folds,
+                       progress=_tagged(progress, "search", len(search), len(grid), overrides))
+            tau, score, correct[len(search)] = with_tau(fit.val_proba)
+            mlp_fits[len(search)], val_probas[len(search)] = fit, fit.val_proba
+            search.append({"family": "mlp", "params": dict(overrides), "val_score": score, "epochs": fit.epochs,
+                           "prior_adjustment": tau, "time_s": round(time.perf_counter() - t0, 3)})
+    if "logreg" in families:
+        Cs = list(p.logreg_c_grid) if validated else [_middle(p.logreg_c_grid)]
+        c_factor = _c_factor(scale)
+        sw = fit_class_w[y_fit]
+        n_members = p.cv_folds if folds is not None else 1
+        # under cross-validation member k trains without fold k and predicts it (pooled out-of-fold scores)
+        member_sw = [sw * (folds != k) for k in range(n_members)] if folds is not None else [sw]
+        tried: dict[int, tuple[list[logreg.LogregFit], dict[str, Any]]] = {}
+
+        def try_c(j: int, init: list[logreg.LogregFit] | None) -> tuple[list[logreg.LogregFit], float]:
+            t0 = time.perf_counter()
+            fits = [logreg.fit(Z_fit, y_fit, C, member_sw[k], Cs[j] * c_factor, init=init[k] if init else None,
+                               max_iter=p.logreg_max_iter, tol=p.logreg_tol) for k in range(n_members)]
+            if folds is not None:
+                proba = np.empty((len(y_fit), C), np.float32)
+                for k, f in enumerate(fits):
+                    proba[folds == k] = f.proba(Z_fit[folds == k])
             else:
-                tau = float(p.prior_adjustment)
-                pred = (np.log(np.maximum(fit.val_proba, 1e-30)) + tau * log_prior_fit).argmax(axis=1)
-                score = score_confusion(confusion_matrix(y_sel, pred, C), p.selection_metric)
-        elif weighted and p.prior_adjustment != "auto":
-            tau = float(p.prior_adjustment)
-        search.append({**overrides, "val_score": score, "epochs": fit.epochs, "prior_adjustment": tau,
-                       "time_s": round(time.perf_counter() - t0, 3)})
-        if best_i < 0 or score > search[best_i]["val_score"] + 1e-9:
-            best_i, best_fit = i, fit
-    assert best_fit is not None
-    chosen = dict(candidates[best_i])
-    final = p.model_copy(update=chosen)
-    best_epochs = int(search[best_i]["epochs"])
-    val_score = float(search[best_i]["val_score"])
-    tau = float(search[best_i]["prior_adjustment"])
+                proba = fits[0].proba(Z_sel) if Z_sel is not None else None
+            tau, score, ok = with_tau(proba)
+            if progress:
+                progress({"stage": "search", "family": "logreg", "C": Cs[j], "val_score": score})
+            tried[j] = (fits, ok, proba, {"family": "logreg", "params": {"C": Cs[j]}, "val_score": score,
+                               "iterations": max(f.n_iter for f in fits), "prior_adjustment": tau,
+                               "time_s": round(time.perf_counter() - t0, 3)})
+            return fits, score
+
+        # Walk the grid from its middle, each way while the validation score improves, each fit
+        # warm-started from its neighbour's: the score is close to unimodal in log C, and the fits
+        # far from the optimum (the costliest, from a cold start) are skipped.
+        middle = Cs.index(_middle(Cs))
+        first, first_score = try_c(middle, None)
+        for step in (1, -1):
+            fits, best_score, j = first, first_score, middle + step
+            while 0 <= j < len(Cs):
+                fits, score = try_c(j, fits)
+                if not score > best_score + 1e-9:
+                    break
+                best_score, j = score, j + step
+        for j in sorted(tried):  # recorded in ascending C
+            logreg_fits[len(search)], correct[len(search)], val_probas[len(search)] = tried[j][:3]
+            search.append(tried[j][3])
+    # The default is logreg at the grid's middle C (the simple baseline); another candidate (another
+    # C, the MLP) replaces it only for a clear gain on the validation examples, not for one or two
+    # examples' worth of noise. Among those with a clear gain: the best score (ties: logreg, earlier).
+    default_c = _middle(p.logreg_c_grid)
+    base_i = next((i for i, c in enumerate(search) if c["family"] == "logreg" and c["params"]["C"] == default_c), 0)
+    best_i = base_i
+    if correct.get(base_i) is not None:
+        base_ok, base_score = correct[base_i], search[base_i]["val_score"]
+        ranked = sorted(range(len(search)), key=lambda i: (-_rounded(search[i]["val_score"]),
+                                                           search[i]["family"] != "logreg", i))
+        for i in ranked:
+            if i == base_i or search[i]["val_score"] <= base_score + 1e-9:
+                break
+            if _clear_gain(correct[i], search[i]["val_score"], base_ok, base_score, p.selection_min_gain):
+                best_i = i
+                break
+    best = search[best_i]
+    family = best["family"]
+    val_score = float(best["val_score"])
+    tau = float(best["prior_adjustment"])
+    selection = {"metric": p.selection_metric, "source": val_source, "default": search[base_i]["params"] | {
+                     "family": search[base_i]["family"]}, "chosen": {"family": family, "params": best["params"]},
+                 "candidates": search}
 
     # -- the final model ---------------------------------------------------------------------------
-    if p.refit and val_source != "none":
-        X_all = np.concatenate([X_train, X_val]) if given_val else X_train
-        y_all = np.concatenate([yi, y_sel]) if given_val else yi
-        mean, scale = _scaler(X_all, p.input_scaling)
-        fit = _fit(final, ((X_all - mean) * scale).astype(np.float32), y_all, C, K=p.n_ensemble, seed=seed,
-                   epochs=max(1, best_epochs), lr_plan=best_fit.lr_plan,
-                   progress=_tagged(progress, "refit", 0, 1, chosen))
-        net, state, n_fit, log_prior = fit.net, fit.state, len(X_all), _log_prior(y_all, C)
-    else:  # the search model itself (under cross-validation: the fold members, as an ensemble)
-        net, state, n_fit, log_prior = best_fit.net, best_fit.state, len(X_fit), log_prior_fit
-    if tau:
-        state = net.shifted(state, tau * log_prior)
+    X_all = np.concatenate([X_train, X_val]) if given_val else X_train
+    y_all = np.concatenate([yi, y_sel]) if given_val else yi
+    if family == "logreg":
+        c_value = float(best["params"]["C"])
+        final = p.model_copy(update={"head_type": "logreg"})
+        if p.refit and validated:
+            mean, scale = _scaler(X_all, p.input_scaling)
+            sw_all = fit_class_w[y_all]
+            members = [logreg.fit(((X_all - mean) * scale).astype(np.float32), y_all, C, sw_all, c_value * _c_factor(scale),
+                                  init=logreg_fits[best_i][0], max_iter=3 * p.logreg_max_iter,
+                                  tol=p.logreg_tol / 10)]  # the served model: solved tighter than the search
+            n_fit, log_prior = len(X_all), _log_prior(y_all, C)
+        else:  # the search fit itself (under cross-validation: the fold fits, as an ensemble)
+            members, n_fit, log_prior = logreg_fits[best_i], len(X_fit), log_prior_fit
+        model_meta = {"C": c_value, "iterations": [m.n_iter for m in members]}
+        build = lambda meta: _logreg_head(members, labels, mean, scale, tau * log_prior, meta)  # noqa: E731
+        best_epochs = 0
+    else:
+        chosen_overrides = dict(best["params"])
+        final = p.model_copy(update=chosen_overrides)
+        best_fit = mlp_fits[best_i]
+        best_epochs = int(best["epochs"])
+        if p.refit and validated:
+            mean, scale = _scaler(X_all, p.input_scaling)
+            fit = _fit(final, ((X_all - mean) * scale).astype(np.float32), y_all, C, K=p.n_ensemble, seed=seed,
+                       epochs=max(1, best_epochs), lr_plan=best_fit.lr_plan, class_w=fit_class_w,
+                       progress=_tagged(progress, "refit", 0, 1, chosen_overrides))
+            net, state, n_fit, log_prior = fit.net, fit.state, len(X_all), _log_prior(y_all, C)
+        else:  # the search model itself (under cross-validation: the fold members, as an ensemble)
+            net, state, n_fit, log_prior = best_fit.net, best_fit.state, len(X_fit), log_prior_fit
+        if tau:
+            state = net.shifted(state, tau * log_prior)
+        model_meta = {"epochs": best_epochs}
+        build = lambda meta: net.to_head(state, labels, mean, scale, final, meta)  # noqa: E731
+    chosen = {"family": family, **best["params"], **model_meta, "prior_adjustment": tau}
     elapsed = time.perf_counter() - started
     meta = {"trainer": "heads.training.fit", "seed": seed, "chosen": chosen, "epochs": best_epochs,
             "prior_adjustment": tau, "val_score": val_score, "val_metric": p.selection_metric,
             "val_source": val_source, "n_fit": n_fit, "train_time_s": round(elapsed, 3),
-            "params": final.model_dump(exclude={"search_grid"})}
-    model = net.to_head(state, labels, mean, scale, final, meta)
-    return TrainResult(model=model, params=final, chosen={**chosen, "epochs": best_epochs, "prior_adjustment": tau},
-                       val_score=val_score, val_metric=p.selection_metric, train_time_s=time.perf_counter() - started,
-                       search=search, n_train=len(X_train),
-                       n_val=len(y_sel) if val_source != "none" else 0, val_source=val_source,
-                       val_proba=_adjusted(best_fit.val_proba, tau * log_prior_fit))
+            "selection": selection, "params": final.model_dump(exclude={"search_grid"})}
+    model = build(meta)
+    return TrainResult(model=model, params=final, chosen=chosen, val_score=val_score, val_metric=p.selection_metric,
+                       train_time_s=time.perf_counter() - started, search=search, n_train=len(X_train),
+                       n_val=len(y_sel) if validated else 0, val_source=val_source, selection=selection,
+                       val_proba=_adjusted(val_probas.get(best_i), tau * log_prior_fit))
 
 
 def _adjusted(proba: np.ndarray | None, shift: np.ndarray) -> np.ndarray | None:
@@ -572,6 +689,33 @@ def _adjusted(proba: np.ndarray | None, shift: np.ndarray) -> np.ndarray | None:
     e = np.exp(logits)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
+
+def _c_factor(scale: np.ndarray) -> float:
+    """C on the raw embeddings -> C on the scaled inputs (x - mean) * scale: the penalty on the raw
+    weights W * scale is unchanged when C is multiplied by 1 / scale^2 (exact for one global scale)."""
+    live = scale[scale > 0]
+    return 1.0 / float(np.mean(live ** 2)) if live.size else 1.0
+
+
+def _rounded(score: float) -> float:
+    return -math.inf if math.isnan(score) else round(score, 9)
+
+
+def _middle(values: list[float]) -> float:
+    """The geometric middle of a sorted grid (the logreg C when nothing can be validated)."""
+    return float(sorted(values)[(len(values) - 1) // 2])
+
+
+def _logreg_head(members: list[logreg.LogregFit], labels: list[str], mean: np.ndarray, scale: np.ndarray,
+                 shift: np.ndarray, meta: dict[str, Any]) -> HeadModel:
+    """Fold the input scaling ((x - mean) * scale) and the prior shift into each member's W, b."""
+    Ws, bs = [], []
+    for m in members:
+        W = m.W.astype(np.float64)
+        Ws.append(W * scale[:, None])
+        bs.append(m.b.astype(np.float64) - (mean * scale) @ W + shift)
+    return HeadModel("logreg", {"W": np.stack(Ws).astype(np.float32), "b": np.stack(bs).astype(np.float32)},
+                     labels, meta=meta)
 
 def _tagged(progress: Progress | None, stage: str, i: int, n: int, overrides: dict[str, Any]) -> Progress | None:
     if progress is None:

@@ -20,7 +20,22 @@ class TrainParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    head_type: Literal["mlp", "logreg"] = "mlp"
+    families: list[Literal["mlp", "logreg"]] = Field(
+        default_factory=lambda: ["mlp", "logreg"], min_length=1,
+        description="head families compared on the validation data; the best validation score wins (ties: the "
+                    "simpler logreg). mlp: the AdamW-trained network of head_type over search_grid; logreg: L2 "
+                    "multinomial logistic regression solved to convergence (L-BFGS), C from logreg_c_grid")
+    logreg_c_grid: list[float] = Field(
+        default_factory=lambda: [1.0, 3.0, 10.0, 30.0, 100.0, 300.0], min_length=1,
+        description="inverse L2 strength C of the logreg family, as scikit-learn's LogisticRegression(C) on the raw "
+                    "embeddings (exactly so with center_scale, approximately with standardize). The middle value "
+                    "is the default candidate that others must clearly beat on the validation data")
+    logreg_max_iter: int = Field(300, ge=1, description="L-BFGS iterations per logreg fit")
+    logreg_tol: float = Field(
+        1e-4, gt=0, description="L-BFGS stops when the largest gradient entry is below this (scaled inputs; looser "
+                                "values stop warm-started fits before they move off the neighbouring C's solution)")
+    head_type: Literal["mlp", "logreg"] = Field("mlp", description="network of the mlp family (logreg here: "
+                                                                    "trained by AdamW with early stopping)")
     hidden_units: int = Field(128, ge=1, le=8192, description="per ensemble member")
     linear_skip: bool = Field(False, description="mlp: add a linear path from the input to the logits")
     activation: Literal["relu", "gelu"] = "relu"
@@ -48,6 +63,9 @@ class TrainParams(BaseModel):
     cv_folds: int = Field(5, ge=0, le=20, description="folds for model selection without a val split (0/1: off)")
     cv_max_examples: int = Field(10_000, ge=0, description="cross-validate only up to this many training examples")
     selection_metric: Literal["accuracy", "f1_weighted", "f1_macro"] = "accuracy"
+    selection_min_gain: float = Field(
+        0.0025, ge=0, description="a candidate replaces the default (logreg at the middle of logreg_c_grid, C=10) only "
+                                  "if it raises the validation score this much and wins clearly example-wise")
     refit: bool = Field(True, description="retrain the chosen settings on all the data (train + val)")
     n_ensemble: int = Field(2, ge=1, le=16, description="members (different initialisations) averaged in "
                                                          "probability in the final model")
@@ -72,6 +90,18 @@ class TrainParams(BaseModel):
         if any(len(v) == 0 for v in grid.values()):
             raise ValueError("search_grid lists must not be empty")
         return grid
+
+    @field_validator("logreg_c_grid")
+    @classmethod
+    def _positive_cs(cls, grid: list[float]) -> list[float]:
+        if any(not c > 0 for c in grid):
+            raise ValueError("logreg_c_grid values must be > 0")
+        return sorted(set(grid))
+
+    @field_validator("families")
+    @classmethod
+    def _distinct_families(cls, families: list[str]) -> list[str]:
+        return list(dict.fromkeys(families))
 
     def candidates(self) -> list[dict[str, Any]]:
         keys = sorted(self.search_grid)

@@ -181,7 +181,8 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
         progress.update(fit_task, total=1, completed=1)
 
     metrics = {"val": {"metric": result.val_metric, "score": result.val_score, "source": result.val_source},
-               "chosen": result.chosen, "train_time_s": round(result.train_time_s, 3),
+               "chosen": result.chosen, "selection": result.selection,
+               "train_time_s": round(result.train_time_s, 3),
                "n_train": len(splits["train"].texts)}
     if feedback_counts is not None:
         metrics["feedback"] = feedback_counts

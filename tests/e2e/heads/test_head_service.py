@@ -38,9 +38,18 @@ def test_train_writes_a_complete_versioned_artifact(trained_tickets):
     manifest = json.loads((first.path / "manifest.json").read_text())
     assert manifest["embedder_fingerprint"].startswith("sha256:")
     assert manifest["data_sha256"].startswith("sha256:") and manifest["code_version"]
-    metrics = json.loads((first.path / "metrics.json").read_text())["test"]
+    all_metrics = json.loads((first.path / "metrics.json").read_text())
+    metrics = all_metrics["test"]
     assert {"accuracy", "f1_weighted", "f1_macro", "per_class", "confusion_matrix"} <= set(metrics)
     assert metrics["accuracy"] >= 0.75  # 12 held-out tickets, 3 clearly separable classes
+    # model selection across head families: every candidate's validation score and the choice
+    selection = all_metrics["selection"]
+    assert {c["family"] for c in selection["candidates"]} == {"mlp", "logreg"}
+    best = max(c["val_score"] for c in selection["candidates"])
+    chosen = [c for c in selection["candidates"] if c["family"] == selection["chosen"]["family"]
+              and c["params"] == selection["chosen"]["params"]]
+    assert len(chosen) == 1 and chosen[0]["val_score"] == best == all_metrics["val"]["score"]
+    assert manifest["head_type"] == ("logreg" if selection["chosen"]["family"] == "logreg" else "mlp")
 
 
 def test_predict_one_and_many_and_every_prediction_is_logged(tickets_head):

@@ -118,3 +118,138 @@ def test_model_module_imports_neither_tensorflow_nor_sklearn():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     code = "import heads.model, sys; assert 'tensorflow' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# -- model selection across head families -----------------------------------------------------------
+def linear_problem(n: int, dim: int = 64, classes: int = 3, seed: int = 0, sample_seed: int = 0):
+    """Gaussian points labelled by a fixed random linear map: the truth is linear, and with
+    few examples per dimension a 128-unit MLP has room to overfit."""
+    W = np.random.default_rng(seed).normal(size=(dim, classes))
+    X = np.random.default_rng([seed, sample_seed]).normal(size=(n, dim)).astype(np.float32)
+    return X, [f"c{k}" for k in (X @ W).argmax(axis=1)]
+
+
+def xor_problem(n: int, dim: int = 32, seed: int = 0):
+    """The label is the sign of x0 * x1: no linear model beats chance, an MLP learns it."""
+    X = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return X, ["same" if v > 0 else "diff" for v in X[:, 0] * X[:, 1]]
+
+
+def best_score(result, family: str) -> float:
+    return max(c["val_score"] for c in result.selection["candidates"] if c["family"] == family)
+
+
+def test_selection_picks_logreg_on_a_linear_problem_and_records_every_candidate():
+    X, y = linear_problem(400)
+    Xv, yv = linear_problem(400, sample_seed=1)
+    Xt, yt = linear_problem(600, sample_seed=2)
+    p = FAST.model_copy(update={"logreg_c_grid": [0.01, 0.1, 1.0]})
+    result = train_head(X, y, Xv, yv, params=p)
+    sel = result.selection
+    assert sel["source"] == "given" and sel["metric"] == "accuracy"
+    assert sel["chosen"]["family"] == "logreg" and result.model.head_type == "logreg"
+    assert best_score(result, "logreg") >= best_score(result, "mlp") + 0.03  # measured: 0.86 vs 0.78
+    assert result.val_score == best_score(result, "logreg")
+    families = [c["family"] for c in sel["candidates"]]
+    assert families.count("mlp") == len(p.candidates()) == 1
+    tried = [c["params"]["C"] for c in sel["candidates"] if c["family"] == "logreg"]
+    assert tried == [0.01, 0.1, 1.0][:len(tried)] and len(tried) >= 2  # ascending; may stop early
+    for c in sel["candidates"]:
+        assert set(c) >= {"family", "params", "val_score", "prior_adjustment", "time_s"}
+        assert 0.0 <= c["val_score"] <= 1.0
+    assert result.model.meta["selection"] == sel  # travels with the weights
+    # the chosen family generalises: better than the MLP would have done on fresh data
+    mlp_only = train_head(X, y, Xv, yv, params=p.model_copy(update={"families": ["mlp"]}))
+    assert mlp_only.model.head_type == "mlp"
+    assert evaluate(result.model, Xt, yt)["accuracy"] >= evaluate(mlp_only.model, Xt, yt)["accuracy"] + 0.02
+
+
+def test_selection_picks_the_mlp_when_it_validates_better():
+    X, y = xor_problem(1500)
+    Xv, yv = xor_problem(500, seed=1)
+    result = train_head(X, y, Xv, yv, params=FAST.model_copy(update={"logreg_c_grid": [0.1, 1.0]}))
+    assert result.selection["chosen"]["family"] == "mlp" and result.model.head_type == "mlp"
+    assert best_score(result, "mlp") > best_score(result, "logreg") + 0.2  # logreg is at chance here
+
+
+def test_selection_under_cross_validation_and_without_refit():
+    X, y = linear_problem(200)
+    p = TrainParams(families=["logreg"], cv_folds=4, refit=False, logreg_c_grid=[0.1])
+    result = train_head(X, y, params=p)
+    assert result.val_source == "cv" and result.n_val == 200
+    assert result.model.head_type == "logreg" and result.model.n_members == 4  # the fold fits, as an ensemble
+    refit = train_head(X, y, params=p.model_copy(update={"refit": True}))
+    assert refit.model.n_members == 1 and refit.val_score == result.val_score  # same out-of-fold selection
+
+
+def test_selection_is_deterministic_per_seed():
+    X, y = linear_problem(150)
+    first = train_head(X, y, params=FAST, seed=5)
+    second = train_head(X, y, params=FAST, seed=5)
+    strip = [{k: v for k, v in c.items() if k != "time_s"} for c in first.selection["candidates"]]
+    assert strip == [{k: v for k, v in c.items() if k != "time_s"} for c in second.selection["candidates"]]
+    assert first.model.head_type == second.model.head_type
+    for name in first.model.weights:
+        assert np.array_equal(first.model.weights[name], second.model.weights[name]), name
+
+
+def test_logreg_family_matches_scikit_learn():
+    """Same objective as LogisticRegression(C): on the scaled inputs C is rescaled by scale^2."""
+    sklearn_lr = pytest.importorskip("sklearn.linear_model")
+    from heads.training import logreg
+
+    X, y = clusters({"a": 60, "b": 60, "c": 60}, spread=3.0)
+    yi = np.array(["abc".index(v) for v in y])
+    ours = logreg.fit(X, yi, 3, np.ones(len(yi)), 10.0, max_iter=1000, tol=1e-6)
+    ref = sklearn_lr.LogisticRegression(C=10.0, max_iter=5000, tol=1e-8).fit(X, yi)
+
+    def objective(W, b):
+        z = X.astype(np.float64) @ W + b
+        z -= z.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return -log_p[np.arange(len(yi)), yi].sum() + 0.5 / 10.0 * float((W ** 2).sum())
+
+    assert objective(ours.W.astype(np.float64), ours.b) == pytest.approx(objective(ref.coef_.T, ref.intercept_),
+                                                                         rel=1e-4)
+    assert (ours.proba(X).argmax(axis=1) == ref.predict(X)).mean() >= 0.99
+
+
+def test_served_logreg_head_folds_the_scaling_and_prior_shift():
+    from heads.training import logreg
+    from heads.training.fit import _logreg_head
+
+    X, y = clusters({"a": 40, "b": 40, "c": 40})
+    yi = np.array(["abc".index(v) for v in y])
+    mean, scale = _scaler(X, "standardize")
+    Z = ((X - mean) * scale).astype(np.float32)
+    fit = logreg.fit(Z, yi, 3, np.ones(len(yi)), 0.1)
+    shift = np.array([0.3, -0.2, 0.0])
+    model = _logreg_head([fit], ["a", "b", "c"], mean, scale, shift, {})
+    logits = Z.astype(np.float64) @ fit.W + fit.b + shift
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(model.predict_proba(X), expected / expected.sum(axis=1, keepdims=True), atol=2e-5)
+
+
+def test_a_candidate_replaces_the_default_only_for_a_clear_gain():
+    from heads.training.fit import _clear_gain
+
+    base = np.array([True] * 280 + [False] * 20)  # 300 validation examples, 0.933
+    one_more = base.copy()
+    one_more[280] = True  # +1 example: noise
+    assert not _clear_gain(one_more, one_more.mean(), base, base.mean())
+    swapped = base.copy()
+    swapped[280:290] = True
+    swapped[:8] = False  # +10 fixed, -8 broken: +0.7 % but not clearly better example-wise
+    assert not _clear_gain(swapped, swapped.mean(), base, base.mean())
+    better = base.copy()
+    better[280:290] = True  # +10 fixed, none broken
+    assert _clear_gain(better, better.mean(), base, base.mean())
+    # in training: the record names the default, and a different choice is a clear gain over it
+    X, y = linear_problem(300)
+    Xv, yv = linear_problem(300, sample_seed=1)
+    sel = train_head(X, y, Xv, yv, params=FAST).selection
+    assert sel["default"] == {"family": "logreg", "C": 10.0}
+    default = next(c for c in sel["candidates"] if c["family"] == "logreg" and c["params"]["C"] == 10.0)
+    chosen = next(c for c in sel["candidates"] if c["family"] == sel["chosen"]["family"]
+                  and c["params"] == sel["chosen"]["params"])
+    assert chosen is default or chosen["val_score"] >= default["val_score"] + 0.0025
