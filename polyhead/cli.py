@@ -102,14 +102,21 @@ def export_model(
 
 
 @head_app.command("serve")
-@settings_options(HeadSettings, arguments={"head_config": "config"})
+@settings_options(HeadSettings, arguments={"head_configs": "config"})
 def head_serve(settings: HeadSettings,
-               head_config: Path = typer.Argument(..., help="configs/heads/<name>.yaml", exists=True, dir_okay=False)):
-    """Serve one head (numpy only: this process never imports TensorFlow)."""
+               head_configs: Optional[List[Path]] = typer.Argument(
+                   None, help="configs/heads/<name>.yaml; several (or --heads) = one packed process", exists=True,
+                   dir_okay=False)):
+    """Serve one head, or several packed in one process (numpy only: never imports TensorFlow)."""
     from heads.http_server import serve
     from polyhead.logging import configure_logging
 
     configure_logging(settings.log_level, settings.json_logs)
+    try:
+        settings.config_paths()
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     serve(settings)
 
 
