@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from embedder.client import AsyncEmbedderClient, Embeddings
+from heads import metrics
 from polyhead.errors import ValidationError
 
 MAX_REQUEST_ID_CHARS = 2048  # gRPC metadata stays far below its 8 KiB default limit
@@ -65,8 +66,7 @@ class CoalescingEmbedder:
                     request_id: str | None = None) -> Embeddings:
         if bypass_cache or timeout_s is not None or len(texts) >= self.max_texts:
             self._calls += 1
-            self._rpcs += 1
-            self._texts_sent += len(texts)
+            self._count_rpc(len(texts))
             return await self.client.embed(texts, bypass_cache=bypass_cache, timeout_s=timeout_s,
                                            request_id=request_id)
         waiter = _Waiter(list(texts), request_id, asyncio.get_running_loop().create_future())
@@ -99,8 +99,7 @@ class CoalescingEmbedder:
         try:
             unique = list(dict.fromkeys(t for w in batch for t in w.texts))
             ids = ",".join(w.request_id for w in batch if w.request_id)[:MAX_REQUEST_ID_CHARS] or None
-            self._rpcs += 1
-            self._texts_sent += len(unique)
+            self._count_rpc(len(unique))
             try:
                 result = await self.client.embed(unique, request_id=ids)
             except ValidationError:
@@ -126,14 +125,19 @@ class CoalescingEmbedder:
 
     async def _one_by_one(self, batch: list[_Waiter]) -> None:
         async def one(w: _Waiter):
-            self._rpcs += 1
-            self._texts_sent += len(w.texts)
+            self._count_rpc(len(w.texts))
             try:
                 self._deliver(w, await self.client.embed(w.texts, request_id=w.request_id))
             except Exception as exc:  # noqa: BLE001
                 self._deliver(w, exc)
 
         await asyncio.gather(*(one(w) for w in batch))
+
+    def _count_rpc(self, texts: int) -> None:
+        self._rpcs += 1
+        self._texts_sent += texts
+        metrics.EMBED_RPCS.inc()
+        metrics.EMBED_RPC_TEXTS.inc(texts)
 
     def _deliver(self, waiter: _Waiter, outcome) -> None:
         if waiter.future.done():  # the caller went away (cancelled)

@@ -15,3 +15,6 @@ DRIFT_SCORE = Gauge("polyhead_head_drift_score", "Drift score of the rolling win
                     "(label_shift_js, confidence_shift, ood_rate; see GET /drift)", ["head", "score"])
 DRIFT_FLAGGED = Gauge("polyhead_head_drift_flagged", "1 when a drift score crosses its threshold", ["head"])
 DRIFT_WINDOW = Gauge("polyhead_head_drift_window_texts", "Texts in the drift window", ["head"])
+# Per process (shared by its heads): how well concurrent embeds are coalesced into fewer RPCs.
+EMBED_RPCS = Counter("polyhead_head_embed_rpcs_total", "Embed RPCs this head process sent to the embedder")
+EMBED_RPC_TEXTS = Counter("polyhead_head_embed_rpc_texts_total", "Texts in those RPCs (after de-duplication)")
