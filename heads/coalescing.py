@@ -43,7 +43,7 @@ class CoalescerStats:
 class CoalescingEmbedder:
     """Drop-in for the `embed`/`info`/`health`/`close` of an AsyncEmbedderClient (same loop)."""
 
-    def __init__(self, client: AsyncEmbedderClient, *, max_inflight: int = 2, max_texts: int = 256,
+    def __init__(self, client: AsyncEmbedderClient, *, max_inflight: int = 4, max_texts: int = 256,
                  window_ms: float = 0.0):
         self.client = client
         self.max_inflight = max_inflight

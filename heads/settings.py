@@ -39,7 +39,7 @@ class HeadSettings(ServiceSettings):
     embedder_target: str = Field(DEFAULT_EMBEDDER_TARGET, description="Embedder gRPC address (dns:///name:port balances)")
     embedder_timeout_s: float = Field(5.0, gt=0, description="Per-call deadline towards the embedder")
     coalesce: bool = Field(True, description="Merge concurrent Embed calls of this process into fewer, larger ones")
-    coalesce_max_inflight: int = Field(2, ge=1, le=64, description="Embed calls on the wire at once when coalescing; "
+    coalesce_max_inflight: int = Field(4, ge=1, le=64, description="Embed calls on the wire at once when coalescing; "
                                        "callers arriving meanwhile join the next call")
     coalesce_max_texts: int = Field(256, ge=1, le=1024, description="Most texts in one coalesced Embed call")
     coalesce_window_ms: float = Field(0.0, ge=0, le=50, description="Extra wait for company before a coalesced call "
