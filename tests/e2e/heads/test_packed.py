@@ -58,7 +58,9 @@ def test_each_head_answers_at_its_own_path(packed):
         assert r.json()["head"] == name
         assert [p["label"] for p in r.json()["predictions"]] == ["billing", "technical", "account"]
         info = httpx.get(f"{url}/heads/{name}/info").json()
-        assert info["name"] == name and info["ready"] and info["version"]
+        assert info["name"] == name and info["ready"] and info["version"] and "drift" in info
+        drift = httpx.get(f"{url}/heads/{name}/drift")  # other per-head endpoints come along in packed mode
+        assert drift.status_code == 200 and drift.json()["head"] == name
     assert httpx.post(url + "/predict", json={"text": BILLING}).status_code == 404  # no head at the root
     listed = httpx.get(url + "/heads").json()["heads"]
     assert {h["name"]: h["path"] for h in listed} == {n: f"/heads/{n}" for n in ("broken", "helpdesk", "tickets")}
