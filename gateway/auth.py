@@ -96,10 +96,17 @@ class Authenticator:
                 return key
         raise UnauthorizedError("invalid API key", field="authorization")
 
-    def admit(self, request: Request, model: str | None = None) -> ApiKey | None:
-        key = self.authenticate(request)
-        if key is not None and model is not None and "*" not in key.models and model not in key.models:
+    @staticmethod
+    def check_model(key: ApiKey | None, model: str) -> None:
+        """ForbiddenError unless the key (None: no keys configured) may call `model`."""
+        if key is not None and "*" not in key.models and model not in key.models:
             raise ForbiddenError(f"API key {key.name!r} may not call model {model!r}", field="model")
+
+    def admit(self, request: Request, model: str | None = None) -> ApiKey | None:
+        """Authenticate, check the model (if one is named) and take one request from the caller's rate."""
+        key = self.authenticate(request)
+        if model is not None:
+            self.check_model(key, model)
         if key is not None:
             self.limiter.take(key.name, key.rate_per_s)
         elif self.anonymous_rate is not None:

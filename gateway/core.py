@@ -14,6 +14,7 @@ from embedder.client import AsyncEmbedderClient, RetryPolicy
 from gateway import metrics
 from gateway.routing import Route, RoutingTable
 from gateway.settings import GatewaySettings
+from heads.api import encode_model_error, process_base_url
 from polyhead.errors import NotFoundError, PolyheadError, UnavailableError, ValidationError
 from polyhead.http import REQUEST_ID_HEADER
 
@@ -107,6 +108,78 @@ class GatewayService:
             return None
         return body if isinstance(body, dict) else None
 
+    async def classify(self, texts: list[str], names: list[str], request_id: str,
+                       refused: Mapping[str, PolyheadError] | None = None) -> dict:
+        """Every named model on the same texts: {name: its predict body | {"error", "status"}}.
+
+        Models packed in one head process get ONE /classify call (one embedding, shared in-process);
+        models in their own processes get their /predict calls at once, so the embedder embeds the
+        texts once and answers the others from its in-flight dedup and cache. One model failing
+        fails only its entry. `refused`: models already answered with an error (e.g. 403)."""
+        results: dict[str, dict] = {n: encode_model_error(int(e.http_status), e.to_dict())
+                                    for n, e in (refused or {}).items()}
+        by_process: dict[str, list[Route]] = {}
+        single: list[Route] = []
+        for name in names:
+            if name in results:
+                continue
+            route = self.routing.routes.get(name)
+            if route is None:
+                err = NotFoundError(f"unknown model {name!r}; known models: "
+                                    f"{', '.join(sorted(self.routing.routes)) or '(none)'}", field="models")
+                results[name] = encode_model_error(404, err.to_dict())
+                continue
+            base = process_base_url(route.url, name)
+            if base is None:
+                single.append(route)
+            else:
+                by_process.setdefault(base, []).append(route)
+
+        async def packed(base: str, routes: list[Route]) -> dict:
+            body = json.dumps({"texts": texts, "models": [r.name for r in routes]}).encode()
+            timeout = max((r.timeout_s or self.settings.head_timeout_s) for r in routes)
+            try:
+                reply = await self._call_url(base + "/classify", routes, request_id, body, timeout)
+            except PolyheadError as err:
+                return {r.name: encode_model_error(int(err.http_status), err.to_dict()) for r in routes}
+            if reply.status == 200:
+                return json.loads(reply.content)["results"]
+            return {r.name: _error_entry(reply, r.name) for r in routes}
+
+        async def alone(route: Route) -> dict:
+            body = json.dumps({"texts": texts}).encode()
+            try:
+                reply = await self._call_head(route, "POST", "/predict", request_id, body=body)
+            except PolyheadError as err:
+                return {route.name: encode_model_error(int(err.http_status), err.to_dict())}
+            if reply.status == 200:
+                return {route.name: json.loads(reply.content)}
+            return {route.name: _error_entry(reply, route.name)}
+
+        parts = await asyncio.gather(*(packed(b, rs) for b, rs in by_process.items()), *(alone(r) for r in single))
+        for part in parts:
+            results.update(part)
+        return {n: results[n] for n in names if n in results}
+
+    async def _call_url(self, url: str, routes: list[Route], request_id: str, body: bytes,
+                        timeout_s: float) -> UpstreamReply:
+        """POST to a head process (not one head): failures name every model it serves here."""
+        names = ", ".join(r.name for r in routes)
+        headers = {REQUEST_ID_HEADER: request_id, "content-type": "application/json"}
+        try:
+            async with self._session.post(url, data=body, headers=headers,
+                                          timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+                return UpstreamReply(response.status, await response.read(), response.headers)
+        except TimeoutError:
+            for r in routes:
+                metrics.UPSTREAM_ERRORS.labels(r.name, "timeout").inc()
+            raise UnavailableError(f"models {names} timed out (head process at {url})", retry_after_s=2) from None
+        except aiohttp.ClientError as exc:
+            for r in routes:
+                metrics.UPSTREAM_ERRORS.labels(r.name, "unreachable").inc()
+            raise UnavailableError(f"models {names} are unavailable: head process at {url} is unreachable "
+                                   f"({type(exc).__name__})", retry_after_s=2) from None
+
     async def model_info(self, name: str, request_id: str = "") -> dict:
         route = self.routing.get(name)
         entry = {"name": name, "description": route.description, "ready": False}
@@ -153,6 +226,19 @@ def _drift_summary(drift) -> dict | None:
         return None
     return {"flagged": bool(drift.get("flagged")), "scores": drift.get("scores") or {},
             "available": bool(drift.get("available", True))}
+
+
+def _error_entry(reply: UpstreamReply, name: str) -> dict:
+    """A head's non-200 answer as one model's entry: its status and its error body (when it is one)."""
+    if reply.status >= 500 and reply.status != 503:  # as /predict does: a crashed head is "unavailable"
+        metrics.UPSTREAM_ERRORS.labels(name, f"http_{reply.status}").inc()
+        return encode_model_error(503, UnavailableError(
+            f"model {name!r} failed (head answered HTTP {reply.status})").to_dict())
+    try:
+        error = json.loads(reply.content)["error"]
+    except (ValueError, KeyError, TypeError):
+        error = {"type": "unavailable", "message": f"model {name!r} answered HTTP {reply.status} without an error body"}
+    return encode_model_error(reply.status, error)
 
 
 def _check_embedding_request(info, model: str, dimensions: int | None) -> None:

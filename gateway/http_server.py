@@ -23,7 +23,8 @@ from gateway.core import GatewayService
 from embedder.settings import EmbedderSettings
 from gateway.insights import FeedbackRequest, FeedbackResponse, Insights, Report
 from gateway.settings import GatewaySettings
-from heads.api import ExplainRequest, ExplainResponse, PredictRequest, PredictResponse
+from heads.api import (ClassifyRequest, ClassifyResponse, ExplainRequest, ExplainResponse, PredictRequest,
+                       PredictResponse)
 from polyhead import __version__
 from polyhead.errors import ForbiddenError, PolyheadError
 from polyhead.http import PROMETHEUS_TEXT, REQUEST_ID_HEADER, error_responses, install_error_handlers, request_id_of
@@ -186,6 +187,33 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         is left out (all variants embedded in one call). At most the head's max_explain_words words."""
         return await forwarded("explain", service.explain, request, name)
 
+    @app.post("/v1/classify", response_model=ClassifyResponse, responses=_errors(401, 413, 422, 429))
+    async def classify(body: ClassifyRequest, request: Request):
+        """Several models (or `"*"`: every routable model this key may call) on the same texts, embedded once.
+
+        Each model's entry is its predict answer, or `{"error", "status"}` with the status its own
+        endpoint would have answered (404 unknown, 403 not allowed for this key, 503 unavailable,
+        422 over its limits): one model failing does not fail the request."""
+        started, rid = time.perf_counter(), request_id_of(request)
+        key = auth.admit(request)  # 401 and the rate limit apply to the request as a whole
+        if body.models == "*":
+            names = [n for n in sorted(service.routing.routes) if _allowed(key, n)]
+        else:
+            names = list(dict.fromkeys(body.models))
+        refused = {}
+        for name in names:
+            try:
+                auth.check_model(key, name)
+            except PolyheadError as err:
+                refused[name] = err
+        results = await service.classify(body.all_texts(), names, rid, refused)
+        for name, entry in results.items():
+            status = entry.get("status", 200) if "error" in entry else 200
+            metrics.REQUESTS.labels("classify", name if name in service.routing.routes else "unknown",
+                                    str(status)).inc()
+        metrics.LATENCY.labels("classify", "-").observe(time.perf_counter() - started)
+        return JSONResponse({"request_id": rid, "results": results}, headers={REQUEST_ID_HEADER: rid})
+
     @app.get("/v1/models", response_model=ModelList, responses=_errors(401, 429))
     async def list_models(request: Request):
         """Every routable model with its version, labels, test metrics and readiness."""
@@ -276,6 +304,10 @@ def _with_embedder_facts(schema: dict, service: GatewayService) -> dict:
         props["dimensions"] = {"anyOf": [{"type": "integer", "enum": [info.dim]}, {"type": "null"}],
                                "description": f"Must be {info.dim}, the model's dimension, if given"}
     return schema
+
+
+def _allowed(key, name: str) -> bool:
+    return key is None or "*" in key.models or name in key.models
 
 
 SETTINGS_ENV = "POLYHEAD_GATEWAY_SETTINGS_JSON"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from heads.config import ServingConfig
@@ -24,6 +26,21 @@ def _request_schema_extra(schema: dict) -> None:
         prop.pop("default", None)
     schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]
     schema["examples"] = [{"text": "my card was declined"}, {"texts": ["reset my password", "app crashes"]}]
+
+# A packed head process serves each head under this prefix (`http://host:port/heads/<name>`); a
+# one-head process at its root. The gateway needs the prefix only to find which routes share a
+# process (and send them one /classify); every other call goes to `route.url + path`.
+PACKED_PREFIX = "/heads"
+
+
+def packed_path(name: str) -> str:
+    return f"{PACKED_PREFIX}/{name}"
+
+
+def process_base_url(route_url: str, name: str) -> str | None:
+    """The process's base URL if `route_url` is a head of a packed process, else None."""
+    suffix = packed_path(name)
+    return route_url[: -len(suffix)] if route_url.rstrip("/").endswith(suffix) else None
 
 
 # -- typed results (what the core computes) ---------------------------------------------------------
@@ -68,6 +85,11 @@ class Explanation:
 # -- wire encoding ---------------------------------------------------------------------------------
 def encode_prediction(p: Prediction) -> dict:
     return {"label": p.label, "probability": round(p.probability, 6), "top_k": p.top_k, "abstained": p.abstained}
+
+
+def encode_model_error(status: int, error: dict) -> dict:
+    """One model's failure inside a multi-model answer (/classify): its status and its error body."""
+    return {"error": error, "status": int(status)}
 
 
 def encode_predict_response(result: PredictResult) -> dict:
@@ -183,3 +205,42 @@ class ExplainResponse(BaseModel):
     words: list[WordImportanceOut]
     request_id: str
     latency_ms: float
+
+
+_ClassifyText = text_type(None, "One text")
+_ClassifyTexts = texts_type(None, None, "Several texts, answered in order")
+
+
+class ClassifyRequest(BaseModel):
+    """Several models on the same texts (gateway POST /v1/classify; a head process's POST /classify)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"text": "my card was declined", "models": ["sentiment", "urgency"]},
+                     {"texts": ["refund me", "the app crashes"], "models": "*"}]})
+
+    # Encoding and blank texts are checked here; each head checks its own limits (per-model 422).
+    text: _ClassifyText | None = Field(None)
+    texts: _ClassifyTexts | None = Field(None)
+    models: list[str] | Literal["*"] = Field(..., description="Model names, or '*' for every routable model")
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' or 'texts'")
+        if isinstance(self.models, list) and not self.models:
+            raise ValueError("models: name at least one model, or '*' for all")
+        return self
+
+    def all_texts(self) -> list[str]:
+        return self.texts if self.texts is not None else [self.text]
+
+
+class ModelError(BaseModel):
+    error: dict = Field(..., description="{type, message, field?}, as the model's own endpoint would answer")
+    status: int = Field(..., description="The HTTP status the model's own endpoint would have answered")
+
+
+class ClassifyResponse(BaseModel):
+    request_id: str
+    results: dict[str, PredictResponse | ModelError] = Field(
+        ..., description="Per model: its predict answer, or its error (one model failing fails only its entry)")

@@ -1,4 +1,10 @@
-"""A head's core, independent of HTTP: validate -> embed (gRPC) -> classify -> log."""
+"""Heads' core, independent of HTTP: validate -> embed (gRPC) -> classify -> log.
+
+`HeadService` is one head (its artifact, version manager, readiness, metrics labels, log rows);
+`HeadProcess` is what one process serves: one or many HeadServices sharing ONE embedder client
+(a coalescing one by default), ONE inference-log writer and the event loop. `classify` answers
+several heads of the process for the same texts with one Embed call.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +18,15 @@ from embedder.client import AsyncEmbedderClient, RetryPolicy
 from embedder.fallback import EmbeddingFallback
 from heads import explain, metrics
 from heads.api import Explanation, PredictResult
-from heads.config import HeadConfig
+from heads.coalescing import CoalescingEmbedder
+from heads.config import HeadConfig, load_head_config
 from heads.drift import SCORE_NAMES, DriftMonitor, DriftThresholds
 from heads.inference_log.records import PredictionRecord
 from heads.inference_log.writer import InferenceLog
 from heads.pipeline import FingerprintMismatch, HeadPipeline
 from heads.servable import ServableManager
 from heads.settings import HeadSettings
-from polyhead.errors import PolyheadError
+from polyhead.errors import NotFoundError, PolyheadError
 from polyhead.validation import check_texts
 
 log = logging.getLogger("polyhead.head.core")
@@ -39,7 +46,7 @@ class HeadService:
         self.name = config.name
         self.manager = ServableManager(settings.models_dir, config.name, config.serving)
         self.inference_log = inference_log
-        self.client: AsyncEmbedderClient | None = None
+        self.client: AsyncEmbedderClient | CoalescingEmbedder | None = None
         self.pipeline: HeadPipeline | None = None
         self.fallback: EmbeddingFallback | None = None
         self._readiness = Readiness(False)
@@ -48,12 +55,12 @@ class HeadService:
                                                              d.min_window, d.ood_percentile), self._drift_changed)
         self._drift_gauges = {n: metrics.DRIFT_SCORE.labels(self.name, n) for n in SCORE_NAMES}
         metrics.DRIFT_FLAGGED.labels(self.name).set(0)
+        self._owns_client = False
 
-    async def start(self) -> None:
-        # Created inside the serving event loop (grpc.aio channels belong to one loop). Few, fast
-        # retries: a head answers 503 quickly rather than hanging on a dead embedder.
-        self.client = AsyncEmbedderClient(self.settings.embedder_target, timeout_s=self.settings.embedder_timeout_s,
-                                          retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.05, max_backoff_s=0.1))
+    async def start(self, client: AsyncEmbedderClient | CoalescingEmbedder | None = None) -> None:
+        """`client`: the process's shared embedder client; without one the head makes its own."""
+        self._owns_client = client is None
+        self.client = client or embedder_client(self.settings)
         self.fallback = EmbeddingFallback(self.settings.embed_fallback_entries, self._l2_reader())
         self.pipeline = HeadPipeline(self.name, lambda: self.manager.current, self.client,
                                      lambda: self.manager.last_error, self.fallback)
@@ -68,7 +75,7 @@ class HeadService:
                             key_prefix=s.l2_cache_key_prefix, role="head")
 
     async def close(self) -> None:
-        if self.client is not None:
+        if self.client is not None and self._owns_client:
             await self.client.close()
         if self.fallback is not None:
             await self.fallback.close()
@@ -79,12 +86,14 @@ class HeadService:
         check_texts(texts, field="texts" if batch else "text", indexed=batch, max_texts=s.max_texts_per_request,
                     max_chars=s.max_text_chars)
 
-    async def predict(self, texts: list[str], *, batch: bool, request_id: str | None = None) -> PredictResult:
+    async def predict(self, texts: list[str], *, batch: bool, request_id: str | None = None,
+                      embedded=None) -> PredictResult:
+        """`embedded`: (Embeddings, seconds) already computed for these texts (HeadProcess.classify)."""
         started = time.perf_counter()
         request_id = request_id or uuid.uuid4().hex
         self.validate(texts, batch)
         try:
-            done = await self.pipeline.run(texts, request_id)
+            done = await self.pipeline.run(texts, request_id, embedded=embedded)
         except FingerprintMismatch:
             self._readiness = Readiness(False, {"fingerprint": "mismatch"})
             raise
@@ -180,3 +189,103 @@ class HeadService:
             await asyncio.sleep(self.settings.version_poll_s)
             if await asyncio.to_thread(self.manager.sync):
                 self._readiness = Readiness(False)  # re-check fingerprints for the new version
+
+
+def embedder_client(settings: HeadSettings) -> AsyncEmbedderClient | CoalescingEmbedder:
+    """The embedder client of a head process; create it inside the serving event loop (grpc.aio
+    channels belong to one loop). Few, fast retries: a head answers 503 quickly rather than hanging
+    on a dead embedder."""
+    client = AsyncEmbedderClient(settings.embedder_target, timeout_s=settings.embedder_timeout_s,
+                                 retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.05, max_backoff_s=0.1))
+    if not settings.coalesce:
+        return client
+    return CoalescingEmbedder(client, max_inflight=settings.coalesce_max_inflight,
+                              max_texts=settings.coalesce_max_texts, window_ms=settings.coalesce_window_ms)
+
+
+@dataclass(frozen=True)
+class ModelOutcome:
+    """One head's answer inside a multi-head classify: a result, or the error it would have answered."""
+
+    result: PredictResult | None = None
+    error: PolyheadError | None = None
+
+
+class HeadProcess:
+    """The heads one process serves, and what they share."""
+
+    def __init__(self, settings: HeadSettings):
+        self.settings = settings
+        configs = [load_head_config(p) for p in settings.config_paths()]
+        names = [c.name for c in configs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"heads: {', '.join(duplicates)} given twice (two configs with one name)")
+        # Redaction is per head: PredictionRecord.create(redact=...) applies each head's own setting.
+        self.inference_log = InferenceLog(settings.db_url, settings.spool_for(names), redact_text=False)
+        self.services = {c.name: HeadService(settings, c, self.inference_log) for c in configs}
+        self.client: AsyncEmbedderClient | CoalescingEmbedder | None = None
+        self._pollers: list[asyncio.Task] = []
+
+    @property
+    def packed(self) -> bool:
+        return self.settings.packed
+
+    async def start(self) -> None:
+        self.client = embedder_client(self.settings)
+        for service in self.services.values():
+            await service.start(self.client)
+        await asyncio.to_thread(self.inference_log.start)
+        for service in self.services.values():
+            await asyncio.to_thread(service.manager.sync)  # a bad artifact leaves only this head unready
+            self._pollers.append(asyncio.create_task(service.poll_versions()))
+
+    async def close(self) -> None:
+        for task in self._pollers:
+            task.cancel()
+        for service in self.services.values():
+            await service.close()
+        if self.client is not None:
+            await self.client.close()
+        await asyncio.to_thread(self.inference_log.close, 10)
+
+    def get(self, name: str) -> HeadService:
+        service = self.services.get(name)
+        if service is None:
+            raise NotFoundError(f"unknown model {name!r}; this process serves: {', '.join(sorted(self.services))}",
+                                field="models")
+        return service
+
+    async def readiness(self) -> dict[str, Readiness]:
+        states = await asyncio.gather(*(s.readiness() for s in self.services.values()))
+        return dict(zip(self.services, states))
+
+    async def classify(self, texts: list[str], models: list[str], request_id: str) -> dict[str, ModelOutcome]:
+        """Every named head on the same texts with ONE Embed call; each head's error stays its own."""
+        outcomes: dict[str, ModelOutcome] = {}
+        ready: list[HeadService] = []
+        for name in dict.fromkeys(models):
+            try:
+                service = self.get(name)
+                service.validate(texts, batch=True)  # each head's own limits
+                service.pipeline.servable()  # no artifact: its own 503, before the shared call
+                ready.append(service)
+            except PolyheadError as err:
+                outcomes[name] = ModelOutcome(error=err)
+        if ready:
+            t0 = time.perf_counter()
+            try:
+                embedded = (await self.client.embed(texts, request_id=request_id), time.perf_counter() - t0)
+            except PolyheadError as err:
+                return {**outcomes, **{s.name: ModelOutcome(error=err) for s in ready}}
+
+            async def one(service: HeadService) -> ModelOutcome:
+                try:
+                    return ModelOutcome(await service.predict(texts, batch=True, request_id=request_id,
+                                                              embedded=embedded))
+                except PolyheadError as err:
+                    return ModelOutcome(error=err)
+
+            for service, outcome in zip(ready, await asyncio.gather(*(one(s) for s in ready))):
+                outcomes[service.name] = outcome
+        return {name: outcomes[name] for name in dict.fromkeys(models)}

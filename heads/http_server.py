@@ -1,9 +1,12 @@
-"""HTTP front end of a head (FastAPI): per-head /predict, /explain, /readyz, /info, /drift, /admin/reload; /healthz, /metrics."""
+"""HTTP front end of a head process (FastAPI): per-head /predict, /explain, /readyz, /info, /drift, /admin/reload (one
+router per head: at "/" for one head, at /heads/<name> for each head of a packed process); /classify, /healthz,
+/metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -12,11 +15,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from heads import metrics
-from heads.config import load_head_config
-from heads.core import HeadService
-from heads.api import (ExplainRequest, ExplainResponse, PredictRequestBase, PredictResponse, encode_explain_response,
-                       encode_predict_response, predict_request_model)
-from heads.inference_log.writer import InferenceLog
+from heads.api import (
+    PACKED_PREFIX,
+    ClassifyRequest,
+    ClassifyResponse,
+    ExplainRequest,
+    ExplainResponse,
+    PredictRequestBase,
+    PredictResponse,
+    encode_explain_response,
+    encode_model_error,
+    encode_predict_response,
+    packed_path,
+    predict_request_model,
+)
+from heads.core import HeadProcess, HeadService
 from heads.settings import HeadSettings
 from polyhead import __version__
 from polyhead.errors import PolyheadError, ValidationError
@@ -105,28 +118,36 @@ def head_router(service: HeadService) -> APIRouter:
 
 
 def create_app(settings: HeadSettings) -> FastAPI:
-    config = load_head_config(settings.config)
-    inference_log = InferenceLog(settings.db_url, settings.spool_dir / config.name,
-                                 redact_text=config.serving.redact_text)
-    service = HeadService(settings, config, inference_log)
+    """One head at "/" (one config, no --heads), or a packed process: each head at /heads/<name>,
+    plus the process's own /readyz (every head's), /heads and /classify (several heads, one embed)."""
+    process = HeadProcess(settings)
+    services = process.services
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await service.start()
-        await asyncio.to_thread(inference_log.start)
-        await asyncio.to_thread(service.manager.sync)
-        poller = asyncio.create_task(service.poll_versions())
-        log.info("head started", extra={"head": config.name, "version": getattr(service.manager.current, "version", None)})
+        await process.start()
+        log.info("head process started", extra={"heads": {n: getattr(s.manager.current, "version", None)
+                                                          for n, s in services.items()},
+                                                "packed": process.packed})
         yield
-        poller.cancel()
-        await service.close()
-        await asyncio.to_thread(inference_log.close, 10)
+        await process.close()
 
-    app = FastAPI(title=f"polyhead head: {config.name}", version=__version__, description=config.description,
-                  lifespan=lifespan)
-    app.state.service = service
+    if process.packed:
+        title, description = f"polyhead heads: {len(services)} packed", ", ".join(services)
+    else:
+        (only,) = services.values()
+        title, description = f"polyhead head: {only.name}", only.config.description
+    app = FastAPI(title=title, version=__version__, description=description, lifespan=lifespan)
+    app.state.process = process
     install_error_handlers(app)
-    app.include_router(head_router(service))
+    if process.packed:
+        for name, service in services.items():
+            app.include_router(head_router(service), prefix=packed_path(name))
+        app.include_router(process_router(process))
+    else:
+        app.state.service = only
+        app.include_router(head_router(only))
+    app.include_router(classify_router(process))
 
     @app.get("/healthz")
     async def healthz():
@@ -137,6 +158,58 @@ def create_app(settings: HeadSettings) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def process_router(process: HeadProcess) -> APIRouter:
+    """A packed process's own endpoints (its heads' are under /heads/<name>)."""
+    router = APIRouter()
+
+    @router.get("/readyz", responses={503: {"description": "no head is ready; body says why, per head"}})
+    async def readyz():
+        """Ready while at least one head is: one head's bad artifact makes that head unready (its own
+        /heads/<name>/readyz answers 503 and the gateway reports it), not the process serving the others."""
+        states = await process.readiness()
+        ready = any(s.ready for s in states.values())
+        return JSONResponse({"ready": ready, "ready_heads": sum(s.ready for s in states.values()),
+                             "heads": {n: {"ready": s.ready, "checks": s.checks} for n, s in states.items()}},
+                            status_code=200 if ready else 503)
+
+    @router.get(PACKED_PREFIX)
+    async def heads():
+        """The heads this process serves, with their paths."""
+        return {"heads": [{"name": n, "path": packed_path(n),
+                           "version": getattr(s.manager.current, "version", None)}
+                          for n, s in process.services.items()]}
+
+    return router
+
+
+def classify_router(process: HeadProcess) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/classify", response_model=ClassifyResponse, responses=error_responses(415, 422, 503))
+    async def classify(body: ClassifyRequest, request: Request):
+        """Several heads of this process on the same texts, embedded once; errors are per head."""
+        rid = request_id_of(request)
+        names = list(process.services) if body.models == "*" else body.models
+        started = time.perf_counter()
+        outcomes = await process.classify(body.all_texts(), names, rid)
+        elapsed = time.perf_counter() - started
+        results = {}
+        for name, outcome in outcomes.items():
+            known = name in process.services
+            if outcome.error is not None:
+                status = int(outcome.error.http_status)
+                results[name] = encode_model_error(status, outcome.error.to_dict())
+            else:
+                status = 200
+                results[name] = encode_predict_response(outcome.result)
+            if known:
+                metrics.REQUESTS.labels(name, str(status)).inc()
+                metrics.LATENCY.labels(name).observe(elapsed)
+        return JSONResponse({"request_id": rid, "results": results}, headers={REQUEST_ID_HEADER: rid})
+
+    return router
 
 
 def serve(settings: HeadSettings) -> None:

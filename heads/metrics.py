@@ -19,3 +19,6 @@ DRIFT_FLAGGED = Gauge("polyhead_head_drift_flagged", "1 when a drift score cross
 DRIFT_WINDOW = Gauge("polyhead_head_drift_window_texts", "Texts in the drift window", ["head"])
 EMBED_FALLBACK = Counter("polyhead_head_embed_fallback_total", "Requests met by an unavailable embedder, by what "
                          "answered them: recent (this head's seen texts), l2 (Redis) or miss (503)", ["head", "source"])
+# Per process (shared by its heads): how well concurrent embeds are coalesced into fewer RPCs.
+EMBED_RPCS = Counter("polyhead_head_embed_rpcs_total", "Embed RPCs this head process sent to the embedder")
+EMBED_RPC_TEXTS = Counter("polyhead_head_embed_rpc_texts_total", "Texts in those RPCs (after de-duplication)")

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from embedder.client import AsyncEmbedderClient
+from embedder.client import AsyncEmbedderClient, Embeddings
 from embedder.fallback import EmbeddingFallback
 from heads import metrics
 from heads.api import Prediction
@@ -47,20 +47,31 @@ class HeadPipeline:
         self.fallback = fallback if fallback is not None and fallback.enabled else None
         self._outage = False  # logged once per embedder outage, not once per request
 
-    async def run(self, texts: list[str], request_id: str | None = None) -> Classified:
-        servable = self._current()  # pinned: a version switch mid-request does not affect it
+    def servable(self) -> HeadServable:
+        """The version served now, or UnavailableError (503) saying why there is none."""
+        servable = self._current()
         if servable is None:
             raise UnavailableError(f"head {self.name!r} has no loaded artifact: {self._reason()}", retry_after_s=5)
-        t0 = time.perf_counter()
-        try:
-            embeddings = await self.client.embed(texts, request_id=request_id)
-        except (UnavailableError, DeadlineExceededError) as err:
-            if self.fallback is None:
-                raise
-            vectors = await self._from_fallback(servable.fingerprint, texts, err)
-            return Classified(servable, servable.fingerprint, vectors, servable.predict(vectors),
-                              time.perf_counter() - t0)
-        embed_s = time.perf_counter() - t0
+        return servable
+
+    async def run(self, texts: list[str], request_id: str | None = None, *,
+                  embedded: tuple[Embeddings, float] | None = None) -> Classified:
+        """`embedded`: (embeddings of `texts`, seconds they took) computed once for several heads of a
+        packed process (POST /classify); otherwise this head embeds them itself."""
+        servable = self.servable()  # pinned: a version switch mid-request does not affect it
+        if embedded is None:
+            t0 = time.perf_counter()
+            try:
+                embeddings = await self.client.embed(texts, request_id=request_id)
+            except (UnavailableError, DeadlineExceededError) as err:
+                if self.fallback is None:
+                    raise
+                vectors = await self._from_fallback(servable.fingerprint, texts, err)
+                return Classified(servable, servable.fingerprint, vectors, servable.predict(vectors),
+                                  time.perf_counter() - t0)
+            embed_s = time.perf_counter() - t0
+        else:
+            embeddings, embed_s = embedded
         if embeddings.fingerprint != servable.fingerprint:
             raise FingerprintMismatch(
                 f"embedder fingerprint {embeddings.fingerprint} differs from the one version {servable.version} "

@@ -102,14 +102,21 @@ def export_model(
 
 
 @head_app.command("serve")
-@settings_options(HeadSettings, arguments={"head_config": "config"})
+@settings_options(HeadSettings, arguments={"head_configs": "config"})
 def head_serve(settings: HeadSettings,
-               head_config: Path = typer.Argument(..., help="configs/heads/<name>.yaml", exists=True, dir_okay=False)):
-    """Serve one head (numpy only: this process never imports TensorFlow)."""
+               head_configs: Optional[List[Path]] = typer.Argument(
+                   None, help="configs/heads/<name>.yaml; several (or --heads) = one packed process", exists=True,
+                   dir_okay=False)):
+    """Serve one head, or several packed in one process (numpy only: never imports TensorFlow)."""
     from heads.http_server import serve
     from polyhead.logging import configure_logging
 
     configure_logging(settings.log_level, settings.json_logs)
+    try:
+        settings.config_paths()
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     serve(settings)
 
 
@@ -311,14 +318,16 @@ def deploy_generate(
     root: Path = typer.Option(Path("."), help="Project root: reads configs/heads, writes the files there",
                               exists=True, file_okay=False),
     check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 if any generated file is stale"),
+    heads_per_process: Optional[int] = typer.Option(
+        None, min=0, help="0: every head packed in one service; 1: a service per head (default: StackSettings')"),
 ):
     """(Re)generate compose, Prometheus and Kubernetes files from configs/heads/*.yaml."""
     from heads.config import HeadConfigError
     from polyhead.deploy import stale, write
 
     try:
-        changed = stale(root) if check else write(root)
-    except HeadConfigError as err:
+        changed = stale(root, heads_per_process=heads_per_process) if check else write(root, heads_per_process)
+    except (HeadConfigError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     for rel in changed:

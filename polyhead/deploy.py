@@ -2,11 +2,14 @@
 
 Writes, under a project root:
 
-- `docker-compose.yml`: embedder, one `head-<name>` service per configs/heads/<name>.yaml (all on
-  the one head image), gateway, PostgreSQL (the inference DB), Prometheus;
+- `docker-compose.yml`: embedder, the heads (StackSettings.heads_per_process, the setting
+  `polyhead up` uses: 0 = one `heads` service serving every configs/heads/*.yaml packed, each at
+  /heads/<name>; 1 = one `head-<name>` service per config; all on the one head image), gateway,
+  PostgreSQL (the inference DB), Prometheus;
 - `deploy/prometheus.yml`: Prometheus scraping every one of those services;
 - `deploy/k8s/`: a kustomize base (Deployments, Services, HPAs, PDBs, NetworkPolicies, the
-  head-config ConfigMap, example Secrets), one `heads/<name>.yaml` per head config.
+  head-config ConfigMap, example Secrets), `heads/packed.yaml` (packed) or one `heads/<name>.yaml`
+  per head config.
 
 Everything comes from the head configs and the services' settings classes (ports, env var
 names), so a new head is one command away, and tests/e2e/deploy fails when the committed files are
@@ -88,6 +91,9 @@ class Resources:
 RESOURCES = {
     "embedder": Resources("1", "2", "1536Mi", "2Gi"),
     "head": Resources("100m", "500m", "128Mi", "256Mi"),
+    # Every head in one process (issue 13): 20 heads measured at ~110 MiB RSS (BENCHMARKS.md); it
+    # carries all head traffic, so it gets the CPU the separate heads would have had together.
+    "heads-packed": Resources("500m", "2", "192Mi", "384Mi"),
     "gateway": Resources("200m", "1", "128Mi", "256Mi"),
 }
 # TensorFlow sizes its pools from the node's cores, not the container's limit: match the limit.
@@ -111,7 +117,7 @@ def embedder_env() -> dict[str, str]:
     }
 
 
-def head_env(embedder_target: str, db_url: str | None) -> dict[str, str]:
+def head_env(embedder_target: str, db_url: str | None, *, packed: bool = False) -> dict[str, str]:
     env = {
         "POLYHEAD_HEAD_HOST": "0.0.0.0",
         "POLYHEAD_HEAD_PORT": str(HEAD_PORT),
@@ -119,17 +125,20 @@ def head_env(embedder_target: str, db_url: str | None) -> dict[str, str]:
         "POLYHEAD_HEAD_SPOOL_DIR": SPOOL_DIR,
         "POLYHEAD_HEAD_EMBEDDER_TARGET": embedder_target,
     }
+    if packed:
+        env["POLYHEAD_HEAD_HEADS_DIR"] = HEAD_CONFIGS_DIR
     if db_url is not None:
         env["POLYHEAD_HEAD_DB_URL"] = db_url
     return env
 
 
-def gateway_env(embedder_target: str, db_url: str | None = None) -> dict[str, str]:
+def gateway_env(embedder_target: str, db_url: str | None = None,
+                head_url_template: str = HEAD_URL_TEMPLATE) -> dict[str, str]:
     env = {
         "POLYHEAD_GATEWAY_HOST": "0.0.0.0",
         "POLYHEAD_GATEWAY_PORT": str(GATEWAY_PORT),
         "POLYHEAD_GATEWAY_HEADS_DIR": HEAD_CONFIGS_DIR,
-        "POLYHEAD_GATEWAY_HEAD_URL_TEMPLATE": HEAD_URL_TEMPLATE,
+        "POLYHEAD_GATEWAY_HEAD_URL_TEMPLATE": head_url_template,
         "POLYHEAD_GATEWAY_EMBEDDER_TARGET": embedder_target,
     }
     if db_url is not None:  # reports and feedback read/write the heads' inference DB
@@ -142,6 +151,48 @@ def http_healthcheck(port_env: str, port: int) -> list[str]:
     code = ("import os, urllib.request; "
             f"urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('{port_env}', '{port}'), timeout=3)")
     return ["CMD", "python", "-c", code]
+
+
+@dataclass(frozen=True)
+class HeadUnit:
+    """One head service (compose service / k8s Deployment): one head, or every head packed."""
+
+    service: str  # compose service and k8s instance name
+    heads: list[str]
+    args: list[str]  # appended to the image's ENTRYPOINT (`polyhead head serve`)
+    file: str  # deploy/k8s/heads/<file>.yaml
+
+    @property
+    def packed(self) -> bool:
+        return self.args[0] == "--heads"
+
+
+PACKED_SERVICE = "heads"
+
+
+def head_units(heads: list[str], heads_per_process: int | None = None) -> list[HeadUnit]:
+    """The head services for StackSettings.heads_per_process (the one setting `polyhead up` uses too):
+    0 = every head packed in one service (each at /heads/<name>), 1 = a service per head."""
+    if heads_per_process is None:
+        from polyhead.stack import StackSettings
+
+        heads_per_process = StackSettings.model_fields["heads_per_process"].default
+    if heads_per_process == 1:
+        return [HeadUnit(f"head-{n}", [n], [f"{HEAD_CONFIGS_DIR}/{n}.yaml"], n) for n in heads]
+    if heads_per_process == 0 or heads_per_process >= len(heads):
+        # '*': every config in the mounted configs folder, so the service follows configs/heads.
+        return [HeadUnit(PACKED_SERVICE, list(heads), ["--heads", "*", "--pool-name", PACKED_SERVICE], "packed")]
+    raise ValueError(f"heads_per_process={heads_per_process}: the generated deployment files pack every head in "
+                     "one service (0) or give each its own (1); pools of N run under `polyhead up`")
+
+
+def head_url_template(units: list[HeadUnit]) -> str:
+    """How the gateway finds a head: its own service, or its path in the packed one."""
+    if units and units[0].packed:
+        from heads.api import packed_path
+
+        return f"http://{PACKED_SERVICE}:{HEAD_PORT}" + packed_path("{name}")
+    return HEAD_URL_TEMPLATE
 
 
 def head_names(root: Path) -> list[str]:
@@ -172,7 +223,8 @@ def _healthcheck(test: list[str], start_period: str = "30s") -> dict:
     return {"test": test, "interval": "10s", "timeout": "5s", "retries": 3, "start_period": start_period}
 
 
-def compose(heads: list[str]) -> dict:
+def compose(heads: list[str], units: list[HeadUnit] | None = None) -> dict:
+    units = head_units(heads) if units is None else units
     configs_mount = {"type": "bind", "source": "./configs/heads", "target": HEAD_CONFIGS_DIR, "read_only": True}
     services: dict[str, dict] = {
         "embedder": {
@@ -192,12 +244,12 @@ def compose(heads: list[str]) -> dict:
             "restart": "unless-stopped",
         },
     }
-    for name in heads:
-        services[f"head-{name}"] = {
+    for unit in units:
+        services[unit.service] = {
             "build": {"context": ".", "dockerfile": DOCKERFILES["head"]},
             "image": IMAGES["head"],
-            "command": [f"{HEAD_CONFIGS_DIR}/{name}.yaml"],
-            "environment": head_env(COMPOSE_EMBEDDER_TARGET, COMPOSE_DB_URL),
+            "command": list(unit.args),
+            "environment": head_env(COMPOSE_EMBEDDER_TARGET, COMPOSE_DB_URL, packed=unit.packed),
             "volumes": [
                 {"type": "bind", "source": "./models", "target": MODELS_DIR, "read_only": True,
                  "bind": {"create_host_path": True}},
@@ -213,12 +265,12 @@ def compose(heads: list[str]) -> dict:
     services["gateway"] = {
         "build": {"context": ".", "dockerfile": DOCKERFILES["gateway"]},
         "image": IMAGES["gateway"],
-        "environment": gateway_env(COMPOSE_EMBEDDER_TARGET, COMPOSE_DB_URL),
+        "environment": gateway_env(COMPOSE_EMBEDDER_TARGET, COMPOSE_DB_URL, head_url_template(units)),
         "volumes": [dict(configs_mount)],
         # The one published port. Set POLYHEAD_GATEWAY_API_KEYS_FILE (and mount it) to require keys.
         "ports": [f"${{POLYHEAD_GATEWAY_PUBLISH:-127.0.0.1:{GATEWAY_PORT}}}:{GATEWAY_PORT}"],
         "depends_on": {"embedder": {"condition": "service_healthy"}, "postgres": {"condition": "service_healthy"},
-                       **{f"head-{n}": {"condition": "service_healthy"} for n in heads}},
+                       **{u.service: {"condition": "service_healthy"} for u in units}},
         "healthcheck": _healthcheck(http_healthcheck("POLYHEAD_GATEWAY_PORT", GATEWAY_PORT)),
         "restart": "unless-stopped",
     }
@@ -239,7 +291,8 @@ def compose(heads: list[str]) -> dict:
             "volumes": {"pgdata": {}, "head-spool": {}, "prometheus-data": {}}}
 
 
-def prometheus(heads: list[str]) -> dict:
+def prometheus(heads: list[str], units: list[HeadUnit] | None = None) -> dict:
+    units = head_units(heads) if units is None else units
     return {
         "global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
         "scrape_configs": [
@@ -249,7 +302,9 @@ def prometheus(heads: list[str]) -> dict:
              "dns_sd_configs": [{"names": ["embedder"], "type": "A", "port": EMBEDDER_METRICS_PORT}]},
             {"job_name": "gateway", "dns_sd_configs": [{"names": ["gateway"], "type": "A", "port": GATEWAY_PORT}]},
             {"job_name": "heads",
-             "static_configs": [{"targets": [f"head-{n}:{HEAD_PORT}"], "labels": {"head": n}} for n in heads]},
+             # Every head metric carries a `head` label; a packed service's series come from one target.
+             "static_configs": [{"targets": [f"{u.service}:{HEAD_PORT}"],
+                                 "labels": {"pool": u.service} if u.packed else {"head": u.heads[0]}} for u in units]},
         ],
     }
 
@@ -406,17 +461,17 @@ def k8s_embedder() -> list[dict]:
     ]
 
 
-def k8s_head(name: str) -> list[dict]:
-    instance = f"head-{name}"
+def k8s_head(unit: HeadUnit) -> list[dict]:
+    instance = unit.service
     tmp_vol, tmp_mount = _tmp_volume()
     cfg_vol, cfg_mount = _head_configs_volume()
     container = {
         "name": "head", "image": IMAGES["head"], "imagePullPolicy": "IfNotPresent",
-        "args": [f"{HEAD_CONFIGS_DIR}/{name}.yaml"],
+        "args": list(unit.args),
         "ports": [{"name": "http", "containerPort": HEAD_PORT, "protocol": "TCP"}],
-        "env": _env_list(head_env(K8S_EMBEDDER_TARGET, None), namespace=True,
+        "env": _env_list(head_env(K8S_EMBEDDER_TARGET, None, packed=unit.packed), namespace=True,
                          secret_env={"POLYHEAD_HEAD_DB_URL": ("polyhead-db", "DB_URL")}),
-        "resources": RESOURCES["head"].k8s(),
+        "resources": RESOURCES["heads-packed" if unit.packed else "head"].k8s(),
         **_http_probes("http"),
         "volumeMounts": [cfg_mount,
                          {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
@@ -435,10 +490,11 @@ def k8s_head(name: str) -> list[dict]:
     ]
 
 
-def k8s_gateway() -> list[dict]:
+def k8s_gateway(units: list[HeadUnit]) -> list[dict]:
     tmp_vol, tmp_mount = _tmp_volume()
     cfg_vol, cfg_mount = _head_configs_volume()
-    env = {**gateway_env(K8S_EMBEDDER_TARGET), "POLYHEAD_GATEWAY_API_KEYS_FILE": API_KEYS_FILE}
+    env = {**gateway_env(K8S_EMBEDDER_TARGET, head_url_template=head_url_template(units)),
+           "POLYHEAD_GATEWAY_API_KEYS_FILE": API_KEYS_FILE}
     container = {
         "name": "gateway", "image": IMAGES["gateway"], "imagePullPolicy": "IfNotPresent",
         "ports": [{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
@@ -499,13 +555,14 @@ def k8s_models_pvc() -> dict:
     }
 
 
-def kustomization(heads: list[str]) -> dict:
+def kustomization(heads: list[str], units: list[HeadUnit] | None = None) -> dict:
+    units = head_units(heads) if units is None else units
     return {
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "namespace": NAMESPACE,
         "labels": [{"pairs": dict(PART_OF), "includeSelectors": False}],
         "resources": ["namespace.yaml", "embedder.yaml", "gateway.yaml", "models-pvc.yaml", "network-policies.yaml",
-                      *[f"heads/{n}.yaml" for n in heads]],
+                      *[f"heads/{u.file}.yaml" for u in units]],
         "configMapGenerator": [{"name": "head-configs", "files": [f"head-configs/{n}.yaml" for n in heads]}],
         # EXAMPLE values (placeholders): replace them in an overlay (`behavior: replace`) or create
         # the Secrets outside git before a real deployment. See deploy/README.md.
@@ -539,25 +596,27 @@ EXAMPLE_API_KEYS = (
 
 # --------------------------------------------------------------------------------------------
 
-def generate(root: Path) -> dict[str, str]:
+def generate(root: Path, heads_per_process: int | None = None) -> dict[str, str]:
     """Every generated file: {path relative to root (posix): content}."""
     root = Path(root)
     heads = head_names(root)
+    units = head_units(heads, heads_per_process)
     files = {
-        "docker-compose.yml": HEADER + _dump(compose(heads)),
-        "deploy/prometheus.yml": HEADER + _dump(prometheus(heads)),
-        f"{K8S}/kustomization.yaml": HEADER + KUSTOMIZATION_NOTE + _dump(kustomization(heads)),
+        "docker-compose.yml": HEADER + _dump(compose(heads, units)),
+        "deploy/prometheus.yml": HEADER + _dump(prometheus(heads, units)),
+        f"{K8S}/kustomization.yaml": HEADER + KUSTOMIZATION_NOTE + _dump(kustomization(heads, units)),
         f"{K8S}/namespace.yaml": HEADER + _dump({"apiVersion": "v1", "kind": "Namespace",
                                                  "metadata": {"name": NAMESPACE, "labels": PART_OF}}),
         f"{K8S}/embedder.yaml": HEADER + _dump_all(k8s_embedder()),
-        f"{K8S}/gateway.yaml": HEADER + _dump_all(k8s_gateway()),
+        f"{K8S}/gateway.yaml": HEADER + _dump_all(k8s_gateway(units)),
         f"{K8S}/models-pvc.yaml": HEADER + _dump(k8s_models_pvc()),
         f"{K8S}/network-policies.yaml": HEADER + _dump_all(k8s_network_policies()),
         f"{K8S}/secrets/db.example.env": EXAMPLE_DB_ENV,
         f"{K8S}/secrets/api-keys.example.yaml": EXAMPLE_API_KEYS,
     }
+    for unit in units:
+        files[f"{K8S}/heads/{unit.file}.yaml"] = HEADER + _dump_all(k8s_head(unit))
     for name in heads:
-        files[f"{K8S}/heads/{name}.yaml"] = HEADER + _dump_all(k8s_head(name))
         # A byte-for-byte copy: kustomize reads files only under its own folder.
         files[f"{K8S}/head-configs/{name}.yaml"] = (root / "configs" / "heads" / f"{name}.yaml").read_text(encoding="utf-8")
     return dict(sorted(files.items()))
@@ -567,10 +626,10 @@ def generate(root: Path) -> dict[str, str]:
 GENERATED_DIRS = (f"{K8S}/heads", f"{K8S}/head-configs", f"{K8S}/secrets")
 
 
-def stale(root: Path, files: dict[str, str] | None = None) -> list[str]:
+def stale(root: Path, files: dict[str, str] | None = None, heads_per_process: int | None = None) -> list[str]:
     """Paths (relative) that differ from what generation makes, are missing, or are left over."""
     root = Path(root)
-    files = generate(root) if files is None else files
+    files = generate(root, heads_per_process) if files is None else files
     out = [p for p, text in files.items()
            if not (root / p).is_file() or (root / p).read_text(encoding="utf-8") != text]
     for folder in GENERATED_DIRS:
@@ -580,10 +639,10 @@ def stale(root: Path, files: dict[str, str] | None = None) -> list[str]:
     return sorted(set(out))
 
 
-def write(root: Path) -> list[str]:
+def write(root: Path, heads_per_process: int | None = None) -> list[str]:
     """Generate into root; returns the paths written or removed (those that changed)."""
     root = Path(root)
-    files = generate(root)
+    files = generate(root, heads_per_process)
     changed = stale(root, files)
     for rel in changed:
         path = root / rel

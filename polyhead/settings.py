@@ -69,7 +69,8 @@ class PolyheadSettings(BaseSettings):
     @classmethod
     def load(cls, config_file: Path | str | None = None, **cli_overrides: Any):
         """Build the settings; CLI options left unset (None) fall through to env/file/defaults."""
-        overrides = {k: v for k, v in cli_overrides.items() if v is not None}
+        overrides = {k: v for k, v in cli_overrides.items()
+                     if v is not None and not (isinstance(v, (list, tuple)) and not v)}  # no positional args = unset
         previous = cls._config_file
         cls._config_file = Path(config_file) if config_file else None
         try:

@@ -1,7 +1,8 @@
 """`polyhead up`: the whole stack on one machine, as supervised child processes on loopback.
 
 Embedder first (it exports the bundled model on first start), then any missing head artifacts
-are trained through it, then every head and the gateway. Children that crash are restarted with
+are trained through it, then the heads (packed into one or a few processes, or one process per
+head: StackSettings.heads_per_process) and the gateway. Children that crash are restarted with
 backoff; head configs added while running are trained, started and routed; Ctrl-C / SIGTERM
 stops everything. A second run re-does nothing: artifacts and the exported model are kept.
 """
@@ -54,6 +55,9 @@ class StackSettings(PolyheadSettings):
                                      "read by the heads while no embedder answers; unset = none")
     head_base_port: int = Port(8101, "Heads take ports from here up (kept per head in var_dir/ports.json)")
     db_url: str | None = Field(None, description="Inference DB (SQLAlchemy URL); default SQLite in var_dir")
+    heads_per_process: int = Field(0, ge=0, le=1000, description="Heads packed in one head process: 0 = all in "
+                                   "one (cheapest; the default, see BENCHMARKS.md), 1 = one process per head "
+                                   "(isolation), N = pools of N")
     train_missing: bool = Field(True, description="Train heads that have no artifact yet, before serving")
     scan_interval_s: float = Field(2.0, gt=0, description="How often new head configs are looked for")
 
@@ -131,11 +135,36 @@ class Stack:
                      self.s.var_dir / "logs" / f"embedder{suffix}.log")
 
     def _head(self, name: str, config: Path, port: int) -> Child:
-        argv = _cli("head", "serve", str(config), "--host", self.s.host, "--port", str(port),
-                    "--models-dir", str(self.s.models_dir), "--embedder-target", self.embedder_target,
-                    "--db-url", self.db_url, "--spool-dir", str(self.s.var_dir / "spool"), *self._l2_args())
+        """One head in its own process, served at the process's root."""
+        argv = _cli("head", "serve", str(config), *self._head_flags(port))
         return Child(f"head:{name}", "head", argv, port, f"http://{self.s.host}:{port}",
-                     self.s.var_dir / "logs" / f"head-{name}.log", extra={"head": name})
+                     self.s.var_dir / "logs" / f"head-{name}.log", extra={"heads": [name], "packed": False})
+
+    def _pool(self, pool: str, names: list[str], port: int) -> Child:
+        """Several heads packed in one process, each at /heads/<name>."""
+        argv = _cli("head", "serve", "--heads", ",".join(names), "--heads-dir", str(self.s.heads_dir),
+                    "--pool-name", pool, *self._head_flags(port))
+        return Child(f"heads:{pool}", "head", argv, port, f"http://{self.s.host}:{port}",
+                     self.s.var_dir / "logs" / f"heads-{pool}.log", extra={"heads": list(names), "packed": True})
+
+    def _head_flags(self, port: int) -> list[str]:
+        return ["--host", self.s.host, "--port", str(port), "--models-dir", str(self.s.models_dir),
+                "--embedder-target", self.embedder_target, "--db-url", self.db_url,
+                "--spool-dir", str(self.s.var_dir / "spool"), *self._l2_args()]
+
+    def head_routes(self) -> dict[str, str]:
+        """{model: URL} for the gateway: a head's own process, or its path in a packed one."""
+        from heads.api import packed_path
+
+        routes = {}
+        for child in self.children.values():
+            if child.kind == "head":
+                for name in child.extra["heads"]:
+                    routes[name] = child.url + (packed_path(name) if child.extra["packed"] else "")
+        return routes
+
+    def served_heads(self) -> set[str]:
+        return {n for c in self.children.values() if c.kind == "head" for n in c.extra["heads"]}
 
     def _gateway(self) -> Child:
         argv = _cli("gateway", "serve", "--host", self.s.host, "--port", str(self.s.gateway_port),
@@ -212,30 +241,42 @@ class Stack:
                 servable[name] = cfg
         return servable
 
-    def _ports(self, names) -> dict[str, int]:
+    def _ports(self, keys) -> dict[str, int]:
+        """A port per head process, kept across runs (key: the head's name, or `heads:<pool>`)."""
         ports = json.loads(self.ports_file.read_text()) if self.ports_file.exists() else {}
         taken = set(ports.values())
-        for name in sorted(names):
-            if name not in ports:
+        for key in keys:
+            if key not in ports:
                 port = self.s.head_base_port
                 while port in taken:
                     port += 1
-                ports[name] = port
+                ports[key] = port
                 taken.add(port)
         self.ports_file.write_text(json.dumps(ports, indent=1))
         return ports
 
+    def plan(self, configs: dict) -> list[Child]:
+        """The head processes for heads not served yet: one per head, or pools of heads_per_process
+        (0: all of them in one); a head added later joins a new pool, the running ones keep serving."""
+        names = sorted(n for n in configs if n not in self.served_heads())
+        if not names:
+            return []
+        if self.s.heads_per_process == 1:
+            ports = self._ports(names)
+            return [self._head(n, configs[n].source, ports[n]) for n in names]
+        size = self.s.heads_per_process or len(names)
+        used = [int(c.name.rsplit("-", 1)[1]) for c in self.children.values() if c.name.startswith("heads:pool-")]
+        first = max(used, default=0) + 1
+        pools = {f"pool-{first + i}": names[j:j + size] for i, j in enumerate(range(0, len(names), size))}
+        ports = self._ports(f"heads:{p}" for p in pools)
+        return [self._pool(p, members, ports[f"heads:{p}"]) for p, members in pools.items()]
+
     def _start_heads(self, configs: dict) -> list[Child]:
-        ports = self._ports(configs)
-        new = []
-        for name, cfg in configs.items():
-            if f"head:{name}" not in self.children:
-                child = self._head(name, cfg.source, ports[name])
-                self._launch(child)
-                new.append(child)
-        routes = {c.extra["head"]: c.url for c in self.children.values() if c.kind == "head"}
+        new = self.plan(configs)
+        for child in new:
+            self._launch(child)
         tmp = self.routes_file.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(routes, sort_keys=True))
+        tmp.write_text(yaml.safe_dump(self.head_routes(), sort_keys=True))
         os.replace(tmp, self.routes_file)  # the gateway polls it: never show half a file
         return new
 
@@ -243,7 +284,8 @@ class Stack:
     def _write_state(self) -> None:
         state = {"pid": os.getpid(), "services": [
             {"name": c.name, "kind": c.kind, "port": c.port, "url": c.url, "pid": c.proc.pid if c.proc else None,
-             "restarts": c.restarts, "log": str(c.log)} for c in self.children.values()]}
+             "restarts": c.restarts, "log": str(c.log), **({"heads": c.extra["heads"]} if c.kind == "head" else {})}
+            for c in self.children.values()]}
         self.s.state_file.write_text(json.dumps(state, indent=1))
 
     # -- main loop ---------------------------------------------------------------------------------
@@ -283,8 +325,9 @@ class Stack:
     def _banner(self, names: list[str], elapsed: float) -> None:
         gw = self.children["gateway"].url
         example = names[0] if names else "NAME"
+        processes = sum(1 for c in self.children.values() if c.kind == "head")
         self.console.print(f"\n[bold green]polyhead is up[/bold green] in {elapsed:.1f}s: embedder + {len(names)} "
-                           f"heads + gateway\n  console: {gw}/ui   (models, playground, dashboards)\n"
+                           f"heads in {processes} head process(es) + gateway\n  console: {gw}/ui   (models, playground, dashboards)\n"
                            f"  gateway: {gw}   (OpenAPI docs: {gw}/docs)\n  models:  {', '.join(names)}\n"
                            f"  try:     curl -s {gw}/v1/models/{example}/predict -H 'content-type: application/json' "
                            f"-d '{{\"text\": \"my card was charged twice\"}}'\n  status:  polyhead status    stop: Ctrl-C\n")
@@ -318,7 +361,7 @@ class Stack:
 
     def _pick_up_new_heads(self) -> None:
         configs = self._configs()
-        new = {n: c for n, c in configs.items() if f"head:{n}" not in self.children}
+        new = {n: c for n, c in configs.items() if n not in self.served_heads()}
         if not new:
             return
         self.console.print(f"new head config(s): {', '.join(sorted(new))}")
@@ -331,7 +374,7 @@ class Stack:
             self.console.print(f"  started {child.name} on {child.url}")
 
     def shutdown(self) -> None:
-        order = (["gateway"] + [n for n in self.children if n.startswith("head:")]
+        order = (["gateway"] + [n for n, c in self.children.items() if c.kind == "head"]
                  + [n for n, c in self.children.items() if c.kind == "embedder"])
         for name in order:
             child = self.children.get(name)
@@ -385,7 +428,11 @@ def status(settings: StackSettings) -> list[dict]:
             try:
                 r = httpx.get(svc["url"] + "/readyz", timeout=1.0)
                 row["health"] = "ready" if r.status_code == 200 else "not ready"
-                if svc["kind"] == "head":
+                if svc["kind"] == "head" and svc["name"].startswith("heads:"):  # a packed process: its heads
+                    heads = r.json().get("heads", {})
+                    row["health"] = f"{sum(h['ready'] for h in heads.values())}/{len(heads)} heads ready"
+                    row["version"] = ", ".join(svc.get("heads", []))
+                elif svc["kind"] == "head":
                     row["version"] = httpx.get(svc["url"] + "/info", timeout=1.0).json().get("version") or ""
             except httpx.HTTPError:
                 pass

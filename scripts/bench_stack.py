@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_stack.py                   # full run (~10 min on 2 cores)
     .venv/bin/python scripts/bench_stack.py --quick           # 3 heads, short phases: a smoke check
-    .venv/bin/python scripts/bench_stack.py --section load    # one section: memory|load|sweep|coldstart
+    .venv/bin/python scripts/bench_stack.py --section load    # one section: memory|load|sweep|coldstart|packing|coalesce
 
 Sections (each prints a markdown table):
   memory     RSS and PSS of `polyhead up` (embedder + N heads + gateway) beside the alternative: one
@@ -14,6 +14,11 @@ Sections (each prints a markdown table):
   sweep      worker and thread sizing, measured: embedder batching window and batch size, TensorFlow
              intra/inter-op threads, uvicorn workers for head and gateway (1 vs 2).
   coldstart  launch-to-ready time of the embedder, a head, the gateway and the self-contained service.
+  packing    the heads packed in one process vs one process per head (`polyhead up --heads-per-process 0|1`):
+             memory of each layout beside the self-contained services, throughput through the gateway at 32
+             clients, and POST /v1/classify with every model vs one predict call per model.
+  coalesce   one head, uncached single-text predicts at 16 and 64 clients, with and without coalescing
+             of its Embed calls (`--no-coalesce`), side by side.
 
 Everything runs as child processes (the real CLI, `polyhead up`) on free loopback ports in a throwaway
 work dir under /tmp; every child is stopped at the end, on error and on Ctrl-C too.
@@ -49,7 +54,7 @@ from bench_common import (
 
 from embedder.client import AsyncEmbedderClient, RetryPolicy
 
-SECTIONS = ("memory", "load", "sweep", "coldstart")
+SECTIONS = ("memory", "load", "sweep", "coldstart", "packing", "coalesce")
 NO_RATE_LIMIT = {"POLYHEAD_GATEWAY_RATE_LIMIT_PER_S": "1000000", "POLYHEAD_GATEWAY_RATE_LIMIT_BURST": "1000000"}
 ZIPF_S = 1.1
 
@@ -233,8 +238,9 @@ class Bench:
 
 # -- the stack (`polyhead up`) -------------------------------------------------------------------
 class Stack:
-    def __init__(self, bench: Bench):
+    def __init__(self, bench: Bench, heads_per_process: int | None = None):
         self.b = bench
+        self.heads_per_process = bench.args.heads_per_process if heads_per_process is None else heads_per_process
         self.var = bench.workdir / "var"
         if self.var.exists():
             shutil.rmtree(self.var)
@@ -260,7 +266,9 @@ class Stack:
                                 "--var-dir", str(self.var), "--gateway-port", str(self.gateway_port),
                                 "--embedder-port", str(self.embedder_port),
                                 "--embedder-metrics-port", str(self.metrics_port),
-                                "--head-base-port", str(self.head_base)), "stack.log", env=NO_RATE_LIMIT)
+                                "--head-base-port", str(self.head_base),
+                                *(("--heads-per-process", str(self.heads_per_process))
+                                  if self.heads_per_process is not None else ())), "stack.log", env=NO_RATE_LIMIT)
         wait_http_ok(self.gateway + "/readyz", self.proc, timeout_s=600, interval_s=0.2)
         self.services = json.loads((self.var / "stack.json").read_text())["services"]
         b.grandchildren.update(s["pid"] for s in self.services if s["pid"])
@@ -839,6 +847,183 @@ def section_coldstart(b: Bench) -> None:
         "warm-up; it is paid once per machine, a head's is paid per classifier. Polled every 20-50 ms.\n")
 
 
+# -- section: packing ------------------------------------------------------------------------------
+def measure_monoliths(b: Bench, k: int) -> list[dict]:
+    """Start k self-contained services (encoder + one head each), 20 requests each, then their memory."""
+    names = list(b.heads)[:k]
+    say(f"starting {k} self-contained services (encoder + one head each)")
+    monos = [b.monolith(name) for name in names]
+    try:
+        for proc, url in monos:
+            wait_http_ok(url + "/healthz", proc, timeout_s=300, interval_s=0.2)
+        with httpx.Client(timeout=60) as client:
+            for (_proc, url), name in zip(monos, names):
+                for i in range(20):
+                    text = b.heads[name]["texts"][i % len(b.heads[name]["texts"])]
+                    client.post(url + "/predict", json={"text": text}).raise_for_status()
+        return [process_memory(p.pid) for p, _ in monos]
+    finally:
+        b.stop(*(p for p, _ in monos))
+
+
+async def classify_vs_predicts(gateway: str, names: list[str], texts: list[str]) -> dict[str, list[float]]:
+    """Per fresh (uncached) text: one /v1/classify for every model, N predicts at once, N predicts in turn."""
+    lat: dict[str, list[float]] = {"classify": [], "concurrent": [], "sequential": []}
+    limits = httpx.Limits(max_connections=len(names) + 4, max_keepalive_connections=len(names) + 4)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        for i, text in enumerate(texts):
+            mode = ("classify", "concurrent", "sequential")[i % 3]
+            t0 = time.perf_counter()
+            if mode == "classify":
+                r = await client.post(f"{gateway}/v1/classify", json={"text": text, "models": names})
+                r.raise_for_status()
+                assert all("predictions" in v for v in r.json()["results"].values()), r.text[:300]
+            elif mode == "concurrent":
+                rs = await asyncio.gather(*(client.post(f"{gateway}/v1/models/{n}/predict", json={"text": text})
+                                            for n in names))
+                for r in rs:
+                    r.raise_for_status()
+            else:
+                for n in names:
+                    (await client.post(f"{gateway}/v1/models/{n}/predict", json={"text": text})).raise_for_status()
+            lat[mode].append(time.perf_counter() - t0)
+    return lat
+
+
+def section_packing(b: Bench) -> None:
+    T = 5 if b.quick else 15
+    reps = 15 if b.quick else 60
+    n = len(b.heads)
+    fresh = real_sentences(5000, seed=17)
+    layouts = {0: f"packed: {n} heads in 1 process", 1: f"one process per head ({n} processes)"}
+    mem, load, cls = {}, {}, {}
+    for hpp in layouts:
+        stack = Stack(b, heads_per_process=hpp)
+        say(f"packing: `polyhead up --heads-per-process {hpp}` with {n} heads")
+        try:
+            stack.up()
+            mem[hpp] = measure_stack_memory(b, stack)
+            work = Workload(stack.ready_heads, seed=11)
+
+            def next_request(work=work):
+                name, text = work.next()
+                return name, {"text": text}
+
+            url_of = lambda name, gw=stack.gateway: f"{gw}/v1/models/{name}/predict"  # noqa: E731
+            asyncio.run(closed_loop(url_of, next_request, 32, 2))  # warm-up: connections, caches
+            say(f"packing: 32 clients closed loop through the gateway, {T}s")
+            load[hpp] = asyncio.run(closed_loop(url_of, next_request, 32, T))
+            names = sorted(stack.ready_heads)
+            texts = [f"{fresh[(hpp * reps + i) % len(fresh)]} (#{hpp}-{i})" for i in range(3 * reps)]
+            say(f"packing: /v1/classify over {len(names)} models vs {len(names)} predict calls, {reps} texts each")
+            cls[hpp] = asyncio.run(classify_vs_predicts(stack.gateway, names, texts))
+        finally:
+            stack.down()
+    mono = measure_monoliths(b, min(b.args.monoliths, n))
+
+    N = 20
+    tot = lambda procs, key: sum(p[key] for p in procs)  # noqa: E731
+    m_rss = N * statistics.mean(p["rss"] for p in mono)
+    m_pss = N * statistics.mean(p["pss"] for p in mono)
+    rows = []
+    for hpp, label in layouts.items():
+        m = mem[hpp]
+        procs = m["embedder"] + m["head"] + m["gateway"]
+        if n == N:
+            s_rss, s_pss = tot(procs, "rss"), tot(procs, "pss")
+        else:  # one per head: N x the mean head; packed: the head process as measured (grows ~0.5 MiB/head)
+            fixed = m["embedder"] + m["gateway"]
+            scale = N / n if hpp == 1 else 1
+            s_rss = tot(fixed, "rss") + scale * tot(m["head"], "rss")
+            s_pss = tot(fixed, "pss") + scale * tot(m["head"], "pss")
+        rows.append([label, len(m["head"]), mib(tot(m["head"], "rss")), mib(max(p["rss"] for p in m["head"])),
+                     mib(tot(m["embedder"], "rss")), mib(tot(m["gateway"], "rss")), mib(s_rss),
+                     f"{s_rss / m_rss:.3f}", f"{s_pss / m_pss:.3f}"])
+    out(f"## Packed heads vs one process per head ({n} heads)\n")
+    out(f"Memory after 20 requests per head through the gateway; ratios against {N} self-contained services "
+        f"(encoder + one head each; {len(mono)} started, mean {mib(statistics.mean(p['rss'] for p in mono)):.0f} MiB "
+        f"RSS, extrapolated to {N}: {mib(m_rss):.0f} MiB RSS)"
+        + ("." if n == N else f"; the stack is scaled to {N} heads (one-per-process: {N} × the mean head).") + "\n")
+    out(table(["layout", "head processes", "heads RSS MiB", "largest head process RSS MiB", "embedder RSS MiB",
+               "gateway RSS MiB", f"stack RSS MiB ({N} heads)", "stack / self-contained (RSS)",
+               "stack / self-contained (PSS)"], rows) + "\n")
+    rows = []
+    for hpp, label in layouts.items():
+        r = load[hpp]
+        rows.append([label, r["ok"], r["errors"], r["rps"], f"{r['p50']:.1f}", f"{r['p99']:.1f}"])
+    ratio = load[0]["rps"] / load[1]["rps"] if load[1]["rps"] else float("nan")
+    out(f"Throughput through the gateway: 32 clients, closed loop, {T}s, Zipf-repeated dataset texts over every head.\n")
+    out(table(["layout", "ok", "errors", "req/s", "p50 ms", "p99 ms"], rows) + "\n")
+    out(f"packed / one-per-process throughput: {ratio:.2f}x\n")
+    rows = []
+    for hpp, label in layouts.items():
+        for mode, what in (("classify", f"POST /v1/classify, {n} models, 1 call"),
+                           ("concurrent", f"{n} × POST /v1/models/{{name}}/predict, all at once"),
+                           ("sequential", f"{n} × POST /v1/models/{{name}}/predict, one after another")):
+            v = cls[hpp][mode]
+            rows.append([label, what, len(v), f"{pct(v, 50) * 1e3:.1f}", f"{pct(v, 95) * 1e3:.1f}"])
+    out("One fresh (uncached) text answered by every model, one client:\n")
+    out(table(["layout", "request", "texts", "p50 ms", "p95 ms"], rows) + "\n")
+
+
+# -- section: coalesce -----------------------------------------------------------------------------
+COALESCE_VARIANTS = {  # label: head flags
+    "off": ["--no-coalesce"],
+    "on, max_inflight 2": ["--coalesce", "--coalesce-max-inflight", "2"],
+    "on, max_inflight 4 (default)": ["--coalesce", "--coalesce-max-inflight", "4"],
+    "on, max_inflight 8": ["--coalesce", "--coalesce-max-inflight", "8"],
+}
+
+
+def section_coalesce(b: Bench) -> None:
+    T = 4 if b.quick else 8
+    name = next(iter(b.heads))
+    sentences = real_sentences(20000, seed=23)
+    counter = iter(range(10**9))
+
+    def next_uncached():
+        i = next(counter)
+        return "", {"text": f"{sentences[i % len(sentences)]} ({i})"}  # never seen: the embedder's model runs
+
+    emb, target, _ = b.embedder(log_name="embedder-coalesce.log")
+    heads: dict[str, tuple] = {}
+    results: dict[tuple, tuple] = {}
+    try:
+        for k, (label, flags) in enumerate(COALESCE_VARIANTS.items()):
+            port = free_port()
+            argv = [*b.head_argv(name, port, target), *flags, "--spool-dir", str(b.workdir / f"spool-coalesce-{k}")]
+            proc = b.spawn(argv, f"head-coalesce-{k}.log")
+            heads[label] = (proc, f"http://127.0.0.1:{port}")
+        for proc, url in heads.values():
+            wait_http_ok(url + "/readyz", proc, timeout_s=60, interval_s=0.1)
+            asyncio.run(closed_loop(lambda _, u=url: u + "/predict", next_uncached, 16, 1))  # warm-up
+        # Interleaved (every variant at 16 clients, then at 64): the shared machine's drift hits them alike.
+        for clients in (16, 64):
+            for label, (_proc, url) in heads.items():
+                say(f"coalesce: {label}, {clients} clients, {T}s")
+                m0 = scrape_prometheus(url + "/metrics")
+                r = asyncio.run(closed_loop(lambda _, u=url: u + "/predict", next_uncached, clients, T))
+                m1 = scrape_prometheus(url + "/metrics")
+                rpcs = counter_diff(m0, m1, "polyhead_head_embed_rpcs_total")
+                results[(label, clients)] = (r, r["ok"] / rpcs if rpcs else None)
+    finally:
+        b.stop(*(p for p, _ in heads.values()))
+        b.stop(emb)
+    rows = []
+    for clients in (16, 64):
+        base = results[("off", clients)][0]["rps"]
+        for label in COALESCE_VARIANTS:
+            r, per_rpc = results[(label, clients)]
+            rows.append([clients, label, r["rps"], f"{r['p50']:.1f}", f"{r['p99']:.1f}",
+                         f"{per_rpc:.1f}" if per_rpc else "1 (not coalesced)", f"{r['rps'] / base:.2f}x", r["errors"]])
+    out("## Head under concurrency: coalescing concurrent Embed calls\n")
+    out(f"One head (`polyhead head serve`) per variant, all running against the same embedder; single-text "
+        f"predicts straight to the head, every text new to the embedder (uncached), closed loop for {T}s per row, "
+        "variants interleaved. off = `--no-coalesce` (one Embed call per predict).\n")
+    out(table(["clients", "coalescing", "req/s", "p50 ms", "p99 ms", "predicts per Embed call", "vs off",
+               "errors"], rows) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 heads, 2 self-contained services, short phases")
@@ -850,6 +1035,8 @@ def main() -> int:
     parser.add_argument("--train-limit", type=int, default=300,
                         help="train each head on at most this many texts (class-balanced sample; 0 = all). Serving "
                              "cost does not depend on it; it keeps the setup short")
+    parser.add_argument("--heads-per-process", type=int, help="`polyhead up --heads-per-process` for the memory and "
+                        "load sections (default: the stack's own default)")
     parser.add_argument("--workdir", type=Path, help="keep configs/artifacts/logs here and reuse trained heads "
                                                       "(default: a temp dir, removed at the end)")
     args = parser.parse_args()
@@ -867,7 +1054,7 @@ def main() -> int:
         out(f"# Stack benchmark — {machine()}\n")
         flags = " ".join(a for a in sys.argv[1:])
         out(f"command: .venv/bin/python scripts/bench_stack.py{' ' + flags if flags else ''}\n")
-        b.prepare(args.heads if {"memory", "load"} & set(wanted) else 1)
+        b.prepare(args.heads if {"memory", "load", "packing"} & set(wanted) else 1)
         out(f"heads: {', '.join(b.heads)} (each trained on at most {args.train_limit or 'all'} texts"
             + (f"; training took {b.train_s:.0f}s" if b.train_s else "; artifacts reused") + ")\n")
         if {"memory", "load"} & set(wanted):
@@ -884,6 +1071,10 @@ def main() -> int:
                 section_memory(b, mem)  # the alternative gets the machine to itself
             for text in load_report:
                 out(text)
+        if "packing" in wanted:
+            section_packing(b)
+        if "coalesce" in wanted:
+            section_coalesce(b)
         if "sweep" in wanted:
             section_sweep(b)
         if "coldstart" in wanted:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from heads.api import packed_path
 from polyhead import deploy
 from tests.conftest import ROOT
 from tests.e2e.deploy.common import SETTINGS_BY_IMAGE, field_of, run, tool
@@ -18,6 +19,8 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 HEADS = sorted(p.stem for p in (ROOT / "configs" / "heads").glob("*.yaml"))
 OURS = {n: s for n, s in SERVICES.items() if s.get("image", "").startswith("polyhead/")}
+UNITS = deploy.head_units(HEADS)  # the head services for the default heads_per_process (packed or one per head)
+SERVICE_OF = {n: u.service for u in UNITS for n in u.heads}
 
 
 def image_kind(service: dict) -> str:
@@ -35,7 +38,9 @@ def settings_of(name: str):
     cls = SETTINGS_BY_IMAGE[kind]
     env = {k: interpolate(v) for k, v in service.get("environment", {}).items()}
     init = {}
-    if kind == "head":  # the config path is the command's argument; read it from the repo's copy
+    if kind == "head" and service["command"][0] == "--heads":  # packed: --heads PATTERN --pool-name NAME
+        init["heads"], init["pool_name"] = service["command"][1], service["command"][3]
+    elif kind == "head":  # the config path is the command's argument; read it from the repo's copy
         init["config"] = ROOT / "configs" / "heads" / Path(service["command"][0]).name
     return settings_from_env(cls, env, **init)
 
@@ -54,8 +59,9 @@ def test_the_schema_check_catches_mistakes(tmp_path):
 
 
 def test_services():
-    assert set(SERVICES) == {"embedder", "gateway", "postgres", "prometheus", *(f"head-{n}" for n in HEADS)}
-    assert {image_kind(SERVICES[f"head-{n}"]) for n in HEADS} == {"head"}, "one head image for every head"
+    assert set(SERVICES) == {"embedder", "gateway", "postgres", "prometheus", *(u.service for u in UNITS)}
+    assert sorted(SERVICE_OF) == HEADS, "every head is served by exactly one head service"
+    assert {image_kind(SERVICES[u.service]) for u in UNITS} == {"head"}, "one head image for every head"
     for service in OURS.values():
         assert service["build"] == {"context": ".", "dockerfile": deploy.DOCKERFILES[image_kind(service)]}
         assert (ROOT / service["build"]["dockerfile"]).is_file()
@@ -74,9 +80,9 @@ def test_healthchecks_restart_policies_and_depends_on_healthy():
         for dep, cond in service.get("depends_on", {}).items():
             assert dep in SERVICES and cond == {"condition": "service_healthy"}, (name, dep)
             assert "healthcheck" in SERVICES[dep]
-    for n in HEADS:
-        assert set(SERVICES[f"head-{n}"]["depends_on"]) == {"embedder", "postgres"}
-    assert set(SERVICES["gateway"]["depends_on"]) == {"embedder", "postgres", *(f"head-{n}" for n in HEADS)}
+    for u in UNITS:
+        assert set(SERVICES[u.service]["depends_on"]) == {"embedder", "postgres"}
+    assert set(SERVICES["gateway"]["depends_on"]) == {"embedder", "postgres", *(u.service for u in UNITS)}
     assert SERVICES["embedder"]["healthcheck"]["test"] == ["CMD", "python", deploy.EMBEDDER_HEALTHCHECK]
 
 
@@ -99,12 +105,14 @@ def test_ports_agree_across_services():
     embedder_target = f"dns:///embedder:{embedder.port}"
     assert gateway.embedder_target == embedder_target
     for n in HEADS:
-        head = settings_of(f"head-{n}")
+        head = settings_of(SERVICE_OF[n])
         assert head.embedder_target == embedder_target
-        assert SERVICES[f"head-{n}"]["expose"] == [str(head.port)]
-        # The gateway finds each head by its template: the compose service name and the head's port.
+        assert SERVICES[SERVICE_OF[n]]["expose"] == [str(head.port)]
+        # The gateway finds each head by its template: the compose service name and the head's port,
+        # and in a packed service the head's path there.
         url = urlsplit(gateway.head_url_template.format(name=n))
-        assert (url.hostname, url.port) == (f"head-{n}", head.port)
+        assert (url.hostname, url.port) == (SERVICE_OF[n], head.port)
+        assert url.path.rstrip("/") == (packed_path(n) if head.packed else "")
         assert head.db_url.startswith("postgresql+psycopg://") and "@postgres:5432/" in head.db_url
         assert gateway.db_url == head.db_url  # reports and feedback read the DB the heads log to
         assert head.models_dir.as_posix() == deploy.MODELS_DIR
@@ -112,8 +120,12 @@ def test_ports_agree_across_services():
 
 @pytest.mark.parametrize("name", HEADS)
 def test_head_command_and_mounts(name):
-    service = SERVICES[f"head-{name}"]
-    assert service["command"] == [f"{deploy.HEAD_CONFIGS_DIR}/{name}.yaml"]
+    service = SERVICES[SERVICE_OF[name]]
+    head = settings_of(SERVICE_OF[name])
+    if head.packed:  # every config in the mounted folder; this one among them
+        assert head.heads == "*" and head.heads_dir.as_posix() == deploy.HEAD_CONFIGS_DIR
+    else:
+        assert service["command"] == [f"{deploy.HEAD_CONFIGS_DIR}/{name}.yaml"]
     mounts = {m["target"]: m for m in service["volumes"]}
     models = mounts[deploy.MODELS_DIR]
     assert models["source"] == "./models" and models["read_only"] is True
@@ -147,7 +159,7 @@ def test_prometheus_scrapes_every_service():
             targets |= {f"{n}:{sd['port']}" for n in sd["names"]}
     embedder = settings_of("embedder")
     wanted = {f"embedder:{embedder.metrics_port}", f"gateway:{settings_of('gateway').port}",
-              *(f"head-{n}:{settings_of(f'head-{n}').port}" for n in HEADS)}
+              *(f"{u.service}:{settings_of(u.service).port}" for u in UNITS)}
     assert wanted <= targets
     for target in targets - {f"127.0.0.1:{deploy.PROMETHEUS_PORT}"}:
         assert target.split(":")[0] in SERVICES, target

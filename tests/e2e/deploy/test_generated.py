@@ -56,11 +56,12 @@ def test_generation_is_deterministic(tmp_path):
 
 
 def test_a_new_head_config_appears_after_one_command_and_goes_when_removed(tmp_path):
+    """One service per head (heads_per_process=1)."""
     root = copy_configs(tmp_path)
-    deploy.write(root)
+    deploy.write(root, 1)
     (root / "configs" / "heads" / "aaa-new-head.yaml").write_text(
         "name: aaa-new-head\ndataset:\n  train: ../datasets/x/train.jsonl\n")
-    changed = deploy.write(root)
+    changed = deploy.write(root, 1)
     assert {"docker-compose.yml", "deploy/prometheus.yml", "deploy/k8s/kustomization.yaml",
             "deploy/k8s/heads/aaa-new-head.yaml", "deploy/k8s/head-configs/aaa-new-head.yaml"} <= set(changed)
     compose = yaml.safe_load((root / "docker-compose.yml").read_text())
@@ -70,14 +71,32 @@ def test_a_new_head_config_appears_after_one_command_and_goes_when_removed(tmp_p
     assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
     kustomization = yaml.safe_load((root / "deploy/k8s/kustomization.yaml").read_text())
     assert "heads/aaa-new-head.yaml" in kustomization["resources"]
-    assert deploy.stale(root) == []
+    assert deploy.stale(root, heads_per_process=1) == []
 
     (root / "configs" / "heads" / "aaa-new-head.yaml").unlink()
-    changed = deploy.write(root)
+    changed = deploy.write(root, 1)
     assert "deploy/k8s/heads/aaa-new-head.yaml" in changed
     assert not (root / "deploy/k8s/heads/aaa-new-head.yaml").exists()
     assert not (root / "deploy/k8s/head-configs/aaa-new-head.yaml").exists()
     assert "head-aaa-new-head" not in yaml.safe_load((root / "docker-compose.yml").read_text())["services"]
+
+
+def test_packed_heads_follow_the_config_folder(tmp_path):
+    """Every head packed in one service (heads_per_process=0): a new config changes only the ConfigMap."""
+    root = copy_configs(tmp_path)
+    deploy.write(root, 0)
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    heads = [n for n in compose["services"] if n.startswith("head")]
+    assert heads == [deploy.PACKED_SERVICE]
+    assert compose["services"][deploy.PACKED_SERVICE]["command"][:2] == ["--heads", "*"]
+    gateway_env = compose["services"]["gateway"]["environment"]
+    assert gateway_env["POLYHEAD_GATEWAY_HEAD_URL_TEMPLATE"].endswith("/heads/{name}")
+    (root / "configs" / "heads" / "aaa-new-head.yaml").write_text(
+        "name: aaa-new-head\ndataset:\n  train: ../datasets/x/train.jsonl\n")
+    changed = deploy.write(root, 0)
+    assert set(changed) == {"deploy/k8s/kustomization.yaml", "deploy/k8s/head-configs/aaa-new-head.yaml"}
+    with pytest.raises(ValueError, match="heads_per_process=2"):
+        deploy.generate(root, 2)
 
 
 def test_a_bad_head_config_stops_generation(tmp_path):
@@ -101,8 +120,9 @@ def test_every_generated_file_says_it_is_generated():
 @pytest.mark.parametrize("name", HEAD_NAMES)
 def test_each_head_config_has_its_deployment_files(name):
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    assert f"head-{name}" in compose["services"]
-    assert (ROOT / "deploy" / "k8s" / "heads" / f"{name}.yaml").is_file()
+    (unit,) = [u for u in deploy.head_units(HEAD_NAMES) if name in u.heads]  # the default heads_per_process
+    assert unit.service in compose["services"]
+    assert (ROOT / "deploy" / "k8s" / "heads" / f"{unit.file}.yaml").is_file()
     assert (ROOT / "deploy" / "k8s" / "head-configs" / f"{name}.yaml").read_text() == \
         (ROOT / "configs" / "heads" / f"{name}.yaml").read_text()
 

@@ -9,11 +9,14 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from heads.api import packed_path
 from polyhead import deploy
 from tests.conftest import ROOT
 from tests.e2e.deploy.common import SETTINGS_BY_IMAGE, VENV_BIN, field_of, run, tool
 
 HEADS = sorted(p.stem for p in (ROOT / "configs" / "heads").glob("*.yaml"))
+UNITS = deploy.head_units(HEADS)  # the head Deployments for the default heads_per_process
+SERVICE_OF = {n: u.service for u in UNITS for n in u.heads}
 NAMESPACE = deploy.NAMESPACE
 
 
@@ -57,7 +60,10 @@ def settings_of(deployment: dict):
     kind = image_kind(c)
     env = {k: (v or "from-a-secret").replace("$(POD_NAMESPACE)", NAMESPACE)
            for k, v in env_of(c).items() if k.startswith("POLYHEAD_")}
-    init = {"config": ROOT / "configs" / "heads" / Path(c["args"][0]).name} if kind == "head" else {}
+    if kind == "head" and c["args"][0] == "--heads":  # packed: --heads PATTERN --pool-name NAME
+        init = {"heads": c["args"][1], "pool_name": c["args"][3]}
+    else:
+        init = {"config": ROOT / "configs" / "heads" / Path(c["args"][0]).name} if kind == "head" else {}
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("POLYHEAD_")}
     os.environ.update(env)
     try:
@@ -81,11 +87,12 @@ def test_kubernetes_validate_strict(built):
 
 
 def test_every_service_has_deployment_service_hpa_pdb(by_kind):
-    instances = {"embedder", "gateway", *(f"head-{n}" for n in HEADS)}
+    instances = {"embedder", "gateway", *(u.service for u in UNITS)}
     assert set(by_kind["Deployment"]) == instances
     assert set(by_kind["HorizontalPodAutoscaler"]) == instances
     assert set(by_kind["PodDisruptionBudget"]) == instances
-    assert set(by_kind["Service"]) == {"embedder-headless", "gateway", *(f"head-{n}" for n in HEADS)}
+    assert set(by_kind["Service"]) == {"embedder-headless", "gateway", *(u.service for u in UNITS)}
+    assert sorted(SERVICE_OF) == HEADS, "every head is served by exactly one head Deployment"
     for d in (d for kind in by_kind.values() for d in kind.values() if d["kind"] != "Namespace"):
         assert d["metadata"]["namespace"] == NAMESPACE
 
@@ -140,14 +147,24 @@ def test_resources_security_and_probes(by_kind):
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 assert port_number(c, c[probe]["httpGet"]["port"]) == settings.port
         # Sized from the measured RSS (polyhead/deploy.py): the limit is above the request.
-        assert deploy.RESOURCES[image_kind(c)].k8s() == res
+        sized = "heads-packed" if name == deploy.PACKED_SERVICE else image_kind(c)
+        assert deploy.RESOURCES[sized].k8s() == res
 
 
-def test_the_http_endpoints_the_probes_use_exist():
-    for module in ("heads/http_server.py", "gateway/http_server.py"):
-        source = (ROOT / module).read_text()
-        for path in ("/healthz", "/readyz", "/metrics"):  # on the app, or on the per-head router it mounts
-            assert f'@app.get("{path}"' in source or f'@router.get("{path}"' in source, (module, path)
+def test_the_http_endpoints_the_probes_use_exist(tmp_path):
+    from gateway.http_server import create_app as gateway_app
+    from gateway.settings import GatewaySettings
+    from heads.http_server import create_app as head_app
+    from heads.settings import HeadSettings
+
+    config = ROOT / "configs" / "heads" / "spam.yaml"
+    common = {"db_url": f"sqlite:///{tmp_path / 'i.db'}", "spool_dir": tmp_path / "spool"}
+    apps = {"one head": head_app(HeadSettings(config=[config], **common)),
+            "packed heads": head_app(HeadSettings(heads="spam,urgency", heads_dir=config.parent, **common)),
+            "gateway": gateway_app(GatewaySettings())}
+    for what, app in apps.items():
+        paths = set(app.openapi()["paths"])
+        assert {"/healthz", "/readyz", "/metrics"} <= paths, what
 
 
 def test_env_vars_are_real_settings_fields_and_ports_agree(by_kind):
@@ -175,10 +192,11 @@ def test_env_vars_are_real_settings_fields_and_ports_agree(by_kind):
                 f"dns:///embedder-headless.{NAMESPACE}.svc.cluster.local:{embedder.port}")
     gateway = settings_of(by_kind["Deployment"]["gateway"])
     for n in HEADS:
-        head = settings_of(by_kind["Deployment"][f"head-{n}"])
+        head = settings_of(by_kind["Deployment"][SERVICE_OF[n]])
         url = urlsplit(gateway.head_url_template.format(name=n))
-        assert url.hostname in by_kind["Service"] and url.port == head.port
-        db = [e for e in container(by_kind["Deployment"][f"head-{n}"])["env"] if e["name"] == "POLYHEAD_HEAD_DB_URL"]
+        assert url.hostname == SERVICE_OF[n] and url.hostname in by_kind["Service"] and url.port == head.port
+        assert url.path.rstrip("/") == (packed_path(n) if head.packed else "")
+        db = [e for e in container(by_kind["Deployment"][SERVICE_OF[n]])["env"] if e["name"] == "POLYHEAD_HEAD_DB_URL"]
         ref = db[0]["valueFrom"]["secretKeyRef"]
         assert ref["name"] in by_kind["Secret"] and ref["key"] in by_kind["Secret"][ref["name"]]["data"]
 
@@ -189,9 +207,13 @@ def test_head_configs_configmap_and_args(by_kind):
     assert sorted(data) == [f"{n}.yaml" for n in HEADS]
     for n in HEADS:
         assert data[f"{n}.yaml"] == (ROOT / "configs" / "heads" / f"{n}.yaml").read_text()
-        d = by_kind["Deployment"][f"head-{n}"]
+        d = by_kind["Deployment"][SERVICE_OF[n]]
         c = container(d)
-        assert c["args"] == [f"{deploy.HEAD_CONFIGS_DIR}/{n}.yaml"]
+        head = settings_of(d)
+        if head.packed:  # every config in the mounted ConfigMap; this one among them
+            assert head.heads == "*" and head.heads_dir.as_posix() == deploy.HEAD_CONFIGS_DIR
+        else:
+            assert c["args"] == [f"{deploy.HEAD_CONFIGS_DIR}/{n}.yaml"]
         mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
         volumes = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}
         assert volumes[mounts[deploy.HEAD_CONFIGS_DIR]]["configMap"]["name"] == cm_name

@@ -56,10 +56,13 @@ def trained_tickets(server_process, tmp_path_factory):
     return config, models, first, second
 
 
-def start_head_process(config: Path, models_dir: Path, target: str, *, db_url: str, spool_dir: Path,
-                       port: int | None = None, log: Path | None = None, extra_env: dict | None = None):
+def start_head_process(config: Path | list[Path], models_dir: Path, target: str, *, db_url: str, spool_dir: Path,
+                       port: int | None = None, log: Path | None = None, extra_env: dict | None = None,
+                       extra_args: tuple[str, ...] = ()):
+    """`config`: one head config (a one-head process), or several (one packed process)."""
     port = port or free_port()
-    cmd = [sys.executable, "-m", "polyhead.cli", "head", "serve", str(config), "--port", str(port),
+    configs = [str(c) for c in config] if isinstance(config, (list, tuple)) else [str(config)]
+    cmd = [sys.executable, "-m", "polyhead.cli", "head", "serve", *configs, *extra_args, "--port", str(port),
            "--models-dir", str(models_dir), "--embedder-target", target, "--db-url", db_url,
            "--spool-dir", str(spool_dir), "--version-poll-s", "0.5"]
     out = open(log, "ab") if log else subprocess.DEVNULL

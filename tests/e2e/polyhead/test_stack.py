@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import ROOT, free_port
 from tests.e2e.heads.fixtures import write_head_config
@@ -65,12 +66,17 @@ def test_up_trains_supervises_picks_up_new_heads_and_stops_cleanly(exported_mode
         wait_for(lambda: f"console: {gw}/ui" in (tmp_path / "up.log").read_text(), 30, "no console address printed")
         assert httpx.get(gw + "/ui").headers["content-type"].startswith("text/html")
 
-        # A crashed head is restarted by the supervisor.
+        # Heads run packed by default (heads_per_process=0): the gateway routes to the head's path there.
+        routes = yaml.safe_load((tmp_path / "var" / "routes.yaml").read_text())
+        assert routes["tickets"].endswith("/heads/tickets")
+
+        # A crashed head process is restarted by the supervisor.
         state = json.loads(state_file.read_text())
-        head = next(s for s in state["services"] if s["name"] == "head:tickets")
+        head = next(s for s in state["services"] if "tickets" in s.get("heads", []))
+        assert head["name"].startswith("heads:pool-")
         os.kill(head["pid"], signal.SIGKILL)
         wait_for(lambda: next(s for s in json.loads(state_file.read_text())["services"]
-                              if s["name"] == "head:tickets")["pid"] != head["pid"], 30, "head not restarted")
+                              if s["name"] == head["name"])["pid"] != head["pid"], 30, "head not restarted")
         wait_for(lambda: httpx.post(gw + "/v1/models/tickets/predict", json={"text": "refund"}).status_code == 200,
                  30, "restarted head not serving")
 
@@ -79,9 +85,14 @@ def test_up_trains_supervises_picks_up_new_heads_and_stops_cleanly(exported_mode
         wait_for(lambda: httpx.post(gw + "/v1/models/newcomer/predict", json={"text": "app crashes"}).status_code == 200,
                  120, "new head not routable")
 
+        # One text, both models (in two head processes now: the newcomer joined a new pool).
+        both = httpx.post(gw + "/v1/classify", json={"text": "refund my double charge", "models": "*"}).json()
+        assert sorted(both["results"]) == ["newcomer", "tickets"]
+        assert all(r["predictions"][0]["label"] == "billing" for r in both["results"].values())
+
         status = subprocess.run([sys.executable, "-m", "polyhead.cli", "status", "--var-dir", str(tmp_path / "var")],
                                 cwd=ROOT, capture_output=True, text=True, timeout=30)
-        assert status.returncode == 0 and "head:newcomer" in status.stdout and "SERVING" in status.stdout
+        assert status.returncode == 0 and "newcomer" in status.stdout and "SERVING" in status.stdout
 
         pids = [s["pid"] for s in json.loads(state_file.read_text())["services"]]
     finally:
