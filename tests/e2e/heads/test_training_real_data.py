@@ -31,4 +31,4 @@ def test_real_clinc_domain_beats_a_logistic_regression_floor(shared_datasets, se
     # LogisticRegression(C=10) on the same embeddings: 0.960 test accuracy (fitted on train; measured
     # with scripts/bench_heads.py). Ours: 0.951-0.960 over seeds 0-2. The floor leaves room for seeds.
     assert accuracy >= 0.94, accuracy
-    assert result.val_source == "given" and result.train_time_s < 20
+    assert result.val_source == "given"  # training time is measured in scripts/bench_heads.py, not asserted here
