@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
@@ -211,24 +211,31 @@ _ClassifyText = text_type(None, "One text")
 _ClassifyTexts = texts_type(None, None, "Several texts, answered in order")
 
 
+def _classify_schema_extra(schema: dict) -> None:
+    """As for predict: exactly one of text/texts, never null; plus `models`."""
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
+    schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]
+    schema["examples"] = [{"text": "my card was declined", "models": ["sentiment", "urgency"]},
+                          {"texts": ["refund me", "the app crashes"], "models": "*"}]
+
+
 class ClassifyRequest(BaseModel):
     """Several models on the same texts (gateway POST /v1/classify; a head process's POST /classify)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"text": "my card was declined", "models": ["sentiment", "urgency"]},
-                     {"texts": ["refund me", "the app crashes"], "models": "*"}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_classify_schema_extra)
 
     # Encoding and blank texts are checked here; each head checks its own limits (per-model 422).
-    text: _ClassifyText | None = Field(None)
-    texts: _ClassifyTexts | None = Field(None)
-    models: list[str] | Literal["*"] = Field(..., description="Model names, or '*' for every routable model")
+    # Typed without None and defaulting to None: absent is allowed, an explicit null is refused.
+    text: _ClassifyText = Field(None)
+    texts: _ClassifyTexts = Field(None)
+    models: Annotated[list[str], Field(min_length=1)] | Literal["*"] = Field(
+        ..., description="Model names, or '*' for every routable model")
 
     @model_validator(mode="after")
     def _exactly_one(self):
         if (self.text is None) == (self.texts is None):
             raise ValueError("give exactly one of 'text' or 'texts'")
-        if isinstance(self.models, list) and not self.models:
-            raise ValueError("models: name at least one model, or '*' for all")
         return self
 
     def all_texts(self) -> list[str]:
