@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 
 from heads.config import ServingConfig
 from polyhead.validation import text_type, texts_type
@@ -211,17 +211,28 @@ _ClassifyText = text_type(None, "One text")
 _ClassifyTexts = texts_type(None, None, "Several texts, answered in order")
 
 
+# The schema states "at least one name" (minItems); _exactly_one enforces it with a message naming `models`.
+_ClassifyModels = Annotated[list[str] | Literal["*"], WithJsonSchema(
+    {"anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "string", "const": "*"}]})]
+
+
+def _classify_schema_extra(schema: dict) -> None:
+    """Exactly one of text/texts, never null (as for predict), with classify's examples."""
+    _request_schema_extra(schema)
+    schema["examples"] = [{"text": "my card was declined", "models": ["sentiment", "urgency"]},
+                          {"texts": ["refund me", "the app crashes"], "models": "*"}]
+
+
 class ClassifyRequest(BaseModel):
     """Several models on the same texts (gateway POST /v1/classify; a head process's POST /classify)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"text": "my card was declined", "models": ["sentiment", "urgency"]},
-                     {"texts": ["refund me", "the app crashes"], "models": "*"}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_classify_schema_extra)
 
     # Encoding and blank texts are checked here; each head checks its own limits (per-model 422).
-    text: _ClassifyText | None = Field(None)
-    texts: _ClassifyTexts | None = Field(None)
-    models: list[str] | Literal["*"] = Field(..., description="Model names, or '*' for every routable model")
+    # Absent fields are None; an explicit null is refused (the types are not optional), as the schema says.
+    text: _ClassifyText = Field(None)
+    texts: _ClassifyTexts = Field(None)
+    models: _ClassifyModels = Field(..., description="Model names (at least one), or '*' for every routable model")
 
     @model_validator(mode="after")
     def _exactly_one(self):
