@@ -225,12 +225,20 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         auth.admit(request, name)
         return await service.model_info(name, request_id_of(request))
 
+    # since/until: Annotated[IsoDateTime, Query()] = None is the form FastAPI both validates (ISO 8601 only)
+    # and documents as a plain date-time string (absent: None; a query string is never null).
     @app.get("/v1/models/{name}/report", response_model=Report, responses=_errors(401, 403, 404, 422, 429, 503))
     async def report(request: Request, name: str = Path(..., description="Model (head) name"),
-                     since: IsoDateTime | None = Query(None, description="ISO 8601; default: until - 24 h"),
-                     until: IsoDateTime | None = Query(None, description="ISO 8601; default: now"),
+                     since: Annotated[IsoDateTime, Query(description="ISO 8601 date-time (no offset: UTC); "
+                                                                     "default: until - 24 h")] = None,
+                     until: Annotated[IsoDateTime, Query(description="ISO 8601 date-time (no offset: UTC); "
+                                                                     "default: now")] = None,
                      bucket: Literal["hour", "day"] = Query("hour", description="Timeline bucket (UTC)")):
-        """Volume, labels, confidence, abstentions, latency and feedback accuracy, per version and over time."""
+        """Volume, labels, confidence, abstentions, latency and feedback accuracy, per version and over time.
+
+        Every ISO 8601 range is answered; `adjusted` says what was changed to fit: a backwards range
+        (since >= until) is the empty range at `until`; more than 2000 hour buckets become day buckets;
+        more than 2000 days keep the latest 2000. 422 only for a malformed date-time or bucket."""
         auth.admit(request, name)
         return await insights.report(name, since, until, bucket, request_id_of(request))
 

@@ -24,39 +24,57 @@ from heads.inference_log.feedback import LoggedPrediction, find_predictions, sto
 from heads.inference_log.reports import DEFAULT_RANGE, build_report, utc
 from heads.inference_log.schema import make_engine, migrate
 from polyhead.errors import NotFoundError, UnavailableError, ValidationError
+from polyhead.validation import text_type
 
 log = logging.getLogger("polyhead.gateway.insights")
 
 MAX_FEEDBACK_ITEMS = 1000
-MAX_REPORT_BUCKETS = 2000
+MAX_REPORT_BUCKETS = 2000  # above: hour buckets widen to days, then the range is cut (fit_report_range)
 FEEDBACK_POLL_S = 0.1
 
 
 # -- API schemas ------------------------------------------------------------------------------------
+RequestId = text_type(128, "The predict answer's request_id")
+Label = text_type(256, "The true label (one of the model's labels)")
+SINGLE_FIELDS = ("request_id", "label", "index")
+
+
 class FeedbackItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    request_id: str = Field(..., min_length=1, max_length=128, description="The predict answer's request_id")
-    label: str = Field(..., min_length=1, max_length=256, description="The true label (one of the model's labels)")
+    request_id: RequestId
+    label: Label
     index: int = Field(0, ge=0, le=4095, description="Which text of a request with several texts (0 = the first)")
 
 
-class FeedbackRequest(BaseModel):
-    """One feedback (`request_id`, `label`, optional `index`) or several (`items`)."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+def _feedback_schema_extra(schema: dict) -> None:
+    """JSON Schema for "one feedback (request_id + label, optional index) or `items`, never both, never null"
+    (pydantic alone writes `default: null` and no exclusivity)."""
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
+    schema["oneOf"] = [{"required": ["request_id", "label"], "not": {"required": ["items"]}},
+                       {"required": ["items"], "not": {"anyOf": [{"required": [f]} for f in SINGLE_FIELDS]}}]
+    schema["examples"] = [
         {"request_id": "3f2a...", "label": "billing"},
         {"items": [{"request_id": "3f2a...", "label": "billing"}, {"request_id": "77c1...", "label": "technical",
-                                                                    "index": 1}]}]})
+                                                                    "index": 1}]}]
 
-    request_id: str | None = Field(None, min_length=1, max_length=128)
-    label: str | None = Field(None, min_length=1, max_length=256)
-    index: int | None = Field(None, ge=0, le=4095)
-    items: list[FeedbackItem] | None = Field(None, min_length=1, max_length=MAX_FEEDBACK_ITEMS)
+
+class FeedbackRequest(BaseModel):
+    """One feedback (`request_id`, `label`, optional `index`) or several (`items`). An absent field is None;
+    an explicit null is refused (the types are not optional), as the schema says."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_feedback_schema_extra)
+
+    request_id: RequestId = Field(None)
+    label: Label = Field(None)
+    index: int = Field(None, ge=0, le=4095, description="Which text of a request with several texts (0 = the first)")
+    items: list[FeedbackItem] = Field(None, min_length=1, max_length=MAX_FEEDBACK_ITEMS,
+                                      description=f"Several feedbacks (at most {MAX_FEEDBACK_ITEMS})")
 
     @model_validator(mode="after")
     def _one_form(self):
-        single = self.request_id is not None or self.label is not None or self.index is not None
+        single = any(getattr(self, f) is not None for f in SINGLE_FIELDS)
         if single == (self.items is not None):
             raise ValueError("give either request_id and label (one feedback) or items (several)")
         if single and (self.request_id is None or self.label is None):
@@ -139,6 +157,44 @@ class Report(BaseModel):
     versions: list[VersionStats]
     timeline: list[TimelineEntry]
     drift: dict[str, Any] | None = Field(None, description="The head's GET /drift; null when it has none or is down")
+    adjusted: list[str] = Field([], description="How the asked range or bucket was changed to fit the limits "
+                                                "(empty when it was not): since/until/bucket above are what was used")
+
+
+# -- the report's range: every ISO 8601 range is answered; what does not fit is adjusted and said ---------
+EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+LATEST = datetime.max.replace(tzinfo=timezone.utc)
+BUCKET_SPAN = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+
+
+def _utc_clamped(value: datetime) -> datetime:
+    """utc(), but year 1 or 9999 with an offset that leaves datetime's range clamps to its ends."""
+    try:
+        return utc(value)
+    except OverflowError:
+        return EARLIEST if value.year == datetime.min.year else LATEST
+
+
+def fit_report_range(since: datetime | None, until: datetime | None, bucket: str,
+                     now: datetime | None = None) -> tuple[datetime, datetime, str, list[str]]:
+    """(since, until, bucket, adjustments): a backwards range becomes the empty range at `until`; more
+    than MAX_REPORT_BUCKETS hour buckets become day buckets; more than that many days keep the latest."""
+    until = _utc_clamped(until) if until is not None else (now or datetime.now(timezone.utc))
+    if since is not None:
+        since = _utc_clamped(since)
+    else:
+        since = until - DEFAULT_RANGE if until - EARLIEST > DEFAULT_RANGE else EARLIEST
+    adjusted = []
+    if since >= until:
+        adjusted.append(f"since={since.isoformat()} is not before until={until.isoformat()}: the range is empty")
+        since = until
+    if bucket == "hour" and until - since > MAX_REPORT_BUCKETS * BUCKET_SPAN["hour"]:
+        bucket = "day"
+        adjusted.append(f"bucket=day: the range holds more than {MAX_REPORT_BUCKETS} hour buckets")
+    if until - since > MAX_REPORT_BUCKETS * BUCKET_SPAN["day"]:
+        since = until - MAX_REPORT_BUCKETS * BUCKET_SPAN["day"]
+        adjusted.append(f"since={since.isoformat()}: the range is cut to its last {MAX_REPORT_BUCKETS} days")
+    return since, until, bucket, adjusted
 
 
 # -- core -------------------------------------------------------------------------------------------
@@ -176,17 +232,11 @@ class Insights:
     async def report(self, name: str, since: datetime | None, until: datetime | None, bucket: str,
                      request_id: str) -> dict:
         route = self.gateway.routing.get(name)  # 404 naming the known models
-        until = utc(until) if until is not None else datetime.now(timezone.utc)
-        since = utc(since) if since is not None else until - DEFAULT_RANGE
-        if since >= until:
-            raise ValidationError(f"since: {since.isoformat()} is not before until={until.isoformat()}", field="since")
-        buckets = (until - since) / timedelta(hours=1 if bucket == "hour" else 24)
-        if buckets > MAX_REPORT_BUCKETS:
-            raise ValidationError(f"since: {buckets:.0f} {bucket} buckets exceed the limit of {MAX_REPORT_BUCKETS}; "
-                                  "use bucket=day or a shorter range", field="since")
+        since, until, bucket, adjusted = fit_report_range(since, until, bucket)
         body, drift = await asyncio.gather(self._in_db(build_report, name, since=since, until=until, bucket=bucket),
                                            self.gateway.head_json(route, "/drift", request_id))
         body["drift"] = drift
+        body["adjusted"] = adjusted
         return body
 
     # -- feedback -----------------------------------------------------------------------------------

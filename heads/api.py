@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 
 from heads.config import ServingConfig
 from polyhead.validation import text_type, texts_type
@@ -211,11 +211,14 @@ _ClassifyText = text_type(None, "One text")
 _ClassifyTexts = texts_type(None, None, "Several texts, answered in order")
 
 
+# The schema states "at least one name" (minItems); _exactly_one enforces it with a message naming `models`.
+_ClassifyModels = Annotated[list[str] | Literal["*"], WithJsonSchema(
+    {"anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "string", "const": "*"}]})]
+
+
 def _classify_schema_extra(schema: dict) -> None:
-    """As for predict: exactly one of text/texts, never null; plus `models`."""
-    for prop in schema.get("properties", {}).values():
-        prop.pop("default", None)
-    schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]
+    """Exactly one of text/texts, never null (as for predict), with classify's examples."""
+    _request_schema_extra(schema)
     schema["examples"] = [{"text": "my card was declined", "models": ["sentiment", "urgency"]},
                           {"texts": ["refund me", "the app crashes"], "models": "*"}]
 
@@ -226,16 +229,17 @@ class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=_classify_schema_extra)
 
     # Encoding and blank texts are checked here; each head checks its own limits (per-model 422).
-    # Typed without None and defaulting to None: absent is allowed, an explicit null is refused.
+    # Absent fields are None; an explicit null is refused (the types are not optional), as the schema says.
     text: _ClassifyText = Field(None)
     texts: _ClassifyTexts = Field(None)
-    models: Annotated[list[str], Field(min_length=1)] | Literal["*"] = Field(
-        ..., description="Model names, or '*' for every routable model")
+    models: _ClassifyModels = Field(..., description="Model names (at least one), or '*' for every routable model")
 
     @model_validator(mode="after")
     def _exactly_one(self):
         if (self.text is None) == (self.texts is None):
             raise ValueError("give exactly one of 'text' or 'texts'")
+        if isinstance(self.models, list) and not self.models:
+            raise ValueError("models: name at least one model, or '*' for all")
         return self
 
     def all_texts(self) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console, Group
 from rich.table import Table
+from rich.markup import escape
 
 from polyhead.errors import NotFoundError, PolyheadError, UnavailableError, ValidationError
 
@@ -94,6 +95,8 @@ def render(report: dict) -> Group:
                          _num(v["confidence_mean"], "{:.2f}"), "/".join(_num(lat[p], "{:.1f}") for p in ("p50", "p95", "p99")),
                          str(fb["count"]), _num(fb["accuracy"]), _num(fb["f1_weighted"]))
     parts = [versions]
+    # what the gateway changed to fit its limits (a backwards range, too many buckets)
+    parts += [f"[yellow]adjusted:[/yellow] {escape(note)}" for note in report.get("adjusted") or []]
     if s["texts"]:
         labels = Table("label", "texts", "share", title="labels", title_justify="left")
         for label, n in s["label_distribution"].items():

@@ -58,3 +58,61 @@ async def test_report_of_a_head_that_is_down_and_has_no_traffic(gateway):
     assert reply.status_code == 200, reply.text
     report = reply.json()
     assert report["summary"]["texts"] == 0 and report["versions"] == [] and report["drift"] is None
+
+
+# -- what the OpenAPI states and what the server enforces agree (the fuzzer relies on it) ---------------
+def test_report_range_is_fitted_and_said_never_refused():
+    from datetime import timedelta
+
+    from gateway.insights import EARLIEST, LATEST, MAX_REPORT_BUCKETS, fit_report_range
+
+    now = datetime(2026, 12, 2, 12, tzinfo=timezone.utc)
+    assert fit_report_range(None, None, "hour", now=now) == (now - timedelta(hours=24), now, "hour", [])
+    since, until, bucket, adjusted = fit_report_range(now, now - timedelta(hours=1), "hour")
+    assert (since, until, bucket) == (now - timedelta(hours=1),) * 2 + ("hour",) and "not before" in adjusted[0]
+    since, until, bucket, adjusted = fit_report_range(now - timedelta(days=365), now, "hour")
+    assert (since, bucket) == (now - timedelta(days=365), "day") and adjusted == [
+        f"bucket=day: the range holds more than {MAX_REPORT_BUCKETS} hour buckets"]
+    since, until, bucket, adjusted = fit_report_range(datetime(1, 1, 1), None, "day", now=now)
+    assert since == now - timedelta(days=MAX_REPORT_BUCKETS) and "last 2000 days" in adjusted[0]
+    # The ends of datetime's range, pushed past them by an offset, clamp instead of overflowing (a 500).
+    plus5, minus5 = timezone(timedelta(hours=5)), timezone(timedelta(hours=-5))
+    since, until, _, _ = fit_report_range(datetime(1, 1, 1, tzinfo=plus5), datetime(9999, 12, 31, 23, tzinfo=minus5),
+                                          "day")
+    assert until == LATEST and since == LATEST - timedelta(days=MAX_REPORT_BUCKETS)
+    assert fit_report_range(None, datetime(1, 1, 1, 3), "hour")[0] == EARLIEST
+
+
+def test_feedback_schema_states_one_form_and_the_model_enforces_it():
+    from gateway.insights import MAX_FEEDBACK_ITEMS, FeedbackRequest
+
+    schema = FeedbackRequest.model_json_schema()
+    assert schema["additionalProperties"] is False
+    first, second = schema["oneOf"]
+    assert first == {"required": ["request_id", "label"], "not": {"required": ["items"]}}
+    assert second["required"] == ["items"]
+    assert {"required": ["index"]} in second["not"]["anyOf"]
+    assert all("default" not in prop for prop in schema["properties"].values())  # absent, never null
+    assert schema["properties"]["items"]["maxItems"] == MAX_FEEDBACK_ITEMS
+    assert schema["properties"]["label"]["minLength"] == 1 and "pattern" in schema["properties"]["label"]
+    item = {"request_id": "r", "label": "billing"}
+    assert not FeedbackRequest.model_validate(item).batch
+    assert FeedbackRequest.model_validate({"items": [item]}).batch
+
+
+async def test_feedback_bodies_the_schema_rules_out_are_422_naming_the_field(gateway):
+    item = {"request_id": "r1", "label": "billing"}
+    cases = [({"request_id": None, "label": "billing"}, "request_id"),
+             ({**item, "items": [item]}, None),
+             ({"items": [item], "index": 0}, None),
+             ({"items": None}, "items"),
+             ({"request_id": "r1"}, None),
+             ({"request_id": " \t", "label": "billing"}, "request_id"),
+             ({**item, "extra": 1}, "extra"),
+             ({"items": [item] * 1001}, "items"),
+             ({"items": [{**item, "label": ""}]}, "items[0].label")]
+    for body, field in cases:
+        reply = await gateway.post(f"/v1/models/{HEAD}/feedback", json=body)
+        assert reply.status_code == 422, (body, reply.text)
+        if field is not None:
+            assert reply.json()["error"].get("field") == field, (body, reply.text)
