@@ -78,12 +78,17 @@ def store_feedback(engine: sa.Engine, head: str, matched: list[tuple[LoggedPredi
                                               "predicted_label")})
     existing: set[Key] = set()
     ids = sorted({r["request_id"] for r in rows})
-    with engine.begin() as conn:
-        for start in range(0, len(ids), 500):
-            existing |= {(rid, int(i)) for rid, i in conn.execute(
-                sa.select(f.c.request_id, f.c.text_index).where(f.c.head == head,
-                                                                 f.c.request_id.in_(ids[start:start + 500])))}
-        conn.execute(upsert, rows)
+    with engine.connect() as conn:
+        # SQLite: take the write lock first (BEGIN IMMEDIATE, which waits out the busy timeout). A read
+        # upgraded to a write fails at once with "database is locked" when a head's writer committed
+        # in between; the read here decides what the upsert replaces, so it must see the same state.
+        conn.execution_options(polyhead_immediate=True)
+        with conn.begin():
+            for start in range(0, len(ids), 500):
+                existing |= {(rid, int(i)) for rid, i in conn.execute(
+                    sa.select(f.c.request_id, f.c.text_index).where(f.c.head == head,
+                                                                     f.c.request_id.in_(ids[start:start + 500])))}
+            conn.execute(upsert, rows)
     return [(pred.request_id, pred.index) in existing for pred, _ in matched]
 
 
