@@ -269,6 +269,13 @@ class DriftMonitor:
             self.on_change(flagged, list(reasons), dict(self.scores))
 
     # -- reads (endpoints) -------------------------------------------------------------------------
+    def _current(self, version: str | None, reference: DriftReference | None) -> None:
+        """Scores for the version served now (under the lock): a new version restarts the window."""
+        if version != self._version:
+            self._restart(version, reference)
+        elif self._pending:
+            self._score()
+
     @property
     def window_count(self) -> int:
         return self._window.count if self._window is not None else 0
@@ -276,19 +283,13 @@ class DriftMonitor:
     def summary(self, version: str | None, reference: DriftReference | None) -> dict:
         """The short form for /info and /v1/models."""
         with self._lock:
-            if version != self._version:
-                self._restart(version, reference)
-            elif self._pending:
-                self._score()
+            self._current(version, reference)
             return {"flagged": self.flagged, "scores": _rounded(self.scores), "available": self._reference is not None}
 
     def report(self, version: str | None, reference: DriftReference | None) -> dict:
         """GET /drift. `version`/`reference`: what is served now (the window may not have seen it yet)."""
         with self._lock:
-            if version != self._version:
-                self._restart(version, reference)
-            elif self._pending:
-                self._score()
+            self._current(version, reference)
             t, ref, w = self.thresholds, self._reference, self._window
             body = {"head": self.head, "version": version, "window": w.count if w else 0,
                     "window_size": t.window, "min_window": t.min_window, "scores": _rounded(self.scores),

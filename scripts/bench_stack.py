@@ -455,18 +455,7 @@ def section_memory(b: Bench, mem: dict) -> None:
                  mib(sup["uss"])])
 
     k = min(b.args.monoliths, n)
-    names = list(b.heads)[:k]
-    say(f"memory: starting {k} self-contained services (encoder + one head each)")
-    monos = [b.monolith(name) for name in names]
-    for proc, url in monos:
-        wait_http_ok(url + "/healthz", proc, timeout_s=300, interval_s=0.2)
-    with httpx.Client(timeout=60) as client:
-        for (_proc, url), name in zip(monos, names):
-            for i in range(20):
-                text = b.heads[name]["texts"][i % len(b.heads[name]["texts"])]
-                client.post(url + "/predict", json={"text": text}).raise_for_status()
-    mono_mem = [process_memory(p.pid) for p, _ in monos]
-    b.stop(*(p for p, _ in monos))
+    names, mono_mem = list(b.heads)[:k], measure_monoliths(b, k)
 
     N = 20
     mean = lambda procs, key: statistics.mean(p[key] for p in procs)  # noqa: E731
