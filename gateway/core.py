@@ -64,22 +64,34 @@ class GatewayService:
 
     async def _call_head(self, route: Route, method: str, path: str, request_id: str, body: bytes | None = None,
                          timeout_s: float | None = None) -> UpstreamReply:
-        timeout = aiohttp.ClientTimeout(total=timeout_s or route.timeout_s or self.settings.head_timeout_s)
+        return await self._request(method, route.url + path, [route], request_id, body,
+                                   timeout_s or route.timeout_s or self.settings.head_timeout_s)
+
+    async def _request(self, method: str, url: str, routes: list[Route], request_id: str, body: bytes | None,
+                       timeout_s: float) -> UpstreamReply:
+        """One call to a head process on behalf of `routes` (one head, or several packed ones behind
+        /classify); a timeout or an unreachable head is UnavailableError naming every model involved."""
         headers = {REQUEST_ID_HEADER: request_id}
         if body is not None:
             headers["content-type"] = "application/json"
         try:
-            async with self._session.request(method, route.url + path, data=body, headers=headers,
-                                             timeout=timeout) as response:
+            async with self._session.request(method, url, data=body, headers=headers,
+                                             timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
                 content = await response.read()
                 return UpstreamReply(response.status, content, response.headers)
         except TimeoutError:  # aiohttp's timeouts are TimeoutErrors; checked before ClientError on purpose
-            metrics.UPSTREAM_ERRORS.labels(route.name, "timeout").inc()
-            raise UnavailableError(f"model {route.name!r} timed out (head at {route.url})", retry_after_s=2) from None
+            failure, cause = "timeout", None
         except aiohttp.ClientError as exc:
-            metrics.UPSTREAM_ERRORS.labels(route.name, "unreachable").inc()
-            raise UnavailableError(f"model {route.name!r} is unavailable: head at {route.url} is unreachable "
-                                   f"({type(exc).__name__})", retry_after_s=2) from None
+            failure, cause = "unreachable", type(exc).__name__
+        for r in routes:
+            metrics.UPSTREAM_ERRORS.labels(r.name, failure).inc()
+        if len(routes) == 1:
+            who, are, where = f"model {routes[0].name!r}", "is", f"head at {routes[0].url}"
+        else:
+            who, are, where = f"models {', '.join(r.name for r in routes)}", "are", f"head process at {url}"
+        if cause is None:
+            raise UnavailableError(f"{who} timed out ({where})", retry_after_s=2)
+        raise UnavailableError(f"{who} {are} unavailable: {where} is unreachable ({cause})", retry_after_s=2)
 
     async def predict(self, name: str, body: bytes, request_id: str) -> UpstreamReply:
         """Forward a predict body (JSON bytes) to the named model's head; its answer comes back as is."""
@@ -139,7 +151,7 @@ class GatewayService:
             body = json.dumps({"texts": texts, "models": [r.name for r in routes]}).encode()
             timeout = max((r.timeout_s or self.settings.head_timeout_s) for r in routes)
             try:
-                reply = await self._call_url(base + "/classify", routes, request_id, body, timeout)
+                reply = await self._request("POST", base + "/classify", routes, request_id, body, timeout)
             except PolyheadError as err:
                 return {r.name: encode_model_error(int(err.http_status), err.to_dict()) for r in routes}
             if reply.status == 200:
@@ -160,25 +172,6 @@ class GatewayService:
         for part in parts:
             results.update(part)
         return {n: results[n] for n in names if n in results}
-
-    async def _call_url(self, url: str, routes: list[Route], request_id: str, body: bytes,
-                        timeout_s: float) -> UpstreamReply:
-        """POST to a head process (not one head): failures name every model it serves here."""
-        names = ", ".join(r.name for r in routes)
-        headers = {REQUEST_ID_HEADER: request_id, "content-type": "application/json"}
-        try:
-            async with self._session.post(url, data=body, headers=headers,
-                                          timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
-                return UpstreamReply(response.status, await response.read(), response.headers)
-        except TimeoutError:
-            for r in routes:
-                metrics.UPSTREAM_ERRORS.labels(r.name, "timeout").inc()
-            raise UnavailableError(f"models {names} timed out (head process at {url})", retry_after_s=2) from None
-        except aiohttp.ClientError as exc:
-            for r in routes:
-                metrics.UPSTREAM_ERRORS.labels(r.name, "unreachable").inc()
-            raise UnavailableError(f"models {names} are unavailable: head process at {url} is unreachable "
-                                   f"({type(exc).__name__})", retry_after_s=2) from None
 
     async def model_info(self, name: str, request_id: str = "") -> dict:
         route = self.routing.get(name)
