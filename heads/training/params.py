@@ -23,17 +23,15 @@ class TrainParams(BaseModel):
     families: list[Literal["mlp", "logreg"]] = Field(
         default_factory=lambda: ["mlp", "logreg"], min_length=1,
         description="head families compared on the validation data; the best validation score wins (ties: the "
-                    "simpler logreg). mlp: the AdamW-trained network of head_type over search_grid; logreg: L2 "
-                    "multinomial logistic regression solved to convergence (L-BFGS), C from logreg_c_grid")
+                    "simpler logreg). mlp: the AdamW-trained network of head_type over search_grid; logreg: "
+                    "scikit-learn's LogisticRegression (L2, lbfgs) on the raw embeddings, C from logreg_c_grid")
     logreg_c_grid: list[float] = Field(
         default_factory=lambda: [1.0, 3.0, 10.0, 30.0, 100.0, 300.0], min_length=1,
-        description="inverse L2 strength C of the logreg family, as scikit-learn's LogisticRegression(C) on the raw "
-                    "embeddings (exactly so with center_scale, approximately with standardize). The middle value "
-                    "is the default candidate that others must clearly beat on the validation data")
-    logreg_max_iter: int = Field(300, ge=1, description="L-BFGS iterations per logreg fit")
-    logreg_tol: float = Field(
-        1e-4, gt=0, description="L-BFGS stops when the largest gradient entry is below this (scaled inputs; looser "
-                                "values stop warm-started fits before they move off the neighbouring C's solution)")
+        description="inverse L2 strength C of the logreg family (scikit-learn's LogisticRegression(C) on the "
+                    "raw embeddings). The middle value is the default candidate that others must clearly beat "
+                    "on the validation data")
+    logreg_max_iter: int = Field(1000, ge=1, description="lbfgs iterations per logreg fit (LogisticRegression max_iter)")
+    logreg_tol: float = Field(1e-4, gt=0, description="LogisticRegression tol (scikit-learn's default)")
     head_type: Literal["mlp", "logreg"] = Field("mlp", description="network of the mlp family (logreg here: "
                                                                     "trained by AdamW with early stopping)")
     hidden_units: int = Field(128, ge=1, le=8192, description="per ensemble member")
@@ -70,11 +68,12 @@ class TrainParams(BaseModel):
     n_ensemble: int = Field(2, ge=1, le=16, description="members (different initialisations) averaged in "
                                                          "probability in the final model")
     input_scaling: Literal["center_scale", "standardize", "none"] = Field(
-        "center_scale", description="center_scale: subtract the mean, one global scale (keeps the embedding's "
-                                    "geometry); standardize: per-dimension z-scores")
+        "center_scale", description="inputs of the mlp family (logreg sees the raw embeddings): center_scale: "
+                                    "subtract the mean, one global scale (keeps the embedding's geometry); "
+                                    "standardize: per-dimension z-scores")
     blas_threads: int | None = Field(
-        1, ge=1, description="BLAS threads while training (needs threadpoolctl; None leaves BLAS alone). The "
-                             "matmuls are small: more threads gain little and crawl when cores are shared")
+        1, ge=1, description="BLAS and OpenMP threads while training (None leaves them alone). The matmuls are "
+                             "small: more threads gain little and crawl when cores are shared")
     search_grid: dict[str, list[Any]] = Field(
         default_factory=lambda: {"hidden_units": [128]},
         description="grid (cartesian product) of overrides tried on the validation data; "
