@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import shutil
@@ -238,10 +239,10 @@ class Bench:
 
 # -- the stack (`polyhead up`) -------------------------------------------------------------------
 class Stack:
-    def __init__(self, bench: Bench, heads_per_process: int | None = None):
+    def __init__(self, bench: Bench, heads_per_process: int | None = None, var_name: str | None = None):
         self.b = bench
         self.heads_per_process = bench.args.heads_per_process if heads_per_process is None else heads_per_process
-        self.var = bench.workdir / "var"
+        self.var = bench.workdir / ("var" if var_name is None else var_name)
         if self.var.exists():
             shutil.rmtree(self.var)
         n = len(bench.heads)
@@ -884,29 +885,48 @@ def section_packing(b: Bench) -> None:
     reps = 15 if b.quick else 60
     n = len(b.heads)
     fresh = real_sentences(5000, seed=17)
-    layouts = {0: f"packed: {n} heads in 1 process", 1: f"one process per head ({n} processes)"}
-    mem, load, cls = {}, {}, {}
-    for hpp in layouts:
-        stack = Stack(b, heads_per_process=hpp)
-        say(f"packing: `polyhead up --heads-per-process {hpp}` with {n} heads")
+    layouts = {0: f"packed: {n} heads in 1 process"}
+    if n >= 4:  # one pool per core of this 2-core machine: every head's HTTP work can use both cores
+        layouts[math.ceil(n / 2)] = f"2 pools of {math.ceil(n / 2)} heads"
+    layouts[1] = f"one process per head ({n} processes)"
+    # Every layout is up at once (each its own embedder, cache and DB) and the load alternates between
+    # them in rounds, so a change in the machine's background load hits every layout alike.
+    rounds = 1 if b.quick else 2
+    mem, cls, stacks = {}, {}, {}
+    load: dict[int, list[dict]] = {hpp: [] for hpp in layouts}
+    for hpp in layouts:  # memory: each layout alone, so PSS does not count another stack's shared pages
+        stack = Stack(b, heads_per_process=hpp, var_name=f"var-mem{hpp}")
+        say(f"packing: `polyhead up --heads-per-process {hpp}` with {n} heads (memory)")
         try:
             stack.up()
             mem[hpp] = measure_stack_memory(b, stack)
-            work = Workload(stack.ready_heads, seed=11)
+        finally:
+            stack.down()
+    try:
+        for hpp in layouts:
+            stacks[hpp] = stack = Stack(b, heads_per_process=hpp, var_name=f"var-hpp{hpp}")
+            say(f"packing: `polyhead up --heads-per-process {hpp}` with {n} heads (load)")
+            stack.up()
+        names = sorted(set.intersection(*(set(st.ready_heads) for st in stacks.values())))
+        work = Workload({k: b.heads[k] for k in names}, seed=11)
 
-            def next_request(work=work):
-                name, text = work.next()
-                return name, {"text": text}
+        def next_request():
+            name, text = work.next()
+            return name, {"text": text}
 
-            url_of = lambda name, gw=stack.gateway: f"{gw}/v1/models/{name}/predict"  # noqa: E731
-            asyncio.run(closed_loop(url_of, next_request, 32, 2))  # warm-up: connections, caches
-            say(f"packing: 32 clients closed loop through the gateway, {T}s")
-            load[hpp] = asyncio.run(closed_loop(url_of, next_request, 32, T))
-            names = sorted(stack.ready_heads)
+        for stack in stacks.values():  # warm-up: connections, caches
+            asyncio.run(closed_loop(lambda name, gw=stack.gateway: f"{gw}/v1/models/{name}/predict", next_request, 32, 2))
+        for r in range(rounds):
+            for hpp, stack in stacks.items():
+                say(f"packing: round {r + 1}/{rounds}, layout {hpp}: 32 clients closed loop through the gateway, {T}s")
+                url_of = lambda name, gw=stack.gateway: f"{gw}/v1/models/{name}/predict"  # noqa: E731
+                load[hpp].append(asyncio.run(closed_loop(url_of, next_request, 32, T)))
+        for hpp, stack in stacks.items():
             texts = [f"{fresh[(hpp * reps + i) % len(fresh)]} (#{hpp}-{i})" for i in range(3 * reps)]
             say(f"packing: /v1/classify over {len(names)} models vs {len(names)} predict calls, {reps} texts each")
             cls[hpp] = asyncio.run(classify_vs_predicts(stack.gateway, names, texts))
-        finally:
+    finally:
+        for stack in stacks.values():
             stack.down()
     mono = measure_monoliths(b, min(b.args.monoliths, n))
 
@@ -937,13 +957,18 @@ def section_packing(b: Bench) -> None:
                "gateway RSS MiB", f"stack RSS MiB ({N} heads)", "stack / self-contained (RSS)",
                "stack / self-contained (PSS)"], rows) + "\n")
     rows = []
+    rps = {hpp: sum(r["rps"] for r in runs) / len(runs) for hpp, runs in load.items()}
     for hpp, label in layouts.items():
-        r = load[hpp]
-        rows.append([label, r["ok"], r["errors"], r["rps"], f"{r['p50']:.1f}", f"{r['p99']:.1f}"])
-    ratio = load[0]["rps"] / load[1]["rps"] if load[1]["rps"] else float("nan")
-    out(f"Throughput through the gateway: 32 clients, closed loop, {T}s, Zipf-repeated dataset texts over every head.\n")
-    out(table(["layout", "ok", "errors", "req/s", "p50 ms", "p99 ms"], rows) + "\n")
-    out(f"packed / one-per-process throughput: {ratio:.2f}x\n")
+        for r_i, r in enumerate(load[hpp]):
+            rows.append([label, r_i + 1, r["ok"], r["errors"], r["rps"], f"{r['p50']:.1f}", f"{r['p99']:.1f}",
+                         f"{r['rps'] / load[1][r_i]['rps']:.2f}x" if load[1][r_i]["rps"] else "-"])
+    out(f"Throughput through the gateway: 32 clients, closed loop, {T}s per run, Zipf-repeated dataset texts over "
+        f"every head; layouts alternate in {rounds} round(s), all stacks up at once.\n")
+    out(table(["layout", "round", "ok", "errors", "req/s", "p50 ms", "p99 ms", "vs one-per-process (same round)"],
+              rows) + "\n")
+    for hpp, label in layouts.items():
+        if hpp != 1:
+            out(f"{label} / one-per-process throughput (mean of rounds): {rps[hpp] / rps[1]:.2f}x\n")
     rows = []
     for hpp, label in layouts.items():
         for mode, what in (("classify", f"POST /v1/classify, {n} models, 1 call"),
