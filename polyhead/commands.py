@@ -1,5 +1,5 @@
-"""The `polyhead` command line. Service modules are imported lazily: `polyhead embed` must not
-pay for (or even have) TensorFlow."""
+"""The `polyhead` commands (typer; entry point: polyhead/cli.py). Service modules are imported
+lazily: `polyhead embed` must not pay for (or even have) TensorFlow."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import typer
 # options be generated from the one declaration of every setting.
 from embedder.settings import EmbedderSettings
 from gateway.settings import GatewaySettings
+from heads.serve_cli import HEAD_CONFIGS_HELP, serve_head
 from heads.settings import HeadSettings
 from polyhead.settings import (
     DEFAULT_DB_URL,
@@ -105,19 +106,12 @@ def export_model(
 @settings_options(HeadSettings, arguments={"head_configs": "config"})
 def head_serve(settings: HeadSettings,
                head_configs: Optional[List[Path]] = typer.Argument(
-                   None, help="configs/heads/<name>.yaml; several (or --heads) = one packed process", exists=True,
-                   dir_okay=False)):
-    """Serve one head, or several packed in one process (numpy only: never imports TensorFlow)."""
-    from heads.http_server import serve
-    from polyhead.logging import configure_logging
+                   None, help=HEAD_CONFIGS_HELP, exists=True, dir_okay=False)):
+    """Serve one head, or several packed in one process (numpy only: never imports TensorFlow).
 
-    configure_logging(settings.log_level, settings.json_logs)
-    try:
-        settings.config_paths()
-    except ValueError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    serve(settings)
+    `polyhead head serve` itself runs heads/serve_cli.py (same flags, without typer); this command
+    is what `polyhead head --help` lists and what tests call through typer."""
+    raise typer.Exit(serve_head(settings))
 
 
 @gateway_app.command("serve")
@@ -338,9 +332,5 @@ def deploy_generate(
         typer.echo("deployment files are up to date")
 
 
-def main() -> None:  # console-script entry point
+def main() -> None:
     sys.exit(app())
-
-
-if __name__ == "__main__":
-    main()
