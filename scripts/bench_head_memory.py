@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_head_memory.py                 # 3 runs, 20 predicts each
     .venv/bin/python scripts/bench_head_memory.py --runs 5 --workdir /tmp/hm   # keep the trained head
+    .venv/bin/python scripts/bench_head_memory.py --db-url postgresql+psycopg://...   # log to PostgreSQL instead
 
 Starts an embedder, trains one small head with `polyhead train` (first run only, when --workdir is
 reused), then per run: starts a fresh head process on a SQLite inference log, sends 20 predicts
@@ -27,10 +28,10 @@ from bench_common import (
 )
 
 
-def one_run(workdir: Path, head: dict, models: Path, target: str, predicts: int, run: int) -> dict:
+def one_run(workdir: Path, head: dict, models: Path, target: str, predicts: int, run: int, db_url: str | None) -> dict:
     port = free_port()
     argv = cli("head", "serve", str(head["config"]), "--port", str(port), "--models-dir", str(models),
-               "--embedder-target", target, "--db-url", f"sqlite:///{workdir / f'inference-{run}.db'}",
+               "--embedder-target", target, "--db-url", db_url or f"sqlite:///{workdir / f'inference-{run}.db'}",
                "--spool-dir", str(workdir / f"spool-{run}"))
     proc = spawn(argv, workdir / "logs" / f"head-{run}.log")
     try:
@@ -53,6 +54,7 @@ def main() -> int:
     parser.add_argument("--train-limit", type=int, default=300, help="Texts the head is trained on (its size "
                         "does not depend on it: the same network shape)")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep the trained head here (default: a temp dir)")
+    parser.add_argument("--db-url", default=None, help="The heads' inference DB (default: a new SQLite file per run)")
     args = parser.parse_args()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="polyhead-head-mem-"))
@@ -65,7 +67,7 @@ def main() -> int:
         target = f"127.0.0.1:{port}"
         wait_grpc_serving(target, embedder)
         train_bench_heads(heads, models, target, workdir / "logs" / "train.log")
-        results = [one_run(workdir, head, models, target, args.predicts, run) for run in range(args.runs)]
+        results = [one_run(workdir, head, models, target, args.predicts, run, args.db_url) for run in range(args.runs)]
     finally:
         stop_all([embedder])
         if args.workdir is None:
@@ -73,7 +75,8 @@ def main() -> int:
 
     rows = [[i + 1, f"{r['rss'] / 1024:.1f}", f"{r['pss'] / 1024:.1f}", f"{r['ready_s']:.1f}"] for i, r in enumerate(results)]
     rss = [r["rss"] / 1024 for r in results]
-    print(f"head `{name}`, {args.predicts} predicts per run; {machine()}\n")
+    db = "PostgreSQL" if args.db_url and args.db_url.startswith("postgresql") else "SQLite"
+    print(f"head `{name}`, {args.predicts} predicts per run, inference log on {db}; {machine()}\n")
     print(table(["run", "RSS MiB", "PSS MiB", "launch to ready s"], rows))
     print(f"\nRSS MiB: mean {statistics.mean(rss):.1f}, min {min(rss):.1f}, max {max(rss):.1f}")
     return 0
