@@ -31,6 +31,7 @@ import numpy as np
 log = logging.getLogger("polyhead.head.drift")
 
 DRIFT_FILE = "drift.npz"
+MAX_WINDOW = 1_000_000  # the largest drift window a head config may set (heads/config.py)
 CONFIDENCE_EDGES = np.linspace(0.0, 1.0, 11)  # the same 10 buckets as the report's confidence histogram
 SIMILARITY_LEVELS = np.array([0, 0.5, 1, 2, 5, 10, 25, 50, 75, 90, 95, 99, 100], np.float64)  # percentiles stored
 SCORE_NAMES = ("label_shift_js", "confidence_shift", "ood_rate")
@@ -47,6 +48,10 @@ class DriftReference:
     centroids: np.ndarray  # [C, D] float32, L2-normalised class means of the training embeddings
     similarity_quantiles: np.ndarray  # at SIMILARITY_LEVELS: training texts' cosine to the nearest centroid
     meta: dict = field(default_factory=dict)  # confidence_source, n_train, n_confidence
+    # SamplingNoise of label_prior at log-spaced window sizes up to MAX_WINDOW: simulated at training
+    # time, so serving need not import numpy.random (~7 MiB per head process). None in older artifacts.
+    noise_sizes: np.ndarray | None = None
+    noise: np.ndarray | None = None
 
     def ood_threshold(self, percentile: float) -> float:
         """The similarity below which `percentile` % of the training texts fall (interpolated)."""
@@ -57,7 +62,8 @@ class DriftReference:
                  confidence_edges=CONFIDENCE_EDGES, confidence_counts=self.confidence_counts.astype(np.int64),
                  confidence_mean=np.float64(self.confidence_mean), centroids=self.centroids.astype(np.float32),
                  similarity_levels=SIMILARITY_LEVELS, similarity_quantiles=self.similarity_quantiles.astype(np.float64),
-                 meta=np.array(json.dumps(self.meta, sort_keys=True)))
+                 meta=np.array(json.dumps(self.meta, sort_keys=True)),
+                 **({"noise_sizes": self.noise_sizes, "noise": self.noise} if self.noise is not None else {}))
 
     @classmethod
     def load(cls, path: Path) -> "DriftReference":
@@ -69,7 +75,9 @@ class DriftReference:
             return cls(labels=z["labels"].tolist(), label_prior=z["label_prior"],
                        confidence_counts=z["confidence_counts"], confidence_mean=float(z["confidence_mean"]),
                        centroids=np.ascontiguousarray(z["centroids"], np.float32),
-                       similarity_quantiles=quantiles, meta=json.loads(str(z["meta"])))
+                       similarity_quantiles=quantiles, meta=json.loads(str(z["meta"])),
+                       noise_sizes=z["noise_sizes"] if "noise" in z.files else None,
+                       noise=z["noise"] if "noise" in z.files else None)
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -103,10 +111,20 @@ class SamplingNoise:
     at log-spaced window sizes, interpolated in between; exact for sparse counts, where the
     chi-square approximation (K-1)/(8 n ln 2) is not."""
 
-    def __init__(self, prior: np.ndarray, max_n: int, draws: int = 64, seed: int = 0):
+    def __init__(self, prior: np.ndarray, max_n: int, draws: int = 64, seed: int = 0, points: int = 24):
         rng = np.random.default_rng(seed)
-        self.sizes = np.unique(np.geomspace(1, max(2, max_n), 24).round().astype(np.int64))
+        self.sizes = np.unique(np.geomspace(1, max(2, max_n), points).round().astype(np.int64))
         self.noise = np.array([js_divergence(rng.multinomial(n, prior, size=draws), prior).mean() for n in self.sizes])
+
+    @classmethod
+    def of_reference(cls, reference: DriftReference, window: int) -> "SamplingNoise":
+        """The reference's table when it has one that reaches `window`; else simulated here (older
+        artifacts: imports numpy.random)."""
+        if reference.noise is not None and reference.noise_sizes[-1] >= window:
+            table = cls.__new__(cls)
+            table.sizes, table.noise = reference.noise_sizes, reference.noise
+            return table
+        return cls(reference.label_prior, window)
 
     def __call__(self, n: int) -> float:
         return float(np.interp(np.log(max(n, 1)), np.log(self.sizes), self.noise))
@@ -213,7 +231,7 @@ class DriftMonitor:
         self._score_every = max(1, self.thresholds.window // 100)
         self._label_index = {label: i for i, label in enumerate(reference.labels)} if reference else {}
         self._ood_threshold = reference.ood_threshold(self.thresholds.ood_percentile) if reference else float("nan")
-        self._noise = SamplingNoise(reference.label_prior, self.thresholds.window) if reference else None
+        self._noise = SamplingNoise.of_reference(reference, self.thresholds.window) if reference else None
         self.label_shift_raw: float | None = None
         self.scores = dict.fromkeys(SCORE_NAMES)
         self._set_flag(False, [])

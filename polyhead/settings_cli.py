@@ -5,27 +5,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-import types
-import typing
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
 from polyhead.settings import PolyheadSettings
-
-_SIMPLE = (str, int, float, bool, Path)
-
-
-def _cli_type(annotation: Any) -> type | None:
-    """The option type for a field, or None for fields only a file or env var can set (lists, dicts)."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _cli_type(args[0]) if len(args) == 1 else (str if all(_cli_type(a) for a in args) else None)
-    if origin is Literal:
-        return str
-    return annotation if annotation in _SIMPLE else None
+from polyhead.settings_flags import settings_flags
 
 
 def settings_options(settings_cls: type[PolyheadSettings], *, exclude: tuple[str, ...] = (),
@@ -43,15 +29,10 @@ def settings_options(settings_cls: type[PolyheadSettings], *, exclude: tuple[str
             "settings_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
             default=typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
                                  help=f"YAML settings file (section `{settings_cls.section}:`)"))]
-        for name, field in settings_cls.model_fields.items():
-            kind = _cli_type(field.annotation)
-            if name in taken or kind is None:
-                continue
-            flag = "--" + name.replace("_", "-")
-            decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+        for flag in settings_flags(settings_cls, taken):
             generated.append(inspect.Parameter(
-                name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
-                default=typer.Option(None, *decls, help=field.description or "", show_default=False)))
+                flag.field, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[flag.kind],
+                default=typer.Option(None, *flag.decls, help=flag.help, show_default=False)))
 
         @functools.wraps(fn)
         def command(**kwargs: Any):

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from heads.inference_log.schema import feedback, predictions
+from heads.inference_log.schema import dialect_insert, feedback, predictions
 
 Key = tuple[str, int]  # (request_id, index)
 
@@ -70,8 +69,7 @@ def store_feedback(engine: sa.Engine, head: str, matched: list[tuple[LoggedPredi
     rows = [{"id": uuid.uuid4().hex, "head": head, "request_id": pred.request_id, "text_index": pred.index,
              "label": label, "ts": now, "prediction_id": pred.id, "prediction_ts": pred.ts,
              "head_version": pred.version, "predicted_label": pred.label} for pred, label in matched]
-    dialect = sqlite if engine.dialect.name == "sqlite" else postgresql
-    insert = dialect.insert(f)
+    insert = dialect_insert(engine, f)
     upsert = insert.on_conflict_do_update(
         index_elements=[f.c.head, f.c.request_id, f.c.text_index],
         set_={c: insert.excluded[c] for c in ("label", "ts", "prediction_id", "prediction_ts", "head_version",

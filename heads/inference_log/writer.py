@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy.dialects import postgresql, sqlite
 
 from heads.inference_log.records import PredictionRecord
-from heads.inference_log.schema import make_engine, migrate, predictions
+from heads.inference_log.schema import dialect_insert, make_engine, migrate, predictions
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +76,7 @@ class InferenceLog:
         self.redact_text = redact_text
         self.retry_min_s, self.retry_max_s = retry_min_s, retry_max_s
         self._engine = make_engine(url)
-        dialect = sqlite if self._engine.dialect.name == "sqlite" else postgresql
-        self._insert_stmt = dialect.insert(predictions).on_conflict_do_nothing(index_elements=["id"])
+        self._insert_stmt = dialect_insert(self._engine, predictions).on_conflict_do_nothing(index_elements=["id"])
         self._q: queue.Queue[PredictionRecord | _Marker] = queue.Queue(maxsize=max_queue)
         self._spool_path = self.spool_dir / "spool.jsonl"  # appended to
         self._replay_path = self.spool_dir / "replay.jsonl"  # being replayed (renamed from spool.jsonl)

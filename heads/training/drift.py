@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from heads.drift import CONFIDENCE_EDGES, SIMILARITY_LEVELS, DriftReference, nearest_centroid_similarity, unit_rows
+from heads.drift import (CONFIDENCE_EDGES, MAX_WINDOW, SIMILARITY_LEVELS, DriftReference, SamplingNoise,
+                         nearest_centroid_similarity, unit_rows)
 
 
 def build_reference(X: np.ndarray, y: Sequence[str], labels: Sequence[str], held_out_proba: np.ndarray | None,
@@ -33,4 +34,6 @@ def build_reference(X: np.ndarray, y: Sequence[str], labels: Sequence[str], held
         counts, mean = np.zeros(len(CONFIDENCE_EDGES) - 1, np.int64), float("nan")
     meta = {"confidence_source": confidence_source, "n_train": int(len(yi)),
             "n_confidence": int(counts.sum())}
-    return DriftReference(labels, prior, counts, mean, centroids, quantiles, meta)
+    # Any window a config may set, at the density serving used to simulate for a 1000-text window.
+    noise = SamplingNoise(prior, MAX_WINDOW, points=48)
+    return DriftReference(labels, prior, counts, mean, centroids, quantiles, meta, noise.sizes, noise.noise)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -189,6 +191,7 @@ def test_artifact_round_trip_and_old_artifacts_still_load(trained, tmp_path):
     assert loaded.labels == ref.labels and np.array_equal(loaded.centroids, ref.centroids)
     assert loaded.confidence_mean == ref.confidence_mean and np.allclose(loaded.similarity_quantiles,
                                                                          ref.similarity_quantiles)
+    assert np.array_equal(loaded.noise_sizes, ref.noise_sizes) and np.array_equal(loaded.noise, ref.noise)
 
     # an artifact from before format 2: no format_version, no drift.npz
     old = write_artifact(tmp_path, "h", "20250101T000000Z", result.model, manifest={"embedder_fingerprint": "sha256:x"},
@@ -224,3 +227,35 @@ async def test_the_head_app_serves_drift_and_the_gateway_lists_it(head, gateway,
     assert models[HEAD]["drift"] == info["drift"] and models[OFFLINE_HEAD]["drift"] is None
     gauges = (await head.client.get("/metrics")).text
     assert f'polyhead_head_drift_window_texts{{head="{HEAD}"}} {float(after["window"])}' in gauges
+
+
+def test_the_sampling_noise_table_comes_with_the_reference_and_older_references_simulate_it(trained):
+    _, ref = trained
+    assert ref.noise_sizes[0] == 1 and ref.noise_sizes[-1] >= 1_000_000  # any window a config may set
+    table = SamplingNoise.of_reference(ref, THRESHOLDS.window)
+    simulated = SamplingNoise(ref.label_prior, THRESHOLDS.window)
+    for n in (1, 10, 50, 200):  # the same estimate, from draws on a different grid
+        assert table(n) == pytest.approx(simulated(n), rel=0.1, abs=0.005)
+    older = SamplingNoise.of_reference(fake_reference(), THRESHOLDS.window)  # no table: simulated here
+    assert older.sizes[-1] == THRESHOLDS.window
+
+
+def test_serving_a_reference_with_its_noise_table_does_not_import_numpy_random(trained, tmp_path):
+    # numpy.random is ~7 MiB per head process (BENCHMARKS.md §5): only training may load it.
+    _, ref = trained
+    ref.save(tmp_path / "drift.npz")
+    code = f"""
+import sys
+import numpy as np
+from heads.drift import DriftMonitor, DriftReference, DriftThresholds
+ref = DriftReference.load({str(tmp_path / "drift.npz")!r})
+monitor = DriftMonitor("h", DriftThresholds(0.3, 0.15, 0.25, window=200, min_window=1, ood_percentile=1.0))
+vectors = np.repeat(ref.centroids, 10, axis=0)
+monitor.observe("v1", ref, vectors, [label for label in ref.labels for _ in range(10)], [0.9] * len(vectors))
+body = monitor.report("v1", ref)
+assert body["scores"]["label_shift_js"] is not None, body
+bad = [m for m in sys.modules if m.split(".")[:2] in (["numpy", "random"], ["numpy", "ma"])]
+assert not bad, bad
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from heads.inference_log.records import PredictionRecord
 from heads.inference_log.schema import make_engine, migrate, predictions
-from polyhead.cli import app
+from polyhead.commands import app
 from tests.conftest import ROOT
 
 

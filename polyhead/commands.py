@@ -1,0 +1,336 @@
+"""The `polyhead` commands (typer; entry point: polyhead/cli.py). Service modules are imported
+lazily: `polyhead embed` must not pay for (or even have) TensorFlow."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+# Settings classes are light (pydantic only): importing them here lets each `serve` command's
+# options be generated from the one declaration of every setting.
+from embedder.settings import EmbedderSettings
+from gateway.settings import GatewaySettings
+from heads.serve_cli import HEAD_CONFIGS_HELP, serve_head
+from heads.settings import HeadSettings
+from polyhead.settings import (
+    DEFAULT_DB_URL,
+    DEFAULT_EMBEDDER_TARGET,
+    DEFAULT_GATEWAY_URL,
+    DEFAULT_HEADS_DIR,
+    DEFAULT_MODELS_DIR,
+)
+from polyhead.settings_cli import settings_options
+from polyhead.stack import StackSettings
+
+app = typer.Typer(help="polyhead: one embedder, many cheap classifier heads.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+embedder_app = typer.Typer(help="The embedder service.", no_args_is_help=True)
+app.add_typer(embedder_app, name="embedder")
+head_app = typer.Typer(help="Classifier head services.", no_args_is_help=True)
+app.add_typer(head_app, name="head")
+gateway_app = typer.Typer(help="The gateway.", no_args_is_help=True)
+app.add_typer(gateway_app, name="gateway")
+keys_app = typer.Typer(help="Gateway API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+@embedder_app.command("serve")
+@settings_options(EmbedderSettings)
+def embedder_serve(settings: EmbedderSettings):
+    """Serve the embedder over gRPC (health + reflection included)."""
+    from embedder.servable import configure_tf_logging
+
+    configure_tf_logging()
+    from embedder.grpc_server import serve
+    from polyhead.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.json_logs)
+    asyncio.run(serve(settings))
+
+
+@app.command("embed")
+def embed(
+    texts: List[str] = typer.Argument(..., help="Texts to embed"),
+    target: str = typer.Option(DEFAULT_EMBEDDER_TARGET, envvar="POLYHEAD_EMBEDDER_TARGET", help="Embedder address"),
+    bypass_cache: bool = typer.Option(False, help="Skip the server's cache"),
+    full: bool = typer.Option(False, help="Print whole vectors, not a preview"),
+):
+    """Embed TEXT... with a running embedder and print one JSON object per text."""
+    from embedder.client import EmbedderClient
+    from polyhead.errors import PolyheadError
+
+    with EmbedderClient(target, retry=_no_retry()) as client:
+        try:
+            result = client.embed(texts, bypass_cache=bypass_cache)
+        except PolyheadError as err:
+            typer.echo(f"error: {err.message}", err=True)
+            raise typer.Exit(2) from None
+    for text, vector, cached, truncated in zip(texts, result.vectors, result.cached, result.truncated):
+        values = vector.tolist() if full else [round(x, 5) for x in vector[:8].tolist()]
+        typer.echo(json.dumps({"text": text, "dim": len(vector), "cached": cached, "truncated": truncated,
+                               "fingerprint": result.fingerprint, "vector" if full else "vector_head": values},
+                              ensure_ascii=False))
+
+
+def _no_retry():
+    from embedder.client import RetryPolicy
+
+    return RetryPolicy(max_attempts=2)
+
+
+@app.command("export-model")
+def export_model(
+    output: Path = typer.Option(None, help="SavedModel directory (default: the embedder's model_handle)"),
+    max_seq_length: int = typer.Option(128, help="Tokens per text; longer texts are truncated"),
+    force: bool = typer.Option(False, help="Export even if the directory already holds a model"),
+):
+    """Export the bundled all-MiniLM-L6-v2 into a TF-Hub-format SavedModel."""
+    from embedder.servable import configure_tf_logging
+
+    configure_tf_logging()
+    from embedder.export import export_minilm
+    from embedder.fingerprint import fingerprint_saved_model
+    output = output or Path(EmbedderSettings.load().model_handle)
+    if (output / "saved_model.pb").exists() and not force:
+        typer.echo(f"{output} already holds a SavedModel (use --force to re-export)")
+    else:
+        export_minilm(output, max_seq_length=max_seq_length)
+    typer.echo(json.dumps({"path": str(output), "fingerprint": fingerprint_saved_model(output)}))
+
+
+@head_app.command("serve")
+@settings_options(HeadSettings, arguments={"head_configs": "config"})
+def head_serve(settings: HeadSettings,
+               head_configs: Optional[List[Path]] = typer.Argument(
+                   None, help=HEAD_CONFIGS_HELP, exists=True, dir_okay=False)):
+    """Serve one head, or several packed in one process (numpy only: never imports TensorFlow).
+
+    `polyhead head serve` itself runs heads/serve_cli.py (same flags, without typer); this command
+    is what `polyhead head --help` lists and what tests call through typer."""
+    raise typer.Exit(serve_head(settings))
+
+
+@gateway_app.command("serve")
+@settings_options(GatewaySettings)
+def gateway_serve(settings: GatewaySettings):
+    """Serve the gateway: route by model name, OpenAI-style /v1/embeddings."""
+    from gateway.http_server import serve
+    from polyhead.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.json_logs)
+    serve(settings)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Argument(..., help="Who the key is for"),
+    models: str = typer.Option("*", help="Comma-separated models the key may call; * = all"),
+    keys_file: Optional[Path] = typer.Option(None, help="Append the hashed entry to this YAML file"),
+):
+    """Make an API key: prints the key once; only its hash is stored."""
+    import yaml
+
+    from gateway.auth import new_key
+
+    key, digest = new_key()
+    entry = {"name": name, "sha256": digest, "models": [m.strip() for m in models.split(",") if m.strip()]}
+    if keys_file:
+        existing = (yaml.safe_load(keys_file.read_text()) if keys_file.exists() else None) or []
+        keys_file.write_text(yaml.safe_dump(existing + [entry], sort_keys=False))
+    typer.echo(f"key (shown once, give it to {name}): {key}")
+    typer.echo(yaml.safe_dump([entry], sort_keys=False).rstrip())
+
+
+@app.command("train")
+def train(
+    head_configs: List[Path] = typer.Argument(..., help="configs/heads/<name>.yaml (one or more)", exists=True),
+    models_dir: Path = typer.Option(DEFAULT_MODELS_DIR, help="Where versioned artifacts are written"),
+    embedder_target: str = typer.Option(DEFAULT_EMBEDDER_TARGET, envvar="POLYHEAD_EMBEDDER_TARGET"),
+    with_feedback: bool = typer.Option(False, "--with-feedback", help="Add the feedback stored in the inference DB "
+                                       "(text from the log) to the training data; redacted texts are skipped"),
+    db_url: str = typer.Option(DEFAULT_DB_URL, envvar="POLYHEAD_HEAD_DB_URL", help="With --with-feedback: the "
+                               "inference DB (SQLAlchemy URL)"),
+):
+    """Train heads from their configs; embeddings come from the running embedder (and its cache)."""
+    from rich.console import Console
+
+    from embedder.client import EmbedderClient
+    from heads.config import HeadConfigError, load_head_config
+    from heads.training.pipeline import train_from_config
+    from polyhead.errors import PolyheadError
+
+    console = Console(stderr=True)
+    try:
+        configs = [load_head_config(p) for p in head_configs]
+    except HeadConfigError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+    with EmbedderClient(embedder_target, timeout_s=120) as client:
+        for cfg in configs:
+            try:
+                report = train_from_config(cfg, models_dir, client, console=console,
+                                           feedback_db_url=db_url if with_feedback else None)
+            except PolyheadError as err:
+                console.print(f"[red]{cfg.name}: {err.message}[/red]")
+                raise typer.Exit(2) from None
+            test = report.metrics.get("test", {})
+            typer.echo(json.dumps({"head": report.name, "version": report.version, "path": str(report.path),
+                                   "train_time_s": round(report.train_time_s, 2),
+                                   "test_accuracy": test.get("accuracy"), "test_f1_weighted": test.get("f1_weighted"),
+                                   **({"feedback": report.feedback} if report.feedback is not None else {})}))
+
+
+@app.command("report")
+def report(
+    name: str = typer.Argument(..., help="Model (head) name"),
+    since: Optional[str] = typer.Option(None, help="ISO 8601 start (default: 24 h before --until)"),
+    until: Optional[str] = typer.Option(None, help="ISO 8601 end (default: now)"),
+    bucket: str = typer.Option("hour", help="Timeline bucket: hour or day (UTC)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (the API's body)"),
+    gateway: str = typer.Option(DEFAULT_GATEWAY_URL, envvar="POLYHEAD_GATEWAY_URL", help="Ask this gateway"),
+    db_url: Optional[str] = typer.Option(None, help="Read this inference DB directly instead of asking the gateway "
+                                         "(no drift section: drift lives in the head)"),
+    heads_dir: Path = typer.Option(DEFAULT_HEADS_DIR, help="With --db-url: the known heads"),
+    api_key: Optional[str] = typer.Option(None, envvar="POLYHEAD_API_KEY"),
+):
+    """A head's production report: volume, labels, confidence, abstentions, latency, feedback accuracy, drift."""
+    from polyhead.errors import PolyheadError
+    from polyhead.report import from_db, from_gateway, print_report
+
+    if bucket not in ("hour", "day"):
+        typer.echo(f"error: --bucket must be hour or day, not {bucket!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        if db_url:
+            body = from_db(db_url, name, since=since, until=until, bucket=bucket, heads_dir=heads_dir)
+        else:
+            body = from_gateway(gateway, name, since=since, until=until, bucket=bucket, api_key=api_key)
+    except PolyheadError as err:
+        typer.echo(f"error: {err.message}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(body, ensure_ascii=False))
+    else:
+        print_report(body)
+
+
+@app.command("batch")
+def batch(
+    input_path: Path = typer.Argument(..., help="INPUT.jsonl or INPUT.csv", exists=True, dir_okay=False),
+    model: str = typer.Option(..., "--model", "-m", help="Model (head) name"),
+    output: Path = typer.Option(..., "--output", "-o", help="Output JSONL (appended to; re-run to resume)"),
+    gateway: str = typer.Option(DEFAULT_GATEWAY_URL, envvar="POLYHEAD_GATEWAY_URL"),
+    direct: bool = typer.Option(False, "--direct", help="No gateway or head: embed with the embedder and apply "
+                                "the head's artifact in this process (predictions are not logged to the inference DB)"),
+    embedder_target: str = typer.Option(DEFAULT_EMBEDDER_TARGET, help="With --direct: the embedder's gRPC address"),
+    heads_dir: Path = typer.Option(DEFAULT_HEADS_DIR, help="With --direct: where <model>.yaml is"),
+    models_dir: Path = typer.Option(DEFAULT_MODELS_DIR, help="With --direct: the trained artifacts"),
+    version: Optional[str] = typer.Option(None, help="With --direct: a version (default: the config's, usually latest)"),
+    text_field: str = typer.Option("text"),
+    id_field: Optional[str] = typer.Option(None, help="Copy this input field into each output row"),
+    chunk_size: int = typer.Option(32, min=1, max=4096),
+    concurrency: int = typer.Option(4, min=1, max=256),
+    api_key: Optional[str] = typer.Option(None, envvar="POLYHEAD_API_KEY"),
+):
+    """Classify a whole file through the gateway (or --direct): progress bar, bounded concurrency, resumable."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from polyhead.batch import DirectPredictor, GatewayPredictor, classify_file, done_rows, read_rows
+    from polyhead.errors import PolyheadError
+
+    total = sum(1 for _ in read_rows(input_path, text_field))
+    already = len(done_rows(output))
+
+    async def run(advance):
+        if direct:
+            predictor = DirectPredictor(embedder_target, models_dir, heads_dir / f"{model}.yaml", version=version)
+        else:
+            predictor = GatewayPredictor(gateway, model, api_key=api_key)
+        try:
+            return await classify_file(predictor, input_path, output, text_field=text_field, id_field=id_field,
+                                       chunk_size=chunk_size, concurrency=concurrency, on_progress=advance)
+        finally:
+            await predictor.aclose()
+
+    with Progress(TextColumn(f"[{model}]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as progress:
+        task = progress.add_task("classify", total=total, completed=already)
+        try:
+            report = asyncio.run(run(lambda n: progress.advance(task, n)))
+        except (ValueError, RuntimeError) as err:  # a bad row, a head config error, a refused chunk
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        except PolyheadError as err:
+            typer.echo(f"error: {err.message}", err=True)
+            raise typer.Exit(2) from None
+    typer.echo(json.dumps({"rows": report.rows_total, "already_done": report.rows_done_before,
+                           "classified": report.rows_classified, "seconds": round(report.seconds, 2),
+                           "rows_per_s": round(report.rows_per_s, 1), "output": str(output)}))
+
+
+@app.command("up")
+@settings_options(StackSettings)
+def up(settings: StackSettings):
+    """Run the whole stack: embedder, every configured head, gateway (Ctrl-C stops all)."""
+    from rich.console import Console
+
+    from polyhead.stack import Stack
+
+    raise typer.Exit(Stack(settings, Console()).run())
+
+
+@app.command("status")
+@settings_options(StackSettings)
+def stack_status(settings: StackSettings):
+    """Show each service of a running `polyhead up`: port, health, version."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from polyhead.stack import status
+
+    rows = status(settings)
+    if not rows:
+        typer.echo("polyhead is not running here (no stack state found)")
+        raise typer.Exit(1) from None
+    table = Table("service", "port", "pid", "health", "version", "restarts")
+    for r in rows:
+        table.add_row(r["name"], str(r["port"]), f"{r['pid']}" + ("" if r["alive"] else " (dead)"), r["health"],
+                      r["version"], str(r["restarts"]))
+    Console().print(table)
+
+
+deploy_app = typer.Typer(help="Deployment files: docker-compose.yml, deploy/prometheus.yml, deploy/k8s/.",
+                         no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("generate")
+def deploy_generate(
+    root: Path = typer.Option(Path("."), help="Project root: reads configs/heads, writes the files there",
+                              exists=True, file_okay=False),
+    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 if any generated file is stale"),
+    heads_per_process: Optional[int] = typer.Option(
+        None, min=0, help="0: every head packed in one service; 1: a service per head (default: StackSettings')"),
+):
+    """(Re)generate compose, Prometheus and Kubernetes files from configs/heads/*.yaml."""
+    from heads.config import HeadConfigError
+    from polyhead.deploy import stale, write
+
+    try:
+        changed = stale(root, heads_per_process=heads_per_process) if check else write(root, heads_per_process)
+    except (HeadConfigError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    for rel in changed:
+        typer.echo(f"{'stale' if check else 'wrote'}: {rel}")
+    if check and changed:
+        raise typer.Exit(1) from None
+    if not changed:
+        typer.echo("deployment files are up to date")
+
+
+def main() -> None:
+    sys.exit(app())
