@@ -176,3 +176,25 @@ async def test_the_coalescer_merges_callers_of_one_set_only():
         assert out.fingerprint == fs and out.vectors.shape == (1, 12 if fs == "all6" else 2)
     # One slot: the oldest caller's set goes first with every caller of that set, then the other set.
     assert client.calls == [("default", ["t0", "t2", "t4"]), ("all6", ["t1", "t3"])]
+
+
+async def test_batch_direct_embeds_with_the_artifacts_set_and_refuses_an_embedder_without_it(all6_head, embedder,
+                                                                                            tmp_path):
+    from polyhead.batch import DirectPredictor, classify_file
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    predictor = DirectPredictor(embedder.target, all6_head.models_dir, all6_head.config)
+    try:
+        await classify_file(predictor, source, tmp_path / "out.jsonl")
+    finally:
+        await predictor.aclose()
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in rows] == ["billing", "technical"]
+    async with running_embedder(model_handle="fake://?feature_sets=default") as old:
+        predictor = DirectPredictor(old.target, all6_head.models_dir, all6_head.config)
+        try:
+            with pytest.raises(RuntimeError, match="feature set 'all6'"):
+                await classify_file(predictor, source, tmp_path / "refused.jsonl")
+        finally:
+            await predictor.aclose()
