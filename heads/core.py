@@ -23,10 +23,10 @@ from heads.config import HeadConfig, load_head_config
 from heads.drift import SCORE_NAMES, DriftMonitor, DriftThresholds
 from heads.inference_log.records import PredictionRecord
 from heads.inference_log.writer import InferenceLog
-from heads.pipeline import Embedded, FingerprintMismatch, HeadPipeline
-from heads.servable import ServableManager
+from heads.pipeline import Embedded, FingerprintMismatch, HeadPipeline, embed_error
+from heads.servable import HeadServable, ServableManager
 from heads.settings import HeadSettings
-from polyhead.errors import NotFoundError, PolyheadError, ValidationError
+from polyhead.errors import NotFoundError, PolyheadError
 from polyhead.validation import check_texts
 
 log = logging.getLogger("polyhead.head.core")
@@ -129,13 +129,11 @@ class HeadService:
         """Not ready until the next readiness check finds a matching encoder."""
         self._readiness = Readiness(False, {"fingerprint": "mismatch"})
 
-    def embed_error(self, err: PolyheadError) -> PolyheadError:
-        """What this head answers for a failed shared Embed (HeadProcess.classify): an embedder without
-        its feature set is a mismatch (503, not ready), as in HeadPipeline.run."""
-        servable = self.manager.current
-        if isinstance(err, ValidationError) and err.field == "feature_set" and servable is not None:
+    def embed_error(self, err: PolyheadError, servable: HeadServable) -> PolyheadError:
+        """What this head answers for a failed shared Embed (HeadProcess.classify), as HeadPipeline.run would."""
+        err = embed_error(servable, err)
+        if isinstance(err, FingerprintMismatch):
             self.refuse_mismatch()
-            return FingerprintMismatch.unknown_set(servable, err)
         return err
 
     # -- drift (heads.drift): the window sees every answered text, from the vectors already at hand --
@@ -283,24 +281,25 @@ class HeadProcess:
         """Every named head on the same texts with ONE Embed call per feature set among them; each
         head's error stays its own."""
         outcomes: dict[str, ModelOutcome] = {}
-        by_set: dict[str, list[HeadService]] = {}
+        by_set: dict[str, list[tuple[HeadService, HeadServable]]] = {}
         for name in dict.fromkeys(models):
             try:
                 service = self.get(name)
                 service.validate(texts, batch=True)  # each head's own limits
                 servable = service.pipeline.servable()  # no artifact: its own 503, before the shared call
-                by_set.setdefault(servable.feature_set, []).append(service)
+                by_set.setdefault(servable.feature_set, []).append((service, servable))
             except PolyheadError as err:
                 outcomes[name] = ModelOutcome(error=err)
 
-        async def embed_for(feature_set: str, ready: list[HeadService]) -> None:
+        async def embed_for(feature_set: str, heads: list[tuple[HeadService, HeadServable]]) -> None:
             t0 = time.perf_counter()
             try:
                 vectors = await self.client.embed(texts, request_id=request_id, feature_set=feature_set)
             except PolyheadError as err:
-                for s in ready:
-                    outcomes[s.name] = ModelOutcome(error=s.embed_error(err))
+                for service, servable in heads:
+                    outcomes[service.name] = ModelOutcome(error=service.embed_error(err, servable))
                 return
+            ready = [service for service, _ in heads]
             embedded = Embedded(vectors, time.perf_counter() - t0, feature_set)
 
             async def one(service: HeadService) -> ModelOutcome:
@@ -313,5 +312,5 @@ class HeadProcess:
             for service, outcome in zip(ready, await asyncio.gather(*(one(s) for s in ready))):
                 outcomes[service.name] = outcome
 
-        await asyncio.gather(*(embed_for(fs, ready) for fs, ready in by_set.items()))
+        await asyncio.gather(*(embed_for(fs, heads) for fs, heads in by_set.items()))
         return {name: outcomes[name] for name in dict.fromkeys(models)}

@@ -19,7 +19,7 @@ from embedder.fallback import EmbeddingFallback
 from heads import metrics
 from heads.api import Prediction
 from heads.servable import HeadServable
-from polyhead.errors import DeadlineExceededError, UnavailableError, ValidationError
+from polyhead.errors import DeadlineExceededError, PolyheadError, UnavailableError, ValidationError
 
 log = logging.getLogger("polyhead.head.pipeline")
 
@@ -27,11 +27,16 @@ log = logging.getLogger("polyhead.head.pipeline")
 class FingerprintMismatch(UnavailableError):
     """The embedder serves another encoder (or feature set) than the one the artifact was trained on."""
 
-    @classmethod
-    def unknown_set(cls, servable: HeadServable, err: ValidationError) -> FingerprintMismatch:
-        return cls(f"version {servable.version} was trained on feature set {servable.feature_set!r}, which the "
-                   f"embedder does not serve ({err.message}); retrain the head or serve an encoder exported with it",
-                   retry_after_s=30)
+
+def embed_error(servable: HeadServable, err: PolyheadError) -> PolyheadError:
+    """An Embed error as the head answers it: an embedder without the artifact's feature set is a
+    mismatch (503, not ready), not the caller's invalid argument."""
+    if isinstance(err, ValidationError) and err.field == "feature_set":
+        return FingerprintMismatch(
+            f"version {servable.version} was trained on feature set {servable.feature_set!r}, which the embedder "
+            f"does not serve ({err.message}); retrain the head or serve an encoder exported with it",
+            retry_after_s=30)
+    return err
 
 
 @dataclass(frozen=True)
@@ -81,9 +86,7 @@ class HeadPipeline:
             try:
                 embeddings = await self.client.embed(texts, request_id=request_id, feature_set=servable.feature_set)
             except ValidationError as err:
-                if err.field == "feature_set":  # the embedder lacks the set: a mismatch, not the caller's fault
-                    raise FingerprintMismatch.unknown_set(servable, err) from None
-                raise
+                raise embed_error(servable, err) from None
             except (UnavailableError, DeadlineExceededError) as err:
                 if self.fallback is None:
                     raise

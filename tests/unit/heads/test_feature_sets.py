@@ -134,10 +134,21 @@ async def test_packed_classify_sends_one_embed_per_feature_set(all6_head, traine
     shutil.copytree(models / HEAD, models / "also-default")
     from heads.http_server import create_app
 
-    app = create_app(HeadSettings(config=configs, models_dir=models, embedder_target=embedder.target, port=0,
-                                  db_url=f"sqlite:///{tmp_path / 'inference.db'}", spool_dir=tmp_path / "spool",
-                                  version_poll_s=0, readiness_ttl_s=0, embedder_timeout_s=5))
-    async with asgi_client(app) as client:
+    def packed_app(target: str):
+        return create_app(HeadSettings(config=configs, models_dir=models, embedder_target=target, port=0,
+                                       db_url=f"sqlite:///{tmp_path / 'inference.db'}", spool_dir=tmp_path / "spool",
+                                       version_poll_s=0, readiness_ttl_s=0, embedder_timeout_s=5))
+
+    async with running_embedder(model_handle="fake://?feature_sets=default") as old:  # same model, no all6
+        async with asgi_client(packed_app(old.target)) as client:
+            reply = await client.post("/classify", json={"texts": TEXTS, "models": [HEAD, ALL6_HEAD]})
+            results = reply.json()["results"]
+            assert "predictions" in results[HEAD]  # the default head still answers
+            assert results[ALL6_HEAD]["status"] == 503
+            assert "feature set 'all6'" in results[ALL6_HEAD]["error"]["message"]
+            assert (await client.get(f"/heads/{ALL6_HEAD}/readyz")).status_code == 503
+
+    async with asgi_client(packed_app(embedder.target)) as client:
         texts = [f"{t} (packed {i})" for i, t in enumerate(TEXTS)]  # new texts: every Embed reaches the model
         before = embedder_calls("Embed")
         reply = await client.post("/classify", json={"texts": texts, "models": [HEAD, ALL6_HEAD, "also-default"]})
