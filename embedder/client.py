@@ -22,7 +22,7 @@ from typing import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 import grpc
 import numpy as np
 
-from embedder.feature_sets import DEFAULT, FeatureSet
+from embedder.feature_sets import DEFAULT, FeatureSet, answers
 from embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from polyhead.errors import (
     DeadlineExceededError,
@@ -68,6 +68,15 @@ class RetryPolicy:
     def backoff(self, attempt: int) -> float:
         cap = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** attempt)
         return random.uniform(cap / 2, cap)  # jitter so replicas' clients do not retry in lockstep
+
+
+def decode_set(response: embedder_pb2.EmbedResponse, feature_set: str) -> Embeddings:
+    """decode(), refusing default vectors answered for another set (by an embedder older than feature sets)."""
+    if not answers(response.fingerprint, feature_set):
+        raise ValidationError(f"feature_set: the embedder answered {response.fingerprint}, not feature set "
+                              f"{feature_set!r}; it predates feature sets and serves only 'default'",
+                              field="feature_set")
+    return decode(response)
 
 
 def decode(response: embedder_pb2.EmbedResponse) -> Embeddings:
@@ -144,7 +153,7 @@ class EmbedderClient:
     def embed(self, texts: Sequence[str], *, bypass_cache: bool = False, timeout_s: float | None = None,
               request_id: str | None = None, feature_set: str = DEFAULT) -> Embeddings:
         request = embed_request(texts, bypass_cache, feature_set)
-        return decode(self._call(self._stub.Embed, request, timeout_s, request_id))
+        return decode_set(self._call(self._stub.Embed, request, timeout_s, request_id), feature_set)
 
     def embed_stream(self, batches: Iterable[Sequence[str]], *, bypass_cache: bool = False,
                      timeout_s: float | None = None, request_id: str | None = None,
@@ -153,7 +162,7 @@ class EmbedderClient:
         requests = (embed_request(b, bypass_cache, feature_set) for b in batches)
         try:
             for response in self._stub.EmbedStream(requests, timeout=timeout_s, metadata=_metadata(request_id)):
-                yield decode(response)
+                yield decode_set(response, feature_set)
         except grpc.RpcError as exc:
             raise to_polyhead_error(exc) from None
 
@@ -204,7 +213,7 @@ class AsyncEmbedderClient:
     async def embed(self, texts: Sequence[str], *, bypass_cache: bool = False, timeout_s: float | None = None,
                     request_id: str | None = None, feature_set: str = DEFAULT) -> Embeddings:
         request = embed_request(texts, bypass_cache, feature_set)
-        return decode(await self._call(self._stub.Embed, request, timeout_s, request_id))
+        return decode_set(await self._call(self._stub.Embed, request, timeout_s, request_id), feature_set)
 
     async def embed_stream(self, batches: AsyncIterable[Sequence[str]] | Iterable[Sequence[str]], *,
                            bypass_cache: bool = False, timeout_s: float | None = None,
@@ -219,7 +228,7 @@ class AsyncEmbedderClient:
 
         try:
             async for response in self._stub.EmbedStream(requests(), timeout=timeout_s, metadata=_metadata(request_id)):
-                yield decode(response)
+                yield decode_set(response, feature_set)
         except grpc.RpcError as exc:
             raise to_polyhead_error(exc) from None
 

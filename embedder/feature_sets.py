@@ -34,6 +34,12 @@ def derived_fingerprint(model_fingerprint: str, name: str, version: int) -> str:
     return f"{model_fingerprint}+{name}-v{version}"
 
 
+def answers(fingerprint: str, name: str) -> bool:
+    """Whether vectors with this fingerprint can be of set `name` (derived_fingerprint's form). A server
+    older than feature sets ignores a request's feature_set and answers the default vector."""
+    return name == DEFAULT or f"+{name}-v" in fingerprint
+
+
 def resolve(sets: dict[str, FeatureSet], name: str) -> FeatureSet:
     """The served set called `name` ("" means default), or a ValidationError naming the field."""
     found = sets.get(name or DEFAULT)

@@ -112,3 +112,17 @@ async def test_l2_keys_carry_the_sets_fingerprint(redis_url, l2_prefix):
         assert fresh[0] is not None and fresh[0].vector.shape == (2304,)
         assert await svc.l2.get_many(model.fingerprint, TEXTS[:1]) == [None]
     assert l2_key(l2_prefix, model.feature_sets["all6"].fingerprint, "x") != l2_key(l2_prefix, model.fingerprint, "x")
+
+
+def test_the_client_refuses_default_vectors_answered_for_another_set():
+    """An embedder older than feature sets ignores the request's feature_set and answers default."""
+    from embedder.client import decode_set
+
+    old_answer = embedder_pb2.EmbedResponse(embeddings=np.ones((1, 2), "<f4").tobytes(), dim=2, cached=[False],
+                                            truncated=[False], token_counts=[1], fingerprint="sha256:0123")
+    assert decode_set(old_answer, "default").vectors.shape == (1, 2)
+    with pytest.raises(ValidationError, match="predates feature sets") as err:
+        decode_set(old_answer, "all6")
+    assert err.value.field == "feature_set"
+    old_answer.fingerprint = derived_fingerprint("sha256:0123", "all6", 1)
+    assert decode_set(old_answer, "all6").fingerprint == "sha256:0123+all6-v1"
