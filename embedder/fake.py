@@ -48,7 +48,8 @@ class FakeEmbeddingServable:
             raise ValueError(f"dim and max_seq_length must be >= 1, got {dim} and {max_seq_length}")
         if DEFAULT not in feature_sets or set(feature_sets) - set(KNOWN):
             raise ValueError(f"feature_sets: expected {DEFAULT!r} and any of {KNOWN}, got {feature_sets}")
-        self.handle = f"{FAKE_SCHEME}://?dim={dim}&seed={seed}"
+        self.handle = f"{FAKE_SCHEME}://?dim={dim}&seed={seed}" + \
+            ("" if set(feature_sets) == set(KNOWN) else f"&feature_sets={','.join(feature_sets)}")
         self.name = name
         self.seed = seed
         self._dim = dim
