@@ -3,7 +3,8 @@
 One asyncio task collects queued texts for up to `max_wait_ms` (or until `max_batch_size`),
 drops those nobody waits for any more (cancelled) or whose deadline passed, and runs the model on
 a worker thread so the event loop keeps serving gRPC I/O meanwhile. The queue is bounded: a full
-queue rejects new work with OverloadedError instead of growing memory.
+queue rejects new work with OverloadedError instead of growing memory. A batch holds texts of one
+feature set only (one model pass answers one set); the others wait at the front of the queue.
 
 Every batch is padded to its longest text, so padding is what length-mixed traffic wastes (random
 real sentences in batches of 16: 0.6x the throughput of length-sorted ones). Two cures:
@@ -26,6 +27,7 @@ from typing import Callable
 
 from embedder import metrics
 from embedder.cache import CachedEmbedding
+from embedder.feature_sets import DEFAULT
 from embedder.servable import EmbedBatchResult
 from polyhead.errors import DeadlineExceededError, OverloadedError, UnavailableError
 
@@ -39,6 +41,7 @@ class BatchItem:
     deadline: float | None = None  # time.monotonic() seconds; None = no deadline
     waiters: int = 0  # requests awaiting this text (in-flight dedup shares one item)
     enqueued_at: float = field(default_factory=time.monotonic)
+    feature_set: str = DEFAULT
 
     def extend_deadline(self, deadline: float | None) -> None:
         if self.deadline is None or deadline is None:
@@ -50,7 +53,7 @@ class BatchItem:
 class MicroBatcher:
     def __init__(
         self,
-        run_batch: Callable[[list[str]], EmbedBatchResult],
+        run_batch: Callable[[list[str], str], EmbedBatchResult],  # (texts, feature set)
         max_batch_size: int,
         max_wait_ms: float,
         max_queue_size: int,
@@ -85,8 +88,8 @@ class MicroBatcher:
                 retry_after_s=0.5,
             )
 
-    def submit(self, text: str, deadline: float | None) -> BatchItem:
-        item = BatchItem(text, asyncio.get_running_loop().create_future(), deadline)
+    def submit(self, text: str, deadline: float | None, feature_set: str = DEFAULT) -> BatchItem:
+        item = BatchItem(text, asyncio.get_running_loop().create_future(), deadline, feature_set=feature_set)
         self._queue.append(item)
         metrics.QUEUE_DEPTH.set(len(self._queue))
         self._wakeup.set()
@@ -123,11 +126,11 @@ class MicroBatcher:
         return self._take()
 
     def _take(self) -> list[BatchItem]:
-        """Up to max_batch_size live items: the oldest, then those nearest its length within the
-        window; the others keep their order at the front of the queue."""
-        window: list[BatchItem] = []
+        """Up to max_batch_size live items: the oldest, then those of its feature set nearest its
+        length within the window; the others keep their order at the front of the queue."""
+        live: list[BatchItem] = []
         now = time.monotonic()
-        while self._queue and len(window) < self.max_batch_size * self.batch_window:
+        while self._queue and len(live) < self.max_batch_size * self.batch_window:
             item = self._queue.popleft()
             if item.future.done() or item.waiters <= 0:
                 metrics.DROPPED.labels("cancelled").inc()
@@ -138,14 +141,16 @@ class MicroBatcher:
                 metrics.DROPPED.labels("deadline").inc()
                 item.future.set_exception(DeadlineExceededError("deadline passed while queued"))
                 continue
-            window.append(item)
+            live.append(item)
+        # One model pass answers one feature set: the oldest text's.
+        window = [it for it in live if it.feature_set == live[0].feature_set] if live else []
         if len(window) > self.max_batch_size:
             anchor = len(window[0].text)
             nearest = heapq.nsmallest(self.max_batch_size - 1, range(1, len(window)),
                                       key=lambda i: (abs(len(window[i].text) - anchor), i))
-            chosen = {0, *nearest}
-            self._queue.extendleft(reversed([it for i, it in enumerate(window) if i not in chosen]))
-            window = [it for i, it in enumerate(window) if i in chosen]
+            window = [window[0]] + [window[i] for i in sorted(nearest)]
+        chosen = {id(it) for it in window}
+        self._queue.extendleft(reversed([it for it in live if id(it) not in chosen]))
         metrics.QUEUE_DEPTH.set(len(self._queue))
         return window
 
@@ -180,7 +185,7 @@ class MicroBatcher:
         started = time.perf_counter()
         try:
             result = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._run_batch, [it.text for it in batch])
+                self._executor, self._run_batch, [it.text for it in batch], batch[0].feature_set)
         except Exception as exc:  # a model failure fails this batch only
             log.exception("model batch failed", extra={"size": len(batch)})
             for it in batch:

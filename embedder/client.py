@@ -6,7 +6,8 @@ restarting or a replica going away); `dns:///host:port` targets are balanced rou
 every address the name resolves to (a Kubernetes headless Service), and `ipv4:h:p1,h:p2` lists
 likewise (`polyhead up --embedder-replicas`); a replica whose health is not SERVING gets no calls.
 Server errors come back as polyhead's own error types, so callers map them to HTTP the same way as
-their own errors.
+their own errors. `feature_set` picks the encoder output (embedder/feature_sets.py); the answer's
+fingerprint is that set's, and `info()` lists every set served (`feature_sets(info)` as a dict).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 import grpc
 import numpy as np
 
+from embedder.feature_sets import DEFAULT, FeatureSet, answers
 from embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from polyhead.errors import (
     DeadlineExceededError,
@@ -68,6 +70,15 @@ class RetryPolicy:
         return random.uniform(cap / 2, cap)  # jitter so replicas' clients do not retry in lockstep
 
 
+def decode_set(response: embedder_pb2.EmbedResponse, feature_set: str) -> Embeddings:
+    """decode(), refusing default vectors answered for another set (by an embedder older than feature sets)."""
+    if not answers(response.fingerprint, feature_set):
+        raise ValidationError(f"feature_set: the embedder answered {response.fingerprint}, not feature set "
+                              f"{feature_set!r}; it predates feature sets and serves only 'default'",
+                              field="feature_set")
+    return decode(response)
+
+
 def decode(response: embedder_pb2.EmbedResponse) -> Embeddings:
     n = len(response.cached)
     vectors = np.frombuffer(response.embeddings, dtype="<f4").reshape(n, response.dim) if n else np.zeros((0, response.dim), np.float32)
@@ -96,10 +107,19 @@ def _channel_options(max_message_mb: int) -> list[tuple[str, object]]:
     ]
 
 
-def embed_request(texts: Sequence[str], bypass_cache: bool = False) -> embedder_pb2.EmbedRequest:
+def feature_sets(info: embedder_pb2.InfoResponse) -> dict[str, FeatureSet]:
+    """The sets an Info answer lists, default first; an embedder older than feature sets serves "default" only."""
+    sets = {f.name: FeatureSet(f.name, f.dim, f.fingerprint) for f in info.feature_sets}
+    return sets or {DEFAULT: FeatureSet(DEFAULT, info.dim, info.fingerprint)}
+
+
+def embed_request(texts: Sequence[str], bypass_cache: bool = False,
+                  feature_set: str = DEFAULT) -> embedder_pb2.EmbedRequest:
     """protobuf strings must be UTF-8: a text with an unpaired surrogate cannot even be sent. Say which."""
+    # "default" travels as the empty string: the request an embedder older than feature sets expects.
+    feature_set = "" if feature_set == DEFAULT else feature_set
     try:
-        return embedder_pb2.EmbedRequest(texts=list(texts), bypass_cache=bypass_cache)
+        return embedder_pb2.EmbedRequest(texts=list(texts), bypass_cache=bypass_cache, feature_set=feature_set)
     except UnicodeEncodeError:
         i, problem = first_unencodable(texts)
         raise ValidationError(f"texts[{i}]: {problem}", field=f"texts[{i}]") from None
@@ -131,17 +151,18 @@ class EmbedderClient:
         raise AssertionError("unreachable")
 
     def embed(self, texts: Sequence[str], *, bypass_cache: bool = False, timeout_s: float | None = None,
-              request_id: str | None = None) -> Embeddings:
-        request = embed_request(texts, bypass_cache)
-        return decode(self._call(self._stub.Embed, request, timeout_s, request_id))
+              request_id: str | None = None, feature_set: str = DEFAULT) -> Embeddings:
+        request = embed_request(texts, bypass_cache, feature_set)
+        return decode_set(self._call(self._stub.Embed, request, timeout_s, request_id), feature_set)
 
     def embed_stream(self, batches: Iterable[Sequence[str]], *, bypass_cache: bool = False,
-                     timeout_s: float | None = None, request_id: str | None = None) -> Iterator[Embeddings]:
+                     timeout_s: float | None = None, request_id: str | None = None,
+                     feature_set: str = DEFAULT) -> Iterator[Embeddings]:
         """Bulk jobs: one response per batch, in order, over one HTTP/2 stream (not retried)."""
-        requests = (embed_request(b, bypass_cache) for b in batches)
+        requests = (embed_request(b, bypass_cache, feature_set) for b in batches)
         try:
             for response in self._stub.EmbedStream(requests, timeout=timeout_s, metadata=_metadata(request_id)):
-                yield decode(response)
+                yield decode_set(response, feature_set)
         except grpc.RpcError as exc:
             raise to_polyhead_error(exc) from None
 
@@ -190,24 +211,24 @@ class AsyncEmbedderClient:
         raise AssertionError("unreachable")
 
     async def embed(self, texts: Sequence[str], *, bypass_cache: bool = False, timeout_s: float | None = None,
-                    request_id: str | None = None) -> Embeddings:
-        request = embed_request(texts, bypass_cache)
-        return decode(await self._call(self._stub.Embed, request, timeout_s, request_id))
+                    request_id: str | None = None, feature_set: str = DEFAULT) -> Embeddings:
+        request = embed_request(texts, bypass_cache, feature_set)
+        return decode_set(await self._call(self._stub.Embed, request, timeout_s, request_id), feature_set)
 
     async def embed_stream(self, batches: AsyncIterable[Sequence[str]] | Iterable[Sequence[str]], *,
                            bypass_cache: bool = False, timeout_s: float | None = None,
-                           request_id: str | None = None) -> AsyncIterator[Embeddings]:
+                           request_id: str | None = None, feature_set: str = DEFAULT) -> AsyncIterator[Embeddings]:
         async def requests():
             if hasattr(batches, "__aiter__"):
                 async for b in batches:
-                    yield embed_request(b, bypass_cache)
+                    yield embed_request(b, bypass_cache, feature_set)
             else:
                 for b in batches:
-                    yield embed_request(b, bypass_cache)
+                    yield embed_request(b, bypass_cache, feature_set)
 
         try:
             async for response in self._stub.EmbedStream(requests(), timeout=timeout_s, metadata=_metadata(request_id)):
-                yield decode(response)
+                yield decode_set(response, feature_set)
         except grpc.RpcError as exc:
             raise to_polyhead_error(exc) from None
 

@@ -1,5 +1,8 @@
 """The embedder's core, independent of any front end: validate -> L1 cache -> L2 cache (Redis, optional)
--> in-flight dedup -> batcher -> servable."""
+-> in-flight dedup -> batcher -> servable.
+
+Every key (L1, L2, in flight) is (the feature set's fingerprint, text): sets never share an entry.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import numpy as np
 from embedder import metrics
 from embedder.batching import BatchItem, MicroBatcher
 from embedder.cache import EmbeddingCache
+from embedder.feature_sets import FeatureSet, resolve
 from embedder.l2cache import RedisL2Cache
 from embedder.servable import TextEmbeddingServable
 from embedder.settings import EmbedderSettings
@@ -24,6 +28,7 @@ class EmbedOutcome:
     cached: list[bool]
     truncated: list[bool]
     token_counts: list[int]
+    feature_set: FeatureSet  # what the vectors are: name, dim, fingerprint
 
 
 class EmbeddingService:
@@ -54,15 +59,18 @@ class EmbeddingService:
         if self.l2 is not None:
             await self.l2.close()
 
-    def validate(self, texts: list[str]) -> None:
+    def validate(self, texts: list[str], feature_set: str = "") -> FeatureSet:
         check_texts(texts, max_texts=self.settings.max_texts_per_request, max_chars=self.settings.max_text_chars)
+        return resolve(self.servable.feature_sets, feature_set)
 
-    async def embed(self, texts: list[str], bypass_cache: bool = False, timeout_s: float | None = None) -> EmbedOutcome:
-        self.validate(texts)
+    async def embed(self, texts: list[str], bypass_cache: bool = False, timeout_s: float | None = None,
+                    feature_set: str = "") -> EmbedOutcome:
+        """`feature_set`: a name of `servable.feature_sets`; "" is the default set."""
+        fs = self.validate(texts, feature_set)
         metrics.TEXTS.inc(len(texts))
-        fp = self.servable.fingerprint
+        fp = fs.fingerprint
         deadline = time.monotonic() + timeout_s if timeout_s else None
-        vectors = np.empty((len(texts), self.servable.dim), dtype=np.float32)
+        vectors = np.empty((len(texts), fs.dim), dtype=np.float32)
         cached = [False] * len(texts)
         truncated = [False] * len(texts)
         token_counts = [0] * len(texts)
@@ -78,7 +86,7 @@ class EmbeddingService:
 
         if needed and self.l2 is not None and not bypass_cache:
             # One MGET for every L1 miss of this request (and of the other requests of this loop tick).
-            for text, hit in zip(list(needed), await self.l2.get_many(fp, list(needed))):
+            for text, hit in zip(list(needed), await self.l2.get_many(fp, list(needed), dim=fs.dim)):
                 if hit is not None:
                     self.cache.put((fp, text), hit)
                     for i in needed.pop(text):
@@ -86,7 +94,7 @@ class EmbeddingService:
                             hit.vector, True, hit.truncated, hit.token_count)
 
         if needed:
-            items = self._enqueue(list(needed), fp, bypass_cache, deadline)
+            items = self._enqueue(list(needed), fs, bypass_cache, deadline)
             for it in items:
                 it.waiters += 1
             try:
@@ -97,10 +105,11 @@ class EmbeddingService:
             for indices, result in zip(needed.values(), results):
                 for i in indices:
                     vectors[i], truncated[i], token_counts[i] = result.vector, result.truncated, result.token_count
-        return EmbedOutcome(vectors, cached, truncated, token_counts)
+        return EmbedOutcome(vectors, cached, truncated, token_counts, fs)
 
-    def _enqueue(self, texts: list[str], fp: str, bypass_cache: bool, deadline: float | None) -> list[BatchItem]:
+    def _enqueue(self, texts: list[str], fs: FeatureSet, bypass_cache: bool, deadline: float | None) -> list[BatchItem]:
         assert self.batcher is not None, "start() first"
+        fp = fs.fingerprint
         joined = {} if bypass_cache else {t: self._inflight[(fp, t)] for t in texts if (fp, t) in self._inflight}
         self.batcher.ensure_capacity(len(texts) - len(joined))
         items = []
@@ -110,7 +119,7 @@ class EmbeddingService:
                 metrics.INFLIGHT_JOINS.inc()
                 item.extend_deadline(deadline)
             else:
-                item = self.batcher.submit(text, deadline)
+                item = self.batcher.submit(text, deadline, fs.name)
                 if not bypass_cache:
                     key = (fp, text)
                     self._inflight[key] = item
@@ -142,4 +151,5 @@ class EmbeddingService:
                 "max_queue_size": s.max_queue_size,
             },
             "cache_max_entries": s.cache_max_entries,
+            "feature_sets": list(self.servable.feature_sets.values()),  # default first
         }

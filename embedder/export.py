@@ -17,9 +17,15 @@ from typing import Mapping
 
 import numpy as np
 
+from embedder.feature_sets import ALL6
+
 DEFAULT_MAX_SEQ_LENGTH = 128
 # Bumped whenever the in-graph preprocessing changes, so the fingerprint changes with it.
 PREPROCESSING_VERSION = 1
+# The feature sets beside the default vector (embedder/feature_sets.py), each with the version of its
+# computation: bump one when its numbers change and its derived fingerprint changes with it. Not a
+# variable: the model's fingerprint, which is the default set's, must not move when sets are added.
+FEATURE_SET_VERSIONS = {ALL6: 1}
 
 # HF BertNormalizer(clean_text=True): drop NUL, U+FFFD and "other" characters (Cc, Cf, Co, Cs, Cn)
 # except \t\n\r, which, like every Unicode space separator, become a plain space.
@@ -131,7 +137,8 @@ def _build_module(weights: Mapping[str, np.ndarray], config: dict, vocab_path: P
             mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
             return (x - mean) * tf.math.rsqrt(var + eps) * ln[0] + ln[1]
 
-        def _encode(self, ids, mask):
+        def _layer_states(self, ids, mask):
+            """Every transformer layer's output, [batch, seq, hidden] each (the same ops whoever asks)."""
             batch, seq = tf.shape(ids)[0], tf.shape(ids)[1]
             x = (
                 tf.gather(self.word_embeddings, ids)
@@ -148,6 +155,7 @@ def _build_module(weights: Mapping[str, np.ndarray], config: dict, vocab_path: P
             def dense(t, wb):
                 return tf.matmul(t, wb[0]) + wb[1]
 
+            states = []
             for layer in self.layers:
                 q, k, v_ = heads(dense(x, layer["q"])), heads(dense(x, layer["k"])), heads(dense(x, layer["v"]))
                 scores = tf.matmul(q, k, transpose_b=True) * scale + attn_bias
@@ -156,9 +164,17 @@ def _build_module(weights: Mapping[str, np.ndarray], config: dict, vocab_path: P
                 x = self._layer_norm(x + dense(ctx, layer["o"]), layer["ln1"])
                 up = tf.nn.gelu(dense(x, layer["up"]), approximate=False)
                 x = self._layer_norm(x + dense(up, layer["down"]), layer["ln2"])
+                states.append(x)
+            return states
+
+        @staticmethod
+        def _pool(x, mask):
             summed = tf.reduce_sum(x * mask[:, :, tf.newaxis], axis=1)
             pooled = summed / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1e-9)
             return tf.math.l2_normalize(pooled, axis=1, epsilon=1e-12)
+
+        def _encode(self, ids, mask):
+            return self._pool(self._layer_states(ids, mask)[-1], mask)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def __call__(self, texts):
@@ -170,6 +186,20 @@ def _build_module(weights: Mapping[str, np.ndarray], config: dict, vocab_path: P
             """Embeddings plus each text's token count before truncation (for `truncated` flags)."""
             ids, mask, num_tokens = self._tokenize(texts)
             return {"embeddings": self._encode(ids, mask), "num_tokens": num_tokens}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def embed_features(self, texts):
+            """Every feature set from ONE encoder pass: "embeddings" (the default vector), one entry per
+            name of FEATURE_SET_VERSIONS, and "num_tokens" as embed_with_stats."""
+            ids, mask, num_tokens = self._tokenize(texts)
+            pooled = [self._pool(x, mask) for x in self._layer_states(ids, mask)]
+            # all6: each layer mean-pooled over the mask, L2-normalised, concatenated (scripts/bench_features.py)
+            return {"embeddings": pooled[-1], ALL6: tf.concat(pooled, axis=1), "num_tokens": num_tokens}
+
+        @tf.function(input_signature=[])
+        def feature_set_versions(self):
+            """{name: version} of the sets embed_features returns; part of each set's fingerprint."""
+            return {name: tf.constant(version, tf.int32) for name, version in FEATURE_SET_VERSIONS.items()}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def token_ids(self, texts):
@@ -206,6 +236,7 @@ def export_minilm(
             "max_seq_length": max_seq_length,
             "preprocessing_version": PREPROCESSING_VERSION,
             "dim": config["hidden_size"],
+            "feature_sets": FEATURE_SET_VERSIONS,
         }, indent=1))
         if output_dir.exists():
             shutil.rmtree(output_dir)

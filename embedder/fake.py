@@ -9,7 +9,9 @@ stack (embedder core, gRPC, heads, gateway) runs in one process in milliseconds.
 The vectors mean nothing beyond shared words. The fingerprint ("fake:...") can never equal a real
 SavedModel's ("sha256:..."), so a head trained on fake vectors refuses to serve on the real model.
 Select it with `model_handle: "fake://"` (optionally `fake://?dim=64&seed=1`); the embedder then
-logs a warning at start.
+logs a warning at start. It serves the feature sets of a real export (embedder/feature_sets.py):
+"all6" is six blocks of `dim`, five more hashed-words vectors (other word seeds) and then the default
+vector, each unit-norm. `feature_sets=default` makes it a model exported before feature sets.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
+from embedder.feature_sets import ALL6, DEFAULT, KNOWN, FeatureSet, derived_fingerprint
 from embedder.servable import EmbedBatchResult
 from embedder.settings import EmbedderSettings
 
@@ -29,6 +32,8 @@ log = logging.getLogger("polyhead.embedder.fake")
 
 FAKE_SCHEME = "fake"
 ALGORITHM = "hashed-words-v1"  # change it when the vectors change: it is part of the fingerprint
+FEATURE_SET_VERSIONS = {ALL6: 1}
+LAYERS = 6  # all6's blocks
 WORD = re.compile(r"\w+")
 
 
@@ -37,10 +42,14 @@ def is_fake_handle(handle: str) -> bool:
 
 
 class FakeEmbeddingServable:
-    def __init__(self, dim: int = 384, max_seq_length: int = 128, seed: int = 0, name: str = "fake-hashed-words"):
+    def __init__(self, dim: int = 384, max_seq_length: int = 128, seed: int = 0, name: str = "fake-hashed-words",
+                 feature_sets: tuple[str, ...] = KNOWN):
         if dim < 1 or max_seq_length < 1:
             raise ValueError(f"dim and max_seq_length must be >= 1, got {dim} and {max_seq_length}")
-        self.handle = f"{FAKE_SCHEME}://?dim={dim}&seed={seed}"
+        if DEFAULT not in feature_sets or set(feature_sets) - set(KNOWN):
+            raise ValueError(f"feature_sets: expected {DEFAULT!r} and any of {KNOWN}, got {feature_sets}")
+        self.handle = f"{FAKE_SCHEME}://?dim={dim}&seed={seed}" + \
+            ("" if set(feature_sets) == set(KNOWN) else f"&feature_sets={','.join(feature_sets)}")
         self.name = name
         self.seed = seed
         self._dim = dim
@@ -48,7 +57,9 @@ class FakeEmbeddingServable:
         self.fingerprint = ""
         self.dim = 0
         self.max_seq_length = 0
-        self._words: dict[str, np.ndarray] = {}
+        self._sets = tuple(dict.fromkeys((DEFAULT, *feature_sets)))
+        self.feature_sets: dict[str, FeatureSet] = {}
+        self._words: dict[tuple[str, int], np.ndarray] = {}
         # What the model was asked to embed (tests assert the cache and in-flight dedup with it).
         self.texts_embedded = 0
         self.batches_embedded = 0
@@ -56,14 +67,15 @@ class FakeEmbeddingServable:
 
     @classmethod
     def from_settings(cls, settings: EmbedderSettings) -> FakeEmbeddingServable:
-        """`model_handle: "fake://?dim=384&seed=0"`; max_seq_length comes from the settings."""
+        """`model_handle: "fake://?dim=384&seed=0&feature_sets=default,all6"`; max_seq_length comes from the settings."""
         query = parse_qs(urlsplit(settings.model_handle).query)
         try:
             dim = int(query.get("dim", ["384"])[0])
             seed = int(query.get("seed", ["0"])[0])
         except ValueError:
             raise ValueError(f"model_handle: expected fake://?dim=<int>&seed=<int>, got {settings.model_handle!r}") from None
-        return cls(dim=dim, max_seq_length=settings.max_seq_length, seed=seed)
+        sets = tuple(query.get("feature_sets", [",".join(KNOWN)])[0].split(","))
+        return cls(dim=dim, max_seq_length=settings.max_seq_length, seed=seed, feature_sets=sets)
 
     @property
     def loaded(self) -> bool:
@@ -74,6 +86,10 @@ class FakeEmbeddingServable:
         identity = f"{ALGORITHM}:dim={self._dim}:seed={self.seed}:max_seq_length={self._max_seq_length}"
         self.fingerprint = "fake:" + hashlib.sha256(identity.encode()).hexdigest()[:16]
         self.dim, self.max_seq_length = self._dim, self._max_seq_length
+        self.feature_sets = {DEFAULT: FeatureSet(DEFAULT, self.dim, self.fingerprint)}
+        if ALL6 in self._sets:
+            self.feature_sets[ALL6] = FeatureSet(ALL6, LAYERS * self.dim, derived_fingerprint(
+                self.fingerprint, ALL6, FEATURE_SET_VERSIONS[ALL6]))
         log.warning("serving a FAKE embedding model (hashed words): for tests and development only; its vectors "
                     "are not sentence embeddings and heads trained on them refuse the real model",
                     extra={"handle": self.handle, "fingerprint": self.fingerprint, "dim": self.dim})
@@ -82,8 +98,10 @@ class FakeEmbeddingServable:
         """Nothing to trace: the first call costs what every call costs."""
 
     # -- inference -------------------------------------------------------------------------------
-    def embed(self, texts: list[str]) -> EmbedBatchResult:
-        vectors = np.zeros((len(texts), self._dim), dtype=np.float32)
+    def embed(self, texts: list[str], feature_set: str = DEFAULT) -> EmbedBatchResult:
+        # Block i of all6 uses word seed i; the last block is the default vector, as in the real export.
+        layers = range(LAYERS) if feature_set == ALL6 else [LAYERS - 1]
+        vectors = np.zeros((len(texts), len(layers) * self._dim), dtype=np.float32)
         truncated = np.zeros(len(texts), dtype=bool)
         token_counts = np.zeros(len(texts), dtype=np.int64)
         for i, text in enumerate(texts):
@@ -92,21 +110,25 @@ class FakeEmbeddingServable:
             truncated[i] = len(words) > self._max_seq_length
             words = words[:self._max_seq_length]
             token_counts[i] = len(words)
-            for word in words:
-                vectors[i] += self._word_vector(word)
-            vectors[i] /= max(float(np.linalg.norm(vectors[i])), 1e-12)
+            for b, layer in enumerate(layers):
+                block = vectors[i, b * self._dim:(b + 1) * self._dim]
+                for word in words:
+                    block += self._word_vector(word, layer)
+                block /= max(float(np.linalg.norm(block)), 1e-12)
         with self._lock:
             self.texts_embedded += len(texts)
             self.batches_embedded += 1
         return EmbedBatchResult(vectors, truncated, token_counts)
 
-    def _word_vector(self, word: str) -> np.ndarray:
-        vector = self._words.get(word)
+    def _word_vector(self, word: str, layer: int = LAYERS - 1) -> np.ndarray:
+        vector = self._words.get((word, layer))
         if vector is None:
-            # blake2b, not hash(): Python's string hash changes with every process.
-            digest = hashlib.blake2b(word.encode(), digest_size=8, key=str(self.seed).encode()).digest()
+            # blake2b, not hash(): Python's string hash changes with every process. The last layer
+            # keeps the plain seed, so the default vectors are what they were before feature sets.
+            key = str(self.seed) if layer == LAYERS - 1 else f"{self.seed}:{layer}"
+            digest = hashlib.blake2b(word.encode(), digest_size=8, key=key.encode()).digest()
             vector = np.random.default_rng(int.from_bytes(digest, "little")).standard_normal(self._dim)
             vector = (vector / np.linalg.norm(vector)).astype(np.float32)
             if len(self._words) < 100_000:  # a bounded memo, not a second cache to tune
-                self._words[word] = vector
+                self._words[(word, layer)] = vector
         return vector

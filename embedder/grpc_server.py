@@ -36,11 +36,11 @@ def request_id(context: grpc.aio.ServicerContext) -> str:
 def to_response(outcome: EmbedOutcome, service: EmbeddingService) -> embedder_pb2.EmbedResponse:
     return embedder_pb2.EmbedResponse(
         embeddings=outcome.vectors.astype("<f4", copy=False).tobytes(),
-        dim=outcome.vectors.shape[1],
+        dim=outcome.feature_set.dim,
         cached=outcome.cached,
         truncated=outcome.truncated,
         token_counts=outcome.token_counts,
-        fingerprint=service.servable.fingerprint,
+        fingerprint=outcome.feature_set.fingerprint,
         model=service.servable.name,
     )
 
@@ -143,7 +143,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
     async def _embed(self, request, context) -> EmbedOutcome:
         if isinstance(request, UndecodableRequest):
             raise request.error
-        return await self.service.embed(list(request.texts), request.bypass_cache, context.time_remaining())
+        return await self.service.embed(list(request.texts), request.bypass_cache, context.time_remaining(),
+                                        request.feature_set)
 
     async def Embed(self, request, context):
         started = time.perf_counter()
@@ -202,6 +203,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             model=info["model"], fingerprint=info["fingerprint"], dim=info["dim"],
             max_seq_length=info["max_seq_length"], limits=embedder_pb2.Limits(**info["limits"]),
             cache_max_entries=info["cache_max_entries"], server_version=__version__,
+            feature_sets=[embedder_pb2.FeatureSet(name=f.name, dim=f.dim, fingerprint=f.fingerprint)
+                          for f in info["feature_sets"]],
         )
 
 

@@ -1,8 +1,8 @@
 """The shared second-level embedding cache, in Redis: L1 (in-process LRU) -> L2 (Redis) -> model.
 
 It survives embedder restarts and is shared by every replica (and read by heads when no embedder
-answers). Keys: `<prefix><fingerprint>:<blake2b-128 of the UTF-8 text>` (a key never holds the
-text itself, and its length is bounded); values: a 5-byte header (truncated flag, token count)
+answers). Keys: `<prefix><fingerprint>:<blake2b-128 of the UTF-8 text>`, the fingerprint being the
+feature set's (a key never holds the text itself, and its length is bounded); values: a 5-byte header (truncated flag, token count)
 then the vector as little-endian float32. Every key gets a TTL; the memory cap is Redis's own
 (`maxmemory` with `maxmemory-policy allkeys-lru`), set on the server, not by the application.
 
@@ -73,7 +73,7 @@ class RedisL2Cache:
                                            health_check_interval=0)
         self._down_until = 0.0
         self._outage = False
-        self._reads: list[tuple[list[str], asyncio.Future]] = []
+        self._reads: list[tuple[list[str], asyncio.Future, int | None]] = []
         self._writes: dict[str, bytes] = {}
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task] = set()
@@ -102,15 +102,16 @@ class RedisL2Cache:
         metrics.L2_UP.labels(self.role).set(1)
 
     # -- reads ----------------------------------------------------------------------------------------
-    async def get_many(self, fingerprint: str, texts: list[str]) -> list[CachedEmbedding | None]:
-        """One entry per text; None for a miss, and for every text while Redis is down or slow."""
+    async def get_many(self, fingerprint: str, texts: list[str], dim: int | None = None) -> list[CachedEmbedding | None]:
+        """One entry per text; None for a miss, and for every text while Redis is down or slow.
+        `dim`: the vectors' expected dimension when not the cache's (another feature set's)."""
         if not texts:
             return []
         if not self.available:
             metrics.L2_SKIPPED.labels(self.role, "get").inc(len(texts))
             return [None] * len(texts)
         future = asyncio.get_running_loop().create_future()
-        self._reads.append(([l2_key(self.key_prefix, fingerprint, t) for t in texts], future))
+        self._reads.append(([l2_key(self.key_prefix, fingerprint, t) for t in texts], future, dim or self.dim))
         self._schedule_flush()
         found = await future
         hits = sum(v is not None for v in found)
@@ -118,8 +119,8 @@ class RedisL2Cache:
         metrics.L2_MISSES.labels(self.role).inc(len(texts) - hits)
         return found
 
-    async def _flush_reads(self, reads: list[tuple[list[str], asyncio.Future]]) -> None:
-        keys = [k for ks, _ in reads for k in ks]
+    async def _flush_reads(self, reads: list[tuple[list[str], asyncio.Future, int | None]]) -> None:
+        keys = [k for ks, _, _ in reads for k in ks]
         started = time.perf_counter()
         try:
             raw = await asyncio.wait_for(self._redis.mget(keys), self.timeout_s)
@@ -130,9 +131,9 @@ class RedisL2Cache:
             self._succeeded()
             metrics.L2_LATENCY.labels(self.role, "get").observe(time.perf_counter() - started)
         at = 0
-        for ks, future in reads:
+        for ks, future, dim in reads:
             if not future.done():
-                future.set_result([unpack(r, self.dim) for r in raw[at:at + len(ks)]])
+                future.set_result([unpack(r, dim) for r in raw[at:at + len(ks)]])
             at += len(ks)
 
     # -- writes ---------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The servable: a TF-Hub text-embedding module loaded once, called on batches of strings.
 
 Hooks in the LitServe spirit: `load()` once, `warmup()` before health says SERVING, then
-`embed(texts)` from one worker thread. Any module whose call maps a 1-D string tensor to [N, D]
-float32 works; ours also reports per-text token counts so truncation can be flagged.
+`embed(texts, feature_set)` from one worker thread. Any module whose call maps a 1-D string tensor
+to [N, D] float32 works ("default" only); ours also reports per-text token counts so truncation can
+be flagged, and serves the other feature sets (embedder/feature_sets.py) from `embed_features`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedder.feature_sets import DEFAULT, FeatureSet, derived_fingerprint
 from embedder.settings import EmbedderSettings
 
 log = logging.getLogger("polyhead.embedder.servable")
@@ -37,8 +39,10 @@ class TextEmbeddingServable:
         self.fingerprint = ""
         self.dim = 0
         self.max_seq_length = 0
+        self.feature_sets: dict[str, FeatureSet] = {}  # default first
         self._module = None
         self._with_stats = None
+        self._features = None
 
     @property
     def loaded(self) -> bool:
@@ -66,18 +70,28 @@ class TextEmbeddingServable:
         resolved = Path(hub.resolve(str(path) if path else self.handle))
         self._module = hub.load(str(resolved))
         self._with_stats = getattr(self._module, "embed_with_stats", None)
+        self._features = getattr(self._module, "embed_features", None)  # absent from exports before feature sets
         self.fingerprint = fingerprint_saved_model(resolved)
         max_len = getattr(self._module, "max_seq_length", None)
         self.max_seq_length = int(max_len.numpy()) if max_len is not None else 0
         probe = self.embed(["polyhead"])
         self.dim = int(probe.vectors.shape[1])
+        self.feature_sets = {DEFAULT: FeatureSet(DEFAULT, self.dim, self.fingerprint)}
+        if self._features is not None:
+            versions = {k: int(v.numpy()) for k, v in self._module.feature_set_versions().items()}
+            out = self._features(tf.constant(["polyhead"]))
+            for name in sorted(versions):
+                self.feature_sets[name] = FeatureSet(name, int(out[name].shape[1]),
+                                                     derived_fingerprint(self.fingerprint, name, versions[name]))
         log.info("model loaded", extra={"handle": self.handle, "fingerprint": self.fingerprint,
-                                        "dim": self.dim, "load_s": round(time.perf_counter() - started, 2)})
+                                        "dim": self.dim, "feature_sets": list(self.feature_sets),
+                                        "load_s": round(time.perf_counter() - started, 2)})
 
     def warmup(self) -> None:
         """Trace the shapes real traffic hits first, so the first caller does not pay for it."""
-        for n in (1, 2, self.settings.max_batch_size):
-            self.embed([f"warm up text number {i} for the encoder" for i in range(n)])
+        for name in self.feature_sets:
+            for n in (1, 2, self.settings.max_batch_size):
+                self.embed([f"warm up text number {i} for the encoder" for i in range(n)], name)
 
     def _resolve_local_path(self) -> Path | None:
         if "://" in self.handle:
@@ -93,19 +107,26 @@ class TextEmbeddingServable:
         return path
 
     # -- inference -------------------------------------------------------------------------------
-    def embed(self, texts: list[str]) -> EmbedBatchResult:
+    def embed(self, texts: list[str], feature_set: str = DEFAULT) -> EmbedBatchResult:
+        """One model pass; `feature_set` is one of `feature_sets` (the core has checked the name)."""
         import tensorflow as tf
 
         batch = tf.constant(texts, dtype=tf.string)
-        if self._with_stats is not None:
+        if feature_set != DEFAULT:
+            out = self._features(batch)
+            vectors = out[feature_set].numpy()
+        elif self._with_stats is not None:
+            # The default set keeps its own function: its vectors stay bit-for-bit what they were.
             out = self._with_stats(batch)
             vectors = out["embeddings"].numpy()
+        else:
+            out, vectors = None, self._module(batch).numpy()
+        if out is not None:
             num_tokens = out["num_tokens"].numpy()
             limit = self.max_seq_length or int(num_tokens.max(initial=0))
             truncated = num_tokens > limit
             token_counts = np.minimum(num_tokens, limit)
         else:
-            vectors = self._module(batch).numpy()
             truncated = np.zeros(len(texts), dtype=bool)
             token_counts = np.zeros(len(texts), dtype=np.int64)
         return EmbedBatchResult(np.ascontiguousarray(vectors, dtype=np.float32), truncated, token_counts)

@@ -186,6 +186,7 @@ class GatewayService:
                 "metrics": {k: metrics_.get(k) for k in ("accuracy", "f1_weighted", "f1_macro") if k in metrics_},
                 "ready": bool(info.get("ready")), "checks": info.get("checks", {}),
                 "embedder_fingerprint": info.get("embedder_fingerprint"),
+                "feature_set": info.get("feature_set"),
                 "drift": _drift_summary(info.get("drift"))}
 
     async def list_models(self, request_id: str = "") -> list[dict]:

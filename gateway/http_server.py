@@ -70,6 +70,7 @@ class ModelInfo(BaseModel):
     ready: bool
     checks: dict = {}
     embedder_fingerprint: str | None = None
+    feature_set: str | None = Field(None, description="The embedder feature set the served version was trained on")
     error: str | None = None
     drift: DriftSummary | None = Field(None, description="The head's drift flag and scores (GET <head>/drift has the "
                                                          "details); null when the head does not report drift")

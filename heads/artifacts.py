@@ -8,6 +8,8 @@ version and is replaced atomically, so a head polling it never reads half a poin
 manifest.json carries `format_version` (ARTIFACT_FORMAT_VERSION). 1 (no field): the files above.
 2: adds drift.npz, the training-side drift reference (heads.drift.DriftReference), described by
 manifest["drift"]. Older versions load as they are (no drift reference); newer ones are refused.
+manifest["feature_set"] names the embedder feature set the head was trained on (absent: "default",
+as for every artifact written before feature sets); `embedder_fingerprint` is that set's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedder.feature_sets import DEFAULT
 from heads.drift import DRIFT_FILE, DriftReference
 from heads.model import HeadModel
 from polyhead.errors import NotFoundError
@@ -45,6 +48,10 @@ class HeadArtifact:
     @property
     def embedder_fingerprint(self) -> str:
         return self.manifest["embedder_fingerprint"]
+
+    @property
+    def feature_set(self) -> str:
+        return self.manifest.get("feature_set", DEFAULT)
 
 
 def _atomic_write(path: Path, text: str) -> None:

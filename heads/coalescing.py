@@ -9,6 +9,7 @@ asks for a short wait); under load the batches form by themselves. Every caller 
 back; a failure reaches every caller of that call, except a ValidationError, which is retried
 per caller so that only the caller whose text was refused sees it. The merged call carries the
 callers' request ids (comma-separated, in x-request-id) so the embedder's logs still name them.
+One call carries one feature set: callers of another set wait for the next free slot, in order.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from embedder.client import AsyncEmbedderClient, Embeddings
+from embedder.feature_sets import DEFAULT
 from heads import metrics
 from polyhead.errors import ValidationError
 
@@ -31,6 +33,7 @@ class _Waiter:
     texts: list[str]
     request_id: str | None
     future: asyncio.Future = field(default=None)
+    feature_set: str = DEFAULT
 
 
 @dataclass(frozen=True)
@@ -63,13 +66,13 @@ class CoalescingEmbedder:
         return CoalescerStats(self._calls, self._rpcs, self._texts_sent)
 
     async def embed(self, texts: Sequence[str], *, bypass_cache: bool = False, timeout_s: float | None = None,
-                    request_id: str | None = None) -> Embeddings:
+                    request_id: str | None = None, feature_set: str = DEFAULT) -> Embeddings:
         if bypass_cache or timeout_s is not None or len(texts) >= self.max_texts:
             self._calls += 1
             self._count_rpc(len(texts))
             return await self.client.embed(texts, bypass_cache=bypass_cache, timeout_s=timeout_s,
-                                           request_id=request_id)
-        waiter = _Waiter(list(texts), request_id, asyncio.get_running_loop().create_future())
+                                           request_id=request_id, feature_set=feature_set)
+        waiter = _Waiter(list(texts), request_id, asyncio.get_running_loop().create_future(), feature_set)
         self._queue.append(waiter)
         self._schedule()
         return await waiter.future
@@ -87,11 +90,18 @@ class CoalescingEmbedder:
     def _pump(self) -> None:
         self._pump_scheduled = False
         while self._queue and self._inflight < self.max_inflight:
-            batch, n = [], 0
-            while self._queue and (not batch or n + len(self._queue[0].texts) <= self.max_texts):
-                waiter = self._queue.pop(0)
-                batch.append(waiter)
-                n += len(waiter.texts)
+            # The oldest caller, then the next ones of its feature set while they fit; the others keep their order.
+            batch, n, rest, full = [], 0, [], False
+            for waiter in self._queue:
+                if batch and (full or waiter.feature_set != batch[0].feature_set):
+                    rest.append(waiter)
+                elif batch and n + len(waiter.texts) > self.max_texts:
+                    full = True
+                    rest.append(waiter)
+                else:
+                    batch.append(waiter)
+                    n += len(waiter.texts)
+            self._queue = rest
             self._inflight += 1
             asyncio.get_running_loop().create_task(self._send(batch))
 
@@ -101,7 +111,7 @@ class CoalescingEmbedder:
             ids = ",".join(w.request_id for w in batch if w.request_id)[:MAX_REQUEST_ID_CHARS] or None
             self._count_rpc(len(unique))
             try:
-                result = await self.client.embed(unique, request_id=ids)
+                result = await self.client.embed(unique, request_id=ids, feature_set=batch[0].feature_set)
             except ValidationError:
                 if len(batch) == 1:
                     raise
@@ -127,7 +137,8 @@ class CoalescingEmbedder:
         async def one(w: _Waiter):
             self._count_rpc(len(w.texts))
             try:
-                self._deliver(w, await self.client.embed(w.texts, request_id=w.request_id))
+                self._deliver(w, await self.client.embed(w.texts, request_id=w.request_id,
+                                                         feature_set=w.feature_set))
             except Exception as exc:  # noqa: BLE001
                 self._deliver(w, exc)
 

@@ -3,7 +3,7 @@
 `HeadService` is one head (its artifact, version manager, readiness, metrics labels, log rows);
 `HeadProcess` is what one process serves: one or many HeadServices sharing ONE embedder client
 (a coalescing one by default), ONE inference-log writer and the event loop. `classify` answers
-several heads of the process for the same texts with one Embed call.
+several heads of the process for the same texts with one Embed call per feature set among them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from embedder.client import AsyncEmbedderClient, RetryPolicy
+from embedder.client import AsyncEmbedderClient, RetryPolicy, feature_sets
 from embedder.fallback import EmbeddingFallback
 from heads import explain, metrics
 from heads.api import Explanation, PredictResult
@@ -23,8 +23,8 @@ from heads.config import HeadConfig, load_head_config
 from heads.drift import SCORE_NAMES, DriftMonitor, DriftThresholds
 from heads.inference_log.records import PredictionRecord
 from heads.inference_log.writer import InferenceLog
-from heads.pipeline import FingerprintMismatch, HeadPipeline
-from heads.servable import ServableManager
+from heads.pipeline import Embedded, FingerprintMismatch, HeadPipeline, embed_error
+from heads.servable import HeadServable, ServableManager
 from heads.settings import HeadSettings
 from polyhead.errors import NotFoundError, PolyheadError
 from polyhead.validation import check_texts
@@ -87,15 +87,15 @@ class HeadService:
                     max_chars=s.max_text_chars)
 
     async def predict(self, texts: list[str], *, batch: bool, request_id: str | None = None,
-                      embedded=None) -> PredictResult:
-        """`embedded`: (Embeddings, seconds) already computed for these texts (HeadProcess.classify)."""
+                      embedded: Embedded | None = None) -> PredictResult:
+        """`embedded`: these texts already embedded (HeadProcess.classify)."""
         started = time.perf_counter()
         request_id = request_id or uuid.uuid4().hex
         self.validate(texts, batch)
         try:
             done = await self.pipeline.run(texts, request_id, embedded=embedded)
         except FingerprintMismatch:
-            self._readiness = Readiness(False, {"fingerprint": "mismatch"})
+            self.refuse_mismatch()
             raise
         metrics.EMBED_LATENCY.labels(self.name).observe(done.embed_s)
         latency_ms = (time.perf_counter() - started) * 1000
@@ -122,8 +122,19 @@ class HeadService:
             return await explain.explain(self.pipeline, text, self.config.serving.max_explain_words,
                                          request_id or uuid.uuid4().hex)
         except FingerprintMismatch:
-            self._readiness = Readiness(False, {"fingerprint": "mismatch"})
+            self.refuse_mismatch()
             raise
+
+    def refuse_mismatch(self) -> None:
+        """Not ready until the next readiness check finds a matching encoder."""
+        self._readiness = Readiness(False, {"fingerprint": "mismatch"})
+
+    def embed_error(self, err: PolyheadError, servable: HeadServable) -> PolyheadError:
+        """What this head answers for a failed shared Embed (HeadProcess.classify), as HeadPipeline.run would."""
+        err = embed_error(servable, err)
+        if isinstance(err, FingerprintMismatch):
+            self.refuse_mismatch()
+        return err
 
     # -- drift (heads.drift): the window sees every answered text, from the vectors already at hand --
     def _observe_drift(self, done) -> None:
@@ -170,10 +181,16 @@ class HeadService:
         try:
             info = await self.client.info(timeout_s=1.0)
             checks["embedder"] = "reachable"
-            if servable is not None and info.fingerprint != servable.fingerprint:
+            served = feature_sets(info).get(servable.feature_set) if servable is not None else None
+            if servable is not None and served is None:
+                ready = False
+                checks["fingerprint"] = (f"mismatch: artifact {servable.version} was trained on feature set "
+                                         f"{servable.feature_set!r}, the embedder serves only "
+                                         f"{', '.join(feature_sets(info))}")
+            elif servable is not None and served.fingerprint != servable.fingerprint:
                 ready = False
                 checks["fingerprint"] = (f"mismatch: artifact {servable.version} was trained on embedder "
-                                         f"{servable.fingerprint}, the embedder serves {info.fingerprint}")
+                                         f"{servable.fingerprint}, the embedder serves {served.fingerprint}")
             elif servable is not None:
                 checks["fingerprint"] = "match"
         except PolyheadError as err:
@@ -261,23 +278,29 @@ class HeadProcess:
         return dict(zip(self.services, states))
 
     async def classify(self, texts: list[str], models: list[str], request_id: str) -> dict[str, ModelOutcome]:
-        """Every named head on the same texts with ONE Embed call; each head's error stays its own."""
+        """Every named head on the same texts with ONE Embed call per feature set among them; each
+        head's error stays its own."""
         outcomes: dict[str, ModelOutcome] = {}
-        ready: list[HeadService] = []
+        by_set: dict[str, list[tuple[HeadService, HeadServable]]] = {}
         for name in dict.fromkeys(models):
             try:
                 service = self.get(name)
                 service.validate(texts, batch=True)  # each head's own limits
-                service.pipeline.servable()  # no artifact: its own 503, before the shared call
-                ready.append(service)
+                servable = service.pipeline.servable()  # no artifact: its own 503, before the shared call
+                by_set.setdefault(servable.feature_set, []).append((service, servable))
             except PolyheadError as err:
                 outcomes[name] = ModelOutcome(error=err)
-        if ready:
+
+        async def embed_for(feature_set: str, heads: list[tuple[HeadService, HeadServable]]) -> None:
             t0 = time.perf_counter()
             try:
-                embedded = (await self.client.embed(texts, request_id=request_id), time.perf_counter() - t0)
+                vectors = await self.client.embed(texts, request_id=request_id, feature_set=feature_set)
             except PolyheadError as err:
-                return {**outcomes, **{s.name: ModelOutcome(error=err) for s in ready}}
+                for service, servable in heads:
+                    outcomes[service.name] = ModelOutcome(error=service.embed_error(err, servable))
+                return
+            ready = [service for service, _ in heads]
+            embedded = Embedded(vectors, time.perf_counter() - t0, feature_set)
 
             async def one(service: HeadService) -> ModelOutcome:
                 try:
@@ -288,4 +311,6 @@ class HeadProcess:
 
             for service, outcome in zip(ready, await asyncio.gather(*(one(s) for s in ready))):
                 outcomes[service.name] = outcome
+
+        await asyncio.gather(*(embed_for(fs, heads) for fs, heads in by_set.items()))
         return {name: outcomes[name] for name in dict.fromkeys(models)}

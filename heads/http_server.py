@@ -95,6 +95,7 @@ def head_router(service: HeadService) -> APIRouter:
             "labels": list(art.model.labels) if art else [],
             "metrics": art.metrics.get("test", {}) if art else {},
             "embedder_fingerprint": art.embedder_fingerprint if art else None,
+            "feature_set": art.feature_set if art else None,
             "ready": state.ready, "checks": state.checks,
             "serving": config.serving.model_dump(), "server_version": __version__,
             "drift": service.drift_summary(),

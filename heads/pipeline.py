@@ -1,7 +1,8 @@
 """One pipeline from texts to predictions: embed -> fingerprint check -> predict.
 
 Shared by the head service and `polyhead batch --direct`, so both refuse an artifact trained on
-another encoder in the same way and answer the same labels.
+another encoder, or on another feature set of it, in the same way and answer the same labels. The
+texts are embedded with the artifact's feature set (manifest; "default" for older artifacts).
 """
 
 from __future__ import annotations
@@ -18,13 +19,33 @@ from embedder.fallback import EmbeddingFallback
 from heads import metrics
 from heads.api import Prediction
 from heads.servable import HeadServable
-from polyhead.errors import DeadlineExceededError, UnavailableError
+from polyhead.errors import DeadlineExceededError, PolyheadError, UnavailableError, ValidationError
 
 log = logging.getLogger("polyhead.head.pipeline")
 
 
 class FingerprintMismatch(UnavailableError):
-    """The embedder serves another encoder than the one the artifact was trained on."""
+    """The embedder serves another encoder (or feature set) than the one the artifact was trained on."""
+
+
+def embed_error(servable: HeadServable, err: PolyheadError) -> PolyheadError:
+    """An Embed error as the head answers it: an embedder without the artifact's feature set is a
+    mismatch (503, not ready), not the caller's invalid argument."""
+    if isinstance(err, ValidationError) and err.field == "feature_set":
+        return FingerprintMismatch(
+            f"version {servable.version} was trained on feature set {servable.feature_set!r}, which the embedder "
+            f"does not serve ({err.message}); retrain the head or serve an encoder exported with it",
+            retry_after_s=30)
+    return err
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Texts embedded once for several heads of a packed process (POST /classify)."""
+
+    embeddings: Embeddings
+    seconds: float
+    feature_set: str
 
 
 @dataclass(frozen=True)
@@ -55,14 +76,17 @@ class HeadPipeline:
         return servable
 
     async def run(self, texts: list[str], request_id: str | None = None, *,
-                  embedded: tuple[Embeddings, float] | None = None) -> Classified:
-        """`embedded`: (embeddings of `texts`, seconds they took) computed once for several heads of a
-        packed process (POST /classify); otherwise this head embeds them itself."""
+                  embedded: Embedded | None = None) -> Classified:
+        """`embedded`: `texts` already embedded for several heads of a packed process (POST /classify);
+        otherwise, or when they are of another feature set than the version served now, this head
+        embeds them itself."""
         servable = self.servable()  # pinned: a version switch mid-request does not affect it
-        if embedded is None:
+        if embedded is None or embedded.feature_set != servable.feature_set:
             t0 = time.perf_counter()
             try:
-                embeddings = await self.client.embed(texts, request_id=request_id)
+                embeddings = await self.client.embed(texts, request_id=request_id, feature_set=servable.feature_set)
+            except ValidationError as err:
+                raise embed_error(servable, err) from None
             except (UnavailableError, DeadlineExceededError) as err:
                 if self.fallback is None:
                     raise
@@ -71,11 +95,12 @@ class HeadPipeline:
                                   time.perf_counter() - t0)
             embed_s = time.perf_counter() - t0
         else:
-            embeddings, embed_s = embedded
+            embeddings, embed_s = embedded.embeddings, embedded.seconds
         if embeddings.fingerprint != servable.fingerprint:
             raise FingerprintMismatch(
                 f"embedder fingerprint {embeddings.fingerprint} differs from the one version {servable.version} "
-                f"was trained on ({servable.fingerprint}); retrain the head or serve the matching encoder",
+                f"was trained on ({servable.fingerprint}, feature set {servable.feature_set!r}); retrain the head "
+                f"or serve the matching encoder",
                 retry_after_s=30)
         if self._outage:
             self._outage = False

@@ -43,6 +43,10 @@ class HeadServable:
     def fingerprint(self) -> str:
         return self.artifact.embedder_fingerprint
 
+    @property
+    def feature_set(self) -> str:
+        return self.artifact.feature_set
+
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
         """[texts, labels] probabilities, columns in the order of `labels`."""
         return self.artifact.model.predict_proba(vectors)

@@ -58,6 +58,7 @@ def embed(
     target: str = typer.Option(DEFAULT_EMBEDDER_TARGET, envvar="POLYHEAD_EMBEDDER_TARGET", help="Embedder address"),
     bypass_cache: bool = typer.Option(False, help="Skip the server's cache"),
     full: bool = typer.Option(False, help="Print whole vectors, not a preview"),
+    feature_set: str = typer.Option("default", help="Embedder feature set: default, or e.g. all6 (every layer)"),
 ):
     """Embed TEXT... with a running embedder and print one JSON object per text."""
     from embedder.client import EmbedderClient
@@ -65,7 +66,7 @@ def embed(
 
     with EmbedderClient(target, retry=_no_retry()) as client:
         try:
-            result = client.embed(texts, bypass_cache=bypass_cache)
+            result = client.embed(texts, bypass_cache=bypass_cache, feature_set=feature_set)
         except PolyheadError as err:
             typer.echo(f"error: {err.message}", err=True)
             raise typer.Exit(2) from None

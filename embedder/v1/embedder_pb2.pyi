@@ -7,12 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("texts", "bypass_cache")
+    __slots__ = ("texts", "bypass_cache", "feature_set")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     BYPASS_CACHE_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_SET_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     bypass_cache: bool
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
+    feature_set: str
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., bypass_cache: _Optional[bool] = ..., feature_set: _Optional[str] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
     __slots__ = ("embeddings", "dim", "cached", "truncated", "fingerprint", "model", "token_counts")
@@ -49,7 +51,7 @@ class Limits(_message.Message):
     def __init__(self, max_texts_per_request: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue_size: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model", "fingerprint", "dim", "max_seq_length", "limits", "cache_max_entries", "server_version")
+    __slots__ = ("model", "fingerprint", "dim", "max_seq_length", "limits", "cache_max_entries", "server_version", "feature_sets")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +59,7 @@ class InfoResponse(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     CACHE_MAX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_SETS_FIELD_NUMBER: _ClassVar[int]
     model: str
     fingerprint: str
     dim: int
@@ -64,4 +67,15 @@ class InfoResponse(_message.Message):
     limits: Limits
     cache_max_entries: int
     server_version: str
-    def __init__(self, model: _Optional[str] = ..., fingerprint: _Optional[str] = ..., dim: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., cache_max_entries: _Optional[int] = ..., server_version: _Optional[str] = ...) -> None: ...
+    feature_sets: _containers.RepeatedCompositeFieldContainer[FeatureSet]
+    def __init__(self, model: _Optional[str] = ..., fingerprint: _Optional[str] = ..., dim: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., cache_max_entries: _Optional[int] = ..., server_version: _Optional[str] = ..., feature_sets: _Optional[_Iterable[_Union[FeatureSet, _Mapping]]] = ...) -> None: ...
+
+class FeatureSet(_message.Message):
+    __slots__ = ("name", "dim", "fingerprint")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dim: int
+    fingerprint: str
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., fingerprint: _Optional[str] = ...) -> None: ...

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
+from embedder.feature_sets import DEFAULT
 from heads.artifacts import write_artifact
 from heads.config import HeadConfig
 from heads.training.drift import build_reference
@@ -130,11 +131,12 @@ def new_version() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def embed_all(client, texts: list[str], on_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, str]:
-    """Embed through one gRPC stream in chunks; returns vectors and the embedder fingerprint."""
+def embed_all(client, texts: list[str], on_progress: Callable[[int], None] | None = None,
+              feature_set: str = DEFAULT) -> tuple[np.ndarray, str]:
+    """Embed through one gRPC stream in chunks; returns vectors and the feature set's fingerprint."""
     chunks = [texts[i:i + EMBED_CHUNK] for i in range(0, len(texts), EMBED_CHUNK)]
     vectors, fingerprint = [], ""
-    for out in client.embed_stream(chunks, timeout_s=max(60.0, len(texts) / 20)):
+    for out in client.embed_stream(chunks, timeout_s=max(60.0, len(texts) / 20), feature_set=feature_set):
         vectors.append(out.vectors)
         if fingerprint and out.fingerprint != fingerprint:
             raise RuntimeError("the embedder's fingerprint changed during training; retrain")
@@ -169,7 +171,8 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
         started = datetime.now(timezone.utc)
         embedded, fingerprint = {}, ""
         for k, s in splits.items():
-            embedded[k], fingerprint = embed_all(client, s.texts, lambda n: progress.advance(task, n))
+            embedded[k], fingerprint = embed_all(client, s.texts, lambda n: progress.advance(task, n),
+                                                 config.feature_set)
         embed_time = (datetime.now(timezone.utc) - started).total_seconds()
 
         fit_task = progress.add_task(f"[{config.name}] training", total=None)
@@ -191,7 +194,8 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
     version = version or new_version()
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(),
-        "embedder_fingerprint": fingerprint,
+        "embedder_fingerprint": fingerprint,  # the feature set's: serving refuses vectors of another
+        "feature_set": config.feature_set,
         "data_sha256": data_hash(list(paths.values())),
         "code_version": code_version(),
         "head_type": result.model.head_type,

@@ -21,9 +21,9 @@ def recording(servable):
     """(batches, run_batch): a model call that records each batch it is given, then embeds it."""
     batches: list[list[str]] = []
 
-    def run_batch(texts):
+    def run_batch(texts, feature_set):
         batches.append(list(texts))
-        return servable.embed(texts)
+        return servable.embed(texts, feature_set)
 
     return batches, run_batch
 

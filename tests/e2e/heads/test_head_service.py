@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from heads.inference_log.schema import count_rows
 from tests.conftest import free_port
-from tests.e2e.heads.fixtures import head_process, wait_ready
+from tests.e2e.heads.fixtures import head_process, train, wait_ready, write_head_config
 from tests.helpers import PostgresBackend
 
 pytestmark = pytest.mark.timeout(180)
@@ -242,3 +242,23 @@ def test_head_modules_do_not_import_tensorflow():
     code = ("import sys, heads.http_server, heads.core, heads.servable, heads.training.pipeline, heads.artifacts; "
             "assert not [m for m in sys.modules if m.startswith('tensorflow')], 'tensorflow imported'")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_head_trained_on_all6_serves_on_the_real_model(server_process, tmp_path):
+    """feature_set: all6 end to end: trained on the real embedder's 2,304-d set, served by a head process."""
+    _, target = server_process
+    config = write_head_config(tmp_path / "configs", "tickets-all6")
+    config.write_text(config.read_text() + "feature_set: all6\n")
+    report = train(config, tmp_path / "models", target, seed=1)
+    manifest = json.loads((report.path / "manifest.json").read_text())
+    assert manifest["feature_set"] == "all6" and manifest["embedder_fingerprint"].endswith("+all6-v1")
+    assert report.metrics["test"]["accuracy"] >= 0.75  # as the default set's head above
+    with head_process(config, tmp_path / "models", target, db_url=f"sqlite:///{tmp_path / 'i.db'}",
+                      spool_dir=tmp_path / "s") as (_, url):
+        wait_ready(url)
+        info = httpx.get(url + "/info").json()
+        assert info["feature_set"] == "all6" and info["checks"]["fingerprint"] == "match"
+        r = httpx.post(url + "/predict", json={"texts": ["I was billed twice, refund me", "reset my password"]})
+        assert r.status_code == 200, r.text
+        assert r.json()["embedder_fingerprint"] == manifest["embedder_fingerprint"]
+        assert [p["label"] for p in r.json()["predictions"]] == ["billing", "account"]

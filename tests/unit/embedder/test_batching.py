@@ -13,14 +13,18 @@ from embedder.servable import EmbedBatchResult
 
 def recording_batcher(**kwargs) -> tuple[MicroBatcher, list[list[str]]]:
     calls: list[list[str]] = []
+    sets: list[str] = []
 
-    def run_batch(texts):
+    def run_batch(texts, feature_set):
         calls.append(list(texts))
+        sets.append(feature_set)
         n = len(texts)
         return EmbedBatchResult(np.zeros((n, 2), np.float32), np.zeros(n, bool), np.zeros(n, np.int64))
 
     defaults = {"max_wait_ms": 0, "max_queue_size": 1000, "batch_window": 16, "split_overhead_chars": 256}
-    return MicroBatcher(run_batch, **{**defaults, **kwargs}), calls
+    batcher = MicroBatcher(run_batch, **{**defaults, **kwargs})
+    batcher.recorded_sets = sets  # the feature set of each call, beside `calls`
+    return batcher, calls
 
 
 def items(*lengths: int) -> list[BatchItem]:
@@ -54,3 +58,18 @@ async def test_a_deep_queue_groups_texts_around_the_oldest_and_loses_none():
     assert all(len({len(t) for t in call}) == 1 for call in calls), calls  # no short text padded to 60
     assert sorted(t for call in calls for t in call) == sorted(it.text for it in queued)  # each once
     assert len(calls) == len(lengths) // 4 + (len(lengths) % 4 > 0)
+
+
+async def test_a_batch_holds_one_feature_set_and_the_others_keep_their_turn():
+    batcher, calls = recording_batcher(max_batch_size=8, batch_window=4, split_overhead_chars=0)
+    sets = ["default", "all6", "default", "all6", "all6", "default"]
+    queued = []
+    for i, name in enumerate(sets):
+        item = batcher.submit(f"text {i}", None, name)
+        item.waiters = 1
+        queued.append(item)
+    batcher.start()
+    await asyncio.wait_for(asyncio.gather(*(it.future for it in queued)), 5)
+    await batcher.close()
+    assert batcher.recorded_sets == ["default", "all6"]  # one model pass per set, the oldest's first
+    assert calls == [["text 0", "text 2", "text 5"], ["text 1", "text 3", "text 4"]]

@@ -62,6 +62,7 @@ async def test_models_lists_every_route_with_its_readiness(gateway, trained_head
     assert set(models) == {HEAD, OFFLINE_HEAD}
     assert models[HEAD]["ready"] is True and models[HEAD]["version"] == trained_head.version
     assert models[HEAD]["labels"] == trained_head.labels
+    assert (models[HEAD]["feature_set"], models[HEAD]["embedder_fingerprint"]) == ("default", trained_head.fingerprint)
     assert models[OFFLINE_HEAD]["ready"] is False and "unreachable" in models[OFFLINE_HEAD]["error"]
     ready = await gateway.get("/readyz")
     assert ready.status_code == 200 and ready.json()["embedder"] == "SERVING"

@@ -29,7 +29,8 @@ class RecordingEmbedder:
         self.calls: list[list[str]] = []
         self.fingerprint = fingerprint
 
-    async def embed(self, texts, request_id=None):
+    async def embed(self, texts, request_id=None, feature_set="default"):
+        assert feature_set == "default"  # the artifact's, absent from its manifest
         self.calls.append(list(texts))
         vectors = np.array([[float(w in t.lower().split()) for w in VOCAB] for t in texts], dtype=np.float32)
         return SimpleNamespace(vectors=vectors, fingerprint=self.fingerprint)
