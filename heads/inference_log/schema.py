@@ -2,6 +2,8 @@
 
 Schema: ``polyhead_schema_version`` plus ``MIGRATIONS`` (ordered, idempotent), applied under a
 lock (``pg_advisory_xact_lock`` / SQLite ``BEGIN IMMEDIATE``) so head processes may start together.
+Heads write rows through sink.py (the DBAPI driver, no SQLAlchemy) and run ``migrate`` in a child
+process (migrate.py); everything else here is what readers, the gateway and the CLI use.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlalchemy as sa
+
+from heads.inference_log.sink import PG_CONNECT_ARGS, SQLITE_TIMEOUT_S
 
 metadata = sa.MetaData()
 
@@ -145,7 +149,7 @@ def make_engine(url: str) -> sa.Engine:
     u = sa.make_url(url)
     backend = u.get_backend_name()
     if backend == "sqlite":
-        args = {} if "timeout" in u.query else {"timeout": 5.0}  # busy timeout; URL ?timeout= wins
+        args = {} if "timeout" in u.query else {"timeout": SQLITE_TIMEOUT_S}  # busy timeout; URL ?timeout= wins
         engine = sa.create_engine(u, pool_pre_ping=True, connect_args=args)
 
         @sa.event.listens_for(engine, "connect")
@@ -161,9 +165,7 @@ def make_engine(url: str) -> sa.Engine:
 
         return engine
     if backend == "postgresql":
-        args = {"connect_timeout": 2, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
-                "keepalives_count": 2, "tcp_user_timeout": 5000}
-        return sa.create_engine(u, pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args=args)
+        return sa.create_engine(u, pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args=dict(PG_CONNECT_ARGS))
     raise ValueError(f"inference DB must be sqlite or postgresql, not {backend!r}")
 
 

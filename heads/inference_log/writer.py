@@ -1,7 +1,8 @@
 """Inference log: every prediction a head serves, written to SQLite (default) or PostgreSQL.
 
 Writes never sit on the request path: ``record()`` only enqueues; a writer thread inserts batches
-with one executemany ``INSERT ... ON CONFLICT (id) DO NOTHING``. When the database is down the
+with one executemany ``INSERT ... ON CONFLICT (id) DO NOTHING``, through the DBAPI driver itself
+(sink.py: SQLAlchemy stays out of the serving process; migrations run in a child process). When the database is down the
 batch goes to a local JSONL spool (fsync'd); once the database answers again the spool is replayed.
 Each row carries a uuid4 primary key, so a replay that is interrupted after its insert committed,
 or a spool replayed twice, cannot duplicate rows.
@@ -26,7 +27,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from heads.inference_log.records import PredictionRecord
-from heads.inference_log.schema import dialect_insert, make_engine, migrate, predictions
+from heads.inference_log.sink import open_sink
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,7 @@ class InferenceLog:
         self.flush_interval_s = flush_interval_s
         self.redact_text = redact_text
         self.retry_min_s, self.retry_max_s = retry_min_s, retry_max_s
-        self._engine = make_engine(url)
-        self._insert_stmt = dialect_insert(self._engine, predictions).on_conflict_do_nothing(index_elements=["id"])
+        self._sink = open_sink(url)  # the DBAPI driver itself: no SQLAlchemy in a serving head (sink.py)
         self._q: queue.Queue[PredictionRecord | _Marker] = queue.Queue(maxsize=max_queue)
         self._spool_path = self.spool_dir / "spool.jsonl"  # appended to
         self._replay_path = self.spool_dir / "replay.jsonl"  # being replayed (renamed from spool.jsonl)
@@ -163,7 +163,7 @@ class InferenceLog:
             self._spool(leftover)
         if self._lock_file is not None:
             self._lock_file.close()  # releases the flock
-        self._engine.dispose()
+        self._sink.close()
 
     def healthy(self) -> bool:
         """True when the last DB write (or migration) succeeded."""
@@ -262,13 +262,11 @@ class InferenceLog:
 
     def _ensure_schema(self) -> None:
         if not self._migrated:
-            migrate(self._engine)
+            self._sink.ensure_schema()  # migrations, if any, run in a child process
             self._migrated = True
 
     def _insert(self, records: list[PredictionRecord]) -> None:
-        rows = [dataclasses.asdict(r) for r in records]
-        with self._engine.begin() as conn:
-            conn.execute(self._insert_stmt, rows)  # one executemany; ON CONFLICT makes it idempotent
+        self._sink.insert(records)  # one executemany; ON CONFLICT makes it idempotent
 
     # -- spool --------------------------------------------------------------------------------------
 

@@ -39,21 +39,24 @@ def test_the_light_entry_loads_settings_like_the_typer_command(tmp_path):
 
 
 def test_the_head_serving_entry_imports_neither_cli_libraries_nor_other_backends(tmp_path):
-    # What a head on SQLite loads: the entry, its app and server modules, its inference log. Not typer
-    # or rich (CLI), TensorFlow (embedder), the PostgreSQL dialect (JSONB, only for a PostgreSQL URL),
-    # numpy.random (drift noise comes precomputed in the artifact), training code.
+    # What a head on SQLite loads: the entry, its app and server modules, its inference log writing a
+    # row to a fresh DB. Not typer or rich (CLI), TensorFlow (embedder), SQLAlchemy (the head writes
+    # through sqlite3 and migrates in a child process: heads/inference_log/sink.py), numpy.random
+    # (drift noise comes precomputed in the artifact), training code.
     code = f"""
 import sys
 sys.argv = ["polyhead", "head", "serve"]
 import polyhead.cli, heads.serve_cli, heads.http_server, uvicorn
-from heads.inference_log.schema import dialect_insert, make_engine, migrate, predictions
-settings = heads.serve_cli.parse_settings(heads.serve_cli.HeadSettings, ["--db-url", "sqlite:///{tmp_path}/i.db"],
+from heads.inference_log.records import PredictionRecord
+from heads.inference_log.writer import InferenceLog
+settings = heads.serve_cli.parse_settings(heads.serve_cli.HeadSettings, ["--db-url", "sqlite:///{tmp_path}/db/i.db"],
                                           **heads.serve_cli.PARSER)
-engine = make_engine(settings.db_url)
-migrate(engine)
-str(dialect_insert(engine, predictions).on_conflict_do_nothing(index_elements=["id"]).compile(engine))
-bad = [m for m in sys.modules if m.split(".")[0] in ("typer", "rich", "tensorflow", "gateway")
-       or m.startswith(("sqlalchemy.dialects.postgresql", "numpy.random", "heads.training.fit", "polyhead.commands"))]
+with InferenceLog(settings.db_url, "{tmp_path}/spool") as log:
+    log.record(PredictionRecord.create(request_id="r", head="h", head_version="1", embedder_fingerprint="f",
+                                       text="t", label="a", probability=0.5, top_k=[("a", 0.5)], latency_ms=1.0))
+    assert log.flush() and log.healthy() and log.stats.written == 1, log.stats
+bad = [m for m in sys.modules if m.split(".")[0] in ("typer", "rich", "tensorflow", "gateway", "sqlalchemy")
+       or m.startswith(("numpy.random", "heads.training.fit", "polyhead.commands"))]
 assert not bad, bad
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
