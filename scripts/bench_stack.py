@@ -891,7 +891,7 @@ def section_packing(b: Bench) -> None:
     layouts[1] = f"one process per head ({n} processes)"
     # Every layout is up at once (each its own embedder, cache and DB) and the load alternates between
     # them in rounds, so a change in the machine's background load hits every layout alike.
-    rounds = 1 if b.quick else 2
+    rounds = 1 if b.quick else 3
     mem, cls, stacks = {}, {}, {}
     load: dict[int, list[dict]] = {hpp: [] for hpp in layouts}
     for hpp in layouts:  # memory: each layout alone, so PSS does not count another stack's shared pages
