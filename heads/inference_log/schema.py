@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from heads.inference_log.sink import PG_CONNECT_ARGS, SQLITE_TIMEOUT_S
+from heads.inference_log.sink import PG_CONNECT_ARGS, SQLITE_TIMEOUT_S, sqlite_wal
 
 metadata = sa.MetaData()
 
@@ -149,14 +149,15 @@ def make_engine(url: str) -> sa.Engine:
     u = sa.make_url(url)
     backend = u.get_backend_name()
     if backend == "sqlite":
-        args = {} if "timeout" in u.query else {"timeout": SQLITE_TIMEOUT_S}  # busy timeout; URL ?timeout= wins
+        timeout_s = float(u.query.get("timeout", SQLITE_TIMEOUT_S))  # busy timeout; URL ?timeout= wins
+        args = {} if "timeout" in u.query else {"timeout": SQLITE_TIMEOUT_S}
         engine = sa.create_engine(u, pool_pre_ping=True, connect_args=args)
 
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record):
             # Let SQLAlchemy emit BEGIN itself (below): pysqlite would otherwise autocommit DDL.
             dbapi_conn.isolation_level = None
-            dbapi_conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            sqlite_wal(dbapi_conn, timeout_s)
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:
