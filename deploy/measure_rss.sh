@@ -2,11 +2,11 @@
 # Measure the resident memory (VmRSS) of each service as the containers run them: an embedder,
 # one head (a real trained artifact) and the gateway, on loopback ports, then some traffic.
 # The numbers size the Kubernetes requests/limits in polyhead/deploy.py (RESOURCES).
-#   bash deploy/measure_rss.sh            # CACHE_TEXTS=2000 distinct texts through the embedder cache
+#   bash deploy/measure_rss.sh            # CACHE_TEXTS=3000 distinct texts through the embedder cache
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-CACHE_TEXTS=${CACHE_TEXTS:-2000}
+CACHE_TEXTS=${CACHE_TEXTS:-3000}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }

@@ -82,17 +82,14 @@ class Resources:
                 "limits": {"cpu": self.cpu_limit, "memory": self.memory_limit}}
 
 
-# Sized from resident memory (VmRSS) measured with deploy/measure_rss.sh on the 2-core dev machine
-# (python 3.11.7, TF 2.21, each service started as the images start it, then 3,000 distinct texts
-# sent gateway -> head -> embedder; re-measured 2026-12-03):  embedder 1086 MiB with 3k cached
-# texts,  head 94 MiB on SQLite (105 MiB on PostgreSQL, scripts/bench_head_memory.py),  gateway 104 MiB. A full 50k-entry embedder cache adds ~47k x (1.5 KiB vector + key + overhead),
-# about 0.1 GiB: ~1.2 GiB, the figure the deployment issue gave. Requests sit above the steady RSS;
-# limits leave room for bursts (TF batch buffers, GC).
+# Sized from resident memory (VmRSS) measured with deploy/measure_rss.sh; the figures and how they
+# were taken are in deploy/README.md ("Resource sizing"), kept there only. Requests sit above the
+# steady RSS; limits leave room for bursts (TF batch buffers, GC, a full 50k-entry embedder cache).
 RESOURCES = {
     "embedder": Resources("1", "2", "1536Mi", "2Gi"),
     "head": Resources("100m", "500m", "128Mi", "256Mi"),
-    # Every head in one process (issue 13): 20 heads measured at 106 MiB RSS (BENCHMARKS.md §5); it
-    # carries all head traffic, so it gets the CPU the separate heads would have had together.
+    # Every head in one process (issue 13): it carries all head traffic, so it gets the CPU the
+    # separate heads would have had together.
     "heads-packed": Resources("500m", "2", "192Mi", "384Mi"),
     "gateway": Resources("200m", "1", "128Mi", "256Mi"),
 }
