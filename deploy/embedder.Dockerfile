@@ -14,6 +14,7 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY polyhead ./polyhead
+COPY cli ./cli
 COPY embedder ./embedder
 COPY heads ./heads
 COPY gateway ./gateway

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measure the resident memory (VmRSS) of each service as the containers run them: an embedder,
 # one head (a real trained artifact) and the gateway, on loopback ports, then some traffic.
-# The numbers size the Kubernetes requests/limits in polyhead/deploy.py (RESOURCES).
+# The numbers size the Kubernetes requests/limits in cli/deploy.py (RESOURCES).
 #   bash deploy/measure_rss.sh            # CACHE_TEXTS=3000 distinct texts through the embedder cache
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); prin
 rss() { awk '/VmRSS/ {printf "%.0f MiB\n", $2/1024}' "/proc/$1/status"; }
 
 EPORT=$(port); HPORT=$(port); GPORT=$(port)
-$PY -m polyhead.cli embedder serve --port "$EPORT" --metrics-port 0 --log-level warning >"$WORK/embedder.log" 2>&1 &
+$PY -m cli.main embedder serve --port "$EPORT" --metrics-port 0 --log-level warning >"$WORK/embedder.log" 2>&1 &
 PIDS+=($!); EPID=$!
 for _ in $(seq 120); do
   [ "$($PY -c "from embedder.client import EmbedderClient as C; print(C('127.0.0.1:$EPORT').health(1.0))" 2>/dev/null)" = SERVING ] && break
@@ -25,14 +25,14 @@ done
 mkdir -p "$WORK/configs"
 cp tests/fixtures/heads/tickets_train.jsonl tests/fixtures/heads/tickets_test.jsonl "$WORK/configs/"
 printf 'name: tickets\ndataset:\n  train: tickets_train.jsonl\n  test: tickets_test.jsonl\n' >"$WORK/configs/tickets.yaml"
-$PY -m polyhead.cli train "$WORK/configs/tickets.yaml" --models-dir "$WORK/models" --embedder-target "127.0.0.1:$EPORT" >/dev/null 2>&1
+$PY -m cli.main train "$WORK/configs/tickets.yaml" --models-dir "$WORK/models" --embedder-target "127.0.0.1:$EPORT" >/dev/null 2>&1
 
-$PY -m polyhead.cli head serve "$WORK/configs/tickets.yaml" --port "$HPORT" --models-dir "$WORK/models" \
+$PY -m cli.main head serve "$WORK/configs/tickets.yaml" --port "$HPORT" --models-dir "$WORK/models" \
   --embedder-target "127.0.0.1:$EPORT" --db-url "sqlite:///$WORK/inference.db" --spool-dir "$WORK/spool" \
   --log-level warning >"$WORK/head.log" 2>&1 &
 PIDS+=($!); HPID=$!
 printf 'tickets: http://127.0.0.1:%s\n' "$HPORT" >"$WORK/routes.yaml"
-$PY -m polyhead.cli gateway serve --port "$GPORT" --heads-dir "$WORK/configs" --routes-file "$WORK/routes.yaml" \
+$PY -m cli.main gateway serve --port "$GPORT" --heads-dir "$WORK/configs" --routes-file "$WORK/routes.yaml" \
   --embedder-target "127.0.0.1:$EPORT" --log-level warning >"$WORK/gateway.log" 2>&1 &
 PIDS+=($!); GPID=$!
 

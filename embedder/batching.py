@@ -28,7 +28,7 @@ from typing import Callable
 from embedder import metrics
 from embedder.cache import CachedEmbedding
 from embedder.feature_sets import DEFAULT
-from embedder.servable import EmbedBatchResult
+from embedder.servable_api import EmbedBatchResult
 from polyhead.errors import DeadlineExceededError, OverloadedError, UnavailableError
 
 log = logging.getLogger("polyhead.embedder.batching")

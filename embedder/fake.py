@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from embedder.feature_sets import ALL6, DEFAULT, KNOWN, FeatureSet, derived_fingerprint
-from embedder.servable import EmbedBatchResult
+from embedder.servable_api import EmbedBatchResult
 from embedder.settings import EmbedderSettings
 
 log = logging.getLogger("polyhead.embedder.fake")

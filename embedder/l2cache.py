@@ -16,7 +16,6 @@ five times that), a failure is counted and logged once per outage, and Redis is 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import struct
 import time
@@ -25,17 +24,12 @@ import numpy as np
 
 from embedder import metrics
 from embedder.cache import CachedEmbedding
+from embedder.l2keys import L2_KEY_PREFIX, l2_key
 
 log = logging.getLogger("polyhead.embedder.l2cache")
 _HEADER = struct.Struct("<BI")  # truncated, token_count
 WRITE_TIMEOUT_FACTOR = 5  # a write may take this many read timeouts
 MAX_PENDING_WRITES = 50_000  # writes waiting for Redis beyond this are dropped (counted), never queued forever
-
-
-def l2_key(prefix: str, fingerprint: str, text: str) -> str:
-    # surrogatepass: a key can be computed for any str; text validation is the front end's job.
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-    return f"{prefix}{fingerprint}:{digest}"
 
 
 def pack(value: CachedEmbedding) -> bytes:
@@ -57,7 +51,7 @@ class RedisL2Cache:
     """Create and use inside one event loop (redis.asyncio connections belong to their loop)."""
 
     def __init__(self, url: str, dim: int | None, *, ttl_s: float = 7 * 86400, timeout_s: float = 0.1,
-                 retry_s: float = 5.0, key_prefix: str = "polyhead:emb:", role: str = "embedder"):
+                 retry_s: float = 5.0, key_prefix: str = L2_KEY_PREFIX, role: str = "embedder"):
         import redis.asyncio as redis  # only processes that enable L2 need the package
         from redis.backoff import NoBackoff
         from redis.retry import Retry

@@ -13,22 +13,15 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from embedder.feature_sets import DEFAULT, FeatureSet, derived_fingerprint
+from embedder.servable_api import EmbedBatchResult
 from embedder.settings import EmbedderSettings
 
 log = logging.getLogger("polyhead.embedder.servable")
-
-
-@dataclass(frozen=True)
-class EmbedBatchResult:
-    vectors: np.ndarray  # [N, D] float32
-    truncated: np.ndarray  # [N] bool
-    token_counts: np.ndarray  # [N] int, tokens embedded (after truncation); 0 when the module cannot tell
 
 
 class TextEmbeddingServable:

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from embedder.l2keys import L2_KEY_PREFIX
 from polyhead.settings import DEFAULT_EMBEDDER_METRICS_PORT, DEFAULT_EMBEDDER_PORT, Port, ServiceSettings
 
 DEFAULT_MODEL_DIR = Path("models/_encoders/all-minilm-l6-v2")
@@ -45,7 +46,7 @@ class EmbedderSettings(ServiceSettings):
     l2_cache_timeout_ms: float = Field(100.0, gt=0, description="A Redis read slower than this is skipped (the "
                                        "texts go to the model); writes, off the request path, get 5x as long")
     l2_cache_retry_s: float = Field(5.0, gt=0, description="After a Redis failure, L2 is skipped this long")
-    l2_cache_key_prefix: str = Field("polyhead:emb:", description="Prefix of every L2 key")
+    l2_cache_key_prefix: str = Field(L2_KEY_PREFIX, description="Prefix of every L2 key")
 
     # Batching.
     max_batch_size: int = Field(32, ge=1, description="Texts per model batch")

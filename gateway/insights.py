@@ -1,7 +1,7 @@
 """What the heads did in production, at the gateway: reports and feedback over the inference DB.
 
-GET  /v1/models/{name}/report    -- heads.inference_log.reports.build_report + the head's GET /drift
-POST /v1/models/{name}/feedback  -- true labels of logged predictions (heads.inference_log.feedback)
+GET  /v1/models/{name}/report    -- polyhead.inference_log.reports.build_report + the head's GET /drift
+POST /v1/models/{name}/feedback  -- true labels of logged predictions (polyhead.inference_log.feedback)
 
 The DB work runs in worker threads (asyncio.to_thread): SQLAlchemy is synchronous. The gateway
 migrates the DB on first use, like a head does, so it works before any head has logged a row.
@@ -20,9 +20,9 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.core import GatewayService
-from heads.inference_log.feedback import LoggedPrediction, find_predictions, store_feedback
-from heads.inference_log.reports import DEFAULT_RANGE, build_report, utc
-from heads.inference_log.schema import make_engine, migrate
+from polyhead.inference_log.feedback import LoggedPrediction, find_predictions, store_feedback
+from polyhead.inference_log.reports import DEFAULT_RANGE, build_report, utc
+from polyhead.inference_log.schema import make_engine, migrate
 from polyhead.errors import NotFoundError, UnavailableError, ValidationError
 from polyhead.validation import text_type
 

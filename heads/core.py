@@ -15,18 +15,18 @@ import uuid
 from dataclasses import dataclass, field
 
 from embedder.client import AsyncEmbedderClient, RetryPolicy, feature_sets
-from embedder.fallback import EmbeddingFallback
 from heads import explain, metrics
 from heads.api import Explanation, PredictResult
 from heads.coalescing import CoalescingEmbedder
 from heads.config import HeadConfig, load_head_config
 from heads.drift import SCORE_NAMES, DriftMonitor, DriftThresholds
-from heads.inference_log.records import PredictionRecord
-from heads.inference_log.writer import InferenceLog
+from heads.fallback import EmbeddingFallback
 from heads.pipeline import Embedded, FingerprintMismatch, HeadPipeline, embed_error
 from heads.servable import HeadServable, ServableManager
 from heads.settings import HeadSettings
 from polyhead.errors import NotFoundError, PolyheadError
+from polyhead.inference_log.records import PredictionRecord
+from polyhead.inference_log.writer import InferenceLog
 from polyhead.validation import check_texts
 
 log = logging.getLogger("polyhead.head.core")

@@ -15,9 +15,9 @@ from typing import Callable
 import numpy as np
 
 from embedder.client import AsyncEmbedderClient, Embeddings
-from embedder.fallback import EmbeddingFallback
 from heads import metrics
 from heads.api import Prediction
+from heads.fallback import EmbeddingFallback
 from heads.servable import HeadServable
 from polyhead.errors import DeadlineExceededError, PolyheadError, UnavailableError, ValidationError
 

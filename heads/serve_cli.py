@@ -1,4 +1,4 @@
-"""`polyhead head serve`: the head's serving entry. It imports no typer, click or rich (polyhead/cli.py
+"""`polyhead head serve`: the head's serving entry. It imports no typer, click or rich (cli/main.py
 dispatches here before loading the typer app); its flags are generated from HeadSettings like every
 other `serve` command's (polyhead/settings_flags.py)."""
 

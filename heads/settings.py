@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from embedder.l2keys import L2_KEY_PREFIX
 from polyhead.settings import (
     DEFAULT_DB_URL,
     DEFAULT_EMBEDDER_TARGET,
@@ -42,7 +43,7 @@ class HeadSettings(ServiceSettings):
                                         "answer them while no embedder answers; 0 = off")
     l2_cache_url: str | None = Field(None, description="The embedders' shared L2 cache (Redis URL), read while no "
                                      "embedder answers; unset = recent texts only")
-    l2_cache_key_prefix: str = Field("polyhead:emb:", description="The embedders' l2_cache_key_prefix")
+    l2_cache_key_prefix: str = Field(L2_KEY_PREFIX, description="The embedders' l2_cache_key_prefix")
     l2_cache_timeout_ms: float = Field(100.0, gt=0, description="A slower Redis read is given up (503 as before)")
     coalesce: bool = Field(True, description="Merge concurrent Embed calls of this process into fewer, larger ones")
     coalesce_max_inflight: int = Field(4, ge=1, le=64, description="Embed calls on the wire at once when coalescing; "

@@ -220,7 +220,6 @@ def error_responses(*codes: int, **descriptions: str) -> dict:
     return {c: {"model": ErrorResponse, "description": descriptions.get(f"_{c}", _ERROR_TEXT[c])} for c in codes}
 
 
-ERROR_RESPONSES = error_responses(415, 422, 503)
 # /metrics: Prometheus' text exposition format, not JSON.
 PROMETHEUS_TEXT = {200: {"description": "Prometheus text exposition format",
                          "content": {"text/plain": {"schema": {"type": "string"}}}}}

@@ -1,7 +1,7 @@
 """Settings base: one object per service that reads a YAML file, env vars and CLI flags alike.
 
 Precedence, highest first: CLI flags (passed as keyword overrides) > environment variables
-(`POLYHEAD_<SECTION>_<FIELD>`) > the YAML file (`--config FILE` or `POLYHEAD_CONFIG`; a
+(`POLYHEAD_<SECTION>_<FIELD>`) > the YAML file (`--settings FILE` or `POLYHEAD_SETTINGS`; a
 top-level section per service, e.g. `embedder:`) > defaults.
 
 The defaults that several places must agree on (addresses, ports) are declared here, once.
@@ -17,7 +17,7 @@ import yaml
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-CONFIG_ENV_VAR = "POLYHEAD_CONFIG"
+SETTINGS_ENV_VAR = "POLYHEAD_SETTINGS"  # "config" is a head's YAML (configs/heads); this is the settings file
 
 # -- defaults shared by the services, the CLI and `polyhead up` -------------------------------------
 DEFAULT_HOST = "127.0.0.1"
@@ -57,26 +57,26 @@ class PolyheadSettings(BaseSettings):
     """Subclasses set `section` (YAML section) and `env_prefix="POLYHEAD_<SECTION>_"` in `model_config`."""
 
     section: ClassVar[str] = ""
-    _config_file: ClassVar[Path | None] = None
+    _settings_file: ClassVar[Path | None] = None
 
     model_config = SettingsConfigDict(extra="forbid", validate_default=True)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
-        path = cls._config_file or (Path(os.environ[CONFIG_ENV_VAR]) if os.environ.get(CONFIG_ENV_VAR) else None)
+        path = cls._settings_file or (Path(os.environ[SETTINGS_ENV_VAR]) if os.environ.get(SETTINGS_ENV_VAR) else None)
         return (init_settings, env_settings, _YamlSection(settings_cls, path))
 
     @classmethod
-    def load(cls, config_file: Path | str | None = None, **cli_overrides: Any):
+    def load(cls, settings_file: Path | str | None = None, **cli_overrides: Any):
         """Build the settings; CLI options left unset (None) fall through to env/file/defaults."""
         overrides = {k: v for k, v in cli_overrides.items()
                      if v is not None and not (isinstance(v, (list, tuple)) and not v)}  # no positional args = unset
-        previous = cls._config_file
-        cls._config_file = Path(config_file) if config_file else None
+        previous = cls._settings_file
+        cls._settings_file = Path(settings_file) if settings_file else None
         try:
             return cls(**overrides)
         finally:
-            cls._config_file = previous
+            cls._settings_file = previous
 
 
 class ServiceSettings(PolyheadSettings):

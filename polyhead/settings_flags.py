@@ -1,7 +1,7 @@
 """Which settings become command-line flags, and a light argparse parser built from them.
 
 The one walk over a settings class (`settings_flags`) feeds both the typer commands
-(polyhead/settings_cli.py) and `parse_settings`, the parser of the head's serving entry, which must
+(cli/settings_cli.py) and `parse_settings`, the parser of the head's serving entry, which must
 not import typer, click or rich (a head process is sized by what it imports: BENCHMARKS.md §5)."""
 
 from __future__ import annotations
@@ -59,12 +59,12 @@ def _existing_file(value: str) -> Path:
 
 def settings_parser(settings_cls: type[PolyheadSettings], *, prog: str, description: str,
                     positional: tuple[str, str] | None = None) -> argparse.ArgumentParser:
-    """The flags the typer command of `settings_cls` has: `--config/-c FILE`, one per settings_flags(),
+    """The flags the typer command of `settings_cls` has: `--settings/-s FILE`, one per settings_flags(),
     and `positional` = (settings field, help): existing files, any number."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     if positional:
         parser.add_argument(positional[0], nargs="*", type=_existing_file, help=positional[1])
-    parser.add_argument("--config", "-c", dest="settings_file", type=_existing_file, default=None, metavar="FILE",
+    parser.add_argument("--settings", "-s", dest="settings_file", type=_existing_file, default=None, metavar="FILE",
                         help=f"YAML settings file (section `{settings_cls.section}:`)")
     for flag in settings_flags(settings_cls, {positional[0]} if positional else set()):
         dest = {"dest": flag.field, "default": None, "help": flag.help}

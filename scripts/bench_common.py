@@ -46,7 +46,7 @@ def start_embedder(*flags: str, log: Path | None = None) -> tuple[subprocess.Pop
     port = free_port()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     out = open(log, "ab") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "polyhead.cli", "embedder", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "embedder", "serve", "--port", str(port),
                              "--metrics-port", "0", *flags], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     target = f"127.0.0.1:{port}"
     from embedder.client import EmbedderClient
@@ -92,7 +92,7 @@ HEAD_PREFERENCE = ("clinc-banking", "emotion", "sms-spam", "ag-news-small", "tre
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "polyhead.cli", *args]
+    return [sys.executable, "-m", "cli", *args]
 
 
 def spawn(argv: list[str], log: Path, env: dict | None = None, **kwargs) -> subprocess.Popen:

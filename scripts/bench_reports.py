@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy as sa
 
-from heads.inference_log.reports import build_report
-from heads.inference_log.schema import feedback, make_engine, migrate, predictions
+from polyhead.inference_log.reports import build_report
+from polyhead.inference_log.schema import feedback, make_engine, migrate, predictions
 from scripts.bench_common import table
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

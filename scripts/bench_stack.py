@@ -216,7 +216,7 @@ class Bench:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"polyhead.cli" in cmdline:
+            if b"-m\x00cli\x00" in cmdline:
                 os.kill(pid, signal.SIGKILL)
         if self.args.workdir is None:
             shutil.rmtree(self.workdir, ignore_errors=True)

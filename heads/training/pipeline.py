@@ -49,8 +49,8 @@ class TrainReport:
 
 def read_feedback(db_url: str, head: str) -> list:
     """The head's stored feedback with its logged text (None where redacted), oldest first."""
-    from heads.inference_log.feedback import feedback_examples
-    from heads.inference_log.schema import make_engine, migrate
+    from polyhead.inference_log.feedback import feedback_examples
+    from polyhead.inference_log.schema import make_engine, migrate
 
     engine = make_engine(db_url)
     try:

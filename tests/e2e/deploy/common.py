@@ -40,7 +40,7 @@ def tool(name: str) -> str:
 
 def polyhead_cmd() -> list[str]:
     exe = VENV_BIN / "polyhead"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "polyhead.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "cli"]
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from heads.api import packed_path
-from polyhead import deploy
+from cli import deploy
 from tests.conftest import ROOT
 from tests.e2e.deploy.common import SETTINGS_BY_IMAGE, field_of, run, tool
 from tests.helpers import settings_from_env

@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from polyhead import deploy
+from cli import deploy
 from tests.conftest import ROOT, free_port
 from tests.helpers import settings_from_env
 from tests.e2e.deploy.common import (DOCKERFILES, SETTINGS_BY_IMAGE, dockerignore_rules, env_of, field_of,
@@ -113,7 +113,7 @@ def test_the_build_context_builds_the_package(dockerfile, tmp_path):
     import zipfile
 
     names = set(zipfile.ZipFile(wheel).namelist())
-    for module in ("polyhead/cli.py", "embedder/grpc_server.py", "embedder/v1/embedder_pb2.py",
+    for module in ("cli/main.py", "embedder/grpc_server.py", "embedder/v1/embedder_pb2.py",
                    "heads/http_server.py", "gateway/http_server.py", "gateway/console/static/index.html",
                    "gateway/console/static/app.js", "gateway/console/static/console.css"):
         assert module in names

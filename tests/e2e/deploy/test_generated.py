@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from polyhead import deploy
+from cli import deploy
 from tests.conftest import ROOT
 from tests.e2e.deploy.common import polyhead_cmd, run
 
@@ -27,7 +27,7 @@ def test_committed_files_are_not_stale(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     made = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                   if p.is_file() and not p.relative_to(root).as_posix().startswith("configs/"))
-    assert made == sorted(deploy.generate(ROOT)), "the CLI and polyhead.deploy.generate disagree"
+    assert made == sorted(deploy.generate(ROOT)), "the CLI and cli.deploy.generate disagree"
     stale = [rel for rel in made if not (ROOT / rel).is_file() or (ROOT / rel).read_text() != (root / rel).read_text()]
     leftover = deploy.stale(ROOT)
     assert not stale and not leftover, (

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from heads.api import packed_path
-from polyhead import deploy
+from cli import deploy
 from tests.conftest import ROOT
 from tests.e2e.deploy.common import SETTINGS_BY_IMAGE, VENV_BIN, field_of, run, tool
 
@@ -146,7 +146,7 @@ def test_resources_security_and_probes(by_kind):
             assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 assert port_number(c, c[probe]["httpGet"]["port"]) == settings.port
-        # Sized from the measured RSS (polyhead/deploy.py): the limit is above the request.
+        # Sized from the measured RSS (cli/deploy.py): the limit is above the request.
         sized = "heads-packed" if name == deploy.PACKED_SERVICE else image_kind(c)
         assert deploy.RESOURCES[sized].k8s() == res
 

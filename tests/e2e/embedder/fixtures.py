@@ -54,7 +54,7 @@ async def running_server(servable, **overrides):
 
 def start_server_process(model_dir: Path, port: int, *extra: str, log: Path | None = None) -> subprocess.Popen:
     """`polyhead embedder serve` as a real child process."""
-    cmd = [sys.executable, "-m", "polyhead.cli", "embedder", "serve", "--model-handle", str(model_dir),
+    cmd = [sys.executable, "-m", "cli", "embedder", "serve", "--model-handle", str(model_dir),
            "--port", str(port), "--metrics-port", "0", *extra]
     out = open(log, "ab") if log else subprocess.DEVNULL
     return subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(240)
 
 def start_gateway(heads_dir, routes_file, target, *extra: str, log=None):
     port = free_port()
-    cmd = [sys.executable, "-m", "polyhead.cli", "gateway", "serve", "--port", str(port), "--heads-dir", str(heads_dir),
+    cmd = [sys.executable, "-m", "cli", "gateway", "serve", "--port", str(port), "--heads-dir", str(heads_dir),
            "--routes-file", str(routes_file), "--embedder-target", target, *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "ab") if log else subprocess.DEVNULL, stderr=subprocess.STDOUT,
                             env={**os.environ, "POLYHEAD_GATEWAY_RELOAD_INTERVAL_S": "0.3"})
@@ -281,7 +281,7 @@ def test_gateway_with_two_workers_serves_predictions(stack):
 
 
 def run_batch(predictor_factory, *args, **kwargs):
-    from polyhead.batch import classify_file
+    from cli.batch import classify_file
 
     async def go():
         predictor = predictor_factory()  # inside the loop: grpc.aio and httpx clients belong to one
@@ -294,7 +294,7 @@ def run_batch(predictor_factory, *args, **kwargs):
 
 
 def test_batch_mode_resumes_without_duplicates_or_losses(stack, tmp_path):
-    from polyhead.batch import GatewayPredictor
+    from cli.batch import GatewayPredictor
 
     rows = [{"id": f"t{i}", "text": text} for i, text in enumerate(
         ["refund my double charge", "the app crashes", "change my email", "invoice is wrong"] * 25)]
@@ -318,7 +318,7 @@ def test_batch_mode_resumes_without_duplicates_or_losses(stack, tmp_path):
 
 def test_direct_batch_matches_the_gateway_and_refuses_a_foreign_encoder(stack, tmp_path):
     """--direct: the embedder plus the head's artifact in-process give the labels the served head gives."""
-    from polyhead.batch import DirectPredictor, GatewayPredictor
+    from cli.batch import DirectPredictor, GatewayPredictor
 
     texts = ["refund my double charge", "the app crashes on start", "change my email address", "invoice is wrong",
              "I cannot log in", "payment failed twice"]
@@ -349,7 +349,7 @@ def test_batch_cli_reports_throughput(stack, tmp_path):
     source = tmp_path / "in.csv"
     source.write_text("text\nrefund please\napp is broken\n")
     out = tmp_path / "out.jsonl"
-    r = subprocess.run([sys.executable, "-m", "polyhead.cli", "batch", str(source), "--model", "tickets", "-o", str(out),
+    r = subprocess.run([sys.executable, "-m", "cli", "batch", str(source), "--model", "tickets", "-o", str(out),
                         "--gateway", stack["url"]], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout.strip().splitlines()[-1])
@@ -357,7 +357,7 @@ def test_batch_cli_reports_throughput(stack, tmp_path):
     assert len(out.read_text().splitlines()) == 2
     # The same file with --direct (embedder + artifact in the CLI process) resumes the same way.
     direct_out = tmp_path / "direct.jsonl"
-    r = subprocess.run([sys.executable, "-m", "polyhead.cli", "batch", str(source), "--model", "tickets", "-o",
+    r = subprocess.run([sys.executable, "-m", "cli", "batch", str(source), "--model", "tickets", "-o",
                         str(direct_out), "--direct", "--embedder-target", stack["target"], "--heads-dir",
                         str(stack["heads_dir"]), "--models-dir", str(stack["models"])],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -365,7 +365,7 @@ def test_batch_cli_reports_throughput(stack, tmp_path):
     assert json.loads(r.stdout.strip().splitlines()[-1])["classified"] == 2
     assert [json.loads(x)["label"] for x in direct_out.read_text().splitlines()] == \
         [json.loads(x)["label"] for x in out.read_text().splitlines()]
-    r = subprocess.run([sys.executable, "-m", "polyhead.cli", "batch", str(source), "--model", "nope", "-o",
+    r = subprocess.run([sys.executable, "-m", "cli", "batch", str(source), "--model", "nope", "-o",
                         str(tmp_path / "x.jsonl"), "--direct", "--heads-dir", str(stack["heads_dir"])],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "nope.yaml" in r.stderr

@@ -19,9 +19,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from heads.inference_log.feedback import find_predictions, store_feedback
-from heads.inference_log.records import PredictionRecord
-from heads.inference_log.schema import make_engine, predictions
+from polyhead.inference_log.feedback import find_predictions, store_feedback
+from polyhead.inference_log.records import PredictionRecord
+from polyhead.inference_log.schema import make_engine, predictions
 from heads.training.evaluation import classification_report
 from tests.conftest import ROOT, free_port
 from tests.e2e.gateway import test_gateway
@@ -182,7 +182,7 @@ def test_train_with_feedback_adds_rows_skips_duplicates_and_redacted(stack, tmp_
     assert len(new) >= 5  # from the traffic of the tests above
 
     models = tmp_path / "models"
-    out = subprocess.run([sys.executable, "-m", "polyhead.cli", "train", str(stack["configs"][head]), "--models-dir",
+    out = subprocess.run([sys.executable, "-m", "cli", "train", str(stack["configs"][head]), "--models-dir",
                           str(models), "--embedder-target", stack["target"], "--with-feedback", "--db-url", db],
                          cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -236,7 +236,7 @@ def test_report_of_a_head_without_traffic_and_with_its_head_down(stack):
 
 
 def test_polyhead_report_reads_the_gateway(stack):
-    cli = [sys.executable, "-m", "polyhead.cli", "report", "tickets", "--gateway", stack["url"]]
+    cli = [sys.executable, "-m", "cli", "report", "tickets", "--gateway", stack["url"]]
     out = subprocess.run([*cli, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     body = json.loads(out.stdout)

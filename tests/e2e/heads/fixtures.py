@@ -62,7 +62,7 @@ def start_head_process(config: Path | list[Path], models_dir: Path, target: str,
     """`config`: one head config (a one-head process), or several (one packed process)."""
     port = port or free_port()
     configs = [str(c) for c in config] if isinstance(config, (list, tuple)) else [str(config)]
-    cmd = [sys.executable, "-m", "polyhead.cli", "head", "serve", *configs, *extra_args, "--port", str(port),
+    cmd = [sys.executable, "-m", "cli", "head", "serve", *configs, *extra_args, "--port", str(port),
            "--models-dir", str(models_dir), "--embedder-target", target, "--db-url", db_url,
            "--spool-dir", str(spool_dir), "--version-poll-s", "0.5"]
     out = open(log, "ab") if log else subprocess.DEVNULL

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from heads.inference_log.schema import count_rows
+from polyhead.inference_log.schema import count_rows
 from tests.conftest import free_port
 from tests.e2e.heads.fixtures import head_process, train, wait_ready, write_head_config
 from tests.helpers import PostgresBackend

@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 
 from embedder.batching import BatchItem, MicroBatcher
-from embedder.servable import EmbedBatchResult
+from embedder.servable_api import EmbedBatchResult
 
 
 def recording_batcher(**kwargs) -> tuple[MicroBatcher, list[list[str]]]:

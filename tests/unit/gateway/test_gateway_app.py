@@ -8,7 +8,7 @@ import uuid
 import numpy as np
 import sqlalchemy as sa
 
-from heads.inference_log.schema import make_engine, predictions
+from polyhead.inference_log.schema import make_engine, predictions
 from tests.unit.conftest import HEAD, OFFLINE_HEAD, asgi_client, embedder_calls, gateway_app
 
 

@@ -126,7 +126,7 @@ async def test_explain_through_the_gateway_is_one_embedder_call(gateway, head):
     await head.flush_log()
     import sqlalchemy as sa
 
-    from heads.inference_log.schema import make_engine, predictions
+    from polyhead.inference_log.schema import make_engine, predictions
 
     engine = make_engine(head.db_url)
     try:

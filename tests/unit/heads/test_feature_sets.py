@@ -191,7 +191,7 @@ async def test_the_coalescer_merges_callers_of_one_set_only():
 
 async def test_batch_direct_embeds_with_the_artifacts_set_and_refuses_an_embedder_without_it(all6_head, embedder,
                                                                                             tmp_path):
-    from polyhead.batch import DirectPredictor, classify_file
+    from cli.batch import DirectPredictor, classify_file
 
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))

@@ -8,7 +8,7 @@ import uuid
 
 import sqlalchemy as sa
 
-from heads.inference_log.schema import make_engine, predictions
+from polyhead.inference_log.schema import make_engine, predictions
 from tests.unit.conftest import HEAD, asgi_client, head_app, running_embedder
 
 

@@ -18,10 +18,10 @@ def test_precedence_cli_over_env_over_file_over_default(tmp_path, monkeypatch):
     assert s.max_wait_ms == 2.0  # default
 
 
-def test_config_file_from_env_var(tmp_path, monkeypatch):
+def test_settings_file_from_env_var(tmp_path, monkeypatch):
     config = tmp_path / "c.yaml"
     config.write_text("embedder:\n  max_text_chars: 77\n")
-    monkeypatch.setenv("POLYHEAD_CONFIG", str(config))
+    monkeypatch.setenv("POLYHEAD_SETTINGS", str(config))
     assert EmbedderSettings.load().max_text_chars == 77
 
 

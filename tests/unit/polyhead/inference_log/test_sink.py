@@ -1,4 +1,4 @@
-"""The head's DBAPI write path (heads/inference_log/sink.py) against real databases: it must store
+"""The head's DBAPI write path (polyhead/inference_log/sink.py) against real databases: it must store
 exactly what the SQLAlchemy path stores, on SQLite and PostgreSQL, and migrate through a child process."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from heads.inference_log.records import PredictionRecord
-from heads.inference_log.reports import build_report
-from heads.inference_log.schema import MIGRATIONS, count_rows, dialect_insert, make_engine, migrate, predictions
-from heads.inference_log.sink import COLUMNS, SCHEMA_VERSION, InferenceDBError, open_sink, sqlite_ts
-from heads.inference_log.writer import InferenceLog
+from polyhead.inference_log.records import PredictionRecord
+from polyhead.inference_log.reports import build_report
+from polyhead.inference_log.schema import MIGRATIONS, count_rows, dialect_insert, make_engine, migrate, predictions
+from polyhead.inference_log.sink import COLUMNS, SCHEMA_VERSION, InferenceDBError, open_sink, sqlite_ts
+from polyhead.inference_log.writer import InferenceLog
 from tests.conftest import ROOT
 from tests.helpers import PostgresBackend
-from tests.unit.heads.test_reports import TRAFFIC
+from tests.unit.polyhead.inference_log.test_reports import TRAFFIC
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -226,8 +226,8 @@ def test_a_serving_head_on_a_fresh_postgresql_never_loads_sqlalchemy(postgres_ur
     try:
         code = f"""
 import sys
-from heads.inference_log.records import PredictionRecord
-from heads.inference_log.writer import InferenceLog
+from polyhead.inference_log.records import PredictionRecord
+from polyhead.inference_log.writer import InferenceLog
 with InferenceLog({backend.url!r}, {str(tmp_path / 'spool')!r}) as log:
     log.record(PredictionRecord.create(request_id="r", head="h", head_version="1", embedder_fingerprint="f",
                                        text="t", label="a", probability=0.5, top_k=[("a", 0.5)], latency_ms=1.0))

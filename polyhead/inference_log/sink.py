@@ -5,7 +5,7 @@ NOTHING``; loading SQLAlchemy for it cost ~11 MiB per head process (BENCHMARKS.m
 still owns the schema, the migrations and every read (schema.py): when the database is behind this
 code's schema the sink runs the migrations in a short-lived child process (migrate.py), so the
 serving process never imports SQLAlchemy. Values are bound exactly as SQLAlchemy binds them
-(tests/unit/heads/test_sink.py compares rows written both ways, field by field, on both databases).
+(tests/unit/polyhead/inference_log/test_sink.py compares rows written both ways, field by field, on both databases).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from heads.inference_log.records import PredictionRecord
+from polyhead.inference_log.records import PredictionRecord
 
 # The latest version in schema.MIGRATIONS (a unit test keeps the two equal).
 SCHEMA_VERSION = 3
@@ -230,11 +230,11 @@ def sqlite_ts(value: datetime) -> str:
 
 
 def migrate_in_child(url: str, timeout_s: float = MIGRATE_TIMEOUT_S) -> None:
-    """``python -m heads.inference_log.migrate``: SQLAlchemy's migrations, loaded in a process that exits."""
+    """``python -m polyhead.inference_log.migrate``: SQLAlchemy's migrations, loaded in a process that exits."""
     root = str(Path(__file__).resolve().parents[2])  # this tree's `heads`, whatever the child's sys.path
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     try:
-        done = subprocess.run([sys.executable, "-m", "heads.inference_log.migrate"], input=url,  # stdin: no password in ps
+        done = subprocess.run([sys.executable, "-m", "polyhead.inference_log.migrate"], input=url,  # stdin: no password in ps
                               capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         raise InferenceDBError(f"migration did not finish within {timeout_s:.0f}s") from None

@@ -49,8 +49,8 @@ def from_db(db_url: str, name: str, *, since: str | None, until: str | None, buc
             heads_dir: Path | None = None) -> dict:
     """The same report built here from the inference DB (no gateway needed; no drift: that lives in the head)."""
     from heads.config import HeadConfigError, load_head_configs
-    from heads.inference_log.reports import build_report
-    from heads.inference_log.schema import make_engine, migrate
+    from polyhead.inference_log.reports import build_report
+    from polyhead.inference_log.schema import make_engine, migrate
 
     if heads_dir is not None and Path(heads_dir).is_dir():
         try:

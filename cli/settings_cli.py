@@ -16,7 +16,7 @@ from polyhead.settings_flags import settings_flags
 
 def settings_options(settings_cls: type[PolyheadSettings], *, exclude: tuple[str, ...] = (),
                      arguments: dict[str, str] | None = None) -> Callable:
-    """Decorate a typer command `fn(settings, ...)`: adds `--config FILE` and one option per simple
+    """Decorate a typer command `fn(settings, ...)`: adds `--settings FILE` and one option per simple
     field of `settings_cls` (help = the field's description), and calls `fn` with the loaded settings.
 
     `arguments` maps the command's own parameters onto settings fields (e.g. a positional path)."""
@@ -27,7 +27,7 @@ def settings_options(settings_cls: type[PolyheadSettings], *, exclude: tuple[str
         taken = {p.name for p in own} | set(arguments.values()) | set(exclude)
         generated = [inspect.Parameter(
             "settings_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
-            default=typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
+            default=typer.Option(None, "--settings", "-s", exists=True, dir_okay=False,
                                  help=f"YAML settings file (section `{settings_cls.section}:`)"))]
         for flag in settings_flags(settings_cls, taken):
             generated.append(inspect.Parameter(

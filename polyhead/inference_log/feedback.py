@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-from heads.inference_log.schema import dialect_insert, feedback, predictions
+from polyhead.inference_log.schema import dialect_insert, feedback, predictions
 
 Key = tuple[str, int]  # (request_id, index)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from heads.inference_log.sink import PG_CONNECT_ARGS, SQLITE_TIMEOUT_S, sqlite_wal
+from polyhead.inference_log.sink import PG_CONNECT_ARGS, SQLITE_TIMEOUT_S, sqlite_wal
 
 metadata = sa.MetaData()
 

@@ -6,24 +6,31 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import typer
+from typer.testing import CliRunner
 
 from heads import serve_cli
-from polyhead.commands import app
+from cli.commands import app
 
 
-def _typer_flags(*path: str) -> set[str]:
-    command = typer.main.get_command(app)
-    for name in path:
-        command = command.commands[name]
-    return {opt for param in command.params for opt in (*param.opts, *param.secondary_opts) if opt.startswith("-")}
+def test_the_typer_command_forwards_to_the_one_serving_entry():
+    # One command-line path: `polyhead head serve` under typer hands its raw arguments to serve_cli,
+    # whose argparse flags (generated from HeadSettings) are the only ones.
+    result = CliRunner().invoke(app, ["head", "serve", "--help"])
+    assert result.exit_code == 0, result.output
+    flags = {opt for action in serve_cli.parser()._actions for opt in action.option_strings}
+    assert "--embedder-target" in flags and "--no-coalesce" in flags and "-s" in flags
+    assert all(flag in result.output for flag in flags)
+    assert "usage: polyhead head serve" in result.output
 
 
-def test_the_light_entry_has_the_typer_commands_flags():
-    parser = serve_cli.parser()
-    light = {opt for action in parser._actions for opt in action.option_strings} - {"-h", "--help"}
-    assert light == _typer_flags("head", "serve") - {"--help"}
-    assert "--embedder-target" in light and "--no-coalesce" in light and "-c" in light
+def test_every_head_setting_has_a_flag():
+    from heads.settings import HeadSettings
+
+    flags = {opt for action in serve_cli.parser()._actions for opt in action.option_strings}
+    for name in HeadSettings.model_fields:
+        if name == "config":
+            continue  # the positional argument
+        assert f"--{name.replace('_', '-')}" in flags, name
 
 
 def test_the_light_entry_loads_settings_like_the_typer_command(tmp_path):
@@ -31,7 +38,7 @@ def test_the_light_entry_loads_settings_like_the_typer_command(tmp_path):
     config.write_text("name: h\n")
     settings_file = tmp_path / "settings.yaml"
     settings_file.write_text("head:\n  port: 9001\n  coalesce: false\n")
-    settings = serve_cli.parse_settings(serve_cli.HeadSettings, [str(config), "-c", str(settings_file),
+    settings = serve_cli.parse_settings(serve_cli.HeadSettings, [str(config), "-s", str(settings_file),
                                                                  "--embedder-timeout-s", "2.5", "--coalesce"],
                                         **serve_cli.PARSER)
     assert settings.config == [config] and settings.port == 9001 and settings.embedder_timeout_s == 2.5
@@ -41,14 +48,14 @@ def test_the_light_entry_loads_settings_like_the_typer_command(tmp_path):
 def test_the_head_serving_entry_imports_neither_cli_libraries_nor_other_backends(tmp_path):
     # What a head on SQLite loads: the entry, its app and server modules, its inference log writing a
     # row to a fresh DB. Not typer or rich (CLI), TensorFlow (embedder), SQLAlchemy (the head writes
-    # through sqlite3 and migrates in a child process: heads/inference_log/sink.py), numpy.random
+    # through sqlite3 and migrates in a child process: polyhead/inference_log/sink.py), numpy.random
     # (drift noise comes precomputed in the artifact), training code.
     code = f"""
 import sys
 sys.argv = ["polyhead", "head", "serve"]
-import polyhead.cli, heads.serve_cli, heads.http_server, uvicorn
-from heads.inference_log.records import PredictionRecord
-from heads.inference_log.writer import InferenceLog
+import cli.main, heads.serve_cli, heads.http_server, uvicorn
+from polyhead.inference_log.records import PredictionRecord
+from polyhead.inference_log.writer import InferenceLog
 settings = heads.serve_cli.parse_settings(heads.serve_cli.HeadSettings, ["--db-url", "sqlite:///{tmp_path}/db/i.db"],
                                           **heads.serve_cli.PARSER)
 with InferenceLog(settings.db_url, "{tmp_path}/spool") as log:
@@ -56,7 +63,7 @@ with InferenceLog(settings.db_url, "{tmp_path}/spool") as log:
                                        text="t", label="a", probability=0.5, top_k=[("a", 0.5)], latency_ms=1.0))
     assert log.flush() and log.healthy() and log.stats.written == 1, log.stats
 bad = [m for m in sys.modules if m.split(".")[0] in ("typer", "rich", "tensorflow", "gateway", "sqlalchemy")
-       or m.startswith(("numpy.random", "heads.training.fit", "polyhead.commands"))]
+       or m.startswith(("numpy.random", "heads.training.fit", "cli.commands"))]
 assert not bad, bad
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -8,7 +8,7 @@ from tests.conftest import ROOT
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "polyhead.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
 
 
@@ -29,5 +29,5 @@ def test_embed_command_reports_bad_input_clearly(server_process):
 
 
 def test_client_import_does_not_import_tensorflow():
-    code = "import sys, embedder.client, polyhead.cli, polyhead.commands; assert 'tensorflow' not in sys.modules, 'tf imported'"
+    code = "import sys, embedder.client, cli.main, cli.commands; assert 'tensorflow' not in sys.modules, 'tf imported'"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

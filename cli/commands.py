@@ -1,4 +1,4 @@
-"""The `polyhead` commands (typer; entry point: polyhead/cli.py). Service modules are imported
+"""The `polyhead` commands (typer; entry point: cli/main.py). Service modules are imported
 lazily: `polyhead embed` must not pay for (or even have) TensorFlow."""
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import typer
 # options be generated from the one declaration of every setting.
 from embedder.settings import EmbedderSettings
 from gateway.settings import GatewaySettings
-from heads.serve_cli import HEAD_CONFIGS_HELP, serve_head
-from heads.settings import HeadSettings
+from heads import serve_cli
 from polyhead.settings import (
     DEFAULT_DB_URL,
     DEFAULT_EMBEDDER_TARGET,
@@ -24,8 +23,8 @@ from polyhead.settings import (
     DEFAULT_HEADS_DIR,
     DEFAULT_MODELS_DIR,
 )
-from polyhead.settings_cli import settings_options
-from polyhead.stack import StackSettings
+from cli.settings_cli import settings_options
+from cli.stack import StackSettings
 
 app = typer.Typer(help="polyhead: one embedder, many cheap classifier heads.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -103,16 +102,14 @@ def export_model(
     typer.echo(json.dumps({"path": str(output), "fingerprint": fingerprint_saved_model(output)}))
 
 
-@head_app.command("serve")
-@settings_options(HeadSettings, arguments={"head_configs": "config"})
-def head_serve(settings: HeadSettings,
-               head_configs: Optional[List[Path]] = typer.Argument(
-                   None, help=HEAD_CONFIGS_HELP, exists=True, dir_okay=False)):
+@head_app.command("serve", add_help_option=False,
+                  context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def head_serve(ctx: typer.Context):
     """Serve one head, or several packed in one process (numpy only: never imports TensorFlow).
 
-    `polyhead head serve` itself runs heads/serve_cli.py (same flags, without typer); this command
-    is what `polyhead head --help` lists and what tests call through typer."""
-    raise typer.Exit(serve_head(settings))
+    One entry, heads/serve_cli.py (argparse, flags from HeadSettings): cli/main.py goes there before
+    loading typer; this command only lists it under `polyhead head --help` and forwards to it."""
+    raise typer.Exit(serve_cli.main(list(ctx.args)))
 
 
 @gateway_app.command("serve")
@@ -200,7 +197,7 @@ def report(
 ):
     """A head's production report: volume, labels, confidence, abstentions, latency, feedback accuracy, drift."""
     from polyhead.errors import PolyheadError
-    from polyhead.report import from_db, from_gateway, print_report
+    from cli.report import from_db, from_gateway, print_report
 
     if bucket not in ("hour", "day"):
         typer.echo(f"error: --bucket must be hour or day, not {bucket!r}", err=True)
@@ -240,7 +237,7 @@ def batch(
     """Classify a whole file through the gateway (or --direct): progress bar, bounded concurrency, resumable."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from polyhead.batch import DirectPredictor, GatewayPredictor, classify_file, done_rows, read_rows
+    from cli.batch import DirectPredictor, GatewayPredictor, classify_file, done_rows, read_rows
     from polyhead.errors import PolyheadError
 
     total = sum(1 for _ in read_rows(input_path, text_field))
@@ -278,7 +275,7 @@ def up(settings: StackSettings):
     """Run the whole stack: embedder, every configured head, gateway (Ctrl-C stops all)."""
     from rich.console import Console
 
-    from polyhead.stack import Stack
+    from cli.stack import Stack
 
     raise typer.Exit(Stack(settings, Console()).run())
 
@@ -290,7 +287,7 @@ def stack_status(settings: StackSettings):
     from rich.console import Console
     from rich.table import Table
 
-    from polyhead.stack import status
+    from cli.stack import status
 
     rows = status(settings)
     if not rows:
@@ -318,7 +315,7 @@ def deploy_generate(
 ):
     """(Re)generate compose, Prometheus and Kubernetes files from configs/heads/*.yaml."""
     from heads.config import HeadConfigError
-    from polyhead.deploy import stale, write
+    from cli.deploy import stale, write
 
     try:
         changed = stale(root, heads_per_process=heads_per_process) if check else write(root, heads_per_process)

@@ -21,9 +21,9 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
-from heads.inference_log.records import PredictionRecord
-from heads.inference_log.schema import MIGRATIONS, count_rows, make_engine, migrate, predictions, schema_version
-from heads.inference_log.writer import InferenceLog
+from polyhead.inference_log.records import PredictionRecord
+from polyhead.inference_log.schema import MIGRATIONS, count_rows, make_engine, migrate, predictions, schema_version
+from polyhead.inference_log.writer import InferenceLog
 from tests.helpers import PostgresBackend, TcpProxy  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)

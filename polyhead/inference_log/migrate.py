@@ -1,4 +1,4 @@
-"""``python -m heads.inference_log.migrate [URL]``: apply the inference DB's migrations and exit.
+"""``python -m polyhead.inference_log.migrate [URL]``: apply the inference DB's migrations and exit.
 
 Heads run it as a child process (sink.migrate_in_child) so that SQLAlchemy, which owns the schema,
 never loads into a serving process. The URL comes from the argument, else from stdin (which keeps
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from heads.inference_log.schema import make_engine, migrate
+from polyhead.inference_log.schema import make_engine, migrate
 
 
 def main(argv: list[str]) -> int:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from heads.inference_log.schema import feedback, predictions
+from polyhead.inference_log.schema import feedback, predictions
 
 Bucket = Literal["hour", "day"]
 BUCKETS: tuple[str, ...] = ("hour", "day")

@@ -44,7 +44,7 @@ def pid_alive(pid: int) -> bool:
 def run_up(tmp_path: Path, exported_model: Path, gateway_port: int):
     heads = tmp_path / "heads"
     ports = [str(free_port()) for _ in range(3)]
-    cmd = [sys.executable, "-m", "polyhead.cli", "up", "--heads-dir", str(heads), "--models-dir", str(tmp_path / "models"),
+    cmd = [sys.executable, "-m", "cli", "up", "--heads-dir", str(heads), "--models-dir", str(tmp_path / "models"),
            "--var-dir", str(tmp_path / "var"), "--gateway-port", str(gateway_port), "--embedder-port", ports[0],
            "--embedder-metrics-port", ports[1], "--head-base-port", ports[2]]
     env = {**os.environ, "POLYHEAD_EMBEDDER_MODEL_HANDLE": str(exported_model)}
@@ -90,7 +90,7 @@ def test_up_trains_supervises_picks_up_new_heads_and_stops_cleanly(exported_mode
         assert sorted(both["results"]) == ["newcomer", "tickets"]
         assert all(r["predictions"][0]["label"] == "billing" for r in both["results"].values())
 
-        status = subprocess.run([sys.executable, "-m", "polyhead.cli", "status", "--var-dir", str(tmp_path / "var")],
+        status = subprocess.run([sys.executable, "-m", "cli", "status", "--var-dir", str(tmp_path / "var")],
                                 cwd=ROOT, capture_output=True, text=True, timeout=30)
         assert status.returncode == 0 and "newcomer" in status.stdout and "SERVING" in status.stdout
 

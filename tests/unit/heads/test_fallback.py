@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from embedder.cache import CachedEmbedding
-from embedder.fallback import EmbeddingFallback
+from heads.fallback import EmbeddingFallback
 from embedder.l2cache import RedisL2Cache
 
 

@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 
 from typer.testing import CliRunner
 
-from heads.inference_log.records import PredictionRecord
-from heads.inference_log.schema import make_engine, migrate, predictions
-from polyhead.commands import app
+from polyhead.inference_log.records import PredictionRecord
+from polyhead.inference_log.schema import make_engine, migrate, predictions
+from cli.commands import app
 from tests.conftest import ROOT
 
 

@@ -12,10 +12,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from heads.inference_log.feedback import feedback_examples, find_predictions, store_feedback
-from heads.inference_log.records import PredictionRecord
-from heads.inference_log.reports import build_report, empty_stats
-from heads.inference_log.schema import MIGRATIONS, _predictions_v1, make_engine, migrate, predictions, schema_version
+from polyhead.inference_log.feedback import feedback_examples, find_predictions, store_feedback
+from polyhead.inference_log.records import PredictionRecord
+from polyhead.inference_log.reports import build_report, empty_stats
+from polyhead.inference_log.schema import MIGRATIONS, _predictions_v1, make_engine, migrate, predictions, schema_version
 from tests.helpers import PostgresBackend
 
 pytestmark = pytest.mark.timeout(60)
@@ -172,7 +172,7 @@ def test_migrations_upgrade_a_database_created_before_them(tmp_path, request):
 
 
 def test_merge_feedback_skips_and_counts_duplicates_redacted_and_unknown_labels():
-    from heads.inference_log.feedback import FeedbackExample
+    from polyhead.inference_log.feedback import FeedbackExample
     from heads.training.pipeline import Split, merge_feedback
 
     train = Split(["card declined", "app crashes"], ["billing", "technical"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from polyhead.stack import Stack, StackSettings, replica_target
+from cli.stack import Stack, StackSettings, replica_target
 
 
 def test_replica_target_lists_every_replica_for_round_robin():

@@ -26,8 +26,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from heads.inference_log.records import PredictionRecord
-from heads.inference_log.sink import open_sink
+from polyhead.inference_log.records import PredictionRecord
+from polyhead.inference_log.sink import open_sink
 
 log = logging.getLogger(__name__)
 

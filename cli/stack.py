@@ -103,7 +103,7 @@ class Child:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "polyhead.cli", *args]
+    return [sys.executable, "-m", "cli", *args]
 
 
 class Stack:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from heads.config import load_head_configs
-from polyhead.stack import Stack, StackSettings
+from cli.stack import Stack, StackSettings
 from tests.e2e.heads.fixtures import write_head_config
 
 NAMES = ["alpha", "bravo", "charlie", "delta", "echo"]
