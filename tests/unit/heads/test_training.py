@@ -10,7 +10,10 @@ import pytest
 
 from heads.model import HeadModel
 from heads.training.evaluation import classification_report, evaluate
-from heads.training.fit import _fit, _scaler, stratified_folds, train_head
+from heads.training.data import stratified_folds
+from heads.training.fit import train_head
+from heads.training.mlp import fit as fit_mlp
+from heads.training.mlp import scaler
 from heads.training.params import TrainParams
 
 FAST = TrainParams(epochs_max=15, cv_folds=0, search_grid={"dropout": [0.3]})
@@ -99,8 +102,8 @@ def test_served_model_matches_the_training_network(overrides):
     X, y = clusters({"a": 40, "b": 40, "c": 40})
     yi = np.array(["abc".index(v) for v in y])
     p = TrainParams(**overrides)
-    mean, scale = _scaler(X, p.input_scaling)
-    fit = _fit(p, ((X - mean) * scale).astype(np.float32), yi, 3, K=3, seed=0, epochs=2)
+    mean, scale = scaler(X, p.input_scaling)
+    fit = fit_mlp(p, ((X - mean) * scale).astype(np.float32), yi, 3, K=3, seed=0, epochs=2)
     model = fit.net.to_head(fit.state, ["a", "b", "c"], mean, scale, p, {})
     expected = fit.net.member_proba(((X - mean) * scale).astype(np.float32), fit.state).mean(axis=0)
     assert model.n_members == 3
@@ -237,34 +240,33 @@ def test_default_candidate_is_exactly_logistic_regression_c10_on_train_plus_val(
 
 def test_served_logreg_head_folds_the_scaling_and_prior_shift():
     from heads.training import logreg
-    from heads.training.fit import _logreg_head
 
     X, y = clusters({"a": 40, "b": 40, "c": 40})
     yi = np.array(["abc".index(v) for v in y])
-    mean, scale = _scaler(X, "standardize")
+    mean, scale = scaler(X, "standardize")
     Z = ((X - mean) * scale).astype(np.float32)
     fit = logreg.fit(Z, yi, 3, np.ones(len(yi)), 0.1)
     shift = np.array([0.3, -0.2, 0.0])
-    model = _logreg_head([fit], ["a", "b", "c"], mean, scale, shift, {})
+    model = logreg.to_head([fit], ["a", "b", "c"], mean, scale, shift, {})
     logits = Z.astype(np.float64) @ fit.W + fit.b + shift
     expected = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(model.predict_proba(X), expected / expected.sum(axis=1, keepdims=True), atol=2e-5)
 
 
-def test_a_candidate_replaces_the_default_only_for_a_clear_gain():
-    from heads.training.fit import _clear_gain
+def test_a_candidate_replaces_the_default_only_for_aclear_gain():
+    from heads.training.selection import clear_gain
 
     base = np.array([True] * 280 + [False] * 20)  # 300 validation examples, 0.933
     one_more = base.copy()
     one_more[280] = True  # +1 example: noise
-    assert not _clear_gain(one_more, one_more.mean(), base, base.mean())
+    assert not clear_gain(one_more, one_more.mean(), base, base.mean())
     swapped = base.copy()
     swapped[280:290] = True
     swapped[:8] = False  # +10 fixed, -8 broken: +0.7 % but not clearly better example-wise
-    assert not _clear_gain(swapped, swapped.mean(), base, base.mean())
+    assert not clear_gain(swapped, swapped.mean(), base, base.mean())
     better = base.copy()
     better[280:290] = True  # +10 fixed, none broken
-    assert _clear_gain(better, better.mean(), base, base.mean())
+    assert clear_gain(better, better.mean(), base, base.mean())
     # in training: the record names the default, and a different choice is a clear gain over it
     X, y = linear_problem(300)
     Xv, yv = linear_problem(300, sample_seed=1)
