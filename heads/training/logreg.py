@@ -1,12 +1,13 @@
 """L2-regularised logistic regression: scikit-learn's LogisticRegression, on the raw embeddings.
 
 The "logreg" family, and the simple baseline every head must match: the trainer
-(heads.training.fit) compares it with the other families on the validation data. It is scikit-learn's own estimator (lbfgs, its default tolerance), fitted
-on the embeddings as they are, so the default candidate at C=10 is exactly the
-`LogisticRegression(C=10)` a data scientist would fit on the same vectors: the trainer departs
-from it only where validation shows a clear gain. (An earlier hand-written L-BFGS on centred,
-rescaled inputs solved the same objective more tightly and still differed from scikit-learn's
-early-stopped solution by a test example or two: noise, but noise the baseline does not have.)
+(heads.training.fit) compares it with the other families on the validation data. It is
+scikit-learn's own estimator (lbfgs, its default tolerance), fitted on the embeddings as they
+are, so the default candidate at C=10 is exactly the `LogisticRegression(C=10)` a data scientist
+would fit on the same vectors: the trainer departs from it only where validation shows a clear
+gain. (An earlier hand-written L-BFGS on centred, rescaled inputs solved the same objective more
+tightly and still differed from scikit-learn's early-stopped solution by a test example or two:
+noise, but noise the baseline does not have.)
 
 `sample_weight` carries the class weights (and zeros for a fold's held-out examples under
 cross-validation); `init` warm-starts a fit from a neighbouring C's solution (the trainer walks
