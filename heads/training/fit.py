@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -159,8 +159,7 @@ def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progr
                       validated, fit_class_w, Scorer(p, y_sel, log_prior_fit, C), progress=progress)
     candidates: list[Candidate] = []
     for name in (p.families if validated else p.families[:1]):  # without validation nothing to compare on
-        data.first_index = len(candidates)
-        candidates += registry.get(name).search(data)
+        candidates += registry.get(name).search(replace(data, first_index=len(candidates)))
     # The default candidate (the simple baseline a family declares: logreg at its grid's middle C) is
     # replaced only for a clear gain on the validation examples, not for one or two examples' worth of
     # noise. Among those with a clear gain: the best score (ties: a baseline family's, the earlier).
