@@ -107,8 +107,6 @@ def train_head(X_train: np.ndarray, y_train: Sequence[str], X_val: np.ndarray | 
         return _train_head(X_train, y_train, X_val, y_val, p, seed, progress)
 
 
-
-
 def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progress: Progress | None) -> TrainResult:
     started = time.perf_counter()
     X_train = np.asarray(X_train, np.float32)
