@@ -158,7 +158,7 @@ def train(
 
     from embedder.client import EmbedderClient
     from heads.config import HeadConfigError, load_head_config
-    from heads.training.pipeline import train_from_config
+    from heads.training.run import train_from_config
     from polyhead.errors import PolyheadError
 
     console = Console(stderr=True)

@@ -221,7 +221,7 @@ class Stack:
     def _ensure_trained(self, configs: dict) -> dict:
         from embedder.client import EmbedderClient
         from heads.artifacts import list_versions
-        from heads.training.pipeline import train_from_config
+        from heads.training.run import train_from_config
 
         servable = {}
         missing = [c for c in configs.values() if not list_versions(self.s.models_dir, c.name)]
