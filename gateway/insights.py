@@ -24,7 +24,7 @@ from polyhead.inference_log.feedback import LoggedPrediction, find_predictions, 
 from polyhead.inference_log.reports import DEFAULT_RANGE, build_report, utc
 from polyhead.inference_log.schema import make_engine, migrate
 from polyhead.errors import NotFoundError, UnavailableError, ValidationError
-from polyhead.validation import text_type
+from polyhead.validation import absent_not_null, text_type
 
 log = logging.getLogger("polyhead.gateway.insights")
 
@@ -50,8 +50,7 @@ class FeedbackItem(BaseModel):
 def _feedback_schema_extra(schema: dict) -> None:
     """JSON Schema for "one feedback (request_id + label, optional index) or `items`, never both, never null"
     (pydantic alone writes `default: null` and no exclusivity)."""
-    for prop in schema.get("properties", {}).values():
-        prop.pop("default", None)
+    absent_not_null(schema)
     schema["oneOf"] = [{"required": ["request_id", "label"], "not": {"required": ["items"]}},
                        {"required": ["items"], "not": {"anyOf": [{"required": [f]} for f in SINGLE_FIELDS]}}]
     schema["examples"] = [

@@ -15,17 +15,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 
 from heads.config import ServingConfig
-from polyhead.validation import text_type, texts_type
+from polyhead.validation import TextOrTexts, one_text_or_texts_schema, text_type, texts_type
 
 _DEFAULT_SERVING = ServingConfig()
 
-
-def _request_schema_extra(schema: dict) -> None:
-    """JSON Schema for "exactly one of text/texts, never null" (pydantic alone writes `default: null`)."""
-    for prop in schema.get("properties", {}).values():
-        prop.pop("default", None)
-    schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]
-    schema["examples"] = [{"text": "my card was declined"}, {"texts": ["reset my password", "app crashes"]}]
 
 # A packed head process serves each head under this prefix (`http://host:port/heads/<name>`); a
 # one-head process at its root. The gateway needs the prefix only to find which routes share a
@@ -120,27 +113,12 @@ def encode_explain_response(result: Explanation) -> dict:
 
 
 # -- schemas (request validation and OpenAPI) -------------------------------------------------------
-class PredictRequestBase(BaseModel):
+class PredictRequestBase(TextOrTexts):
     """Exactly one of `text` / `texts`; every text non-blank, valid UTF-8 and within the head's limits.
 
     The limits come from the head's ServingConfig, so each head builds its own request model
     (`predict_request_model`) and its OpenAPI states the limits it enforces.
     """
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_request_schema_extra)
-
-    @model_validator(mode="after")
-    def _exactly_one(self):
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of 'text' or 'texts'")
-        return self
-
-    @property
-    def batch(self) -> bool:
-        return self.texts is not None
-
-    def all_texts(self) -> list[str]:
-        return self.texts if self.texts is not None else [self.text]
 
 
 @functools.cache
@@ -211,19 +189,19 @@ _ClassifyText = text_type(None, "One text")
 _ClassifyTexts = texts_type(None, None, "Several texts, answered in order")
 
 
-# The schema states "at least one name" (minItems); _exactly_one enforces it with a message naming `models`.
+# The schema states "at least one name" (minItems); _some_models enforces it with a message naming `models`.
 _ClassifyModels = Annotated[list[str] | Literal["*"], WithJsonSchema(
     {"anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "string", "const": "*"}]})]
 
 
 def _classify_schema_extra(schema: dict) -> None:
     """Exactly one of text/texts, never null (as for predict), with classify's examples."""
-    _request_schema_extra(schema)
+    one_text_or_texts_schema(schema)
     schema["examples"] = [{"text": "my card was declined", "models": ["sentiment", "urgency"]},
                           {"texts": ["refund me", "the app crashes"], "models": "*"}]
 
 
-class ClassifyRequest(BaseModel):
+class ClassifyRequest(TextOrTexts):
     """Several models on the same texts (gateway POST /v1/classify; a head process's POST /classify)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_classify_schema_extra)
@@ -235,15 +213,10 @@ class ClassifyRequest(BaseModel):
     models: _ClassifyModels = Field(..., description="Model names (at least one), or '*' for every routable model")
 
     @model_validator(mode="after")
-    def _exactly_one(self):
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of 'text' or 'texts'")
+    def _some_models(self):
         if isinstance(self.models, list) and not self.models:
             raise ValueError("models: name at least one model, or '*' for all")
         return self
-
-    def all_texts(self) -> list[str]:
-        return self.texts if self.texts is not None else [self.text]
 
 
 class ModelError(BaseModel):
