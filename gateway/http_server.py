@@ -21,12 +21,13 @@ from gateway.auth import Authenticator, BodySizeLimit
 from gateway.console import install_console
 from gateway.core import GatewayService
 from embedder.settings import EmbedderSettings
-from gateway.insights import FeedbackRequest, FeedbackResponse, Insights, Report
+from gateway.insights import FeedbackRequest, FeedbackResponse, Insights
 from gateway.settings import GatewaySettings
 from heads.api import (ClassifyRequest, ClassifyResponse, ExplainRequest, ExplainResponse, PredictRequest,
                        PredictResponse)
 from polyhead import __version__
 from polyhead.errors import ForbiddenError, PolyheadError
+from polyhead.inference_log.report_models import Report
 from polyhead.http import PROMETHEUS_TEXT, REQUEST_ID_HEADER, error_responses, install_error_handlers, request_id_of
 from polyhead.validation import text_or_texts_type
 

@@ -14,13 +14,14 @@ import logging
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Literal
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.core import GatewayService
 from polyhead.inference_log.feedback import LoggedPrediction, find_predictions, store_feedback
+from polyhead.inference_log.report_models import Report
 from polyhead.inference_log.reports import DEFAULT_RANGE, build_report, utc
 from polyhead.inference_log.schema import make_engine, migrate
 from polyhead.errors import NotFoundError, UnavailableError, ValidationError
@@ -105,61 +106,6 @@ class FeedbackResponse(BaseModel):
     items: list[FeedbackResult]
 
 
-class Latency(BaseModel):
-    p50: float | None
-    p95: float | None
-    p99: float | None
-
-
-class Histogram(BaseModel):
-    edges: list[float]
-    counts: list[int]
-
-
-class FeedbackStats(BaseModel):
-    count: int
-    accuracy: float | None
-    f1_weighted: float | None
-
-
-class Stats(BaseModel):
-    requests: int
-    texts: int
-    abstain_rate: float | None
-    confidence_mean: float | None
-    latency_ms: Latency
-    label_distribution: dict[str, int]
-    confidence_histogram: Histogram
-    feedback: FeedbackStats
-
-
-class VersionStats(Stats):
-    version: str
-
-
-class TimelineEntry(BaseModel):
-    start: datetime
-    version: str
-    requests: int
-    texts: int
-    confidence_mean: float | None
-    abstain_rate: float | None
-    latency_ms: Latency
-
-
-class Report(BaseModel):
-    model: str
-    since: datetime
-    until: datetime
-    bucket: Literal["hour", "day"]
-    summary: Stats
-    versions: list[VersionStats]
-    timeline: list[TimelineEntry]
-    drift: dict[str, Any] | None = Field(None, description="The head's GET /drift; null when it has none or is down")
-    adjusted: list[str] = Field([], description="How the asked range or bucket was changed to fit the limits "
-                                                "(empty when it was not): since/until/bucket above are what was used")
-
-
 # -- the report's range: every ISO 8601 range is answered; what does not fit is adjusted and said ---------
 EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 LATEST = datetime.max.replace(tzinfo=timezone.utc)
@@ -229,14 +175,12 @@ class Insights:
 
     # -- reports ------------------------------------------------------------------------------------
     async def report(self, name: str, since: datetime | None, until: datetime | None, bucket: str,
-                     request_id: str) -> dict:
+                     request_id: str) -> Report:
         route = self.gateway.routing.get(name)  # 404 naming the known models
         since, until, bucket, adjusted = fit_report_range(since, until, bucket)
         body, drift = await asyncio.gather(self._in_db(build_report, name, since=since, until=until, bucket=bucket),
                                            self.gateway.head_json(route, "/drift", request_id))
-        body["drift"] = drift
-        body["adjusted"] = adjusted
-        return body
+        return Report.model_validate({**body, "drift": drift, "adjusted": adjusted})
 
     # -- feedback -----------------------------------------------------------------------------------
     async def feedback(self, name: str, items: list[FeedbackItem], *, batch: bool, request_id: str) -> dict:
