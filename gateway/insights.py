@@ -24,7 +24,7 @@ from polyhead.inference_log.feedback import LoggedPrediction, find_predictions, 
 from polyhead.inference_log.report_models import Report
 from polyhead.inference_log.reports import DEFAULT_RANGE, build_report, utc
 from polyhead.inference_log.schema import make_engine, migrate
-from polyhead.errors import NotFoundError, UnavailableError, ValidationError
+from polyhead.errors import NotFoundError, PolyheadError, UnavailableError, ValidationError
 from polyhead.validation import absent_not_null, text_type
 
 log = logging.getLogger("polyhead.gateway.insights")
@@ -234,11 +234,14 @@ class Insights:
         cached = self._labels.get((route.name, version))
         if cached is not None:
             return cached
-        info = await self.gateway.head_json(route, "/info", request_id)
-        if info is None or not info.get("labels"):
+        try:
+            info = await self.gateway.head_info(route, request_id)
+        except PolyheadError:
+            info = None
+        if info is None or not info.labels:
             raise UnavailableError(f"model {route.name!r}: cannot check the label now: its head did not answer /info",
                                    retry_after_s=2)
-        labels = [str(x) for x in info["labels"]]
-        if info.get("version"):
-            self._labels[(route.name, str(info["version"]))] = labels
+        labels = info.labels
+        if info.version:
+            self._labels[(route.name, info.version)] = labels
         return labels

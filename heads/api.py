@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 
@@ -217,6 +217,34 @@ class ClassifyRequest(TextOrTexts):
         if isinstance(self.models, list) and not self.models:
             raise ValueError("models: name at least one model, or '*' for all")
         return self
+
+
+class DriftSummary(BaseModel):
+    """The short form of a head's drift (GET /drift has the details): in its /info and the gateway's /v1/models."""
+
+    flagged: bool
+    scores: dict[str, float | None] = {}
+    available: bool = Field(True, description="false: the served artifact has no drift reference statistics")
+
+
+class HeadInfo(BaseModel):
+    """A head's GET /info: what it serves and whether it is ready. The gateway reads it back (its /v1/models
+    entries are a digest of it: gateway.core.ModelInfo) and so does the feedback check (the labels)."""
+
+    name: str
+    description: str = ""
+    version: str | None = Field(None, description="The served artifact version; null before the first training")
+    version_spec: str = Field("latest", description="A pinned version id, or 'latest'")
+    labels: list[str] = []
+    metrics: dict[str, Any] = Field({}, description="The served version's test-set metrics")
+    embedder_fingerprint: str | None = None
+    feature_set: str | None = Field(None, description="The embedder feature set the served version was trained on")
+    ready: bool
+    checks: dict[str, str] = Field({}, description="Readiness checks (artifact, embedder, fingerprint): why not ready")
+    serving: ServingConfig = Field(_DEFAULT_SERVING, description="The head's serving configuration")
+    server_version: str = ""
+    drift: DriftSummary | None = Field(None, description="The head's drift flag and scores (GET <head>/drift has "
+                                                         "the details); null when the head does not report drift")
 
 
 class ModelError(BaseModel):

@@ -21,6 +21,7 @@ from heads.api import (
     ClassifyResponse,
     ExplainRequest,
     ExplainResponse,
+    HeadInfo,
     PredictRequestBase,
     PredictResponse,
     encode_explain_response,
@@ -84,22 +85,22 @@ def head_router(service: HeadService) -> APIRouter:
         state = await service.readiness()
         return JSONResponse({"ready": state.ready, "checks": state.checks}, status_code=200 if state.ready else 503)
 
-    @router.get("/info")
+    @router.get("/info", response_model=HeadInfo)
     async def info():
         servable = service.manager.current
         state = await service.readiness()
         art = servable.artifact if servable else None
-        return {
-            "name": config.name, "description": config.description,
-            "version": art.version if art else None, "version_spec": service.manager.version_spec,
-            "labels": list(art.model.labels) if art else [],
-            "metrics": art.metrics.get("test", {}) if art else {},
-            "embedder_fingerprint": art.embedder_fingerprint if art else None,
-            "feature_set": art.feature_set if art else None,
-            "ready": state.ready, "checks": state.checks,
-            "serving": config.serving.model_dump(), "server_version": __version__,
-            "drift": service.drift_summary(),
-        }
+        return HeadInfo(
+            name=config.name, description=config.description,
+            version=art.version if art else None, version_spec=service.manager.version_spec,
+            labels=list(art.model.labels) if art else [],
+            metrics=art.metrics.get("test", {}) if art else {},
+            embedder_fingerprint=art.embedder_fingerprint if art else None,
+            feature_set=art.feature_set if art else None,
+            ready=state.ready, checks=state.checks,
+            serving=config.serving, server_version=__version__,
+            drift=service.drift_summary(),
+        )
 
     @router.get("/drift")
     async def drift():
