@@ -1,8 +1,10 @@
-"""The head API, owned here once: the typed results a head computes and their one wire encoding.
+"""The head API, owned here once: the typed results a head computes, which are also its wire contract.
 
 Used by the head's HTTP front end, by the gateway (which documents and forwards the same shapes)
-and by `polyhead batch` (which reads them back). Cores return `PredictResult`; only front ends
-call `encode_predict_response`, so the JSON shape is written in exactly one place.
+and by `polyhead batch` (which reads them back). Cores return `PredictResponse` / `ExplainResponse`
+(frozen dataclasses: no validation on the hot path); their JSON and their OpenAPI schema are both
+pydantic's reading of these same classes (`encode_*`, `decode_predict_response`), so each shape is
+written in exactly one place.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from dataclasses import dataclass
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PlainSerializer, TypeAdapter, WithJsonSchema, create_model,
+                      model_validator)
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
 
 from heads.config import ServingConfig
 from polyhead.validation import TextOrTexts, one_text_or_texts_schema, text_type, texts_type
@@ -36,80 +40,84 @@ def process_base_url(route_url: str, name: str) -> str | None:
     return route_url[: -len(suffix)] if route_url.rstrip("/").endswith(suffix) else None
 
 
-# -- typed results (what the core computes) ---------------------------------------------------------
+# -- typed results (what the core computes, and what the wire carries) -------------------------------
+# Rounded on the wire only: the core keeps full precision (the inference log, drift).
+Probability = Annotated[float, PlainSerializer(lambda v: round(v, 6), return_type=float)]
+Milliseconds = Annotated[float, PlainSerializer(lambda v: round(v, 3), return_type=float)]
+
+
+class ScoredLabel(TypedDict):
+    label: str
+    probability: float
+
+
 @dataclass(frozen=True)
 class Prediction:
     label: str  # the abstain label when the top probability is under the head's threshold
-    probability: float
-    top_k: list[dict]  # [{"label", "probability"}], best first
+    probability: Probability
+    top_k: list[ScoredLabel]  # best first
     abstained: bool
 
 
 @dataclass(frozen=True)
-class PredictResult:
+class PredictResponse:
     head: str
     version: str
     embedder_fingerprint: str
     request_id: str
-    latency_ms: float
+    latency_ms: Milliseconds
     predictions: list[Prediction]
 
 
 @dataclass(frozen=True)
 class WordImportance:
     word: str
-    start: int  # character offsets into the text: text[start:end] == word
+    start: Annotated[int, Field(description="Character offset of the word in the text")]  # text[start:end] == word
     end: int
-    importance: float  # drop in the label's probability when the word is left out (< 0: it argued against)
+    importance: Annotated[Probability, Field(description="Drop in the label's probability without this word; "
+                                                         "negative when the word argued against the label")]
 
 
 @dataclass(frozen=True)
-class Explanation:
+class ExplainResponse:
     head: str
     version: str
-    request_id: str
-    label: str  # the model's top label (even when the prediction abstains), the one the importances refer to
-    probability: float
+    label: Annotated[str, Field(description="The model's top label, which the importances refer to")]  # even abstaining
+    probability: Probability
     abstained: bool
     words: list[WordImportance]
-    latency_ms: float
+    request_id: str
+    latency_ms: Milliseconds
 
 
-# -- wire encoding ---------------------------------------------------------------------------------
-def encode_prediction(p: Prediction) -> dict:
-    return {"label": p.label, "probability": round(p.probability, 6), "top_k": p.top_k, "abstained": p.abstained}
+_PREDICT_RESPONSE = TypeAdapter(PredictResponse)
+_EXPLAIN_RESPONSE = TypeAdapter(ExplainResponse)
+
+
+# -- wire encoding: pydantic's serialisation of the classes above (no validation: the core built them) --
+def encode_predict_response(result: PredictResponse) -> dict:
+    """The JSON body of a 200 from /predict, as a dict (one entry of /classify's results)."""
+    return _PREDICT_RESPONSE.dump_python(result, mode="json")
+
+
+def encode_predict_json(result: PredictResponse) -> bytes:
+    """The JSON body of a 200 from /predict (serialised in pydantic-core: cheaper than a dict + json.dumps)."""
+    return _PREDICT_RESPONSE.dump_json(result)
+
+
+def decode_predict_response(body: bytes | str) -> PredictResponse:
+    """A /predict answer read back (polyhead batch), validated: ValueError (pydantic's) if it is not one."""
+    return _PREDICT_RESPONSE.validate_json(body)
+
+
+def encode_explain_json(result: ExplainResponse) -> bytes:
+    """The JSON body of a 200 from /explain."""
+    return _EXPLAIN_RESPONSE.dump_json(result)
 
 
 def encode_model_error(status: int, error: dict) -> dict:
     """One model's failure inside a multi-model answer (/classify): its status and its error body."""
     return {"error": error, "status": int(status)}
-
-
-def encode_predict_response(result: PredictResult) -> dict:
-    """The JSON body of a 200 from /predict (schema: `PredictResponse`)."""
-    return {
-        "head": result.head,
-        "version": result.version,
-        "embedder_fingerprint": result.embedder_fingerprint,
-        "request_id": result.request_id,
-        "latency_ms": round(result.latency_ms, 3),
-        "predictions": [encode_prediction(p) for p in result.predictions],
-    }
-
-
-def encode_explain_response(result: Explanation) -> dict:
-    """The JSON body of a 200 from /explain (schema: `ExplainResponse`)."""
-    return {
-        "head": result.head,
-        "version": result.version,
-        "label": result.label,
-        "probability": round(result.probability, 6),
-        "abstained": result.abstained,
-        "words": [{"word": w.word, "start": w.start, "end": w.end, "importance": round(w.importance, 6)}
-                  for w in result.words],
-        "request_id": result.request_id,
-        "latency_ms": round(result.latency_ms, 3),
-    }
 
 
 # -- schemas (request validation and OpenAPI) -------------------------------------------------------
@@ -136,27 +144,6 @@ def predict_request_model(max_texts: int = _DEFAULT_SERVING.max_texts_per_reques
 PredictRequest = predict_request_model()
 
 
-class ScoredLabel(BaseModel):
-    label: str
-    probability: float
-
-
-class PredictionOut(BaseModel):
-    label: str
-    probability: float
-    top_k: list[ScoredLabel]
-    abstained: bool
-
-
-class PredictResponse(BaseModel):
-    head: str
-    version: str
-    embedder_fingerprint: str
-    request_id: str
-    latency_ms: float
-    predictions: list[PredictionOut]
-
-
 _ExplainText = text_type(_DEFAULT_SERVING.max_text_chars, "One text; at most the head's serving.max_explain_words words")
 
 
@@ -164,25 +151,6 @@ class ExplainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "my card was declined"}]})
 
     text: _ExplainText
-
-
-class WordImportanceOut(BaseModel):
-    word: str
-    start: int = Field(..., description="Character offset of the word in the text")
-    end: int
-    importance: float = Field(..., description="Drop in the label's probability without this word; "
-                              "negative when the word argued against the label")
-
-
-class ExplainResponse(BaseModel):
-    head: str
-    version: str
-    label: str = Field(..., description="The model's top label, which the importances refer to")
-    probability: float
-    abstained: bool
-    words: list[WordImportanceOut]
-    request_id: str
-    latency_ms: float
 
 
 _ClassifyText = text_type(None, "One text")
