@@ -10,8 +10,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.markup import escape
 
+from gateway.insights import Report
 from polyhead.errors import NotFoundError, PolyheadError, UnavailableError, ValidationError
-from polyhead.inference_log.report_models import Report
 
 
 def parse_time(value: str | None, option: str) -> datetime | None:
@@ -119,9 +119,9 @@ def render(report: Report) -> Group:
         parts += [labels, hist, timeline]
     drift = report.drift
     if drift:
-        flag = "[red]FLAGGED[/red]" if drift.get("flagged") else "[green]ok[/green]"
-        scores = ", ".join(f"{k} {_num(v)}" for k, v in (drift.get("scores") or {}).items())
-        reasons = "; ".join(drift.get("reasons") or [])
+        flag = "[red]FLAGGED[/red]" if drift.flagged else "[green]ok[/green]"
+        scores = ", ".join(f"{k} {_num(v)}" for k, v in drift.scores.items())
+        reasons = "; ".join(drift.reasons)
         parts.append(f"drift: {flag}  {scores}" + (f"  ({reasons})" if reasons else ""))
     else:
         parts.append("drift: - (not available: read through the gateway, from a head that reports drift)")

@@ -21,13 +21,12 @@ from gateway.auth import Authenticator, BodySizeLimit
 from gateway.console import install_console
 from gateway.core import GatewayService, ModelInfo
 from embedder.settings import EmbedderSettings
-from gateway.insights import FeedbackRequest, FeedbackResponse, Insights
+from gateway.insights import FeedbackRequest, FeedbackResponse, Insights, Report
 from gateway.settings import GatewaySettings
 from heads.api import (ClassifyRequest, ClassifyResponse, ExplainRequest, ExplainResponse, PredictRequest,
                        PredictResponse)
 from polyhead import __version__
 from polyhead.errors import ForbiddenError, PolyheadError
-from polyhead.inference_log.report_models import Report
 from polyhead.http import PROMETHEUS_TEXT, REQUEST_ID_HEADER, error_responses, install_error_handlers, request_id_of
 from polyhead.validation import text_or_texts_type
 
@@ -208,7 +207,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     # since/until: Annotated[IsoDateTime, Query()] = None is the form FastAPI both validates (ISO 8601 only)
     # and documents as a plain date-time string (absent: None; a query string is never null).
-    @app.get("/v1/models/{name}/report", response_model=Report, responses=_errors(401, 403, 404, 422, 429, 503))
+    # exclude_unset: the head's drift keeps its own shape (`current` absent while its window is empty)
+    @app.get("/v1/models/{name}/report", response_model=Report, response_model_exclude_unset=True,
+             responses=_errors(401, 403, 404, 422, 429, 503))
     async def report(request: Request, name: str = Path(..., description="Model (head) name"),
                      since: Annotated[IsoDateTime, Query(description="ISO 8601 date-time (no offset: UTC); "
                                                                      "default: until - 24 h")] = None,

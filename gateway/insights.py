@@ -20,8 +20,9 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.core import GatewayService
+from heads.api import DriftReport
 from polyhead.inference_log.feedback import LoggedPrediction, find_predictions, store_feedback
-from polyhead.inference_log.report_models import Report
+from polyhead.inference_log.report_models import InferenceReport
 from polyhead.inference_log.reports import DEFAULT_RANGE, build_report, utc
 from polyhead.inference_log.schema import make_engine, migrate
 from polyhead.errors import NotFoundError, PolyheadError, UnavailableError, ValidationError
@@ -106,6 +107,14 @@ class FeedbackResponse(BaseModel):
     items: list[FeedbackResult]
 
 
+class Report(InferenceReport):
+    """GET /v1/models/{name}/report: the inference log's report, the head's drift, what was adjusted."""
+
+    drift: DriftReport | None = Field(None, description="The head's GET /drift; null when it has none or is down")
+    adjusted: list[str] = Field([], description="How the asked range or bucket was changed to fit the limits "
+                                                "(empty when it was not): since/until/bucket above are what was used")
+
+
 # -- the report's range: every ISO 8601 range is answered; what does not fit is adjusted and said ---------
 EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 LATEST = datetime.max.replace(tzinfo=timezone.utc)
@@ -180,6 +189,10 @@ class Insights:
         since, until, bucket, adjusted = fit_report_range(since, until, bucket)
         body, drift = await asyncio.gather(self._in_db(build_report, name, since=since, until=until, bucket=bucket),
                                            self.gateway.head_json(route, "/drift", request_id))
+        try:
+            drift = DriftReport.model_validate(drift) if drift is not None else None
+        except ValueError:  # pydantic's: a head answering something else has no drift to show
+            drift = None
         return Report.model_validate({**body, "drift": drift, "adjusted": adjusted})
 
     # -- feedback -----------------------------------------------------------------------------------

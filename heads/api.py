@@ -195,6 +195,24 @@ class DriftSummary(BaseModel):
     available: bool = Field(True, description="false: the served artifact has no drift reference statistics")
 
 
+class DriftReport(BaseModel):
+    """A head's GET /drift (heads.drift.DriftMonitor.report): its rolling window against the served
+    version's training data. The gateway's report carries it as `drift`."""
+
+    head: str
+    version: str | None
+    window: int = Field(description="Texts in the rolling window now")
+    window_size: int
+    min_window: int = Field(description="Texts needed before the head can be flagged")
+    scores: dict[str, float | None]
+    thresholds: dict[str, float]
+    flagged: bool
+    reasons: list[str]
+    available: bool = Field(description="false: the served artifact has no drift reference statistics")
+    reference: dict[str, Any] = Field(description="The training data's figures the window is compared with")
+    current: dict[str, Any] | None = Field(None, description="The window's figures; absent while it is empty")
+
+
 class HeadInfo(BaseModel):
     """A head's GET /info: what it serves and whether it is ready. The gateway reads it back (its /v1/models
     entries are a digest of it: gateway.core.ModelInfo) and so does the feedback check (the labels)."""

@@ -19,6 +19,7 @@ from heads.api import (
     PACKED_PREFIX,
     ClassifyRequest,
     ClassifyResponse,
+    DriftReport,
     ExplainRequest,
     ExplainResponse,
     HeadInfo,
@@ -103,7 +104,8 @@ def head_router(service: HeadService) -> APIRouter:
             drift=service.drift_summary(),
         )
 
-    @router.get("/drift")
+    # exclude_unset: `current` stays absent (not null) while the window is empty, as the producer writes it
+    @router.get("/drift", response_model=DriftReport, response_model_exclude_unset=True)
     async def drift():
         """Drift scores of the rolling window against the served version's training data."""
         return service.drift_report()

@@ -1,15 +1,16 @@
-"""The report's wire contract, typed once: what `reports.build_report` produces, the gateway's
-GET /v1/models/{name}/report answers (its OpenAPI document), `polyhead report` and the console read.
+"""The inference-log report, typed once: what `reports.build_report` produces. The gateway's
+GET /v1/models/{name}/report answers it with the head's drift added (gateway.insights.Report), which
+`polyhead report` and the console read.
 
-No SQLAlchemy here: the CLI reading a gateway's report, and the gateway's schema, need only these.
+No SQLAlchemy here: the gateway's schema and the CLI reading a gateway's report need only these.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 Bucket = Literal["hour", "day"]
 
@@ -56,7 +57,7 @@ class TimelineEntry(Volume):
     version: str
 
 
-class Report(BaseModel):
+class InferenceReport(BaseModel):
     model: str
     since: datetime
     until: datetime
@@ -64,6 +65,3 @@ class Report(BaseModel):
     summary: Stats
     versions: list[VersionStats]
     timeline: list[TimelineEntry]
-    drift: dict[str, Any] | None = Field(None, description="The head's GET /drift; null when it has none or is down")
-    adjusted: list[str] = Field([], description="How the asked range or bucket was changed to fit the limits "
-                                                "(empty when it was not): since/until/bucket above are what was used")

@@ -164,8 +164,8 @@ def _stats(group: _Group, labels: dict[str, int], confusion: dict) -> dict:
 
 def build_report(engine: sa.Engine, head: str, *, since: datetime | None = None, until: datetime | None = None,
                  bucket: Bucket = "hour") -> dict:
-    """The report of one head: a `report_models.Report` without "drift" and "adjusted", as plain JSON
-    types (the gateway's GET /v1/models/{name}/report body is this plus those two).
+    """The report of one head: a `report_models.InferenceReport` as plain JSON types (the gateway's
+    GET /v1/models/{name}/report adds the head's drift and its range adjustments).
 
     Four aggregate queries over the head's rows in [since, until): volumes and confidence histogram
     per (time bucket, version); labels per version; the latency histogram of requests per (time

@@ -24,6 +24,7 @@ READS = {
                      "hist": ("/v1/models/{name}/report", "get", ("summary", "confidence_histogram")),
                      "v": ("/v1/models/{name}/report", "get", ("versions", "[]")),
                      "model": ("/v1/models", "get", ("data", "[]"))},
+    "renderDrift": {"drift": ("/v1/models/{name}/report", "get", ("drift",))},
     "timeSlots": {"report": ("/v1/models/{name}/report", "get", ()),
                   "entry": ("/v1/models/{name}/report", "get", ("timeline", "[]"))},
 }
