@@ -211,7 +211,7 @@ def report(
         typer.echo(f"error: {err.message}", err=True)
         raise typer.Exit(2) from None
     if as_json:
-        typer.echo(json.dumps(body, ensure_ascii=False))
+        typer.echo(body.model_dump_json(exclude_unset=True))  # as the gateway answers it
     else:
         print_report(body)
 

@@ -433,8 +433,11 @@ def status(settings: StackSettings) -> list[dict]:
                     row["health"] = f"{sum(h['ready'] for h in heads.values())}/{len(heads)} heads ready"
                     row["version"] = ", ".join(svc.get("heads", []))
                 elif svc["kind"] == "head":
-                    row["version"] = httpx.get(svc["url"] + "/info", timeout=1.0).json().get("version") or ""
-            except httpx.HTTPError:
+                    from heads.api import HeadInfo
+
+                    info = HeadInfo.model_validate_json(httpx.get(svc["url"] + "/info", timeout=1.0).content)
+                    row["version"] = info.version or ""
+            except (httpx.HTTPError, ValueError):  # ValueError: pydantic's, an answer that is not a head's /info
                 pass
         rows.append(row)
     return rows
