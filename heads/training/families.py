@@ -13,103 +13,24 @@ The served model is a `heads.model.HeadModel` (numpy only; its own head types, "
 i.e. a network or a linear layer), so a new family reuses the serving format and nothing serving
 imports changes. To add a family: a module with a `FAMILY` object, and one line in `_BUILTIN`
 (or `register(family)` at run time, as the tests do). Family modules are imported on first use:
-this registry is plain Python, so validating a head config (`TrainParams.families`) stays cheap.
+this registry is plain Python (the interface is heads.training.family_api), so validating a head config (`TrainParams.families`) stays cheap.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import Any
 
-if TYPE_CHECKING:
-    import numpy as np
-
-    from heads.model import HeadModel
-    from heads.training.params import TrainParams
-    from heads.training.selection import Scored
-
-Progress = Callable[[dict[str, Any]], None]
-
+# A family: heads.training.family_api.Family. Typed loosely here so that this registry imports
+# nothing of the trainer (validating a head config imports it).
 _BUILTIN = {  # name -> module holding its FAMILY
     "mlp": "heads.training.mlp",
     "logreg": "heads.training.logreg",
 }
-_registered: dict[str, Family] = {}
+_registered: dict[str, Any] = {}
 
 
-@dataclass
-class SearchData:
-    """What every family searches on. Integer labels in [0, n_classes); `X_sel` is None under
-    cross-validation (`folds`: member k fits without fold k and predicts it) or without validation."""
-
-    p: TrainParams
-    seed: int
-    n_classes: int
-    X_fit: np.ndarray  # raw embeddings the candidates fit on
-    y_fit: np.ndarray
-    X_sel: np.ndarray | None  # held-out embeddings scored for selection (given val or split)
-    y_sel: np.ndarray | None
-    folds: np.ndarray | None
-    validated: bool  # False: nothing to compare on, one candidate (the family's default) is fitted
-    class_w: np.ndarray  # per-class weights of the fitting split (kept in the refit)
-    score: Callable[[np.ndarray | None], Scored]  # validation probabilities [n_sel, C] -> Scored
-    first_index: int = 0  # index of this family's first candidate among all candidates (progress)
-    progress: Progress | None = None
-
-
-@dataclass
-class Candidate:
-    """One fitted candidate of a family, with its validation outcome."""
-
-    family: str
-    params: dict[str, Any]  # what identifies it in the family (overrides, C, ...)
-    scored: Scored
-    val_proba: np.ndarray | None  # [n_sel, C] validation probabilities (before the prior adjustment)
-    fitted: Any  # the family's own search fit (the served model when there is no refit)
-    time_s: float
-    record: dict[str, Any] = field(default_factory=dict)  # family-specific facts: epochs, iterations
-
-    def entry(self) -> dict[str, Any]:
-        """Its line in the selection record (metrics.json `selection.candidates`)."""
-        return {"family": self.family, "params": self.params, "val_score": self.scored.score, **self.record,
-                "prior_adjustment": self.scored.prior_adjustment, "time_s": round(self.time_s, 3)}
-
-
-@dataclass
-class FinalData:
-    """What the chosen family builds the served model from."""
-
-    p: TrainParams
-    seed: int
-    n_classes: int
-    labels: list[str]
-    X: np.ndarray  # every example (train + val when given)
-    y: np.ndarray
-    refit: bool  # retrain on (X, y); otherwise serve the search fit (under cross-validation: fold members)
-    class_w: np.ndarray
-    shift: np.ndarray  # [C] prior adjustment to add to the output logits
-    progress: Progress | None = None
-
-
-@dataclass
-class Final:
-    build: Callable[[dict[str, Any]], HeadModel]  # meta -> the served model
-    params: TrainParams  # the settings of the final model
-    meta: dict[str, Any]  # facts of the final fit for `chosen` (C and iterations, epochs, ...)
-
-
-class Family(Protocol):
-    name: str
-
-    def default_params(self, p: TrainParams) -> dict[str, Any] | None: ...
-
-    def search(self, data: SearchData) -> list[Candidate]: ...
-
-    def final(self, chosen: Candidate, data: FinalData) -> Final: ...
-
-
-def register(family: Family) -> Family:
+def register(family: Any) -> Any:
     """Make `family` available by its name (replacing one of the same name)."""
     _registered[family.name] = family
     return family
@@ -123,7 +44,7 @@ def names() -> list[str]:
     return list(dict.fromkeys([*_BUILTIN, *_registered]))
 
 
-def get(name: str) -> Family:
+def get(name: str) -> Any:
     if name not in _registered:
         if name not in _BUILTIN:
             raise KeyError(f"unknown head family {name!r} (one of {names()})")

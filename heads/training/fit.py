@@ -55,7 +55,7 @@ import numpy as np
 from heads.model import HeadModel
 from heads.training import families as registry
 from heads.training.data import class_weights, log_prior, stratified_folds, stratified_split
-from heads.training.families import Candidate, FinalData, Progress, SearchData
+from heads.training.family_api import Candidate, FinalData, Progress, SearchData
 from heads.training.params import TrainParams
 from heads.training.selection import Scorer, choose
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from heads.model import HeadModel, softmax
-from heads.training.families import Candidate, Final, FinalData, SearchData
+from heads.training.family_api import Candidate, Final, FinalData, SearchData
 from heads.training.params import TrainParams
 
 _ABSENT_BIAS = -30.0  # logit offset of a class the fit never saw (exp(-30) ~ 1e-13)

@@ -25,7 +25,7 @@ import numpy as np
 from heads.model import HeadModel, gelu, softmax
 from heads.training.data import class_weights
 from heads.training.evaluation import confusion_matrix, score_confusion
-from heads.training.families import Candidate, Final, FinalData, Progress, SearchData
+from heads.training.family_api import Candidate, Final, FinalData, Progress, SearchData
 from heads.training.params import TrainParams
 
 _TINY = np.float32(1e-15)

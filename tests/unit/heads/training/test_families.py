@@ -15,7 +15,7 @@ from heads.artifacts import load_artifact
 from heads.config import HeadConfigError, load_head_config
 from heads.model import HeadModel
 from heads.training import families
-from heads.training.families import Candidate, Final, FinalData, SearchData
+from heads.training.family_api import Candidate, Final, FinalData, SearchData
 from heads.training.fit import train_head
 from heads.training.params import TrainParams
 from tests.unit.conftest import HEAD, HEAD_CONFIGS, TrainedHead, asgi_client, head_app, train_in_process
