@@ -136,14 +136,14 @@ class Sink:
         try:
             self._transaction(conn, records)
             return []
-        except Exception as exc:  # noqa: BLE001 - sorted below: a refused row, or the DB itself
+        except Exception as exc:
             if not self._refuses_row(exc):
                 raise
         refused: Refused = []
         for rec in records:  # one bad row among many: find it, keep the others
             try:
                 self._transaction(conn, [rec])
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if not self._refuses_row(exc):
                     raise
                 refused.append((rec, f"{type(exc).__name__}: {exc}"[:500]))

@@ -354,8 +354,11 @@ class InferenceLog:
         self._spool.rotate_if_drained()
 
     def _dead_letter(self, line: bytes, reason: str, kind: str) -> None:
-        entry = {"at": datetime.now(timezone.utc).isoformat(), "reason": reason,
-                 "line": line.decode("utf-8", "backslashreplace").rstrip("\n")}
+        try:  # the line as a JSON string (\\u escapes keep even a lone surrogate): json.loads(line) reads it back
+            text = line.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            text = line.decode("utf-8", "backslashreplace")
+        entry = {"at": datetime.now(timezone.utc).isoformat(), "reason": reason, "line": text.rstrip("\n")}
         with open(self.spool_dir / DEAD_LETTER_FILE, "ab") as f:
             f.write(json.dumps(entry, ensure_ascii=True).encode() + b"\n")
             f.flush()
