@@ -278,7 +278,7 @@ class SqliteSink(Sink):
         return sqlite_ts(value)
 
     def _row(self, rec: PredictionRecord) -> tuple:
-        values = dataclasses.astuple(rec)
+        values = _values(rec)
         ts_at, top_k_at, text_at = COLUMNS.index("ts"), COLUMNS.index("top_k"), COLUMNS.index("text")
         text, escaped = escape_text(rec.text)
         return (*(sqlite_ts(v) if i == ts_at else json.dumps(v) if i == top_k_at else text if i == text_at else v
@@ -330,7 +330,12 @@ class PostgresSink(Sink):
         top_k_at, text_at = COLUMNS.index("top_k"), COLUMNS.index("text")
         text, escaped = escape_text(rec.text)
         return (*(Jsonb(v) if i == top_k_at else text if i == text_at else v
-                  for i, v in enumerate(dataclasses.astuple(rec))), escaped)
+                  for i, v in enumerate(_values(rec))), escaped)
+
+
+def _values(rec: PredictionRecord) -> tuple:
+    # Not dataclasses.astuple: its deep copy of top_k cost more than the insert itself.
+    return tuple(getattr(rec, name) for name in COLUMNS[:-1])
 
 
 def _aware(value: datetime) -> datetime:

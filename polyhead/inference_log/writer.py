@@ -300,7 +300,7 @@ class InferenceLog:
 
     def _pass(self) -> None:
         """Write batches until caught up (or the DB fails)."""
-        if not self._try_db(self._ensure_schema):
+        if not self._migrated and not self._try_db(self._ensure_schema):
             return
         while not self._stop:
             if not self._write_batch():
@@ -309,7 +309,7 @@ class InferenceLog:
     def _drain(self) -> None:
         deadline = self._stop_deadline
         while time.monotonic() < deadline and self._spool.pending_rows and time.monotonic() >= self._next_retry:
-            if not (self._try_db(self._ensure_schema) and self._write_batch()):
+            if not ((self._migrated or self._try_db(self._ensure_schema)) and self._write_batch()):
                 return
 
     def _write_batch(self) -> bool:

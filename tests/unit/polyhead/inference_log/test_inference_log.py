@@ -328,3 +328,31 @@ def test_spool_dir_belongs_to_one_process(tmp_path):
     with InferenceLog(url, tmp_path / "spool"):
         with pytest.raises(RuntimeError, match="in use"):
             InferenceLog(url, tmp_path / "spool").start()
+
+
+def test_memory_stays_flat_while_the_db_is_unreachable(backend, tmp_path):
+    """The spool is the queue: a backlog of 30,000 rows lives on disk, not in the head's memory."""
+    import tracemalloc
+
+    head = "h-" + uuid.uuid4().hex[:8]
+    n = 30_000
+    log = InferenceLog(backend.flaky_url, tmp_path / "spool", **FAST_RETRY)
+    log.start()
+    try:
+        backend.down()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(n):  # each record is dropped by the caller right away, as a request handler does
+            log.record(PredictionRecord.create(
+                request_id=f"r{i}", head=head, head_version="v1", embedder_fingerprint="f", text=f"text {i} " * 20,
+                label="pos", probability=0.6, top_k=[("pos", 0.6)], latency_ms=1.0, abstained=False, text_index=0))
+        grown = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        assert grown < 2 << 20, f"{grown / 2**20:.1f} MiB held for {n} spooled rows"  # ~10 MiB of rows on disk
+        assert log.flush() and log.stats.spool_rows == n and not log.healthy()
+        assert spool_lines(tmp_path / "spool") == n
+        backend.up()
+        wait_for(lambda: log.stats.spool_rows == 0, timeout_s=40)
+    finally:
+        log.close()
+    assert count_rows(backend.url, heads=[head]) == n
