@@ -5,25 +5,33 @@ and mean, abstain rate, latency percentiles and live accuracy / weighted F1 from
 whole range, per head version and per (time bucket, version). Every figure is computed by SQL
 (GROUP BY, SUM(CASE ...)); Python only reshapes the few aggregated rows.
 
+The whole hours of the range are read from the hourly rollups (rollups.py, kept by the writer), so
+a month costs O(hours x buckets), not O(rows); only the partial hours at either end (a range that
+does not start or end on the hour) are aggregated from the raw rows, the same way. Feedback is
+read from the feedback table (one row per labelled prediction).
+
 - Requests: a request is its first text's row (``text_index`` 0). Rows logged before migration 2
   (``text_index`` NULL) count one request per text.
 - Latency percentiles are over the requests (one latency per request, not per text): SQLite has no
-  percentile function, so SQL returns a fine latency histogram (0.1 ms steps below 100 ms, 1 ms
-  below 1 s, 10 ms above) per (time bucket, version) and Python reads nearest-rank percentiles off
-  it. Unlike exact percentiles, histograms merge: versions and the summary need no further query.
+  percentile function, so SQL returns a fine latency histogram (log-spaced buckets, ratio 1.02:
+  within 1 % of the exact value, rollups.py) per (time bucket, version) and Python reads nearest-rank
+  percentiles off it. Unlike exact percentiles, histograms merge: versions and the summary need no
+  further query.
 - Abstain rate: over the rows that record it (``abstained`` is NULL before migration 2).
 - Time buckets are UTC: strftime on SQLite, date_trunc on PostgreSQL.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from polyhead.inference_log.schema import feedback, predictions
+from polyhead.inference_log.rollups import LATENCY_RATIO, MIN_LATENCY_MS, bucket_value
+from polyhead.inference_log.schema import feedback, predictions, rollup_hour, rollup_label, rollup_latency
 
 Bucket = Literal["hour", "day"]
 BUCKETS: tuple[str, ...] = ("hour", "day")
@@ -39,13 +47,14 @@ def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
-def time_bucket(dialect: str, bucket: Bucket) -> sa.ColumnElement:
-    """The UTC start of each row's hour/day, one expression per dialect."""
+def time_bucket(dialect: str, bucket: Bucket, column: sa.ColumnElement | None = None) -> sa.ColumnElement:
+    """The UTC start of each row's hour/day, one expression per dialect (`column`: predictions.ts by default)."""
+    column = _p.c.ts if column is None else column
     if dialect == "sqlite":  # ts is stored as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC)
         fmt = "%Y-%m-%d %H:00:00" if bucket == "hour" else "%Y-%m-%d 00:00:00"
-        return sa.func.strftime(fmt, _p.c.ts)
+        return sa.func.strftime(fmt, column)
     if dialect == "postgresql":  # timestamptz -> UTC wall time, whatever the session's TimeZone
-        return sa.func.date_trunc(bucket, sa.func.timezone("UTC", _p.c.ts))
+        return sa.func.date_trunc(bucket, sa.func.timezone("UTC", column))
     raise ValueError(f"reports need sqlite or postgresql, not {dialect!r}")
 
 
@@ -78,12 +87,13 @@ def _volume_columns() -> list[sa.ColumnElement]:
     ]
 
 
-def _latency_bucket() -> sa.ColumnElement:
-    """Latency rounded to 0.1 ms below 100 ms, to 1 ms below 1 s, to 10 ms above: a histogram fine
-    enough for percentiles (at most 0.5 ms off below 100 ms, 0.5% above), small enough to merge."""
-    lat = _p.c.latency_ms
-    return sa.case((lat < 100, sa.func.round(lat * 10) / 10.0), (lat < 1000, sa.func.round(lat)),
-                   else_=sa.func.round(lat / 10.0) * 10)
+def _latency_bucket(dialect: str) -> sa.ColumnElement:
+    """rollups.latency_bucket in SQL: floor(ln(latency) / ln(1.02)). SQLite's ln() is optional at
+    build time, so there it is the Python function itself, registered by schema.make_engine."""
+    if dialect == "sqlite":
+        return sa.func.polyhead_latency_bucket(_p.c.latency_ms)
+    lat = sa.func.greatest(_p.c.latency_ms, MIN_LATENCY_MS)
+    return sa.cast(sa.func.floor(sa.func.ln(lat) / math.log(LATENCY_RATIO)), sa.Integer)
 
 
 def percentiles(histogram: dict[float, int]) -> dict:
@@ -137,9 +147,11 @@ class _Group:
     FIELDS = ("texts", "requests", "confidence_sum", "abstained", "abstain_known")
 
     def __init__(self, row: Any = None):
-        self.sums = {f: (row[f] or 0) if row is not None else 0 for f in self.FIELDS}
+        # float / int: PostgreSQL sums BIGINT rollups as NUMERIC (Decimal), which does not add to float
+        self.sums = {f: (float if f == "confidence_sum" else int)(row[f] or 0) if row is not None else 0
+                     for f in self.FIELDS}
         self.histogram = [int(row[f"h{i}"] or 0) if row is not None else 0 for i in range(10)]
-        self.latency: dict[float, int] = {}
+        self.latency: dict[int, int] = {}  # rollups.latency_bucket -> requests
 
     def add(self, other: _Group) -> None:
         for f in self.FIELDS:
@@ -152,7 +164,7 @@ class _Group:
         return {"requests": int(self.sums["requests"]), "texts": texts,
                 "abstain_rate": round(int(self.sums["abstained"]) / known, 6) if known else None,
                 "confidence_mean": round(float(self.sums["confidence_sum"]) / texts, 6) if texts else None,
-                "latency_ms": percentiles(self.latency)}
+                "latency_ms": percentiles({bucket_value(b): n for b, n in self.latency.items()})}
 
 
 def _stats(group: _Group, labels: dict[str, int], confusion: dict) -> dict:
@@ -162,47 +174,111 @@ def _stats(group: _Group, labels: dict[str, int], confusion: dict) -> dict:
             "feedback": feedback_metrics(confusion)}
 
 
+def _hour_floor(value: datetime) -> datetime:
+    return value.replace(minute=0, second=0, microsecond=0)
+
+
+def _hour_ceil(value: datetime) -> datetime:
+    floor = _hour_floor(value)
+    return floor if floor == value else floor + timedelta(hours=1)
+
+
+class _Totals:
+    """The (time bucket, version) groups, labels per version and first rows seen, from any source."""
+
+    def __init__(self):
+        self.groups: dict[tuple[datetime, str], _Group] = {}
+        self.labels: dict[str, dict[str, int]] = defaultdict(dict)
+        self.first_seen: dict[str, datetime] = {}
+
+    def group(self, start: Any, version: str, row: Any = None) -> _Group:
+        key = (_bucket_start(start), version)
+        incoming = _Group(row)
+        if key in self.groups:
+            self.groups[key].add(incoming)
+        else:
+            self.groups[key] = incoming
+        return self.groups[key]
+
+    def seen(self, version: str, first_ts: Any) -> None:
+        ts = _bucket_start(first_ts)
+        self.first_seen[version] = min(self.first_seen.get(version, ts), ts)
+
+
+def _from_raw_rows(conn: sa.Connection, totals: _Totals, head: str, since: datetime, until: datetime,
+                   bucket: Bucket) -> None:
+    """Aggregate the raw rows of [since, until) (the partial hours at the ends of a range)."""
+    dialect = conn.dialect.name
+    window = sa.and_(_p.c.head == head, _p.c.ts >= since, _p.c.ts < until)
+    tb = time_bucket(dialect, bucket).label("start")
+    lat = _latency_bucket(dialect).label("lat")
+    for row in conn.execute(sa.select(tb, _p.c.head_version, sa.func.min(_p.c.ts).label("first_ts"), *_volume_columns())
+                            .where(window).group_by(tb, _p.c.head_version)).mappings():
+        totals.group(row["start"], row["head_version"], row)
+        totals.seen(row["head_version"], row["first_ts"])
+    for version, label, n in conn.execute(sa.select(_p.c.head_version, _p.c.label, sa.func.count())
+                                          .where(window).group_by(_p.c.head_version, _p.c.label)):
+        _merge(totals.labels[version], {label: int(n)})
+    for start, version, value, n in conn.execute(sa.select(tb, _p.c.head_version, lat, sa.func.count())
+                                                 .where(window, _is_first_text())
+                                                 .group_by(tb, _p.c.head_version, lat)):
+        _merge(totals.group(start, version).latency, {int(value): int(n)})
+
+
+def _from_rollups(conn: sa.Connection, totals: _Totals, head: str, since: datetime, until: datetime,
+                  bucket: Bucket) -> None:
+    """The hourly rollups of the whole hours [since, until), summed per time bucket in SQL."""
+    dialect = conn.dialect.name
+    r, lab, lat = rollup_hour, rollup_label, rollup_latency
+    sums = [sa.func.sum(r.c[f]).label(f) for f in (*_Group.FIELDS, *(f"h{i}" for i in range(10)))]
+    tb = time_bucket(dialect, bucket, r.c.hour).label("start")
+    for row in conn.execute(sa.select(tb, r.c.head_version, sa.func.min(r.c.first_ts).label("first_ts"), *sums)
+                            .where(r.c.head == head, r.c.hour >= since, r.c.hour < until)
+                            .group_by(tb, r.c.head_version)).mappings():
+        totals.group(row["start"], row["head_version"], row)
+        totals.seen(row["head_version"], row["first_ts"])
+    for version, label, n in conn.execute(
+            sa.select(lab.c.head_version, lab.c.label, sa.func.sum(lab.c.n))
+            .where(lab.c.head == head, lab.c.hour >= since, lab.c.hour < until).group_by(lab.c.head_version, lab.c.label)):
+        _merge(totals.labels[version], {label: int(n)})
+    ltb = time_bucket(dialect, bucket, lat.c.hour).label("start")
+    for start, version, b, n in conn.execute(
+            sa.select(ltb, lat.c.head_version, lat.c.bucket, sa.func.sum(lat.c.n))
+            .where(lat.c.head == head, lat.c.hour >= since, lat.c.hour < until)
+            .group_by(ltb, lat.c.head_version, lat.c.bucket)):
+        _merge(totals.group(start, version).latency, {int(b): int(n)})
+
+
 def build_report(engine: sa.Engine, head: str, *, since: datetime | None = None, until: datetime | None = None,
                  bucket: Bucket = "hour") -> dict:
     """The report of one head (the gateway's GET /v1/models/{name}/report body, without "drift").
 
-    Four aggregate queries over the head's rows in [since, until): volumes and confidence histogram
-    per (time bucket, version); labels per version; the latency histogram of requests per (time
-    bucket, version); feedback (true x predicted label) per version. Versions and the summary are
-    sums of the (time bucket, version) groups."""
+    The whole hours of [since, until) come from the rollups, the partial hours at its ends from the
+    raw rows (both: volumes and confidence histogram per (time bucket, version), labels per version,
+    the latency histogram of requests per (time bucket, version)); feedback (true x predicted label)
+    per version from the feedback table. Versions and the summary are sums of the groups."""
     if bucket not in BUCKETS:
         raise ValueError(f"bucket must be one of {BUCKETS}, not {bucket!r}")
     until = utc(until) if until is not None else datetime.now(timezone.utc)
     since = utc(since) if since is not None else until - DEFAULT_RANGE
-    window = sa.and_(_p.c.head == head, _p.c.ts >= since, _p.c.ts < until)
-    tb = time_bucket(engine.dialect.name, bucket).label("start")
-    lat = _latency_bucket().label("lat")
+    whole_from, whole_to = _hour_ceil(since), _hour_floor(until)
     f = feedback
-
+    totals = _Totals()
     with engine.connect() as conn:
-        volume_rows = conn.execute(sa.select(tb, _p.c.head_version, sa.func.min(_p.c.ts).label("first_ts"),
-                                             *_volume_columns())
-                                   .where(window).group_by(tb, _p.c.head_version)).mappings().all()
-        label_rows = conn.execute(sa.select(_p.c.head_version, _p.c.label, sa.func.count())
-                                  .where(window).group_by(_p.c.head_version, _p.c.label)).all()
-        latency_rows = conn.execute(sa.select(tb, _p.c.head_version, lat, sa.func.count())
-                                    .where(window, _is_first_text()).group_by(tb, _p.c.head_version, lat)).all()
+        if whole_from < whole_to:
+            _from_rollups(conn, totals, head, whole_from, whole_to, bucket)
+            raw = [(since, whole_from), (whole_to, until)]
+        else:
+            raw = [(since, until)]
+        for lo, hi in raw:
+            if lo < hi:
+                _from_raw_rows(conn, totals, head, lo, hi, bucket)
         feedback_rows = conn.execute(
             sa.select(f.c.head_version, f.c.label, f.c.predicted_label, sa.func.count())
             .where(f.c.head == head, f.c.prediction_ts >= since, f.c.prediction_ts < until)
             .group_by(f.c.head_version, f.c.label, f.c.predicted_label)).all()
 
-    groups: dict[tuple, _Group] = {}
-    first_seen: dict[str, str] = {}
-    for row in volume_rows:
-        groups[(row["start"], row["head_version"])] = _Group(row)
-        version, ts = row["head_version"], str(row["first_ts"])
-        first_seen[version] = min(first_seen.get(version, ts), ts)
-    for start, version, value, n in latency_rows:
-        _merge(groups[(start, version)].latency, {float(value): int(n)})
-    labels: dict[str, dict[str, int]] = defaultdict(dict)
-    for version, label, n in label_rows:
-        labels[version][label] = int(n)
+    groups, labels, first_seen = totals.groups, totals.labels, totals.first_seen
     confusion: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
     for version, true, predicted, n in feedback_rows:
         confusion[version][(true, predicted)] = int(n)
@@ -221,7 +297,7 @@ def build_report(engine: sa.Engine, head: str, *, since: datetime | None = None,
 
     versions = [{"version": v, **_stats(per_version[v], labels[v], confusion.get(v, {}))}
                 for v in sorted(per_version, key=lambda v: (first_seen[v], v))]
-    timeline = sorted(({"start": _bucket_start(start).isoformat(), "version": version, **group.volume()}
+    timeline = sorted(({"start": start.isoformat(), "version": version, **group.volume()}
                        for (start, version), group in groups.items()), key=lambda t: (t["start"], t["version"]))
     return {"model": head, "since": since.isoformat(), "until": until.isoformat(), "bucket": bucket,
             "summary": _stats(total, all_labels, all_confusion), "versions": versions, "timeline": timeline}

@@ -242,6 +242,8 @@ def make_engine(url: str) -> sa.Engine:
             # Let SQLAlchemy emit BEGIN itself (below): pysqlite would otherwise autocommit DDL.
             dbapi_conn.isolation_level = None
             sqlite_wal(dbapi_conn, timeout_s)
+            # reports.py's latency bucket: SQLite's ln() is a compile-time option, this is the writer's own code
+            dbapi_conn.create_function("polyhead_latency_bucket", 1, rollups.latency_bucket, deterministic=True)
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:
