@@ -249,7 +249,8 @@ class HeadProcess:
         if duplicates:
             raise ValueError(f"heads: {', '.join(duplicates)} given twice (two configs with one name)")
         # Redaction is per head: PredictionRecord.create(redact=...) applies each head's own setting.
-        self.inference_log = InferenceLog(settings.db_url, settings.spool_for(names), redact_text=False)
+        self.inference_log = InferenceLog(settings.db_url, settings.spool_for(names), redact_text=False,
+                                          retention_days=settings.retention_days)
         self.services = {c.name: HeadService(settings, c, self.inference_log) for c in configs}
         self.client: AsyncEmbedderClient | CoalescingEmbedder | None = None
         self._pollers: list[asyncio.Task] = []

@@ -165,6 +165,27 @@ class Sink:
     def _ts_param(self, value: datetime) -> Any:
         return value
 
+    def prune(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to `limit` raw rows older than `cutoff` in one short transaction; rows with feedback
+        stay (retraining reads them), rollups stay (reports read them). Returns the rows deleted."""
+        return self._call(lambda conn: self._prune(conn, cutoff, limit))
+
+    def _prune(self, conn: Any, cutoff: datetime, limit: int) -> int:
+        ph = self.placeholder
+        heads = [h for (h,) in conn.execute("SELECT DISTINCT head FROM rollup_hour").fetchall()]
+        sql = (f"DELETE FROM predictions WHERE id IN (SELECT p.id FROM predictions p WHERE p.head = {ph} "
+               f"AND p.ts < {ph} AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.head = p.head "
+               f"AND f.request_id = p.request_id) LIMIT {ph})")
+        deleted = 0
+        for head in heads:  # per head: the (head, ts) index finds the old rows without a scan
+            if deleted >= limit:
+                break
+            deleted += self._delete(conn, sql, (head, self._ts_param(cutoff), limit - deleted))
+        return deleted
+
+    def _delete(self, conn: Any, sql: str, params: tuple) -> int:
+        raise NotImplementedError
+
     def close(self) -> None:
         if self._lock.acquire(timeout=1):  # a writer still inside an insert keeps its connection
             try:
@@ -268,6 +289,17 @@ class SqliteSink(Sink):
                 conn.execute("ROLLBACK")
             raise
 
+    def _delete(self, conn: Any, sql: str, params: tuple) -> int:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            n = conn.execute(sql, params).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return n
+
     def _refuses_row(self, exc: BaseException) -> bool:
         import sqlite3
 
@@ -316,6 +348,11 @@ class PostgresSink(Sink):
             for sql, params in zip(self.rollup_sql, self._rollup_params(records, existing)):
                 if params:
                     cur.executemany(sql, params)
+
+    def _delete(self, conn: Any, sql: str, params: tuple) -> int:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.rowcount
 
     def _refuses_row(self, exc: BaseException) -> bool:
         import psycopg

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ class InferenceLogStats:
     batches: int  # successful insert transactions
     healthy: bool
     dead_letters: int = 0  # rows the DB refused, or spool lines that could not be read
+    pruned: int = 0  # raw rows deleted by retention
     oldest_unwritten_s: float = 0.0
 
 
@@ -83,6 +84,9 @@ class InferenceLog:
         retry_min_s: float = 0.5,
         retry_max_s: float = 10.0,
         stall_after_s: float = 60.0,
+        retention_days: float = 0.0,
+        prune_batch: int = 1000,
+        prune_every_s: float = 300.0,
     ):
         self.url = url
         self.spool_dir = Path(spool_dir)
@@ -91,6 +95,9 @@ class InferenceLog:
         self.redact_text = redact_text
         self.retry_min_s, self.retry_max_s = retry_min_s, retry_max_s
         self.stall_after_s = stall_after_s
+        self.retention_days, self.prune_batch, self.prune_every_s = retention_days, prune_batch, prune_every_s
+        self._next_prune = 0.0  # monotonic
+        self._pruned = 0
         self._sink = open_sink(url)  # the DBAPI driver itself: no SQLAlchemy in a serving head (sink.py)
         self._spool = Spool(self.spool_dir)
         self._cond = threading.Condition()
@@ -246,7 +253,7 @@ class InferenceLog:
             written=self._written, spooled=self._spool.appended_rows - self._spool.backlog_rows,
             replayed=self._replayed, dropped=self._dropped, queue_depth=pending, spool_rows=pending,
             batches=self._batches, healthy=self._healthy, dead_letters=self._dead,
-            oldest_unwritten_s=self._lag_s())
+            oldest_unwritten_s=self._lag_s(), pruned=self._pruned)
 
     def __enter__(self) -> InferenceLog:
         self.start()
@@ -293,6 +300,8 @@ class InferenceLog:
                 elif pending:
                     self._cond.wait(self._next_retry - now)
                 else:
+                    if self._prune_due():
+                        return False
                     self._cond.wait(0.5)
                     if not self._migrated and time.monotonic() >= self._next_retry:
                         return False  # retry the migration while idle
@@ -304,7 +313,31 @@ class InferenceLog:
             return
         while not self._stop:
             if not self._write_batch():
-                return
+                break
+        if self._healthy and self._spool.pending_rows == 0 and self._prune_due():
+            self._prune_some()
+
+    def _prune_due(self) -> bool:
+        return self.retention_days > 0 and self._migrated and time.monotonic() >= self._next_prune
+
+    def _prune_some(self, budget_s: float = 0.2) -> None:
+        """Retention: batches of prune_batch rows for at most budget_s, then back to writing; the next
+        pass goes on at once while old rows remain, else in prune_every_s."""
+        cutoff = datetime.now(timezone.utc) - timedelta(days=self.retention_days)
+        deadline = time.monotonic() + budget_s
+        try:
+            while time.monotonic() < deadline:
+                n = self._sink.prune(cutoff, self.prune_batch)
+                self._pruned += n
+                if n < self.prune_batch:
+                    self._next_prune = time.monotonic() + self.prune_every_s
+                    return
+                if self._spool.pending_rows:  # new rows first
+                    break
+            self._next_prune = time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - retention can wait; writing must not
+            log.warning("inference log: pruning old rows failed, retrying in %.0fs: %s", self.prune_every_s, exc)
+            self._next_prune = time.monotonic() + self.prune_every_s
 
     def _drain(self) -> None:
         deadline = self._stop_deadline
