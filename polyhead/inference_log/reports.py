@@ -193,12 +193,23 @@ class _Totals:
 
     def group(self, start: Any, version: str, row: Any = None) -> _Group:
         key = (_bucket_start(start), version)
-        incoming = _Group(row)
-        if key in self.groups:
-            self.groups[key].add(incoming)
-        else:
-            self.groups[key] = incoming
+        if key not in self.groups:
+            self.groups[key] = _Group(row)
+        elif row is not None:
+            self.groups[key].add(_Group(row))
         return self.groups[key]
+
+    def add_latency(self, rows: Any) -> None:
+        """(start, version, bucket, n) rows: summed per group first (a month of hours is ~100k rows)."""
+        per_group: dict[tuple, dict[int, int]] = {}
+        for start, version, b, n in rows:
+            histogram = per_group.get((start, version))
+            if histogram is None:
+                histogram = per_group[(start, version)] = {}
+            b = int(b)
+            histogram[b] = histogram.get(b, 0) + int(n)
+        for (start, version), histogram in per_group.items():
+            _merge(self.group(start, version).latency, histogram)
 
     def seen(self, version: str, first_ts: Any) -> None:
         ts = _bucket_start(first_ts)
@@ -219,10 +230,8 @@ def _from_raw_rows(conn: sa.Connection, totals: _Totals, head: str, since: datet
     for version, label, n in conn.execute(sa.select(_p.c.head_version, _p.c.label, sa.func.count())
                                           .where(window).group_by(_p.c.head_version, _p.c.label)):
         _merge(totals.labels[version], {label: int(n)})
-    for start, version, value, n in conn.execute(sa.select(tb, _p.c.head_version, lat, sa.func.count())
-                                                 .where(window, _is_first_text())
-                                                 .group_by(tb, _p.c.head_version, lat)):
-        _merge(totals.group(start, version).latency, {int(value): int(n)})
+    totals.add_latency(conn.execute(sa.select(tb, _p.c.head_version, lat, sa.func.count())
+                                    .where(window, _is_first_text()).group_by(tb, _p.c.head_version, lat)))
 
 
 def _from_rollups(conn: sa.Connection, totals: _Totals, head: str, since: datetime, until: datetime,
@@ -242,11 +251,12 @@ def _from_rollups(conn: sa.Connection, totals: _Totals, head: str, since: dateti
             .where(lab.c.head == head, lab.c.hour >= since, lab.c.hour < until).group_by(lab.c.head_version, lab.c.label)):
         _merge(totals.labels[version], {label: int(n)})
     ltb = time_bucket(dialect, bucket, lat.c.hour).label("start")
-    for start, version, b, n in conn.execute(
-            sa.select(ltb, lat.c.head_version, lat.c.bucket, sa.func.sum(lat.c.n))
-            .where(lat.c.head == head, lat.c.hour >= since, lat.c.hour < until)
-            .group_by(ltb, lat.c.head_version, lat.c.bucket)):
-        _merge(totals.group(start, version).latency, {int(b): int(n)})
+    if bucket == "hour":  # rows are per hour already: no GROUP BY (and no sort) needed
+        query = sa.select(lat.c.hour, lat.c.head_version, lat.c.bucket, lat.c.n)
+    else:
+        query = (sa.select(ltb, lat.c.head_version, lat.c.bucket, sa.func.sum(lat.c.n))
+                 .group_by(ltb, lat.c.head_version, lat.c.bucket))
+    totals.add_latency(conn.execute(query.where(lat.c.head == head, lat.c.hour >= since, lat.c.hour < until)))
 
 
 def build_report(engine: sa.Engine, head: str, *, since: datetime | None = None, until: datetime | None = None,
