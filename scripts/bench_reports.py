@@ -44,7 +44,7 @@ from polyhead.inference_log import rollups
 from polyhead.inference_log.records import PredictionRecord
 from polyhead.inference_log.reports import build_report
 from polyhead.inference_log.schema import (ROLLUP_TABLES, feedback, make_engine, migrate, predictions, rollup_hour,
-                                           rollup_label, rollup_latency)
+                                           rollup_label)
 from scripts.bench_common import table
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -230,9 +230,10 @@ def synthetic_hour(per_hour: int, rng: random.Random, lat_weights: dict[int, flo
 
 
 def load_rollups(engine: sa.Engine, sums: dict) -> None:
-    hours, labels, latencies = rollups.upsert_rows(
-        sums, (lambda v: v.strftime("%Y-%m-%d %H:%M:%S.%f")) if engine.dialect.name == "sqlite" else (lambda v: v))
-    tables = ((rollup_hour, hours), (rollup_label, labels), (rollup_latency, latencies))
+    hours, labels, _ = rollups.upsert_rows(
+        sums, (lambda v: v.strftime("%Y-%m-%d %H:%M:%S.%f")) if engine.dialect.name == "sqlite" else (lambda v: v),
+        with_latency=True)
+    tables = ((rollup_hour, hours), (rollup_label, labels))
     if engine.dialect.name == "postgresql":
         for rollup, params in tables:
             load_postgres(engine, rollup.name, [c.name for c in rollup.columns], params)

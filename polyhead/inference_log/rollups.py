@@ -1,10 +1,12 @@
 """Hourly rollups of the inference log: what reports read instead of the raw rows.
 
 Per (head, version, UTC hour): request and text counts, abstentions, the confidence histogram and
-sum (``rollup_hour``), label counts (``rollup_label``) and a latency histogram of requests
-(``rollup_latency``). All are sums, so hours merge into days, versions and summaries exactly; the
-writer adds each batch's sums in the same transaction as its raw rows (upsert increments), counting
-only rows that were really inserted, so a replayed spool never counts twice.
+sum, the latency histogram of requests (``rollup_hour``; the histogram as one compact JSON object
+{bucket: requests}, so a month of hours is 720 rows to read, not ~100,000) and label counts
+(``rollup_label``). All are sums, so hours merge into days, versions and summaries exactly; the
+writer adds each batch's sums in the same transaction as its raw rows (upsert increments; the
+histogram is merged under the row lock the upsert took), counting only rows that were really
+inserted, so a replayed spool never counts twice.
 
 Latency buckets are log-spaced: bucket ``k`` holds [R**k, R**(k+1)) ms with R = 1.02, and reads
 back as its geometric middle, so a percentile read off the histogram is within 1 % of the exact
@@ -14,6 +16,7 @@ one (sqrt(1.02) - 1 = 0.995 %). No SQLAlchemy here: the serving head's writer us
 from __future__ import annotations
 
 import bisect
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -88,13 +91,29 @@ def aggregate(rows: Iterable[tuple]) -> dict[Key, HourSums]:
 
 
 HOUR_COLUMNS = ("head", "head_version", "hour", "requests", "texts", "abstained", "abstain_known", "confidence_sum",
-                "first_ts", *(f"h{i}" for i in range(CONFIDENCE_BINS)))
-INCREMENTED = tuple(c for c in HOUR_COLUMNS[3:] if c != "first_ts")
+                "first_ts", *(f"h{i}" for i in range(CONFIDENCE_BINS)), "latency")
+INCREMENTED = tuple(c for c in HOUR_COLUMNS[3:] if c not in ("first_ts", "latency"))
 
 
-def upsert_statements(placeholder: str, least: str) -> tuple[str, str, str]:
-    """The three ``INSERT ... ON CONFLICT DO UPDATE`` increments (hour, label, latency) for a DBAPI
-    driver (``?`` or ``%s``); ``least`` is the dialect's two-argument minimum (min / LEAST)."""
+def encode_latency(histogram: dict[int, int]) -> str:
+    return json.dumps({str(b): histogram[b] for b in sorted(histogram)}, separators=(",", ":"))
+
+
+def decode_latency(text: str | None) -> dict[int, int]:
+    return {int(b): int(n) for b, n in json.loads(text).items()} if text else {}
+
+
+def merge_latency(stored: str | None, more: dict[int, int]) -> str:
+    histogram = decode_latency(stored)
+    for b, n in more.items():
+        histogram[b] = histogram.get(b, 0) + n
+    return encode_latency(histogram)
+
+
+def upsert_statements(placeholder: str, least: str) -> tuple[str, str, str, str]:
+    """For a DBAPI driver (``?`` or ``%s``; ``least``: the dialect's two-argument min / LEAST): the
+    ``INSERT ... ON CONFLICT DO UPDATE`` increments of rollup_hour and rollup_label, then the read
+    and the write of an hour's latency histogram (merged in Python, under the upsert's row lock)."""
     def values(n: int) -> str:
         return ", ".join([placeholder] * n)
 
@@ -104,19 +123,23 @@ def upsert_statements(placeholder: str, least: str) -> tuple[str, str, str]:
             f"first_ts = {least}(rollup_hour.first_ts, excluded.first_ts)")
     label = (f"INSERT INTO rollup_label (head, head_version, hour, label, n) VALUES ({values(5)}) "
              "ON CONFLICT (head, head_version, hour, label) DO UPDATE SET n = rollup_label.n + excluded.n")
-    latency = (f"INSERT INTO rollup_latency (head, head_version, hour, bucket, n) VALUES ({values(5)}) "
-               "ON CONFLICT (head, head_version, hour, bucket) DO UPDATE SET n = rollup_latency.n + excluded.n")
-    return hour, label, latency
+    key = f"head = {placeholder} AND head_version = {placeholder} AND hour = {placeholder}"
+    return (hour, label, f"SELECT latency FROM rollup_hour WHERE {key}",
+            f"UPDATE rollup_hour SET latency = {placeholder} WHERE {key}")
 
 
-def upsert_rows(sums: dict[Key, HourSums], ts_param) -> tuple[list[tuple], list[tuple], list[tuple]]:
-    """Parameters of upsert_statements for `sums`; ``ts_param`` binds a datetime for the driver.
+def upsert_rows(sums: dict[Key, HourSums], ts_param, *, with_latency: bool = False
+                ) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """Parameters of upsert_statements for `sums`: hour rows, label rows, (head, version, hour,
+    histogram) to merge; ``ts_param`` binds a datetime for the driver. The hour rows carry an empty
+    histogram (the merge adds it), or with ``with_latency`` their own (bulk loads into empty tables).
     Sorted by key so concurrent writers take row locks in one order (no deadlocks on PostgreSQL)."""
     hours, labels, latencies = [], [], []
     for (head, version, hour), s in sorted(sums.items(), key=lambda kv: kv[0]):
         h = ts_param(hour)
         hours.append((head, version, h, s.requests, s.texts, s.abstained, s.abstain_known, s.confidence_sum,
-                      ts_param(s.first_ts), *s.histogram))
+                      ts_param(s.first_ts), *s.histogram, encode_latency(s.latency if with_latency else {})))
         labels += [(head, version, h, label, n) for label, n in sorted(s.labels.items())]
-        latencies += [(head, version, h, b, n) for b, n in sorted(s.latency.items())]
+        if s.latency:
+            latencies.append((head, version, h, s.latency))
     return hours, labels, latencies

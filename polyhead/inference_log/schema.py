@@ -125,13 +125,11 @@ rollup_hour = sa.Table(
     sa.Column("confidence_sum", sa.Float, nullable=False),
     sa.Column("first_ts", sa.DateTime(timezone=True), nullable=False),
     *[sa.Column(f"h{i}", sa.BigInteger, nullable=False) for i in range(rollups.CONFIDENCE_BINS)],
+    sa.Column("latency", sa.Text, nullable=False),  # requests per latency bucket: {"<bucket>": n} (rollups.py)
 )
 rollup_label = sa.Table("rollup_label", metadata, *_rollup_key(), sa.Column("label", sa.String(256), primary_key=True),
                         sa.Column("n", sa.BigInteger, nullable=False))
-rollup_latency = sa.Table("rollup_latency", metadata, *_rollup_key(),
-                          sa.Column("bucket", sa.Integer, primary_key=True, autoincrement=False),
-                          sa.Column("n", sa.BigInteger, nullable=False))
-ROLLUP_TABLES = (rollup_hour, rollup_label, rollup_latency)
+ROLLUP_TABLES = (rollup_hour, rollup_label)
 
 
 def _m1_predictions(conn: sa.Connection) -> None:
@@ -180,11 +178,9 @@ def build_rollups(conn: sa.Connection, *, chunk: int = 50_000) -> int:
         last, read = rows[-1][0], read + len(rows)
         for key, s in rollups.aggregate((r[1], r[2], _utc(r[3]), *r[4:]) for r in rows).items():
             _add_sums(sums, key, s)
-    hours, labels, latencies = rollups.upsert_rows(sums, lambda v: v)
-    names = [c.name for c in rollup_hour.columns]
-    for table, params, keys in ((rollup_hour, hours, names),
-                                (rollup_label, labels, ["head", "head_version", "hour", "label", "n"]),
-                                (rollup_latency, latencies, ["head", "head_version", "hour", "bucket", "n"])):
+    hours, labels, _ = rollups.upsert_rows(sums, lambda v: v, with_latency=True)
+    for table, params, keys in ((rollup_hour, hours, rollups.HOUR_COLUMNS),
+                                (rollup_label, labels, ["head", "head_version", "hour", "label", "n"])):
         for start in range(0, len(params), 5000):
             conn.execute(table.insert(), [dict(zip(keys, row)) for row in params[start:start + 5000]])
     return read

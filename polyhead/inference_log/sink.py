@@ -157,10 +157,19 @@ class Sink:
         """A value the database will never take (retrying cannot help), as opposed to the DB being down."""
         return isinstance(exc, (UnicodeError, ValueError, OverflowError, TypeError))
 
-    def _rollup_params(self, records: list[PredictionRecord], existing: set[str]):
+    def _add_rollups(self, cur: Any, records: list[PredictionRecord], existing: set[str]) -> None:
+        """The rollup increments of the rows that were new, inside the caller's transaction."""
         new = [(r.head, r.head_version, _aware(r.ts), r.text_index, r.label, r.probability, r.latency_ms, r.abstained)
                for r in records if r.id not in existing]
-        return rollups.upsert_rows(rollups.aggregate(new), self._ts_param)
+        hours, labels, latencies = rollups.upsert_rows(rollups.aggregate(new), self._ts_param)
+        hour_sql, label_sql, select_latency, update_latency = self.rollup_sql
+        if hours:
+            cur.executemany(hour_sql, hours)  # the upsert locks these rows until commit
+        if labels:
+            cur.executemany(label_sql, labels)
+        for head, version, hour, histogram in latencies:
+            (stored,) = cur.execute(select_latency, (head, version, hour)).fetchone()
+            cur.execute(update_latency, (rollups.merge_latency(stored, histogram), head, version, hour))
 
     def _ts_param(self, value: datetime) -> Any:
         return value
@@ -280,9 +289,7 @@ class SqliteSink(Sink):
                 existing |= {i for (i,) in conn.execute(
                     f"SELECT id FROM predictions WHERE id IN ({', '.join('?' * len(chunk))})", chunk)}
             conn.executemany(self.insert_sql, [self._row(r) for r in records])
-            for sql, params in zip(self.rollup_sql, self._rollup_params(records, existing)):
-                if params:
-                    conn.executemany(sql, params)
+            self._add_rollups(conn, records, existing)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -345,9 +352,7 @@ class PostgresSink(Sink):
             cur.execute("SELECT id FROM predictions WHERE id = ANY(%s)", ([r.id for r in records],))
             existing = {i for (i,) in cur.fetchall()}
             cur.executemany(self.insert_sql, [self._row(r) for r in records])
-            for sql, params in zip(self.rollup_sql, self._rollup_params(records, existing)):
-                if params:
-                    cur.executemany(sql, params)
+            self._add_rollups(cur, records, existing)
 
     def _delete(self, conn: Any, sql: str, params: tuple) -> int:
         with conn.transaction(), conn.cursor() as cur:
