@@ -165,3 +165,39 @@ def test_migration_4_builds_rollups_for_a_log_written_before_them(backend):  # n
         assert report["summary"]["requests"] == sum(1 for r in records if not r.text_index)
     finally:
         engine.dispose()
+
+
+def test_two_processes_writing_one_head_keep_exact_rollups(backend, tmp_path):  # noqa: F811
+    """Replicas of a head write the same (head, version, hour) rows at once: increments and the merged
+    latency histogram stay exact (the upsert's row lock serialises the read-merge-write)."""
+    import threading
+
+    records = varied_records(2400, seed=17)
+    logs = [InferenceLog(backend.url, tmp_path / f"spool{i}", batch_size=50, flush_interval_s=0.01) for i in range(2)]
+    for log in logs:
+        log.start()
+    try:
+        def produce(log, part):
+            for rec in part:
+                log.record(rec)
+
+        threads = [threading.Thread(target=produce, args=(log, records[i::2])) for i, log in enumerate(logs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(log.flush(timeout_s=60) for log in logs)
+        assert sum(log.stats.written for log in logs) == len(records)
+    finally:
+        for log in logs:
+            log.close()
+    engine = make_engine(backend.url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(ROLLUP_TABLES[0])).mappings().all()
+    finally:
+        engine.dispose()
+    assert sum(r["texts"] for r in rows) == len(records)
+    requests = [r for r in records if not r.text_index]
+    assert sum(r["requests"] for r in rows) == len(requests)
+    assert sum(sum(rollups.decode_latency(r["latency"]).values()) for r in rows) == len(requests)
