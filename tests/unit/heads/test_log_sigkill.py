@@ -35,24 +35,29 @@ def logged_request_ids(url: str) -> set[str]:
         engine.dispose()
 
 
-async def answer(url: str, tag: str) -> list[str]:
+async def answer(url: str, tag: str, path: str) -> list[str]:
     """N concurrent predictions; the request ids of those answered 200."""
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         async def one(i: int) -> str | None:
             rid = f"{tag}-{i}-{uuid.uuid4().hex[:6]}"
-            r = await client.post("/predict", json={"texts": ["refund my invoice", "parcel lost", f"n {i}"]},
+            r = await client.post(path, json={"texts": ["refund my invoice", "parcel lost", f"n {i}"]},
                                   headers={"x-request-id": rid})
             return rid if r.status_code == 200 else None
 
         return [rid for rid in await asyncio.gather(*(one(i) for i in range(N))) if rid]
 
 
-async def test_sigkill_after_answering_loses_no_prediction(backend, trained_head, embedder, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("packed", [False, True], ids=["one-head-process", "packed-process"])
+async def test_sigkill_after_answering_loses_no_prediction(backend, trained_head, embedder, tmp_path, packed):  # noqa: F811
     spool = tmp_path / "spool"
+    # packed: the same head served by a pool process (--heads), at /heads/<name>/predict
+    config = [] if packed else trained_head.config
+    extra = ("--heads", HEAD, "--heads-dir", str(trained_head.config.parent)) if packed else ()
+    path = f"/heads/{HEAD}/predict" if packed else "/predict"
 
     def start():
-        return start_head_process(trained_head.config, trained_head.models_dir, embedder.target,
-                                  db_url=backend.flaky_url, spool_dir=spool, log=tmp_path / "head.log")
+        return start_head_process(config, trained_head.models_dir, embedder.target, db_url=backend.flaky_url,
+                                  spool_dir=spool, log=tmp_path / "head.log", extra_args=extra)
 
     answered: list[str] = []
     for phase in ("db-up", "db-down"):
@@ -60,7 +65,7 @@ async def test_sigkill_after_answering_loses_no_prediction(backend, trained_head
         try:
             if phase == "db-down":
                 backend.down()
-            rids = await answer(url, phase)
+            rids = await answer(url, phase, path)
             assert len(rids) == N, f"{phase}: only {len(rids)} of {N} answered; log: {(tmp_path / 'head.log').read_text()[-2000:]}"
             proc.send_signal(signal.SIGKILL)  # no shutdown hook, no flush: only what the spool already holds
             await asyncio.to_thread(proc.wait, 10)
