@@ -52,15 +52,15 @@ class Spool:
         last line, start a new active segment. Returns the rows waiting."""
         self.dir.mkdir(parents=True, exist_ok=True)
         found = sorted(int(m.group(1)) for p in self.dir.iterdir() if (m := _SEGMENT.match(p.name)))
-        n = found[-1] + 1 if found else 1
         older = [p for p in legacy if p.exists()]
-        if older:  # they precede every segment: renumber them below the first
-            first = (found[0] if found else n) - len(older)
+        if older:  # they precede every segment: numbered below the first
+            first = found[0] - len(older) if found else 1
             if first < 0:
                 raise RuntimeError(f"spool dir {self.dir}: cannot order legacy spool files")
             for i, p in enumerate(older):
                 os.replace(p, self.dir / segment_name(first + i))
             found = list(range(first, first + len(older))) + found
+        n = found[-1] + 1 if found else 1
         rows = 0
         for seg in found:
             path = self.dir / segment_name(seg)

@@ -356,3 +356,34 @@ def test_memory_stays_flat_while_the_db_is_unreachable(backend, tmp_path):
     finally:
         log.close()
     assert count_rows(backend.url, heads=[head]) == n
+
+
+def test_a_spool_left_by_the_previous_writer_version_is_adopted_and_replayed(tmp_path):
+    """Heads upgraded in place: the old single-file spool (replay.jsonl, then spool.jsonl) is replayed first."""
+    url, spool = f"sqlite:///{tmp_path / 'inference.db'}", tmp_path / "spool"
+    older, newer = make_records("legacy", 3), make_records("legacy", 4)
+    spool.mkdir()
+    (spool / "replay.jsonl").write_text("".join(r.to_json() + "\n" for r in older))
+    (spool / "spool.jsonl").write_text("".join(r.to_json() + "\n" for r in newer))
+    with InferenceLog(url, spool) as log:
+        assert log.stats.spool_rows == 7
+        assert log.flush()
+        assert (log.stats.replayed, log.stats.spool_rows) == (7, 0)
+    assert set(fetch(url, ["legacy"])) == {r.id for r in older + newer}
+    assert not (spool / "spool.jsonl").exists() and not (spool / "replay.jsonl").exists()
+
+
+def test_a_writer_that_cannot_write_raises_the_stalled_metric(backend, tmp_path):
+    log = InferenceLog(backend.dead_url, tmp_path / "spool", stall_after_s=0.3, **FAST_RETRY)
+    log.start()
+    try:
+        assert metric("polyhead_head_db_writer_stalled") == 0
+        log.record(make_records("stall", 1)[0])
+        time.sleep(0.5)
+        status = log.status()
+        assert status["db"] == "unavailable" and status["stalled"] is True and status["spool_rows"] == 1
+        assert status["oldest_unwritten_s"] >= 0.3
+        assert metric("polyhead_head_db_writer_stalled") == 1
+        assert metric("polyhead_head_db_oldest_unwritten_seconds") >= 0.3
+    finally:
+        log.close()
