@@ -14,10 +14,10 @@ import logging
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from gateway.core import GatewayService
 from heads.api import DriftReport
@@ -36,8 +36,15 @@ FEEDBACK_POLL_S = 0.1
 
 
 # -- API schemas ------------------------------------------------------------------------------------
-RequestId = text_type(128, "The predict answer's request_id")
-Label = text_type(256, "The true label (one of the model's labels)")
+def _no_nul(value: str) -> str:
+    # A request id (an HTTP header) or a label never holds NUL, and PostgreSQL text cannot: a 422, not a 503.
+    if "\x00" in value:
+        raise ValueError(f"must not contain NUL (U+0000), found at character {value.index(chr(0))}")
+    return value
+
+
+RequestId = Annotated[text_type(128, "The predict answer's request_id"), AfterValidator(_no_nul)]
+Label = Annotated[text_type(256, "The true label (one of the model's labels)"), AfterValidator(_no_nul)]
 SINGLE_FIELDS = ("request_id", "label", "index")
 
 

@@ -226,7 +226,9 @@ class HeadInfo(BaseModel):
     embedder_fingerprint: str | None = None
     feature_set: str | None = Field(None, description="The embedder feature set the served version was trained on")
     ready: bool
-    checks: dict[str, str] = Field({}, description="Readiness checks (artifact, embedder, fingerprint): why not ready")
+    checks: dict[str, str | dict[str, Any]] = Field(
+        {}, description="Readiness checks (artifact, embedder, fingerprint): why not ready; inference_log: the log's "
+                        "lag (oldest unwritten row age, spool rows, dead letters)")
     serving: ServingConfig = Field(_DEFAULT_SERVING, description="The head's serving configuration")
     server_version: str = ""
     drift: DriftSummary | None = Field(None, description="The head's drift flag and scores (GET <head>/drift has "

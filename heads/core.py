@@ -102,17 +102,20 @@ class HeadService:
         version = done.servable.version
         if self.config.drift.enabled:
             self._observe_drift(done)
+        rows = []
         for index, (text, p) in enumerate(zip(texts, done.predictions)):
             metrics.PREDICTIONS.labels(self.name, p.label).inc()
             if p.abstained:
                 metrics.ABSTAINED.labels(self.name).inc()
             if self.inference_log is not None:
-                self.inference_log.record(PredictionRecord.create(
+                rows.append(PredictionRecord.create(
                     request_id=request_id, head=self.name, head_version=version,
                     embedder_fingerprint=done.fingerprint, text=text, label=p.label,
                     probability=p.probability, top_k=p.top_k, latency_ms=latency_ms,
                     abstained=p.abstained, text_index=index,
                     redact=self.config.serving.redact_text))
+        if rows:  # in the spool (one write) before the answer is sent: a SIGKILL after it loses nothing
+            self.inference_log.record_many(rows)
         return PredictResponse(self.name, version, done.fingerprint, request_id, latency_ms, done.predictions)
 
     async def explain(self, text: str, request_id: str | None = None) -> ExplainResponse:
@@ -171,7 +174,14 @@ class HeadService:
         return self.drift.report(*self._served_drift())
 
     async def readiness(self) -> Readiness:
-        """Artifact loaded, embedder reachable, fingerprints match; cached for readiness_ttl_s."""
+        """Artifact loaded, embedder reachable, fingerprints match (cached for readiness_ttl_s); plus the
+        inference log's state, live (its lag never makes a head unready: answers go on, spooled)."""
+        state = await self._checked_readiness()
+        if self.inference_log is None:
+            return state
+        return Readiness(state.ready, {**state.checks, "inference_log": self.inference_log.status()}, state.checked_at)
+
+    async def _checked_readiness(self) -> Readiness:
         now = time.monotonic()
         if self._readiness.checked_at and now - self._readiness.checked_at < self.settings.readiness_ttl_s:
             return self._readiness
@@ -239,7 +249,8 @@ class HeadProcess:
         if duplicates:
             raise ValueError(f"heads: {', '.join(duplicates)} given twice (two configs with one name)")
         # Redaction is per head: PredictionRecord.create(redact=...) applies each head's own setting.
-        self.inference_log = InferenceLog(settings.db_url, settings.spool_for(names), redact_text=False)
+        self.inference_log = InferenceLog(settings.db_url, settings.spool_for(names), redact_text=False,
+                                          retention_days=settings.retention_days)
         self.services = {c.name: HeadService(settings, c, self.inference_log) for c in configs}
         self.client: AsyncEmbedderClient | CoalescingEmbedder | None = None
         self._pollers: list[asyncio.Task] = []

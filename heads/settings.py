@@ -55,7 +55,10 @@ class HeadSettings(ServiceSettings):
     keepalive_s: float = Field(75.0, gt=0, description="Idle keep-alive of client connections; longer than the "
                                "gateway's head_keepalive_s, so the gateway's reused connections are never stale")
     db_url: str = Field(DEFAULT_DB_URL, description="Inference DB (SQLAlchemy URL)")
-    spool_dir: Path = Field(Path("var/spool"), description="Records wait here while the DB is down")
+    spool_dir: Path = Field(Path("var/spool"), description="Write-ahead spool of the inference log: every answered "
+                            "prediction is here until it is in the DB")
+    retention_days: float = Field(0.0, ge=0, description="Prune raw inference-log rows older than this, in small "
+                                  "batches (hourly rollups and rows with feedback are kept); 0 = keep all")
     version_poll_s: float = Field(2.0, ge=0, description="How often to look for a new version; 0 = only on /admin/reload")
     readiness_ttl_s: float = Field(2.0, ge=0, description="How long a readiness probe of the embedder is reused")
 

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 
 from polyhead.inference_log.schema import dialect_insert, feedback, predictions
+from polyhead.inference_log.sink import unescape_text
 
 Key = tuple[str, int]  # (request_id, index)
 
@@ -92,8 +93,8 @@ def store_feedback(engine: sa.Engine, head: str, matched: list[tuple[LoggedPredi
 
 def feedback_examples(engine: sa.Engine, head: str) -> list[FeedbackExample]:
     """Every stored feedback of ``head`` with its logged text (None where redacted), oldest first."""
-    query = (sa.select(predictions.c.text, feedback.c.label)
+    query = (sa.select(predictions.c.text, predictions.c.text_escaped, feedback.c.label)
              .select_from(feedback.join(predictions, feedback.c.prediction_id == predictions.c.id))
              .where(feedback.c.head == head).order_by(feedback.c.ts, feedback.c.id))
-    with engine.connect() as conn:
-        return [FeedbackExample(text, label) for text, label in conn.execute(query)]
+    with engine.connect() as conn:  # texts with NUL are stored escaped (sink.escape_text)
+        return [FeedbackExample(unescape_text(text, escaped), label) for text, escaped, label in conn.execute(query)]

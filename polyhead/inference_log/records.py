@@ -67,10 +67,16 @@ class PredictionRecord:
         )
 
     def to_json(self) -> str:
-        return json.dumps({**dataclasses.asdict(self), "ts": self.ts.isoformat()}, ensure_ascii=False)
+        # Field by field, not dataclasses.asdict: its deep copy cost ~4x the whole line on the request path.
+        obj = {name: getattr(self, name) for name in _FIELDS}
+        obj["ts"] = self.ts.isoformat()
+        return json.dumps(obj, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, line: str) -> PredictionRecord:
         obj = json.loads(line)
         obj["ts"] = datetime.fromisoformat(obj["ts"])
         return cls(**obj)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(PredictionRecord))

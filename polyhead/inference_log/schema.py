@@ -14,6 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from polyhead.inference_log import rollups
 from polyhead.inference_log.sink import PG_CONNECT_ARGS, SQLITE_TIMEOUT_S, sqlite_wal
 
 metadata = sa.MetaData()
@@ -72,12 +73,16 @@ _ADDED_COLUMNS = [
 # The table as migration 1 created it, in its own MetaData: migrations must not change with the code.
 _predictions_v1 = sa.Table("predictions", sa.MetaData(), *_prediction_columns(), *_prediction_indexes())
 
-# The table as the code reads and writes it now (migrations 1-3 applied).
+# Migration 4's: TRUE when the text holds NUL, stored escaped (sink.escape_text); NULL otherwise.
+_ESCAPE_COLUMN = sa.Column("text_escaped", sa.Boolean, nullable=True)
+
+# The table as the code reads and writes it now (migrations 1-4 applied).
 predictions = sa.Table(
     "predictions",
     metadata,
     *_prediction_columns(),
     *[c._copy() for c in _ADDED_COLUMNS],
+    _ESCAPE_COLUMN._copy(),
     *_prediction_indexes(),
     # Reports read only these columns of one head over a time range: a covering index answers them
     # without touching the table (BENCHMARKS.md, "Reports").
@@ -106,6 +111,27 @@ feedback = sa.Table(
 )
 
 
+# Hourly rollups (rollups.py): what reports read. Kept by the writer in the transaction of the raw
+# rows; kept when retention prunes those. `hour` is the UTC start of the hour.
+def _rollup_key() -> list[sa.Column]:
+    return [sa.Column("head", sa.String(128), primary_key=True),
+            sa.Column("head_version", sa.String(64), primary_key=True),
+            sa.Column("hour", sa.DateTime(timezone=True), primary_key=True)]
+
+
+rollup_hour = sa.Table(
+    "rollup_hour", metadata, *_rollup_key(),
+    *[sa.Column(c, sa.BigInteger, nullable=False) for c in ("requests", "texts", "abstained", "abstain_known")],
+    sa.Column("confidence_sum", sa.Float, nullable=False),
+    sa.Column("first_ts", sa.DateTime(timezone=True), nullable=False),
+    *[sa.Column(f"h{i}", sa.BigInteger, nullable=False) for i in range(rollups.CONFIDENCE_BINS)],
+    sa.Column("latency", sa.Text, nullable=False),  # requests per latency bucket: {"<bucket>": n} (rollups.py)
+)
+rollup_label = sa.Table("rollup_label", metadata, *_rollup_key(), sa.Column("label", sa.String(256), primary_key=True),
+                        sa.Column("n", sa.BigInteger, nullable=False))
+ROLLUP_TABLES = (rollup_hour, rollup_label)
+
+
 def _m1_predictions(conn: sa.Connection) -> None:
     # Migration 1 creates the table as it was first shipped; later migrations ALTER it explicitly.
     _predictions_v1.create(conn, checkfirst=True)
@@ -125,11 +151,65 @@ def _m3_feedback_and_report_index(conn: sa.Connection) -> None:
     index.create(conn, checkfirst=True)
 
 
+def _m4_escape_flag_and_rollups(conn: sa.Connection) -> None:
+    existing = {c["name"] for c in sa.inspect(conn).get_columns("predictions")}
+    if _ESCAPE_COLUMN.name not in existing:
+        kind = _ESCAPE_COLUMN.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN {_ESCAPE_COLUMN.name} {kind}")
+    for table in ROLLUP_TABLES:
+        table.create(conn, checkfirst=True)
+    build_rollups(conn)
+
+
+def build_rollups(conn: sa.Connection, *, chunk: int = 50_000) -> int:
+    """Rollups of every raw row (old logs), replacing any there: read in primary-key order, summed
+    in Python by the writer's own code (rollups.aggregate), so both agree to the row. Returns rows read."""
+    for table in ROLLUP_TABLES:
+        conn.execute(table.delete())
+    p = predictions
+    cols = (p.c.head, p.c.head_version, p.c.ts, p.c.text_index, p.c.label, p.c.probability, p.c.latency_ms,
+            p.c.abstained)
+    sums: dict = {}
+    read, last = 0, ""
+    while True:  # keyset pages: bounded memory on the driver side whatever the log's size
+        rows = conn.execute(sa.select(p.c.id, *cols).where(p.c.id > last).order_by(p.c.id).limit(chunk)).all()
+        if not rows:
+            break
+        last, read = rows[-1][0], read + len(rows)
+        for key, s in rollups.aggregate((r[1], r[2], _utc(r[3]), *r[4:]) for r in rows).items():
+            _add_sums(sums, key, s)
+    hours, labels, _ = rollups.upsert_rows(sums, lambda v: v, with_latency=True)
+    for table, params, keys in ((rollup_hour, hours, rollups.HOUR_COLUMNS),
+                                (rollup_label, labels, ["head", "head_version", "hour", "label", "n"])):
+        for start in range(0, len(params), 5000):
+            conn.execute(table.insert(), [dict(zip(keys, row)) for row in params[start:start + 5000]])
+    return read
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _add_sums(into: dict, key: tuple, s: rollups.HourSums) -> None:
+    t = into.get(key)
+    if t is None:
+        into[key] = s
+        return
+    for f in ("requests", "texts", "abstained", "abstain_known", "confidence_sum"):
+        setattr(t, f, getattr(t, f) + getattr(s, f))
+    t.first_ts = min(t.first_ts, s.first_ts)
+    t.histogram = [a + b for a, b in zip(t.histogram, s.histogram)]
+    for mine, theirs in ((t.labels, s.labels), (t.latency, s.latency)):
+        for k, n in theirs.items():
+            mine[k] = mine.get(k, 0) + n
+
+
 # Ordered and append-only: (version, description, apply). Each runs once per database.
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "create predictions", _m1_predictions),
     (2, "predictions: abstained, text_index", _m2_abstained_text_index),
     (3, "feedback table; covering report index", _m3_feedback_and_report_index),
+    (4, "predictions.text_escaped; hourly rollups, built from the rows already logged", _m4_escape_flag_and_rollups),
 ]
 
 _PG_MIGRATION_LOCK = 0x706F6C79  # "poly": pg_advisory_xact_lock key serialising migrations
@@ -158,6 +238,8 @@ def make_engine(url: str) -> sa.Engine:
             # Let SQLAlchemy emit BEGIN itself (below): pysqlite would otherwise autocommit DDL.
             dbapi_conn.isolation_level = None
             sqlite_wal(dbapi_conn, timeout_s)
+            # reports.py's latency bucket: SQLite's ln() is a compile-time option, this is the writer's own code
+            dbapi_conn.create_function("polyhead_latency_bucket", 1, rollups.latency_bucket, deterministic=True)
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:

@@ -110,7 +110,9 @@ async def test_feedback_bodies_the_schema_rules_out_are_422_naming_the_field(gat
              ({"request_id": " \t", "label": "billing"}, "request_id"),
              ({**item, "extra": 1}, "extra"),
              ({"items": [item] * 1001}, "items"),
-             ({"items": [{**item, "label": ""}]}, "items[0].label")]
+             ({"items": [{**item, "label": ""}]}, "items[0].label"),
+             ({"request_id": "r\u0000x", "label": "billing"}, "request_id"),  # PostgreSQL cannot hold NUL
+             ({"items": [{**item, "label": "bill\u0000ing"}]}, "items[0].label")]
     for body, field in cases:
         reply = await gateway.post(f"/v1/models/{HEAD}/feedback", json=body)
         assert reply.status_code == 422, (body, reply.text)

@@ -15,8 +15,11 @@ from tests.unit.conftest import HEAD, asgi_client, head_app, running_embedder
 async def test_a_trained_head_is_ready_and_answers_with_its_labels(head, trained_head):
     ready = await head.client.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"artifact": f"version {trained_head.version}", "embedder": "reachable",
-                                      "fingerprint": "match"}
+    checks = ready.json()["checks"]
+    log_state = checks.pop("inference_log")  # the log's lag, live (it never makes the head unready)
+    assert checks == {"artifact": f"version {trained_head.version}", "embedder": "reachable", "fingerprint": "match"}
+    assert set(log_state) == {"db", "oldest_unwritten_s", "spool_rows", "dead_letters", "stalled"}
+    assert log_state["dead_letters"] == 0 and log_state["stalled"] is False
     reply = await head.client.post("/predict", json={"texts": ["I was charged twice for my subscription",
                                                                "the app crashes when I open settings"]})
     assert reply.status_code == 200, reply.text
