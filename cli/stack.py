@@ -150,7 +150,11 @@ class Stack:
     def _head_flags(self, port: int) -> list[str]:
         return ["--host", self.s.host, "--port", str(port), "--models-dir", str(self.s.models_dir),
                 "--embedder-target", self.embedder_target, "--db-url", self.db_url,
-                "--spool-dir", str(self.s.var_dir / "spool"), *self._l2_args()]
+                "--spool-dir", str(self.s.var_dir / "spool"), *self._l2_args(), *self._admin_args()]
+
+    def _admin_args(self) -> list[str]:
+        """Every head and the gateway get the same admin token file (made once, 0600, in var_dir)."""
+        return ["--admin-token-file", str(ensure_admin_token(self.s.var_dir / "admin-token"))]
 
     def head_routes(self) -> dict[str, str]:
         """{model: URL} for the gateway: a head's own process, or its path in a packed one."""
@@ -169,7 +173,7 @@ class Stack:
     def _gateway(self) -> Child:
         argv = _cli("gateway", "serve", "--host", self.s.host, "--port", str(self.s.gateway_port),
                     "--heads-dir", str(self.s.heads_dir), "--routes-file", str(self.routes_file),
-                    "--embedder-target", self.embedder_target, "--db-url", self.db_url)
+                    "--embedder-target", self.embedder_target, "--db-url", self.db_url, *self._admin_args())
         return Child("gateway", "gateway", argv, self.s.gateway_port, f"http://{self.s.host}:{self.s.gateway_port}",
                      self.s.var_dir / "logs" / "gateway.log")
 
@@ -387,6 +391,22 @@ class Stack:
         if self.s.state_file.exists():
             self.s.state_file.unlink()
         self.console.print("polyhead stopped")
+
+
+def ensure_admin_token(path: Path) -> Path:
+    """The stack's admin token (Bearer of /admin/* on the gateway and every head): kept across runs,
+    readable by its owner only. `polyhead` commands that call admin routes read it from here."""
+    if not path.exists():
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another `polyhead up` made it first
+            return path
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path
 
 
 def replica_target(host: str, ports: list[int]) -> str:

@@ -60,6 +60,7 @@ class PredictResult:
     request_id: str
     latency_ms: float
     predictions: list[Prediction]
+    prediction_id: str = ""  # server-issued, unguessable: what feedback names (request_id is the caller's)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ def encode_predict_response(result: PredictResult) -> dict:
         "version": result.version,
         "embedder_fingerprint": result.embedder_fingerprint,
         "request_id": result.request_id,
+        "prediction_id": result.prediction_id,
         "latency_ms": round(result.latency_ms, 3),
         "predictions": [encode_prediction(p) for p in result.predictions],
     }
@@ -174,7 +176,9 @@ class PredictResponse(BaseModel):
     head: str
     version: str
     embedder_fingerprint: str
-    request_id: str
+    request_id: str = Field(..., description="Correlation id: the caller's x-request-id, or one made up")
+    prediction_id: str = Field(..., description="Issued by the server, unguessable: what feedback names "
+                               "(also in the x-prediction-id header)")
     latency_ms: float
     predictions: list[PredictionOut]
 

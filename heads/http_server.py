@@ -33,7 +33,18 @@ from heads.core import HeadProcess, HeadService
 from heads.settings import HeadSettings
 from polyhead import __version__
 from polyhead.errors import PolyheadError, ValidationError
-from polyhead.http import PROMETHEUS_TEXT, REQUEST_ID_HEADER, error_responses, install_error_handlers, request_id_of
+from polyhead.http import (
+    PREDICTION_ID_HEADER,
+    PROMETHEUS_TEXT,
+    REQUEST_ID_HEADER,
+    BodyReadTimeout,
+    BodySizeLimit,
+    error_responses,
+    install_error_handlers,
+    internal_caller,
+    request_id_of,
+    require_admin,
+)
 
 log = logging.getLogger("polyhead.head.http")
 
@@ -42,9 +53,9 @@ class ReloadRequest(BaseModel):
     version: str = Field("latest", description="A version id to pin, or 'latest' to follow new trainings")
 
 
-def head_router(service: HeadService) -> APIRouter:
+def head_router(service: HeadService, admin_token: str | None = None) -> APIRouter:
     """One head's endpoints (/predict, /explain, /readyz, /info, /drift, /admin/reload): an app mounts one router
-    per head it serves, so every per-head endpoint is declared here once."""
+    per head it serves, so every per-head endpoint is declared here once. `admin_token`: what /admin/* need."""
     config = service.config
     router = APIRouter()
     # This head's limits, enforced by the schema and stated in its OpenAPI document.
@@ -54,14 +65,16 @@ def head_router(service: HeadService) -> APIRouter:
         rid = request_id_of(request)
         with metrics.LATENCY.labels(config.name).time():
             try:
-                result = await service.predict(body.all_texts(), batch=body.batch, request_id=rid)
+                result = await service.predict(body.all_texts(), batch=body.batch, request_id=rid,
+                                               caller=internal_caller(request, admin_token))
             except PolyheadError as err:
                 metrics.REQUESTS.labels(config.name, str(int(err.http_status))).inc()
                 raise
         metrics.REQUESTS.labels(config.name, "200").inc()
         # JSONResponse directly: the model above documents the shape; re-validating our own dict
         # on every request costs more than the classifier itself.
-        return JSONResponse(encode_predict_response(result), headers={REQUEST_ID_HEADER: rid})
+        return JSONResponse(encode_predict_response(result),
+                            headers={REQUEST_ID_HEADER: rid, PREDICTION_ID_HEADER: result.prediction_id})
 
     predict.__annotations__["body"] = predict_request  # built at run time: not a name FastAPI could resolve
     router.post("/predict", response_model=PredictResponse,
@@ -106,9 +119,11 @@ def head_router(service: HeadService) -> APIRouter:
         """Drift scores of the rolling window against the served version's training data."""
         return service.drift_report()
 
-    @router.post("/admin/reload", responses=error_responses(404, 415, 422, _404="Unknown version"))
-    async def reload(body: ReloadRequest):
-        """Switch the served version without a restart (rollback, upgrade, or back to `latest`)."""
+    @router.post("/admin/reload", responses=error_responses(401, 404, 415, 422, _404="Unknown version"))
+    async def reload(body: ReloadRequest, request: Request):
+        """Switch the served version without a restart (rollback, upgrade, or back to `latest`).
+        Needs `Authorization: Bearer <admin token>` (the head's admin_token)."""
+        require_admin(request, admin_token)
         try:
             servable = await asyncio.to_thread(service.manager.switch, body.version)
         except RuntimeError as exc:
@@ -140,15 +155,19 @@ def create_app(settings: HeadSettings) -> FastAPI:
         title, description = f"polyhead head: {only.name}", only.config.description
     app = FastAPI(title=title, version=__version__, description=description, lifespan=lifespan)
     app.state.process = process
+    admin_token = settings.admin_secret()
     install_error_handlers(app)
+    # Added last = outermost: the size and time limits apply before anything reads the body.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyReadTimeout, timeout_s=settings.body_read_timeout_s)
     if process.packed:
         for name, service in services.items():
-            app.include_router(head_router(service), prefix=packed_path(name))
+            app.include_router(head_router(service, admin_token), prefix=packed_path(name))
         app.include_router(process_router(process))
     else:
         app.state.service = only
-        app.include_router(head_router(only))
-    app.include_router(classify_router(process))
+        app.include_router(head_router(only, admin_token))
+    app.include_router(classify_router(process, admin_token))
 
     @app.get("/healthz")
     async def healthz():
@@ -185,7 +204,7 @@ def process_router(process: HeadProcess) -> APIRouter:
     return router
 
 
-def classify_router(process: HeadProcess) -> APIRouter:
+def classify_router(process: HeadProcess, admin_token: str | None = None) -> APIRouter:
     router = APIRouter()
 
     @router.post("/classify", response_model=ClassifyResponse, responses=error_responses(415, 422, 503))
@@ -194,7 +213,7 @@ def classify_router(process: HeadProcess) -> APIRouter:
         rid = request_id_of(request)
         names = list(process.services) if body.models == "*" else body.models
         started = time.perf_counter()
-        outcomes = await process.classify(body.all_texts(), names, rid)
+        outcomes = await process.classify(body.all_texts(), names, rid, caller=internal_caller(request, admin_token))
         elapsed = time.perf_counter() - started
         results = {}
         for name, outcome in outcomes.items():
@@ -216,5 +235,6 @@ def classify_router(process: HeadProcess) -> APIRouter:
 def serve(settings: HeadSettings) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                access_log=False, timeout_graceful_shutdown=10, timeout_keep_alive=int(settings.keepalive_s))
+    from polyhead.http_protocol import uvicorn_options
+
+    uvicorn.run(create_app(settings), **uvicorn_options(settings, settings.keepalive_s))

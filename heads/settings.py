@@ -15,13 +15,14 @@ from polyhead.settings import (
     DEFAULT_EMBEDDER_TARGET,
     DEFAULT_HEAD_PORT,
     DEFAULT_HEADS_DIR,
+    DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MODELS_DIR,
+    HttpServiceSettings,
     Port,
-    ServiceSettings,
 )
 
 
-class HeadSettings(ServiceSettings):
+class HeadSettings(HttpServiceSettings):
     section = "head"
     model_config = SettingsConfigDict(env_prefix="POLYHEAD_HEAD_", extra="forbid")
 
@@ -58,6 +59,8 @@ class HeadSettings(ServiceSettings):
     spool_dir: Path = Field(Path("var/spool"), description="Records wait here while the DB is down")
     version_poll_s: float = Field(2.0, ge=0, description="How often to look for a new version; 0 = only on /admin/reload")
     readiness_ttl_s: float = Field(2.0, ge=0, description="How long a readiness probe of the embedder is reused")
+    # The gateway's limit plus room for what it adds when it forwards (/classify's model names).
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES + 65_536, ge=1024, description="Larger request bodies get 413")
 
     @field_validator("config", mode="before")
     @classmethod
