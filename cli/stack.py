@@ -58,6 +58,9 @@ class StackSettings(PolyheadSettings):
     heads_per_process: int = Field(0, ge=0, le=1000, description="Heads packed in one head process: 0 = all in "
                                    "one (cheapest; the default, see BENCHMARKS.md), 1 = one process per head "
                                    "(isolation), N = pools of N")
+    head_standby: bool = Field(True, description="Packed head processes keep a forked warm standby worker that "
+                               "takes over at once when the serving one dies (heads/standby.py): a crash fails "
+                               "no request; the standby shares the imports' memory copy-on-write")
     train_missing: bool = Field(True, description="Train heads that have no artifact yet, before serving")
     scan_interval_s: float = Field(2.0, gt=0, description="How often new head configs are looked for")
 
@@ -143,7 +146,7 @@ class Stack:
     def _pool(self, pool: str, names: list[str], port: int) -> Child:
         """Several heads packed in one process, each at /heads/<name>."""
         argv = _cli("head", "serve", "--heads", ",".join(names), "--heads-dir", str(self.s.heads_dir),
-                    "--pool-name", pool, *self._head_flags(port))
+                    "--pool-name", pool, *self._head_flags(port), *(["--standby"] if self.s.head_standby else []))
         return Child(f"heads:{pool}", "head", argv, port, f"http://{self.s.host}:{port}",
                      self.s.var_dir / "logs" / f"heads-{pool}.log", extra={"heads": list(names), "packed": True})
 

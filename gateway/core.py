@@ -20,6 +20,8 @@ from polyhead.http import CALLER_HEADER, PREDICTION_ID_HEADER, REQUEST_ID_HEADER
 
 log = logging.getLogger("polyhead.gateway.core")
 
+RETRY_DELAY_S = 0.05  # before the one retry of a call whose connection broke (the standby needs a few ms)
+
 
 class UpstreamReply:
     """A head's answer, passed through as is (status, raw JSON bytes, the headers that matter)."""
@@ -81,15 +83,27 @@ class GatewayService:
             headers[CALLER_HEADER] = caller
         if self._admin_token is not None:
             headers["authorization"] = f"Bearer {self._admin_token}"
-        try:
-            async with self._session.request(method, url, data=body, headers=headers,
-                                             timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
-                content = await response.read()
-                return UpstreamReply(response.status, content, response.headers)
-        except TimeoutError:  # aiohttp's timeouts are TimeoutErrors; checked before ClientError on purpose
-            failure, cause = "timeout", None
-        except aiohttp.ClientError as exc:
-            failure, cause = "unreachable", type(exc).__name__
+        failure, cause = "timeout", None
+        for attempt in (1, 2):
+            try:
+                async with self._session.request(method, url, data=body, headers=headers,
+                                                 timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+                    content = await response.read()
+                    return UpstreamReply(response.status, content, response.headers)
+            except TimeoutError:  # aiohttp's timeouts are TimeoutErrors; checked before ClientError on purpose
+                failure, cause = "timeout", None
+                break  # a slow head is not retried: it would get the same work twice
+            except aiohttp.ClientConnectionError as exc:
+                # The connection broke or was refused: the head process died (its standby, or its
+                # restart, takes over the port). Every call to a head is idempotent (a predict only
+                # logs): one retry on a fresh connection.
+                failure, cause = "unreachable", type(exc).__name__
+                if attempt == 1:
+                    metrics.UPSTREAM_RETRIES.labels(routes[0].name if len(routes) == 1 else "-").inc()
+                    await asyncio.sleep(RETRY_DELAY_S)
+            except aiohttp.ClientError as exc:
+                failure, cause = "unreachable", type(exc).__name__
+                break
         for r in routes:
             metrics.UPSTREAM_ERRORS.labels(r.name, failure).inc()
         if len(routes) == 1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 
@@ -171,7 +172,7 @@ def create_app(settings: HeadSettings) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok"}
+        return {"status": "ok", "pid": os.getpid()}  # which worker answered (heads/standby.py, the drills)
 
     @app.get("/metrics", response_class=PlainTextResponse, responses=PROMETHEUS_TEXT)
     async def prometheus_metrics():
@@ -233,6 +234,11 @@ def classify_router(process: HeadProcess, admin_token: str | None = None) -> API
 
 
 def serve(settings: HeadSettings) -> None:
+    if settings.standby:
+        from heads.standby import serve_with_standby
+
+        serve_with_standby(settings)
+        return
     import uvicorn
 
     from polyhead.http_protocol import uvicorn_options

@@ -53,6 +53,8 @@ class HeadSettings(HttpServiceSettings):
     coalesce_window_ms: float = Field(0.0, ge=0, le=50, description="Extra wait for company before a coalesced call "
                                       "(0: send as soon as a slot is free)")
     port: int = Port(DEFAULT_HEAD_PORT, "HTTP port")
+    standby: bool = Field(False, description="Keep a forked warm standby worker that takes over the port at once "
+                          "when the serving worker dies (heads/standby.py)")
     keepalive_s: float = Field(75.0, gt=0, description="Idle keep-alive of client connections; longer than the "
                                "gateway's head_keepalive_s, so the gateway's reused connections are never stale")
     db_url: str = Field(DEFAULT_DB_URL, description="Inference DB (SQLAlchemy URL)")
