@@ -15,6 +15,7 @@ from gateway import metrics
 from gateway.routing import Route, RoutingTable
 from gateway.settings import GatewaySettings
 from heads.api import encode_model_error, process_base_url
+from polyhead import tracing
 from polyhead.errors import NotFoundError, PolyheadError, UnavailableError, ValidationError
 from polyhead.http import CALLER_HEADER, PREDICTION_ID_HEADER, REQUEST_ID_HEADER
 
@@ -83,6 +84,7 @@ class GatewayService:
             headers[CALLER_HEADER] = caller
         if self._admin_token is not None:
             headers["authorization"] = f"Bearer {self._admin_token}"
+        tracing.inject(headers)
         failure, cause = "timeout", None
         for attempt in (1, 2):
             try:

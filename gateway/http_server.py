@@ -25,7 +25,7 @@ from gateway.insights import FeedbackRequest, FeedbackResponse, Insights, Report
 from gateway.settings import GatewaySettings
 from heads.api import (ClassifyRequest, ClassifyResponse, ExplainRequest, ExplainResponse, PredictRequest,
                        PredictResponse)
-from polyhead import __version__
+from polyhead import __version__, tracing
 from polyhead.errors import ForbiddenError, PolyheadError, UnauthorizedError
 from polyhead.http import (PROMETHEUS_TEXT, REQUEST_ID_HEADER, BodyReadTimeout, BodySizeLimit, bearer_token,
                            error_responses, install_error_handlers, request_id_of, require_admin, token_matches)
@@ -127,6 +127,7 @@ def _rename_texts_field(err: PolyheadError) -> None:
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
+    tracing.configure("gateway", settings.otlp_endpoint)  # a no-op without an endpoint
     service = GatewayService(settings)
     insights = Insights(service)
     auth = Authenticator(settings)
@@ -170,7 +171,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         started, rid = time.perf_counter(), request_id_of(request)
         try:
             key = auth.admit(request, name)
-            reply = await call(name, await request.body(), rid, key.name if key else None)
+            with tracing.span(f"gateway {route}", service="gateway", model=name, request_id=rid) as span:
+                reply = await call(name, await request.body(), rid, key.name if key else None)
+                tracing.set_attributes(span, **{"http.status_code": reply.status})
         except PolyheadError as err:
             observe(route, name if name in service.routing.routes else "unknown", int(err.http_status), started)
             raise
@@ -219,7 +222,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 auth.check_model(key, name)
             except PolyheadError as err:
                 refused[name] = err
-        results = await service.classify(body.all_texts(), names, rid, refused, caller=key.name if key else None)
+        with tracing.span("gateway classify", service="gateway", request_id=rid, **{"classify.models": len(names)}):
+            results = await service.classify(body.all_texts(), names, rid, refused, caller=key.name if key else None)
         for name, entry in results.items():
             status = entry.get("status", 200) if "error" in entry else 200
             metrics.REQUESTS.labels("classify", name if name in service.routing.routes else "unknown",
@@ -282,7 +286,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await asyncio.wait([app.state.embedder_info_read])
         inputs = [body.input] if isinstance(body.input, str) else body.input
         try:
-            result = await service.embeddings(inputs, body.model, body.encoding_format, body.dimensions, rid)
+            with tracing.span("gateway embeddings", service="gateway", request_id=rid,
+                              **{"embed.batch_size": len(inputs)}):
+                result = await service.embeddings(inputs, body.model, body.encoding_format, body.dimensions, rid)
         except PolyheadError as err:
             _rename_texts_field(err)
             observe("embeddings", "-", int(err.http_status), started)

@@ -32,7 +32,7 @@ from heads.api import (
 )
 from heads.core import HeadProcess, HeadService
 from heads.settings import HeadSettings
-from polyhead import __version__
+from polyhead import __version__, tracing
 from polyhead.errors import PolyheadError, ValidationError
 from polyhead.http import (
     PREDICTION_ID_HEADER,
@@ -64,7 +64,9 @@ def head_router(service: HeadService, admin_token: str | None = None) -> APIRout
 
     async def predict(body: PredictRequestBase, request: Request):
         rid = request_id_of(request)
-        with metrics.LATENCY.labels(config.name).time():
+        with metrics.LATENCY.labels(config.name).time(), \
+                tracing.span("head predict", service="head", parent=request.headers, head=config.name,
+                             request_id=rid, **{"predict.texts": len(body.all_texts())}):
             try:
                 result = await service.predict(body.all_texts(), batch=body.batch, request_id=rid,
                                                caller=internal_caller(request, admin_token))
@@ -139,6 +141,7 @@ def create_app(settings: HeadSettings) -> FastAPI:
     plus the process's own /readyz (every head's), /heads and /classify (several heads, one embed)."""
     process = HeadProcess(settings)
     services = process.services
+    tracing.configure("head", settings.otlp_endpoint)  # a no-op without an endpoint
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -214,7 +217,10 @@ def classify_router(process: HeadProcess, admin_token: str | None = None) -> API
         rid = request_id_of(request)
         names = list(process.services) if body.models == "*" else body.models
         started = time.perf_counter()
-        outcomes = await process.classify(body.all_texts(), names, rid, caller=internal_caller(request, admin_token))
+        with tracing.span("head classify", service="head", parent=request.headers, request_id=rid,
+                          **{"classify.models": len(names), "classify.texts": len(body.all_texts())}):
+            outcomes = await process.classify(body.all_texts(), names, rid,
+                                              caller=internal_caller(request, admin_token))
         elapsed = time.perf_counter() - started
         results = {}
         for name, outcome in outcomes.items():

@@ -87,6 +87,8 @@ class ServiceSettings(PolyheadSettings):
     host: str = Field(DEFAULT_HOST, description="Listen address")
     log_level: str = Field("info", description="debug, info, warning or error")
     json_logs: bool = Field(True, description="One JSON object per log line (off: human-readable lines)")
+    otlp_endpoint: str | None = Field(None, description="OpenTelemetry: send spans to this OTLP/HTTP traces endpoint "
+                                      "(e.g. http://collector:4318/v1/traces); unset = tracing off, at no cost")
 
 
 class HttpServiceSettings(ServiceSettings):
