@@ -302,9 +302,7 @@ class EmbedderServer:
 
 async def serve(settings: EmbedderSettings) -> None:
     if settings.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.metrics_port, addr=settings.host)
+        metrics.start_metrics_server(settings.metrics_port, settings.host)
     server = EmbedderServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
