@@ -2,7 +2,7 @@
 
 The parent imports everything a head needs (numpy, grpc, FastAPI, uvicorn: most of a head
 process's memory), opens the listening socket and forks two workers: the **active** one serves; the
-**spare** waits on a pipe. When the active worker dies (a crash, SIGKILL, OOM), the parent tells the
+**spare** loads every head's artifact, then waits on a pipe. When the active worker dies (a crash, SIGKILL, OOM), the parent tells the
 spare to serve and forks a new spare. The listening socket is the parent's: while no worker
 accepts, connections wait in its backlog instead of being refused, and the gateway retries a call
 whose connection broke once (gateway/core.py), so the requests in flight on the dead worker are
@@ -63,28 +63,39 @@ def _fork_worker(settings: HeadSettings, sock: socket.socket, *, active: bool) -
         _die_with_parent()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
+        app = _warm_app(settings)
         if read_fd is not None:
             os.close(write_fd)
             if os.read(read_fd, 1) != b"g":  # EOF: the parent went away
                 os._exit(0)
             os.close(read_fd)
-        _serve_on(settings, sock)
+        _serve_on(settings, sock, app)
         os._exit(0)
     except BaseException:  # never return into the parent's loop
         logging.getLogger("polyhead.head.standby").exception("worker failed")
         os._exit(1)
 
 
-def _serve_on(settings: HeadSettings, sock: socket.socket) -> None:
+def _warm_app(settings: HeadSettings):
+    """The app with every head's artifact already loaded: what a spare can do before it takes over
+    (no event loop, no gRPC channel, no spool lock: those start when it serves)."""
+    from heads.http_server import create_app
+
+    app = create_app(settings)
+    for service in app.state.process.services.values():
+        service.manager.sync()  # never raises: a bad artifact is reported by its head's readiness, as without a standby
+    return app
+
+
+def _serve_on(settings: HeadSettings, sock: socket.socket, app) -> None:
     import asyncio
 
     import uvicorn
 
-    from heads.http_server import create_app
     from polyhead.http_protocol import uvicorn_options
 
     options = {k: v for k, v in uvicorn_options(settings, settings.keepalive_s).items() if k not in ("host", "port")}
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
+    server = uvicorn.Server(uvicorn.Config(app, **options))
     asyncio.run(server.serve(sockets=[sock]))
 
 
