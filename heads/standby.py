@@ -2,7 +2,8 @@
 
 The parent imports everything a head needs (numpy, grpc, FastAPI, uvicorn: most of a head
 process's memory), opens the listening socket and forks two workers: the **active** one serves; the
-**spare** loads every head's artifact, then waits on a pipe. When the active worker dies (a crash, SIGKILL, OOM), the parent tells the
+**spare** waits on a pipe. The parent has built the app and loaded every artifact before it forks,
+so a takeover is only the app's start (gRPC channel, log writer) and costs milliseconds. When the active worker dies (a crash, SIGKILL, OOM), the parent tells the
 spare to serve and forks a new spare. The listening socket is the parent's: while no worker
 accepts, connections wait in its backlog instead of being refused, and the gateway retries a call
 whose connection broke once (gateway/core.py), so the requests in flight on the dead worker are
@@ -51,7 +52,7 @@ class _Worker:
             self.go_fd = None
 
 
-def _fork_worker(settings: HeadSettings, sock: socket.socket, *, active: bool) -> _Worker:
+def _fork_worker(settings: HeadSettings, sock: socket.socket, app, *, active: bool) -> _Worker:
     read_fd, write_fd = (None, None) if active else os.pipe()
     pid = os.fork()
     if pid:
@@ -63,7 +64,6 @@ def _fork_worker(settings: HeadSettings, sock: socket.socket, *, active: bool) -
         _die_with_parent()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
-        app = _warm_app(settings)
         if read_fd is not None:
             os.close(write_fd)
             if os.read(read_fd, 1) != b"g":  # EOF: the parent went away
@@ -77,8 +77,9 @@ def _fork_worker(settings: HeadSettings, sock: socket.socket, *, active: bool) -
 
 
 def _warm_app(settings: HeadSettings):
-    """The app with every head's artifact already loaded: what a spare can do before it takes over
-    (no event loop, no gRPC channel, no spool lock: those start when it serves)."""
+    """The app with every head's artifact loaded, built once in the parent: every worker forked from
+    it starts from there (shared copy-on-write). Nothing here runs an event loop, opens a gRPC channel
+    or takes the spool lock: those start in the worker that serves (the app's lifespan)."""
     from heads.http_server import create_app
 
     app = create_app(settings)
@@ -100,9 +101,10 @@ def _serve_on(settings: HeadSettings, sock: socket.socket, app) -> None:
 
 
 def serve_with_standby(settings: HeadSettings) -> int:
-    # Import in the parent what the workers will need, so they share those pages.
-    import heads.http_server  # noqa: F401
+    # Build in the parent what the workers need (imports, the app, the artifacts), so they share those pages.
     import polyhead.http_protocol  # noqa: F401
+
+    app = _warm_app(settings)
 
     sock = socket.create_server((settings.host, settings.port), backlog=2048)
     sock.set_inheritable(True)
@@ -119,8 +121,8 @@ def serve_with_standby(settings: HeadSettings) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    active = _fork_worker(settings, sock, active=True)
-    spare = _fork_worker(settings, sock, active=False)
+    active = _fork_worker(settings, sock, app, active=True)
+    spare = _fork_worker(settings, sock, app, active=False)
     log.info("head process with a warm standby", extra={"active": active.pid, "spare": spare.pid})
     while not stopping:
         try:
@@ -136,12 +138,12 @@ def serve_with_standby(settings: HeadSettings) -> int:
             spare.go()
             log.warning("active worker %d died (%s); standby %d takes over", pid, _describe(status), spare.pid)
             active = spare
-            spare = _fork_worker(settings, sock, active=False)
+            spare = _fork_worker(settings, sock, app, active=False)
             log.info("new standby forked", extra={"spare": spare.pid, "ms": round((time.perf_counter() - took) * 1e3)})
         elif pid == spare.pid:
             log.warning("standby worker %d died (%s); forking another", pid, _describe(status))
             time.sleep(0.5)  # a spare that cannot even wait must not spin
-            spare = _fork_worker(settings, sock, active=False)
+            spare = _fork_worker(settings, sock, app, active=False)
     for worker in (active, spare):
         _kill(worker.pid, signal.SIGTERM)
     deadline = time.monotonic() + 15
