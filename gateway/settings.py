@@ -61,7 +61,7 @@ class GatewaySettings(HttpServiceSettings):
     db_url: str = Field(DEFAULT_DB_URL, description="Inference DB (SQLAlchemy URL) the heads log to: "
                         "reports read it, feedback is stored in it")
     feedback_wait_s: float = Field(2.0, ge=0, le=30, description="Heads log asynchronously: feedback waits this long "
-                                   "for its prediction to reach the DB before answering 422 (unknown request_id)")
+                                   "for its prediction to reach the DB before answering 404 (unknown prediction_id)")
 
     # Security. With no keys configured the gateway is open (the local default).
     api_keys: list[ApiKey] = Field(default_factory=list)
