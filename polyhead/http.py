@@ -95,12 +95,20 @@ def require_admin(request: Request, secret: str | None) -> None:
 def internal_caller(request: Request, secret: str | None) -> str | None:
     """The API key name the gateway says a request is for (CALLER_HEADER). With an admin token
     configured, only a request bearing it is believed (anyone else could claim any key)."""
+    global _warned_untrusted_caller
     caller = request.headers.get(CALLER_HEADER)
     if caller is None or not _CALLER_OK.fullmatch(caller):
         return None
     if secret is not None and not token_matches(bearer_token(request), secret):
+        if not _warned_untrusted_caller:  # usually a gateway without the heads' admin token: say it once
+            _warned_untrusted_caller = True
+            log.warning("%s header without this head's admin token: ignored (give the gateway the same "
+                        "admin_token, or feedback by API key cannot find its predictions)", CALLER_HEADER)
         return None
     return caller
+
+
+_warned_untrusted_caller = False
 
 
 def install_error_handlers(app: FastAPI) -> None:
