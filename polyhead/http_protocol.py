@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from polyhead.settings import HttpServiceSettings
@@ -30,61 +31,65 @@ def _base_protocol() -> type:
         return H11Protocol
 
 
-def protocol_class(header_read_timeout_s: float) -> type:
-    base = _base_protocol()
+# The header timeout travels by environment variable: uvicorn's worker processes (gateway --workers N)
+# are spawned and import this class by name, so it cannot be a closure over the setting.
+HEADER_TIMEOUT_ENV = "POLYHEAD_HTTP_HEADER_READ_TIMEOUT_S"
+DEFAULT_HEADER_READ_TIMEOUT_S = 10.0
 
-    class PolyheadHttpProtocol(base):
-        _header_timer = None
 
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self._arm_header_timer()
+class PolyheadHttpProtocol(_base_protocol()):
+    _header_timer = None
 
-        def data_received(self, data: bytes) -> None:
-            if not self._in_request():
-                self._arm_header_timer()  # a new request begins: its headers must complete in time
-            super().data_received(data)
-            if self._in_request():
-                self._cancel_header_timer()
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm_header_timer()
 
-        def connection_lost(self, exc) -> None:
+    def data_received(self, data: bytes) -> None:
+        if not self._in_request():
+            self._arm_header_timer()  # a new request begins: its headers must complete in time
+        super().data_received(data)
+        if self._in_request():
             self._cancel_header_timer()
-            super().connection_lost(exc)
 
-        def _in_request(self) -> bool:
-            cycle = getattr(self, "cycle", None)
-            return cycle is not None and not cycle.response_complete
+    def connection_lost(self, exc) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
 
-        def _arm_header_timer(self) -> None:
-            if self._header_timer is None:
-                self._header_timer = self.loop.call_later(header_read_timeout_s, self._headers_timed_out)
+    def _in_request(self) -> bool:
+        cycle = getattr(self, "cycle", None)
+        return cycle is not None and not cycle.response_complete
 
-        def _cancel_header_timer(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            timeout_s = float(os.environ.get(HEADER_TIMEOUT_ENV, DEFAULT_HEADER_READ_TIMEOUT_S))
+            self._header_timer = self.loop.call_later(timeout_s, self._headers_timed_out)
 
-        def _headers_timed_out(self) -> None:
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
             self._header_timer = None
-            if not self._in_request() and not self.transport.is_closing():
-                self.transport.close()
 
-        def send_400_response(self, msg: str) -> None:
-            body = json.dumps({"error": {"type": "bad_request", "message": f"bad request: {msg}",
-                                         "field": "request"}}).encode("ascii")
-            head = [b"HTTP/1.1 400 Bad Request\r\n"]
-            for name, value in self.server_state.default_headers:
-                head += [name, b": ", value, b"\r\n"]
-            head += [b"content-type: application/json\r\n", b"content-length: ", str(len(body)).encode(), b"\r\n",
-                     b"connection: close\r\n", b"\r\n"]
-            self.transport.write(b"".join(head) + body)
+    def _headers_timed_out(self) -> None:
+        self._header_timer = None
+        if not self._in_request() and not self.transport.is_closing():
             self.transport.close()
 
-    return PolyheadHttpProtocol
+    def send_400_response(self, msg: str) -> None:
+        body = json.dumps({"error": {"type": "bad_request", "message": f"bad request: {msg}",
+                                     "field": "request"}}).encode("ascii")
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [b"content-type: application/json\r\n", b"content-length: ", str(len(body)).encode(), b"\r\n",
+                 b"connection: close\r\n", b"\r\n"]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
 
 
 def uvicorn_options(settings: HttpServiceSettings, keepalive_s: float) -> dict[str, Any]:
-    """What every polyhead HTTP server passes uvicorn: the protocol above and its timeouts."""
+    """What every polyhead HTTP server passes uvicorn: the protocol above (by name: spawned workers
+    import it) and its timeouts. Sets this process's header timeout (inherited by its workers)."""
+    os.environ[HEADER_TIMEOUT_ENV] = str(settings.header_read_timeout_s)
     return dict(host=settings.host, port=settings.port, log_config=None, access_log=False,
                 timeout_graceful_shutdown=10, timeout_keep_alive=int(keepalive_s),
-                http=protocol_class(settings.header_read_timeout_s))
+                http="polyhead.http_protocol:PolyheadHttpProtocol")
