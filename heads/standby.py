@@ -142,6 +142,8 @@ def serve_with_standby(settings: HeadSettings) -> int:
             log.info("new standby forked", extra={"spare": spare.pid, "ms": round((time.perf_counter() - took) * 1e3)})
         elif pid == spare.pid:
             log.warning("standby worker %d died (%s); forking another", pid, _describe(status))
+            if spare.go_fd is not None:
+                os.close(spare.go_fd)
             time.sleep(0.5)  # a spare that cannot even wait must not spin
             spare = _fork_worker(settings, sock, app, active=False)
     for worker in (active, spare):
