@@ -128,6 +128,10 @@ def keys_create(
     name: str = typer.Argument(..., help="Who the key is for"),
     models: str = typer.Option("*", help="Comma-separated models the key may call; * = all"),
     keys_file: Optional[Path] = typer.Option(None, help="Append the hashed entry to this YAML file"),
+    role: List[str] = typer.Option([], "--role", help="labeller: may give feedback on any prediction of its "
+                                   "models, not only its own (repeatable)"),
+    embeddings: Optional[bool] = typer.Option(None, "--embeddings/--no-embeddings", help="May call /v1/embeddings "
+                                              "(default: only a key allowed on every model)"),
 ):
     """Make an API key: prints the key once; only its hash is stored."""
     import yaml
@@ -135,7 +139,18 @@ def keys_create(
     from gateway.auth import new_key
 
     key, digest = new_key()
+    from gateway.settings import ApiKey
+
     entry = {"name": name, "sha256": digest, "models": [m.strip() for m in models.split(",") if m.strip()]}
+    if role:
+        entry["roles"] = sorted(set(role))
+    if embeddings is not None:
+        entry["embeddings"] = embeddings
+    try:
+        ApiKey.model_validate(entry)  # an unknown role fails here, not when the gateway reads the file
+    except ValueError as exc:
+        typer.echo(f"invalid key: {exc}", err=True)
+        raise typer.Exit(2) from None
     if keys_file:
         existing = (yaml.safe_load(keys_file.read_text()) if keys_file.exists() else None) or []
         keys_file.write_text(yaml.safe_dump(existing + [entry], sort_keys=False))
@@ -152,6 +167,9 @@ def train(
                                        "(text from the log) to the training data; redacted texts are skipped"),
     db_url: str = typer.Option(DEFAULT_DB_URL, envvar="POLYHEAD_HEAD_DB_URL", help="With --with-feedback: the "
                                "inference DB (SQLAlchemy URL)"),
+    feedback_from: Optional[str] = typer.Option(None, "--feedback-from", help="With --with-feedback: trust only "
+                                                "the feedback given by these API keys (comma-separated names; "
+                                                "'anonymous' = given with keys off). Default: everybody's"),
 ):
     """Train heads from their configs; embeddings come from the running embedder (and its cache)."""
     from rich.console import Console
@@ -162,6 +180,10 @@ def train(
     from polyhead.errors import PolyheadError
 
     console = Console(stderr=True)
+    trusted = None if feedback_from is None else [k.strip() for k in feedback_from.split(",") if k.strip()]
+    if trusted is not None and not with_feedback:
+        console.print("[red]--feedback-from needs --with-feedback[/red]")
+        raise typer.Exit(2)
     try:
         configs = [load_head_config(p) for p in head_configs]
     except HeadConfigError as err:
@@ -171,7 +193,8 @@ def train(
         for cfg in configs:
             try:
                 report = train_from_config(cfg, models_dir, client, console=console,
-                                           feedback_db_url=db_url if with_feedback else None)
+                                           feedback_db_url=db_url if with_feedback else None,
+                                           feedback_from=trusted)
             except PolyheadError as err:
                 console.print(f"[red]{cfg.name}: {err.message}[/red]")
                 raise typer.Exit(2) from None

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from gateway.core import GatewayService
+from gateway.settings import ApiKey
 from heads.api import DriftReport
 from polyhead.inference_log.feedback import LoggedPrediction, find_predictions, store_feedback
 from polyhead.inference_log.report_models import InferenceReport
@@ -37,44 +38,46 @@ FEEDBACK_POLL_S = 0.1
 
 # -- API schemas ------------------------------------------------------------------------------------
 def _no_nul(value: str) -> str:
-    # A request id (an HTTP header) or a label never holds NUL, and PostgreSQL text cannot: a 422, not a 503.
+    # A prediction id or a label never holds NUL, and PostgreSQL text cannot: a 422, not a 503.
     if "\x00" in value:
         raise ValueError(f"must not contain NUL (U+0000), found at character {value.index(chr(0))}")
     return value
 
 
-RequestId = Annotated[text_type(128, "The predict answer's request_id"), AfterValidator(_no_nul)]
+PredictionId = Annotated[text_type(64, "The predict answer's prediction_id (server-issued; not the x-request-id)"),
+                         AfterValidator(_no_nul)]
 Label = Annotated[text_type(256, "The true label (one of the model's labels)"), AfterValidator(_no_nul)]
-SINGLE_FIELDS = ("request_id", "label", "index")
+SINGLE_FIELDS = ("prediction_id", "label", "index")
+LABELLER = "labeller"  # an API key role: may label any prediction of the models it may call
 
 
 class FeedbackItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    request_id: RequestId
+    prediction_id: PredictionId
     label: Label
     index: int = Field(0, ge=0, le=4095, description="Which text of a request with several texts (0 = the first)")
 
 
 def _feedback_schema_extra(schema: dict) -> None:
-    """JSON Schema for "one feedback (request_id + label, optional index) or `items`, never both, never null"
+    """JSON Schema for "one feedback (prediction_id + label, optional index) or `items`, never both, never null"
     (pydantic alone writes `default: null` and no exclusivity)."""
     absent_not_null(schema)
-    schema["oneOf"] = [{"required": ["request_id", "label"], "not": {"required": ["items"]}},
+    schema["oneOf"] = [{"required": ["prediction_id", "label"], "not": {"required": ["items"]}},
                        {"required": ["items"], "not": {"anyOf": [{"required": [f]} for f in SINGLE_FIELDS]}}]
     schema["examples"] = [
-        {"request_id": "3f2a...", "label": "billing"},
-        {"items": [{"request_id": "3f2a...", "label": "billing"}, {"request_id": "77c1...", "label": "technical",
-                                                                    "index": 1}]}]
+        {"prediction_id": "Xb3...", "label": "billing"},
+        {"items": [{"prediction_id": "Xb3...", "label": "billing"},
+                   {"prediction_id": "q7K...", "label": "technical", "index": 1}]}]
 
 
 class FeedbackRequest(BaseModel):
-    """One feedback (`request_id`, `label`, optional `index`) or several (`items`). An absent field is None;
+    """One feedback (`prediction_id`, `label`, optional `index`) or several (`items`). An absent field is None;
     an explicit null is refused (the types are not optional), as the schema says."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_feedback_schema_extra)
 
-    request_id: RequestId = Field(None)
+    prediction_id: PredictionId = Field(None)
     label: Label = Field(None)
     index: int = Field(None, ge=0, le=4095, description="Which text of a request with several texts (0 = the first)")
     items: list[FeedbackItem] = Field(None, min_length=1, max_length=MAX_FEEDBACK_ITEMS,
@@ -84,9 +87,9 @@ class FeedbackRequest(BaseModel):
     def _one_form(self):
         single = any(getattr(self, f) is not None for f in SINGLE_FIELDS)
         if single == (self.items is not None):
-            raise ValueError("give either request_id and label (one feedback) or items (several)")
-        if single and (self.request_id is None or self.label is None):
-            raise ValueError("one feedback needs both request_id and label")
+            raise ValueError("give either prediction_id and label (one feedback) or items (several)")
+        if single and (self.prediction_id is None or self.label is None):
+            raise ValueError("one feedback needs both prediction_id and label")
         return self
 
     @property
@@ -96,11 +99,11 @@ class FeedbackRequest(BaseModel):
     def all_items(self) -> list[FeedbackItem]:
         if self.items is not None:
             return self.items
-        return [FeedbackItem(request_id=self.request_id, label=self.label, index=self.index or 0)]
+        return [FeedbackItem(prediction_id=self.prediction_id, label=self.label, index=self.index or 0)]
 
 
 class FeedbackResult(BaseModel):
-    request_id: str
+    prediction_id: str
     index: int
     label: str
     predicted: str = Field(description="What the model answered for that text")
@@ -158,6 +161,14 @@ def fit_report_range(since: datetime | None, until: datetime | None, bucket: str
     return since, until, bucket, adjusted
 
 
+def _may_label(key: ApiKey | None, pred: LoggedPrediction) -> bool:
+    """Keys off: whoever holds the prediction_id (unguessable, given only to the caller). Keys on: the
+    key that asked for the prediction, or a labeller key (already checked to be allowed on the model)."""
+    if key is None:
+        return True
+    return pred.caller == key.name or LABELLER in key.roles
+
+
 # -- core -------------------------------------------------------------------------------------------
 class Insights:
     def __init__(self, gateway: GatewayService):
@@ -203,23 +214,26 @@ class Insights:
         return Report.model_validate({**body, "drift": drift, "adjusted": adjusted})
 
     # -- feedback -----------------------------------------------------------------------------------
-    async def feedback(self, name: str, items: list[FeedbackItem], *, batch: bool, request_id: str) -> dict:
+    async def feedback(self, name: str, items: list[FeedbackItem], *, batch: bool, request_id: str,
+                       key: ApiKey | None = None) -> dict:
+        """`key`: the caller's API key (None: keys are off). It may label the predictions it asked for,
+        or any with the labeller role; another key's prediction reads exactly like an unknown one."""
         route = self.gateway.routing.get(name)
 
         def where(i: int, attr: str) -> str:
             return f"items[{i}].{attr}" if batch else attr
 
-        keys = [(it.request_id, it.index) for it in items]
-        found = await self._wait_for_predictions(name, keys)
-        missing = [i for i, key in enumerate(keys) if key not in found]
+        keys = [(it.prediction_id, it.index) for it in items]
+        found = await self._wait_for_predictions(name, keys, key)
+        missing = [i for i, k in enumerate(keys) if k not in found]
         if missing:
             i = missing[0]
-            rid, index = keys[i]
+            pid, index = keys[i]
             text = f" (text index {index})" if index else ""
             more = f"; {len(missing)} of {len(items)} items are unknown" if len(missing) > 1 else ""
-            # 404: the request is well formed, the prediction it names does not exist (the OpenAPI agrees)
-            raise NotFoundError(f"{where(i, 'request_id')}: unknown request_id {rid!r}{text}: model {name!r} logged "
-                                  f"no such prediction{more}", field=where(i, "request_id"))
+            # 404: the request is well formed, the prediction it names does not exist for this caller
+            raise NotFoundError(f"{where(i, 'prediction_id')}: unknown prediction_id {pid!r}{text}: model {name!r} "
+                                f"logged no such prediction for this caller{more}", field=where(i, "prediction_id"))
         for i, item in enumerate(items):
             labels = await self._labels_of(route, found[keys[i]].version, request_id)
             if item.label not in labels:
@@ -228,22 +242,26 @@ class Insights:
 
         last = {key: i for i, key in enumerate(keys)}  # a text named twice in one call: the last one wins
         unique: list[tuple[LoggedPrediction, str]] = [(found[key], items[i].label) for key, i in last.items()]
-        replaced_before = dict(zip(last, await self._in_db(store_feedback, name, unique)))
+        replaced_before = dict(zip(last, await self._in_db(store_feedback, name, unique,
+                                                           key.name if key is not None else None)))
         results, seen = [], set()
-        for (rid, index), item in zip(keys, items):
-            pred = found[(rid, index)]
-            replaced = (rid, index) in seen or replaced_before[(rid, index)]
-            seen.add((rid, index))
-            results.append({"request_id": rid, "index": index, "label": item.label, "predicted": pred.label,
+        for (pid, index), item in zip(keys, items):
+            pred = found[(pid, index)]
+            replaced = (pid, index) in seen or replaced_before[(pid, index)]
+            seen.add((pid, index))
+            results.append({"prediction_id": pid, "index": index, "label": item.label, "predicted": pred.label,
                             "version": pred.version, "status": "replaced" if replaced else "stored"})
         return {"stored": len(results), "replaced": sum(r["status"] == "replaced" for r in results), "items": results}
 
-    async def _wait_for_predictions(self, name: str, keys: list[tuple[str, int]]) -> dict:
+    async def _wait_for_predictions(self, name: str, keys: list[tuple[str, int]], key: ApiKey | None) -> dict:
         """Heads log asynchronously (a writer thread, batches every ~0.2 s): feedback sent right after
-        its predict may arrive first, so look again for up to feedback_wait_s before calling it unknown."""
+        its predict may arrive first, so look again for up to feedback_wait_s before calling it unknown.
+        Only the predictions this key may label count (the others are left out): "not yours" waits as
+        long and answers the same 404 as "unknown", so neither the answer nor its timing tells them apart."""
         deadline = time.monotonic() + self.settings.feedback_wait_s
         while True:
-            found = await self._in_db(find_predictions, name, keys)
+            found = {k: pred for k, pred in (await self._in_db(find_predictions, name, keys)).items()
+                     if _may_label(key, pred)}
             if len(found) == len(set(keys)) or time.monotonic() >= deadline:
                 return found
             await asyncio.sleep(FEEDBACK_POLL_S)

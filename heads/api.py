@@ -67,6 +67,9 @@ class PredictResponse:
     request_id: str
     latency_ms: Milliseconds
     predictions: list[Prediction]
+    # server-issued, unguessable: what feedback names (request_id is only the caller's correlation id)
+    prediction_id: Annotated[str, Field(description="Issued by the server, unguessable: what feedback names "
+                                                    "(also in the x-prediction-id header)")] = ""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +31,11 @@ from polyhead.inference_log.writer import InferenceLog
 from polyhead.validation import check_texts
 
 log = logging.getLogger("polyhead.head.core")
+
+
+def new_prediction_id() -> str:
+    """The id feedback names: issued here, 128 random bits, never the caller's choice."""
+    return secrets.token_urlsafe(16)
 
 
 @dataclass
@@ -87,10 +93,12 @@ class HeadService:
                     max_chars=s.max_text_chars)
 
     async def predict(self, texts: list[str], *, batch: bool, request_id: str | None = None,
-                      embedded: Embedded | None = None) -> PredictResponse:
-        """`embedded`: these texts already embedded (HeadProcess.classify)."""
+                      embedded: Embedded | None = None, caller: str | None = None) -> PredictResponse:
+        """`embedded`: these texts already embedded (HeadProcess.classify). `caller`: the API key (name)
+        the gateway asked for, logged with the prediction (feedback on it is that key's, or a labeller's)."""
         started = time.perf_counter()
         request_id = request_id or uuid.uuid4().hex
+        prediction_id = new_prediction_id()
         self.validate(texts, batch)
         try:
             done = await self.pipeline.run(texts, request_id, embedded=embedded)
@@ -112,11 +120,12 @@ class HeadService:
                     request_id=request_id, head=self.name, head_version=version,
                     embedder_fingerprint=done.fingerprint, text=text, label=p.label,
                     probability=p.probability, top_k=p.top_k, latency_ms=latency_ms,
-                    abstained=p.abstained, text_index=index,
+                    abstained=p.abstained, text_index=index, issued_id=prediction_id, caller=caller,
                     redact=self.config.serving.redact_text))
         if rows:  # in the spool (one write) before the answer is sent: a SIGKILL after it loses nothing
             self.inference_log.record_many(rows)
-        return PredictResponse(self.name, version, done.fingerprint, request_id, latency_ms, done.predictions)
+        return PredictResponse(self.name, version, done.fingerprint, request_id, latency_ms, done.predictions,
+                               prediction_id)
 
     async def explain(self, text: str, request_id: str | None = None) -> ExplainResponse:
         """Word-occlusion importances for one text (heads/explain.py); not logged as a prediction."""
@@ -288,7 +297,8 @@ class HeadProcess:
         states = await asyncio.gather(*(s.readiness() for s in self.services.values()))
         return dict(zip(self.services, states))
 
-    async def classify(self, texts: list[str], models: list[str], request_id: str) -> dict[str, ModelOutcome]:
+    async def classify(self, texts: list[str], models: list[str], request_id: str,
+                       caller: str | None = None) -> dict[str, ModelOutcome]:
         """Every named head on the same texts with ONE Embed call per feature set among them; each
         head's error stays its own."""
         outcomes: dict[str, ModelOutcome] = {}
@@ -316,7 +326,7 @@ class HeadProcess:
             async def one(service: HeadService) -> ModelOutcome:
                 try:
                     return ModelOutcome(await service.predict(texts, batch=True, request_id=request_id,
-                                                              embedded=embedded))
+                                                              embedded=embedded, caller=caller))
                 except PolyheadError as err:
                     return ModelOutcome(error=err)
 

@@ -47,15 +47,16 @@ class TrainReport:
     feedback: dict | None = None  # with_feedback: what merge_feedback added and skipped
 
 
-def read_feedback(db_url: str, head: str) -> list:
-    """The head's stored feedback with its logged text (None where redacted), oldest first."""
+def read_feedback(db_url: str, head: str, given_by: list[str] | None = None) -> list:
+    """The head's stored feedback with its logged text (None where redacted), oldest first; only the
+    feedback given by these API keys (names; "anonymous": with keys off) when `given_by` is set."""
     from polyhead.inference_log.feedback import feedback_examples
     from polyhead.inference_log.schema import make_engine, migrate
 
     engine = make_engine(db_url)
     try:
         migrate(engine)  # a DB no head has written to yet simply has no feedback
-        return feedback_examples(engine, head)
+        return feedback_examples(engine, head, given_by=given_by)
     finally:
         engine.dispose()
 
@@ -147,9 +148,10 @@ def embed_all(client, texts: list[str], on_progress: Callable[[int], None] | Non
 
 
 def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=None, version: str | None = None,
-                      feedback_db_url: str | None = None) -> TrainReport:
+                      feedback_db_url: str | None = None, feedback_from: list[str] | None = None) -> TrainReport:
     """Train and write a new version. With ``feedback_db_url``, the feedback stored for this head in
-    that inference DB joins the training data (merge_feedback; counts go to manifest and metrics)."""
+    that inference DB joins the training data (merge_feedback; counts go to manifest and metrics);
+    ``feedback_from``: only the feedback given by these API keys (names) is trusted."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     ds = config.dataset
@@ -160,9 +162,11 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
     splits = {k: read_split(p, ds.text_field, ds.label_field) for k, p in paths.items()}
     feedback_counts = None
     if feedback_db_url is not None:
-        examples = read_feedback(feedback_db_url, config.name)
+        examples = read_feedback(feedback_db_url, config.name, feedback_from)
         every_text = {t for s in splits.values() for t in s.texts}
         splits["train"], feedback_counts = merge_feedback(splits["train"], examples, every_text)
+        if feedback_from is not None:
+            feedback_counts["trusted_keys"] = sorted(feedback_from)  # the manifest says whose labels these are
     total = sum(len(s.texts) for s in splits.values())
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -29,6 +29,10 @@ class PredictionRecord:
     # Added by migration 2; None in spool lines written by older heads.
     abstained: bool | None = None
     text_index: int | None = None  # the text's position in its request (feedback names it as `index`)
+    # Added by migration 5: the server-issued id feedback names (prediction_id; unguessable, unlike a
+    # client's x-request-id) and the API key (its name, never the secret) that asked for the prediction.
+    issued_id: str | None = None
+    caller: str | None = None
 
     @classmethod
     def create(
@@ -45,6 +49,8 @@ class PredictionRecord:
         latency_ms: float,
         abstained: bool | None = None,
         text_index: int | None = None,
+        issued_id: str | None = None,
+        caller: str | None = None,
         redact: bool = False,
     ) -> PredictionRecord:
         """Fill id (uuid4 hex), ts (now, UTC) and the text hash; with ``redact`` keep only the hash."""
@@ -64,6 +70,8 @@ class PredictionRecord:
             latency_ms=float(latency_ms),
             abstained=None if abstained is None else bool(abstained),
             text_index=None if text_index is None else int(text_index),
+            issued_id=issued_id,
+            caller=caller,
         )
 
     def to_json(self) -> str:

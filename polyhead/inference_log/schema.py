@@ -70,25 +70,58 @@ _ADDED_COLUMNS = [
     sa.Column("text_index", sa.Integer, nullable=True),  # position of the text in its request (0 = first)
 ]
 
+# Migration 4's columns (NULL in older rows): feedback names a prediction by the server-issued id
+# and may come only from the key that asked for it (or a labeller key).
+_ISSUED_COLUMNS = [
+    sa.Column("issued_id", sa.String(64), nullable=True),  # the predict answer's prediction_id
+    sa.Column("caller", sa.String(128), nullable=True),  # API key name that asked; NULL: no keys configured
+]
+
 # The table as migration 1 created it, in its own MetaData: migrations must not change with the code.
 _predictions_v1 = sa.Table("predictions", sa.MetaData(), *_prediction_columns(), *_prediction_indexes())
 
 # Migration 4's: TRUE when the text holds NUL, stored escaped (sink.escape_text); NULL otherwise.
 _ESCAPE_COLUMN = sa.Column("text_escaped", sa.Boolean, nullable=True)
 
-# The table as the code reads and writes it now (migrations 1-4 applied).
+# The table as the code reads and writes it now (migrations 1-5 applied).
 predictions = sa.Table(
     "predictions",
     metadata,
     *_prediction_columns(),
     *[c._copy() for c in _ADDED_COLUMNS],
     _ESCAPE_COLUMN._copy(),
+    *[c._copy() for c in _ISSUED_COLUMNS],
     *_prediction_indexes(),
+    sa.Index("ix_predictions_head_issued_id", "head", "issued_id"),  # feedback's lookup
     # Reports read only these columns of one head over a time range: a covering index answers them
     # without touching the table (BENCHMARKS.md, "Reports").
     sa.Index("ix_predictions_report", "head", "ts", "head_version", "text_index", "label", "probability",
              "latency_ms", "abstained"),
 )
+
+def _feedback_columns() -> list:
+    # The table as migration 3 shipped it; migration 5 adds given_by by ALTER.
+    return [
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("head", sa.String(128), nullable=False),
+        # the id feedback named: a client's request id before migration 5, the server-issued prediction_id since
+        sa.Column("request_id", sa.String(128), nullable=False),
+        sa.Column("text_index", sa.Integer, nullable=False),
+        sa.Column("label", sa.String(256), nullable=False),  # the true label
+        sa.Column("ts", sa.DateTime(timezone=True), nullable=False),  # when the (latest) feedback arrived, UTC
+        sa.Column("prediction_id", sa.String(32), nullable=False),
+        sa.Column("prediction_ts", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("head_version", sa.String(64), nullable=False),
+        sa.Column("predicted_label", sa.String(256), nullable=False),
+        sa.UniqueConstraint("head", "request_id", "text_index", name="uq_feedback_request_text"),
+        sa.Index("ix_feedback_head_prediction_ts", "head", "prediction_ts"),
+    ]
+
+
+# Who gave the label (API key name, never the secret; NULL: no keys configured, or before migration 5).
+_FEEDBACK_GIVEN_BY = sa.Column("given_by", sa.String(128), nullable=True)
+
+_feedback_v3 = sa.Table("feedback", sa.MetaData(), *_feedback_columns())
 
 # Labels that come later (POST /v1/models/{name}/feedback): one row per (head, request, text), the
 # latest wins. It copies what it needs of the logged prediction it matched (id, time, version,
@@ -96,18 +129,8 @@ predictions = sa.Table(
 feedback = sa.Table(
     "feedback",
     metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("head", sa.String(128), nullable=False),
-    sa.Column("request_id", sa.String(128), nullable=False),
-    sa.Column("text_index", sa.Integer, nullable=False),
-    sa.Column("label", sa.String(256), nullable=False),  # the true label
-    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),  # when the (latest) feedback arrived, UTC
-    sa.Column("prediction_id", sa.String(32), nullable=False),
-    sa.Column("prediction_ts", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("head_version", sa.String(64), nullable=False),
-    sa.Column("predicted_label", sa.String(256), nullable=False),
-    sa.UniqueConstraint("head", "request_id", "text_index", name="uq_feedback_request_text"),
-    sa.Index("ix_feedback_head_prediction_ts", "head", "prediction_ts"),
+    *_feedback_columns(),
+    _FEEDBACK_GIVEN_BY._copy(),
 )
 
 
@@ -145,8 +168,16 @@ def _m2_abstained_text_index(conn: sa.Connection) -> None:
             conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN {column.name} {kind}")
 
 
+def _add_columns(conn: sa.Connection, table: str, columns: list[sa.Column]) -> None:
+    existing = {c["name"] for c in sa.inspect(conn).get_columns(table)}
+    for column in columns:
+        if column.name not in existing:  # idempotent even if a crashed run got half way
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column.name} {kind}")
+
+
 def _m3_feedback_and_report_index(conn: sa.Connection) -> None:
-    feedback.create(conn, checkfirst=True)
+    _feedback_v3.create(conn, checkfirst=True)
     index = next(ix for ix in predictions.indexes if ix.name == "ix_predictions_report")
     index.create(conn, checkfirst=True)
 
@@ -204,12 +235,20 @@ def _add_sums(into: dict, key: tuple, s: rollups.HourSums) -> None:
             mine[k] = mine.get(k, 0) + n
 
 
+def _m5_issued_ids_and_provenance(conn: sa.Connection) -> None:
+    _add_columns(conn, "predictions", _ISSUED_COLUMNS)
+    _add_columns(conn, "feedback", [_FEEDBACK_GIVEN_BY])
+    index = next(ix for ix in predictions.indexes if ix.name == "ix_predictions_head_issued_id")
+    index.create(conn, checkfirst=True)
+
+
 # Ordered and append-only: (version, description, apply). Each runs once per database.
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "create predictions", _m1_predictions),
     (2, "predictions: abstained, text_index", _m2_abstained_text_index),
     (3, "feedback table; covering report index", _m3_feedback_and_report_index),
     (4, "predictions.text_escaped; hourly rollups, built from the rows already logged", _m4_escape_flag_and_rollups),
+    (5, "predictions: issued_id, caller; feedback: given_by", _m5_issued_ids_and_provenance),
 ]
 
 _PG_MIGRATION_LOCK = 0x706F6C79  # "poly": pg_advisory_xact_lock key serialising migrations

@@ -196,7 +196,7 @@ def test_dashboard_charts_real_traffic(stack, page):
         assert batch.status_code == 200, batch.text
     sent = len(replies) + 4 * len(texts) * 7
     feedback = httpx.post(f"{url}/v1/models/helpdesk/feedback", json={"items": [
-        {"request_id": r["request_id"], "label": r["predictions"][0]["label"]} for r in replies[:4]]})
+        {"prediction_id": r["prediction_id"], "label": r["predictions"][0]["label"]} for r in replies[:4]]})
     assert feedback.status_code == 200, feedback.text
     deadline = time.monotonic() + 20  # the inference log is written by a background thread
     while True:

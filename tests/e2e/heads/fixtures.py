@@ -56,6 +56,11 @@ def trained_tickets(server_process, tmp_path_factory):
     return config, models, first, second
 
 
+# Every head these tests start has this admin token (POST /admin/reload needs it).
+ADMIN_TOKEN = "e2e-admin-token"
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
 def start_head_process(config: Path | list[Path], models_dir: Path, target: str, *, db_url: str, spool_dir: Path,
                        port: int | None = None, log: Path | None = None, extra_env: dict | None = None,
                        extra_args: tuple[str, ...] = ()):
@@ -66,7 +71,7 @@ def start_head_process(config: Path | list[Path], models_dir: Path, target: str,
            "--models-dir", str(models_dir), "--embedder-target", target, "--db-url", db_url,
            "--spool-dir", str(spool_dir), "--version-poll-s", "0.5"]
     out = open(log, "ab") if log else subprocess.DEVNULL
-    env = {**os.environ, **(extra_env or {})}
+    env = {**os.environ, "POLYHEAD_HEAD_ADMIN_TOKEN": ADMIN_TOKEN, **(extra_env or {})}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from polyhead.inference_log.schema import count_rows
 from tests.conftest import free_port
-from tests.e2e.heads.fixtures import head_process, train, wait_ready, write_head_config
+from tests.e2e.heads.fixtures import ADMIN, head_process, train, wait_ready, write_head_config
 from tests.helpers import PostgresBackend
 
 pytestmark = pytest.mark.timeout(180)
@@ -168,7 +168,7 @@ def test_version_switch_under_load_fails_no_request(tickets_head, trained_ticket
     try:
         for spec in [first.version, second.version, first.version, "latest"]:
             time.sleep(0.4)
-            r = httpx.post(url + "/admin/reload", json={"version": spec})
+            r = httpx.post(url + "/admin/reload", json={"version": spec}, headers=ADMIN)
             assert r.status_code == 200, r.text
         time.sleep(0.4)
     finally:
@@ -178,7 +178,12 @@ def test_version_switch_under_load_fails_no_request(tickets_head, trained_ticket
     assert failures == []
     assert versions == {first.version, second.version}
     assert httpx.get(url + "/info").json()["version"] == second.version
-    assert httpx.post(url + "/admin/reload", json={"version": "20000101T000000Z"}).status_code == 404
+    assert httpx.post(url + "/admin/reload", json={"version": "20000101T000000Z"}, headers=ADMIN).status_code == 404
+    # Without the admin token (or with another), nobody pins the head to an old version.
+    for headers in ({}, {"authorization": "Bearer not-the-token"}):
+        refused = httpx.post(url + "/admin/reload", json={"version": first.version}, headers=headers)
+        assert refused.status_code == 401 and refused.json()["error"]["field"] == "authorization"
+    assert httpx.get(url + "/info").json()["version"] == second.version
 
 
 def test_new_latest_is_picked_up_without_restart(trained_tickets, server_process, tmp_path):

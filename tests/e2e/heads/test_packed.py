@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import free_port
-from tests.e2e.heads.fixtures import head_process, train, wait_ready, write_head_config
+from tests.e2e.heads.fixtures import ADMIN, head_process, train, wait_ready, write_head_config
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -151,10 +151,10 @@ def test_hot_reload_and_admin_reload_touch_only_their_head(packed):
     assert newer.version != helpdesk_before
     assert httpx.get(url + "/heads/tickets/info").json()["version"] == tickets_before
 
-    pin = httpx.post(url + "/heads/tickets/admin/reload", json={"version": packed["first"].version})
+    pin = httpx.post(url + "/heads/tickets/admin/reload", json={"version": packed["first"].version}, headers=ADMIN)
     assert pin.status_code == 200 and pin.json()["version"] == packed["first"].version
     assert httpx.get(url + "/heads/helpdesk/info").json()["version"] == newer.version
-    assert httpx.post(url + "/heads/tickets/admin/reload", json={"version": "latest"}).status_code == 200
+    assert httpx.post(url + "/heads/tickets/admin/reload", json={"version": "latest"}, headers=ADMIN).status_code == 200
 
 
 # -- coalescing (in this process, against the real embedder) ----------------------------------------

@@ -125,7 +125,8 @@ def test_rows_land_with_all_fields_and_redaction_keeps_only_the_hash(backend, tm
         "text_sha256": hashlib.sha256("text number 0 — ünïcode".encode()).hexdigest(),
         "label": "neg", "probability": 0.5, "top_k": [{"label": "pos", "probability": 0.7},
                                                      {"label": "neg", "probability": 0.3}],
-        "latency_ms": 1.25, "abstained": False, "text_index": 0, "text_escaped": None,
+        "latency_ms": 1.25, "abstained": False, "text_index": 0, "text_escaped": None, "issued_id": None,
+        "caller": None,
     }
     for rid in (pre_redacted.id, redacted_by_log.id):
         assert rows[rid]["text"] is None
@@ -348,7 +349,9 @@ def test_memory_stays_flat_while_the_db_is_unreachable(backend, tmp_path):
                 label="pos", probability=0.6, top_k=[("pos", 0.6)], latency_ms=1.0, abstained=False, text_index=0))
         grown = tracemalloc.get_traced_memory()[0] - base
         tracemalloc.stop()
-        assert grown < 2 << 20, f"{grown / 2**20:.1f} MiB held for {n} spooled rows"  # ~10 MiB of rows on disk
+        # Rows kept in memory would be ~40 MiB; what is held is the failed reconnects' garbage (psycopg errors
+        # of the fast retries), more of it on a loaded machine: 4 MiB still tells the two apart.
+        assert grown < 4 << 20, f"{grown / 2**20:.1f} MiB held for {n} spooled rows"  # ~10 MiB of rows on disk
         assert log.flush() and log.stats.spool_rows == n and not log.healthy()
         assert spool_lines(tmp_path / "spool") == n
         backend.up()

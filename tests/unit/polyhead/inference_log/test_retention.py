@@ -22,7 +22,8 @@ def test_old_raw_rows_are_pruned_in_batches_keeping_rollups_and_feedback(backend
     head = "keep"
     now = datetime.now(timezone.utc)
     old_day = (now - timedelta(days=10)).replace(hour=3, minute=0, second=0, microsecond=0)
-    old = [dataclasses.replace(r, ts=old_day + timedelta(minutes=i % 50), request_id=f"old-{i}")
+    old = [dataclasses.replace(r, ts=old_day + timedelta(minutes=i % 50), request_id=f"old-{i}",
+                               issued_id=f"old-{i}")
            for i, r in enumerate(make_records(head, 95))]
     recent = make_records(head, 40)
     with InferenceLog(backend.url, tmp_path / "spool") as log:
@@ -31,7 +32,7 @@ def test_old_raw_rows_are_pruned_in_batches_keeping_rollups_and_feedback(backend
         assert log.flush()
     engine = make_engine(backend.url)
     try:
-        labelled = find_predictions(engine, head, [(old[7].request_id, 0)])[(old[7].request_id, 0)]
+        labelled = find_predictions(engine, head, [(old[7].issued_id, 0)])[(old[7].issued_id, 0)]
         store_feedback(engine, head, [(labelled, "pos")])
         before = build_report(engine, head, since=old_day, until=old_day + timedelta(hours=1))
 
