@@ -10,7 +10,8 @@ and again without the covering report index (only the (head, ts) index left), si
 
 --scale: a month of a fleet, as the writer would have aggregated it (issue 21). 30 days x 20 heads
 x 1M predictions a day each go straight into the hourly rollups (per hour: the texts, requests,
-labels, confidence and latency histograms such traffic gives, computed from its distributions),
+labels, confidence and latency histograms such traffic gives, computed from its distributions, and
+feedback on 5 % of the texts),
 plus raw rows for the last day of the reported head (their rollups built by the writer's own
 code). Times a 30-day report (hour and day buckets) and a 24 h report, and checks the 24 h latency
 percentiles against the exact percentiles of the raw rows (<= 1 %).
@@ -43,8 +44,8 @@ import sqlalchemy as sa
 from polyhead.inference_log import rollups
 from polyhead.inference_log.records import PredictionRecord
 from polyhead.inference_log.reports import build_report
-from polyhead.inference_log.schema import (ROLLUP_TABLES, feedback, make_engine, migrate, predictions, rollup_hour,
-                                           rollup_label)
+from polyhead.inference_log.schema import (ROLLUP_TABLES, feedback, make_engine, migrate, predictions,
+                                           rollup_feedback, rollup_hour, rollup_label)
 from scripts.bench_common import table
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -229,11 +230,23 @@ def synthetic_hour(per_hour: int, rng: random.Random, lat_weights: dict[int, flo
     return s
 
 
-def load_rollups(engine: sa.Engine, sums: dict) -> None:
-    hours, labels, _ = rollups.upsert_rows(
-        sums, (lambda v: v.strftime("%Y-%m-%d %H:%M:%S.%f")) if engine.dialect.name == "sqlite" else (lambda v: v),
-        with_latency=True)
-    tables = ((rollup_hour, hours), (rollup_label, labels))
+def synthetic_feedback(sums: dict, ts_param) -> list[tuple]:
+    """rollup_feedback rows: 5 % of each hour's texts labelled later, 80 % of them predicted right."""
+    rows = []
+    for (head, version, hour), s in sums.items():
+        n = s.texts // 20
+        pairs = [(t, p) for t in LABELS for p in LABELS]
+        weights = [0.8 / len(LABELS) if t == p else 0.2 / (len(pairs) - len(LABELS)) for t, p in pairs]
+        rows += [(head, version, ts_param(hour), t, p, k) for (t, p), k in zip(pairs, _split(n, weights)) if k]
+    return rows
+
+
+def load_rollups(engine: sa.Engine, sums: dict, feedback_rows: bool = False) -> None:
+    ts_param = (lambda v: v.strftime("%Y-%m-%d %H:%M:%S.%f")) if engine.dialect.name == "sqlite" else (lambda v: v)
+    hours, labels, _ = rollups.upsert_rows(sums, ts_param, with_latency=True)
+    tables = [(rollup_hour, hours), (rollup_label, labels)]
+    if feedback_rows:
+        tables.append((rollup_feedback, synthetic_feedback(sums, ts_param)))
     if engine.dialect.name == "postgresql":
         for rollup, params in tables:
             load_postgres(engine, rollup.name, [c.name for c in rollup.columns], params)
@@ -269,7 +282,7 @@ def load_fleet(engine: sa.Engine, days: int, heads: int, per_day: int, raw_rows:
             version = "20260101T000000Z" if h > days * 12 else "20260102T000000Z"
             sums[(name, version, hour)] = synthetic_hour(per_day // 24, rng, lat_weights)
             sums[(name, version, hour)].first_ts = hour + timedelta(seconds=1)
-        load_rollups(engine, sums)
+        load_rollups(engine, sums, feedback_rows=True)
     # the reported head's last day: raw rows (bulk-loaded) and their rollups, summed by the writer's code
     rows = [row for row, _ in synthetic_rows(raw_rows, head, now, seed=1)]
     if engine.dialect.name == "sqlite":

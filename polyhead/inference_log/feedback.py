@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-from polyhead.inference_log.schema import dialect_insert, feedback, predictions
+from polyhead.inference_log.rollups import hour_of
+from polyhead.inference_log.schema import dialect_insert, feedback, predictions, rollup_feedback
 from polyhead.inference_log.sink import unescape_text
 
 Key = tuple[str, int]  # (prediction_id, index)
@@ -86,7 +87,7 @@ def store_feedback(engine: sa.Engine, head: str, matched: list[tuple[LoggedPredi
         index_elements=[f.c.head, f.c.request_id, f.c.text_index],
         set_={c: insert.excluded[c] for c in ("label", "ts", "prediction_id", "prediction_ts", "head_version",
                                               "predicted_label", "given_by")})
-    existing: set[Key] = set()
+    existing: dict[Key, tuple] = {}
     ids = sorted({r["request_id"] for r in rows})
     with engine.connect() as conn:
         # SQLite: take the write lock first (BEGIN IMMEDIATE, which waits out the busy timeout). A read
@@ -95,11 +96,40 @@ def store_feedback(engine: sa.Engine, head: str, matched: list[tuple[LoggedPredi
         conn.execution_options(polyhead_immediate=True)
         with conn.begin():
             for start in range(0, len(ids), 500):
-                existing |= {(rid, int(i)) for rid, i in conn.execute(
-                    sa.select(f.c.request_id, f.c.text_index).where(f.c.head == head,
-                                                                     f.c.request_id.in_(ids[start:start + 500])))}
+                for rid, i, *old in conn.execute(
+                        sa.select(f.c.request_id, f.c.text_index, f.c.head_version, f.c.prediction_ts, f.c.label,
+                                  f.c.predicted_label)
+                        .where(f.c.head == head, f.c.request_id.in_(ids[start:start + 500]))):
+                    existing[(rid, int(i))] = tuple(old)
             conn.execute(upsert, rows)
+            _move_rollup_counts(conn, engine, head, rows, existing)
     return [(pred.request_id, pred.index) in existing for pred, _ in matched]
+
+
+def _move_rollup_counts(conn: sa.Connection, engine: sa.Engine, head: str, rows: list[dict],
+                        existing: dict[Key, tuple]) -> None:
+    """rollup_feedback: +1 for each stored feedback, -1 where it replaced one (its old labels)."""
+    delta: dict[tuple, int] = {}
+
+    def add(version: str, ts: datetime, label: str, predicted: str, n: int) -> None:
+        hour = hour_of(ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc))
+        key = (version, hour, label, predicted)
+        delta[key] = delta.get(key, 0) + n
+
+    for r in rows:
+        old = existing.get((r["request_id"], r["text_index"]))
+        if old is not None:
+            add(*old, -1)
+        add(r["head_version"], r["prediction_ts"], r["label"], r["predicted_label"], 1)
+    changes = [{"head": head, "head_version": v, "hour": h, "label": t, "predicted_label": p, "n": n}
+               for (v, h, t, p), n in sorted(delta.items(), key=lambda kv: kv[0]) if n]
+    if changes:
+        insert = dialect_insert(engine, rollup_feedback)
+        conn.execute(insert.on_conflict_do_update(
+            index_elements=[c.name for c in rollup_feedback.primary_key.columns],
+            set_={"n": rollup_feedback.c.n + insert.excluded.n}), changes)
+        if any(c["n"] < 0 for c in changes):  # a count moved away entirely: no empty rows left behind
+            conn.execute(rollup_feedback.delete().where(rollup_feedback.c.head == head, rollup_feedback.c.n == 0))
 
 
 def feedback_examples(engine: sa.Engine, head: str, given_by: Collection[str] | None = None) -> list[FeedbackExample]:

@@ -8,7 +8,8 @@ whole range, per head version and per (time bucket, version). Every figure is co
 The whole hours of the range are read from the hourly rollups (rollups.py, kept by the writer), so
 a month costs O(hours x buckets), not O(rows); only the partial hours at either end (a range that
 does not start or end on the hour) are aggregated from the raw rows, the same way. Feedback is
-read from the feedback table (one row per labelled prediction).
+read the same way: rollup_feedback (kept by feedback.store_feedback) for whole hours, the feedback
+table for the partial ones.
 
 - Requests: a request is its first text's row (``text_index`` 0). Rows logged before migration 2
   (``text_index`` NULL) count one request per text.
@@ -34,7 +35,7 @@ import sqlalchemy as sa
 
 from polyhead.inference_log.report_models import Bucket
 from polyhead.inference_log.rollups import LATENCY_RATIO, MIN_LATENCY_MS, bucket_value, latency_bucket
-from polyhead.inference_log.schema import feedback, predictions, rollup_hour, rollup_label
+from polyhead.inference_log.schema import feedback, predictions, rollup_feedback, rollup_hour, rollup_label
 
 BUCKETS: tuple[str, ...] = get_args(Bucket)
 HISTOGRAM_EDGES = [round(i / 10, 1) for i in range(11)]
@@ -294,32 +295,38 @@ def build_report(engine: sa.Engine, head: str, *, since: datetime | None = None,
     The whole hours of [since, until) come from the rollups, the partial hours at its ends from the
     raw rows (both: volumes and confidence histogram per (time bucket, version), labels per version,
     the latency histogram of requests per (time bucket, version)); feedback (true x predicted label)
-    per version from the feedback table. Versions and the summary are sums of the groups."""
+    per version from rollup_feedback and the feedback table alike. Versions and the summary are sums of the groups."""
     if bucket not in BUCKETS:
         raise ValueError(f"bucket must be one of {BUCKETS}, not {bucket!r}")
     until = utc(until) if until is not None else datetime.now(timezone.utc)
     since = utc(since) if since is not None else until - DEFAULT_RANGE
     whole_from, whole_to = _hour_ceil(since), _hour_floor(until)
-    f = feedback
+    f, rf = feedback, rollup_feedback
     totals = _Totals()
+    feedback_rows: list = []
     with engine.connect() as conn:
         if whole_from < whole_to:
             _from_rollups(conn, totals, head, whole_from, whole_to, bucket)
+            n = sa.func.sum(rf.c.n)
+            feedback_rows += conn.execute(
+                sa.select(rf.c.head_version, rf.c.label, rf.c.predicted_label, n)
+                .where(rf.c.head == head, rf.c.hour >= whole_from, rf.c.hour < whole_to)
+                .group_by(rf.c.head_version, rf.c.label, rf.c.predicted_label).having(n > 0)).all()
             raw = [(since, whole_from), (whole_to, until)]
         else:
             raw = [(since, until)]
         for lo, hi in raw:
             if lo < hi:
                 _from_raw_rows(conn, totals, head, lo, hi, bucket)
-        feedback_rows = conn.execute(
-            sa.select(f.c.head_version, f.c.label, f.c.predicted_label, sa.func.count())
-            .where(f.c.head == head, f.c.prediction_ts >= since, f.c.prediction_ts < until)
-            .group_by(f.c.head_version, f.c.label, f.c.predicted_label)).all()
+                feedback_rows += conn.execute(
+                    sa.select(f.c.head_version, f.c.label, f.c.predicted_label, sa.func.count())
+                    .where(f.c.head == head, f.c.prediction_ts >= lo, f.c.prediction_ts < hi)
+                    .group_by(f.c.head_version, f.c.label, f.c.predicted_label)).all()
 
     groups, labels, first_seen = totals.groups, totals.labels, totals.first_seen
     confusion: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
-    for version, true, predicted, n in feedback_rows:
-        confusion[version][(true, predicted)] = int(n)
+    for version, true, predicted, count in feedback_rows:
+        _merge(confusion[version], {(true, predicted): int(count)})
 
     per_version: dict[str, _Group] = defaultdict(_Group)
     total = _Group()

@@ -152,7 +152,13 @@ rollup_hour = sa.Table(
 )
 rollup_label = sa.Table("rollup_label", metadata, *_rollup_key(), sa.Column("label", sa.String(256), primary_key=True),
                         sa.Column("n", sa.BigInteger, nullable=False))
-ROLLUP_TABLES = (rollup_hour, rollup_label)
+# Feedback per (true label, predicted label), by the hour of the prediction it labels; kept by
+# feedback.store_feedback in the transaction of the feedback rows (a replaced feedback moves its count).
+rollup_feedback = sa.Table("rollup_feedback", metadata, *_rollup_key(),
+                           sa.Column("label", sa.String(256), primary_key=True),
+                           sa.Column("predicted_label", sa.String(256), primary_key=True),
+                           sa.Column("n", sa.BigInteger, nullable=False))
+ROLLUP_TABLES = (rollup_hour, rollup_label, rollup_feedback)
 
 
 def _m1_predictions(conn: sa.Connection) -> None:
@@ -211,10 +217,24 @@ def build_rollups(conn: sa.Connection, *, chunk: int = 50_000) -> int:
             _add_sums(sums, key, s)
     hours, labels, _ = rollups.upsert_rows(sums, lambda v: v, with_latency=True)
     for table, params, keys in ((rollup_hour, hours, rollups.HOUR_COLUMNS),
-                                (rollup_label, labels, ["head", "head_version", "hour", "label", "n"])):
+                                (rollup_label, labels, ["head", "head_version", "hour", "label", "n"]),
+                                (rollup_feedback, _feedback_sums(conn), FEEDBACK_ROLLUP_KEYS)):
         for start in range(0, len(params), 5000):
             conn.execute(table.insert(), [dict(zip(keys, row)) for row in params[start:start + 5000]])
     return read
+
+
+FEEDBACK_ROLLUP_KEYS = ("head", "head_version", "hour", "label", "predicted_label", "n")
+
+
+def _feedback_sums(conn: sa.Connection) -> list[tuple]:
+    f = feedback
+    sums: dict[tuple, int] = {}
+    for head, version, ts, label, predicted in conn.execute(
+            sa.select(f.c.head, f.c.head_version, f.c.prediction_ts, f.c.label, f.c.predicted_label)):
+        key = (head, version, rollups.hour_of(_utc(ts)), label, predicted)
+        sums[key] = sums.get(key, 0) + 1
+    return [(*key, n) for key, n in sorted(sums.items())]
 
 
 def _utc(value: datetime) -> datetime:

@@ -297,8 +297,9 @@ class InferenceLog:
                     if pending >= self.batch_size or now >= due:
                         return False
                     self._cond.wait(due - now)
-                elif pending:
-                    self._cond.wait(self._next_retry - now)
+                elif pending:  # DB down: wake each flush window all the same, to fsync what came in
+                    self._cond.wait(min(self._next_retry - now, self.flush_interval_s))
+                    return False
                 else:
                     if self._prune_due():
                         return False

@@ -349,9 +349,8 @@ def test_memory_stays_flat_while_the_db_is_unreachable(backend, tmp_path):
                 label="pos", probability=0.6, top_k=[("pos", 0.6)], latency_ms=1.0, abstained=False, text_index=0))
         grown = tracemalloc.get_traced_memory()[0] - base
         tracemalloc.stop()
-        # Rows kept in memory would be ~40 MiB; what is held is the failed reconnects' garbage (psycopg errors
-        # of the fast retries), more of it on a loaded machine: 4 MiB still tells the two apart.
-        assert grown < 4 << 20, f"{grown / 2**20:.1f} MiB held for {n} spooled rows"  # ~10 MiB of rows on disk
+        # the rows are ~10 MiB on disk (~40 MiB as objects); what may be held is the writer's one batch in flight
+        assert grown < 8 << 20, f"{grown / 2**20:.1f} MiB held for {n} spooled rows"
         assert log.flush() and log.stats.spool_rows == n and not log.healthy()
         assert spool_lines(tmp_path / "spool") == n
         backend.up()

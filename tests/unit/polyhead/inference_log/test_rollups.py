@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from polyhead.inference_log import rollups
+from polyhead.inference_log.feedback import find_predictions, store_feedback
 from polyhead.inference_log.records import PredictionRecord
 from polyhead.inference_log.reports import HISTOGRAM_EDGES, build_report, percentiles
 from polyhead.inference_log.schema import (ROLLUP_TABLES, build_rollups, make_engine, migrate, predictions,
@@ -93,7 +94,15 @@ def test_writer_rollups_are_exact_idempotent_and_equal_to_the_migrations(backend
         for rec in records:
             log.record(rec)
         assert log.flush()
+    engine = make_engine(backend.url)
+    try:  # feedback on 300 texts, then a second opinion on 100 of them (replaced: their count moves)
+        found = find_predictions(engine, "roll", [(r.request_id, r.text_index or 0) for r in records[:300]])
+        store_feedback(engine, "roll", [(p, "billing") for p in found.values()])
+        store_feedback(engine, "roll", [(p, "tech") for p in list(found.values())[:100]])
+    finally:
+        engine.dispose()
     written = rollup_snapshot(backend.url)
+    assert sum(int(v["n"]) for v in written["rollup_feedback"].values()) == len(found)
     assert sum(int(v["texts"]) for v in written["rollup_hour"].values()) == len(records)
     assert len(written["rollup_hour"]) >= 6  # per (version, hour)
 
