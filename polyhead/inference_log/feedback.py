@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-from polyhead.inference_log.schema import dialect_insert, feedback, predictions
+from polyhead.inference_log.schema import dialect_insert, feedback, predictions, served_only
 
 Key = tuple[str, int]  # (request_id, index)
 
@@ -48,7 +48,8 @@ def find_predictions(engine: sa.Engine, head: str, keys: list[Key]) -> dict[Key,
         for start in range(0, len(ids), 500):  # bounded IN lists
             rows = conn.execute(sa.select(p.c.id, p.c.request_id, index.label("idx"), p.c.head_version, p.c.label,
                                           p.c.ts)
-                                .where(p.c.head == head, p.c.request_id.in_(ids[start:start + 500])))
+                                .where(p.c.head == head, p.c.request_id.in_(ids[start:start + 500]),
+                                       served_only()))  # the caller's answer, not a challenger's
             for row in rows:
                 key = (row.request_id, int(row.idx))
                 if key not in found or row.ts > found[key].ts:

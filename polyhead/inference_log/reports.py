@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from polyhead.inference_log.schema import feedback, predictions
+from polyhead.inference_log.schema import feedback, predictions, served_only
 
 Bucket = Literal["hour", "day"]
 BUCKETS: tuple[str, ...] = ("hour", "day")
@@ -174,7 +174,7 @@ def build_report(engine: sa.Engine, head: str, *, since: datetime | None = None,
         raise ValueError(f"bucket must be one of {BUCKETS}, not {bucket!r}")
     until = utc(until) if until is not None else datetime.now(timezone.utc)
     since = utc(since) if since is not None else until - DEFAULT_RANGE
-    window = sa.and_(_p.c.head == head, _p.c.ts >= since, _p.c.ts < until)
+    window = sa.and_(_p.c.head == head, _p.c.ts >= since, _p.c.ts < until, served_only())  # not shadow rows
     tb = time_bucket(engine.dialect.name, bucket).label("start")
     lat = _latency_bucket().label("lat")
     f = feedback

@@ -69,16 +69,24 @@ _ADDED_COLUMNS = [
     sa.Column("text_index", sa.Integer, nullable=True),  # position of the text in its request (0 = first)
 ]
 
+# Migration 4's column: TRUE on a challenger's shadow prediction (heads/roles.py): the same request_id
+# and text_index as the champion's row, which the caller got; NULL (or FALSE) on every row a caller
+# got. Readers of what callers saw (reports, feedback matching) keep to `served_only()`.
+_SHADOW_COLUMNS = [sa.Column("shadow", sa.Boolean, nullable=True)]
+
 # The table as migration 1 created it, in its own MetaData: migrations must not change with the code.
 _predictions_v1 = sa.Table("predictions", sa.MetaData(), *_prediction_columns(), *_prediction_indexes())
 
-# The table as the code reads and writes it now (migrations 1-3 applied).
+# The table as the code reads and writes it now (migrations 1-4 applied).
 predictions = sa.Table(
     "predictions",
     metadata,
     *_prediction_columns(),
     *[c._copy() for c in _ADDED_COLUMNS],
+    *[c._copy() for c in _SHADOW_COLUMNS],
     *_prediction_indexes(),
+    # A challenger's shadow rows, per version (GET /v1/models/{name}/challengers).
+    sa.Index("ix_predictions_shadow", "head", "shadow", "head_version", "ts"),
     # Reports read only these columns of one head over a time range: a covering index answers them
     # without touching the table (BENCHMARKS.md, "Reports").
     sa.Index("ix_predictions_report", "head", "ts", "head_version", "text_index", "label", "probability",
@@ -111,12 +119,16 @@ def _m1_predictions(conn: sa.Connection) -> None:
     _predictions_v1.create(conn, checkfirst=True)
 
 
-def _m2_abstained_text_index(conn: sa.Connection) -> None:
+def _add_columns(conn: sa.Connection, columns: list[sa.Column]) -> None:
     existing = {c["name"] for c in sa.inspect(conn).get_columns("predictions")}
-    for column in _ADDED_COLUMNS:
+    for column in columns:
         if column.name not in existing:  # idempotent even if a crashed run got half way
             kind = column.type.compile(dialect=conn.dialect)
             conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN {column.name} {kind}")
+
+
+def _m2_abstained_text_index(conn: sa.Connection) -> None:
+    _add_columns(conn, _ADDED_COLUMNS)
 
 
 def _m3_feedback_and_report_index(conn: sa.Connection) -> None:
@@ -125,11 +137,24 @@ def _m3_feedback_and_report_index(conn: sa.Connection) -> None:
     index.create(conn, checkfirst=True)
 
 
+def _m4_shadow(conn: sa.Connection) -> None:
+    _add_columns(conn, _SHADOW_COLUMNS)
+    index = next(ix for ix in predictions.indexes if ix.name == "ix_predictions_shadow")
+    index.create(conn, checkfirst=True)
+
+
+def served_only(table: sa.Table | None = None) -> sa.ColumnElement:
+    """Rows a caller got (not a challenger's shadow prediction); rows from before migration 4 are NULL."""
+    column = (table if table is not None else predictions).c.shadow
+    return sa.or_(column.is_(None), column == sa.false())
+
+
 # Ordered and append-only: (version, description, apply). Each runs once per database.
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "create predictions", _m1_predictions),
     (2, "predictions: abstained, text_index", _m2_abstained_text_index),
     (3, "feedback table; covering report index", _m3_feedback_and_report_index),
+    (4, "predictions: shadow (challenger predictions)", _m4_shadow),
 ]
 
 _PG_MIGRATION_LOCK = 0x706F6C79  # "poly": pg_advisory_xact_lock key serialising migrations

@@ -181,20 +181,21 @@ def test_version_switch_under_load_fails_no_request(tickets_head, trained_ticket
     assert httpx.post(url + "/admin/reload", json={"version": "20000101T000000Z"}).status_code == 404
 
 
-def test_new_latest_is_picked_up_without_restart(trained_tickets, server_process, tmp_path):
-    from heads.artifacts import set_latest_version
+def test_a_promotion_written_by_another_process_is_picked_up_without_restart(trained_tickets, server_process,
+                                                                             tmp_path):
+    from heads import roles
 
     config, models, first, second = trained_tickets
     _, target = server_process
     local = tmp_path / "models"
     shutil.copytree(models, local)
-    set_latest_version(local, "tickets", first.version)
+    roles.rollback(local, "tickets", actor="test", reason="start from the first version")
     with head_process(config, local, target, db_url=f"sqlite:///{tmp_path / 'i.db'}", spool_dir=tmp_path / "s") as (_, url):
         assert httpx.get(url + "/info").json()["version"] == first.version
-        set_latest_version(local, "tickets", second.version)  # what `polyhead train` does at the end
+        roles.promote(local, "tickets", second.version, actor="test", reason="what `polyhead promote` does")
         deadline = time.monotonic() + 10
         while httpx.get(url + "/info").json()["version"] != second.version:
-            assert time.monotonic() < deadline, "new latest not picked up"
+            assert time.monotonic() < deadline, "promotion not picked up"
             time.sleep(0.2)
 
 

@@ -121,7 +121,7 @@ def test_rows_land_with_all_fields_and_redaction_keeps_only_the_hash(backend, tm
         "text_sha256": hashlib.sha256("text number 0 — ünïcode".encode()).hexdigest(),
         "label": "neg", "probability": 0.5, "top_k": [{"label": "pos", "probability": 0.7},
                                                      {"label": "neg", "probability": 0.3}],
-        "latency_ms": 1.25, "abstained": False, "text_index": 0,
+        "latency_ms": 1.25, "abstained": False, "text_index": 0, "shadow": None,
     }
     for rid in (pre_redacted.id, redacted_by_log.id):
         assert rows[rid]["text"] is None
