@@ -21,12 +21,13 @@ from gateway.auth import Authenticator, BodySizeLimit
 from gateway.console import install_console
 from gateway.core import GatewayService
 from embedder.settings import EmbedderSettings
+from gateway.challengers import AuditLog, Challengers, ChallengersResponse, PromoteRequest, RollbackRequest
 from gateway.insights import FeedbackRequest, FeedbackResponse, Insights, Report
 from gateway.settings import GatewaySettings
 from heads.api import (ClassifyRequest, ClassifyResponse, ExplainRequest, ExplainResponse, PredictRequest,
                        PredictResponse)
 from polyhead import __version__
-from polyhead.errors import ForbiddenError, PolyheadError
+from polyhead.errors import ForbiddenError, PolyheadError, UnavailableError
 from polyhead.http import PROMETHEUS_TEXT, REQUEST_ID_HEADER, error_responses, install_error_handlers, request_id_of
 from polyhead.validation import text_or_texts_type
 
@@ -128,6 +129,7 @@ def _rename_texts_field(err: PolyheadError) -> None:
 def create_app(settings: GatewaySettings) -> FastAPI:
     service = GatewayService(settings)
     insights = Insights(service)
+    challengers = Challengers(service, insights)
     auth = Authenticator(settings)
 
     @asynccontextmanager
@@ -248,7 +250,63 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def feedback(body: FeedbackRequest, request: Request, name: str = Path(..., description="Model (head) name")):
         """The true label of earlier predictions (by request_id, and index for a request with several texts)."""
         auth.admit(request, name)
-        return await insights.feedback(name, body.all_items(), batch=body.batch, request_id=request_id_of(request))
+        answer = await insights.feedback(name, body.all_items(), batch=body.batch, request_id=request_id_of(request))
+        challengers.after_feedback(name, request_id_of(request))  # the gate and the guard see new evidence
+        return answer
+
+    def admin(request: Request, name: str) -> str:
+        """Promotion and rollback change what every caller gets: a key allowed on every model ('*').
+        Returns who acts, for the audit log."""
+        key = auth.admit(request, name)
+        if key is not None and "*" not in key.models:
+            raise ForbiddenError(f"API key {key.name!r} may not promote or roll back: admin needs a key allowed "
+                                 f"on every model ('*')", field="authorization")
+        return f"key:{key.name}" if key is not None else f"anonymous@{request.client.host if request.client else '?'}"
+
+    @app.get("/v1/models/{name}/challengers", response_model=ChallengersResponse,
+             responses=_errors(401, 403, 404, 429, 503))
+    async def list_challengers(request: Request, name: str = Path(..., description="Model (head) name")):
+        """Each challenger against the champion on the same live texts (shadow): agreement, flips with example
+        texts (none for a redacting head), confidence shift; on texts with feedback both accuracies, McNemar's
+        paired test and per-class recall change; both versions' offline test metrics; the gate's verdict."""
+        auth.admit(request, name)
+        return await challengers.report(name, request_id_of(request))
+
+    @app.post("/v1/models/{name}/promote", responses=_errors(401, 403, 404, 415, 422, 429, 503))
+    async def promote(body: PromoteRequest, request: Request, name: str = Path(..., description="Model (head) name")):
+        """Admin: make a challenger the champion (the champion becomes a challenger; no request fails)."""
+        actor = admin(request, name)
+        status, content = await challengers.act(name, "/admin/promote", {
+            "version": body.version, "actor": actor, "reason": body.reason}, request_id_of(request))
+        if status == 200:
+            metrics.PROMOTIONS.labels(name, "admin").inc()
+        return Response(content, status_code=status, media_type="application/json")
+
+    @app.post("/v1/models/{name}/rollback", responses=_errors(401, 403, 404, 415, 422, 429, 503))
+    async def rollback(body: RollbackRequest, request: Request, name: str = Path(..., description="Model (head) name")):
+        """Admin: back to the champion before the last promotion."""
+        actor = admin(request, name)
+        status, content = await challengers.act(name, "/admin/rollback", {"actor": actor, "reason": body.reason},
+                                                request_id_of(request))
+        if status == 200:
+            metrics.ROLLBACKS.labels(name, "admin").inc()
+        return Response(content, status_code=status, media_type="application/json")
+
+    @app.post("/v1/models/{name}/evaluate", responses=_errors(401, 403, 404, 429, 503))
+    async def evaluate(request: Request, name: str = Path(..., description="Model (head) name")):
+        """Admin: run the rollback guard and (auto policy) the promotion gate now; they also run after feedback."""
+        actor = admin(request, name)
+        return await challengers.evaluate(name, request_id_of(request), actor=f"gate({actor})")
+
+    @app.get("/v1/models/{name}/audit", response_model=AuditLog, responses=_errors(401, 403, 404, 429, 503))
+    async def audit(request: Request, name: str = Path(..., description="Model (head) name"),
+                    limit: int = Query(100, ge=1, le=1000)):
+        """Every promotion and rollback of the model, newest first: who, when, why, the figures."""
+        auth.admit(request, name)
+        body = await service.head_json(service.routing.get(name), f"/audit?limit={limit}", request_id_of(request))
+        if body is None:
+            raise UnavailableError(f"model {name!r}: its head did not answer GET /audit", retry_after_s=2)
+        return {"model": name, "entries": body["entries"]}
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse,
               responses=_errors(401, 404, 413, 415, 422, 429, 503, 504))
