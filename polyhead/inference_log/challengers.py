@@ -127,9 +127,10 @@ def summarize(groups, example_rows, examples: int = EXAMPLES_PER_FLIP) -> dict:
 
 
 def feedback_since(engine: sa.Engine, head: str, since: datetime | None) -> int:
-    """Feedback labels stored for `head` on predictions made since `since` (retraining trigger)."""
+    """Feedback labels stored for `head` since `since` (a retraining trigger: new labels since the
+    champion was trained)."""
     query = sa.select(sa.func.count()).select_from(feedback).where(feedback.c.head == head)
     if since is not None:
-        query = query.where(feedback.c.prediction_ts >= since)
+        query = query.where(feedback.c.ts >= since)
     with engine.connect() as conn:
         return int(conn.execute(query).scalar_one())
