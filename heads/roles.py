@@ -123,18 +123,19 @@ def _event(event: str, version: str | None, previous: str | None, actor: str, re
 
 
 def register_trained(models_dir: Path, name: str, version: str, *, promote: bool = False,
-                     max_challengers: int = 3, actor: str = "train") -> ServingState:
-    """A newly written version: the champion when it is the head's first (or with `promote`), else a
-    challenger. Beyond `max_challengers` the oldest challengers are retired (they stay on disk)."""
+                     max_challengers: int = 3, actor: str = "train", guard_s: float = 0.0) -> ServingState:
+    """A newly written version: the champion when it is the head's first, else a challenger; with
+    `promote` a challenger promoted at once (a promotion like any other: audit log, the old champion
+    kept as a challenger, the guard). Beyond `max_challengers` the oldest challengers are retired
+    (they stay on disk)."""
     if version not in list_versions(models_dir, name):
         raise NotFoundError(f"head {name!r} has no version {version!r}")
 
     def change(state: ServingState) -> ServingState:
         champion = state.champion if state.champion != version else None
-        if champion is None or promote:
+        if champion is None:
             challengers = tuple(v for v in state.challengers if v != version)
-            why = "first version" if champion is None else "trained with --promote"
-            history = state.history + (_event("champion", version, champion, actor, why),)
+            history = state.history + (_event("champion", version, None, actor, "first version"),)
             return replace(state, champion=version, challengers=challengers, guard=None, history=history)
         challengers = tuple(v for v in state.challengers if v != version) + (version,)
         retired = challengers[:-max_challengers] if max_challengers > 0 else challengers
@@ -143,7 +144,10 @@ def register_trained(models_dir: Path, name: str, version: str, *, promote: bool
                          for v in retired)
         return replace(state, challengers=tuple(v for v in challengers if v not in retired), history=history)
 
-    return update_state(models_dir, name, change)
+    state = update_state(models_dir, name, change)
+    if promote and state.champion != version:
+        state = _promote(models_dir, name, version, actor=actor, reason="trained with --promote", guard_s=guard_s)
+    return state
 
 
 def promote(models_dir: Path, name: str, version: str | None = None, *, actor: str, reason: str,
@@ -181,6 +185,9 @@ def promote(models_dir: Path, name: str, version: str | None = None, *, actor: s
                                     "previous": state.history[-1]["previous"], "actor": actor, "reason": reason,
                                     "figures": figures or {}})
     return state
+
+
+_promote = promote  # for register_trained, whose `promote` flag hides the function
 
 
 def rollback(models_dir: Path, name: str, *, actor: str, reason: str, figures: dict | None = None) -> ServingState:

@@ -222,6 +222,6 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
     if not prior.from_file and prior.champion is not None:
         update_state(models_dir, config.name, lambda s: replace(s, champion=prior.champion))
     state = register_trained(models_dir, config.name, version, promote=promote,
-                             max_challengers=config.promotion.max_challengers)
+                             max_challengers=config.promotion.max_challengers, guard_s=config.promotion.guard_s)
     role = "champion" if state.champion == version else "challenger"
     return TrainReport(config.name, version, path, metrics, result.train_time_s, embed_time, feedback_counts, role)

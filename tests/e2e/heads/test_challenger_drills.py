@@ -163,3 +163,75 @@ def test_drills_shuffled_challenger_guard_and_load(drill):
                   f"paired texts: {json.dumps(last['reason'])}")
         finally:
             stop(gateway)
+
+
+def test_drill_b_a_challenger_retrained_on_feedback_is_promoted_by_auto(shared_datasets, server_process, tmp_path):
+    """(b) The champion learnt banking from 2 texts per intent; production brings other texts, labelled by
+    feedback. `polyhead retrain` (due: min_new_feedback) trains a challenger with that feedback; on the next
+    texts, with their feedback, the auto gate promotes it, and the audit log has the figures."""
+    from typer.testing import CliRunner
+
+    from cli.commands import app
+
+    _, target = server_process
+    configs, models = tmp_path / "configs", tmp_path / "models"
+    configs.mkdir()
+    banking = shared_datasets / "clinc150" / "domains" / "banking"
+    train_rows = sample(banking / "train.jsonl", 22)  # 22 per intent: 2 to train on, 20 for production
+    seen: dict[str, int] = {}
+    initial, production_1 = [], []
+    for row in train_rows:
+        seen[row["label"]] = seen.get(row["label"], 0) + 1
+        (initial if seen[row["label"]] <= 2 else production_1).append(row)
+    write_jsonl(configs / "banking_train.jsonl", initial)
+    write_jsonl(configs / "banking_test.jsonl", sample(banking / "val.jsonl", 20))  # offline test: val split
+    production_2 = sample(banking / "test.jsonl", 20)
+    policy = {**POLICY, "min_shadowed": 200, "min_paired_feedback": 200, "min_class_feedback": 10,
+              "max_class_recall_drop": 0.1}
+    config = configs / "banking.yaml"
+    config.write_text(yaml.safe_dump({"name": "banking", "description": "CLINC150 banking (drill b)",
+                                      "dataset": {"train": "banking_train.jsonl", "test": "banking_test.jsonl"},
+                                      "promotion": policy, "retraining": {"min_new_feedback": 250}}))
+    first = train(config, models, target)
+    db = f"sqlite:///{tmp_path / 'inference.db'}"
+    with head_process(config, models, target, db_url=db, spool_dir=tmp_path / "spool",
+                      log=tmp_path / "head.log") as (_, url):
+        wait_ready(url)
+        routes = tmp_path / "routes.yaml"
+        routes.write_text(yaml.safe_dump({"banking": url}))
+        gateway, gw = start_gateway(configs, routes, target, "--db-url", db, "--policy-check-interval-s", "0.2",
+                                    log=tmp_path / "gateway.log")
+        try:
+            stream_with_feedback(gw, [(r["text"], r["label"]) for r in production_1])  # 300 texts with feedback
+            runner = CliRunner()
+            args = ["--heads-dir", str(configs), "--models-dir", str(models), "--db-url", db,
+                    "--embedder-target", target, "--gateway", gw]
+            out = runner.invoke(app, ["retrain", *args])
+            assert out.exit_code == 0, out.output
+            lines = [json.loads(x) for x in out.output.splitlines() if x.startswith("{")]
+            assert lines[0]["due"] and "300 feedback labels" in lines[0]["reasons"][0], lines
+            retrained = lines[-1]
+            assert retrained["role"] == "challenger" and retrained["feedback"]["added"] >= 280
+            deadline = time.monotonic() + 10
+            while not any(c["shadowed"] for c in httpx.get(url + "/roles").json()["challengers"]):
+                assert time.monotonic() < deadline, "the head did not pick the challenger up"
+                time.sleep(0.2)
+            assert httpx.post(gw + "/v1/models/banking/predict", json={"text": "what is my balance"}).json()[
+                "version"] == first.version  # still the champion: a challenger is never served straight away
+
+            stream_with_feedback(gw, [(r["text"], r["label"]) for r in production_2])  # 300 new texts
+            deadline = time.monotonic() + 20
+            while roles.read_state(models, "banking").champion != retrained["version"]:
+                assert time.monotonic() < deadline, httpx.get(gw + "/v1/models/banking/challengers").json()
+                time.sleep(0.2)
+            (entry,) = httpx.get(gw + "/v1/models/banking/audit").json()["entries"]
+            assert entry["event"] == "promote" and entry["actor"].endswith(":auto")
+            fb = entry["figures"]["comparison"]["feedback"]
+            assert fb["paired"] >= 200 and fb["challenger_accuracy"] > fb["champion_accuracy"]
+            assert fb["mcnemar_p"] <= policy["mcnemar_alpha"]
+            assert all(c["ok"] for c in entry["figures"]["decision"]["checks"])
+            print(f"\ndrill (b): promoted by auto on {fb['paired']} paired texts: live accuracy "
+                  f"{fb['champion_accuracy']} -> {fb['challenger_accuracy']}, McNemar p={fb['mcnemar_p']:.2g}; "
+                  f"offline {entry['figures']['offline']}")
+        finally:
+            stop(gateway)

@@ -62,11 +62,12 @@ def test_a_new_version_is_a_challenger_the_first_a_champion_and_promote_swaps(tr
     # survives a restart: it is a file; and `latest` (the newest trained) is not what is served
     again = roles.read_state(models, HEAD)
     assert again.champion == base and again.from_file
-    roles.register_trained(models, HEAD, v4, promote=True)
-    assert roles.read_state(models, HEAD).champion == v4
+    state = roles.register_trained(models, HEAD, v4, promote=True, guard_s=60)  # `train --promote`: a promotion
+    assert (state.champion, state.guard.previous) == (v4, base) and base in state.challengers
     audit = roles.read_audit(models, HEAD)
-    assert [a["event"] for a in audit] == ["rollback", "promote"]
-    assert audit[1]["actor"] == "alice" and audit[1]["figures"] == {"acc": 0.9}
+    assert [a["event"] for a in audit] == ["promote", "rollback", "promote"]
+    assert audit[0]["reason"] == "trained with --promote" and audit[0]["previous"] == base
+    assert audit[2]["actor"] == "alice" and audit[2]["figures"] == {"acc": 0.9}
 
 
 async def test_challengers_shadow_every_text_and_only_the_champion_answers(trained_head, embedder, tmp_path):
