@@ -142,10 +142,10 @@ class ServableManager:
         self.challenger_errors = errors
 
     def drop_challenger(self, version: str, error: str) -> None:
-        """A challenger that failed while shadowing: out of shadow until the state names it again."""
-        with self._lock:
-            self.challengers = tuple(c for c in self.challengers if c.version != version)
-            self.challenger_errors[version] = f"dropped from shadow: {error}"
+        """A challenger that failed while shadowing: out of shadow until the head's roles change (or a
+        reload). Called on the event loop: no lock (sync may hold it while loading), one tuple swap."""
+        self.challengers = tuple(c for c in self.challengers if c.version != version)
+        self.challenger_errors = {**self.challenger_errors, version: f"dropped from shadow: {error}"}
         metrics.SHADOW_FAILED.labels(self.name).inc()
         log.warning("challenger dropped from shadow", extra={"head": self.name, "version": version, "error": error})
 
