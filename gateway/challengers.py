@@ -164,15 +164,16 @@ class Challengers:
             raise UnavailableError(f"model {name!r}: its head did not answer GET /roles", retry_after_s=2)
         return roles
 
-    async def report(self, name: str, request_id: str) -> dict:
+    async def report(self, name: str, request_id: str, with_texts: bool = True) -> dict:
         roles = await self._roles(name, request_id)
         policy = PromotionConfig.model_validate(roles["policy"])
         champion, redacted = roles["champion"], bool(roles.get("redacted"))
+        with_texts = with_texts and not redacted
         champion_test = (roles.get("champion_info") or {}).get("test") or {}
         out = []
         for ch in roles["challengers"]:
             figures = await self.insights._in_db(compare_versions, name, champion, ch["version"],
-                                                 with_texts=not redacted)
+                                                 with_texts=with_texts)
             decision = gate(figures, policy, champion_test=champion_test, challenger_test=ch.get("test"))
             out.append({"version": ch["version"], "created": ch.get("created"), "in_shadow": ch["shadowed"],
                         "error": ch.get("error"), **figures, "offline_test": ch.get("test") or {},

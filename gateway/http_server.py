@@ -268,9 +268,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def list_challengers(request: Request, name: str = Path(..., description="Model (head) name")):
         """Each challenger against the champion on the same live texts (shadow): agreement, flips with example
         texts (none for a redacting head), confidence shift; on texts with feedback both accuracies, McNemar's
-        paired test and per-class recall change; both versions' offline test metrics; the gate's verdict."""
-        auth.admit(request, name)
-        return await challengers.report(name, request_id_of(request))
+        paired test and per-class recall change; both versions' offline test metrics; the gate's verdict.
+        Example texts are given to admin keys ('*') only: they are other callers' inputs."""
+        key = auth.admit(request, name)
+        # Example texts are other callers' inputs: only for an admin key ('*') or an open gateway.
+        return await challengers.report(name, request_id_of(request), with_texts=key is None or "*" in key.models)
 
     @app.post("/v1/models/{name}/promote", responses=_errors(401, 403, 404, 415, 422, 429, 503))
     async def promote(body: PromoteRequest, request: Request, name: str = Path(..., description="Model (head) name")):

@@ -144,3 +144,44 @@ async def test_auto_promotes_a_better_challenger_and_never_a_worse_one(trained_h
             result = (await gw.post(f"/v1/models/{HEAD}/evaluate")).json()
             assert result["action"] is None
             assert roles.read_state(models, HEAD).champion == good
+
+
+async def test_promotion_needs_an_admin_key_and_example_texts_are_for_admins_only(trained_head, embedder, tmp_path):
+    from gateway.auth import new_key
+    from gateway.http_server import create_app as gateway_create_app
+    from gateway.settings import ApiKey, GatewaySettings
+    from heads.http_server import create_app
+    from heads.settings import HeadSettings
+
+    head, models, good, worse = setup(trained_head, tmp_path, champion_good=True)
+    db_url = f"sqlite:///{tmp_path / 'inference.db'}"
+    (admin_key, admin_hash), (user_key, user_hash) = new_key(), new_key()
+    app = create_app(HeadSettings(config=head.config, models_dir=models, embedder_target=embedder.target, port=0,
+                                  db_url=db_url, spool_dir=tmp_path / "spool", version_poll_s=0, readiness_ttl_s=0))
+    async with serve_http(app) as url:
+        (tmp_path / "routes.yaml").write_text(yaml.safe_dump({HEAD: url}))
+        settings = GatewaySettings(heads_dir=head.config.parent, routes_file=tmp_path / "routes.yaml",
+                                   embedder_target=embedder.target, reload_interval_s=0, port=0, db_url=db_url,
+                                   api_keys=[ApiKey(name="ops", sha256=admin_hash),
+                                             ApiKey(name="app", sha256=user_hash, models=[HEAD])])
+        async with asgi_client(gateway_create_app(settings), "http://gateway") as gw:
+            user, admin = {"authorization": f"Bearer {user_key}"}, {"authorization": f"Bearer {admin_key}"}
+            reply = await gw.post(f"/v1/models/{HEAD}/predict", json={"texts": [t for t, _ in labelled_texts(10)]},
+                                  headers=user)
+            assert reply.status_code == 200
+            app.state.service.inference_log.flush(10)
+            as_user = (await gw.get(f"/v1/models/{HEAD}/challengers", headers=user)).json()
+            as_admin = (await gw.get(f"/v1/models/{HEAD}/challengers", headers=admin)).json()
+            assert as_user["challengers"][0]["flips"] and not any(f["examples"] for f in as_user["challengers"][0]["flips"])
+            assert any(f["examples"] for f in as_admin["challengers"][0]["flips"])
+            assert (await gw.post(f"/v1/models/{HEAD}/promote", json={})).status_code == 401
+            refused = await gw.post(f"/v1/models/{HEAD}/promote", json={}, headers=user)
+            assert refused.status_code == 403 and "admin" in refused.json()["error"]["message"]
+            assert (await gw.post(f"/v1/models/{HEAD}/rollback", json={}, headers=user)).status_code == 403
+            assert roles.read_state(models, HEAD).champion == good
+            promoted = await gw.post(f"/v1/models/{HEAD}/promote", json={"reason": "x" * 2001}, headers=admin)
+            assert promoted.status_code == 422 and "reason" in promoted.text
+            promoted = await gw.post(f"/v1/models/{HEAD}/promote", json={}, headers=admin)  # the only challenger
+            assert promoted.status_code == 200 and promoted.json()["champion"] == worse
+            (entry,) = (await gw.get(f"/v1/models/{HEAD}/audit", headers=user)).json()["entries"]
+            assert entry["actor"] == "key:ops" and entry["version"] == worse
