@@ -146,10 +146,16 @@ def test_hot_reload_and_admin_reload_touch_only_their_head(packed):
     tickets_before = httpx.get(url + "/heads/tickets/info").json()["version"]
     helpdesk_before = httpx.get(url + "/heads/helpdesk/info").json()["version"]
     newer = train(packed["configs"]["helpdesk"], packed["models"], packed["target"], seed=4)
+    assert newer.role == "challenger"  # picked up as a challenger: shadowed, not served
     deadline = time.monotonic() + 15
-    while httpx.get(url + "/heads/helpdesk/info").json()["version"] != newer.version:
-        assert time.monotonic() < deadline, "the new helpdesk version was not picked up"
+    while [c["version"] for c in httpx.get(url + "/heads/helpdesk/roles").json()["challengers"] if c["shadowed"]] \
+            != [newer.version]:
+        assert time.monotonic() < deadline, "the new helpdesk version was not picked up as a challenger"
         time.sleep(0.2)
+    assert httpx.get(url + "/heads/helpdesk/info").json()["version"] == helpdesk_before
+    promoted = httpx.post(url + "/heads/helpdesk/admin/promote", json={"version": newer.version})
+    assert promoted.status_code == 200, promoted.text
+    assert httpx.get(url + "/heads/helpdesk/info").json()["version"] == newer.version
     assert newer.version != helpdesk_before
     assert httpx.get(url + "/heads/tickets/info").json()["version"] == tickets_before
 
