@@ -145,6 +145,11 @@ class AuditLog(BaseModel):
 
 
 # -- core -------------------------------------------------------------------------------------------
+def _headline(test: dict | None) -> dict:
+    """The offline figures worth keeping in the audit log (not the confusion matrix)."""
+    return {k: (test or {}).get(k) for k in ("n", "accuracy", "f1_weighted", "f1_macro")}
+
+
 def _parse(ts: str) -> datetime:
     value = datetime.fromisoformat(ts)
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
@@ -239,8 +244,9 @@ class Challengers:
         status, _ = await self.act(name, "/admin/promote", {
             "version": ch["version"], "actor": f"{actor}:auto", "reason": decision.reason,
             "expect_champion": champion, "figures": {"decision": decision.to_json(), "comparison": figures,
-                                                     "offline": {"champion": champion_test,
-                                                                 "challenger": ch.get("test")}}}, request_id)
+                                                     "offline": {"champion": _headline(champion_test),
+                                                                 "challenger": _headline(ch.get("test"))}}},
+            request_id)
         if status == 200:
             metrics.PROMOTIONS.labels(name, "auto").inc()
             log.warning("auto promotion", extra={"model": name, "version": ch["version"], "reason": decision.reason})

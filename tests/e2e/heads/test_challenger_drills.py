@@ -230,8 +230,10 @@ def test_drill_b_a_challenger_retrained_on_feedback_is_promoted_by_auto(shared_d
             assert fb["paired"] >= 200 and fb["challenger_accuracy"] > fb["champion_accuracy"]
             assert fb["mcnemar_p"] <= policy.get("mcnemar_alpha", 0.05)  # the default level
             assert all(c["ok"] for c in entry["figures"]["decision"]["checks"])
+            offline = entry["figures"]["offline"]
+            assert set(offline["champion"]) == {"n", "accuracy", "f1_weighted", "f1_macro"}
             print(f"\ndrill (b): promoted by auto on {fb['paired']} paired texts: live accuracy "
                   f"{fb['champion_accuracy']} -> {fb['challenger_accuracy']}, McNemar p={fb['mcnemar_p']:.2g}; "
-                  f"offline {entry['figures']['offline']}")
+                  f"offline accuracy {offline['champion']['accuracy']:.3f} -> {offline['challenger']['accuracy']:.3f}")
         finally:
             stop(gateway)
