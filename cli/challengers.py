@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from polyhead.errors import NotFoundError, PolyheadError, UnavailableError, ValidationError
+from polyhead.errors import ConflictError, NotFoundError, PolyheadError, UnavailableError, ValidationError
 
 
 def gateway_call(method: str, gateway: str, path: str, *, api_key: str | None = None, body: dict | None = None) -> dict:
@@ -33,8 +33,8 @@ def gateway_call(method: str, gateway: str, path: str, *, api_key: str | None = 
             message = r.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = r.text[:200]
-        error = NotFoundError if r.status_code == 404 else ValidationError if r.status_code in (401, 403, 422) \
-            else UnavailableError
+        error = {404: NotFoundError, 409: ConflictError}.get(r.status_code) or (
+            ValidationError if r.status_code in (401, 403, 422) else UnavailableError)
         raise error(f"HTTP {r.status_code}: {message}")
     return r.json()
 

@@ -274,7 +274,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         # Example texts are other callers' inputs: only for an admin key ('*') or an open gateway.
         return await challengers.report(name, request_id_of(request), with_texts=key is None or "*" in key.models)
 
-    @app.post("/v1/models/{name}/promote", responses=_errors(401, 403, 404, 415, 422, 429, 503))
+    @app.post("/v1/models/{name}/promote", responses=_errors(401, 403, 404, 409, 413, 415, 422, 429, 503))
     async def promote(body: PromoteRequest, request: Request, name: str = Path(..., description="Model (head) name")):
         """Admin: make a challenger the champion (the champion becomes a challenger; no request fails)."""
         actor = admin(request, name)
@@ -284,7 +284,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             metrics.PROMOTIONS.labels(name, "admin").inc()
         return Response(content, status_code=status, media_type="application/json")
 
-    @app.post("/v1/models/{name}/rollback", responses=_errors(401, 403, 404, 415, 422, 429, 503))
+    @app.post("/v1/models/{name}/rollback", responses=_errors(401, 403, 404, 409, 413, 415, 422, 429, 503))
     async def rollback(body: RollbackRequest, request: Request, name: str = Path(..., description="Model (head) name")):
         """Admin: back to the champion before the last promotion."""
         actor = admin(request, name)

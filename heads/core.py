@@ -26,7 +26,7 @@ from heads.fallback import EmbeddingFallback
 from heads.pipeline import Embedded, FingerprintMismatch, HeadPipeline, embed_error
 from heads.servable import HeadServable, ServableManager
 from heads.settings import HeadSettings
-from polyhead.errors import NotFoundError, PolyheadError, ValidationError
+from polyhead.errors import ConflictError, NotFoundError, PolyheadError
 from polyhead.inference_log.records import PredictionRecord
 from polyhead.inference_log.writer import InferenceLog
 from polyhead.validation import check_texts
@@ -273,8 +273,8 @@ class HeadService:
         if expect_champion is not None:
             current = roles.read_state(self.settings.models_dir, self.name).champion
             if current != expect_champion:
-                raise ValidationError(f"the champion of {self.name!r} is {current}, not {expect_champion}: "
-                                      f"nothing rolled back", field="expect_champion")
+                raise ConflictError(f"the champion of {self.name!r} is {current}, not {expect_champion}: "
+                                    f"nothing rolled back", field="expect_champion")
         state = roles.rollback(self.settings.models_dir, self.name, actor=actor, reason=reason, figures=figures)
         log.warning("rolled back", extra={"head": self.name, "version": state.champion, "actor": actor, "reason": reason})
         return self._after_role_change(state)

@@ -50,7 +50,7 @@ class PromoteRequest(BaseModel):
     actor: str = Field("admin", min_length=1, max_length=200, description="Who decided (the audit log's `actor`)")
     reason: str = Field("manual promotion", max_length=2000, description="Why (the audit log's `reason`)")
     figures: dict = Field(default_factory=dict, description="The evidence it was decided on (kept in the audit log)")
-    expect_champion: str | None = Field(None, max_length=64, description="Refuse (422) unless this is still the "
+    expect_champion: str | None = Field(None, max_length=64, description="Refuse (409) unless this is still the "
                                         "champion: the figures were about it")
 
 
@@ -60,7 +60,7 @@ class RollbackRequest(BaseModel):
     actor: str = Field("admin", min_length=1, max_length=200)
     reason: str = Field("manual rollback", max_length=2000)
     figures: dict = Field(default_factory=dict)
-    expect_champion: str | None = Field(None, max_length=64, description="Refuse (422) unless this is still the champion")
+    expect_champion: str | None = Field(None, max_length=64, description="Refuse (409) unless this is still the champion")
 
 
 def head_router(service: HeadService) -> APIRouter:
@@ -137,13 +137,13 @@ def head_router(service: HeadService) -> APIRouter:
         """Promotions and rollbacks, newest first: who, when, why, the figures."""
         return {"head": config.name, "entries": await asyncio.to_thread(service.audit, limit)}
 
-    @router.post("/admin/promote", responses=error_responses(404, 415, 422, _404="Unknown version"))
+    @router.post("/admin/promote", responses=error_responses(404, 409, 415, 422, _404="Unknown version"))
     async def promote(body: PromoteRequest):
         """Make a challenger the champion (the champion becomes a challenger); no request fails meanwhile."""
         return await asyncio.to_thread(service.promote, body.version, actor=body.actor, reason=body.reason,
                                        figures=body.figures, expect_champion=body.expect_champion)
 
-    @router.post("/admin/rollback", responses=error_responses(404, 415, 422))
+    @router.post("/admin/rollback", responses=error_responses(404, 409, 415, 422))
     async def rollback(body: RollbackRequest):
         """Back to the champion before the last promotion."""
         return await asyncio.to_thread(service.rollback, actor=body.actor, reason=body.reason, figures=body.figures,

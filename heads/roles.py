@@ -28,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from heads.artifacts import _atomic_write, list_versions, resolve_version
-from polyhead.errors import NotFoundError, ValidationError
+from polyhead.errors import ConflictError, NotFoundError
 
 STATE_FILE = "serving.json"
 AUDIT_FILE = "audit.jsonl"
@@ -154,24 +154,24 @@ def promote(models_dir: Path, name: str, version: str | None = None, *, actor: s
             figures: dict | None = None, guard_s: float = 0.0, expect_champion: str | None = None) -> ServingState:
     """Make a challenger (the only one when `version` is None) the champion; the champion it replaces
     becomes a challenger, so it keeps being shadowed and the guard can compare both on the same texts.
-    `expect_champion`: refuse (ValidationError) if the champion changed meanwhile (the auto gate
+    `expect_champion`: refuse (ConflictError, 409) if the champion changed meanwhile (the auto gate
     decided on figures about that champion)."""
 
     def change(state: ServingState) -> ServingState:
         wanted = version
         if wanted is None:
             if len(state.challengers) != 1:
-                raise ValidationError(f"version: head {name!r} has {len(state.challengers)} challengers "
+                raise ConflictError(f"version: head {name!r} has {len(state.challengers)} challengers "
                                       f"({', '.join(state.challengers) or 'none'}); name the one to promote",
                                       field="version")
             wanted = state.challengers[0]
         if wanted not in list_versions(models_dir, name):
             raise NotFoundError(f"version: head {name!r} has no version {wanted!r}", field="version")
         if expect_champion is not None and state.champion != expect_champion:
-            raise ValidationError(f"version: the champion of {name!r} changed ({expect_champion} -> "
+            raise ConflictError(f"version: the champion of {name!r} changed ({expect_champion} -> "
                                   f"{state.champion}) while the promotion was decided", field="version")
         if wanted == state.champion:
-            raise ValidationError(f"version: {wanted} is already the champion of {name!r}", field="version")
+            raise ConflictError(f"version: {wanted} is already the champion of {name!r}", field="version")
         previous = state.champion
         challengers = tuple(v for v in state.challengers if v != wanted) + ((previous,) if previous else ())
         ts = datetime.now(timezone.utc)
@@ -199,7 +199,7 @@ def rollback(models_dir: Path, name: str, *, actor: str, reason: str, figures: d
             (h["previous"] for h in reversed(state.history) if h["event"] == "promote" and h["version"] == state.champion
              and h.get("previous")), None)
         if previous is None:
-            raise ValidationError(f"head {name!r}: no earlier champion to roll back to (no promotion in its history)",
+            raise ConflictError(f"head {name!r}: no earlier champion to roll back to (no promotion in its history)",
                                   field="name")
         if previous not in list_versions(models_dir, name):
             raise NotFoundError(f"head {name!r}: version {previous!r} to roll back to is gone from disk")

@@ -179,6 +179,8 @@ async def test_promotion_needs_an_admin_key_and_example_texts_are_for_admins_onl
             assert refused.status_code == 403 and "admin" in refused.json()["error"]["message"]
             assert (await gw.post(f"/v1/models/{HEAD}/rollback", json={}, headers=user)).status_code == 403
             assert roles.read_state(models, HEAD).champion == good
+            nothing = await gw.post(f"/v1/models/{HEAD}/rollback", json={}, headers=admin)
+            assert nothing.status_code == 409 and "no earlier champion" in nothing.json()["error"]["message"]
             promoted = await gw.post(f"/v1/models/{HEAD}/promote", json={"reason": "x" * 2001}, headers=admin)
             assert promoted.status_code == 422 and "reason" in promoted.text
             promoted = await gw.post(f"/v1/models/{HEAD}/promote", json={}, headers=admin)  # the only challenger

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from heads import roles
 from heads.artifacts import list_versions, set_latest_version
-from polyhead.errors import NotFoundError, ValidationError
+from polyhead.errors import ConflictError, NotFoundError
 from polyhead.inference_log.reports import build_report
 from polyhead.inference_log.schema import make_engine, predictions
 from tests.unit.conftest import HEAD, asgi_client, head_app
@@ -51,11 +51,11 @@ def test_a_new_version_is_a_challenger_the_first_a_champion_and_promote_swaps(tr
     state = roles.promote(models, HEAD, actor="alice", reason="better", figures={"acc": 0.9}, guard_s=60)
     assert (state.champion, state.challengers) == (v3, (base,))
     assert state.guard.previous == base
-    with pytest.raises(ValidationError, match="already the champion"):
+    with pytest.raises(ConflictError, match="already the champion"):
         roles.promote(models, HEAD, v3, actor="a", reason="r")
     with pytest.raises(NotFoundError):
         roles.promote(models, HEAD, "20000101T000000Z", actor="a", reason="r")
-    with pytest.raises(ValidationError, match="champion .* changed"):
+    with pytest.raises(ConflictError, match="champion .* changed"):
         roles.promote(models, HEAD, base, actor="a", reason="r", expect_champion=v2)
     state = roles.rollback(models, HEAD, actor="guard", reason="worse live")
     assert (state.champion, state.challengers, state.guard) == (base, (v3,), None)
@@ -115,7 +115,7 @@ async def test_challengers_shadow_every_text_and_only_the_champion_answers(train
             "/predict", json={"text": "refund please"})).json()["version"] == twin
         assert roles.read_state(models, HEAD).challengers == (broken, base)
         assert (await client.post("/admin/promote", json={"version": "20000101T000000Z"})).status_code == 404
-        assert (await client.post("/admin/promote", json={"version": twin})).status_code == 422
+        assert (await client.post("/admin/promote", json={"version": twin})).status_code == 409  # already champion
         back = await client.post("/admin/rollback", json={"actor": "bob", "reason": "undo"})
         assert back.status_code == 200 and back.json()["served"] == base
         audit = (await client.get("/audit")).json()["entries"]
