@@ -239,7 +239,8 @@ class Stack:
                     if not cfg.data_available():
                         self.console.print(f"[yellow]{cfg.name}: no data at {cfg.resolve(cfg.dataset.train)}; skipped[/yellow]")
                         continue
-                    report = train_from_config(cfg, self.s.models_dir, client, console=self.console)
+                    report = train_from_config(cfg, self.s.models_dir, client, console=self.console,
+                                               promote=True)  # a head's first version serves
                     acc = report.metrics.get("test", {}).get("accuracy")
                     self.console.print(f"  {cfg.name}: version {report.version}"
                                        + (f", test accuracy {acc:.3f}" if acc is not None else ""))

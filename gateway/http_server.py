@@ -21,12 +21,13 @@ from gateway.auth import Authenticator
 from gateway.console import install_console
 from gateway.core import GatewayService, ModelInfo
 from embedder.settings import EmbedderSettings
+from gateway.challengers import AuditLog, Challengers, ChallengersResponse, PromoteRequest, RollbackRequest
 from gateway.insights import FeedbackRequest, FeedbackResponse, Insights, Report
 from gateway.settings import GatewaySettings
 from heads.api import (ClassifyRequest, ClassifyResponse, ExplainRequest, ExplainResponse, PredictRequest,
                        PredictResponse)
 from polyhead import __version__, tracing
-from polyhead.errors import ForbiddenError, PolyheadError, UnauthorizedError
+from polyhead.errors import ForbiddenError, PolyheadError, UnauthorizedError, UnavailableError
 from polyhead.http import (PROMETHEUS_TEXT, REQUEST_ID_HEADER, BodyReadTimeout, BodySizeLimit, bearer_token,
                            error_responses, install_error_handlers, request_id_of, require_admin, token_matches)
 from polyhead.validation import text_or_texts_type
@@ -109,6 +110,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     tracing.configure("gateway", settings.otlp_endpoint)  # a no-op without an endpoint
     service = GatewayService(settings)
     insights = Insights(service)
+    challengers = Challengers(service, insights)
     auth = Authenticator(settings)
     admin_token = settings.admin_secret()
 
@@ -252,8 +254,66 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         With API keys on, a key may label only the predictions it asked for, unless it has the
         `labeller` role; the key's name is stored with each label."""
         key = auth.admit(request, name)
-        return await insights.feedback(name, body.all_items(), batch=body.batch, request_id=request_id_of(request),
-                                       key=key)
+        answer = await insights.feedback(name, body.all_items(), batch=body.batch, request_id=request_id_of(request),
+                                         key=key)
+        challengers.after_feedback(name, request_id_of(request))  # the gate and the guard see new evidence
+        return answer
+
+    def admin(request: Request, name: str) -> str:
+        """Promotion and rollback change what every caller gets: a key allowed on every model ('*').
+        Returns who acts, for the audit log."""
+        key = auth.admit(request, name)
+        if key is not None and "*" not in key.models:
+            raise ForbiddenError(f"API key {key.name!r} may not promote or roll back: admin needs a key allowed "
+                                 f"on every model ('*')", field="authorization")
+        return f"key:{key.name}" if key is not None else f"anonymous@{request.client.host if request.client else '?'}"
+
+    @app.get("/v1/models/{name}/challengers", response_model=ChallengersResponse,
+             responses=_errors(401, 403, 404, 429, 503))
+    async def list_challengers(request: Request, name: str = Path(..., description="Model (head) name")):
+        """Each challenger against the champion on the same live texts (shadow): agreement, flips with example
+        texts (none for a redacting head), confidence shift; on texts with feedback both accuracies, McNemar's
+        paired test and per-class recall change; both versions' offline test metrics; the gate's verdict.
+        Example texts are given to admin keys ('*') only: they are other callers' inputs."""
+        key = auth.admit(request, name)
+        # Example texts are other callers' inputs: only for an admin key ('*') or an open gateway.
+        return await challengers.report(name, request_id_of(request), with_texts=key is None or "*" in key.models)
+
+    @app.post("/v1/models/{name}/promote", responses=_errors(401, 403, 404, 409, 413, 415, 422, 429, 503))
+    async def promote(body: PromoteRequest, request: Request, name: str = Path(..., description="Model (head) name")):
+        """Admin: make a challenger the champion (the champion becomes a challenger; no request fails)."""
+        actor = admin(request, name)
+        status, content = await challengers.act(name, "/admin/promote", {
+            "version": body.version, "actor": actor, "reason": body.reason}, request_id_of(request))
+        if status == 200:
+            metrics.PROMOTIONS.labels(name, "admin").inc()
+        return Response(content, status_code=status, media_type="application/json")
+
+    @app.post("/v1/models/{name}/rollback", responses=_errors(401, 403, 404, 409, 413, 415, 422, 429, 503))
+    async def rollback(body: RollbackRequest, request: Request, name: str = Path(..., description="Model (head) name")):
+        """Admin: back to the champion before the last promotion."""
+        actor = admin(request, name)
+        status, content = await challengers.act(name, "/admin/rollback", {"actor": actor, "reason": body.reason},
+                                                request_id_of(request))
+        if status == 200:
+            metrics.ROLLBACKS.labels(name, "admin").inc()
+        return Response(content, status_code=status, media_type="application/json")
+
+    @app.post("/v1/models/{name}/evaluate", responses=_errors(401, 403, 404, 429, 503))
+    async def evaluate(request: Request, name: str = Path(..., description="Model (head) name")):
+        """Admin: run the rollback guard and (auto policy) the promotion gate now; they also run after feedback."""
+        actor = admin(request, name)
+        return await challengers.evaluate(name, request_id_of(request), actor=f"gate({actor})")
+
+    @app.get("/v1/models/{name}/audit", response_model=AuditLog, responses=_errors(401, 403, 404, 429, 503))
+    async def audit(request: Request, name: str = Path(..., description="Model (head) name"),
+                    limit: int = Query(100, ge=1, le=1000)):
+        """Every promotion and rollback of the model, newest first: who, when, why, the figures."""
+        auth.admit(request, name)
+        body = await service.head_json(service.routing.get(name), f"/audit?limit={limit}", request_id_of(request))
+        if body is None:
+            raise UnavailableError(f"model {name!r}: its head did not answer GET /audit", retry_after_s=2)
+        return {"model": name, "entries": body["entries"]}
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse,
               responses=_errors(401, 403, 404, 413, 415, 422, 429, 503, 504), dependencies=authenticate_first)

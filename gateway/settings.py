@@ -60,6 +60,9 @@ class GatewaySettings(HttpServiceSettings):
     # Reports and feedback read and write the inference DB the heads log to.
     db_url: str = Field(DEFAULT_DB_URL, description="Inference DB (SQLAlchemy URL) the heads log to: "
                         "reports read it, feedback is stored in it")
+    policy_check_interval_s: float = Field(10.0, ge=0, description="After feedback, run a model's promotion gate "
+                                           "(auto policy) and rollback guard at most this often; 0 = only on "
+                                           "POST /v1/models/{name}/evaluate")
     feedback_wait_s: float = Field(2.0, ge=0, le=30, description="Heads log asynchronously: feedback waits this long "
                                    "for its prediction to reach the DB before answering 404 (unknown prediction_id)")
 

@@ -10,10 +10,10 @@ import os
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from heads import metrics
 from heads.api import (
@@ -54,7 +54,28 @@ log = logging.getLogger("polyhead.head.http")
 
 
 class ReloadRequest(BaseModel):
-    version: str = Field("latest", description="A version id to pin, or 'latest' to follow new trainings")
+    version: str = Field("latest", description="A version id to pin, or 'latest' to follow the head's champion "
+                         "(models/<name>/serving.json)")
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str | None = Field(None, max_length=64, description="The challenger to promote; absent: the only one")
+    actor: str = Field("admin", min_length=1, max_length=200, description="Who decided (the audit log's `actor`)")
+    reason: str = Field("manual promotion", max_length=2000, description="Why (the audit log's `reason`)")
+    figures: dict = Field(default_factory=dict, description="The evidence it was decided on (kept in the audit log)")
+    expect_champion: str | None = Field(None, max_length=64, description="Refuse (409) unless this is still the "
+                                        "champion: the figures were about it")
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    actor: str = Field("admin", min_length=1, max_length=200)
+    reason: str = Field("manual rollback", max_length=2000)
+    figures: dict = Field(default_factory=dict)
+    expect_champion: str | None = Field(None, max_length=64, description="Refuse (409) unless this is still the champion")
 
 
 def head_router(service: HeadService, admin_token: str | None = None) -> APIRouter:
@@ -125,6 +146,31 @@ def head_router(service: HeadService, admin_token: str | None = None) -> APIRout
     async def drift():
         """Drift scores of the rolling window against the served version's training data."""
         return service.drift_report()
+
+    @router.get("/roles")
+    async def roles_view():
+        """Champion, challengers (with their offline test metrics and whether they are shadowed), guard, history."""
+        return await asyncio.to_thread(service.roles)
+
+    @router.get("/audit")
+    async def audit(limit: int = Query(100, ge=1, le=1000)):
+        """Promotions and rollbacks, newest first: who, when, why, the figures."""
+        return {"head": config.name, "entries": await asyncio.to_thread(service.audit, limit)}
+
+    @router.post("/admin/promote", responses=error_responses(401, 404, 409, 415, 422, _404="Unknown version"))
+    async def promote(body: PromoteRequest, request: Request):
+        """Make a challenger the champion (the champion becomes a challenger); no request fails meanwhile.
+        Needs `Authorization: Bearer <admin token>`."""
+        require_admin(request, admin_token)
+        return await asyncio.to_thread(service.promote, body.version, actor=body.actor, reason=body.reason,
+                                       figures=body.figures, expect_champion=body.expect_champion)
+
+    @router.post("/admin/rollback", responses=error_responses(401, 404, 409, 415, 422))
+    async def rollback(body: RollbackRequest, request: Request):
+        """Back to the champion before the last promotion. Needs `Authorization: Bearer <admin token>`."""
+        require_admin(request, admin_token)
+        return await asyncio.to_thread(service.rollback, actor=body.actor, reason=body.reason, figures=body.figures,
+                                       expect_champion=body.expect_champion)
 
     @router.post("/admin/reload", responses=error_responses(401, 404, 415, 422, _404="Unknown version"))
     async def reload(body: ReloadRequest, request: Request):

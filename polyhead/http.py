@@ -252,7 +252,8 @@ class ErrorResponse(BaseModel):
 
 _ERROR_TEXT = {
     401: "Missing or invalid API key", 403: "This key may not do this",
-    404: "Not found; the message says what", 413: "Request body over max_body_bytes",
+    404: "Not found; the message says what", 409: "The current state does not allow it; the message says why",
+    413: "Request body over max_body_bytes",
     415: "The body is not application/json", 422: "Invalid input; the message names the field and the limit",
     429: "Rate limit hit or server overloaded; see Retry-After",
     503: "Not ready or a dependency is down; see Retry-After",

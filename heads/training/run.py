@@ -10,7 +10,7 @@ import csv
 import hashlib
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -21,6 +21,7 @@ import yaml
 from embedder.feature_sets import DEFAULT
 from heads.artifacts import write_artifact
 from heads.config import HeadConfig
+from heads.roles import read_state, register_trained, update_state
 from heads.training.drift_reference import build_reference
 from heads.training.evaluation import evaluate
 from heads.training.fit import train_head
@@ -45,6 +46,7 @@ class TrainReport:
     train_time_s: float
     embed_time_s: float
     feedback: dict | None = None  # with_feedback: what merge_feedback added and skipped
+    role: str = "champion"  # heads/roles.py: "champion" (served) or "challenger" (shadow only)
 
 
 def read_feedback(db_url: str, head: str, given_by: list[str] | None = None) -> list:
@@ -148,10 +150,13 @@ def embed_all(client, texts: list[str], on_progress: Callable[[int], None] | Non
 
 
 def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=None, version: str | None = None,
-                      feedback_db_url: str | None = None, feedback_from: list[str] | None = None) -> TrainReport:
+                      feedback_db_url: str | None = None, feedback_from: list[str] | None = None,
+                      promote: bool = False) -> TrainReport:
     """Train and write a new version. With ``feedback_db_url``, the feedback stored for this head in
     that inference DB joins the training data (merge_feedback; counts go to manifest and metrics);
-    ``feedback_from``: only the feedback given by these API keys (names) is trusted."""
+    ``feedback_from``: only the feedback given by these API keys (names) is trusted.
+    The new version is a challenger (shadowed, not served) unless it is the head's first or
+    ``promote`` (heads/roles.py)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     ds = config.dataset
@@ -215,6 +220,13 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
     drift = build_reference(np.concatenate(fitted_on), splits["train"].labels + (val.labels if val else []),
                             result.model.labels, result.val_proba, confidence_source=result.val_source)
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    # Roles first: an old layout's champion is `latest` before this version moves it (heads/roles.py).
+    prior = read_state(models_dir, config.name)
     path = write_artifact(models_dir, config.name, version, result.model, manifest=manifest, metrics=metrics,
                           config_yaml=config_yaml, drift=drift)
-    return TrainReport(config.name, version, path, metrics, result.train_time_s, embed_time, feedback_counts)
+    if not prior.from_file and prior.champion is not None:
+        update_state(models_dir, config.name, lambda s: replace(s, champion=prior.champion))
+    state = register_trained(models_dir, config.name, version, promote=promote,
+                             max_challengers=config.promotion.max_challengers, guard_s=config.promotion.guard_s)
+    role = "champion" if state.champion == version else "challenger"
+    return TrainReport(config.name, version, path, metrics, result.train_time_s, embed_time, feedback_counts, role)

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 
 from polyhead.inference_log.rollups import hour_of
-from polyhead.inference_log.schema import dialect_insert, feedback, predictions, rollup_feedback
+from polyhead.inference_log.schema import dialect_insert, feedback, predictions, rollup_feedback, served_only
 from polyhead.inference_log.sink import unescape_text
 
 Key = tuple[str, int]  # (prediction_id, index)
@@ -58,7 +58,8 @@ def find_predictions(engine: sa.Engine, head: str, keys: list[Key]) -> dict[Key,
         for start in range(0, len(ids), 500):  # bounded IN lists
             rows = conn.execute(sa.select(p.c.id, p.c.issued_id, index.label("idx"), p.c.head_version, p.c.label,
                                           p.c.ts, p.c.caller)
-                                .where(p.c.head == head, p.c.issued_id.in_(ids[start:start + 500])))
+                                .where(p.c.head == head, p.c.issued_id.in_(ids[start:start + 500]),
+                                       served_only()))  # the caller's answer, not a challenger's
             for row in rows:
                 key = (row.issued_id, int(row.idx))
                 if key not in found or row.ts > found[key].ts:

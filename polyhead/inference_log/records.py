@@ -33,6 +33,8 @@ class PredictionRecord:
     # client's x-request-id) and the API key (its name, never the secret) that asked for the prediction.
     issued_id: str | None = None
     caller: str | None = None
+    # Added by migration 6: True on a challenger's shadow prediction (never returned to the caller).
+    shadow: bool | None = None
 
     @classmethod
     def create(
@@ -52,8 +54,11 @@ class PredictionRecord:
         issued_id: str | None = None,
         caller: str | None = None,
         redact: bool = False,
+        shadow: bool | None = None,
+        text_sha256: str | None = None,
     ) -> PredictionRecord:
-        """Fill id (uuid4 hex), ts (now, UTC) and the text hash; with ``redact`` keep only the hash."""
+        """Fill id (uuid4 hex), ts (now, UTC) and the text hash (``text_sha256``: already computed, e.g.
+        for the champion's row of the same text); with ``redact`` keep only the hash."""
         pairs = [(k["label"], k["probability"]) if isinstance(k, Mapping) else k for k in top_k]
         return cls(
             id=uuid.uuid4().hex,
@@ -63,7 +68,7 @@ class PredictionRecord:
             head_version=str(head_version),
             embedder_fingerprint=embedder_fingerprint,
             text=None if redact else text,
-            text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            text_sha256=text_sha256 or hashlib.sha256(text.encode("utf-8")).hexdigest(),
             label=str(label),
             probability=float(probability),  # numpy scalars -> plain float (JSON, drivers)
             top_k=[{"label": str(lab), "probability": float(p)} for lab, p in pairs],
@@ -72,6 +77,7 @@ class PredictionRecord:
             text_index=None if text_index is None else int(text_index),
             issued_id=issued_id,
             caller=caller,
+            shadow=None if shadow is None else bool(shadow),
         )
 
     def to_json(self) -> str:

@@ -35,7 +35,7 @@ import sqlalchemy as sa
 
 from polyhead.inference_log.report_models import Bucket
 from polyhead.inference_log.rollups import LATENCY_RATIO, MIN_LATENCY_MS, bucket_value, latency_bucket
-from polyhead.inference_log.schema import feedback, predictions, rollup_feedback, rollup_hour, rollup_label
+from polyhead.inference_log.schema import feedback, predictions, rollup_feedback, rollup_hour, rollup_label, served_only
 
 BUCKETS: tuple[str, ...] = get_args(Bucket)
 HISTOGRAM_EDGES = [round(i / 10, 1) for i in range(11)]
@@ -253,7 +253,7 @@ def _from_raw_rows(conn: sa.Connection, totals: _Totals, head: str, since: datet
                    bucket: Bucket) -> None:
     """Aggregate the raw rows of [since, until) (the partial hours at the ends of a range)."""
     dialect = conn.dialect.name
-    window = sa.and_(_p.c.head == head, _p.c.ts >= since, _p.c.ts < until)
+    window = sa.and_(_p.c.head == head, _p.c.ts >= since, _p.c.ts < until, served_only())  # not shadow rows
     tb = time_bucket(dialect, bucket).label("start")
     lat = _latency_bucket(dialect).label("lat")
     for row in conn.execute(sa.select(tb, _p.c.head_version, sa.func.min(_p.c.ts).label("first_ts"), *_volume_columns())

@@ -77,13 +77,18 @@ _ISSUED_COLUMNS = [
     sa.Column("caller", sa.String(128), nullable=True),  # API key name that asked; NULL: no keys configured
 ]
 
+# Migration 6's column: TRUE on a challenger's shadow prediction (heads/roles.py): the same request_id
+# and text_index as the champion's row, which the caller got; NULL (or FALSE) on every row a caller
+# got. Readers of what callers saw (reports, feedback matching) keep to `served_only()`.
+_SHADOW_COLUMNS = [sa.Column("shadow", sa.Boolean, nullable=True)]
+
 # The table as migration 1 created it, in its own MetaData: migrations must not change with the code.
 _predictions_v1 = sa.Table("predictions", sa.MetaData(), *_prediction_columns(), *_prediction_indexes())
 
 # Migration 4's: TRUE when the text holds NUL, stored escaped (sink.escape_text); NULL otherwise.
 _ESCAPE_COLUMN = sa.Column("text_escaped", sa.Boolean, nullable=True)
 
-# The table as the code reads and writes it now (migrations 1-5 applied).
+# The table as the code reads and writes it now (migrations 1-6 applied).
 predictions = sa.Table(
     "predictions",
     metadata,
@@ -91,8 +96,11 @@ predictions = sa.Table(
     *[c._copy() for c in _ADDED_COLUMNS],
     _ESCAPE_COLUMN._copy(),
     *[c._copy() for c in _ISSUED_COLUMNS],
+    *[c._copy() for c in _SHADOW_COLUMNS],
     *_prediction_indexes(),
     sa.Index("ix_predictions_head_issued_id", "head", "issued_id"),  # feedback's lookup
+    # A challenger's shadow rows, per version (GET /v1/models/{name}/challengers).
+    sa.Index("ix_predictions_shadow", "head", "shadow", "head_version", "ts"),
     # Reports read only these columns of one head over a time range: a covering index answers them
     # without touching the table (BENCHMARKS.md, "Reports").
     sa.Index("ix_predictions_report", "head", "ts", "head_version", "text_index", "label", "probability",
@@ -166,20 +174,16 @@ def _m1_predictions(conn: sa.Connection) -> None:
     _predictions_v1.create(conn, checkfirst=True)
 
 
-def _m2_abstained_text_index(conn: sa.Connection) -> None:
-    existing = {c["name"] for c in sa.inspect(conn).get_columns("predictions")}
-    for column in _ADDED_COLUMNS:
-        if column.name not in existing:  # idempotent even if a crashed run got half way
-            kind = column.type.compile(dialect=conn.dialect)
-            conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN {column.name} {kind}")
-
-
 def _add_columns(conn: sa.Connection, table: str, columns: list[sa.Column]) -> None:
     existing = {c["name"] for c in sa.inspect(conn).get_columns(table)}
     for column in columns:
         if column.name not in existing:  # idempotent even if a crashed run got half way
             kind = column.type.compile(dialect=conn.dialect)
             conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column.name} {kind}")
+
+
+def _m2_abstained_text_index(conn: sa.Connection) -> None:
+    _add_columns(conn, "predictions", _ADDED_COLUMNS)
 
 
 def _m3_feedback_and_report_index(conn: sa.Connection) -> None:
@@ -208,8 +212,12 @@ def build_rollups(conn: sa.Connection, *, chunk: int = 50_000) -> int:
             p.c.abstained)
     sums: dict = {}
     read, last = 0, ""
+    shadow_known = "shadow" in {c["name"] for c in sa.inspect(conn).get_columns("predictions")}  # migration 6
     while True:  # keyset pages: bounded memory on the driver side whatever the log's size
-        rows = conn.execute(sa.select(p.c.id, *cols).where(p.c.id > last).order_by(p.c.id).limit(chunk)).all()
+        page = sa.select(p.c.id, *cols).where(p.c.id > last)
+        if shadow_known:  # rollups count what callers got, never a challenger's shadow rows
+            page = page.where(served_only())
+        rows = conn.execute(page.order_by(p.c.id).limit(chunk)).all()
         if not rows:
             break
         last, read = rows[-1][0], read + len(rows)
@@ -262,6 +270,18 @@ def _m5_issued_ids_and_provenance(conn: sa.Connection) -> None:
     index.create(conn, checkfirst=True)
 
 
+def _m6_shadow(conn: sa.Connection) -> None:
+    _add_columns(conn, "predictions", _SHADOW_COLUMNS)
+    index = next(ix for ix in predictions.indexes if ix.name == "ix_predictions_shadow")
+    index.create(conn, checkfirst=True)
+
+
+def served_only(table: sa.Table | None = None) -> sa.ColumnElement:
+    """Rows a caller got (not a challenger's shadow prediction); rows from before migration 6 are NULL."""
+    column = (table if table is not None else predictions).c.shadow
+    return sa.or_(column.is_(None), column == sa.false())
+
+
 # Ordered and append-only: (version, description, apply). Each runs once per database.
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "create predictions", _m1_predictions),
@@ -269,6 +289,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (3, "feedback table; covering report index", _m3_feedback_and_report_index),
     (4, "predictions.text_escaped; hourly rollups, built from the rows already logged", _m4_escape_flag_and_rollups),
     (5, "predictions: issued_id, caller; feedback: given_by", _m5_issued_ids_and_provenance),
+    (6, "predictions: shadow (challenger predictions)", _m6_shadow),
 ]
 
 _PG_MIGRATION_LOCK = 0x706F6C79  # "poly": pg_advisory_xact_lock key serialising migrations

@@ -34,7 +34,7 @@ from polyhead.inference_log import rollups
 from polyhead.inference_log.records import PredictionRecord
 
 # The latest version in schema.MIGRATIONS (a unit test keeps the two equal).
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # The predictions columns the head writes: PredictionRecord's fields, in order, and the escape flag
 # (a unit test checks them against schema.predictions, so a migration that adds a column must add the field too).
 COLUMNS: tuple[str, ...] = (*(f.name for f in dataclasses.fields(PredictionRecord)), "text_escaped")
@@ -160,7 +160,7 @@ class Sink:
     def _add_rollups(self, cur: Any, records: list[PredictionRecord], existing: set[str]) -> None:
         """The rollup increments of the rows that were new, inside the caller's transaction."""
         new = [(r.head, r.head_version, _aware(r.ts), r.text_index, r.label, r.probability, r.latency_ms, r.abstained)
-               for r in records if r.id not in existing]
+               for r in records if r.id not in existing and not r.shadow]  # rollups: what callers got
         hours, labels, latencies = rollups.upsert_rows(rollups.aggregate(new), self._ts_param)
         hour_sql, label_sql, select_latency, update_latency = self.rollup_sql
         if hours:

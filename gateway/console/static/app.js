@@ -261,6 +261,33 @@ async function loadReport(name) {
     `per ${report.bucket}; refreshed ${new Date().toLocaleTimeString()}`;
   renderReport(report, state.models.find((m) => m.name === name));
   $("#dashboard").hidden = false;
+  await loadChallengers(name);
+}
+
+// Champion vs challengers on the same live texts, and the audit log (GET .../challengers, .../audit).
+async function loadChallengers(name) {
+  const status = $("#challengers-status");
+  const cell = (text, cls = "num") => h("td", { class: cls }, text);
+  try {
+    const [body, audit] = await Promise.all([api(modelPath(name, "challengers")), api(modelPath(name, "audit"))]);
+    if ($("#dashboard-model").value !== name) return;
+    const champ = body.champion_offline_test?.accuracy;
+    status.textContent = `champion ${body.champion} · policy ${body.policy.mode}` + (body.guard?.active
+      ? ` · guard watching since ${new Date(body.guard.since).toLocaleString()} (previous ${body.guard.previous})` : "");
+    $("#challengers-table tbody").replaceChildren(...(body.challengers.length ? body.challengers.map((c) => {
+      const fb = c.feedback;
+      return h("tr", { "data-version": c.version },
+        cell(c.version + (c.in_shadow ? "" : " (not shadowed)"), "mono"), cell(fmt.num(c.shadowed)), cell(fmt.pct(c.agreement)),
+        cell(fb ? `${fmt.pct(fb.champion_accuracy)} → ${fmt.pct(fb.challenger_accuracy)} (n=${fmt.num(fb.paired)})` : "no feedback"),
+        cell(fb ? Number(fb.mcnemar_p).toPrecision(2) : "–"), cell(c.confidence.shift === null ? "–" : Number(c.confidence.shift).toFixed(3)),
+        cell(`${fmt.pct(champ)} → ${fmt.pct(c.offline_test?.accuracy)}`), cell(c.gate.reason, "small"));
+    }) : [h("tr", {}, h("td", { colspan: 8, class: "muted" }, "no challengers: `polyhead train` writes new versions as challengers"))]));
+    $("#audit-table tbody").replaceChildren(...(audit.entries.length ? audit.entries.map((a) => h("tr", {},
+      cell(new Date(a.ts).toLocaleString(), ""), cell(a.event, ""), cell(a.version || "", "mono"), cell(a.previous || "", "mono"),
+      cell(a.actor, ""), cell(a.reason, "small"))) : [h("tr", {}, h("td", { colspan: 6, class: "muted" }, "no promotion or rollback yet"))]));
+  } catch (err) {
+    status.textContent = `Challengers unavailable: ${err.status || ""} ${err.message}`;
+  }
 }
 
 function renderReport(report, model) {

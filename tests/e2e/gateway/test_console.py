@@ -237,6 +237,14 @@ def test_dashboard_charts_real_traffic(stack, page):
         assert [float(v) for v in shown if v != ""] == pytest.approx([v for v in expected if v is not None])
     else:  # the drift API is not in this build, or the artifact has no reference: said, not drawn
         assert "drift" in drift.inner_text() and drift.locator("rect.bar").count() == 0
+    # champion vs challengers and the audit log, from GET .../challengers and .../audit
+    challengers = httpx.get(f"{url}/v1/models/helpdesk/challengers").json()
+    page.wait_for_function("document.querySelector('#challengers-status').textContent.startsWith('champion ')")
+    assert page.locator("#challengers-status").inner_text().startswith(f"champion {challengers['champion']}")
+    rows = page.locator("#challengers-table tbody tr[data-version]")
+    assert rows.evaluate_all("els => els.map(e => e.dataset.version)") == [c["version"] for c in
+                                                                          challengers["challengers"]]
+    assert page.locator("#audit-table tbody tr").count() >= 1  # entries, or the "no promotion yet" row
     screenshot(page, "dashboard")
 
 

@@ -32,7 +32,7 @@ def write_head_config(folder: Path, name: str, **serving) -> Path:
     return path
 
 
-def train(config_path: Path, models_dir: Path, target: str, seed: int | None = None):
+def train(config_path: Path, models_dir: Path, target: str, seed: int | None = None, promote: bool = False):
     from embedder.client import EmbedderClient
     from heads.config import load_head_config
     from heads.training.run import train_from_config
@@ -41,18 +41,19 @@ def train(config_path: Path, models_dir: Path, target: str, seed: int | None = N
     if seed is not None:
         config.seed = seed
     with EmbedderClient(target, timeout_s=60) as client:
-        return train_from_config(config, models_dir, client, console=False)
+        return train_from_config(config, models_dir, client, console=False, promote=promote)
 
 
 @pytest.fixture(scope="session")
 def trained_tickets(server_process, tmp_path_factory):
-    """A head config + its trained artifact (two versions, so rollbacks have somewhere to go)."""
+    """A head config + its trained artifact (two versions, so rollbacks have somewhere to go; the
+    second promoted, so it is the champion and the first a challenger)."""
     _, target = server_process
     folder = tmp_path_factory.mktemp("head")
     config = write_head_config(folder / "configs", "tickets")
     models = folder / "models"
     first = train(config, models, target, seed=1)
-    second = train(config, models, target, seed=2)
+    second = train(config, models, target, seed=2, promote=True)
     return config, models, first, second
 
 

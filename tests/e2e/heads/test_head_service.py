@@ -67,14 +67,20 @@ def test_predict_one_and_many_and_every_prediction_is_logged(tickets_head):
     assert [p["label"] for p in many.json()["predictions"]] == ["technical", "account"]
 
     deadline = time.monotonic() + 10
-    while count_rows(db, heads=["tickets"]) < 3 and time.monotonic() < deadline:
+    while count_rows(db, heads=["tickets"]) < 6 and time.monotonic() < deadline:  # + the challenger's shadow rows
         time.sleep(0.1)
     engine = sa.create_engine(db)
     with engine.connect() as conn:
         rows = conn.execute(sa.text("select request_id, head_version, label, text, top_k, embedder_fingerprint "
-                                    "from predictions order by ts")).mappings().all()
+                                    "from predictions where shadow is null or not shadow order by ts")).mappings().all()
+        shadow = conn.execute(sa.text("select request_id, text_index, head_version from predictions where shadow "
+                                      "order by ts, text_index")).all()
     engine.dispose()
     assert len(rows) == 3
+    # the first version is the champion's challenger (trained_tickets promoted the second): shadowed on every text
+    assert [(r[0], r[1]) for r in shadow] == [("rid-1", 0), (many.json()["request_id"], 0),
+                                             (many.json()["request_id"], 1)]
+    assert {r[2] for r in shadow} != {body["version"]}
     assert rows[0]["request_id"] == "rid-1" and rows[0]["label"] == "billing"
     assert rows[0]["text"] == "I was billed twice, refund me" and rows[0]["head_version"] == body["version"]
 
@@ -186,20 +192,21 @@ def test_version_switch_under_load_fails_no_request(tickets_head, trained_ticket
     assert httpx.get(url + "/info").json()["version"] == second.version
 
 
-def test_new_latest_is_picked_up_without_restart(trained_tickets, server_process, tmp_path):
-    from heads.artifacts import set_latest_version
+def test_a_promotion_written_by_another_process_is_picked_up_without_restart(trained_tickets, server_process,
+                                                                             tmp_path):
+    from heads import roles
 
     config, models, first, second = trained_tickets
     _, target = server_process
     local = tmp_path / "models"
     shutil.copytree(models, local)
-    set_latest_version(local, "tickets", first.version)
+    roles.rollback(local, "tickets", actor="test", reason="start from the first version")
     with head_process(config, local, target, db_url=f"sqlite:///{tmp_path / 'i.db'}", spool_dir=tmp_path / "s") as (_, url):
         assert httpx.get(url + "/info").json()["version"] == first.version
-        set_latest_version(local, "tickets", second.version)  # what `polyhead train` does at the end
+        roles.promote(local, "tickets", second.version, actor="test", reason="what `polyhead promote` does")
         deadline = time.monotonic() + 10
         while httpx.get(url + "/info").json()["version"] != second.version:
-            assert time.monotonic() < deadline, "new latest not picked up"
+            assert time.monotonic() < deadline, "promotion not picked up"
             time.sleep(0.2)
 
 
@@ -223,13 +230,14 @@ def test_db_outage_mid_run_loses_and_duplicates_no_prediction(trained_tickets, s
                 time.sleep(0.5)
                 pg.up()
             deadline = time.monotonic() + 30
-            while count_rows(pg.url, heads=["tickets"]) < 50 and time.monotonic() < deadline:
+            while count_rows(pg.url, heads=["tickets"]) < 100 and time.monotonic() < deadline:  # + shadow rows
                 time.sleep(0.2)
         engine = sa.create_engine(pg.url)
         with engine.connect() as conn:
-            got = [r[0] for r in conn.execute(sa.text("select request_id from predictions where head='tickets'"))]
+            rows = conn.execute(sa.text("select request_id, shadow from predictions where head='tickets'")).all()
         engine.dispose()
-        assert sorted(got) == sorted(ids)  # every one, exactly once
+        assert sorted(r[0] for r in rows if not r[1]) == sorted(ids)  # every one, exactly once
+        assert sorted(r[0] for r in rows if r[1]) == sorted(ids)  # and the challenger's shadow row of each
     finally:
         pg.close()
 

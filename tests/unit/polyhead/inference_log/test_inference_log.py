@@ -126,7 +126,7 @@ def test_rows_land_with_all_fields_and_redaction_keeps_only_the_hash(backend, tm
         "label": "neg", "probability": 0.5, "top_k": [{"label": "pos", "probability": 0.7},
                                                      {"label": "neg", "probability": 0.3}],
         "latency_ms": 1.25, "abstained": False, "text_index": 0, "text_escaped": None, "issued_id": None,
-        "caller": None,
+        "caller": None, "shadow": None,
     }
     for rid in (pre_redacted.id, redacted_by_log.id):
         assert rows[rid]["text"] is None

@@ -195,17 +195,18 @@ def test_migrations_upgrade_a_database_created_before_them(tmp_path, request):
                 old = row("old-row", minutes=5)
                 conn.execute(_predictions_v1.insert().values({k: v for k, v in old.items()
                                                               if k not in ("abstained", "text_index", "issued_id",
-                                                                           "caller")}))
+                                                                           "caller", "shadow")}))
             assert migrate(engine) == [v for v, _, _ in MIGRATIONS if v > 1]
             assert migrate(engine) == []
             with engine.connect() as conn:
-                got = conn.execute(sa.select(predictions.c.abstained, predictions.c.text_index)).one()
-            assert tuple(got) == (None, None)
+                got = conn.execute(sa.select(predictions.c.abstained, predictions.c.text_index,
+                                             predictions.c.shadow)).one()
+            assert tuple(got) == (None, None, None)
             report = build_report(engine, "h", since=T0, until=T0 + timedelta(hours=1))
             assert (report["summary"]["requests"], report["summary"]["abstain_rate"]) == (1, None)
             indexes = {ix["name"] for ix in sa.inspect(engine).get_indexes("predictions")}
             assert {"ix_predictions_head_ts", "ix_predictions_request_id", "ix_predictions_report",
-                    "ix_predictions_head_issued_id"} <= indexes
+                    "ix_predictions_head_issued_id", "ix_predictions_shadow"} <= indexes
             assert "given_by" in {c["name"] for c in sa.inspect(engine).get_columns("feedback")}
         finally:
             engine.dispose()
