@@ -6,9 +6,10 @@ ids, not strings: tokenisation runs beside it in the HF fast tokenizer (embedder
 built from the same vocab.txt. Outputs: "embeddings" [N, 384] (the default feature set) and "all6"
 [N, 2304] (embedder/feature_sets.py); ONNX Runtime computes only the outputs asked for.
 
-INT8 is ONNX Runtime's dynamic quantisation of the exported FP32 graph: MatMul weights int8 per
-output channel, activations quantised per batch at run time. Which MatMuls stay FP32 was chosen by
-measurement (INT8_KEEP_FP32 below; scripts/choose_int8_matmuls.py re-measures it).
+INT8 is ONNX Runtime's dynamic quantisation (onnxruntime.quantization.quantize_dynamic) of the FP32
+graph after SmoothQuant rescaling: MatMul weights int8 per output channel, activations quantised per
+batch at run time. What stays FP32 and how hard to smooth were chosen by measurement (INT8_KEEP_FP32
+below; scripts/choose_int8_matmuls.py re-measures it).
 """
 
 from __future__ import annotations
@@ -29,11 +30,18 @@ OPSET = 17  # LayerNormalization is a standard op from 17
 # Bumped whenever the graph or the tokenisation around it changes, so the fingerprint changes with it.
 ONNX_EXPORT_VERSION = 1
 PRECISIONS = ("fp32", "int8")
-# The projections ("q", "k", "v", "o", "up", "down") of each layer that INT8 keeps in FP32. Measured on
-# 2,000 held-out sentences (scripts/choose_int8_matmuls.py): every MatMul in int8 gives cosine to FP32
-# mean ~0.992, min ~0.98; the FFN down-projections carry the outlier activations that per-batch
-# activation scales handle worst, so they stay FP32 (see INT8_MEASUREMENT for the numbers).
-INT8_KEEP_FP32: tuple[str, ...] = ("down",)
+# INT8, chosen by measurement (scripts/choose_int8_matmuls.py; cosine to FP32 on held-out sentences).
+# BERT's activations have outlier channels (LayerNorm outputs: one channel ~30 where the median is ~0.9;
+# GELU outputs of layers 0-3: one at ~20 where the median is 0.17), and a dynamic per-tensor int8 range
+# fitted to them crushes every other channel: all MatMuls int8 give mean 0.992, min 0.963; keeping every
+# FFN down-projection FP32 still min 0.976. SmoothQuant (calibrate_smoothing) moves the outliers into
+# the weights (per input channel, an exact rescaling in FP32); with it, int8 everywhere still fails
+# (alpha 0.75: mean 0.9948, min 0.982) because the first layers' down-projection inputs are the worst,
+# so those stay FP32: alpha 0.75 with layers 0-2's down in FP32 gives mean 0.9987, min 0.993 (300
+# sentences; the gate test re-measures on 1,000), 3 of the 36 weight MatMuls in FP32.
+INT8_KEEP_FP32: tuple[str, ...] = ("0.down", "1.down", "2.down")
+# SmoothQuant's migration strength (None: no smoothing); see calibrate_smoothing.
+INT8_SMOOTH_ALPHA: float | None = 0.75
 PROJECTIONS = {
     "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
     "o": "attention.output.dense", "up": "intermediate.dense", "down": "output.dense",
@@ -48,8 +56,13 @@ def matmul_node_name(layer: int, projection: str) -> str:
     return f"layer{layer}/{projection}/MatMul"
 
 
-def build_graph(weights: Mapping[str, np.ndarray], config: dict, max_seq_length: int):
-    """The FP32 ModelProto: inputs input_ids, attention_mask ([N, S] int64), outputs embeddings, all6."""
+def build_graph(weights: Mapping[str, np.ndarray], config: dict, max_seq_length: int,
+                smooth: Mapping[str, np.ndarray] | None = None, expose_matmul_inputs: bool = False):
+    """The FP32 ModelProto: inputs input_ids, attention_mask ([N, S] int64), outputs embeddings, all6.
+
+    `smooth` ({MatMul node name: s [in]}) rescales that MatMul's input channels by 1/s and its weight
+    rows by s (SmoothQuant): the same product in exact arithmetic, flatter activations for int8.
+    `expose_matmul_inputs` adds each weight MatMul's input as an output "<node>/input" (calibration)."""
     from onnx import TensorProto, helper, numpy_helper
 
     n_layers = config["num_hidden_layers"]
@@ -60,7 +73,8 @@ def build_graph(weights: Mapping[str, np.ndarray], config: dict, max_seq_length:
     if max_seq_length > config["max_position_embeddings"]:
         raise ValueError(f"max_seq_length {max_seq_length} exceeds the model's {config['max_position_embeddings']}")
 
-    nodes, inits = [], []
+    smooth = smooth or {}
+    nodes, inits, exposed = [], [], []
     counter = iter(range(1_000_000))
 
     def const(name: str, value) -> str:
@@ -89,8 +103,16 @@ def build_graph(weights: Mapping[str, np.ndarray], config: dict, max_seq_length:
 
     def dense(x: str, layer: int, projection: str) -> str:
         key = f"encoder.layer.{layer}.{PROJECTIONS[projection]}"
-        w = const(key + ".weight_t", f32(key + ".weight").T.copy())
-        y = op("MatMul", [x, w], name=matmul_node_name(layer, projection))
+        name = matmul_node_name(layer, projection)
+        w_t = f32(key + ".weight").T.copy()  # [in, out]
+        if expose_matmul_inputs:
+            exposed.append(helper.make_tensor_value_info(f"{name}/input", TensorProto.FLOAT, None))
+            nodes.append(helper.make_node("Identity", [x], [f"{name}/input"], name=f"{name}/expose"))
+        if name in smooth:
+            s = np.asarray(smooth[name], dtype=np.float32)
+            x = op("Mul", [x, const(f"{name}/smooth_inv", (1.0 / s).astype(np.float32))])
+            w_t = w_t * s[:, None]
+        y = op("MatMul", [x, const(key + ".weight_t", w_t)], name=name)
         return op("Add", [y, const(key + ".bias", f32(key + ".bias"))])
 
     # Embeddings: word + position[:S] + token type 0, then LayerNorm.
@@ -141,7 +163,7 @@ def build_graph(weights: Mapping[str, np.ndarray], config: dict, max_seq_length:
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
          helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
         [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", hidden]),
-         helper.make_tensor_value_info(ALL6, TensorProto.FLOAT, ["batch", hidden * n_layers])],
+         helper.make_tensor_value_info(ALL6, TensorProto.FLOAT, ["batch", hidden * n_layers]), *exposed],
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="polyhead")
@@ -161,12 +183,30 @@ def int8_nodes(n_layers: int, keep_fp32: tuple[str, ...] = INT8_KEEP_FP32) -> li
 
 def quantize_int8(fp32_path: Path, int8_path: Path, n_layers: int, keep_fp32: tuple[str, ...] = INT8_KEEP_FP32) -> Path:
     """ONNX Runtime dynamic quantisation: int8 weights per output channel, uint8 activations per batch."""
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its pre-processing advice
     quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8,
                      op_types_to_quantize=["MatMul"], nodes_to_quantize=int8_nodes(n_layers, keep_fp32),
                      extra_options={"MatMulConstBOnly": True})
     return int8_path
+
+
+def write_int8(int8_path: Path, weights: Mapping[str, np.ndarray], config: dict, max_seq_length: int,
+               vocab_path: Path, keep_fp32: tuple[str, ...] = INT8_KEEP_FP32,
+               alpha: float | None = INT8_SMOOTH_ALPHA) -> Path:
+    """The INT8 model: the FP32 graph, smoothed (alpha None: not), dynamically quantised."""
+    import onnx
+
+    smooth = calibrate_smoothing(weights, config, max_seq_length, vocab_path, alpha) if alpha is not None else None
+    source = int8_path.with_name(int8_path.name + ".source.onnx")
+    try:
+        onnx.save(build_graph(weights, config, max_seq_length, smooth=smooth), str(source))
+        return quantize_int8(source, int8_path, config["num_hidden_layers"], keep_fp32)
+    finally:
+        source.unlink(missing_ok=True)
 
 
 def export_onnx(
@@ -176,6 +216,7 @@ def export_onnx(
     max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
     weights: Mapping[str, np.ndarray] | None = None,
     keep_fp32: tuple[str, ...] = INT8_KEEP_FP32,
+    alpha: float | None = INT8_SMOOTH_ALPHA,
 ) -> Path:
     """Write `output_dir`/model.<precision>.onnx (and the FP32 graph INT8 is made from), vocab.txt and
     polyhead_onnx.json. Each file is built beside its destination and renamed into place, so a crash
@@ -192,7 +233,7 @@ def export_onnx(
     meta = {"model": "sentence-transformers/all-MiniLM-L6-v2", "source": str(weights_dir),
             "max_seq_length": max_seq_length, "onnx_export_version": ONNX_EXPORT_VERSION,
             "dim": config["hidden_size"], "layers": config["num_hidden_layers"],
-            "feature_sets": FEATURE_SET_VERSIONS, "int8_keep_fp32": list(keep_fp32)}
+            "feature_sets": FEATURE_SET_VERSIONS, "int8_keep_fp32": list(keep_fp32), "int8_smooth_alpha": alpha}
     if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
         # Another length, weights or export version: the files there belong to it, not to us.
         for stale in [*output_dir.glob("model.*.onnx"), output_dir / "vocab.txt"]:
@@ -200,9 +241,9 @@ def export_onnx(
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=output_dir))
     try:
         fp32 = output_dir / model_filename("fp32")
+        weights = dict(weights) if weights is not None else load_weights(weights_dir)
         if not fp32.exists():
-            model = build_graph(dict(weights) if weights is not None else load_weights(weights_dir),
-                                config, max_seq_length)
+            model = build_graph(weights, config, max_seq_length)
             onnx.checker.check_model(model)
             onnx.save(model, str(staging / fp32.name))
             (staging / fp32.name).rename(fp32)
@@ -211,7 +252,8 @@ def export_onnx(
             (staging / "vocab.txt").rename(output_dir / "vocab.txt")
         target = output_dir / model_filename(precision)
         if precision == "int8" and not target.exists():
-            quantize_int8(fp32, staging / target.name, config["num_hidden_layers"], keep_fp32)
+            write_int8(staging / target.name, weights, config, max_seq_length, weights_dir / "vocab.txt",
+                       keep_fp32, alpha)
             (staging / target.name).rename(target)
         (staging / meta_path.name).write_text(json.dumps(meta, indent=1))
         (staging / meta_path.name).rename(meta_path)
@@ -234,3 +276,58 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# Calibration for SmoothQuant's per-channel activation ranges: varied everyday sentences written for this
+# purpose (never the datasets the gate is measured on). BERT's outlier channels are the same for every
+# input, so a few hundred tokens find them.
+CALIBRATION_TEXTS = (
+    "How do I reset my online banking password?", "My card was charged twice for the same purchase.",
+    "What's the weather going to be like in Paris tomorrow?", "Set an alarm for 6:45 am on weekdays.",
+    "I absolutely loved the ending, best film I've seen all year!", "This is the worst service I have ever had.",
+    "The central bank raised interest rates by a quarter point on Wednesday.", "lol that was hilarious 😂😂",
+    "Scientists discovered a new species of frog in the Amazon rainforest.", "Can you transfer $500 to savings?",
+    "The team won the championship after a dramatic overtime goal.", "who was the first person to walk on the moon",
+    "FREE entry!! Text WIN to 80086 to claim your prize now", "Are we still meeting for lunch at noon?",
+    "I feel so lonely since my best friend moved away.", "Oh great, another Monday. Just what I needed.",
+    "The quarterly earnings beat analysts' expectations by 12%.", "Please cancel my subscription immediately.",
+    "How many calories are in a banana?", "Translate 'good morning' into Japanese.",
+    "The new smartphone features a faster chip and a better camera.", "I'm scared about the exam results tomorrow.",
+    "Book a table for four at an Italian restaurant tonight.", "Why is the sky blue?",
+    "Stocks fell sharply as oil prices surged overnight.", "My package hasn't arrived and it's been two weeks.",
+    "What is the capital of Australia?", "You're an idiot if you believe that.",
+    "The museum reopens next month after a two-year renovation.", "Remind me to call mom at 5.",
+    "Café crème, naïve résumé — ça va?", "東京の天気はどうですか", "Das ist eine sehr gute Idee!",
+    "¿Dónde está la estación de tren?", "I can't log in to my account, it says my PIN is blocked.",
+    "The president will address the nation tonight.", "What's 15% of 240?", "ok", "thanks!!",
+    "Breaking: earthquake of magnitude 6.1 strikes off the coast.",
+    " ".join(["The committee reviewed the proposal in detail and decided"] * 8),
+)
+
+
+def calibrate_smoothing(weights: Mapping[str, np.ndarray], config: dict, max_seq_length: int, vocab_path: Path,
+                        alpha: float = 0.5, texts: tuple[str, ...] = CALIBRATION_TEXTS) -> dict[str, np.ndarray]:
+    """SmoothQuant scales s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) for every weight MatMul, with the
+    activation ranges measured on `texts` (padding included: dynamic int8 ranges see it too)."""
+    import onnxruntime as ort
+
+    from embedder.onnx_servable import make_tokenizer, tokenize
+
+    model = build_graph(weights, config, max_seq_length, expose_matmul_inputs=True)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs() if o.name.endswith("/input")]
+    ids, mask, _ = tokenize(make_tokenizer(vocab_path), list(texts), max_seq_length)
+    x_max: dict[str, np.ndarray] = {}
+    for start in range(0, len(texts), 8):
+        outs = session.run(names, {"input_ids": ids[start:start + 8], "attention_mask": mask[start:start + 8]})
+        for name, out in zip(names, outs):
+            m = np.abs(out).reshape(-1, out.shape[-1]).max(axis=0)
+            x_max[name] = np.maximum(x_max.get(name, m), m)
+    scales = {}
+    for layer in range(config["num_hidden_layers"]):
+        for projection, key in PROJECTIONS.items():
+            name = matmul_node_name(layer, projection)
+            w_max = np.abs(weights[f"encoder.layer.{layer}.{key}.weight"]).max(axis=0)  # [out, in] -> per input
+            s = np.power(np.maximum(x_max[f"{name}/input"], 1e-5), alpha) / np.power(np.maximum(w_max, 1e-5), 1 - alpha)
+            scales[name] = np.clip(s, 1e-2, 1e2).astype(np.float32)
+    return scales

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SHARED = ROOT.parent / "shared" / "datasets"
-DEFAULT_CANDIDATES = ["", "down", "5.down", "4.down,5.down", "up", "o,down", "q,k", "v,o"]
+DEFAULT_CANDIDATES = ["", "down", "0.down", "0.down,1.down", "0.down,1.down,2.down", "0.down,1.down,2.down,3.down",
+                      "up,down"]
 
 
 def held_out_sentences(limit: int, seed: int = 0) -> list[str]:
@@ -67,25 +68,33 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = auto)")
     ap.add_argument("--candidates", nargs="*", default=DEFAULT_CANDIDATES,
                     help='comma-separated projections kept FP32 ("down" = every layer, "5.down" = layer 5)')
+    ap.add_argument("--alphas", nargs="*", default=["none", "0.5", "0.75"],
+                    help="SmoothQuant migration strengths to try ('none': no smoothing)")
     args = ap.parse_args()
-    from embedder.onnx_export import export_onnx, model_filename, quantize_int8
+    from embedder.export import default_weights_dir, load_weights
+    from embedder.onnx_export import export_onnx, model_filename, write_int8
 
     texts = held_out_sentences(args.texts)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp)
         export_onnx(model_dir, "fp32")
-        layers = json.loads((model_dir / "polyhead_onnx.json").read_text())["layers"]
+        weights_dir = default_weights_dir()
+        weights, config = load_weights(weights_dir), json.loads((weights_dir / "config.json").read_text())
+        max_len = json.loads((model_dir / "polyhead_onnx.json").read_text())["max_seq_length"]
         reference, fp32_speed = embed_all(load(model_dir, "fp32", args.threads), texts)
         print(f"{len(texts)} held-out sentences; FP32 {fp32_speed:.0f} texts/s")
-        print(f"{'kept FP32':<16} {'cos mean':>9} {'cos min':>9} {'texts/s':>8} {'x FP32':>7}  gate")
-        for candidate in args.candidates:
-            keep = tuple(k for k in candidate.split(",") if k)
-            quantize_int8(model_dir / model_filename("fp32"), model_dir / model_filename("int8"), layers, keep)
-            vectors, speed = embed_all(load(model_dir, "int8", args.threads), texts)
-            cos = np.sum(vectors * reference, axis=1)
-            ok = cos.mean() >= 0.995 and cos.min() >= 0.99
-            print(f"{candidate or '(none)':<16} {cos.mean():>9.5f} {cos.min():>9.5f} {speed:>8.0f} "
-                  f"{speed / fp32_speed:>7.2f}  {'pass' if ok else 'FAIL'}", flush=True)
+        print(f"{'kept FP32':<16} {'alpha':>5} {'cos mean':>9} {'cos min':>9} {'texts/s':>8} {'x FP32':>7}  gate")
+        for alpha_arg in args.alphas:
+            alpha = None if alpha_arg == "none" else float(alpha_arg)
+            for candidate in args.candidates:
+                keep = tuple(k for k in candidate.split(",") if k)
+                write_int8(model_dir / model_filename("int8"), weights, config, max_len, weights_dir / "vocab.txt",
+                           keep, alpha)
+                vectors, speed = embed_all(load(model_dir, "int8", args.threads), texts)
+                cos = np.sum(vectors * reference, axis=1)
+                ok = cos.mean() >= 0.995 and cos.min() >= 0.99
+                print(f"{candidate or '(none)':<16} {alpha_arg:>5} {cos.mean():>9.5f} {cos.min():>9.5f} {speed:>8.0f} "
+                      f"{speed / fp32_speed:>7.2f}  {'pass' if ok else 'FAIL'}", flush=True)
     return 0
 
 
