@@ -37,9 +37,9 @@ PRECISIONS = ("fp32", "int8")
 # FFN down-projection FP32 still min 0.976. SmoothQuant (calibrate_smoothing) moves the outliers into
 # the weights (per input channel, an exact rescaling in FP32); with it, int8 everywhere still fails
 # (alpha 0.75: mean 0.9948, min 0.982) because the first layers' down-projection inputs are the worst,
-# so those stay FP32: alpha 0.75 with layers 0-2's down in FP32 gives mean 0.9987, min 0.993 (300
-# sentences; the gate test re-measures on 1,000), 3 of the 36 weight MatMuls in FP32.
-INT8_KEEP_FP32: tuple[str, ...] = ("0.down", "1.down", "2.down")
+# so those stay FP32. On 2,000 held-out sentences, alpha 0.75: layers 0-2's down in FP32 mean 0.99847,
+# min 0.99101; layers 0-3's mean 0.99897, min 0.99327, the margin taken: 4 of the 36 weight MatMuls FP32.
+INT8_KEEP_FP32: tuple[str, ...] = ("0.down", "1.down", "2.down", "3.down")
 # SmoothQuant's migration strength (None: no smoothing); see calibrate_smoothing.
 INT8_SMOOTH_ALPHA: float | None = 0.75
 PROJECTIONS = {
