@@ -88,7 +88,8 @@ def ensure_infinity() -> Path:
 
 
 def start_infinity(log: Path) -> tuple[subprocess.Popen, str]:
-    """Infinity's server on the packaged weights (no hub access), batch size 32 as polyhead's default."""
+    """Infinity's server on the packaged weights (no hub access), batch size 32 as polyhead's default, its
+    disk cache of results off (texts are unique anyway, and polyhead's cache is bypassed)."""
     import httpx
 
     from embedder.export import default_weights_dir
@@ -97,7 +98,7 @@ def start_infinity(log: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
     cmd = [str(ensure_infinity()), "v2", "--model-id", str(default_weights_dir()), "--served-model-name", "minilm",
            "--engine", "torch", "--device", "cpu", "--batch-size", "32", "--port", str(port), "--host", "127.0.0.1",
-           "--no-bettertransformer"]
+           "--no-bettertransformer", "--no-vector-disk-cache", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
