@@ -329,5 +329,8 @@ def calibrate_smoothing(weights: Mapping[str, np.ndarray], config: dict, max_seq
             name = matmul_node_name(layer, projection)
             w_max = np.abs(weights[f"encoder.layer.{layer}.{key}.weight"]).max(axis=0)  # [out, in] -> per input
             s = np.power(np.maximum(x_max[f"{name}/input"], 1e-5), alpha) / np.power(np.maximum(w_max, 1e-5), 1 - alpha)
-            scales[name] = np.clip(s, 1e-2, 1e2).astype(np.float32)
+            # On a grid of 1/8 octave: last-bit differences between CPUs' kernels in the calibration pass
+            # must not change the INT8 weights, hence the fingerprint, from one build machine to the next.
+            s = np.exp2(np.round(np.log2(np.clip(s, 1e-2, 1e2)) * 8) / 8)
+            scales[name] = s.astype(np.float32)
     return scales

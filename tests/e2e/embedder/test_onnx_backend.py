@@ -94,6 +94,14 @@ def test_each_backend_and_precision_has_its_own_fingerprint(servable, onnx_serva
     assert load_onnx_servable(tmp_path / "short", "fp32").fingerprint != onnx_servable.fingerprint
 
 
+def test_int8_fingerprint_is_stable_across_exports(onnx_int8_servable, tmp_path):
+    from embedder.onnx_export import export_onnx
+    from tests.e2e.embedder.fixtures import load_onnx_servable
+
+    export_onnx(tmp_path / "again", "int8")
+    assert load_onnx_servable(tmp_path / "again", "int8").fingerprint == onnx_int8_servable.fingerprint
+
+
 def test_fingerprint_changes_with_the_weights(onnx_servable, tmp_path):
     from embedder.export import default_weights_dir, load_weights
     from embedder.onnx_export import export_onnx
