@@ -226,14 +226,21 @@ class Stack:
         return found
 
     def _ensure_trained(self, configs: dict) -> dict:
-        from embedder.client import EmbedderClient
+        from embedder.client import EmbedderClient, feature_sets
         from heads.artifacts import list_versions
+        from heads.roles import serve_fingerprint
         from heads.training.run import train_from_config
 
         servable = {}
-        missing = [c for c in configs.values() if not list_versions(self.s.models_dir, c.name)]
+        with EmbedderClient(self.embedder_target, timeout_s=30) as client:
+            served = feature_sets(client.info())
+        # A head counts as missing unless a version of it was trained on the encoder now served (each
+        # backend+precision has its own fingerprint): switching backends trains for the new one once.
+        missing = [c for c in configs.values() if not list_versions(self.s.models_dir, c.name) or (
+            c.feature_set in served and not serve_fingerprint(self.s.models_dir, c.name,
+                                                             served[c.feature_set].fingerprint))]
         if missing and self.s.train_missing:
-            self.console.print(f"training {len(missing)} head(s) with no artifact yet (first run only)")
+            self.console.print(f"training {len(missing)} head(s) with no artifact for the served encoder yet")
             with EmbedderClient(self.embedder_target, timeout_s=120) as client:
                 for cfg in missing:
                     if not cfg.data_available():

@@ -25,6 +25,9 @@ log = logging.getLogger("polyhead.embedder.servable")
 
 
 class TextEmbeddingServable:
+    backend = "tf_hub"
+    precisions = ("fp32",)
+
     def __init__(self, settings: EmbedderSettings):
         self.settings = settings
         self.name = settings.model_name
@@ -126,12 +129,14 @@ class TextEmbeddingServable:
 
 
 def make_servable(settings: EmbedderSettings):
-    """The servable `model_handle` names: a TF-Hub module, or `fake://` (tests and development only)."""
+    """`fake://` as model_handle (tests and development only), else the servable of `settings.backend`
+    (embedder/backends.py): the TF-Hub module by default, or ONNX Runtime."""
+    from embedder.backends import make_backend_servable
     from embedder.fake import FakeEmbeddingServable, is_fake_handle
 
     if is_fake_handle(settings.model_handle):
         return FakeEmbeddingServable.from_settings(settings)
-    return TextEmbeddingServable(settings)
+    return make_backend_servable(settings)
 
 
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from embedder.l2keys import L2_KEY_PREFIX
 from polyhead.settings import DEFAULT_EMBEDDER_METRICS_PORT, DEFAULT_EMBEDDER_PORT, Port, ServiceSettings
 
 DEFAULT_MODEL_DIR = Path("models/_encoders/all-minilm-l6-v2")
+DEFAULT_ONNX_DIR = Path("models/_encoders/all-minilm-l6-v2-onnx")  # beside the SavedModel
 
 
 class EmbedderSettings(ServiceSettings):
     section = "embedder"
     model_config = SettingsConfigDict(env_prefix="POLYHEAD_EMBEDDER_", extra="forbid")
 
+    # Which runtime runs the encoder (embedder/backends.py); each backend+precision has its own fingerprint.
+    backend: str = Field("tf_hub", description="tf_hub: the TensorFlow SavedModel (the "
+                                              "reference); onnx: ONNX Runtime, no TensorFlow (install extra `onnx`)")
+    precision: Literal["fp32", "int8"] = Field("fp32", description="onnx only: int8 = dynamic int8 quantisation "
+                                               "(faster, vectors slightly off FP32; README: when to choose it)")
+    onnx_model_dir: Path = Field(DEFAULT_ONNX_DIR, description="Backend onnx: the directory of model.<precision>.onnx "
+                                 "and vocab.txt (exported there on first start when export_if_missing)")
     # The servable: a TF-Hub handle (URL or local directory), or fake:// (embedder/fake.py).
     model_handle: str = Field(str(DEFAULT_MODEL_DIR), description="TF-Hub handle: URL or local SavedModel directory; "
                               "fake:// serves a deterministic fake model (tests and development only)")
@@ -57,9 +66,18 @@ class EmbedderSettings(ServiceSettings):
     split_overhead_chars: int = Field(256, ge=0, description="A model call's fixed cost, in characters of padding: "
                                       "a batch is cut into runs of similar length when that saves more; 0 = never cut")
 
-    # TensorFlow threads; 0 = TensorFlow's own choice.
-    intra_op_threads: int = Field(0, ge=0, description="TensorFlow intra-op threads (0 = auto)")
-    inter_op_threads: int = Field(0, ge=0, description="TensorFlow inter-op threads (0 = auto)")
+    # Runtime threads (TensorFlow's or ONNX Runtime's); 0 = the runtime's own choice.
+    intra_op_threads: int = Field(0, ge=0, description="Intra-op threads of TensorFlow / ONNX Runtime (0 = auto)")
+    inter_op_threads: int = Field(0, ge=0, description="Inter-op threads of TensorFlow / ONNX Runtime (0 = auto)")
     # On by default: TensorFlow enables oneDNN by itself only on recent Intel CPUs (BENCHMARKS.md, section 1).
     onednn: bool = Field(True, description="TensorFlow's oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS, applied before "
                          "TensorFlow is imported)")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from embedder.backends import BACKENDS  # the registry: a backend is known when it is registered
+
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r}; known: {', '.join(BACKENDS)}")
+        return value

@@ -124,3 +124,11 @@ def set_latest_version(models_dir: Path, name: str, version: str) -> None:
     if version not in list_versions(models_dir, name):
         raise NotFoundError(f"head {name!r} has no version {version!r}")
     _atomic_write(Path(models_dir) / name / LATEST, version + "\n")
+
+
+def versions_for_fingerprint(models_dir: Path, name: str, fingerprint: str) -> list[str]:
+    """The versions of head `name` trained on vectors with this fingerprint (one encoder: backend,
+    precision, export, feature set), oldest first."""
+    root = Path(models_dir) / name
+    return [v for v in list_versions(models_dir, name)
+            if json.loads((root / v / "manifest.json").read_text()).get("embedder_fingerprint") == fingerprint]

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from heads.artifacts import _atomic_write, list_versions, resolve_version
+from heads.artifacts import _atomic_write, list_versions, resolve_version, versions_for_fingerprint
 from polyhead.errors import ConflictError, NotFoundError
 
 STATE_FILE = "serving.json"
@@ -258,3 +258,16 @@ def read_audit(models_dir: Path, name: str, limit: int = 100) -> list[dict]:
         except ValueError:
             continue
     return out[::-1][:limit]
+
+
+def serve_fingerprint(models_dir: Path, name: str, fingerprint: str, *, actor: str = "polyhead up") -> bool:
+    """Make the champion a version trained for this encoder fingerprint (the embedder was switched to
+    another backend or precision, or back): the newest such, promoted and audited, unless the champion
+    already is one. False when the head has no version for it (then it must be trained)."""
+    matching = versions_for_fingerprint(models_dir, name, fingerprint)
+    if not matching:
+        return False
+    if read_state(models_dir, name).champion not in matching:
+        promote(models_dir, name, matching[-1], actor=actor,
+                reason=f"the embedder now serves encoder {fingerprint}; this version was trained on it")
+    return True

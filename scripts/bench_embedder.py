@@ -3,7 +3,9 @@
     .venv/bin/python scripts/bench_embedder.py            # full run (~5 min on 2 cores)
     .venv/bin/python scripts/bench_embedder.py --quick    # smaller, for a smoke check
 
-Everything is measured in one run on one machine and reported as ratios side by side.
+Everything is measured in one run on one machine and reported as ratios side by side. This runs the
+configured backend (TF-Hub by default); backends side by side (TF, ONNX FP32 and INT8, the Infinity
+peer): scripts/bench_backends.py.
 """
 
 from __future__ import annotations

@@ -82,3 +82,35 @@ def server_process(exported_model, tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+@pytest.fixture(scope="session")
+def onnx_model_dir(tmp_path_factory) -> Path:
+    """The ONNX export (FP32 and INT8) from the packaged safetensors, once per session."""
+    from embedder.onnx_export import export_onnx
+
+    model_dir = tmp_path_factory.mktemp("encoder") / "minilm-onnx"
+    export_onnx(model_dir, "fp32")
+    export_onnx(model_dir, "int8")
+    return model_dir
+
+
+def load_onnx_servable(model_dir: Path, precision: str):
+    from embedder.backends import make_backend_servable
+    from embedder.settings import EmbedderSettings
+
+    s = make_backend_servable(EmbedderSettings(backend="onnx", precision=precision, onnx_model_dir=model_dir,
+                                               export_if_missing=False))
+    s.load()
+    s.warmup()
+    return s
+
+
+@pytest.fixture(scope="session")
+def onnx_servable(onnx_model_dir):
+    return load_onnx_servable(onnx_model_dir, "fp32")
+
+
+@pytest.fixture(scope="session")
+def onnx_int8_servable(onnx_model_dir):
+    return load_onnx_servable(onnx_model_dir, "int8")
