@@ -21,7 +21,7 @@ from polyhead import deploy
 from tests.conftest import ROOT, free_port
 from tests.helpers import settings_from_env
 from tests.e2e.deploy.common import (DOCKERFILES, SETTINGS_BY_IMAGE, dockerignore_rules, env_of, field_of,
-                                 image_of_dockerfile, is_ignored, parse_dockerfile, polyhead_cmd, run, tool)
+                                 global_args, image_of_dockerfile, is_ignored, parse_dockerfile, polyhead_cmd, run, tool)
 
 IDS = [p.name for p in DOCKERFILES]
 PINNED_BASE = re.compile(r"^python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}$")
@@ -47,6 +47,10 @@ def test_multi_stage_pinned_base_non_root(dockerfile):
     for stage in stages:
         assert PINNED_BASE.match(stage.base), f"base not pinned to a patch tag + digest: {stage.base}"
     assert len({s.base for s in stages}) == 1, "builder and runtime must share the base (the venv's python)"
+    # ... which one build argument replaces (deploy/build_images.sh: a local base where no registry is reachable).
+    assert "BASE_IMAGE" in global_args(dockerfile)
+    assert all(line.split()[1] == "${BASE_IMAGE}" for line in dockerfile.read_text().splitlines()
+               if line.startswith("FROM "))
     builder, runtime = stages[0], stages[-1]
     assert builder.name == "builder"
     copies_from_builder = [i for i in runtime.ops("COPY") if i.flags_and_rest()[0].get("from") == "builder"]
