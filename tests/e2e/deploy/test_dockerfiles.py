@@ -246,3 +246,62 @@ def test_http_healthcheck_command(image):
                           capture_output=True, timeout=30)
     assert up.returncode == 0, up.stderr
     assert down.returncode != 0
+
+
+# ------------------------------------------------------------------------------------------
+# What each image installs is enough for what its service imports (the head image once lacked
+# cachetools: found only when a container first started).
+
+IMPORTS_WITHIN_EXTRA = r"""
+import importlib, pkgutil, re, sys, tomllib
+from importlib import metadata
+from packaging.requirements import Requirement
+
+extra, packages = sys.argv[1], sys.argv[2:]
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+installed, todo = set(), [(Requirement(r), "") for r in project["dependencies"] + project["optional-dependencies"][extra]]
+while todo:  # the closure of the image's requirements, extras included, markers evaluated
+    req, via_extra = todo.pop()
+    if req.marker and not req.marker.evaluate({"extra": via_extra}):
+        continue
+    key = (norm(req.name), tuple(sorted(req.extras)))
+    if key in installed:
+        continue
+    installed.add(key)
+    for sub in metadata.requires(req.name) or []:
+        for wanted in ("", *req.extras):
+            todo.append((Requirement(sub), wanted))
+dists = {name for name, _ in installed}
+owners = metadata.packages_distributions()
+ours = {"polyhead", "heads", "gateway", "embedder"}
+
+
+class NotInTheImage:  # imports of other distributions fail as they would in the image
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        if top in owners and top not in ours and not {norm(d) for d in owners[top]} & dists:
+            raise ModuleNotFoundError(f"No module named {top!r}", name=top)
+
+
+sys.meta_path.insert(0, NotInTheImage())
+outside = {}
+for package in packages:
+    for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
+        try:
+            importlib.import_module(info.name)
+        except ModuleNotFoundError as err:
+            outside.setdefault(err.name, info.name)
+outside = sorted(outside.items())
+print("OUTSIDE", outside)
+"""
+
+
+@pytest.mark.parametrize("extra, packages", [("head", ["heads", "polyhead"]), ("gateway", ["gateway", "polyhead"])])
+def test_service_imports_are_installed_by_its_extra(extra, packages):
+    """Every module of the service's packages imports only distributions that `pip install .[extra]`
+    brings (the image's install): a module outside it is a container that cannot start."""
+    done = subprocess.run([sys.executable, "-c", IMPORTS_WITHIN_EXTRA, extra, *packages], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "OUTSIDE []" in done.stdout, f"{extra} image lacks: {done.stdout.strip()}"
