@@ -70,14 +70,33 @@ fi
 BUILD_MOUNTS=()
 [ -f "$CA_BUNDLE" ] && BUILD_MOUNTS+=(-v "$CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro")
 
-for image in "${IMAGES[@]}"; do
-  dockerfile=deploy/$image.Dockerfile
-  [ -f "$dockerfile" ] || { log "no $dockerfile"; exit 2; }
-  log "building polyhead/$image:$TAG from $BASE"
+build_one() {  # IMAGE LOG
+  local image=$1 dockerfile=deploy/$1.Dockerfile start
   start=$(date +%s)
   # --format docker keeps the HEALTHCHECK (the OCI image format has no field for it).
   "${PODMAN[@]}" build --format docker --isolation chroot --network host "${ULIMITS[@]}" "${BUILD_MOUNTS[@]}" \
     --build-arg "BASE_IMAGE=$BASE" -f "$dockerfile" --ignorefile "$dockerfile.dockerignore" \
-    --label "org.opencontainers.image.version=$VERSION" -t "polyhead/$image:$TAG" .
+    --label "org.opencontainers.image.version=$VERSION" -t "polyhead/$image:$TAG" . >"$2" 2>&1 || return 1
   log "polyhead/$image:$TAG built in $(( $(date +%s) - start )) s"
+}
+
+# The builds run side by side (POLYHEAD_BUILD_PARALLEL=0: one after the other): mostly downloads and
+# unpacking, so a cold build of all three takes little more than the embedder's alone.
+LOGS=$(mktemp -d /var/tmp/polyhead-build-logs.XXXXXX)
+declare -A PIDS
+for image in "${IMAGES[@]}"; do
+  [ -f "deploy/$image.Dockerfile" ] || { log "no deploy/$image.Dockerfile"; exit 2; }
+  log "building polyhead/$image:$TAG from $BASE (log: $LOGS/$image.log)"
+  if [ "${POLYHEAD_BUILD_PARALLEL:-1}" = 1 ]; then
+    build_one "$image" "$LOGS/$image.log" &
+    PIDS[$image]=$!
+  else
+    build_one "$image" "$LOGS/$image.log" || { tail -40 "$LOGS/$image.log" >&2; log "polyhead/$image failed"; exit 1; }
+  fi
 done
+failed=0
+for image in "${!PIDS[@]}"; do
+  wait "${PIDS[$image]}" || { tail -40 "$LOGS/$image.log" >&2; log "polyhead/$image failed"; failed=1; }
+done
+[ "$failed" = 0 ] && rm -rf "$LOGS"
+exit "$failed"
