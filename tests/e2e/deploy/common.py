@@ -101,8 +101,23 @@ class Stage:
         return [i for i in self.instructions if i.op == op]
 
 
+def global_args(path: Path) -> dict[str, str]:
+    """The ARGs declared before the first FROM, with their defaults (what a FROM may use)."""
+    args: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        op, _, rest = line.strip().partition(" ")
+        if op.upper() == "FROM":
+            break
+        if op.upper() == "ARG":
+            name, _, default = rest.strip().partition("=")
+            args[name] = default
+    return args
+
+
 def parse_dockerfile(path: Path) -> list[Stage]:
+    """The stages; a FROM's `${ARG}` is read as the ARG's default (the base a plain build uses)."""
     stages: list[Stage] = []
+    defaults = global_args(path)
     logical, start = "", 0
     for number, raw in enumerate(path.read_text().splitlines(), 1):
         stripped = raw.strip()
@@ -119,11 +134,12 @@ def parse_dockerfile(path: Path) -> list[Stage]:
         op, _, args = logical.partition(" ")
         op = op.upper()
         if op == "FROM":
-            words = args.split()
+            words = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: defaults[m.group(1) or m.group(2)], args).split()
             stages.append(Stage(words[0], words[2] if len(words) > 2 and words[1].upper() == "AS" else None))
         else:
-            assert stages, f"{path}:{start}: {op} before FROM"
-            stages[-1].instructions.append(Instruction(op, args.strip(), start))
+            assert stages or op == "ARG", f"{path}:{start}: {op} before FROM"
+            if stages:
+                stages[-1].instructions.append(Instruction(op, args.strip(), start))
         logical = ""
     return stages
 

@@ -21,7 +21,7 @@ from cli import deploy
 from tests.conftest import ROOT, free_port
 from tests.helpers import settings_from_env
 from tests.e2e.deploy.common import (DOCKERFILES, SETTINGS_BY_IMAGE, dockerignore_rules, env_of, field_of,
-                                 image_of_dockerfile, is_ignored, parse_dockerfile, polyhead_cmd, run, tool)
+                                 global_args, image_of_dockerfile, is_ignored, parse_dockerfile, polyhead_cmd, run, tool)
 
 IDS = [p.name for p in DOCKERFILES]
 PINNED_BASE = re.compile(r"^python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}$")
@@ -47,6 +47,10 @@ def test_multi_stage_pinned_base_non_root(dockerfile):
     for stage in stages:
         assert PINNED_BASE.match(stage.base), f"base not pinned to a patch tag + digest: {stage.base}"
     assert len({s.base for s in stages}) == 1, "builder and runtime must share the base (the venv's python)"
+    # ... which one build argument replaces (deploy/build_images.sh: a local base where no registry is reachable).
+    assert "BASE_IMAGE" in global_args(dockerfile)
+    assert all(line.split()[1] == "${BASE_IMAGE}" for line in dockerfile.read_text().splitlines()
+               if line.startswith("FROM "))
     builder, runtime = stages[0], stages[-1]
     assert builder.name == "builder"
     copies_from_builder = [i for i in runtime.ops("COPY") if i.flags_and_rest()[0].get("from") == "builder"]
@@ -242,3 +246,62 @@ def test_http_healthcheck_command(image):
                           capture_output=True, timeout=30)
     assert up.returncode == 0, up.stderr
     assert down.returncode != 0
+
+
+# ------------------------------------------------------------------------------------------
+# What each image installs is enough for what its service imports (the head image once lacked
+# cachetools: found only when a container first started).
+
+IMPORTS_WITHIN_EXTRA = r"""
+import importlib, pkgutil, re, sys, tomllib
+from importlib import metadata
+from packaging.requirements import Requirement
+
+extra, packages = sys.argv[1], sys.argv[2:]
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+installed, todo = set(), [(Requirement(r), "") for r in project["dependencies"] + project["optional-dependencies"][extra]]
+while todo:  # the closure of the image's requirements, extras included, markers evaluated
+    req, via_extra = todo.pop()
+    if req.marker and not req.marker.evaluate({"extra": via_extra}):
+        continue
+    key = (norm(req.name), tuple(sorted(req.extras)))
+    if key in installed:
+        continue
+    installed.add(key)
+    for sub in metadata.requires(req.name) or []:
+        for wanted in ("", *req.extras):
+            todo.append((Requirement(sub), wanted))
+dists = {name for name, _ in installed}
+owners = metadata.packages_distributions()
+ours = {"polyhead", "heads", "gateway", "embedder"}
+
+
+class NotInTheImage:  # imports of other distributions fail as they would in the image
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        if top in owners and top not in ours and not {norm(d) for d in owners[top]} & dists:
+            raise ModuleNotFoundError(f"No module named {top!r}", name=top)
+
+
+sys.meta_path.insert(0, NotInTheImage())
+outside = {}
+for package in packages:
+    for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
+        try:
+            importlib.import_module(info.name)
+        except ModuleNotFoundError as err:
+            outside.setdefault(err.name, info.name)
+outside = sorted(outside.items())
+print("OUTSIDE", outside)
+"""
+
+
+@pytest.mark.parametrize("extra, packages", [("head", ["heads", "polyhead"]), ("gateway", ["gateway", "polyhead"])])
+def test_service_imports_are_installed_by_its_extra(extra, packages):
+    """Every module of the service's packages imports only distributions that `pip install .[extra]`
+    brings (the image's install): a module outside it is a container that cannot start."""
+    done = subprocess.run([sys.executable, "-c", IMPORTS_WITHIN_EXTRA, extra, *packages], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "OUTSIDE []" in done.stdout, f"{extra} image lacks: {done.stdout.strip()}"
