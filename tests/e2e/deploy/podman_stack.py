@@ -60,6 +60,7 @@ class Service:
     volume_overrides: dict[str, str] = field(default_factory=dict)  # compose source -> podman volume name
     extra_volumes: list[str] = field(default_factory=list)
     publish: list[str] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)  # more `podman run` flags
     started_at: float = 0.0
     healthy_after_s: float | None = None
 
@@ -93,7 +94,7 @@ class Service:
 
     def run_args(self, network: str) -> list[str]:
         args = ["run", "-d", "--name", self.container, "--network", network, "--network-alias", self.name,
-                *ULIMITS, *self.volume_args()]
+                *ULIMITS, *self.extra_args, *self.volume_args()]
         for key, value in self.environment().items():
             args += ["-e", f"{key}={value}"]
         for port in self.publish:

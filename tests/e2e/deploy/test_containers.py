@@ -11,6 +11,9 @@ debootstrap when no registry is reachable; cached between runs), then:
 4. a predict, a /v1/classify, an /v1/embeddings and a feedback go through the gateway's published port;
 5. everything stops on SIGTERM, in time, with exit code 0.
 
+The polyhead containers run with the Kubernetes manifests' security context (read-only root file
+system, a small /tmp, no capabilities, no privilege escalation), stricter than compose's.
+
 Substitutions, because the host reaches no image registry: `postgres` runs Debian's PostgreSQL 15 on
 the local base (tests/fixtures/containers/postgres.Containerfile: same variables, data directory and
 pg_isready health check as postgres:16.10-bookworm); no `prometheus` (its image cannot be pulled).
@@ -42,6 +45,11 @@ pytestmark = [pytest.mark.needs_containers, pytest.mark.timeout(2400)]
 
 SERVICES = ("postgres", "embedder", "heads", "gateway")
 POLYHEAD = ("embedder", "heads", "gateway")
+# The Kubernetes manifests' container securityContext (readOnlyRootFilesystem, capabilities: drop
+# ALL, allowPrivilegeEscalation: false, a /tmp emptyDir of 64Mi): the polyhead containers run under
+# it here too, so the manifests' claim that they work that way is tested.
+K8S_SECURITY = ["--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,size=64m", "--cap-drop", "ALL",
+                "--security-opt", "no-new-privileges"]
 POSTGRES = ROOT / "tests" / "fixtures" / "containers" / "postgres.Containerfile"
 POSTGRES_IMAGE = "localhost/polyhead/test-postgres:15"
 BUILD_TIMEOUT_S = 1800  # cold: TensorFlow's wheels and the model export; warm: ~2 min
@@ -68,9 +76,10 @@ def stack():
     variables = {**os.environ, "POLYHEAD_DB_PASSWORD": uuid.uuid4().hex}
     services = {
         "postgres": Service("postgres", compose["postgres"], project, variables, image_override=POSTGRES_IMAGE),
-        "embedder": Service("embedder", compose["embedder"], project, variables),
-        "heads": Service("heads", compose["heads"], project, variables, volume_overrides={"./models": models}),
-        "gateway": Service("gateway", compose["gateway"], project, variables),
+        "embedder": Service("embedder", compose["embedder"], project, variables, extra_args=K8S_SECURITY),
+        "heads": Service("heads", compose["heads"], project, variables, volume_overrides={"./models": models},
+                         extra_args=K8S_SECURITY),
+        "gateway": Service("gateway", compose["gateway"], project, variables, extra_args=K8S_SECURITY),
     }
     gateway_port = free_port()
     published = compose["gateway"]["ports"][0].rsplit(":", 1)[1]
@@ -82,7 +91,7 @@ def stack():
         services["postgres"].wait_healthy(120)
         services["embedder"].wait_healthy(300)
         started = time.monotonic()
-        train = podman("run", "--rm", "--network", network, *ULIMITS,
+        train = podman("run", "--rm", "--network", network, *ULIMITS, *K8S_SECURITY,
                        "-v", f"{ROOT / 'configs'}:/app/configs:ro", "-v", f"{models}:/app/models",
                        "--entrypoint", "polyhead", deploy.IMAGES["head"], "train", "--models-dir", "/app/models",
                        "--embedder-target", "dns:///embedder:50051",
@@ -178,6 +187,10 @@ def test_containers_run_as_the_non_root_user(stack):
         user = podman("inspect", "--format", "{{.Config.User}}", service.container).stdout.strip()
         assert user == f"{deploy.UID}:{deploy.UID}", (name, user)
         assert service.process_uids() == {deploy.UID}, name
+        # ... on a read-only root file system (the Kubernetes securityContext), /tmp writable.
+        probe = ("import errno\ntry:\n    open('/app/probe', 'w')\nexcept OSError as err:\n    print(errno.errorcode[err.errno])\n"
+                 "open('/tmp/probe', 'w').write('ok')")
+        assert service.exec_python(probe) == "EROFS", name
 
 
 def test_measurements(stack):
