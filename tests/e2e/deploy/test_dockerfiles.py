@@ -274,7 +274,7 @@ while todo:  # the closure of the image's requirements, extras included, markers
             todo.append((Requirement(sub), wanted))
 dists = {name for name, _ in installed}
 owners = metadata.packages_distributions()
-ours = {"polyhead", "heads", "gateway", "embedder"}
+ours = {"polyhead", "cli", "heads", "gateway", "embedder"}
 
 
 class NotInTheImage:  # imports of other distributions fail as they would in the image
