@@ -193,7 +193,7 @@ def _build_module(weights: Mapping[str, np.ndarray], config: dict, vocab_path: P
             name of FEATURE_SET_VERSIONS, and "num_tokens" as embed_with_stats."""
             ids, mask, num_tokens = self._tokenize(texts)
             pooled = [self._pool(x, mask) for x in self._layer_states(ids, mask)]
-            # all6: each layer mean-pooled over the mask, L2-normalised, concatenated (scripts/bench_features.py)
+            # all6: each layer mean-pooled over the mask, L2-normalised, concatenated (scripts/bench/features.py)
             return {"embeddings": pooled[-1], ALL6: tf.concat(pooled, axis=1), "num_tokens": num_tokens}
 
         @tf.function(input_signature=[])

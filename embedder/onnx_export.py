@@ -9,7 +9,7 @@ built from the same vocab.txt. Outputs: "embeddings" [N, 384] (the default featu
 INT8 is ONNX Runtime's dynamic quantisation (onnxruntime.quantization.quantize_dynamic) of the FP32
 graph after SmoothQuant rescaling: MatMul weights int8 per output channel, activations quantised per
 batch at run time. What stays FP32 and how hard to smooth were chosen by measurement (INT8_KEEP_FP32
-below; scripts/choose_int8_matmuls.py re-measures it).
+below; scripts/bench/choose_int8_matmuls.py re-measures it).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ OPSET = 17  # LayerNormalization is a standard op from 17
 # Bumped whenever the graph or the tokenisation around it changes, so the fingerprint changes with it.
 ONNX_EXPORT_VERSION = 1
 PRECISIONS = ("fp32", "int8")
-# INT8, chosen by measurement (scripts/choose_int8_matmuls.py; cosine to FP32 on held-out sentences).
+# INT8, chosen by measurement (scripts/bench/choose_int8_matmuls.py; cosine to FP32 on held-out sentences).
 # BERT's activations have outlier channels (LayerNorm outputs: one channel ~30 where the median is ~0.9;
 # GELU outputs of layers 0-3: one at ~20 where the median is 0.17), and a dynamic per-tensor int8 range
 # fitted to them crushes every other channel: all MatMuls int8 give mean 0.992, min 0.963; keeping every

@@ -8,7 +8,7 @@ spare to serve and forks a new spare. The listening socket is the parent's: whil
 accepts, connections wait in its backlog instead of being refused, and the gateway retries a call
 whose connection broke once (gateway/core.py), so the requests in flight on the dead worker are
 answered too. Workers share the parent's imported pages copy-on-write, so the standby costs its
-own allocations only, not a second interpreter's imports (measure with scripts/soak.py --layout
+own allocations only, not a second interpreter's imports (measure with scripts/drills/soak.py --layout
 standby: it reports PSS, which counts shared pages once).
 
 What a takeover resets, as a restart did: runtime version pins (POST /admin/reload), the drift

@@ -1,1 +1,1 @@
-"""Generated gRPC stubs of protos/embedder/v1 (scripts/gen_protos.py)."""
+"""Generated gRPC stubs of protos/embedder/v1 (scripts/dev/gen_protos.py)."""

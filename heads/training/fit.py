@@ -27,7 +27,7 @@ What `train_head` does:
    `TrainResult.selection` (and the artifact's metrics.json) lists every candidate's validation
    score and the choice.
 
-Defaults (chosen on the benchmark in scripts/bench_heads.py, mean of 3 seeds): an ensemble of 2
+Defaults (chosen on the benchmark in scripts/bench/heads.py, mean of 3 seeds): an ensemble of 2
 ReLU MLPs with 128 hidden units each (~400-550 KB of float32 weights in all), dropout 0.5, AdamW
 lr 3e-3, weight decay 1e-2, batch 128, no label smoothing (0.1 cost CLINC150 several points of
 out-of-scope recall), at most 40 epochs. The default grid is a single candidate: wider grids

@@ -1,4 +1,4 @@
-"""The committed gRPC stubs are exactly what scripts/gen_protos.py makes from protos/."""
+"""The committed gRPC stubs are exactly what scripts/dev/gen_protos.py makes from protos/."""
 
 import subprocess
 import sys
@@ -7,6 +7,6 @@ from tests.conftest import ROOT
 
 
 def test_committed_stubs_match_the_proto():
-    result = subprocess.run([sys.executable, "scripts/gen_protos.py", "--check"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "scripts/dev/gen_protos.py", "--check"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

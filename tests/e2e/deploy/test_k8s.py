@@ -293,9 +293,9 @@ def test_network_policies(by_kind):
 
 
 def test_validate_deploy_script():
-    """scripts/validate_deploy.sh: generated files current, kustomize | kubernetes-validate, compose schema, hadolint."""
+    """scripts/dev/validate_deploy.sh: generated files current, kustomize | kubernetes-validate, compose schema, hadolint."""
     for name in ("kubectl", "kubernetes-validate", "check-jsonschema", "hadolint"):
         tool(name)
-    result = run(["bash", "scripts/validate_deploy.sh"], timeout=300, env={**os.environ, "VENV": str(VENV_BIN.parent)})
+    result = run(["bash", "scripts/dev/validate_deploy.sh"], timeout=300, env={**os.environ, "VENV": str(VENV_BIN.parent)})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "deployment files are valid" in result.stdout

@@ -1,5 +1,5 @@
 """The "all6" feature set on the real model: what the service answers is the SavedModel's own output,
-2,304 dims of six unit-norm layer blocks, equal to what scripts/bench_features.py measured; the
+2,304 dims of six unit-norm layer blocks, equal to what scripts/bench/features.py measured; the
 default set is untouched (test_export.py's parity tests run on it unchanged)."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ async def test_all6_from_the_service_is_the_modules_output_in_six_unit_blocks(se
 
 
 def test_the_benchmarks_layer_encoder_agrees_with_the_served_all6(exported_model):
-    """scripts/bench_features.py measured all6 with its own implementation: the served set must be it."""
+    """scripts/bench/features.py measured all6 with its own implementation: the served set must be it."""
     spec = importlib.util.spec_from_file_location("bench_features", ROOT / "scripts" / "bench_features.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -29,6 +29,6 @@ def test_real_clinc_domain_beats_a_logistic_regression_floor(shared_datasets, se
     result = train_head(X, y, Xv, yv, seed=0)
     accuracy = evaluate(result.model, Xt, yt)["accuracy"]
     # LogisticRegression(C=10) on the same embeddings: 0.960 test accuracy (fitted on train; measured
-    # with scripts/bench_heads.py). Ours: 0.951-0.960 over seeds 0-2. The floor leaves room for seeds.
+    # with scripts/bench/heads.py). Ours: 0.951-0.960 over seeds 0-2. The floor leaves room for seeds.
     assert accuracy >= 0.94, accuracy
-    assert result.val_source == "given"  # training time is measured in scripts/bench_heads.py, not asserted here
+    assert result.val_source == "given"  # training time is measured in scripts/bench/heads.py, not asserted here

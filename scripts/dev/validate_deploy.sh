@@ -7,7 +7,7 @@
 # The tools come from the `dev` extra (scripts/setup.sh); missing ones are installed into .venv.
 # tests/deploy runs this script, and the same checks one by one.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
 [ -x "$PY" ] || { echo "no $PY: run scripts/setup.sh first" >&2; exit 2; }

@@ -1,11 +1,11 @@
 """Embedder benchmark: model vs service throughput, cache speedup, cache-size sweep.
 
-    .venv/bin/python scripts/bench_embedder.py            # full run (~5 min on 2 cores)
-    .venv/bin/python scripts/bench_embedder.py --quick    # smaller, for a smoke check
+    .venv/bin/python -m scripts.bench.embedder            # full run (~5 min on 2 cores)
+    .venv/bin/python -m scripts.bench.embedder --quick    # smaller, for a smoke check
 
 Everything is measured in one run on one machine and reported as ratios side by side. This runs the
 configured backend (TF-Hub by default); backends side by side (TF, ONNX FP32 and INT8, the Infinity
-peer): scripts/bench_backends.py.
+peer): scripts/bench/backends.py.
 """
 
 from __future__ import annotations
@@ -18,14 +18,11 @@ import random
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-from bench_common import WORDS, machine, pct, real_sentences, start_embedder, stop, table
+from scripts.bench.common import WORDS, machine, pct, real_sentences, start_embedder, stop, table
 
 from embedder.client import AsyncEmbedderClient, EmbedderClient
 
@@ -56,7 +53,7 @@ def onednn_comparison(n_texts: int, rounds: int = 2) -> dict[bool, float]:
         for enabled in (False, True):
             env = {**os.environ, "POLYHEAD_EMBEDDER_ONEDNN": "true" if enabled else "false"}
             env.pop("TF_ENABLE_ONEDNN_OPTS", None)
-            out = subprocess.run([sys.executable, __file__, "--child-model-throughput", str(n_texts)], env=env,
+            out = subprocess.run([sys.executable, "-m", __spec__.name, "--child-model-throughput", str(n_texts)], env=env,
                                  capture_output=True, text=True, check=True)
             results[enabled].append(json.loads(out.stdout.strip().splitlines()[-1])["texts_per_s"])
     return {enabled: sum(v) / len(v) for enabled, v in results.items()}
@@ -140,7 +137,7 @@ def main() -> int:
     n = int(4096 * scale)
     texts = real_sentences(3 * n + 64)
     print(f"# Embedder benchmark — {machine()}\n")
-    print(f"command: .venv/bin/python scripts/bench_embedder.py{' --quick' if args.quick else ''}\n")
+    print(f"command: .venv/bin/python -m scripts.bench.embedder{' --quick' if args.quick else ''}\n")
 
     # 1. In-process model vs gRPC service (unique texts, cache bypassed).
     sweep = model_throughput(texts[:n], [8, 16, 32, 64, 128])

@@ -1,7 +1,7 @@
 """Shared L2 cache (Redis) benchmark: a fresh replica's cold start, and what an L2 hit costs.
 
-    .venv/bin/python scripts/bench_l2cache.py            # ~2 min on 2 shared cores
-    .venv/bin/python scripts/bench_l2cache.py --quick    # smaller, for a smoke check
+    .venv/bin/python -m scripts.bench.l2cache            # ~2 min on 2 shared cores
+    .venv/bin/python -m scripts.bench.l2cache --quick    # smaller, for a smoke check
 
 In-process (the real model, loaded once; the embedder's core with its micro-batcher, no gRPC) against
 the real Redis at --redis-url; keys get a prefix of their own and are deleted at the end.
@@ -22,14 +22,11 @@ import os
 import sys
 import time
 import uuid
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-from bench_common import machine, pct, real_sentences, table
+from scripts.bench.common import machine, pct, real_sentences, table
 
 from embedder.core import EmbeddingService
 from embedder.settings import EmbedderSettings

@@ -2,8 +2,8 @@
 to a head (HTTP; head -> embedder), and through the gateway (HTTP; gateway -> head -> embedder), at
 1, 16 and 64 concurrent clients, for cached and uncached texts.
 
-    .venv/bin/python scripts/bench_gateway.py            # full run (~5 min on 2 cores)
-    .venv/bin/python scripts/bench_gateway.py --quick    # smaller, for a smoke check
+    .venv/bin/python -m scripts.bench.gateway            # full run (~5 min on 2 cores)
+    .venv/bin/python -m scripts.bench.gateway --quick    # smaller, for a smoke check
 
 Every service is a child process started with the real CLI on free loopback ports, in a throwaway
 work dir under /tmp (one head config, trained with `polyhead train`); all are stopped at the end.
@@ -24,12 +24,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 import yaml
-from bench_common import (
+from scripts.bench.common import (
     cli, free_port, machine, pct, pick_head_configs, real_sentences, spawn, stop_all, table, train_bench_heads,
     wait_grpc_serving, wait_http_ok, write_bench_heads,
 )
@@ -232,7 +230,7 @@ def main() -> int:
         clients_cost = asyncio.run(upstream_client_cost(head_url, texts.cached(0), 400 if args.quick else 2000))
 
         print(f"# Gateway benchmark — {machine()}\n")
-        print(f"command: .venv/bin/python scripts/bench_gateway.py{' --quick' if args.quick else ''}\n")
+        print(f"command: .venv/bin/python -m scripts.bench.gateway{' --quick' if args.quick else ''}\n")
         print(f"head `{name}` (trained on {heads[name]['n_train']} texts in {train_s:.0f}s); each cell: "
               f"single-text requests for {seconds:g}s or {max_requests} requests, whichever first, in "
               f"{args.rounds} turns alternating with the other paths; one "

@@ -1,7 +1,7 @@
 """What drift monitoring adds to a head's predict: DriftMonitor.observe beside the head's own forward.
 
-    .venv/bin/python scripts/bench_drift.py                  # 384-d vectors, 2 / 15 / 150 classes, batches 1 / 8 / 64
-    .venv/bin/python scripts/bench_drift.py --repeats 2000   # steadier figures
+    .venv/bin/python -m scripts.bench.drift                  # 384-d vectors, 2 / 15 / 150 classes, batches 1 / 8 / 64
+    .venv/bin/python -m scripts.bench.drift --repeats 2000   # steadier figures
 
 The cost depends on shapes, not on the texts, so the vectors are synthetic. Both sides run in the
 same process, alternating (the minimum of --rounds timings), with one BLAS thread (as a serving head on a shared machine); the
@@ -12,16 +12,12 @@ also pays, costs milliseconds per request and is not included.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from functools import partial
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-from bench_common import machine, table
+from scripts.bench.common import machine, table
 
 from heads.drift import DriftMonitor, DriftThresholds
 from heads.training.drift_reference import build_reference

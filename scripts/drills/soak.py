@@ -2,9 +2,9 @@
 process serving the first model SIGKILLed mid-way; then requests, errors by class, p99, how long
 each model of the killed process failed, and the RSS/PSS of every process at start and end.
 
-    PYTHONPATH=. .venv/bin/python scripts/soak.py                 # 10 minutes (the recorded run)
-    PYTHONPATH=. .venv/bin/python scripts/soak.py --duration 120  # a short one
-    PYTHONPATH=. .venv/bin/python scripts/soak.py --layout packed # no standby: the supervisor restarts it
+    PYTHONPATH=. .venv/bin/python -m scripts.drills.soak                 # 10 minutes (the recorded run)
+    PYTHONPATH=. .venv/bin/python -m scripts.drills.soak --duration 120  # a short one
+    PYTHONPATH=. .venv/bin/python -m scripts.drills.soak --layout packed # no standby: the supervisor restarts it
 
 Layouts (`--layout`): `standby` (the default of `polyhead up`: every head packed in one process
 with a forked warm standby worker, heads/standby.py; the SIGKILL hits the worker that serves),
@@ -37,8 +37,7 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (
+from scripts.bench.common import (
     ROOT, cli, free_port_block, machine, mem_kib, pct, pick_head_configs, spawn, table, write_bench_heads,
 )
 

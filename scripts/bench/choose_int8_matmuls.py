@@ -7,8 +7,8 @@ The gate (README, "Choosing INT8") is mean >= 0.995 and min >= 0.99; among the c
 the fastest is the one to put in INT8_KEEP_FP32. Cosines are deterministic; the speeds need a quiet
 machine to mean anything.
 
-    .venv/bin/python scripts/choose_int8_matmuls.py                    # ~5 min on 2 cores
-    .venv/bin/python scripts/choose_int8_matmuls.py --texts 300 --candidates "" down   # smoke
+    .venv/bin/python -m scripts.bench.choose_int8_matmuls                    # ~5 min on 2 cores
+    .venv/bin/python -m scripts.bench.choose_int8_matmuls --texts 300 --candidates "" down   # smoke
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 SHARED = ROOT.parent / "shared" / "datasets"
 DEFAULT_CANDIDATES = ["", "down", "0.down", "0.down,1.down", "0.down,1.down,2.down", "0.down,1.down,2.down,3.down",

@@ -1,8 +1,8 @@
 """Drill: SIGKILL an embedder of a running `polyhead up` under load through the gateway.
 
-    .venv/bin/python scripts/drill_embedder_kill.py                  # 1 embedder, L2 in Redis, ~2-4 min
-    .venv/bin/python scripts/drill_embedder_kill.py --replicas 2     # kill one of two replicas
-    .venv/bin/python scripts/drill_embedder_kill.py --no-l2          # the heads' recent-text fallback only
+    .venv/bin/python -m scripts.drills.embedder_kill                  # 1 embedder, L2 in Redis, ~2-4 min
+    .venv/bin/python -m scripts.drills.embedder_kill --replicas 2     # kill one of two replicas
+    .venv/bin/python -m scripts.drills.embedder_kill --no-l2          # the heads' recent-text fallback only
 
 Target (issue 12): 0 failed requests for texts seen before the kill; texts never seen answer 503 with
 Retry-After only while no embedder replica is up; recovery time printed. Load: closed-loop clients
@@ -30,11 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
-from bench_common import WORDS, cli, free_port_block, pct, pick_head_configs, spawn, stop_all, table, wait_http_ok, write_bench_heads
+from scripts.bench.common import WORDS, cli, free_port_block, pct, pick_head_configs, spawn, stop_all, table, wait_http_ok, write_bench_heads
 
 from embedder.client import EmbedderClient, RetryPolicy
 
@@ -216,7 +214,7 @@ def main() -> int:
 
 def fallback_counts(workdir: Path) -> dict[str, float]:
     """polyhead_head_embed_fallback_total summed over the heads, by source (recent | l2 | miss)."""
-    from bench_common import scrape_prometheus
+    from scripts.bench.common import scrape_prometheus
 
     state = json.loads((workdir / "var" / "stack.json").read_text())
     counts: dict[str, float] = {}

@@ -1,12 +1,12 @@
 """Head quality and training time: our default trainer beside logistic regression, same embeddings.
 
-    .venv/bin/python scripts/bench_heads.py                    # every dataset in ../shared/datasets, seeds 0..2
-    .venv/bin/python scripts/bench_heads.py trec sst2          # a few
-    .venv/bin/python scripts/bench_heads.py --seeds 1          # quicker
-    .venv/bin/python scripts/bench_heads.py --params '{"families": ["mlp"]}'   # TrainParams overrides
-    .venv/bin/python scripts/bench_heads.py --target 127.0.0.1:50051   # embed misses via the service
+    .venv/bin/python -m scripts.bench.heads                    # every dataset in ../shared/datasets, seeds 0..2
+    .venv/bin/python -m scripts.bench.heads trec sst2          # a few
+    .venv/bin/python -m scripts.bench.heads --seeds 1          # quicker
+    .venv/bin/python -m scripts.bench.heads --params '{"families": ["mlp"]}'   # TrainParams overrides
+    .venv/bin/python -m scripts.bench.heads --target 127.0.0.1:50051   # embed misses via the service
 
-Embeddings (frozen all-MiniLM-L6-v2) come from the cache scripts/embed_datasets.py writes
+Embeddings (frozen all-MiniLM-L6-v2) come from the cache scripts/dev/embed_datasets.py writes
 (/tmp/polyhead-embeddings by default, `--cache-dir`); missing ones are computed with the same
 code. Our heads use `TrainParams()` defaults everywhere, with the dataset's val split when it has
 one. The baseline is scikit-learn LogisticRegression(C=10) (a benchmark-only dependency) on the
@@ -26,12 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-from bench_common import machine, table
-from embed_datasets import (DATASETS_ROOT, DEFAULT_CACHE_DIR, all_dataset_names, available_splits,
+from scripts.bench.common import machine, table
+from scripts.dev.embed_datasets import (DATASETS_ROOT, DEFAULT_CACHE_DIR, all_dataset_names, available_splits,
                             load_split, make_encoder)
 
 from heads.training.evaluation import evaluate
@@ -77,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        "(default: the in-process model)")
     args = parser.parse_args(argv)
     params = TrainParams(**json.loads(args.params))
-    command = " ".join([".venv/bin/python scripts/bench_heads.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    command = " ".join([".venv/bin/python -m scripts.bench.heads", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     if not args.datasets_root.is_dir():
         print(f"{args.datasets_root} is absent: nothing to benchmark")
         return 0

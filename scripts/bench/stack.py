@@ -1,8 +1,8 @@
 """Stack benchmark: the architecture's claims, measured in one run on one machine.
 
-    .venv/bin/python scripts/bench_stack.py                   # full run (~10 min on 2 cores)
-    .venv/bin/python scripts/bench_stack.py --quick           # 3 heads, short phases: a smoke check
-    .venv/bin/python scripts/bench_stack.py --section load    # one section: memory|load|sweep|coldstart|packing|coalesce
+    .venv/bin/python -m scripts.bench.stack                   # full run (~10 min on 2 cores)
+    .venv/bin/python -m scripts.bench.stack --quick           # 3 heads, short phases: a smoke check
+    .venv/bin/python -m scripts.bench.stack --section load    # one section: memory|load|sweep|coldstart|packing|coalesce
 
 Sections (each prints a markdown table):
   memory     RSS and PSS of `polyhead up` (embedder + N heads + gateway) beside the alternative: one
@@ -42,13 +42,11 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 import numpy as np
 import yaml
-from bench_common import (
+from scripts.bench.common import (
     ROOT, cli, free_port, free_port_block, machine, mem_detail, mem_kib, pct, pick_head_configs, real_sentences, scrape_prometheus,
     spawn, stop_all, table, train_bench_heads, wait_grpc_serving, wait_http_ok, write_bench_heads,
 )
@@ -1067,7 +1065,7 @@ def main() -> int:
     try:
         out(f"# Stack benchmark — {machine()}\n")
         flags = " ".join(a for a in sys.argv[1:])
-        out(f"command: .venv/bin/python scripts/bench_stack.py{' ' + flags if flags else ''}\n")
+        out(f"command: .venv/bin/python -m scripts.bench.stack{' ' + flags if flags else ''}\n")
         b.prepare(args.heads if {"memory", "load", "packing"} & set(wanted) else 1)
         out(f"heads: {', '.join(b.heads)} (each trained on at most {args.train_limit or 'all'} texts"
             + (f"; training took {b.train_s:.0f}s" if b.train_s else "; artifacts reused") + ")\n")

@@ -1,8 +1,8 @@
 """What shadowing challengers costs a head: p50/p99 latency and CPU per predict with 0, 1 and 3 challengers.
 
-    .venv/bin/python scripts/bench_shadow.py                       # real embedder, 2,000 requests per setting
-    .venv/bin/python scripts/bench_shadow.py --requests 200 --fake # quick check that it runs (fake model)
-    .venv/bin/python scripts/bench_shadow.py --batch 8             # 8 texts per request
+    .venv/bin/python -m scripts.bench.shadow                       # real embedder, 2,000 requests per setting
+    .venv/bin/python -m scripts.bench.shadow --requests 200 --fake # quick check that it runs (fake model)
+    .venv/bin/python -m scripts.bench.shadow --batch 8             # 8 texts per request
 
 One embedder, one trained head (configs/heads/support-routing.yaml); the head process is started once
 per setting with N challengers in its serving.json (copies of the champion's artifact under other
@@ -22,18 +22,15 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
-from bench_common import cli, free_port, machine, pct, spawn, start_embedder, stop, table, wait_http_ok
+from scripts.bench.common import cli, free_port, machine, pct, spawn, start_embedder, stop, table, wait_http_ok
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAD = "support-routing"
 
 

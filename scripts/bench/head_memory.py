@@ -1,8 +1,8 @@
 """Memory of one single-head process (`polyhead head serve <config>`), as a deployment runs it.
 
-    .venv/bin/python scripts/bench_head_memory.py                 # 3 runs, 20 predicts each
-    .venv/bin/python scripts/bench_head_memory.py --runs 5 --workdir /tmp/hm   # keep the trained head
-    .venv/bin/python scripts/bench_head_memory.py --db-url postgresql+psycopg://...   # log to PostgreSQL instead
+    .venv/bin/python -m scripts.bench.head_memory                 # 3 runs, 20 predicts each
+    .venv/bin/python -m scripts.bench.head_memory --runs 5 --workdir /tmp/hm   # keep the trained head
+    .venv/bin/python -m scripts.bench.head_memory --db-url postgresql+psycopg://...   # log to PostgreSQL instead
 
 Starts an embedder, trains one small head with `polyhead train` (first run only, when --workdir is
 reused), then per run: starts a fresh head process on a SQLite inference log, sends 20 predicts
@@ -18,11 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
-from bench_common import (
+from scripts.bench.common import (
     cli, free_port, machine, mem_detail, mem_kib, pick_head_configs, spawn, stop_all, table, train_bench_heads,
     wait_grpc_serving, wait_http_ok, write_bench_heads,
 )

@@ -1,10 +1,10 @@
 """INT8's quality gate, measured on heads: heads trained on ONNX INT8 vectors vs on the FP32 reference.
 
-    .venv/bin/python scripts/bench_int8_heads.py                 # every shared dataset, seeds 0..2
-    .venv/bin/python scripts/bench_int8_heads.py trec --seeds 1  # smoke
+    .venv/bin/python -m scripts.bench.int8_heads                 # every shared dataset, seeds 0..2
+    .venv/bin/python -m scripts.bench.int8_heads trec --seeds 1  # smoke
 
 Same trainer (TrainParams defaults, the dataset's val split when it has one), same seeds, same texts;
-only the vectors differ: FP32 from the TF-Hub export (the reference, cached by scripts/embed_datasets.py
+only the vectors differ: FP32 from the TF-Hub export (the reference, cached by scripts/dev/embed_datasets.py
 in --cache-dir) and INT8 from the ONNX backend in-process (cached apart, in --int8-cache-dir: caches
 never mix encoders). The gate (issue 25; README, "Choosing INT8"): mean test-accuracy change within
 0.3 points, no dataset worse than 1 point. Exit status 1 when it fails.
@@ -17,12 +17,10 @@ import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-from bench_common import machine, table
-from embed_datasets import (DATASETS_ROOT, DEFAULT_CACHE_DIR, all_dataset_names, available_splits, embed_sorted,
+from scripts.bench.common import machine, table
+from scripts.dev.embed_datasets import (DATASETS_ROOT, DEFAULT_CACHE_DIR, all_dataset_names, available_splits, embed_sorted,
                             load_split, make_encoder)
 
 from heads.training.evaluation import evaluate
@@ -75,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.datasets_root.is_dir():
         print(f"{args.datasets_root} is absent: nothing to measure")
         return 0
-    command = " ".join([".venv/bin/python scripts/bench_int8_heads.py",
+    command = " ".join([".venv/bin/python -m scripts.bench.int8_heads",
                         *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     print(f"# Heads on ONNX INT8 vectors vs FP32 (TF export)\n\n{machine()}\n\ncommand: `{command}`\n")
     fp32_encoder, int8_encoder = make_encoder(None), OnnxEncoder("int8")

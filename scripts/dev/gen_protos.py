@@ -1,7 +1,7 @@
 """Generate the Python gRPC stubs from protos/ (the only way they are made; a test checks drift).
 
-    python scripts/gen_protos.py            # write embedder/v1/*_pb2*.py
-    python scripts/gen_protos.py --check    # exit 1 if the committed stubs differ from the .proto
+    python -m scripts.dev.gen_protos            # write embedder/v1/*_pb2*.py
+    python -m scripts.dev.gen_protos --check    # exit 1 if the committed stubs differ from the .proto
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROTOS = ROOT / "protos"
 PROTO_FILES = ["embedder/v1/embedder.proto"]
 GENERATED = ["embedder_pb2.py", "embedder_pb2.pyi", "embedder_pb2_grpc.py"]
@@ -50,9 +50,9 @@ def main() -> int:
                     shutil.copyfile(fresh, committed)
             init = ROOT / pkg / "__init__.py"
             if not args.check and not init.exists():
-                init.write_text('"""Generated gRPC stubs of protos/' + str(pkg) + ' (scripts/gen_protos.py)."""\n')
+                init.write_text('"""Generated gRPC stubs of protos/' + str(pkg) + ' (scripts/dev/gen_protos.py)."""\n')
     if drift:
-        print("stubs out of date with protos/ (run python scripts/gen_protos.py):", *drift, sep="\n  ")
+        print("stubs out of date with protos/ (run python -m scripts.dev.gen_protos):", *drift, sep="\n  ")
         return 1
     print("stubs are up to date" if args.check else "stubs generated")
     return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "datasets"
 WORDS = ("account balance card transfer refund payment order delivery late broken password reset login "
          "error app crash slow great terrible love hate happy angry sad ticket support help urgent please "

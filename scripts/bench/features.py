@@ -1,7 +1,7 @@
 """Richer frozen features from the same model pass: LogisticRegression(C=10) on each variant.
 
-    .venv/bin/python scripts/bench_features.py clinc150/domains/banking trec   # a few datasets
-    .venv/bin/python scripts/bench_features.py --limit 3000                     # cap train rows per set
+    .venv/bin/python -m scripts.bench.features clinc150/domains/banking trec   # a few datasets
+    .venv/bin/python -m scripts.bench.features --limit 3000                     # cap train rows per set
 
 The encoder is frozen and shared; the question is what else one pass of all-MiniLM-L6-v2 could
 hand a head besides the served vector (the L2-normalised mean-pooled last layer). This script runs
@@ -30,12 +30,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-from bench_common import machine, table
-from embed_datasets import DATASETS_ROOT, ENCODER_PATH, available_splits, read_jsonl
+from scripts.bench.common import machine, table
+from scripts.dev.embed_datasets import DATASETS_ROOT, ENCODER_PATH, available_splits, read_jsonl
 
 VARIANTS = ("mean6", "last3", "all6", "mean+max")
 
@@ -166,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="at most this many rows per split (0: all)")
     ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/polyhead-features"))
     args = ap.parse_args(argv)
-    command = " ".join([".venv/bin/python scripts/bench_features.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    command = " ".join([".venv/bin/python -m scripts.bench.features", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     encoder = LayerEncoder()
     agree = parity(encoder)
     print(f"# Frozen feature variants, LogisticRegression(C=10)\n\n{machine()}\n\ncommand: `{command}`\n\n"

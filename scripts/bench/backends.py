@@ -1,8 +1,8 @@
 """Embedder backends side by side: TF-Hub (the reference), ONNX FP32, ONNX INT8, and a peer (Infinity).
 
-    .venv/bin/python scripts/bench_backends.py                     # full run, quiet machine (~25 min on 2 cores)
-    .venv/bin/python scripts/bench_backends.py --texts 64 --rounds 1 --repeat 1   # smoke (proves it runs)
-    .venv/bin/python scripts/bench_backends.py --no-peer           # without Infinity
+    .venv/bin/python -m scripts.bench.backends                     # full run, quiet machine (~25 min on 2 cores)
+    .venv/bin/python -m scripts.bench.backends --texts 64 --rounds 1 --repeat 1   # smoke (proves it runs)
+    .venv/bin/python -m scripts.bench.backends --no-peer           # without Infinity
 
 Sections (BENCHMARKS.md; targets from issue 25):
 1. In-process model, batches of 32 of held-out sentences, length-sorted as the batcher sorts them; each
@@ -28,12 +28,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import ROOT, free_port, machine, start_embedder, stop, table
-from bench_embedder import run_clients
-from choose_int8_matmuls import held_out_sentences
+from scripts.bench.common import ROOT, free_port, machine, start_embedder, stop, table
+from scripts.bench.embedder import run_clients
+from scripts.bench.choose_int8_matmuls import held_out_sentences
 
 INFINITY_VENV = ROOT / "var" / "bench-infinity"
 INFINITY_PINS = ["torch==2.13.0", "infinity-emb[server,torch]==0.0.78"]
@@ -68,7 +66,7 @@ def in_process(n_texts: int, repeat: int, rounds: int) -> dict[str, float]:
     results: dict[str, list[float]] = {b: [] for b in BACKENDS}
     for _ in range(rounds):
         for backend in BACKENDS:
-            out = subprocess.run([sys.executable, __file__, "--child", backend, "--texts", str(n_texts),
+            out = subprocess.run([sys.executable, "-m", __spec__.name, "--child", backend, "--texts", str(n_texts),
                                   "--repeat", str(repeat)], capture_output=True, text=True, check=True, cwd=ROOT)
             results[backend].append(json.loads(out.stdout.strip().splitlines()[-1])["texts_per_s"])
     return {b: statistics.median(v) for b, v in results.items()}
@@ -175,7 +173,7 @@ def main() -> int:
     log_dir = ROOT / "var" / "bench-backends"
     log_dir.mkdir(parents=True, exist_ok=True)
     print(f"# Embedder backends — {machine()}\n")
-    print(f"command: .venv/bin/python scripts/bench_backends.py --texts {args.texts} --repeat {args.repeat} "
+    print(f"command: .venv/bin/python -m scripts.bench.backends --texts {args.texts} --repeat {args.repeat} "
           f"--rounds {args.rounds}{'' if args.peer else ' --no-peer'}\n")
 
     model = in_process(args.texts, args.repeat, args.rounds)

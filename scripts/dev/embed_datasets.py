@@ -6,13 +6,13 @@ pickle) and `source_sha256` (a digest of the JSONL file, so a changed dataset is
 CLINC150 domain subsets (`clinc150/domains/<d>`) reuse the vectors of the full CLINC150 splits
 when those are cached, since their texts are a subset.
 
-    .venv/bin/python scripts/embed_datasets.py                      # every dataset, in-process
-    .venv/bin/python scripts/embed_datasets.py clinc150 emotion trec sms_spam
-    .venv/bin/python scripts/embed_datasets.py --target 127.0.0.1:50051   # via the embedder service
+    .venv/bin/python -m scripts.dev.embed_datasets                      # every dataset, in-process
+    .venv/bin/python -m scripts.dev.embed_datasets clinc150 emotion trec sms_spam
+    .venv/bin/python -m scripts.dev.embed_datasets --target 127.0.0.1:50051   # via the embedder service
 
 In-process embedding loads the exported TF-Hub SavedModel (models/_encoders/all-minilm-l6-v2);
 `--target` goes through `embedder.client.EmbedderClient` instead (no TensorFlow in this process).
-The module is also imported by scripts/bench_heads.py and the heads tests.
+The module is also imported by scripts/bench/heads.py and the heads tests.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATASETS_ROOT = ROOT.parent / "shared" / "datasets"
 DEFAULT_CACHE_DIR = Path("/tmp/polyhead-embeddings")
 ENCODER_PATH = ROOT / "models" / "_encoders" / "all-minilm-l6-v2"

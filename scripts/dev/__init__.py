@@ -1,0 +1,1 @@
+"""Developer tools: stub generation, fixtures, dataset embeddings, deploy validation."""

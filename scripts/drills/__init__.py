@@ -1,0 +1,1 @@
+"""Fault drills (bounded, loopback only): `python -m scripts.drills.<name>`."""
