@@ -2,7 +2,7 @@
 
 The graph is written node by node with `onnx.helper`, op for op what embedder/export.py builds in
 TensorFlow (BERT, mean pooling over the mask, L2 normalisation), from the same weights. It takes token
-ids, not strings: tokenisation runs beside it in the HF fast tokenizer (embedder/onnx_servable.py),
+ids, not strings: tokenisation runs beside it in the HF fast tokenizer (embedder/onnx_tokenizer.py),
 built from the same vocab.txt. Outputs: "embeddings" [N, 384] (the default feature set) and "all6"
 [N, 2304] (embedder/feature_sets.py); ONNX Runtime computes only the outputs asked for.
 
@@ -311,7 +311,7 @@ def calibrate_smoothing(weights: Mapping[str, np.ndarray], config: dict, max_seq
     activation ranges measured on `texts` (padding included: dynamic int8 ranges see it too)."""
     import onnxruntime as ort
 
-    from embedder.onnx_servable import make_tokenizer, tokenize
+    from embedder.onnx_tokenizer import make_tokenizer, tokenize
 
     model = build_graph(weights, config, max_seq_length, expose_matmul_inputs=True)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -18,37 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from embedder.feature_sets import DEFAULT, FeatureSet, derived_fingerprint
+from embedder.onnx_tokenizer import make_tokenizer, tokenize
 from embedder.servable import EmbedBatchResult
 from embedder.settings import EmbedderSettings
 
 log = logging.getLogger("polyhead.embedder.onnx")
 
 OUTPUT_OF_SET = {DEFAULT: "embeddings"}  # every other set's output is named as the set
-
-
-def make_tokenizer(vocab_path: Path):
-    """BertWordPiece as all-MiniLM-L6-v2's tokenizer.json configures it; truncation is done by the caller
-    (it needs each text's full token count to flag truncation)."""
-    from tokenizers import BertWordPieceTokenizer
-
-    return BertWordPieceTokenizer(str(vocab_path), clean_text=True, handle_chinese_chars=True,
-                                  strip_accents=None, lowercase=True, wordpieces_prefix="##")
-
-
-def tokenize(tokenizer, texts: list[str], max_seq_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids [N, S], mask [N, S], token counts before truncation [N]); S is the batch's longest, as in TF."""
-    encodings = tokenizer.encode_batch(texts)
-    counts = np.array([len(e.ids) for e in encodings], dtype=np.int64)
-    width = int(min(counts.max(initial=2), max_seq_length))
-    ids = np.zeros((len(texts), width), dtype=np.int64)
-    mask = np.zeros((len(texts), width), dtype=np.int64)
-    for row, enc in enumerate(encodings):
-        seq = enc.ids
-        if len(seq) > max_seq_length:
-            seq = seq[: max_seq_length - 1] + seq[-1:]  # keep [SEP] last, as HF truncation does
-        ids[row, : len(seq)] = seq
-        mask[row, : len(seq)] = 1
-    return ids, mask, counts
 
 
 def fingerprint_onnx(model_path: Path, vocab_path: Path, identity: dict) -> str:

@@ -293,7 +293,7 @@ def serve(settings: HeadSettings) -> None:
     if settings.standby:
         from heads.standby import serve_with_standby
 
-        serve_with_standby(settings)
+        serve_with_standby(settings, create_app)
         return
     import uvicorn
 

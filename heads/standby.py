@@ -25,6 +25,8 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
+from typing import Any
 
 from heads.settings import HeadSettings
 
@@ -76,12 +78,10 @@ def _fork_worker(settings: HeadSettings, sock: socket.socket, app, *, active: bo
         os._exit(1)
 
 
-def _warm_app(settings: HeadSettings):
+def _warm_app(settings: HeadSettings, create_app: Callable[[HeadSettings], Any]):
     """The app with every head's artifact loaded, built once in the parent: every worker forked from
     it starts from there (shared copy-on-write). Nothing here runs an event loop, opens a gRPC channel
     or takes the spool lock: those start in the worker that serves (the app's lifespan)."""
-    from heads.http_server import create_app
-
     app = create_app(settings)
     for service in app.state.process.services.values():
         service.manager.sync()  # never raises: a bad artifact is reported by its head's readiness, as without a standby
@@ -100,11 +100,12 @@ def _serve_on(settings: HeadSettings, sock: socket.socket, app) -> None:
     asyncio.run(server.serve(sockets=[sock]))
 
 
-def serve_with_standby(settings: HeadSettings) -> int:
+def serve_with_standby(settings: HeadSettings, create_app: Callable[[HeadSettings], Any]) -> int:
+    """Serve `create_app(settings)` (heads.http_server's) from a worker with a warm spare beside it."""
     # Build in the parent what the workers need (imports, the app, the artifacts), so they share those pages.
     import polyhead.http_protocol  # noqa: F401
 
-    app = _warm_app(settings)
+    app = _warm_app(settings, create_app)
 
     sock = socket.create_server((settings.host, settings.port), backlog=2048)
     sock.set_inheritable(True)

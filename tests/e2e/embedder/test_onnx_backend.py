@@ -35,7 +35,7 @@ def tf_token_ids(servable, texts):
 
 
 def onnx_token_ids(onnx_servable, texts):
-    from embedder.onnx_servable import tokenize
+    from embedder.onnx_tokenizer import tokenize
 
     ids, mask, _ = tokenize(onnx_servable._tokenizer, texts, onnx_servable.max_seq_length)
     return [row[m.astype(bool)].tolist() for row, m in zip(ids, mask)]

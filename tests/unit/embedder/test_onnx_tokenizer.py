@@ -17,13 +17,13 @@ FIXTURE = json.loads((ROOT / "tests" / "fixtures" / "minilm_parity.json").read_t
 def tokenizer():
     pytest.importorskip("tokenizers", reason="the onnx install extra")
     from embedder.export import default_weights_dir
-    from embedder.onnx_servable import make_tokenizer
+    from embedder.onnx_tokenizer import make_tokenizer
 
     return make_tokenizer(default_weights_dir() / "vocab.txt")
 
 
 def test_ids_equal_sentence_transformers_on_the_parity_fixture(tokenizer):
-    from embedder.onnx_servable import tokenize
+    from embedder.onnx_tokenizer import tokenize
 
     limit = FIXTURE["max_seq_length"]
     texts = [item["text"] for item in FIXTURE["items"]]
@@ -38,7 +38,7 @@ def test_ids_equal_sentence_transformers_on_the_parity_fixture(tokenizer):
 
 
 def test_a_batch_is_padded_to_its_longest_text_only(tokenizer):
-    from embedder.onnx_servable import tokenize
+    from embedder.onnx_tokenizer import tokenize
 
     ids, mask, counts = tokenize(tokenizer, ["hi", "a slightly longer text"], 128)
     assert ids.shape == mask.shape == (2, int(counts.max()))
