@@ -58,22 +58,26 @@ def find_predictions(engine: sa.Engine, head: str, keys: list[Key]) -> dict[Key,
     return {k: v for k, v in found.items() if k in wanted}
 
 
-def store_feedback(engine: sa.Engine, head: str, matched: list[tuple[LoggedPrediction, str]]) -> list[bool]:
+def store_feedback(engine: sa.Engine, head: str, matched: list[tuple[LoggedPrediction, str]],
+                   strategies: list[str | None] | None = None) -> list[bool]:
     """Upsert (prediction, true label) pairs in one transaction; True where an earlier feedback was replaced.
 
-    ``matched`` must not repeat a (request_id, index): the caller keeps the last of duplicates."""
+    ``matched`` must not repeat a (request_id, index): the caller keeps the last of duplicates.
+    ``strategies``: per pair, the review strategy that picked the text (None: direct feedback)."""
     if not matched:
         return []
     now = datetime.now(timezone.utc)
     f = feedback
     rows = [{"id": uuid.uuid4().hex, "head": head, "request_id": pred.request_id, "text_index": pred.index,
              "label": label, "ts": now, "prediction_id": pred.id, "prediction_ts": pred.ts,
-             "head_version": pred.version, "predicted_label": pred.label} for pred, label in matched]
+             "head_version": pred.version, "predicted_label": pred.label,
+             "review_strategy": strategy}
+            for (pred, label), strategy in zip(matched, strategies or [None] * len(matched))]
     insert = dialect_insert(engine, f)
     upsert = insert.on_conflict_do_update(
         index_elements=[f.c.head, f.c.request_id, f.c.text_index],
         set_={c: insert.excluded[c] for c in ("label", "ts", "prediction_id", "prediction_ts", "head_version",
-                                              "predicted_label")})
+                                              "predicted_label", "review_strategy")})
     existing: set[Key] = set()
     ids = sorted({r["request_id"] for r in rows})
     with engine.connect() as conn:

@@ -106,6 +106,22 @@ feedback = sa.Table(
 )
 
 
+# Migration 4 (the review queue, polyhead.inference_log.review): the strategy that picked the text a
+# feedback labels; NULL for feedback sent directly. A fresh DB gets it from migration 3's CREATE already,
+# so migration 4 adds it only where it is missing.
+_FEEDBACK_REVIEW_COLUMNS = [sa.Column("review_strategy", sa.String(32), nullable=True)]
+for _column in _FEEDBACK_REVIEW_COLUMNS:
+    feedback.append_column(_column._copy())
+
+
+def _add_missing_columns(conn: sa.Connection, table: str, columns: list[sa.Column]) -> None:
+    existing = {c["name"] for c in sa.inspect(conn).get_columns(table)}
+    for column in columns:
+        if column.name not in existing:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column.name} {kind}")
+
+
 def _m1_predictions(conn: sa.Connection) -> None:
     # Migration 1 creates the table as it was first shipped; later migrations ALTER it explicitly.
     _predictions_v1.create(conn, checkfirst=True)
@@ -125,11 +141,16 @@ def _m3_feedback_and_report_index(conn: sa.Connection) -> None:
     index.create(conn, checkfirst=True)
 
 
+def _m4_feedback_review_strategy(conn: sa.Connection) -> None:
+    _add_missing_columns(conn, "feedback", _FEEDBACK_REVIEW_COLUMNS)
+
+
 # Ordered and append-only: (version, description, apply). Each runs once per database.
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "create predictions", _m1_predictions),
     (2, "predictions: abstained, text_index", _m2_abstained_text_index),
     (3, "feedback table; covering report index", _m3_feedback_and_report_index),
+    (4, "feedback: review_strategy", _m4_feedback_review_strategy),
 ]
 
 _PG_MIGRATION_LOCK = 0x706F6C79  # "poly": pg_advisory_xact_lock key serialising migrations

@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from polyhead.inference_log.records import PredictionRecord
 
 # The latest version in schema.MIGRATIONS (a unit test keeps the two equal).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # The predictions columns the head writes: PredictionRecord's fields, in order (a unit test checks
 # them against schema.predictions, so a migration that adds a column must add the field too).
 COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(PredictionRecord))
