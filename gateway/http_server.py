@@ -21,12 +21,13 @@ from gateway.auth import Authenticator, BodySizeLimit
 from gateway.console import install_console
 from gateway.core import GatewayService
 from embedder.settings import EmbedderSettings
-from gateway.insights import FeedbackRequest, FeedbackResponse, Insights, Report
+from gateway.insights import FeedbackRequest, FeedbackResponse, Insights, Report, ReviewQueue, StrategyName
 from gateway.settings import GatewaySettings
 from heads.api import (ClassifyRequest, ClassifyResponse, ExplainRequest, ExplainResponse, PredictRequest,
                        PredictResponse)
 from polyhead import __version__
 from polyhead.errors import ForbiddenError, PolyheadError
+from polyhead.inference_log.review import DEFAULT_N, DEFAULT_POOL, MAX_N, MAX_POOL, STRATEGIES
 from polyhead.http import PROMETHEUS_TEXT, REQUEST_ID_HEADER, error_responses, install_error_handlers, request_id_of
 from polyhead.validation import text_or_texts_type
 
@@ -249,6 +250,28 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         """The true label of earlier predictions (by request_id, and index for a request with several texts)."""
         auth.admit(request, name)
         return await insights.feedback(name, body.all_items(), batch=body.batch, request_id=request_id_of(request))
+
+    strategies_help = "; ".join(f"{s.name}: {s.description}" for s in STRATEGIES.values())
+
+    @app.get("/v1/models/{name}/review", response_model=ReviewQueue, responses=_errors(401, 403, 404, 422, 429, 503))
+    async def review(request: Request, name: str = Path(..., description="Model (head) name"),
+                     n: int = Query(DEFAULT_N, ge=1, le=MAX_N, description="How many texts to review"),
+                     strategy: StrategyName = Query("uncertain", description=strategies_help),
+                     score: Literal["margin", "entropy"] = Query("margin", description="uncertain: rank by the top-2 "
+                                                                 "margin (smallest first) or the entropy (highest)"),
+                     pool: int = Query(DEFAULT_POOL, ge=1, le=MAX_POOL, description="Distinct unlabelled texts to "
+                                       "pick from (uncertain: the least confident; random: a random sample; "
+                                       "others: the newest)"),
+                     since: Annotated[IsoDateTime, Query(description="Only texts logged from then (ISO 8601)")] = None,
+                     until: Annotated[IsoDateTime, Query(description="Only texts logged before then")] = None,
+                     seed: int | None = Query(None, ge=0, le=2**31 - 1, description="random: a reproducible draw")):
+        """Logged predictions to label next: texts without feedback (never a text already labelled, a
+        redacted one or a duplicate), picked by `strategy`. Answer them with POST /feedback, sending each
+        item's `strategy` back: the report then keeps the random slice apart to estimate live accuracy.
+        `disagree` needs challengers (shadow predictions): 422 until a model has them."""
+        auth.admit(request, name)
+        return await insights.review(name, n=n, strategy=strategy, score=score, pool=pool, since=since, until=until,
+                                     seed=seed, request_id=request_id_of(request))
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse,
               responses=_errors(401, 404, 413, 415, 422, 429, 503, 504))

@@ -1,0 +1,144 @@
+"""The review queue end to end: real embedder, heads and gateway processes, SQLite inference DB.
+
+Traffic goes through the gateway; the queue picks from what the heads logged, the answers go back as
+feedback with their strategy, and the report keeps the random slice apart.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.e2e.gateway import test_gateway
+from tests.e2e.gateway.test_gateway import start_gateway, stop
+
+pytestmark = pytest.mark.timeout(240)
+
+stack = test_gateway.stack  # one instance for this module: its own heads and DB
+
+TEXTS = ["I was charged twice this month", "app crashes on start", "reset my password", "refund my last invoice",
+         "the page does not load at all", "my card was declined", "I cannot log in", "where is my receipt",
+         "the export button does nothing", "change the email on my account", "why is my bill so high",
+         "error 500 when saving", "delete my account please", "the app is slow", "two factor code never arrives",
+         "cancel my subscription", "sync fails on android", "update billing address", "dark mode is broken",
+         "how do I add a team member", "is the weather nice today", "tell me a joke about cats",
+         "my parcel never arrived", "the invoice currency is wrong"]
+
+
+def review(url, name, **params) -> httpx.Response:
+    return httpx.get(f"{url}/v1/models/{name}/review", params=params, timeout=60)
+
+
+def wait_logged(url, name, n, timeout_s=15):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        body = review(url, name, strategy="random", n=500).json()
+        if body["pool"] >= n:
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"only {body['pool']} of {n} texts reached the log")
+
+
+@pytest.fixture(scope="module")
+def traffic(stack):
+    url = stack["url"]
+    sent = {}
+    for text in TEXTS + TEXTS[:5]:  # five duplicates: the queue must show each text once
+        r = httpx.post(f"{url}/v1/models/tickets/predict", json={"text": text})
+        assert r.status_code == 200, r.text
+        sent[text] = r.json()
+    wait_logged(url, "tickets", len(TEXTS))
+    return sent
+
+
+def test_uncertain_picks_the_smallest_margins_once_per_text(stack, traffic):
+    body = review(stack["url"], "tickets", strategy="uncertain", n=6).json()
+    assert body["pool"] == len(TEXTS) and body["strategy"] == "uncertain" and body["score"] == "margin"
+    items = body["items"]
+    assert len(items) == 6 and len({i["text"] for i in items}) == 6
+    margins = [i["top_k"][0]["probability"] - i["top_k"][1]["probability"] for i in items]
+    assert [i["score"] for i in items] == pytest.approx(margins, abs=1e-5)
+    assert margins == sorted(margins)
+    everything = review(stack["url"], "tickets", strategy="uncertain", n=500).json()["items"]
+    rest = [i["top_k"][0]["probability"] - i["top_k"][1]["probability"] for i in everything[6:]]
+    assert min(rest) >= max(margins) - 1e-9  # no text outside the six is less sure
+    assert all(i["strategy"] == "uncertain" and i["predicted"] == traffic[i["text"]]["predictions"][0]["label"]
+               for i in items)
+    by_entropy = review(stack["url"], "tickets", strategy="uncertain", score="entropy", n=5).json()
+    scores = [i["score"] for i in by_entropy["items"]]
+    assert by_entropy["score"] == "entropy" and scores == sorted(scores, reverse=True)
+    assert set(body["labels"]) == {"account", "billing", "technical"} and body["new_labels"] == "closed"
+
+
+def test_ood_ranks_off_topic_texts_first_and_diverse_spreads_out(stack, traffic):
+    ood = review(stack["url"], "tickets", strategy="ood", n=3).json()["items"]
+    sims = [i["score"] for i in ood]
+    assert sims == sorted(sims) and all(i["score_name"] == "centroid_similarity" for i in ood)
+    # the two texts that are not support tickets at all are among the three least like the training data
+    assert {"is the weather nice today", "tell me a joke about cats"} <= {i["text"] for i in ood}
+    diverse = review(stack["url"], "tickets", strategy="diverse", n=8).json()["items"]
+    assert len({i["text"] for i in diverse}) == 8
+    distances = [i["score"] for i in diverse]
+    assert distances == sorted(distances, reverse=True)  # farthest-first: each pick no farther than the last
+    first = review(stack["url"], "tickets", strategy="random", n=5, seed=3).json()["items"]
+    assert len(first) == 5 and all(i["score"] is None for i in first)
+
+
+def test_bad_requests_and_disagree_name_the_problem(stack, traffic):
+    url = stack["url"]
+    r = review(url, "tickets", strategy="disagree")
+    assert r.status_code == 422 and r.json()["error"]["field"] == "strategy"
+    assert "no challengers" in r.json()["error"]["message"]
+    for params, field in (({"strategy": "loudest"}, "strategy"), ({"n": 0}, "n"), ({"n": 501}, "n"),
+                          ({"pool": 0}, "pool"), ({"score": "vibes"}, "score"), ({"since": "yesterday"}, "since")):
+        r = review(url, "tickets", **params)
+        assert r.status_code == 422 and field in r.json()["error"]["message"], (params, r.text)
+    r = review(url, "nope")
+    assert r.status_code == 404 and "tickets" in r.json()["error"]["message"]
+
+
+def test_feedback_records_the_strategy_and_labelled_texts_leave_the_queue(stack, traffic):
+    url = stack["url"]
+    picked = review(url, "tickets", strategy="random", n=4, seed=1).json()["items"]
+    unsure = [i for i in review(url, "tickets", strategy="uncertain", n=10).json()["items"]
+              if i["text"] not in {p["text"] for p in picked}][:2]
+    items = [{"request_id": i["request_id"], "index": i["index"], "label": i["predicted"], "strategy": i["strategy"]}
+             for i in picked]
+    items[0]["label"] = next(x for x in ("account", "billing", "technical") if x != picked[0]["predicted"])
+    items += [{"request_id": i["request_id"], "label": "technical", "strategy": "uncertain"} for i in unsure]
+    r = httpx.post(f"{url}/v1/models/tickets/feedback", json={"items": items})
+    assert r.status_code == 200, r.text
+    assert [x["strategy"] for x in r.json()["items"]] == ["random"] * 4 + ["uncertain"] * 2
+    labelled = {i["text"] for i in picked + unsure}
+    left = review(url, "tickets", strategy="random", n=500).json()
+    assert left["pool"] == len(TEXTS) - 6 and not labelled & {i["text"] for i in left["items"]}
+
+    rep = httpx.get(f"{url}/v1/models/tickets/report", timeout=30).json()["review"]
+    assert rep["by_strategy"]["random"]["count"] == 4 and rep["by_strategy"]["random"]["accuracy"] == 0.75
+    assert rep["by_strategy"]["uncertain"]["count"] == 2
+    live = rep["live_accuracy"]
+    assert (live["source"], live["count"], live["accuracy"]) == ("random", 4, 0.75)
+    assert live["ci95"][0] < 0.75 < live["ci95"][1]
+    bad = httpx.post(f"{url}/v1/models/tickets/feedback",
+                     json={"request_id": picked[0]["request_id"], "label": "billing", "strategy": "hunch"})
+    assert bad.status_code == 422 and "strategy" in bad.json()["error"]["message"]
+
+
+def test_review_needs_an_api_key_like_reports(stack, traffic, tmp_path):
+    from gateway.auth import new_key
+
+    key, digest = new_key()
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text(json.dumps([{"name": "helpdesk-team", "sha256": digest, "models": ["helpdesk"]}]))
+    proc, url = start_gateway(stack["heads_dir"], stack["routes"], stack["target"], "--db-url", stack["db"],
+                              "--api-keys-file", str(keys_file))
+    try:
+        auth = {"authorization": f"Bearer {key}"}
+        assert review(url, "tickets").status_code == 401
+        assert httpx.get(f"{url}/v1/models/tickets/review", headers=auth).status_code == 403
+        assert httpx.get(f"{url}/v1/models/helpdesk/review", headers=auth).status_code == 200
+    finally:
+        stop(proc)
