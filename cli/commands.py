@@ -216,6 +216,88 @@ def report(
         print_report(body)
 
 
+@app.command("review")
+def review(
+    name: str = typer.Argument(..., help="Model (head) name"),
+    n: int = typer.Option(20, "--n", "-n", min=1, max=500, help="How many texts"),
+    strategy: str = typer.Option("uncertain", help="uncertain, ood, diverse, random or disagree (needs challengers)"),
+    score: str = typer.Option("margin", help="uncertain: margin (smallest first) or entropy (highest first)"),
+    pool: Optional[int] = typer.Option(None, min=1, help="Distinct unlabelled texts to pick from (default 2000)"),
+    seed: Optional[int] = typer.Option(None, min=0, help="random: a reproducible draw"),
+    since: Optional[str] = typer.Option(None, help="Only texts logged from then (ISO 8601)"),
+    until: Optional[str] = typer.Option(None, help="Only texts logged before then (ISO 8601)"),
+    export: Optional[str] = typer.Option(None, help="Write the queue for a labelling tool: label-studio (task JSON), "
+                                         "argilla (records, JSONL) or jsonl"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --export: the file (default: stdout)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the API's body as JSON"),
+    gateway: str = typer.Option(DEFAULT_GATEWAY_URL, envvar="POLYHEAD_GATEWAY_URL"),
+    api_key: Optional[str] = typer.Option(None, envvar="POLYHEAD_API_KEY"),
+):
+    """Logged predictions worth a label next (GET /v1/models/NAME/review); --export for Label Studio or Argilla."""
+    from cli.review import FORMATS, fetch_queue
+    from polyhead.errors import PolyheadError
+
+    if export is not None and export not in FORMATS:
+        typer.echo(f"error: --export must be one of {', '.join(FORMATS)}, not {export!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        queue = fetch_queue(gateway, name, api_key=api_key, n=n, strategy=strategy, score=score, pool=pool, seed=seed,
+                            since=since, until=until)
+    except PolyheadError as err:
+        typer.echo(f"error: {err.message}", err=True)
+        raise typer.Exit(2) from None
+    if export is not None:
+        text = FORMATS[export].export(queue)
+        if output is None:
+            typer.echo(text, nl=False)
+        else:
+            output.write_text(text, encoding="utf-8")
+            typer.echo(json.dumps({"model": name, "strategy": strategy, "format": export, "items": len(queue["items"]),
+                                   "output": str(output)}), err=True)
+    elif as_json:
+        typer.echo(json.dumps(queue, ensure_ascii=False))
+    else:
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table("request_id", "index", "text", "predicted", "p", queue["score"] or "score",
+                      title=f"{name}: {len(queue['items'])} to review ({strategy}, from {queue['pool']} texts)")
+        for item in queue["items"]:
+            table.add_row(item["request_id"], str(item["index"]), escape(item["text"][:80]), escape(item["predicted"]),
+                          f"{item['probability']:.3f}", "-" if item["score"] is None else f"{item['score']:.3f}")
+        Console().print(table)
+
+
+@app.command("feedback")
+def feedback(
+    import_file: Path = typer.Option(..., "--import", exists=True, dir_okay=False,
+                                     help="A labelled file: Label Studio's JSON export, Argilla records (JSONL) or "
+                                          "plain JSONL (as `polyhead review --export` wrote it, with labels)"),
+    file_format: str = typer.Option("auto", "--format", help="auto, label-studio, argilla or jsonl"),
+    model: Optional[str] = typer.Option(None, help="The model (default: the one the rows name)"),
+    gateway: str = typer.Option(DEFAULT_GATEWAY_URL, envvar="POLYHEAD_GATEWAY_URL"),
+    api_key: Optional[str] = typer.Option(None, envvar="POLYHEAD_API_KEY"),
+):
+    """Store the labels of a labelled file as feedback: every row checked first, all or nothing, then a summary."""
+    from cli.review import FORMATS, detect_format, import_feedback, read_labelled
+    from polyhead.errors import PolyheadError
+
+    if file_format != "auto" and file_format not in FORMATS:
+        typer.echo(f"error: --format must be auto or one of {', '.join(FORMATS)}, not {file_format!r}", err=True)
+        raise typer.Exit(2)
+    fmt = detect_format(import_file) if file_format == "auto" else FORMATS[file_format]
+    try:
+        plan = read_labelled(import_file, fmt, model)
+        summary = import_feedback(gateway, plan, api_key=api_key) if plan.items else {
+            "model": plan.model, "format": plan.format, "rows": plan.rows, "stored": 0, "replaced": 0,
+            "unanswered_skipped": plan.unanswered, "new_label": 0, "by_strategy": {}}
+    except PolyheadError as err:
+        typer.echo(f"error: {err.message}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(summary))
+
+
 @app.command("batch")
 def batch(
     input_path: Path = typer.Argument(..., help="INPUT.jsonl or INPUT.csv", exists=True, dir_okay=False),

@@ -249,7 +249,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def feedback(body: FeedbackRequest, request: Request, name: str = Path(..., description="Model (head) name")):
         """The true label of earlier predictions (by request_id, and index for a request with several texts)."""
         auth.admit(request, name)
-        return await insights.feedback(name, body.all_items(), batch=body.batch, request_id=request_id_of(request))
+        return await insights.feedback(name, body.all_items(), batch=body.batch, request_id=request_id_of(request),
+                                       dry_run=body.dry_run)
 
     strategies_help = "; ".join(f"{s.name}: {s.description}" for s in STRATEGIES.values())
 

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.core import GatewayService
-from polyhead.inference_log.feedback import LoggedPrediction, find_predictions, store_feedback
+from polyhead.inference_log.feedback import LoggedPrediction, existing_feedback, find_predictions, store_feedback
 from polyhead.inference_log.reports import DEFAULT_RANGE, build_report, utc
 from polyhead.inference_log.review import STRATEGIES, Context, NoChallengers, candidate_pool, review_summary, select
 from polyhead.inference_log.schema import make_engine, migrate
@@ -81,6 +81,9 @@ class FeedbackRequest(BaseModel):
     strategy: StrategyName = Field(None, description=STRATEGY_HELP)
     items: list[FeedbackItem] = Field(None, min_length=1, max_length=MAX_FEEDBACK_ITEMS,
                                       description=f"Several feedbacks (at most {MAX_FEEDBACK_ITEMS})")
+    dry_run: bool = Field(False, description="Check every item (known prediction, allowed label) and answer as if "
+                                             "stored, but store nothing: `polyhead feedback --import` checks a "
+                                             "whole file this way before writing any of it")
 
     @model_validator(mode="after")
     def _one_form(self):
@@ -115,6 +118,7 @@ class FeedbackResult(BaseModel):
 
 
 class FeedbackResponse(BaseModel):
+    dry_run: bool = Field(False, description="true: checked only, nothing was stored")
     stored: int = Field(description="Feedback items accepted (each is the latest for its text now)")
     replaced: int = Field(description="How many of them replaced an earlier feedback for the same text")
     items: list[FeedbackResult]
@@ -369,7 +373,8 @@ class Insights:
         return np.concatenate(vectors).astype(np.float32)
 
     # -- feedback -----------------------------------------------------------------------------------
-    async def feedback(self, name: str, items: list[FeedbackItem], *, batch: bool, request_id: str) -> dict:
+    async def feedback(self, name: str, items: list[FeedbackItem], *, batch: bool, request_id: str,
+                       dry_run: bool = False) -> dict:
         route = self.gateway.routing.get(name)
 
         def where(i: int, attr: str) -> str:
@@ -399,7 +404,10 @@ class Insights:
         last = {key: i for i, key in enumerate(keys)}  # a text named twice in one call: the last one wins
         unique: list[tuple[LoggedPrediction, str]] = [(found[key], items[i].label) for key, i in last.items()]
         strategies = [items[i].strategy for i in last.values()]
-        replaced_before = dict(zip(last, await self._in_db(store_feedback, name, unique, strategies)))
+        if dry_run:
+            replaced_before = dict(zip(last, await self._in_db(existing_feedback, name, list(last))))
+        else:
+            replaced_before = dict(zip(last, await self._in_db(store_feedback, name, unique, strategies)))
         results, seen = [], set()
         for (rid, index), item, new in zip(keys, items, new_label):
             pred = found[(rid, index)]
@@ -408,7 +416,8 @@ class Insights:
             results.append({"request_id": rid, "index": index, "label": item.label, "predicted": pred.label,
                             "version": pred.version, "status": "replaced" if replaced else "stored",
                             "new_label": new, "strategy": item.strategy})
-        return {"stored": len(results), "replaced": sum(r["status"] == "replaced" for r in results), "items": results}
+        return {"dry_run": dry_run, "stored": len(results), "replaced": sum(r["status"] == "replaced" for r in results),
+                "items": results}
 
     async def _wait_for_predictions(self, name: str, keys: list[tuple[str, int]]) -> dict:
         """Heads log asynchronously (a writer thread, batches every ~0.2 s): feedback sent right after

@@ -94,6 +94,19 @@ def store_feedback(engine: sa.Engine, head: str, matched: list[tuple[LoggedPredi
     return [(pred.request_id, pred.index) in existing for pred, _ in matched]
 
 
+def existing_feedback(engine: sa.Engine, head: str, keys: list[Key]) -> list[bool]:
+    """For each (request_id, index): does a feedback for it exist already (a store would replace it)?"""
+    f = feedback
+    ids = sorted({rid for rid, _ in keys})
+    found: set[Key] = set()
+    with engine.connect() as conn:
+        for start in range(0, len(ids), 500):
+            found |= {(rid, int(i)) for rid, i in conn.execute(
+                sa.select(f.c.request_id, f.c.text_index).where(f.c.head == head,
+                                                                 f.c.request_id.in_(ids[start:start + 500])))}
+    return [key in found for key in keys]
+
+
 def feedback_examples(engine: sa.Engine, head: str) -> list[FeedbackExample]:
     """Every stored feedback of ``head`` with its logged text (None where redacted), oldest first."""
     query = (sa.select(predictions.c.text, feedback.c.label)

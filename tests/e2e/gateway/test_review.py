@@ -7,10 +7,16 @@ feedback with their strategy, and the report keeps the random slice apart.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
+import sqlalchemy as sa
+
+from polyhead.inference_log.schema import make_engine
+from tests.conftest import ROOT
 
 from tests.e2e.gateway import test_gateway
 from tests.e2e.gateway.test_gateway import start_gateway, stop
@@ -142,3 +148,65 @@ def test_review_needs_an_api_key_like_reports(stack, traffic, tmp_path):
         assert httpx.get(f"{url}/v1/models/helpdesk/review", headers=auth).status_code == 200
     finally:
         stop(proc)
+
+
+def _answer(fmt: str, text: str, label) -> str:
+    """Label every exported item the way the tool's own export would hold it (label(i) -> label of item i)."""
+    if fmt == "label-studio":
+        tasks = json.loads(text)
+        for i, task in enumerate(tasks):
+            task["annotations"] = [{"id": i, "was_cancelled": False, "updated_at": "2026-03-01T12:00:00Z",
+                                    "result": [{"from_name": "label", "to_name": "text", "type": "choices",
+                                                "value": {"choices": [label(i)]}}]}]
+        return json.dumps(tasks)
+    rows = [json.loads(line) for line in text.splitlines()]
+    for i, row in enumerate(rows):
+        if fmt == "argilla":
+            row["responses"] = [{"values": {"label": {"value": label(i)}}, "status": "submitted"}]
+        else:
+            row["label"] = label(i)
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def _feedback_count(db: str) -> int:
+    engine = make_engine(db)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("select count(*) from feedback where head = 'helpdesk'")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("fmt", ["label-studio", "argilla", "jsonl"])
+def test_export_label_import_round_trip_through_the_cli(stack, tmp_path, fmt):
+    url = stack["url"]
+    for text in TEXTS[:12]:
+        assert httpx.post(f"{url}/v1/models/helpdesk/predict", json={"text": f"{text} ({fmt})"}).status_code == 200
+    wait_logged(url, "helpdesk", 12)
+    exported = tmp_path / f"queue.{fmt}"
+    out = _cli("review", "helpdesk", "--strategy", "diverse", "--n", "3", "--export", fmt, "-o", str(exported),
+               "--gateway", url)
+    assert out.returncode == 0, out.stderr
+    queue_texts = exported.read_text()
+    labelled = tmp_path / f"labelled.{fmt}"
+    before = _feedback_count(stack["db"])
+
+    # One label the closed head refuses: the whole file is refused, nothing stored, the row named.
+    labelled.write_text(_answer(fmt, queue_texts, lambda i: "weather" if i == 2 else "billing"))
+    out = _cli("feedback", "--import", str(labelled), "--gateway", url)
+    assert out.returncode == 2 and "nothing stored" in out.stderr and "items[2].label" in out.stderr, out.stderr
+    assert _feedback_count(stack["db"]) == before
+
+    labelled.write_text(_answer(fmt, queue_texts, lambda i: ["billing", "account", "technical"][i]))
+    out = _cli("feedback", "--import", str(labelled), "--gateway", url)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert (summary["model"], summary["format"], summary["stored"], summary["by_strategy"]) == \
+        ("helpdesk", fmt, 3, {"diverse": 3})
+    assert _feedback_count(stack["db"]) == before + 3
+    rep = httpx.get(f"{url}/v1/models/helpdesk/report", timeout=30).json()["review"]
+    assert rep["by_strategy"]["diverse"]["count"] >= 3
