@@ -60,15 +60,19 @@ def read_feedback(db_url: str, head: str) -> list:
         engine.dispose()
 
 
-def merge_feedback(train: Split, examples: list, exclude: set[str]) -> tuple[Split, dict]:
+def merge_feedback(train: Split, examples: list, exclude: set[str], *,
+                   allows_new_label: Callable[[str], bool] = lambda label: False,
+                   min_new_label_examples: int = 8) -> tuple[Split, dict]:
     """Add feedback (text, true label) rows to the training split.
 
     Skipped and counted: redacted rows (the log kept only a hash of the text), texts already in the
     data (``exclude``: every split, so a test text never leaks into training), texts given feedback
-    more than once (the latest label wins), and labels the training data does not have."""
+    more than once (the latest label wins), and labels the training data does not have, unless the
+    head's config allows them (``allows_new_label``): such a label becomes a new class once it has
+    ``min_new_label_examples`` texts (``new_classes``); below that it stays pending and is skipped."""
     known_labels = set(train.labels)
     seen = {t.strip() for t in exclude}
-    added_texts, added_labels = [], []
+    rows: list[tuple[str, str]] = []  # newest first
     counts = {"feedback_rows": len(examples), "added": 0, "duplicates_skipped": 0, "redacted_skipped": 0,
               "unknown_label_skipped": 0}
     for ex in reversed(examples):  # newest first: the latest label of a text wins
@@ -76,16 +80,27 @@ def merge_feedback(train: Split, examples: list, exclude: set[str]) -> tuple[Spl
             counts["redacted_skipped"] += 1
         elif ex.text.strip() in seen or not ex.text.strip():
             counts["duplicates_skipped"] += 1
-        elif ex.label not in known_labels:
+        elif ex.label not in known_labels and not allows_new_label(ex.label):
             counts["unknown_label_skipped"] += 1
         else:
             seen.add(ex.text.strip())
-            added_texts.append(ex.text)
-            added_labels.append(ex.label)
+            rows.append((ex.text, ex.label))
+    per_new: dict[str, int] = {}
+    for _, label in rows:
+        if label not in known_labels:
+            per_new[label] = per_new.get(label, 0) + 1
+    new_classes = sorted(label for label, n in per_new.items() if n >= min_new_label_examples)
+    pending = {label: n for label, n in sorted(per_new.items()) if n < min_new_label_examples}
+    rows = [(text, label) for text, label in rows if label not in pending]
+    if per_new:
+        counts.update({"new_classes": new_classes, "pending_labels": pending,
+                       "pending_skipped": sum(pending.values()), "min_new_label_examples": min_new_label_examples})
+    added_texts = [text for text, _ in rows][::-1]
+    added_labels = [label for _, label in rows][::-1]
     counts["added"] = len(added_texts)
-    added = [list(pair) for pair in zip(added_texts[::-1], added_labels[::-1])]
+    added = [list(pair) for pair in zip(added_texts, added_labels)]
     counts["sha256"] = "sha256:" + hashlib.sha256(json.dumps(added, ensure_ascii=False).encode()).hexdigest()
-    return Split(train.texts + added_texts[::-1], train.labels + added_labels[::-1]), counts
+    return Split(train.texts + added_texts, train.labels + added_labels), counts
 
 
 def read_split(path: Path, text_field: str, label_field: str) -> Split:
@@ -162,7 +177,9 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
     if feedback_db_url is not None:
         examples = read_feedback(feedback_db_url, config.name)
         every_text = {t for s in splits.values() for t in s.texts}
-        splits["train"], feedback_counts = merge_feedback(splits["train"], examples, every_text)
+        splits["train"], feedback_counts = merge_feedback(
+            splits["train"], examples, every_text, allows_new_label=config.allows_new_label,
+            min_new_label_examples=config.min_new_label_examples)
     total = sum(len(s.texts) for s in splits.values())
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -189,6 +206,8 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
                "n_train": len(splits["train"].texts)}
     if feedback_counts is not None:
         metrics["feedback"] = feedback_counts
+        # Classes that only feedback taught (the test split, if any, cannot score them yet).
+        metrics["new_classes"] = feedback_counts.get("new_classes", [])
     if "test" in splits:
         metrics["test"] = evaluate(result.model, embedded["test"], splits["test"].labels)
     version = version or new_version()

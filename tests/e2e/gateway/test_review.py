@@ -210,3 +210,50 @@ def test_export_label_import_round_trip_through_the_cli(stack, tmp_path, fmt):
     assert _feedback_count(stack["db"]) == before + 3
     rep = httpx.get(f"{url}/v1/models/helpdesk/report", timeout=30).json()["review"]
     assert rep["by_strategy"]["diverse"]["count"] >= 3
+
+
+SARCASM = ["oh great, the app crashed again, just what I needed", "wonderful, billed twice, best day ever",
+           "love waiting three weeks for a password reset", "fantastic, another outage, truly impressive",
+           "sure, because logging in should take an hour"]
+
+
+def test_new_labels_are_pending_then_a_class_after_training(stack, tmp_path):
+    url, fb = stack["url"], f"{stack['url']}/v1/models/tickets/feedback"
+    rids = []
+    for text in SARCASM:
+        r = httpx.post(f"{url}/v1/models/tickets/predict", json={"text": text})
+        rids.append(r.json()["request_id"])
+    r = httpx.post(fb, json={"request_id": rids[0], "label": "sarcasm"})  # closed head: refused, labels named
+    assert r.status_code == 422 and "'sarcasm'" in r.json()["error"]["message"]
+    assert "billing" in r.json()["error"]["message"]
+
+    config = stack["configs"]["tickets"]
+    config.write_text(config.read_text() + "labels: [sarcasm]\nmin_new_label_examples: 3\n")
+    assert httpx.post(f"{url}/admin/reload").status_code == 200
+    r = httpx.post(fb, json={"items": [{"request_id": rid, "label": "sarcasm", "strategy": "ood"} for rid in rids[:2]]})
+    assert r.status_code == 200, r.text
+    assert all(x["new_label"] for x in r.json()["items"])
+    r = httpx.post(fb, json={"request_id": rids[2], "label": "weather"})
+    assert r.status_code == 422 and "sarcasm" in r.json()["error"]["message"]  # an expected label is allowed
+    rep = httpx.get(f"{url}/v1/models/tickets/report", timeout=30).json()["review"]
+    assert rep["pending_labels"] == {"sarcasm": 2} and rep["min_new_label_examples"] == 3
+    queue = review(url, "tickets", n=1).json()
+    assert queue["labels"][-1] == "sarcasm" and queue["new_labels"] == ["sarcasm"]
+
+    def train() -> tuple[dict, dict]:
+        out = _cli("train", str(config), "--models-dir", str(tmp_path / "models"), "--embedder-target",
+                   stack["target"], "--with-feedback", "--db-url", stack["db"])
+        assert out.returncode == 0, out.stderr[-2000:]
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        version_dir = tmp_path / "models" / "tickets" / result["version"]
+        return (json.loads((version_dir / "metrics.json").read_text()),
+                json.loads((version_dir / "manifest.json").read_text()))
+
+    metrics, manifest = train()  # 2 < 3: still pending, not a class
+    assert metrics["new_classes"] == [] and metrics["feedback"]["pending_labels"] == {"sarcasm": 2}
+    assert "sarcasm" not in manifest["labels"]
+    r = httpx.post(fb, json={"items": [{"request_id": rid, "label": "sarcasm"} for rid in rids[2:]]})
+    assert r.status_code == 200, r.text
+    metrics, manifest = train()
+    assert metrics["new_classes"] == ["sarcasm"] and "sarcasm" in manifest["labels"]
+    assert metrics["feedback"]["pending_labels"] == {}
