@@ -195,15 +195,8 @@ function renderPrediction(card, name, text, reply) {
     explainBox);
 }
 
-async function explain(box, name, text) {
-  box.replaceChildren(h("p", { class: "muted" }, "explaining…"));
-  let reply;
-  try {
-    reply = await api(modelPath(name, "explain"), { method: "POST", body: { text } });
-  } catch (err) {
-    box.replaceChildren(h("p", { class: "error" }, `${err.status || ""} ${err.message}`));
-    return;
-  }
+/** The text with each word a span coloured by its importance (orange: for the label, blue: against). */
+function highlighted(text, reply) {
   const scale = Math.max(1e-6, ...reply.words.map((w) => Math.abs(w.importance)));
   const parts = [];
   let at = 0;
@@ -218,6 +211,19 @@ async function explain(box, name, text) {
     at = w.end;
   }
   parts.push(text.slice(at));
+  return parts;
+}
+
+async function explain(box, name, text) {
+  box.replaceChildren(h("p", { class: "muted" }, "explaining…"));
+  let reply;
+  try {
+    reply = await api(modelPath(name, "explain"), { method: "POST", body: { text } });
+  } catch (err) {
+    box.replaceChildren(h("p", { class: "error" }, `${err.status || ""} ${err.message}`));
+    return;
+  }
+  const parts = highlighted(text, reply);
   const top = [...reply.words].sort((a, b) => b.importance - a.importance).slice(0, 3).filter((w) => w.importance > 0);
   box.replaceChildren(
     h("p", { class: "highlighted", "data-label": reply.label }, parts),
@@ -451,10 +457,141 @@ function lineChart({ labels, series }) {
   return svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart-svg", role: "img" }, grid, lines, xLabels(labels, xOf), legend);
 }
 
+// -- review: one logged text at a time, answered as feedback -------------------------------------------
+const review = { queue: null, pos: 0, history: [], answers: new Map(), model: "" };
+
+async function showReview(name) {
+  const models = await state.modelsLoaded;
+  const select = $("#review-model");
+  const current = name || select.value || models[0]?.name || "";
+  select.replaceChildren(...models.map((m) => h("option", { value: m.name }, m.name)));
+  if (!current) return ($("#review-status").textContent = "No models routed.");
+  select.value = current;
+  if (!review.queue || review.model !== current) await loadQueue();
+}
+
+async function loadQueue() {
+  const name = $("#review-model").value;
+  const strategy = $("#review-strategy").value;
+  const status = $("#review-status");
+  status.textContent = `loading the ${strategy} queue of ${name}…`;
+  let queue;
+  try {
+    queue = await api(`${modelPath(name, "review")}?n=20&strategy=${encodeURIComponent(strategy)}`);
+  } catch (err) {
+    status.textContent = `Cannot load the review queue of ${name}: ${err.status || ""} ${err.message}`;
+    $("#review-card").hidden = true;
+    return;
+  }
+  Object.assign(review, { queue, pos: 0, history: [], answers: new Map(), model: name });
+  status.textContent = `${name}: ${queue.items.length} texts to review (${strategy}, picked from ${queue.pool} unlabelled)`;
+  renderReviewItem();
+}
+
+function reviewProgress() {
+  const items = review.queue?.items || [];
+  const skipped = new Set(review.history.filter((e) => e.action === "skip").map((e) => e.pos));
+  for (const pos of review.answers.keys()) skipped.delete(pos);
+  const done = review.answers.size, left = Math.max(0, items.length - review.pos);
+  const box = $("#review-progress");
+  Object.assign(box.dataset, { done: String(done), skipped: String(skipped.size), left: String(left) });
+  box.textContent = items.length ? `done ${done} · skipped ${skipped.size} · left ${left}` : "";
+}
+
+function renderReviewItem() {
+  reviewProgress();
+  const items = review.queue.items;
+  const card = $("#review-card");
+  if (review.pos >= items.length) {
+    card.hidden = true;
+    $("#review-status").textContent = items.length
+      ? `Queue done: ${review.answers.size} labelled. Load the queue again for more (labelled texts leave it).`
+      : "Nothing to review: every logged text has feedback (or none is logged yet).";
+    return;
+  }
+  const item = items[review.pos];
+  card.hidden = false;
+  card.dataset.requestId = item.request_id;
+  card.dataset.index = String(item.index);
+  $("#review-meta").textContent = `${review.pos + 1} / ${items.length} · ${item.strategy}` +
+    (item.score === null ? "" : ` ${item.score_name} ${fmt.prob(item.score)}`) + ` · v ${item.version}`;
+  $("#review-text").replaceChildren(item.text);
+  $("#review-explained").textContent = "explaining…";
+  $("#review-topk").replaceChildren(...item.top_k.map((t) => {
+    const fill = h("div", { class: "fill" });
+    fill.style.width = `${(t.probability * 100).toFixed(1)}%`;
+    return h("li", { "data-label": t.label, "data-probability": t.probability }, h("span", { class: "topk-label" }, t.label),
+      h("div", { class: "meter" }, fill), h("span", { class: "num" }, fmt.prob(t.probability)));
+  }));
+  $("#review-labels").replaceChildren(...review.queue.labels.map((label, i) => h("button", {
+    type: "button", "data-label": label, class: label === item.predicted ? "" : "secondary",
+    onclick: () => answer(label) }, label, i < 9 ? h("kbd", {}, String(i + 1)) : null)));
+  $("#review-new-label").hidden = review.queue.new_labels !== "open";
+  const given = review.answers.get(review.pos);
+  $("#review-answer").textContent = given ? `answered: ${given} (a new answer replaces it)` : "";
+  explainReviewItem(item);
+}
+
+async function explainReviewItem(item) {
+  try {
+    const reply = await api(modelPath(review.model, "explain"), { method: "POST", body: { text: item.text } });
+    if (review.queue.items[review.pos] !== item) return; // moved on meanwhile
+    $("#review-text").replaceChildren(...highlighted(item.text, reply));
+    $("#review-explained").textContent = `Orange words support “${reply.label}”, blue ones speak against it.`;
+  } catch (err) {
+    if (review.queue.items[review.pos] === item) $("#review-explained").textContent = `no explanation: ${err.message}`;
+  }
+}
+
+async function answer(label) {
+  const item = review.queue?.items[review.pos];
+  if (!item || !label) return;
+  const pos = review.pos;
+  try {
+    await api(modelPath(review.model, "feedback"), { method: "POST",
+      body: { request_id: item.request_id, index: item.index, label, strategy: item.strategy } });
+  } catch (err) {
+    notice(`Feedback not stored: ${err.status || ""} ${err.message}`);
+    return;
+  }
+  notice("");
+  review.answers.set(pos, label);
+  review.history.push({ pos, action: "label", label });
+  review.pos = pos + 1;
+  renderReviewItem();
+}
+
+function skip() {
+  if (!review.queue || review.pos >= review.queue.items.length) return;
+  review.history.push({ pos: review.pos, action: "skip" });
+  review.pos += 1;
+  renderReviewItem();
+}
+
+function undo() {
+  const last = review.history.pop();
+  if (!last) return;
+  review.pos = last.pos; // back to that text; its feedback stays until a new answer replaces it
+  renderReviewItem();
+}
+
+function reviewKeys(event) {
+  if ($("#view-review").hidden || $("#review-card").hidden || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (["INPUT", "TEXTAREA", "SELECT"].includes(event.target.tagName) || $("#key-dialog").open) return;
+  const digit = Number(event.key);
+  if (Number.isInteger(digit) && digit >= 1 && digit <= 9) {
+    const label = review.queue.labels[digit - 1];
+    if (label !== undefined) answer(label);
+  } else if (event.key === "s") skip();
+  else if (event.key === "u") undo();
+  else return;
+  event.preventDefault();
+}
+
 // -- routing and start-up --------------------------------------------------------------------------
 function route() {
   const [view, arg] = location.hash.replace(/^#\/?/, "").split("/");
-  const name = ["models", "playground", "dashboard"].includes(view) ? view : "models";
+  const name = ["models", "playground", "dashboard", "review"].includes(view) ? view : "models";
   for (const section of $$(".view")) section.hidden = section.id !== `view-${name}`;
   for (const link of $$("nav a")) link.toggleAttribute("aria-current", link.dataset.view === name);
   clearInterval(state.dashboardTimer);
@@ -463,6 +600,7 @@ function route() {
     // A dashboard keeps itself current while it is on screen.
     state.dashboardTimer = setInterval(() => $("#dashboard-model").value && loadReport($("#dashboard-model").value), 15000);
   }
+  if (name === "review") showReview(arg ? decodeURIComponent(arg) : "");
 }
 
 function start() {
@@ -485,6 +623,19 @@ function start() {
     showKeyState();
     loadModels();
   });
+  $("#review-controls").addEventListener("submit", (e) => {
+    e.preventDefault();
+    location.hash = `#/review/${encodeURIComponent($("#review-model").value)}`;
+    loadQueue();
+  });
+  $("#review-skip").addEventListener("click", skip);
+  $("#review-undo").addEventListener("click", undo);
+  $("#review-new-label").addEventListener("submit", (e) => {
+    e.preventDefault();
+    answer($("#review-new-label-input").value.trim());
+    $("#review-new-label-input").value = "";
+  });
+  document.addEventListener("keydown", reviewKeys);
   window.addEventListener("hashchange", route);
   showKeyState();
   loadModels();
