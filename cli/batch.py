@@ -20,6 +20,7 @@ from typing import Iterator, Protocol
 
 import httpx
 
+from heads.api import PredictResponse, decode_predict_response, encode_predict_json
 from polyhead.errors import PolyheadError
 
 
@@ -64,8 +65,8 @@ def done_rows(output: Path) -> set[int]:
 
 
 class Predictor(Protocol):
-    async def predict(self, texts: list[str]) -> dict:
-        """The head API's predict response (heads.api.PredictResponse) for the texts, in order."""
+    async def predict(self, texts: list[str]) -> PredictResponse:
+        """The head API's predict response for the texts, in order."""
 
 
 class GatewayPredictor:
@@ -75,7 +76,7 @@ class GatewayPredictor:
         self.client = httpx.AsyncClient(base_url=gateway, timeout=timeout_s, headers=headers)
         self.model, self.attempts = model, attempts
 
-    async def predict(self, texts: list[str]) -> dict:
+    async def predict(self, texts: list[str]) -> PredictResponse:
         for attempt in range(self.attempts):
             try:
                 r = await self.client.post(f"/v1/models/{self.model}/predict", json={"texts": texts})
@@ -85,7 +86,10 @@ class GatewayPredictor:
                 await asyncio.sleep(1)
                 continue
             if r.status_code == 200:
-                return r.json()
+                try:
+                    return decode_predict_response(r.content)
+                except ValueError as exc:  # pydantic's ValidationError
+                    raise RuntimeError(f"gateway answered a body that is not a predict response: {exc}") from None
             if r.status_code in (429, 503) and attempt < self.attempts - 1:
                 await asyncio.sleep(float(r.headers.get("retry-after", 1)))
                 continue
@@ -112,15 +116,14 @@ class DirectPredictor:
         self.client = AsyncEmbedderClient(embedder_target, timeout_s=timeout_s)  # construct inside the event loop
         self.pipeline = HeadPipeline(config.name, lambda: self.servable, self.client)
 
-    async def predict(self, texts: list[str]) -> dict:
-        from heads.api import PredictResult, encode_predict_response
-
+    async def predict(self, texts: list[str]) -> PredictResponse:
         try:
             done = await self.pipeline.run(texts)  # the fingerprint is checked before this chunk is written
         except PolyheadError as err:
             raise RuntimeError(err.message) from None
-        return encode_predict_response(PredictResult(done.servable.name, done.servable.version, done.fingerprint,
-                                                     "", done.embed_s * 1000, done.predictions))
+        result = PredictResponse(done.servable.name, done.servable.version, done.fingerprint, "", done.embed_s * 1000,
+                                 done.predictions)
+        return decode_predict_response(encode_predict_json(result))  # the wire's rounding, as through the gateway
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -150,9 +153,8 @@ async def classify_file(predictor: Predictor, input_path: Path, output: Path, *,
             async with semaphore:
                 body = await predictor.predict([row[text_field] for _, row in chunk])
             lines = []
-            for (i, row), pred in zip(chunk, body["predictions"]):
-                record = {"row": i, "label": pred["label"], "probability": pred["probability"],
-                          "version": body["version"]}
+            for (i, row), pred in zip(chunk, body.predictions):
+                record = {"row": i, "label": pred.label, "probability": pred.probability, "version": body.version}
                 if id_field:
                     record["id"] = row.get(id_field)
                 lines.append(json.dumps(record, ensure_ascii=False) + "\n")

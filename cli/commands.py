@@ -158,7 +158,7 @@ def train(
 
     from embedder.client import EmbedderClient
     from heads.config import HeadConfigError, load_head_config
-    from heads.training.pipeline import train_from_config
+    from heads.training.run import train_from_config
     from polyhead.errors import PolyheadError
 
     console = Console(stderr=True)
@@ -211,7 +211,7 @@ def report(
         typer.echo(f"error: {err.message}", err=True)
         raise typer.Exit(2) from None
     if as_json:
-        typer.echo(json.dumps(body, ensure_ascii=False))
+        typer.echo(body.model_dump_json(exclude_unset=True))  # as the gateway answers it
     else:
         print_report(body)
 

@@ -10,6 +10,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.markup import escape
 
+from gateway.insights import Report
 from polyhead.errors import NotFoundError, PolyheadError, UnavailableError, ValidationError
 
 
@@ -24,7 +25,7 @@ def parse_time(value: str | None, option: str) -> datetime | None:
 
 
 def from_gateway(gateway: str, name: str, *, since: str | None, until: str | None, bucket: str,
-                 api_key: str | None = None) -> dict:
+                 api_key: str | None = None) -> Report:
     """GET /v1/models/{name}/report; the gateway's error message on a 4xx/5xx."""
     import httpx
 
@@ -42,11 +43,14 @@ def from_gateway(gateway: str, name: str, *, since: str | None, until: str | Non
             message = r.text[:200]
         error = NotFoundError if r.status_code == 404 else ValidationError if r.status_code == 422 else UnavailableError
         raise error(f"HTTP {r.status_code}: {message}")
-    return r.json()
+    try:
+        return Report.model_validate_json(r.content)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise UnavailableError(f"gateway at {gateway} answered a report this client cannot read: {exc}") from None
 
 
 def from_db(db_url: str, name: str, *, since: str | None, until: str | None, bucket: str,
-            heads_dir: Path | None = None) -> dict:
+            heads_dir: Path | None = None) -> Report:
     """The same report built here from the inference DB (no gateway needed; no drift: that lives in the head)."""
     from heads.config import HeadConfigError, load_head_configs
     from polyhead.inference_log.reports import build_report
@@ -70,7 +74,7 @@ def from_db(db_url: str, name: str, *, since: str | None, until: str | None, buc
         raise UnavailableError(f"cannot read the inference DB {db_url}: {type(exc).__name__}: {exc}") from None
     finally:
         engine.dispose()
-    return {**body, "drift": None}
+    return Report.model_validate({**body, "drift": None})
 
 
 def _num(value, fmt: str = "{:.3f}") -> str:
@@ -81,48 +85,48 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def render(report: dict) -> Group:
+def render(report: Report) -> Group:
     """Rich renderables: versions (+ all), labels, confidence histogram, timeline, drift."""
-    s = report["summary"]
-    title = (f"[bold]{report['model']}[/bold]  {report['since']} .. {report['until']}  "
-             f"({s['requests']} requests, {s['texts']} texts)")
+    s = report.summary
+    title = (f"[bold]{report.model}[/bold]  {report.since.isoformat()} .. {report.until.isoformat()}  "
+             f"({s.requests} requests, {s.texts} texts)")
     versions = Table("version", "requests", "texts", "abstain", "conf.", "latency ms p50/p95/p99", "feedback",
                      "acc.", "F1 w.", title=title, title_justify="left")
     versions.columns[0].overflow = "fold"  # a version id is long: wrap it, never cut it
-    for v in [*report["versions"], {"version": "[bold]all[/bold]", **s}]:
-        fb, lat = v["feedback"], v["latency_ms"]
-        versions.add_row(v["version"], str(v["requests"]), str(v["texts"]), _pct(v["abstain_rate"]),
-                         _num(v["confidence_mean"], "{:.2f}"), "/".join(_num(lat[p], "{:.1f}") for p in ("p50", "p95", "p99")),
-                         str(fb["count"]), _num(fb["accuracy"]), _num(fb["f1_weighted"]))
+    for name, v in [*((v.version, v) for v in report.versions), ("[bold]all[/bold]", s)]:
+        fb, lat = v.feedback, v.latency_ms
+        versions.add_row(name, str(v.requests), str(v.texts), _pct(v.abstain_rate),
+                         _num(v.confidence_mean, "{:.2f}"), "/".join(_num(x, "{:.1f}") for x in (lat.p50, lat.p95, lat.p99)),
+                         str(fb.count), _num(fb.accuracy), _num(fb.f1_weighted))
     parts = [versions]
     # what the gateway changed to fit its limits (a backwards range, too many buckets)
-    parts += [f"[yellow]adjusted:[/yellow] {escape(note)}" for note in report.get("adjusted") or []]
-    if s["texts"]:
+    parts += [f"[yellow]adjusted:[/yellow] {escape(note)}" for note in report.adjusted]
+    if s.texts:
         labels = Table("label", "texts", "share", title="labels", title_justify="left")
-        for label, n in s["label_distribution"].items():
-            labels.add_row(label, str(n), _pct(n / s["texts"]))
+        for label, n in s.label_distribution.items():
+            labels.add_row(label, str(n), _pct(n / s.texts))
         hist = Table("confidence", "texts", "", title="confidence histogram", title_justify="left")
-        edges, counts = s["confidence_histogram"]["edges"], s["confidence_histogram"]["counts"]
+        edges, counts = s.confidence_histogram.edges, s.confidence_histogram.counts
         peak = max(counts) or 1
         for i, n in enumerate(counts):
             hist.add_row(f"{edges[i]:.1f}-{edges[i + 1]:.1f}", str(n), "#" * round(30 * n / peak))
         timeline = Table("start (UTC)", "version", "requests", "texts", "abstain", "conf.", "p95 ms",
-                         title=f"per {report['bucket']}", title_justify="left")
+                         title=f"per {report.bucket}", title_justify="left")
         timeline.columns[1].overflow = "fold"
-        for t in report["timeline"]:
-            timeline.add_row(t["start"][:16].replace("T", " "), t["version"], str(t["requests"]), str(t["texts"]), _pct(t["abstain_rate"]),
-                             _num(t["confidence_mean"]), _num(t["latency_ms"]["p95"], "{:.1f}"))
+        for t in report.timeline:
+            timeline.add_row(t.start.strftime("%Y-%m-%d %H:%M"), t.version, str(t.requests), str(t.texts),
+                             _pct(t.abstain_rate), _num(t.confidence_mean), _num(t.latency_ms.p95, "{:.1f}"))
         parts += [labels, hist, timeline]
-    drift = report.get("drift")
+    drift = report.drift
     if drift:
-        flag = "[red]FLAGGED[/red]" if drift.get("flagged") else "[green]ok[/green]"
-        scores = ", ".join(f"{k} {_num(v)}" for k, v in (drift.get("scores") or {}).items())
-        reasons = "; ".join(drift.get("reasons") or [])
+        flag = "[red]FLAGGED[/red]" if drift.flagged else "[green]ok[/green]"
+        scores = ", ".join(f"{k} {_num(v)}" for k, v in drift.scores.items())
+        reasons = "; ".join(drift.reasons)
         parts.append(f"drift: {flag}  {scores}" + (f"  ({reasons})" if reasons else ""))
     else:
         parts.append("drift: - (not available: read through the gateway, from a head that reports drift)")
     return Group(*parts)
 
 
-def print_report(report: dict, console: Console | None = None) -> None:
+def print_report(report: Report, console: Console | None = None) -> None:
     (console or Console()).print(render(report))

@@ -221,7 +221,7 @@ class Stack:
     def _ensure_trained(self, configs: dict) -> dict:
         from embedder.client import EmbedderClient
         from heads.artifacts import list_versions
-        from heads.training.pipeline import train_from_config
+        from heads.training.run import train_from_config
 
         servable = {}
         missing = [c for c in configs.values() if not list_versions(self.s.models_dir, c.name)]
@@ -433,8 +433,11 @@ def status(settings: StackSettings) -> list[dict]:
                     row["health"] = f"{sum(h['ready'] for h in heads.values())}/{len(heads)} heads ready"
                     row["version"] = ", ".join(svc.get("heads", []))
                 elif svc["kind"] == "head":
-                    row["version"] = httpx.get(svc["url"] + "/info", timeout=1.0).json().get("version") or ""
-            except httpx.HTTPError:
+                    from heads.api import HeadInfo
+
+                    info = HeadInfo.model_validate_json(httpx.get(svc["url"] + "/info", timeout=1.0).content)
+                    row["version"] = info.version or ""
+            except (httpx.HTTPError, ValueError):  # ValueError: pydantic's, an answer that is not a head's /info
                 pass
         rows.append(row)
     return rows

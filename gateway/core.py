@@ -9,12 +9,13 @@ import logging
 from collections.abc import Mapping
 
 import aiohttp
+from pydantic import BaseModel, Field, ValidationError as SchemaError, create_model
 
 from embedder.client import AsyncEmbedderClient, RetryPolicy
 from gateway import metrics
 from gateway.routing import Route, RoutingTable
 from gateway.settings import GatewaySettings
-from heads.api import encode_model_error, process_base_url
+from heads.api import HeadInfo, encode_model_error, process_base_url
 from polyhead.errors import NotFoundError, PolyheadError, UnavailableError, ValidationError
 from polyhead.http import REQUEST_ID_HEADER
 
@@ -26,6 +27,23 @@ class UpstreamReply:
 
     def __init__(self, status: int, content: bytes, headers: Mapping[str, str]):
         self.status, self.content, self.headers = status, content, headers
+
+
+class _ModelInfoOwn(BaseModel):
+    name: str
+    description: str = ""
+    metrics: dict[str, float | None] = Field({}, description="The served version's test accuracy, f1_weighted "
+                                                             "and f1_macro")
+    error: str | None = Field(None, description="Why the head's /info could not be read")
+
+
+# A /v1/models entry: the route's name and description, and a digest of the head's /info whose fields are
+# HeadInfo's own (declared once, there).
+MODEL_INFO_FROM_HEAD = ("version", "labels", "ready", "checks", "embedder_fingerprint", "feature_set", "drift")
+ModelInfo = create_model("ModelInfo", __base__=_ModelInfoOwn, __module__=__name__,
+                         **{f: (HeadInfo.model_fields[f].annotation, HeadInfo.model_fields[f])
+                            for f in MODEL_INFO_FROM_HEAD})
+TEST_METRICS_SHOWN = ("accuracy", "f1_weighted", "f1_macro")
 
 
 class GatewayService:
@@ -173,23 +191,30 @@ class GatewayService:
             results.update(part)
         return {n: results[n] for n in names if n in results}
 
-    async def model_info(self, name: str, request_id: str = "") -> dict:
-        route = self.routing.get(name)
-        entry = {"name": name, "description": route.description, "ready": False}
+    async def head_info(self, route: Route, request_id: str = "") -> HeadInfo:
+        """The head's GET /info, typed; UnavailableError saying why it could not be read."""
+        reply = await self._call_head(route, "GET", "/info", request_id, timeout_s=self.settings.info_timeout_s)
+        if reply.status != 200:
+            raise UnavailableError(f"model {route.name!r}: its head answered HTTP {reply.status} to /info")
         try:
-            reply = await self._call_head(route, "GET", "/info", request_id, timeout_s=self.settings.info_timeout_s)
-            info = json.loads(reply.content)
-        except (PolyheadError, ValueError) as exc:
-            return {**entry, "error": getattr(exc, "message", str(exc))}
-        metrics_ = info.get("metrics") or {}
-        return {**entry, "version": info.get("version"), "labels": info.get("labels", []),
-                "metrics": {k: metrics_.get(k) for k in ("accuracy", "f1_weighted", "f1_macro") if k in metrics_},
-                "ready": bool(info.get("ready")), "checks": info.get("checks", {}),
-                "embedder_fingerprint": info.get("embedder_fingerprint"),
-                "feature_set": info.get("feature_set"),
-                "drift": _drift_summary(info.get("drift"))}
+            return HeadInfo.model_validate_json(reply.content)
+        except SchemaError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise UnavailableError(f"model {route.name!r}: its head's /info is not a head info "
+                                   f"({exc.error_count()} errors; {where}: {first['msg']})") from None
 
-    async def list_models(self, request_id: str = "") -> list[dict]:
+    async def model_info(self, name: str, request_id: str = "") -> ModelInfo:
+        route = self.routing.get(name)
+        try:
+            info = await self.head_info(route, request_id)
+        except PolyheadError as exc:
+            return ModelInfo(name=name, description=route.description, ready=False, error=exc.message)
+        return ModelInfo(name=name, description=route.description,
+                         metrics={k: info.metrics.get(k) for k in TEST_METRICS_SHOWN if k in info.metrics},
+                         **{f: getattr(info, f) for f in MODEL_INFO_FROM_HEAD})
+
+    async def list_models(self, request_id: str = "") -> list[ModelInfo]:
         names = sorted(self.routing.routes)
         return list(await asyncio.gather(*(self.model_info(n, request_id) for n in names)))
 
@@ -212,14 +237,6 @@ class GatewayService:
         tokens = sum(out.token_counts)
         return {"object": "list", "data": data, "model": out.model,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-
-
-def _drift_summary(drift) -> dict | None:
-    """The head's drift flag and scores (None from heads without drift monitoring)."""
-    if not isinstance(drift, dict):
-        return None
-    return {"flagged": bool(drift.get("flagged")), "scores": drift.get("scores") or {},
-            "available": bool(drift.get("available", True))}
 
 
 def _error_entry(reply: UpstreamReply, name: str) -> dict:

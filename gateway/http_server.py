@@ -19,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from gateway import metrics
 from gateway.auth import Authenticator, BodySizeLimit
 from gateway.console import install_console
-from gateway.core import GatewayService
+from gateway.core import GatewayService, ModelInfo
 from embedder.settings import EmbedderSettings
 from gateway.insights import FeedbackRequest, FeedbackResponse, Insights, Report, ReviewQueue, StrategyName
 from gateway.settings import GatewaySettings
@@ -46,12 +46,6 @@ EmbeddingInput = text_or_texts_type(_EMBEDDER_LIMITS["max_texts_per_request"].de
                                     _EMBEDDER_LIMITS["max_text_chars"].default)
 
 
-class DriftSummary(BaseModel):
-    flagged: bool
-    scores: dict[str, float | None] = {}
-    available: bool = True
-
-
 def _iso_8601_only(value):
     """pydantic also reads a bare number as a Unix time; the documented format is ISO 8601 only."""
     if isinstance(value, str) and not re.match(r"\d{4}-\d{2}-\d{2}", value):
@@ -60,21 +54,6 @@ def _iso_8601_only(value):
 
 
 IsoDateTime = Annotated[datetime, BeforeValidator(_iso_8601_only)]
-
-
-class ModelInfo(BaseModel):
-    name: str
-    description: str = ""
-    version: str | None = None
-    labels: list[str] = []
-    metrics: dict[str, float | None] = {}
-    ready: bool
-    checks: dict = {}
-    embedder_fingerprint: str | None = None
-    feature_set: str | None = Field(None, description="The embedder feature set the served version was trained on")
-    error: str | None = None
-    drift: DriftSummary | None = Field(None, description="The head's drift flag and scores (GET <head>/drift has the "
-                                                         "details); null when the head does not report drift")
 
 
 class ModelList(BaseModel):
@@ -229,7 +208,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     # since/until: Annotated[IsoDateTime, Query()] = None is the form FastAPI both validates (ISO 8601 only)
     # and documents as a plain date-time string (absent: None; a query string is never null).
-    @app.get("/v1/models/{name}/report", response_model=Report, responses=_errors(401, 403, 404, 422, 429, 503))
+    # exclude_unset: the head's drift keeps its own shape (`current` absent while its window is empty)
+    @app.get("/v1/models/{name}/report", response_model=Report, response_model_exclude_unset=True,
+             responses=_errors(401, 403, 404, 422, 429, 503))
     async def report(request: Request, name: str = Path(..., description="Model (head) name"),
                      since: Annotated[IsoDateTime, Query(description="ISO 8601 date-time (no offset: UTC); "
                                                                      "default: until - 24 h")] = None,

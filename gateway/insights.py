@@ -17,19 +17,21 @@ import logging
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.core import GatewayService
+from heads.api import DriftReport
 from polyhead.inference_log.feedback import LoggedPrediction, existing_feedback, find_predictions, store_feedback
+from polyhead.inference_log.report_models import FeedbackStats, InferenceReport
 from polyhead.inference_log.reports import DEFAULT_RANGE, build_report, utc
 from polyhead.inference_log.review import STRATEGIES, Context, NoChallengers, candidate_pool, review_summary, select
 from polyhead.inference_log.schema import make_engine, migrate
-from polyhead.errors import NotFoundError, UnavailableError, ValidationError
-from polyhead.validation import text_type
+from polyhead.errors import NotFoundError, PolyheadError, UnavailableError, ValidationError
+from polyhead.validation import absent_not_null, text_type
 
 log = logging.getLogger("polyhead.gateway.insights")
 
@@ -59,8 +61,7 @@ class FeedbackItem(BaseModel):
 def _feedback_schema_extra(schema: dict) -> None:
     """JSON Schema for "one feedback (request_id + label, optional index) or `items`, never both, never null"
     (pydantic alone writes `default: null` and no exclusivity)."""
-    for prop in schema.get("properties", {}).values():
-        prop.pop("default", None)
+    absent_not_null(schema)
     schema["oneOf"] = [{"required": ["request_id", "label"], "not": {"required": ["items"]}},
                        {"required": ["items"], "not": {"anyOf": [{"required": [f]} for f in SINGLE_FIELDS]}}]
     schema["examples"] = [
@@ -124,48 +125,6 @@ class FeedbackResponse(BaseModel):
     items: list[FeedbackResult]
 
 
-class Latency(BaseModel):
-    p50: float | None
-    p95: float | None
-    p99: float | None
-
-
-class Histogram(BaseModel):
-    edges: list[float]
-    counts: list[int]
-
-
-class FeedbackStats(BaseModel):
-    count: int
-    accuracy: float | None
-    f1_weighted: float | None
-
-
-class Stats(BaseModel):
-    requests: int
-    texts: int
-    abstain_rate: float | None
-    confidence_mean: float | None
-    latency_ms: Latency
-    label_distribution: dict[str, int]
-    confidence_histogram: Histogram
-    feedback: FeedbackStats
-
-
-class VersionStats(Stats):
-    version: str
-
-
-class TimelineEntry(BaseModel):
-    start: datetime
-    version: str
-    requests: int
-    texts: int
-    confidence_mean: float | None
-    abstain_rate: float | None
-    latency_ms: Latency
-
-
 class LiveAccuracy(BaseModel):
     source: Literal["random"] = Field(description="Only feedback on texts the random strategy picked: the other "
                                                   "strategies pick texts the model is likely wrong about")
@@ -184,15 +143,10 @@ class ReviewStats(BaseModel):
                                                                  "`train --with-feedback` adds it")
 
 
-class Report(BaseModel):
-    model: str
-    since: datetime
-    until: datetime
-    bucket: Literal["hour", "day"]
-    summary: Stats
-    versions: list[VersionStats]
-    timeline: list[TimelineEntry]
-    drift: dict[str, Any] | None = Field(None, description="The head's GET /drift; null when it has none or is down")
+class Report(InferenceReport):
+    """GET /v1/models/{name}/report: the inference log's report, the head's drift, what was adjusted."""
+
+    drift: DriftReport | None = Field(None, description="The head's GET /drift; null when it has none or is down")
     adjusted: list[str] = Field([], description="How the asked range or bucket was changed to fit the limits "
                                                 "(empty when it was not): since/until/bucket above are what was used")
     review: ReviewStats | None = Field(None, description="Feedback by review strategy, live accuracy from the "
@@ -299,26 +253,26 @@ class Insights:
 
     # -- reports ------------------------------------------------------------------------------------
     async def report(self, name: str, since: datetime | None, until: datetime | None, bucket: str,
-                     request_id: str) -> dict:
+                     request_id: str) -> Report:
         route = self.gateway.routing.get(name)  # 404 naming the known models
         since, until, bucket, adjusted = fit_report_range(since, until, bucket)
-        body, drift, info = await asyncio.gather(
+        body, drift, known = await asyncio.gather(
             self._in_db(build_report, name, since=since, until=until, bucket=bucket),
-            self.gateway.head_json(route, "/drift", request_id), self.gateway.head_json(route, "/info", request_id))
-        known = [str(x) for x in info["labels"]] if info and info.get("labels") else None
-        body["review"] = await self._in_db(review_summary, name, since=since, until=until, known_labels=known,
-                                           min_new_label_examples=route.min_new_label_examples)
-        body["drift"] = drift
-        body["adjusted"] = adjusted
-        return body
+            self.gateway.head_json(route, "/drift", request_id), self._served_labels(route, request_id))
+        try:
+            drift = DriftReport.model_validate(drift) if drift is not None else None
+        except ValueError:  # pydantic's: a head answering something else has no drift to show
+            drift = None
+        review = await self._in_db(review_summary, name, since=since, until=until, known_labels=known,
+                                   min_new_label_examples=route.min_new_label_examples)
+        return Report.model_validate({**body, "drift": drift, "adjusted": adjusted, "review": review})
 
     # -- review queue ---------------------------------------------------------------------------------
     async def review(self, name: str, *, n: int, strategy: str, score: str, pool: int, since: datetime | None,
                      until: datetime | None, seed: int | None, request_id: str) -> dict:
         route = self.gateway.routing.get(name)
         chosen = STRATEGIES[strategy]
-        info = await self.gateway.head_json(route, "/info", request_id)
-        labels = [str(x) for x in info["labels"]] if info and info.get("labels") else []
+        labels = await self._served_labels(route, request_id) or []
         candidates = await self._in_db(candidate_pool, name, order=chosen.pool_order, limit=pool, since=since,
                                        until=until)
         ctx = Context(score=score, seed=seed)
@@ -429,17 +383,28 @@ class Insights:
                 return found
             await asyncio.sleep(FEEDBACK_POLL_S)
 
+    async def _served_labels(self, route, request_id: str) -> list[str] | None:
+        """The served version's labels (the head's /info); None when the head does not answer."""
+        try:
+            info = await self.gateway.head_info(route, request_id)
+        except PolyheadError:
+            return None
+        return list(info.labels) or None
+
     async def _labels_of(self, route, version: str, request_id: str) -> list[str]:
         """The labels of the version that answered, from the head's /info (cached per version). A
         prediction of an older version is checked against the served version's labels."""
         cached = self._labels.get((route.name, version))
         if cached is not None:
             return cached
-        info = await self.gateway.head_json(route, "/info", request_id)
-        if info is None or not info.get("labels"):
+        try:
+            info = await self.gateway.head_info(route, request_id)
+        except PolyheadError:
+            info = None
+        if info is None or not info.labels:
             raise UnavailableError(f"model {route.name!r}: cannot check the label now: its head did not answer /info",
                                    retry_after_s=2)
-        labels = [str(x) for x in info["labels"]]
-        if info.get("version"):
-            self._labels[(route.name, str(info["version"]))] = labels
+        labels = info.labels
+        if info.version:
+            self._labels[(route.name, info.version)] = labels
         return labels

@@ -1,8 +1,10 @@
-"""The head API, owned here once: the typed results a head computes and their one wire encoding.
+"""The head API, owned here once: the typed results a head computes, which are also its wire contract.
 
 Used by the head's HTTP front end, by the gateway (which documents and forwards the same shapes)
-and by `polyhead batch` (which reads them back). Cores return `PredictResult`; only front ends
-call `encode_predict_response`, so the JSON shape is written in exactly one place.
+and by `polyhead batch` (which reads them back). Cores return `PredictResponse` / `ExplainResponse`
+(frozen dataclasses: no validation on the hot path); their JSON and their OpenAPI schema are both
+pydantic's reading of these same classes (`encode_*`, `decode_predict_response`), so each shape is
+written in exactly one place.
 """
 
 from __future__ import annotations
@@ -10,22 +12,17 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PlainSerializer, TypeAdapter, WithJsonSchema, create_model,
+                      model_validator)
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
 
 from heads.config import ServingConfig
-from polyhead.validation import text_type, texts_type
+from polyhead.validation import TextOrTexts, one_text_or_texts_schema, text_type, texts_type
 
 _DEFAULT_SERVING = ServingConfig()
 
-
-def _request_schema_extra(schema: dict) -> None:
-    """JSON Schema for "exactly one of text/texts, never null" (pydantic alone writes `default: null`)."""
-    for prop in schema.get("properties", {}).values():
-        prop.pop("default", None)
-    schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]
-    schema["examples"] = [{"text": "my card was declined"}, {"texts": ["reset my password", "app crashes"]}]
 
 # A packed head process serves each head under this prefix (`http://host:port/heads/<name>`); a
 # one-head process at its root. The gateway needs the prefix only to find which routes share a
@@ -43,48 +40,79 @@ def process_base_url(route_url: str, name: str) -> str | None:
     return route_url[: -len(suffix)] if route_url.rstrip("/").endswith(suffix) else None
 
 
-# -- typed results (what the core computes) ---------------------------------------------------------
+# -- typed results (what the core computes, and what the wire carries) -------------------------------
+# Rounded on the wire only: the core keeps full precision (the inference log, drift).
+Probability = Annotated[float, PlainSerializer(lambda v: round(v, 6), return_type=float)]
+Milliseconds = Annotated[float, PlainSerializer(lambda v: round(v, 3), return_type=float)]
+
+
+class ScoredLabel(TypedDict):
+    label: str
+    probability: float
+
+
 @dataclass(frozen=True)
 class Prediction:
     label: str  # the abstain label when the top probability is under the head's threshold
-    probability: float
-    top_k: list[dict]  # [{"label", "probability"}], best first
+    probability: Probability
+    top_k: list[ScoredLabel]  # best first
     abstained: bool
 
 
 @dataclass(frozen=True)
-class PredictResult:
+class PredictResponse:
     head: str
     version: str
     embedder_fingerprint: str
     request_id: str
-    latency_ms: float
+    latency_ms: Milliseconds
     predictions: list[Prediction]
 
 
 @dataclass(frozen=True)
 class WordImportance:
     word: str
-    start: int  # character offsets into the text: text[start:end] == word
+    start: Annotated[int, Field(description="Character offset of the word in the text")]  # text[start:end] == word
     end: int
-    importance: float  # drop in the label's probability when the word is left out (< 0: it argued against)
+    importance: Annotated[Probability, Field(description="Drop in the label's probability without this word; "
+                                                         "negative when the word argued against the label")]
 
 
 @dataclass(frozen=True)
-class Explanation:
+class ExplainResponse:
     head: str
     version: str
-    request_id: str
-    label: str  # the model's top label (even when the prediction abstains), the one the importances refer to
-    probability: float
+    label: Annotated[str, Field(description="The model's top label, which the importances refer to")]  # even abstaining
+    probability: Probability
     abstained: bool
     words: list[WordImportance]
-    latency_ms: float
+    request_id: str
+    latency_ms: Milliseconds
 
 
-# -- wire encoding ---------------------------------------------------------------------------------
-def encode_prediction(p: Prediction) -> dict:
-    return {"label": p.label, "probability": round(p.probability, 6), "top_k": p.top_k, "abstained": p.abstained}
+_PREDICT_RESPONSE = TypeAdapter(PredictResponse)
+_EXPLAIN_RESPONSE = TypeAdapter(ExplainResponse)
+
+
+# -- wire encoding: pydantic's serialisation of the classes above (no validation: the core built them) --
+def encode_predict_response(result: PredictResponse) -> dict:
+    """The JSON body of a 200 from /predict, as a dict (one entry of /classify's results)."""
+    return _PREDICT_RESPONSE.dump_python(result, mode="json")
+
+
+def encode_predict_json(result: PredictResponse) -> bytes:
+    """The JSON body of a 200 from /predict (serialised in pydantic-core: cheaper than a dict + json.dumps)."""
+    return _PREDICT_RESPONSE.dump_json(result)
+
+
+def decode_predict_response(body: bytes | str) -> PredictResponse:
+    """A /predict answer read back (polyhead batch), validated: ValueError (pydantic's) if it is not one."""
+    return _PREDICT_RESPONSE.validate_json(body)
+
+
+def encode_explain_json(result: ExplainResponse) -> bytes:
+    """The JSON body of a 200 from /explain."""
+    return _EXPLAIN_RESPONSE.dump_json(result)
 
 
 def encode_model_error(status: int, error: dict) -> dict:
@@ -92,55 +120,13 @@ def encode_model_error(status: int, error: dict) -> dict:
     return {"error": error, "status": int(status)}
 
 
-def encode_predict_response(result: PredictResult) -> dict:
-    """The JSON body of a 200 from /predict (schema: `PredictResponse`)."""
-    return {
-        "head": result.head,
-        "version": result.version,
-        "embedder_fingerprint": result.embedder_fingerprint,
-        "request_id": result.request_id,
-        "latency_ms": round(result.latency_ms, 3),
-        "predictions": [encode_prediction(p) for p in result.predictions],
-    }
-
-
-def encode_explain_response(result: Explanation) -> dict:
-    """The JSON body of a 200 from /explain (schema: `ExplainResponse`)."""
-    return {
-        "head": result.head,
-        "version": result.version,
-        "label": result.label,
-        "probability": round(result.probability, 6),
-        "abstained": result.abstained,
-        "words": [{"word": w.word, "start": w.start, "end": w.end, "importance": round(w.importance, 6)}
-                  for w in result.words],
-        "request_id": result.request_id,
-        "latency_ms": round(result.latency_ms, 3),
-    }
-
-
 # -- schemas (request validation and OpenAPI) -------------------------------------------------------
-class PredictRequestBase(BaseModel):
+class PredictRequestBase(TextOrTexts):
     """Exactly one of `text` / `texts`; every text non-blank, valid UTF-8 and within the head's limits.
 
     The limits come from the head's ServingConfig, so each head builds its own request model
     (`predict_request_model`) and its OpenAPI states the limits it enforces.
     """
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_request_schema_extra)
-
-    @model_validator(mode="after")
-    def _exactly_one(self):
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of 'text' or 'texts'")
-        return self
-
-    @property
-    def batch(self) -> bool:
-        return self.texts is not None
-
-    def all_texts(self) -> list[str]:
-        return self.texts if self.texts is not None else [self.text]
 
 
 @functools.cache
@@ -158,27 +144,6 @@ def predict_request_model(max_texts: int = _DEFAULT_SERVING.max_texts_per_reques
 PredictRequest = predict_request_model()
 
 
-class ScoredLabel(BaseModel):
-    label: str
-    probability: float
-
-
-class PredictionOut(BaseModel):
-    label: str
-    probability: float
-    top_k: list[ScoredLabel]
-    abstained: bool
-
-
-class PredictResponse(BaseModel):
-    head: str
-    version: str
-    embedder_fingerprint: str
-    request_id: str
-    latency_ms: float
-    predictions: list[PredictionOut]
-
-
 _ExplainText = text_type(_DEFAULT_SERVING.max_text_chars, "One text; at most the head's serving.max_explain_words words")
 
 
@@ -188,42 +153,23 @@ class ExplainRequest(BaseModel):
     text: _ExplainText
 
 
-class WordImportanceOut(BaseModel):
-    word: str
-    start: int = Field(..., description="Character offset of the word in the text")
-    end: int
-    importance: float = Field(..., description="Drop in the label's probability without this word; "
-                              "negative when the word argued against the label")
-
-
-class ExplainResponse(BaseModel):
-    head: str
-    version: str
-    label: str = Field(..., description="The model's top label, which the importances refer to")
-    probability: float
-    abstained: bool
-    words: list[WordImportanceOut]
-    request_id: str
-    latency_ms: float
-
-
 _ClassifyText = text_type(None, "One text")
 _ClassifyTexts = texts_type(None, None, "Several texts, answered in order")
 
 
-# The schema states "at least one name" (minItems); _exactly_one enforces it with a message naming `models`.
+# The schema states "at least one name" (minItems); _some_models enforces it with a message naming `models`.
 _ClassifyModels = Annotated[list[str] | Literal["*"], WithJsonSchema(
     {"anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "string", "const": "*"}]})]
 
 
 def _classify_schema_extra(schema: dict) -> None:
     """Exactly one of text/texts, never null (as for predict), with classify's examples."""
-    _request_schema_extra(schema)
+    one_text_or_texts_schema(schema)
     schema["examples"] = [{"text": "my card was declined", "models": ["sentiment", "urgency"]},
                           {"texts": ["refund me", "the app crashes"], "models": "*"}]
 
 
-class ClassifyRequest(BaseModel):
+class ClassifyRequest(TextOrTexts):
     """Several models on the same texts (gateway POST /v1/classify; a head process's POST /classify)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_classify_schema_extra)
@@ -235,15 +181,56 @@ class ClassifyRequest(BaseModel):
     models: _ClassifyModels = Field(..., description="Model names (at least one), or '*' for every routable model")
 
     @model_validator(mode="after")
-    def _exactly_one(self):
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of 'text' or 'texts'")
+    def _some_models(self):
         if isinstance(self.models, list) and not self.models:
             raise ValueError("models: name at least one model, or '*' for all")
         return self
 
-    def all_texts(self) -> list[str]:
-        return self.texts if self.texts is not None else [self.text]
+
+class DriftSummary(BaseModel):
+    """The short form of a head's drift (GET /drift has the details): in its /info and the gateway's /v1/models."""
+
+    flagged: bool
+    scores: dict[str, float | None] = {}
+    available: bool = Field(True, description="false: the served artifact has no drift reference statistics")
+
+
+class DriftReport(BaseModel):
+    """A head's GET /drift (heads.drift.DriftMonitor.report): its rolling window against the served
+    version's training data. The gateway's report carries it as `drift`."""
+
+    head: str
+    version: str | None
+    window: int = Field(description="Texts in the rolling window now")
+    window_size: int
+    min_window: int = Field(description="Texts needed before the head can be flagged")
+    scores: dict[str, float | None]
+    thresholds: dict[str, float]
+    flagged: bool
+    reasons: list[str]
+    available: bool = Field(description="false: the served artifact has no drift reference statistics")
+    reference: dict[str, Any] = Field(description="The training data's figures the window is compared with")
+    current: dict[str, Any] | None = Field(None, description="The window's figures; absent while it is empty")
+
+
+class HeadInfo(BaseModel):
+    """A head's GET /info: what it serves and whether it is ready. The gateway reads it back (its /v1/models
+    entries are a digest of it: gateway.core.ModelInfo) and so does the feedback check (the labels)."""
+
+    name: str
+    description: str = ""
+    version: str | None = Field(None, description="The served artifact version; null before the first training")
+    version_spec: str = Field("latest", description="A pinned version id, or 'latest'")
+    labels: list[str] = []
+    metrics: dict[str, Any] = Field({}, description="The served version's test-set metrics")
+    embedder_fingerprint: str | None = None
+    feature_set: str | None = Field(None, description="The embedder feature set the served version was trained on")
+    ready: bool
+    checks: dict[str, str] = Field({}, description="Readiness checks (artifact, embedder, fingerprint): why not ready")
+    serving: ServingConfig = Field(_DEFAULT_SERVING, description="The head's serving configuration")
+    server_version: str = ""
+    drift: DriftSummary | None = Field(None, description="The head's drift flag and scores (GET <head>/drift has "
+                                                         "the details); null when the head does not report drift")
 
 
 class ModelError(BaseModel):

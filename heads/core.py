@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from embedder.client import AsyncEmbedderClient, RetryPolicy, feature_sets
 from heads import explain, metrics
-from heads.api import Explanation, PredictResult
+from heads.api import ExplainResponse, PredictResponse
 from heads.coalescing import CoalescingEmbedder
 from heads.config import HeadConfig, load_head_config
 from heads.drift import SCORE_NAMES, DriftMonitor, DriftThresholds
@@ -87,7 +87,7 @@ class HeadService:
                     max_chars=s.max_text_chars)
 
     async def predict(self, texts: list[str], *, batch: bool, request_id: str | None = None,
-                      embedded: Embedded | None = None) -> PredictResult:
+                      embedded: Embedded | None = None) -> PredictResponse:
         """`embedded`: these texts already embedded (HeadProcess.classify)."""
         started = time.perf_counter()
         request_id = request_id or uuid.uuid4().hex
@@ -113,9 +113,9 @@ class HeadService:
                     probability=p.probability, top_k=p.top_k, latency_ms=latency_ms,
                     abstained=p.abstained, text_index=index,
                     redact=self.config.serving.redact_text))
-        return PredictResult(self.name, version, done.fingerprint, request_id, latency_ms, done.predictions)
+        return PredictResponse(self.name, version, done.fingerprint, request_id, latency_ms, done.predictions)
 
-    async def explain(self, text: str, request_id: str | None = None) -> Explanation:
+    async def explain(self, text: str, request_id: str | None = None) -> ExplainResponse:
         """Word-occlusion importances for one text (heads/explain.py); not logged as a prediction."""
         self.validate([text], batch=False)
         try:
@@ -224,7 +224,7 @@ def embedder_client(settings: HeadSettings) -> AsyncEmbedderClient | CoalescingE
 class ModelOutcome:
     """One head's answer inside a multi-head classify: a result, or the error it would have answered."""
 
-    result: PredictResult | None = None
+    result: PredictResponse | None = None
     error: PolyheadError | None = None
 
 

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from heads.api import Explanation, WordImportance
+from heads.api import ExplainResponse, WordImportance
 from heads.pipeline import HeadPipeline
 from polyhead.errors import ValidationError
 
@@ -38,7 +38,7 @@ def check_word_limit(text: str, limit: int) -> list[tuple[str, int, int]]:
     return found
 
 
-async def explain(pipeline: HeadPipeline, text: str, max_words: int, request_id: str) -> Explanation:
+async def explain(pipeline: HeadPipeline, text: str, max_words: int, request_id: str) -> ExplainResponse:
     started = time.perf_counter()
     found = check_word_limit(text, max_words)
     variants = [without(text, start, end) for _, start, end in found]
@@ -53,7 +53,7 @@ async def explain(pipeline: HeadPipeline, text: str, max_words: int, request_id:
     uninformed = 1.0 / proba.shape[1]
     words = [WordImportance(word, start, end, p_label - (float(next(rows)) if variant else uninformed))
              for (word, start, end), variant in zip(found, variants)]
-    return Explanation(head=pipeline.name, version=done.servable.version, request_id=request_id,
+    return ExplainResponse(head=pipeline.name, version=done.servable.version, request_id=request_id,
                        label=str(done.servable.labels[best]), probability=p_label,
                        abstained=done.predictions[0].abstained, words=words,
                        latency_ms=(time.perf_counter() - started) * 1000)

@@ -21,12 +21,15 @@ from heads.api import (
     PACKED_PREFIX,
     ClassifyRequest,
     ClassifyResponse,
+    DriftReport,
     ExplainRequest,
     ExplainResponse,
+    HeadInfo,
     PredictRequestBase,
     PredictResponse,
-    encode_explain_response,
+    encode_explain_json,
     encode_model_error,
+    encode_predict_json,
     encode_predict_response,
     packed_path,
     predict_request_model,
@@ -61,9 +64,9 @@ def head_router(service: HeadService) -> APIRouter:
                 metrics.REQUESTS.labels(config.name, str(int(err.http_status))).inc()
                 raise
         metrics.REQUESTS.labels(config.name, "200").inc()
-        # JSONResponse directly: the model above documents the shape; re-validating our own dict
-        # on every request costs more than the classifier itself.
-        return JSONResponse(encode_predict_response(result), headers={REQUEST_ID_HEADER: rid})
+        # The bytes directly: the response model documents the shape; FastAPI re-validating our own
+        # result on every request would cost more than the classifier itself.
+        return Response(encode_predict_json(result), media_type="application/json", headers={REQUEST_ID_HEADER: rid})
 
     predict.__annotations__["body"] = predict_request  # built at run time: not a name FastAPI could resolve
     router.post("/predict", response_model=PredictResponse,
@@ -79,31 +82,32 @@ def head_router(service: HeadService) -> APIRouter:
             metrics.EXPLAIN_REQUESTS.labels(config.name, str(int(err.http_status))).inc()
             raise
         metrics.EXPLAIN_REQUESTS.labels(config.name, "200").inc()
-        return JSONResponse(encode_explain_response(result), headers={REQUEST_ID_HEADER: rid})
+        return Response(encode_explain_json(result), media_type="application/json", headers={REQUEST_ID_HEADER: rid})
 
     @router.get("/readyz", responses={503: {"description": "Not ready; the body says why"}})
     async def readyz():
         state = await service.readiness()
         return JSONResponse({"ready": state.ready, "checks": state.checks}, status_code=200 if state.ready else 503)
 
-    @router.get("/info")
+    @router.get("/info", response_model=HeadInfo)
     async def info():
         servable = service.manager.current
         state = await service.readiness()
         art = servable.artifact if servable else None
-        return {
-            "name": config.name, "description": config.description,
-            "version": art.version if art else None, "version_spec": service.manager.version_spec,
-            "labels": list(art.model.labels) if art else [],
-            "metrics": art.metrics.get("test", {}) if art else {},
-            "embedder_fingerprint": art.embedder_fingerprint if art else None,
-            "feature_set": art.feature_set if art else None,
-            "ready": state.ready, "checks": state.checks,
-            "serving": config.serving.model_dump(), "server_version": __version__,
-            "drift": service.drift_summary(),
-        }
+        return HeadInfo(
+            name=config.name, description=config.description,
+            version=art.version if art else None, version_spec=service.manager.version_spec,
+            labels=list(art.model.labels) if art else [],
+            metrics=art.metrics.get("test", {}) if art else {},
+            embedder_fingerprint=art.embedder_fingerprint if art else None,
+            feature_set=art.feature_set if art else None,
+            ready=state.ready, checks=state.checks,
+            serving=config.serving, server_version=__version__,
+            drift=service.drift_summary(),
+        )
 
-    @router.get("/drift")
+    # exclude_unset: `current` stays absent (not null) while the window is empty, as the producer writes it
+    @router.get("/drift", response_model=DriftReport, response_model_exclude_unset=True)
     async def drift():
         """Drift scores of the rolling window against the served version's training data."""
         return service.drift_report()

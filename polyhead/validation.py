@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Discriminator, Tag, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Tag, WithJsonSchema, model_validator
 
 from polyhead.errors import ValidationError
 
@@ -128,3 +128,41 @@ def text_or_texts_type(max_texts: int | None, max_chars: int | None):
         | Annotated[texts_type(max_texts, max_chars, "Several texts, answered in order"), Tag("<texts>")],
         Discriminator(lambda v: "<texts>" if isinstance(v, list) else "<one text>"),
     ]
+
+
+# -- "exactly one of text / texts": the request shape of predict and classify, said once --------------
+ONE_TEXT_OR_TEXTS = "give exactly one of 'text' or 'texts'"
+
+
+def absent_not_null(schema: dict) -> None:
+    """JSON Schema of optional fields that may be absent but never null: pydantic writes `default: null`
+    for a `Field(None)` whose type is not optional; drop it so the schema says what the server accepts."""
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
+
+
+def one_text_or_texts_schema(schema: dict) -> None:
+    """JSON Schema for "exactly one of text/texts, never null"."""
+    absent_not_null(schema)
+    schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]
+    schema["examples"] = [{"text": "my card was declined"}, {"texts": ["reset my password", "app crashes"]}]
+
+
+class TextOrTexts(BaseModel):
+    """A request with exactly one of `text` / `texts` (subclasses declare both fields, `Field(None)`, with
+    their limits): an absent field is None, an explicit null is refused, as the schema says."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=one_text_or_texts_schema)
+
+    @model_validator(mode="after")
+    def _exactly_one_text_or_texts(self):
+        if (self.text is None) == (self.texts is None):
+            raise ValueError(ONE_TEXT_OR_TEXTS)
+        return self
+
+    @property
+    def batch(self) -> bool:
+        return self.texts is not None
+
+    def all_texts(self) -> list[str]:
+        return self.texts if self.texts is not None else [self.text]

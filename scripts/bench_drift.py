@@ -24,7 +24,7 @@ import numpy as np
 from bench_common import machine, table
 
 from heads.drift import DriftMonitor, DriftThresholds
-from heads.training.drift import build_reference
+from heads.training.drift_reference import build_reference
 from heads.training.fit import train_head
 from heads.training.params import TrainParams
 

@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 from embedder.client import EmbedderClient  # noqa: E402
 from heads.artifacts import load_artifact  # noqa: E402
 from heads.config import load_head_config  # noqa: E402
-from heads.training.pipeline import embed_all, read_split, train_from_config  # noqa: E402
+from heads.training.run import embed_all, read_split, train_from_config  # noqa: E402
 
 MIX = {"uncertain": 0.5, "diverse": 0.3, "random": 0.2}
 

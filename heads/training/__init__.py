@@ -1,7 +1,17 @@
-"""Training a head (`polyhead train`): never imported by a serving process.
+"""Training a head (`polyhead train`).
 
-params     -- TrainParams, the hyper-parameters a head config may set (pydantic only)
-fit        -- the numpy optimiser: train_head (MLP / logistic regression, model selection)
-evaluation -- accuracy, F1 and confusion matrices for string labels
-pipeline   -- config -> data -> embeddings (gRPC) -> train_head -> versioned artifact
+A serving process imports only `params` and the `families` name registry from here (heads.config
+validates a head config's `training:` section with them; both are plain Python and pydantic), never
+the numpy optimiser or scikit-learn: tests/unit/heads/training/test_params.py checks it.
+
+params          -- TrainParams, the hyper-parameters a head config may set (pydantic only)
+families        -- the head families by name (a plug-in each) and what they search and refit on
+mlp             -- the "mlp" family: AdamW-trained networks (numpy)
+logreg          -- the "logreg" family: scikit-learn's LogisticRegression, the baseline
+selection       -- prior adjustment and the McNemar/Bonferroni choice, the same for every family
+fit             -- train_head: labels, validation source, every family's search, selection, final model
+data            -- stratified splits and folds, class weights, label priors
+evaluation      -- accuracy, F1 and confusion matrices for string labels
+drift_reference -- the DriftReference an artifact carries (what serving's drift monitor compares with)
+run             -- one `polyhead train` run: config -> data -> embeddings (gRPC) -> train_head -> artifact
 """

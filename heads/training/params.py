@@ -1,7 +1,8 @@
 """Training hyper-parameters: what a head config's `training:` section may set.
 
-Pydantic only (no numpy): head configs are validated by serving processes too, which must not
-import the optimiser.
+Pydantic only (no numpy): head configs are validated by serving processes too (heads.config), which
+must not import the optimiser. Family names are checked against heads.training.families, a
+plain-Python registry that imports no family module.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ class TrainParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    families: list[Literal["mlp", "logreg"]] = Field(
+    families: list[str] = Field(
         default_factory=lambda: ["mlp", "logreg"], min_length=1,
-        description="head families compared on the validation data; the best validation score wins (ties: the "
-                    "simpler logreg). mlp: the AdamW-trained network of head_type over search_grid; logreg: "
-                    "scikit-learn's LogisticRegression (L2, lbfgs) on the raw embeddings, C from logreg_c_grid")
+        description="head families compared on the validation data (heads.training.families), in this order; the "
+                    "best validation score wins (ties: the simpler logreg). mlp: the AdamW-trained network of "
+                    "head_type over search_grid; logreg: scikit-learn's LogisticRegression (L2, lbfgs) on the raw "
+                    "embeddings, C from logreg_c_grid")
     logreg_c_grid: list[float] = Field(
         default_factory=lambda: [1.0, 3.0, 10.0, 30.0, 100.0, 300.0], min_length=1,
         description="inverse L2 strength C of the logreg family (scikit-learn's LogisticRegression(C) on the "
@@ -107,7 +109,12 @@ class TrainParams(BaseModel):
 
     @field_validator("families")
     @classmethod
-    def _distinct_families(cls, families: list[str]) -> list[str]:
+    def _known_families(cls, families: list[str]) -> list[str]:
+        from heads.training.families import names  # the registry: plain Python, family modules load on use
+
+        unknown = [f for f in families if f not in names()]
+        if unknown:
+            raise ValueError(f"unknown head families {unknown} (one of {names()})")
         return list(dict.fromkeys(families))
 
     def candidates(self) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ schema  -- tables, migrations, engines
 writer  -- InferenceLog: off the request path, spooled to disk while the database is down
 sink    -- the writer's INSERT on the DBAPI driver (sqlite3 / psycopg): no SQLAlchemy in a serving head
 migrate -- `python -m polyhead.inference_log.migrate`: the migrations, run by a head in a child process
+report_models -- the report's wire contract (pydantic, no SQLAlchemy)
 reports -- a head's report (volume, labels, confidence, abstentions, latency, feedback), aggregated in SQL
 feedback -- true labels sent later, stored against the logged predictions; read back for retraining
 """

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any, get_args
 
 import sqlalchemy as sa
 
+from polyhead.inference_log.report_models import Bucket
 from polyhead.inference_log.schema import feedback, predictions
 
-Bucket = Literal["hour", "day"]
-BUCKETS: tuple[str, ...] = ("hour", "day")
+BUCKETS: tuple[str, ...] = get_args(Bucket)
 HISTOGRAM_EDGES = [round(i / 10, 1) for i in range(11)]
 PERCENTILES = (50, 95, 99)
 DEFAULT_RANGE = timedelta(hours=24)
@@ -164,7 +164,8 @@ def _stats(group: _Group, labels: dict[str, int], confusion: dict) -> dict:
 
 def build_report(engine: sa.Engine, head: str, *, since: datetime | None = None, until: datetime | None = None,
                  bucket: Bucket = "hour") -> dict:
-    """The report of one head (the gateway's GET /v1/models/{name}/report body, without "drift").
+    """The report of one head: a `report_models.InferenceReport` as plain JSON types (the gateway's
+    GET /v1/models/{name}/report adds the head's drift and its range adjustments).
 
     Four aggregate queries over the head's rows in [since, until): volumes and confidence histogram
     per (time bucket, version); labels per version; the latency histogram of requests per (time

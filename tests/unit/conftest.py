@@ -99,7 +99,7 @@ def train_in_process(config: Path, models_dir: Path, target: str):
     """`polyhead train`'s pipeline, its embeddings streamed from the in-process embedder."""
     from embedder.client import EmbedderClient
     from heads.config import load_head_config
-    from heads.training.pipeline import train_from_config
+    from heads.training.run import train_from_config
 
     with EmbedderClient(target, timeout_s=30) as client:
         return train_from_config(load_head_config(config), models_dir, client, console=False)

@@ -35,7 +35,7 @@ def write_head_config(folder: Path, name: str, **serving) -> Path:
 def train(config_path: Path, models_dir: Path, target: str, seed: int | None = None):
     from embedder.client import EmbedderClient
     from heads.config import load_head_config
-    from heads.training.pipeline import train_from_config
+    from heads.training.run import train_from_config
 
     config = load_head_config(config_path)
     if seed is not None:

@@ -239,7 +239,7 @@ def test_head_modules_do_not_import_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys, heads.http_server, heads.core, heads.servable, heads.training.pipeline, heads.artifacts; "
+    code = ("import sys, heads.http_server, heads.core, heads.servable, heads.training.run, heads.artifacts; "
             "assert not [m for m in sys.modules if m.startswith('tensorflow')], 'tensorflow imported'")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

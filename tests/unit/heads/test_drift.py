@@ -12,10 +12,10 @@ import pytest
 from heads.artifacts import ARTIFACT_FORMAT_VERSION, load_artifact, write_artifact
 from heads.drift import (CONFIDENCE_EDGES, DriftMonitor, DriftReference, DriftThresholds, SamplingNoise, _Window,
                          debiased_js, js_distance, js_divergence, nearest_centroid_similarity)
-from heads.training.drift import build_reference
+from heads.training.drift_reference import build_reference
 from heads.training.fit import train_head
 from heads.training.params import TrainParams
-from tests.unit.heads.test_training import FAST, clusters
+from tests.unit.heads.training.synthetic import FAST, clusters
 
 LABELS = {"a": 150, "b": 100, "c": 50}
 THRESHOLDS = DriftThresholds(label_shift_js=0.3, confidence_shift=0.15, ood_rate=0.25, window=200, min_window=50,

@@ -21,7 +21,7 @@ import yaml
 from embedder.feature_sets import DEFAULT
 from heads.artifacts import write_artifact
 from heads.config import HeadConfig
-from heads.training.drift import build_reference
+from heads.training.drift_reference import build_reference
 from heads.training.evaluation import evaluate
 from heads.training.fit import train_head
 from polyhead import __version__

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from heads.config import HeadConfig
-from heads.training.pipeline import Split, merge_feedback
+from heads.training.run import Split, merge_feedback
 from polyhead.inference_log.feedback import FeedbackExample
 
 

@@ -1,0 +1,87 @@
+"""What a head family is (heads.training.families holds them by name): the data a family searches
+and refits on, the candidates it returns, and the served model it builds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from heads.model import HeadModel
+    from heads.training.params import TrainParams
+    from heads.training.selection import Scored
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class SearchData:
+    """What every family searches on. Integer labels in [0, n_classes); `X_sel` is None under
+    cross-validation (`folds`: member k fits without fold k and predicts it) or without validation."""
+
+    p: TrainParams
+    seed: int
+    n_classes: int
+    X_fit: np.ndarray  # raw embeddings the candidates fit on
+    y_fit: np.ndarray
+    X_sel: np.ndarray | None  # held-out embeddings scored for selection (given val or split)
+    y_sel: np.ndarray | None
+    folds: np.ndarray | None
+    validated: bool  # False: nothing to compare on, one candidate (the family's default) is fitted
+    class_w: np.ndarray  # per-class weights of the fitting split (kept in the refit)
+    score: Callable[[np.ndarray | None], Scored]  # validation probabilities [n_sel, C] -> Scored
+    first_index: int = 0  # index of this family's first candidate among all candidates (progress)
+    progress: Progress | None = None
+
+
+@dataclass
+class Candidate:
+    """One fitted candidate of a family, with its validation outcome."""
+
+    family: str
+    params: dict[str, Any]  # what identifies it in the family (overrides, C, ...)
+    scored: Scored
+    val_proba: np.ndarray | None  # [n_sel, C] validation probabilities (before the prior adjustment)
+    fitted: Any  # the family's own search fit (the served model when there is no refit)
+    time_s: float
+    record: dict[str, Any] = field(default_factory=dict)  # family-specific facts: epochs, iterations
+
+    def entry(self) -> dict[str, Any]:
+        """Its line in the selection record (metrics.json `selection.candidates`)."""
+        return {"family": self.family, "params": self.params, "val_score": self.scored.score, **self.record,
+                "prior_adjustment": self.scored.prior_adjustment, "time_s": round(self.time_s, 3)}
+
+
+@dataclass
+class FinalData:
+    """What the chosen family builds the served model from."""
+
+    p: TrainParams
+    seed: int
+    n_classes: int
+    labels: list[str]
+    X: np.ndarray  # every example (train + val when given)
+    y: np.ndarray
+    refit: bool  # retrain on (X, y); otherwise serve the search fit (under cross-validation: fold members)
+    class_w: np.ndarray
+    shift: np.ndarray  # [C] prior adjustment to add to the output logits
+    progress: Progress | None = None
+
+
+@dataclass
+class Final:
+    build: Callable[[dict[str, Any]], HeadModel]  # meta -> the served model
+    params: TrainParams  # the settings of the final model
+    meta: dict[str, Any]  # facts of the final fit for `chosen` (C and iterations, epochs, ...)
+
+
+class Family(Protocol):
+    name: str
+
+    def default_params(self, p: TrainParams) -> dict[str, Any] | None: ...
+
+    def search(self, data: SearchData) -> list[Candidate]: ...
+
+    def final(self, chosen: Candidate, data: FinalData) -> Final: ...

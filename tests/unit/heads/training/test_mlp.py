@@ -1,0 +1,34 @@
+"""The mlp family: its network as served, and its linear head_type."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from heads.training.evaluation import evaluate
+from heads.training.fit import train_head
+from heads.training.mlp import fit as fit_mlp
+from heads.training.mlp import scaler
+from heads.training.params import TrainParams
+from tests.unit.heads.training.synthetic import FAST, clusters
+
+
+def test_logreg_head_type_trains_and_serves():
+    X, y = clusters({"a": 50, "b": 50})
+    model = train_head(X, y, params=FAST.model_copy(update={"head_type": "logreg"})).model
+    assert model.head_type == "logreg" and evaluate(model, X, y)["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("overrides", [{}, {"linear_skip": True, "activation": "gelu"}, {"head_type": "logreg"},
+                                       {"input_scaling": "standardize"}])
+def test_served_model_matches_the_training_network(overrides):
+    """Input scaling folded into the first layer, members split out: same probabilities as in training."""
+    X, y = clusters({"a": 40, "b": 40, "c": 40})
+    yi = np.array(["abc".index(v) for v in y])
+    p = TrainParams(**overrides)
+    mean, scale = scaler(X, p.input_scaling)
+    fit = fit_mlp(p, ((X - mean) * scale).astype(np.float32), yi, 3, K=3, seed=0, epochs=2)
+    model = fit.net.to_head(fit.state, ["a", "b", "c"], mean, scale, p, {})
+    expected = fit.net.member_proba(((X - mean) * scale).astype(np.float32), fit.state).mean(axis=0)
+    assert model.n_members == 3
+    np.testing.assert_allclose(model.predict_proba(X), expected, atol=2e-6)
