@@ -21,13 +21,13 @@ from gateway.auth import Authenticator, BodySizeLimit
 from gateway.console import install_console
 from gateway.core import GatewayService, ModelInfo
 from embedder.settings import EmbedderSettings
-from gateway.insights import FeedbackRequest, FeedbackResponse, Insights, Report, ReviewQueue, StrategyName
+from gateway.insights import FeedbackRequest, FeedbackResponse, Insights, Report, ReviewQueue
 from gateway.settings import GatewaySettings
 from heads.api import (ClassifyRequest, ClassifyResponse, ExplainRequest, ExplainResponse, PredictRequest,
                        PredictResponse)
 from polyhead import __version__
-from polyhead.errors import ForbiddenError, PolyheadError
-from polyhead.inference_log.review import DEFAULT_N, DEFAULT_POOL, MAX_N, MAX_POOL, STRATEGIES
+from polyhead.errors import ForbiddenError, PolyheadError, ValidationError
+from polyhead.inference_log.review import DEFAULT_N, DEFAULT_POOL, MAX_N, MAX_POOL, STRATEGIES, available_strategies
 from polyhead.http import PROMETHEUS_TEXT, REQUEST_ID_HEADER, error_responses, install_error_handlers, request_id_of
 from polyhead.validation import text_or_texts_type
 
@@ -234,11 +234,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                                        dry_run=body.dry_run)
 
     strategies_help = "; ".join(f"{s.name}: {s.description}" for s in STRATEGIES.values())
+    # The enum lists what can be asked for now: `disagree` joins it once challengers log shadow predictions.
+    offered = available_strategies()
 
     @app.get("/v1/models/{name}/review", response_model=ReviewQueue, responses=_errors(401, 403, 404, 422, 429, 503))
     async def review(request: Request, name: str = Path(..., description="Model (head) name"),
                      n: int = Query(DEFAULT_N, ge=1, le=MAX_N, description="How many texts to review"),
-                     strategy: StrategyName = Query("uncertain", description=strategies_help),
+                     strategy: str = Query("uncertain", description=strategies_help,
+                                           json_schema_extra={"enum": offered}),
                      score: Literal["margin", "entropy"] = Query("margin", description="uncertain: rank by the top-2 "
                                                                  "margin (smallest first) or the entropy (highest)"),
                      pool: int = Query(DEFAULT_POOL, ge=1, le=MAX_POOL, description="Distinct unlabelled texts to "
@@ -252,6 +255,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         item's `strategy` back: the report then keeps the random slice apart to estimate live accuracy.
         `disagree` needs challengers (shadow predictions): 422 until a model has them."""
         auth.admit(request, name)
+        chosen = STRATEGIES.get(strategy)
+        if chosen is None:
+            raise ValidationError(f"strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}", field="strategy")
+        if (reason := chosen.unavailable()) is not None:
+            raise ValidationError(f"strategy: {reason} (model {name!r})", field="strategy")
         return await insights.review(name, n=n, strategy=strategy, score=score, pool=pool, since=since, until=until,
                                      seed=seed, request_id=request_id_of(request))
 

@@ -88,6 +88,7 @@ class Strategy:
     needs_vectors: bool = False
     needs_centroids: bool = False
     score_name: str | None = None
+    unavailable: Callable[[], str | None] = lambda: None  # why it cannot be asked for now (None: it can)
 
 
 # -- scores ------------------------------------------------------------------------------------------
@@ -162,11 +163,18 @@ def _rank_random(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int,
 SHADOW_SOURCES: dict[str, Callable[..., list[tuple[int, float | None]]]] = {}
 
 
+NO_CHALLENGERS = ("no challengers: strategy 'disagree' needs shadow predictions of a challenger, and none are "
+                  "logged yet")
+
+
+def _disagree_unavailable() -> str | None:
+    return None if SHADOW_SOURCES else NO_CHALLENGERS
+
+
 def _rank_disagree(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int, float | None]]:
     source = SHADOW_SOURCES.get("default")
     if source is None:
-        raise NoChallengers("no challengers: strategy 'disagree' needs shadow predictions of a challenger, "
-                            "and none are logged for this model")
+        raise NoChallengers(NO_CHALLENGERS)
     return source(pool, n, ctx)
 
 
@@ -179,8 +187,14 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
              _rank_diverse, needs_vectors=True, needs_centroids=True, score_name="distance"),
     Strategy("random", "a uniform sample: the control slice live accuracy is estimated from", "random",
              _rank_random),
-    Strategy("disagree", "champion and challenger disagree (needs shadow predictions)", "recent", _rank_disagree),
+    Strategy("disagree", "champion and challenger disagree (needs shadow predictions)", "recent", _rank_disagree,
+             unavailable=_disagree_unavailable),
 ]}
+
+
+def available_strategies() -> list[str]:
+    """The strategies that can be asked for now (the API's enum): `disagree` only once challengers exist."""
+    return [name for name, s in STRATEGIES.items() if s.unavailable() is None]
 
 
 # -- the pool ----------------------------------------------------------------------------------------
@@ -230,6 +244,8 @@ def candidate_pool(engine: sa.Engine, head: str, *, order: str, limit: int, sinc
 
 
 def select(strategy: Strategy, pool: list[Candidate], n: int, ctx: Context) -> list[tuple[Candidate, float | None]]:
+    if not pool:
+        return []
     return [(pool[i], score) for i, score in strategy.rank(pool, n, ctx)]
 
 

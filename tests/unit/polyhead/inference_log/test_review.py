@@ -120,9 +120,20 @@ def test_ood_and_diverse_use_vectors_and_centroids():
     assert sorted(i for i, _ in picks) == list(range(6))  # never the same point twice
 
 
-def test_disagree_refuses_without_challengers():
+def test_disagree_refuses_without_challengers_and_is_offered_once_a_shadow_source_exists(monkeypatch):
+    from polyhead.inference_log import review
+
     with pytest.raises(NoChallengers, match="no challengers"):
         STRATEGIES["disagree"].rank([], 5, Context())
+    assert review.available_strategies() == ["uncertain", "ood", "diverse", "random"]
+    assert "no challengers" in STRATEGIES["disagree"].unavailable()
+    monkeypatch.setitem(review.SHADOW_SOURCES, "default", lambda pool, n, ctx: [(0, 1.0)])
+    assert "disagree" in review.available_strategies()
+    assert STRATEGIES["disagree"].rank(["x"], 5, Context()) == [(0, 1.0)]
+
+
+def test_an_empty_pool_selects_nothing_whatever_the_strategy():
+    assert all(select(s, [], 5, Context()) == [] for s in STRATEGIES.values())
 
 
 def test_random_is_reproducible_with_a_seed():
