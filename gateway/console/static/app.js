@@ -275,7 +275,8 @@ function renderReport(report, model) {
     tile("Requests", fmt.num(s.requests), "requests"), tile("Texts", fmt.num(s.texts), "texts"),
     tile("Mean confidence", fmt.prob(s.confidence_mean), "confidence"), tile("Abstain rate", fmt.pct(s.abstain_rate), "abstain"),
     tile("Latency p50 / p95 / p99", `${fmt.ms(s.latency_ms.p50)} / ${fmt.ms(s.latency_ms.p95)} / ${fmt.ms(s.latency_ms.p99)}`, "latency", "wide"),
-    tile("Live accuracy", s.feedback.count ? `${fmt.pct(s.feedback.accuracy)} of ${fmt.num(s.feedback.count)}` : "no feedback", "accuracy"));
+    tile("Live accuracy", s.feedback.count ? `${fmt.pct(s.feedback.accuracy)} of ${fmt.num(s.feedback.count)}` : "no feedback", "accuracy"),
+    liveTile(report.review));
 
   const slots = timeSlots(report);
   const date = (t) => `${String(t.getMonth() + 1).padStart(2, "0")}-${String(t.getDate()).padStart(2, "0")}`;
@@ -340,6 +341,14 @@ function renderDrift(drift) {
     : `window: the last ${fmt.num(drift.window)} texts`,
     ...(drift.reasons || []).map((r) => h("span", { class: "reason" }, ` · ${r}`)));
   chart(figure, h("div", {}, body, note));
+}
+
+/** Live accuracy from the review queue's random slice only: the other strategies pick likely mistakes. */
+function liveTile(review) {
+  const live = review?.live_accuracy;
+  if (!live?.count) return tile("Live accuracy (random slice)", "no random reviews yet", "live-random");
+  const ci = live.ci95 ? ` (${fmt.pct(live.ci95[0])}–${fmt.pct(live.ci95[1])})` : "";
+  return tile("Live accuracy (random slice)", `${fmt.pct(live.accuracy)} of ${fmt.num(live.count)}${ci}`, "live-random", "wide");
 }
 
 function tile(title, value, key, size = "") {

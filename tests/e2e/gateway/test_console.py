@@ -343,3 +343,17 @@ def test_review_page_answers_with_keys_skips_and_undoes(stack, page):
     assert items[2]["request_id"] not in stored
     rep = httpx.get(f"{url}/v1/models/tickets/report").json()["review"]
     assert rep["by_strategy"]["uncertain"]["count"] == 2
+
+    # The random slice: one answer, and the dashboard's live accuracy counts it (and only it).
+    page.select_option("#review-strategy", "random")
+    with page.expect_response(lambda r: "strategy=random" in r.url) as answer:
+        page.click("#review-load")
+    first = answer.value.json()["items"][0]
+    page.wait_for_selector(f"#review-card[data-request-id='{first['request_id']}']")
+    page.keyboard.press("1")
+    page.wait_for_selector("#review-progress[data-done='1']")
+    page.goto(url + "/ui#/dashboard/tickets")
+    tile = page.locator("#summary-tiles [data-tile='live-random'] .value")
+    tile.wait_for()
+    correct = labels[0] == first["predicted"]
+    assert tile.inner_text().startswith(f"{'100.0' if correct else '0.0'}% of 1")
