@@ -152,12 +152,23 @@ def train(
                                        "(text from the log) to the training data; redacted texts are skipped"),
     db_url: str = typer.Option(DEFAULT_DB_URL, envvar="POLYHEAD_HEAD_DB_URL", help="With --with-feedback: the "
                                "inference DB (SQLAlchemy URL)"),
+    with_pseudo_labels: bool = typer.Option(False, "--with-pseudo-labels", help="Self-training: add logged texts "
+                                            "the served version is very sure of (threshold chosen on val, share "
+                                            "capped, never in val/test); the result is a challenger: `latest` does "
+                                            "not move"),
+    pseudo_precision: float = typer.Option(0.97, min=0.5, max=1.0, help="With --with-pseudo-labels: the val "
+                                           "precision the threshold must reach"),
+    pseudo_max_share: float = typer.Option(0.2, min=0.0, max=1.0, help="With --with-pseudo-labels: at most this "
+                                           "share of the training split"),
+    pseudo_min_support: int = typer.Option(30, min=1, help="With --with-pseudo-labels: val texts the threshold's "
+                                           "precision must be measured on"),
 ):
     """Train heads from their configs; embeddings come from the running embedder (and its cache)."""
     from rich.console import Console
 
     from embedder.client import EmbedderClient
     from heads.config import HeadConfigError, load_head_config
+    from heads.training.pseudo_labels import PseudoLabelOptions
     from heads.training.run import train_from_config
     from polyhead.errors import PolyheadError
 
@@ -170,8 +181,10 @@ def train(
     with EmbedderClient(embedder_target, timeout_s=120) as client:
         for cfg in configs:
             try:
+                pseudo = PseudoLabelOptions(db_url, target_precision=pseudo_precision, max_share=pseudo_max_share,
+                                            min_support=pseudo_min_support) if with_pseudo_labels else None
                 report = train_from_config(cfg, models_dir, client, console=console,
-                                           feedback_db_url=db_url if with_feedback else None)
+                                           feedback_db_url=db_url if with_feedback else None, pseudo_labels=pseudo)
             except PolyheadError as err:
                 console.print(f"[red]{cfg.name}: {err.message}[/red]")
                 raise typer.Exit(2) from None
@@ -179,7 +192,9 @@ def train(
             typer.echo(json.dumps({"head": report.name, "version": report.version, "path": str(report.path),
                                    "train_time_s": round(report.train_time_s, 2),
                                    "test_accuracy": test.get("accuracy"), "test_f1_weighted": test.get("f1_weighted"),
-                                   **({"feedback": report.feedback} if report.feedback is not None else {})}))
+                                   **({"feedback": report.feedback} if report.feedback is not None else {}),
+                                   **({"pseudo_labels": report.metrics["pseudo_labels"], "challenger": True}
+                                      if "pseudo_labels" in report.metrics else {})}))
 
 
 @app.command("report")

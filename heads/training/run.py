@@ -103,6 +103,58 @@ def merge_feedback(train: Split, examples: list, exclude: set[str], *,
     return Split(train.texts + added_texts, train.labels + added_labels), counts
 
 
+def _champion_and_val(config: HeadConfig, models_dir: Path, splits: dict) -> tuple:
+    """The served version (the champion) and splits with a val split: split off train here when the config
+    has none, so that pseudo-labelled texts, added to train afterwards, never reach it."""
+    from heads.artifacts import load_artifact
+    from heads.training.data import stratified_split
+
+    try:
+        champion = load_artifact(models_dir, config.name)
+    except Exception as exc:  # noqa: BLE001 - no artifact, or an unreadable one: say so
+        raise ValidationError(f"--with-pseudo-labels needs a trained version of {config.name!r} in {models_dir} "
+                              f"to label with ({exc})") from None
+    if "val" not in splits:
+        train = splits["train"]
+        index = {label: i for i, label in enumerate(sorted(set(train.labels)))}
+        tr, va = stratified_split(np.array([index[y] for y in train.labels]), config.training.val_fraction,
+                                  config.seed)
+        splits = {**splits, "train": Split([train.texts[i] for i in tr], [train.labels[i] for i in tr]),
+                  "val": Split([train.texts[i] for i in va], [train.labels[i] for i in va])}
+    return champion, splits
+
+
+def _add_pseudo_labels(config: HeadConfig, client, champion, splits: dict, embedded: dict, options) -> tuple:
+    from heads.training.pseudo_labels import choose_threshold, confident_predictions, pick
+
+    train, val = splits["train"], splits["val"]
+    counts = {"champion": champion.version, "target_precision": options.target_precision,
+              "min_support": options.min_support, "max_share": options.max_share, "threshold": None, "added": 0}
+    if champion.feature_set != config.feature_set:
+        counts["skipped"] = f"the champion embeds with {champion.feature_set!r}, the config with {config.feature_set!r}"
+        return train, embedded["train"], counts
+    chosen = choose_threshold(champion.model.predict_proba(embedded["val"]), list(champion.model.labels), val.labels,
+                              target_precision=options.target_precision, min_support=options.min_support)
+    if chosen is None:
+        counts["skipped"] = (f"no threshold reaches precision {options.target_precision} on at least "
+                             f"{options.min_support} of the {len(val.texts)} val texts")
+        return train, embedded["train"], counts
+    threshold, precision, support = chosen
+    candidates = confident_predictions(options.db_url, config.name, champion.version, threshold)
+    every_text = {t.strip() for s in splits.values() for t in s.texts}
+    cap = int(options.max_share * len(train.texts))
+    added = pick(candidates, every_text, set(train.labels), cap)
+    counts.update({"threshold": threshold, "val_precision": precision, "val_support": support,
+                   "candidates": len(candidates), "cap": cap, "added": len(added),
+                   "label_distribution": {k: v for k, v in sorted(
+                       {label: sum(1 for _, lab, _ in added if lab == label) for _, label, _ in added}.items())}})
+    if not added:
+        return train, embedded["train"], counts
+    vectors, _ = embed_all(client, [t for t, _, _ in added], feature_set=config.feature_set)
+    return (Split(train.texts + [t for t, _, _ in added], train.labels + [lab for _, lab, _ in added]),
+            np.concatenate([embedded["train"], vectors]), counts)
+
+
 def read_split(path: Path, text_field: str, label_field: str) -> Split:
     """JSONL or CSV; a bad row fails with the file, the line and the missing field."""
     texts, labels = [], []
@@ -162,7 +214,7 @@ def embed_all(client, texts: list[str], on_progress: Callable[[int], None] | Non
 
 
 def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=None, version: str | None = None,
-                      feedback_db_url: str | None = None) -> TrainReport:
+                      feedback_db_url: str | None = None, pseudo_labels=None) -> TrainReport:
     """Train and write a new version. With ``feedback_db_url``, the feedback stored for this head in
     that inference DB joins the training data (merge_feedback; counts go to manifest and metrics)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -180,6 +232,9 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
         splits["train"], feedback_counts = merge_feedback(
             splits["train"], examples, every_text, allows_new_label=config.allows_new_label,
             min_new_label_examples=config.min_new_label_examples)
+    champion = None
+    if pseudo_labels is not None:
+        champion, splits = _champion_and_val(config, models_dir, splits)
     total = sum(len(s.texts) for s in splits.values())
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -191,6 +246,10 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
             embedded[k], fingerprint = embed_all(client, s.texts, lambda n: progress.advance(task, n),
                                                  config.feature_set)
         embed_time = (datetime.now(timezone.utc) - started).total_seconds()
+        pseudo_counts = None
+        if champion is not None:
+            splits["train"], embedded["train"], pseudo_counts = _add_pseudo_labels(
+                config, client, champion, splits, embedded, pseudo_labels)
 
         fit_task = progress.add_task(f"[{config.name}] training", total=None)
         val = splits.get("val")
@@ -208,6 +267,8 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
         metrics["feedback"] = feedback_counts
         # Classes that only feedback taught (the test split, if any, cannot score them yet).
         metrics["new_classes"] = feedback_counts.get("new_classes", [])
+    if pseudo_counts is not None:
+        metrics["pseudo_labels"] = pseudo_counts
     if "test" in splits:
         metrics["test"] = evaluate(result.model, embedded["test"], splits["test"].labels)
     version = version or new_version()
@@ -223,6 +284,9 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
     }
     if feedback_counts is not None:
         manifest["feedback"] = feedback_counts  # the rows added are part of the training data
+    if pseudo_counts is not None:
+        manifest["pseudo_labels"] = pseudo_counts
+        manifest["challenger_of"] = champion.version  # written, not served: `latest` stays on the champion
     # Drift reference: the texts the final model was fitted on (train + val when given); the
     # confidence of held-out predictions only (result.val_proba: the val split, out-of-fold under
     # cross-validation, or the held-out part of train), never the test split.
@@ -231,5 +295,5 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
                             result.model.labels, result.val_proba, confidence_source=result.val_source)
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     path = write_artifact(models_dir, config.name, version, result.model, manifest=manifest, metrics=metrics,
-                          config_yaml=config_yaml, drift=drift)
+                          config_yaml=config_yaml, drift=drift, set_latest=champion is None)
     return TrainReport(config.name, version, path, metrics, result.train_time_s, embed_time, feedback_counts)

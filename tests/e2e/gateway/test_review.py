@@ -212,6 +212,33 @@ def test_export_label_import_round_trip_through_the_cli(stack, tmp_path, fmt):
     assert rep["by_strategy"]["diverse"]["count"] >= 3
 
 
+def test_self_training_writes_a_challenger_from_confident_traffic(stack, traffic):
+    models, config = stack["models"], stack["configs"]["tickets"]
+    champion = (models / "tickets" / "latest").read_text().strip()
+
+    def train(*extra: str) -> tuple[dict, dict, dict]:
+        out = _cli("train", str(config), "--models-dir", str(models), "--embedder-target", stack["target"],
+                   "--db-url", stack["db"], "--with-pseudo-labels", *extra)
+        assert out.returncode == 0, out.stderr[-2000:]
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        version_dir = models / "tickets" / result["version"]
+        return (result, json.loads((version_dir / "metrics.json").read_text()),
+                json.loads((version_dir / "manifest.json").read_text()))
+
+    # The defaults want 0.97 precision on 30 val texts: the 5 of this small head are too few to trust.
+    result, metrics, manifest = train()
+    assert result["challenger"] and metrics["pseudo_labels"]["added"] == 0
+    assert "30" in metrics["pseudo_labels"]["skipped"]
+    # Lenient settings: the threshold is found, confident logged texts join the training split, capped.
+    result, metrics, manifest = train("--pseudo-precision", "0.5", "--pseudo-min-support", "1")
+    pseudo = metrics["pseudo_labels"]
+    assert pseudo["champion"] == champion == manifest["challenger_of"] and pseudo["threshold"] is not None
+    train_size = metrics["n_train"] - pseudo["added"]  # val (a tenth of the 48) was split off before the additions
+    assert 40 <= train_size < 48 and 0 < pseudo["added"] <= pseudo["cap"] == int(0.2 * train_size)
+    assert (models / "tickets" / "latest").read_text().strip() == champion  # a challenger: not served
+    assert httpx.get(f"{stack['url']}/v1/models/tickets").json()["version"] == champion
+
+
 SARCASM = ["oh great, the app crashed again, just what I needed", "wonderful, billed twice, best day ever",
            "love waiting three weeks for a password reset", "fantastic, another outage, truly impressive",
            "sure, because logging in should take an hour"]
