@@ -128,6 +128,10 @@ def keys_create(
     name: str = typer.Argument(..., help="Who the key is for"),
     models: str = typer.Option("*", help="Comma-separated models the key may call; * = all"),
     keys_file: Optional[Path] = typer.Option(None, help="Append the hashed entry to this YAML file"),
+    role: List[str] = typer.Option([], "--role", help="labeller: may give feedback on any prediction of its "
+                                   "models, not only its own (repeatable)"),
+    embeddings: Optional[bool] = typer.Option(None, "--embeddings/--no-embeddings", help="May call /v1/embeddings "
+                                              "(default: only a key allowed on every model)"),
 ):
     """Make an API key: prints the key once; only its hash is stored."""
     import yaml
@@ -135,7 +139,18 @@ def keys_create(
     from gateway.auth import new_key
 
     key, digest = new_key()
+    from gateway.settings import ApiKey
+
     entry = {"name": name, "sha256": digest, "models": [m.strip() for m in models.split(",") if m.strip()]}
+    if role:
+        entry["roles"] = sorted(set(role))
+    if embeddings is not None:
+        entry["embeddings"] = embeddings
+    try:
+        ApiKey.model_validate(entry)  # an unknown role fails here, not when the gateway reads the file
+    except ValueError as exc:
+        typer.echo(f"invalid key: {exc}", err=True)
+        raise typer.Exit(2) from None
     if keys_file:
         existing = (yaml.safe_load(keys_file.read_text()) if keys_file.exists() else None) or []
         keys_file.write_text(yaml.safe_dump(existing + [entry], sort_keys=False))
@@ -152,10 +167,16 @@ def train(
                                        "(text from the log) to the training data; redacted texts are skipped"),
     db_url: str = typer.Option(DEFAULT_DB_URL, envvar="POLYHEAD_HEAD_DB_URL", help="With --with-feedback: the "
                                "inference DB (SQLAlchemy URL)"),
+    feedback_from: Optional[str] = typer.Option(None, "--feedback-from", help="With --with-feedback: trust only "
+                                                "the feedback given by these API keys (comma-separated names; "
+                                                "'anonymous' = given with keys off). Default: everybody's"),
+    promote: bool = typer.Option(False, "--promote", help="Serve the new version at once (champion); without it a "
+                                 "head's new version is a challenger, shadowed on live traffic until promoted "
+                                 "(a head's first version is always its champion)"),
     with_pseudo_labels: bool = typer.Option(False, "--with-pseudo-labels", help="Self-training: add logged texts "
                                             "the served version is very sure of (threshold chosen on val, share "
-                                            "capped, never in val/test); the result is a challenger: `latest` does "
-                                            "not move"),
+                                            "capped, never in val/test); the result is a challenger (unless "
+                                            "--promote)"),
     pseudo_precision: float = typer.Option(0.97, min=0.5, max=1.0, help="With --with-pseudo-labels: the val "
                                            "precision the threshold must reach"),
     pseudo_max_share: float = typer.Option(0.2, min=0.0, max=1.0, help="With --with-pseudo-labels: at most this "
@@ -163,7 +184,9 @@ def train(
     pseudo_min_support: int = typer.Option(30, min=1, help="With --with-pseudo-labels: val texts the threshold's "
                                            "precision must be measured on"),
 ):
-    """Train heads from their configs; embeddings come from the running embedder (and its cache)."""
+    """Train heads from their configs; embeddings come from the running embedder (and its cache).
+
+    The new version is a challenger (see `polyhead compare NAME`, `polyhead promote NAME`) unless --promote."""
     from rich.console import Console
 
     from embedder.client import EmbedderClient
@@ -173,6 +196,10 @@ def train(
     from polyhead.errors import PolyheadError
 
     console = Console(stderr=True)
+    trusted = None if feedback_from is None else [k.strip() for k in feedback_from.split(",") if k.strip()]
+    if trusted is not None and not with_feedback:
+        console.print("[red]--feedback-from needs --with-feedback[/red]")
+        raise typer.Exit(2)
     try:
         configs = [load_head_config(p) for p in head_configs]
     except HeadConfigError as err:
@@ -184,16 +211,18 @@ def train(
                 pseudo = PseudoLabelOptions(db_url, target_precision=pseudo_precision, max_share=pseudo_max_share,
                                             min_support=pseudo_min_support) if with_pseudo_labels else None
                 report = train_from_config(cfg, models_dir, client, console=console,
-                                           feedback_db_url=db_url if with_feedback else None, pseudo_labels=pseudo)
+                                           feedback_db_url=db_url if with_feedback else None,
+                                           feedback_from=trusted, promote=promote, pseudo_labels=pseudo)
             except PolyheadError as err:
                 console.print(f"[red]{cfg.name}: {err.message}[/red]")
                 raise typer.Exit(2) from None
             test = report.metrics.get("test", {})
-            typer.echo(json.dumps({"head": report.name, "version": report.version, "path": str(report.path),
+            typer.echo(json.dumps({"head": report.name, "version": report.version, "role": report.role,
+                                   "path": str(report.path),
                                    "train_time_s": round(report.train_time_s, 2),
                                    "test_accuracy": test.get("accuracy"), "test_f1_weighted": test.get("f1_weighted"),
                                    **({"feedback": report.feedback} if report.feedback is not None else {}),
-                                   **({"pseudo_labels": report.metrics["pseudo_labels"], "challenger": True}
+                                   **({"pseudo_labels": report.metrics["pseudo_labels"]}
                                       if "pseudo_labels" in report.metrics else {})}))
 
 
@@ -235,7 +264,8 @@ def report(
 def review(
     name: str = typer.Argument(..., help="Model (head) name"),
     n: int = typer.Option(20, "--n", "-n", min=1, max=500, help="How many texts"),
-    strategy: str = typer.Option("uncertain", help="uncertain, ood, diverse, random or disagree (needs challengers)"),
+    strategy: str = typer.Option("uncertain", help="uncertain, ood, diverse, random or disagree (challenger vs "
+                                  "champion)"),
     score: str = typer.Option("margin", help="uncertain: margin (smallest first) or entropy (highest first)"),
     pool: Optional[int] = typer.Option(None, min=1, help="Distinct unlabelled texts to pick from (default 2000)"),
     seed: Optional[int] = typer.Option(None, min=0, help="random: a reproducible draw"),
@@ -276,10 +306,10 @@ def review(
         from rich.markup import escape
         from rich.table import Table
 
-        table = Table("request_id", "index", "text", "predicted", "p", queue["score"] or "score",
+        table = Table("prediction_id", "index", "text", "predicted", "p", queue["score"] or "score",
                       title=f"{name}: {len(queue['items'])} to review ({strategy}, from {queue['pool']} texts)")
         for item in queue["items"]:
-            table.add_row(item["request_id"], str(item["index"]), escape(item["text"][:80]), escape(item["predicted"]),
+            table.add_row(item["prediction_id"], str(item["index"]), escape(item["text"][:80]), escape(item["predicted"]),
                           f"{item['probability']:.3f}", "-" if item["score"] is None else f"{item['score']:.3f}")
         Console().print(table)
 
@@ -311,6 +341,145 @@ def feedback(
         typer.echo(f"error: {err.message}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(summary))
+
+
+_GATEWAY = typer.Option(DEFAULT_GATEWAY_URL, envvar="POLYHEAD_GATEWAY_URL", help="The gateway to ask")
+_API_KEY = typer.Option(None, envvar="POLYHEAD_API_KEY", help="Gateway API key (promote/rollback: an admin key, '*')")
+
+
+@app.command("compare")
+def compare(
+    name: str = typer.Argument(..., help="Model (head) name"),
+    as_json: bool = typer.Option(False, "--json", help="Print the API's body"),
+    gateway: str = _GATEWAY,
+    api_key: Optional[str] = _API_KEY,
+):
+    """Each challenger against the champion on the same live texts: agreement, flips, confidence, live accuracy
+    with McNemar's test, per-class recall change, offline test metrics, and what the gate would decide."""
+    from cli.challengers import gateway_call, print_comparison
+    from polyhead.errors import PolyheadError
+
+    try:
+        body = gateway_call("GET", gateway, f"/v1/models/{name}/challengers", api_key=api_key)
+    except PolyheadError as err:
+        typer.echo(f"error: {err.message}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(body, ensure_ascii=False))
+    else:
+        print_comparison(body)
+
+
+def _change_roles(name: str, action: str, body: dict, gateway: str, api_key: Optional[str], local: bool,
+                  models_dir: Path) -> None:
+    from cli.challengers import gateway_call
+    from heads import roles
+    from polyhead.errors import PolyheadError
+
+    try:
+        if local:
+            import getpass
+
+            actor = f"cli:{getpass.getuser()}"
+            if action == "promote":
+                from heads.config import PromotionConfig
+
+                state = roles.promote(models_dir, name, body.get("version"), actor=actor, reason=body["reason"],
+                                      guard_s=PromotionConfig().guard_s)
+            else:
+                state = roles.rollback(models_dir, name, actor=actor, reason=body["reason"])
+            result = {"head": name, "champion": state.champion, "challengers": list(state.challengers)}
+        else:
+            result = gateway_call("POST", gateway, f"/v1/models/{name}/{action}", api_key=api_key, body=body)
+    except PolyheadError as err:
+        typer.echo(f"error: {err.message}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(result))
+
+
+_LOCAL = typer.Option(False, "--local", help="Write models/<name>/serving.json here instead of asking the gateway "
+                      "(running heads follow it within version_poll_s; the guard uses the default window)")
+_MODELS_DIR = typer.Option(DEFAULT_MODELS_DIR, help="With --local: the artifacts")
+
+
+@app.command("promote")
+def promote_cmd(
+    name: str = typer.Argument(..., help="Model (head) name"),
+    version: Optional[str] = typer.Argument(None, help="The challenger to promote (default: the only one)"),
+    reason: str = typer.Option("manual promotion", help="Why (kept in the audit log)"),
+    gateway: str = _GATEWAY,
+    api_key: Optional[str] = _API_KEY,
+    local: bool = _LOCAL,
+    models_dir: Path = _MODELS_DIR,
+):
+    """Make a challenger the champion; the old champion stays a challenger and the guard watches the new one."""
+    _change_roles(name, "promote", {"version": version, "reason": reason}, gateway, api_key, local, models_dir)
+
+
+@app.command("rollback")
+def rollback_cmd(
+    name: str = typer.Argument(..., help="Model (head) name"),
+    reason: str = typer.Option("manual rollback", help="Why (kept in the audit log)"),
+    gateway: str = _GATEWAY,
+    api_key: Optional[str] = _API_KEY,
+    local: bool = _LOCAL,
+    models_dir: Path = _MODELS_DIR,
+):
+    """Back to the champion before the last promotion."""
+    _change_roles(name, "rollback", {"reason": reason}, gateway, api_key, local, models_dir)
+
+
+@app.command("retrain")
+def retrain(
+    names: Optional[List[str]] = typer.Argument(None, help="Heads to consider (default: every config in --heads-dir)"),
+    heads_dir: Path = typer.Option(DEFAULT_HEADS_DIR, help="Head configs"),
+    models_dir: Path = typer.Option(DEFAULT_MODELS_DIR, help="Where versioned artifacts are written"),
+    embedder_target: str = typer.Option(DEFAULT_EMBEDDER_TARGET, envvar="POLYHEAD_EMBEDDER_TARGET"),
+    db_url: str = typer.Option(DEFAULT_DB_URL, envvar="POLYHEAD_HEAD_DB_URL", help="The inference DB (feedback)"),
+    force: bool = typer.Option(False, "--force", help="Retrain the named heads whatever their policy says"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say which heads are due and why; train nothing"),
+    gateway: str = _GATEWAY,
+    api_key: Optional[str] = _API_KEY,
+):
+    """Retrain the heads whose `retraining:` policy says so (new feedback, drift, age) into CHALLENGERS, never
+    champions: each is then shadowed on live traffic and promoted by `polyhead promote` or the auto gate."""
+    from rich.console import Console
+
+    from cli.challengers import drift_flag, retrain_reasons
+    from embedder.client import EmbedderClient
+    from heads.config import HeadConfigError, load_head_config
+    from heads.training.run import train_from_config
+    from polyhead.errors import PolyheadError
+
+    console = Console(stderr=True)
+    paths = [heads_dir / f"{n}.yaml" for n in names] if names else sorted(heads_dir.glob("*.yaml"))
+    due = []
+    for path in paths:
+        try:
+            cfg = load_head_config(path)
+        except HeadConfigError as err:
+            console.print(f"[red]{err}[/red]")
+            raise typer.Exit(2) from None
+        drift = drift_flag(gateway, cfg.name, api_key) if cfg.retraining.on_drift else None
+        reasons = ["--force"] if force else retrain_reasons(cfg, models_dir, db_url, drift)
+        if cfg.retraining.on_drift and drift is None and not force:
+            console.print(f"[yellow]{cfg.name}: drift trigger not checked: no gateway answered at {gateway}[/yellow]")
+        typer.echo(json.dumps({"head": cfg.name, "due": bool(reasons), "reasons": reasons}))
+        if reasons:
+            due.append(cfg)
+    if dry_run or not due:
+        return
+    with EmbedderClient(embedder_target, timeout_s=120) as client:
+        for cfg in due:
+            try:
+                report = train_from_config(cfg, models_dir, client, console=console,
+                                           feedback_db_url=db_url if cfg.retraining.with_feedback else None)
+            except PolyheadError as err:
+                console.print(f"[red]{cfg.name}: {err.message}[/red]")
+                raise typer.Exit(2) from None
+            typer.echo(json.dumps({"head": report.name, "version": report.version, "role": report.role,
+                                   "test_accuracy": report.metrics.get("test", {}).get("accuracy"),
+                                   **({"feedback": report.feedback} if report.feedback is not None else {})}))
 
 
 @app.command("batch")

@@ -75,7 +75,7 @@ def _agent(queue: dict, item: dict) -> str:
 
 
 def _ids(queue: dict, item: dict) -> dict:
-    return {"model": queue["model"], "request_id": item["request_id"], "index": item["index"],
+    return {"model": queue["model"], "prediction_id": item["prediction_id"], "index": item["index"],
             "strategy": item["strategy"], "version": item["version"]}
 
 
@@ -91,7 +91,7 @@ def export_label_studio(queue: dict) -> str:
 def export_argilla(queue: dict) -> str:
     lines = []
     for item in queue["items"]:
-        lines.append({"id": f"{item['request_id']}:{item['index']}", "fields": {"text": item["text"]},
+        lines.append({"id": f"{item['prediction_id']}:{item['index']}", "fields": {"text": item["text"]},
                       "metadata": {**_ids(queue, item), "score": item["score"]},
                       "suggestions": [{"question_name": LABEL_QUESTION, "value": item["predicted"],
                                        "score": item["probability"], "agent": _agent(queue, item)}]})
@@ -108,7 +108,7 @@ def export_jsonl(queue: dict) -> str:
 class Row:
     number: int  # 1-based: a task of a JSON array, a line of a JSONL file
     model: str | None
-    request_id: Any
+    prediction_id: Any
     index: Any
     label: Any
     strategy: Any
@@ -126,7 +126,7 @@ def _label_studio_row(number: int, task: Any) -> Row | None:
                if isinstance(r, dict) and r.get("type") == "choices" and r.get("from_name", LABEL_QUESTION) == LABEL_QUESTION]
     if not choices or not isinstance(choices[0], list) or len(choices[0]) != 1:
         raise ValueError(f"annotation result: expected exactly one choice of `{LABEL_QUESTION}`")
-    return Row(number, data.get("model"), data.get("request_id"), data.get("index", 0), choices[0][0],
+    return Row(number, data.get("model"), data.get("prediction_id"), data.get("index", 0), choices[0][0],
                data.get("strategy"))
 
 
@@ -150,7 +150,7 @@ def _argilla_row(number: int, record: Any) -> Row | None:
     if label is None:
         return None
     meta = record["metadata"]
-    return Row(number, meta.get("model"), meta.get("request_id"), meta.get("index", 0), label, meta.get("strategy"))
+    return Row(number, meta.get("model"), meta.get("prediction_id"), meta.get("index", 0), label, meta.get("strategy"))
 
 
 def _jsonl_row(number: int, row: Any) -> Row | None:
@@ -158,7 +158,7 @@ def _jsonl_row(number: int, row: Any) -> Row | None:
         raise ValueError("expected a JSON object")
     if row.get("label") is None:
         return None
-    return Row(number, row.get("model"), row.get("request_id"), row.get("index", 0), row.get("label"),
+    return Row(number, row.get("model"), row.get("prediction_id"), row.get("index", 0), row.get("label"),
                row.get("strategy"))
 
 
@@ -241,7 +241,7 @@ def read_labelled(path: Path, fmt: Format, model: str | None = None) -> ImportPl
         if problems:
             errors.append(f"{where} {number}: {'; '.join(problems)}")
             continue
-        item = {"request_id": row.request_id, "index": int(row.index), "label": row.label}
+        item = {"prediction_id": row.prediction_id, "index": int(row.index), "label": row.label}
         if row.strategy is not None:
             item["strategy"] = row.strategy
         items.append(item)
@@ -258,8 +258,10 @@ def read_labelled(path: Path, fmt: Format, model: str | None = None) -> ImportPl
 
 def _check(row: Row) -> list[str]:
     problems = []
-    if not isinstance(row.request_id, str) or not row.request_id.strip() or len(row.request_id) > 128:
-        problems.append("request_id: expected a non-empty string of at most 128 characters")
+    if not isinstance(row.prediction_id, str) or not row.prediction_id.strip() or len(row.prediction_id) > 64 \
+            or "\x00" in row.prediction_id:
+        problems.append("prediction_id: expected a non-empty string of at most 64 characters (the predict "
+                        "answer's prediction_id)")
     if isinstance(row.index, bool) or not isinstance(row.index, int) or not 0 <= row.index <= 4095:
         problems.append(f"index: expected an integer 0-4095, got {row.index!r}")
     if not isinstance(row.label, str) or not row.label.strip() or len(row.label) > 256:

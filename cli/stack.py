@@ -58,6 +58,9 @@ class StackSettings(PolyheadSettings):
     heads_per_process: int = Field(0, ge=0, le=1000, description="Heads packed in one head process: 0 = all in "
                                    "one (cheapest; the default, see BENCHMARKS.md), 1 = one process per head "
                                    "(isolation), N = pools of N")
+    head_standby: bool = Field(True, description="Packed head processes keep a forked warm standby worker that "
+                               "takes over at once when the serving one dies (heads/standby.py): a crash fails "
+                               "no request; the standby shares the imports' memory copy-on-write")
     train_missing: bool = Field(True, description="Train heads that have no artifact yet, before serving")
     scan_interval_s: float = Field(2.0, gt=0, description="How often new head configs are looked for")
 
@@ -143,14 +146,18 @@ class Stack:
     def _pool(self, pool: str, names: list[str], port: int) -> Child:
         """Several heads packed in one process, each at /heads/<name>."""
         argv = _cli("head", "serve", "--heads", ",".join(names), "--heads-dir", str(self.s.heads_dir),
-                    "--pool-name", pool, *self._head_flags(port))
+                    "--pool-name", pool, *self._head_flags(port), *(["--standby"] if self.s.head_standby else []))
         return Child(f"heads:{pool}", "head", argv, port, f"http://{self.s.host}:{port}",
                      self.s.var_dir / "logs" / f"heads-{pool}.log", extra={"heads": list(names), "packed": True})
 
     def _head_flags(self, port: int) -> list[str]:
         return ["--host", self.s.host, "--port", str(port), "--models-dir", str(self.s.models_dir),
                 "--embedder-target", self.embedder_target, "--db-url", self.db_url,
-                "--spool-dir", str(self.s.var_dir / "spool"), *self._l2_args()]
+                "--spool-dir", str(self.s.var_dir / "spool"), *self._l2_args(), *self._admin_args()]
+
+    def _admin_args(self) -> list[str]:
+        """Every head and the gateway get the same admin token file (made once, 0600, in var_dir)."""
+        return ["--admin-token-file", str(ensure_admin_token(self.s.var_dir / "admin-token"))]
 
     def head_routes(self) -> dict[str, str]:
         """{model: URL} for the gateway: a head's own process, or its path in a packed one."""
@@ -169,7 +176,7 @@ class Stack:
     def _gateway(self) -> Child:
         argv = _cli("gateway", "serve", "--host", self.s.host, "--port", str(self.s.gateway_port),
                     "--heads-dir", str(self.s.heads_dir), "--routes-file", str(self.routes_file),
-                    "--embedder-target", self.embedder_target, "--db-url", self.db_url)
+                    "--embedder-target", self.embedder_target, "--db-url", self.db_url, *self._admin_args())
         return Child("gateway", "gateway", argv, self.s.gateway_port, f"http://{self.s.host}:{self.s.gateway_port}",
                      self.s.var_dir / "logs" / "gateway.log")
 
@@ -232,7 +239,8 @@ class Stack:
                     if not cfg.data_available():
                         self.console.print(f"[yellow]{cfg.name}: no data at {cfg.resolve(cfg.dataset.train)}; skipped[/yellow]")
                         continue
-                    report = train_from_config(cfg, self.s.models_dir, client, console=self.console)
+                    report = train_from_config(cfg, self.s.models_dir, client, console=self.console,
+                                               promote=True)  # a head's first version serves
                     acc = report.metrics.get("test", {}).get("accuracy")
                     self.console.print(f"  {cfg.name}: version {report.version}"
                                        + (f", test accuracy {acc:.3f}" if acc is not None else ""))
@@ -387,6 +395,22 @@ class Stack:
         if self.s.state_file.exists():
             self.s.state_file.unlink()
         self.console.print("polyhead stopped")
+
+
+def ensure_admin_token(path: Path) -> Path:
+    """The stack's admin token (Bearer of /admin/* on the gateway and every head): kept across runs,
+    readable by its owner only. `polyhead` commands that call admin routes read it from here."""
+    if not path.exists():
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another `polyhead up` made it first
+            return path
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path
 
 
 def replica_target(host: str, ports: list[int]) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 
 from embedder.feature_sets import DEFAULT, FeatureSet, answers
 from embedder.v1 import embedder_pb2, embedder_pb2_grpc
+from polyhead import tracing
 from polyhead.errors import (
     DeadlineExceededError,
     NotFoundError,
@@ -126,7 +127,11 @@ def embed_request(texts: Sequence[str], bypass_cache: bool = False,
 
 
 def _metadata(request_id: str | None):
-    return (("x-request-id", request_id),) if request_id else None
+    """x-request-id, and the caller's trace context (traceparent) when tracing is on."""
+    pairs = (("x-request-id", request_id),) if request_id else ()
+    if tracing.enabled():
+        pairs += tuple(tracing.inject({}).items())
+    return pairs or None
 
 
 class EmbedderClient:

@@ -21,6 +21,7 @@ from embedder.core import EmbeddingService, EmbedOutcome
 from embedder.servable import TextEmbeddingServable, make_servable
 from embedder.settings import EmbedderSettings
 from embedder.v1 import embedder_pb2, embedder_pb2_grpc
+from polyhead import tracing
 from polyhead import __version__
 from polyhead.errors import PolyheadError, UnavailableError, ValidationError, grpc_status_code
 
@@ -148,11 +149,17 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
 
     async def Embed(self, request, context):
         started = time.perf_counter()
-        try:
-            self._check_ready()
-            outcome = await self._embed(request, context)
-        except PolyheadError as err:
-            await self._fail(context, "Embed", err, started)
+        with tracing.span("embedder Embed", service="embedder",
+                          parent=tracing.grpc_metadata(context.invocation_metadata())) as span:
+            try:
+                self._check_ready()
+                outcome = await self._embed(request, context)
+            except PolyheadError as err:
+                tracing.set_attributes(span, error=err.message)
+                await self._fail(context, "Embed", err, started)
+            tracing.set_attributes(span, **{"embed.batch_size": len(outcome.cached),
+                                            "embed.cache_hits": sum(outcome.cached),
+                                            "embed.feature_set": outcome.feature_set.name})
         metrics.REQUESTS.labels("Embed", "OK").inc()
         metrics.REQUEST_LATENCY.labels("Embed").observe(time.perf_counter() - started)
         return to_response(outcome, self.service)
@@ -241,6 +248,7 @@ class EmbedderServer:
 
     def __init__(self, settings: EmbedderSettings, servable: TextEmbeddingServable | None = None):
         self.settings = settings
+        tracing.configure("embedder", settings.otlp_endpoint)  # a no-op without an endpoint
         # A servable may be passed in already loaded (tests share one model across servers).
         self.servable = servable or make_servable(settings)
         self.service = EmbeddingService(settings, self.servable)
@@ -294,9 +302,7 @@ class EmbedderServer:
 
 async def serve(settings: EmbedderSettings) -> None:
     if settings.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.metrics_port, addr=settings.host)
+        metrics.start_metrics_server(settings.metrics_port, settings.host)
     server = EmbedderServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -30,3 +30,27 @@ L2_ERRORS = Counter("polyhead_l2_cache_errors_total", "Failed Redis round trips 
 L2_UP = Gauge("polyhead_l2_cache_up", "1 while Redis answers, 0 during a back-off after a failure", ["role"])
 L2_LATENCY = Histogram("polyhead_l2_cache_seconds", "Redis round trip (one per event-loop tick)", ["role", "op"],
                        buckets=LATENCY_BUCKETS)
+
+
+METRICS_READ_TIMEOUT_S = 10.0
+
+
+def start_metrics_server(port: int, addr: str, timeout_s: float = METRICS_READ_TIMEOUT_S):
+    """prometheus_client's /metrics server (a thread per connection), with a read timeout: a client that
+    stops sending its request is dropped after `timeout_s` instead of holding a thread forever.
+    Returns the server (its `server_port`); it serves from a daemon thread."""
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    class Handler(WSGIRequestHandler):
+        timeout = timeout_s  # socketserver sets it on the connection: every read is bounded
+
+        def log_message(self, format, *args):  # quiet: Prometheus scrapes are not worth a log line
+            pass
+
+    httpd = make_server(addr, port, make_wsgi_app(), ThreadingWSGIServer, handler_class=Handler)
+    threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
+    return httpd

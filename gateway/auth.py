@@ -1,4 +1,4 @@
-"""API keys (Bearer, stored hashed), per-key rate limits (token bucket), request body limit."""
+"""API keys (Bearer, stored hashed), per-key rate limits (token bucket)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from pathlib import Path
 import yaml
 from cachetools import TTLCache
 from fastapi import Request
-from fastapi.responses import JSONResponse
 
 from gateway.settings import ApiKey, GatewaySettings
 from polyhead.errors import ForbiddenError, OverloadedError, UnauthorizedError
+from polyhead.http import BodySizeLimit  # noqa: F401 - re-exported: it lived here first
+from polyhead.http import bearer_token, token_matches
 
 
 def hash_key(key: str) -> str:
@@ -83,10 +84,16 @@ class Authenticator:
         return bool(self._by_hash)
 
     def authenticate(self, request: Request) -> ApiKey | None:
-        """None when no keys are configured (open local default); raises 401 otherwise."""
-        header = request.headers.get("authorization", "")
+        """None when no keys are configured (open local default); raises 401 otherwise. Remembered on
+        the request: routes authenticate first (a dependency), before their body is validated."""
         if not self.required:
             return None
+        if getattr(request.state, "api_key", None) is not None:
+            return request.state.api_key
+        request.state.api_key = key = self._check(request.headers.get("authorization", ""))
+        return key
+
+    def _check(self, header: str) -> ApiKey:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise UnauthorizedError("missing API key: send 'Authorization: Bearer <key>'", field="authorization")
@@ -95,6 +102,24 @@ class Authenticator:
             if hmac.compare_digest(stored, digest):
                 return key
         raise UnauthorizedError("invalid API key", field="authorization")
+
+    def check_embeddings(self, key: ApiKey | None) -> None:
+        if key is not None and not key.may_embed():
+            raise ForbiddenError(f"API key {key.name!r} may not call /v1/embeddings (a key limited to some models "
+                                 f"needs embeddings: true)", field="authorization")
+
+    def check_ops(self, request: Request, access: str, admin_token: str | None) -> bool:
+        """May this request read /metrics and the detailed /readyz? (`ops_access`: open, key or admin)"""
+        if access == "open" or token_matches(bearer_token(request), admin_token):
+            return True
+        if access == "admin":
+            return False
+        if not self.required:
+            return True
+        try:
+            return self.authenticate(request).all_models
+        except UnauthorizedError:
+            return False
 
     @staticmethod
     def check_model(key: ApiKey | None, model: str) -> None:
@@ -112,40 +137,3 @@ class Authenticator:
         elif self.anonymous_rate is not None:
             self.limiter.take(f"ip:{request.client.host if request.client else 'unknown'}", self.anonymous_rate)
         return key
-
-
-class BodySizeLimit:
-    """ASGI middleware: 413 for bodies over the limit, declared or streamed."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(scope, receive, send)
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge()
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._reject(scope, receive, send)
-
-    async def _reject(self, scope, receive, send):
-        response = JSONResponse({"error": {"type": "too_large", "message": f"request body exceeds the limit of "
-                                           f"max_body_bytes={self.max_bytes}", "field": "body"}}, status_code=413)
-        await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass

@@ -16,10 +16,13 @@ from gateway import metrics
 from gateway.routing import Route, RoutingTable
 from gateway.settings import GatewaySettings
 from heads.api import HeadInfo, encode_model_error, process_base_url
+from polyhead import tracing
 from polyhead.errors import NotFoundError, PolyheadError, UnavailableError, ValidationError
-from polyhead.http import REQUEST_ID_HEADER
+from polyhead.http import CALLER_HEADER, PREDICTION_ID_HEADER, REQUEST_ID_HEADER
 
 log = logging.getLogger("polyhead.gateway.core")
+
+RETRY_DELAY_S = 0.05  # before the one retry of a call whose connection broke (the standby needs a few ms)
 
 
 class UpstreamReply:
@@ -53,6 +56,8 @@ class GatewayService:
         self._session: aiohttp.ClientSession | None = None
         self.embedder: AsyncEmbedderClient | None = None
         self._embedder_info = None  # the embedder's Info, re-read only when an Embed reports another fingerprint
+        # Heads believe the caller header (whose key a prediction is) only with the admin token.
+        self._admin_token = settings.admin_secret()
 
     async def start(self) -> None:
         self.routing.refresh(force=True)
@@ -81,26 +86,44 @@ class GatewayService:
                 log.exception("routing refresh failed")
 
     async def _call_head(self, route: Route, method: str, path: str, request_id: str, body: bytes | None = None,
-                         timeout_s: float | None = None) -> UpstreamReply:
+                         timeout_s: float | None = None, caller: str | None = None) -> UpstreamReply:
         return await self._request(method, route.url + path, [route], request_id, body,
-                                   timeout_s or route.timeout_s or self.settings.head_timeout_s)
+                                   timeout_s or route.timeout_s or self.settings.head_timeout_s, caller)
 
     async def _request(self, method: str, url: str, routes: list[Route], request_id: str, body: bytes | None,
-                       timeout_s: float) -> UpstreamReply:
+                       timeout_s: float, caller: str | None = None) -> UpstreamReply:
         """One call to a head process on behalf of `routes` (one head, or several packed ones behind
-        /classify); a timeout or an unreachable head is UnavailableError naming every model involved."""
+        /classify); a timeout or an unreachable head is UnavailableError naming every model involved.
+        `caller`: the API key (name) the call is made for; the head logs it with its predictions."""
         headers = {REQUEST_ID_HEADER: request_id}
         if body is not None:
             headers["content-type"] = "application/json"
-        try:
-            async with self._session.request(method, url, data=body, headers=headers,
-                                             timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
-                content = await response.read()
-                return UpstreamReply(response.status, content, response.headers)
-        except TimeoutError:  # aiohttp's timeouts are TimeoutErrors; checked before ClientError on purpose
-            failure, cause = "timeout", None
-        except aiohttp.ClientError as exc:
-            failure, cause = "unreachable", type(exc).__name__
+        if caller is not None:
+            headers[CALLER_HEADER] = caller
+        if self._admin_token is not None:
+            headers["authorization"] = f"Bearer {self._admin_token}"
+        tracing.inject(headers)
+        failure, cause = "timeout", None
+        for attempt in (1, 2):
+            try:
+                async with self._session.request(method, url, data=body, headers=headers,
+                                                 timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+                    content = await response.read()
+                    return UpstreamReply(response.status, content, response.headers)
+            except TimeoutError:  # aiohttp's timeouts are TimeoutErrors; checked before ClientError on purpose
+                failure, cause = "timeout", None
+                break  # a slow head is not retried: it would get the same work twice
+            except aiohttp.ClientConnectionError as exc:
+                # The connection broke or was refused: the head process died (its standby, or its
+                # restart, takes over the port). Every call to a head is idempotent (a predict only
+                # logs): one retry on a fresh connection.
+                failure, cause = "unreachable", type(exc).__name__
+                if attempt == 1:
+                    metrics.UPSTREAM_RETRIES.labels(routes[0].name if len(routes) == 1 else "-").inc()
+                    await asyncio.sleep(RETRY_DELAY_S)
+            except aiohttp.ClientError as exc:
+                failure, cause = "unreachable", type(exc).__name__
+                break
         for r in routes:
             metrics.UPSTREAM_ERRORS.labels(r.name, failure).inc()
         if len(routes) == 1:
@@ -111,22 +134,23 @@ class GatewayService:
             raise UnavailableError(f"{who} timed out ({where})", retry_after_s=2)
         raise UnavailableError(f"{who} {are} unavailable: {where} is unreachable ({cause})", retry_after_s=2)
 
-    async def predict(self, name: str, body: bytes, request_id: str) -> UpstreamReply:
+    async def predict(self, name: str, body: bytes, request_id: str, caller: str | None = None) -> UpstreamReply:
         """Forward a predict body (JSON bytes) to the named model's head; its answer comes back as is."""
-        return await self._forward(name, "/predict", body, request_id)
+        return await self._forward(name, "/predict", body, request_id, caller)
 
-    async def explain(self, name: str, body: bytes, request_id: str) -> UpstreamReply:
+    async def explain(self, name: str, body: bytes, request_id: str, caller: str | None = None) -> UpstreamReply:
         """Forward an explain body to the named model's head (word-occlusion importances)."""
-        return await self._forward(name, "/explain", body, request_id)
+        return await self._forward(name, "/explain", body, request_id, caller)
 
-    async def _forward(self, name: str, path: str, body: bytes, request_id: str) -> UpstreamReply:
+    async def _forward(self, name: str, path: str, body: bytes, request_id: str,
+                       caller: str | None = None) -> UpstreamReply:
         route = self.routing.get(name)
-        reply = await self._call_head(route, "POST", path, request_id, body=body)
+        reply = await self._call_head(route, "POST", path, request_id, body=body, caller=caller)
         is_json = reply.headers.get("Content-Type", "").startswith("application/json")
         if (reply.status >= 500 and reply.status != 503) or not is_json:
             metrics.UPSTREAM_ERRORS.labels(name, f"http_{reply.status}").inc()
             raise UnavailableError(f"model {name!r} failed (head answered HTTP {reply.status})", retry_after_s=2)
-        reply.headers = {k: v for k, v in reply.headers.items() if k.lower() == "retry-after"}
+        reply.headers = {k: v for k, v in reply.headers.items() if k.lower() in ("retry-after", PREDICTION_ID_HEADER)}
         return reply
 
     async def head_json(self, route: Route, path: str, request_id: str = "") -> dict | None:
@@ -139,7 +163,7 @@ class GatewayService:
         return body if isinstance(body, dict) else None
 
     async def classify(self, texts: list[str], names: list[str], request_id: str,
-                       refused: Mapping[str, PolyheadError] | None = None) -> dict:
+                       refused: Mapping[str, PolyheadError] | None = None, caller: str | None = None) -> dict:
         """Every named model on the same texts: {name: its predict body | {"error", "status"}}.
 
         Models packed in one head process get ONE /classify call (one embedding, shared in-process);
@@ -166,10 +190,11 @@ class GatewayService:
                 by_process.setdefault(base, []).append(route)
 
         async def packed(base: str, routes: list[Route]) -> dict:
-            body = json.dumps({"texts": texts, "models": [r.name for r in routes]}).encode()
+            # ensure_ascii=False: never larger than the caller's body (the heads' body limit is the gateway's)
+            body = json.dumps({"texts": texts, "models": [r.name for r in routes]}, ensure_ascii=False).encode()
             timeout = max((r.timeout_s or self.settings.head_timeout_s) for r in routes)
             try:
-                reply = await self._request("POST", base + "/classify", routes, request_id, body, timeout)
+                reply = await self._request("POST", base + "/classify", routes, request_id, body, timeout, caller)
             except PolyheadError as err:
                 return {r.name: encode_model_error(int(err.http_status), err.to_dict()) for r in routes}
             if reply.status == 200:
@@ -177,9 +202,9 @@ class GatewayService:
             return {r.name: _error_entry(reply, r.name) for r in routes}
 
         async def alone(route: Route) -> dict:
-            body = json.dumps({"texts": texts}).encode()
+            body = json.dumps({"texts": texts}, ensure_ascii=False).encode()
             try:
-                reply = await self._call_head(route, "POST", "/predict", request_id, body=body)
+                reply = await self._call_head(route, "POST", "/predict", request_id, body=body, caller=caller)
             except PolyheadError as err:
                 return {route.name: encode_model_error(int(err.http_status), err.to_dict())}
             if reply.status == 200:
@@ -214,8 +239,8 @@ class GatewayService:
                          metrics={k: info.metrics.get(k) for k in TEST_METRICS_SHOWN if k in info.metrics},
                          **{f: getattr(info, f) for f in MODEL_INFO_FROM_HEAD})
 
-    async def list_models(self, request_id: str = "") -> list[ModelInfo]:
-        names = sorted(self.routing.routes)
+    async def list_models(self, request_id: str = "", names: list[str] | None = None) -> list[ModelInfo]:
+        names = sorted(self.routing.routes) if names is None else names
         return list(await asyncio.gather(*(self.model_info(n, request_id) for n in names)))
 
     async def _refresh_embedder_info(self):

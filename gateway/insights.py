@@ -17,18 +17,19 @@ import logging
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from gateway.core import GatewayService
+from gateway.settings import ApiKey
 from heads.api import DriftReport
 from polyhead.inference_log.feedback import LoggedPrediction, existing_feedback, find_predictions, store_feedback
 from polyhead.inference_log.report_models import FeedbackStats, InferenceReport
 from polyhead.inference_log.reports import DEFAULT_RANGE, build_report, utc
-from polyhead.inference_log.review import STRATEGIES, Context, NoChallengers, candidate_pool, review_summary, select
+from polyhead.inference_log.review import STRATEGIES, Context, candidate_pool, review_summary, select
 from polyhead.inference_log.schema import make_engine, migrate
 from polyhead.errors import NotFoundError, PolyheadError, UnavailableError, ValidationError
 from polyhead.validation import absent_not_null, text_type
@@ -42,9 +43,18 @@ REVIEW_EMBED_CHUNK = 256
 
 
 # -- API schemas ------------------------------------------------------------------------------------
-RequestId = text_type(128, "The predict answer's request_id")
-Label = text_type(256, "The true label (one of the model's labels)")
-SINGLE_FIELDS = ("request_id", "label", "index", "strategy")
+def _no_nul(value: str) -> str:
+    # A prediction id or a label never holds NUL, and PostgreSQL text cannot: a 422, not a 503.
+    if "\x00" in value:
+        raise ValueError(f"must not contain NUL (U+0000), found at character {value.index(chr(0))}")
+    return value
+
+
+PredictionId = Annotated[text_type(64, "The predict answer's prediction_id (server-issued; not the x-request-id)"),
+                         AfterValidator(_no_nul)]
+Label = Annotated[text_type(256, "The true label (one of the model's labels)"), AfterValidator(_no_nul)]
+SINGLE_FIELDS = ("prediction_id", "label", "index", "strategy")
+LABELLER = "labeller"  # an API key role: may label any prediction of the models it may call
 StrategyName = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]
 STRATEGY_HELP = "The review strategy that picked this text (GET /review's item.strategy); absent: direct feedback"
 
@@ -52,31 +62,31 @@ STRATEGY_HELP = "The review strategy that picked this text (GET /review's item.s
 class FeedbackItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    request_id: RequestId
+    prediction_id: PredictionId
     label: Label
     index: int = Field(0, ge=0, le=4095, description="Which text of a request with several texts (0 = the first)")
     strategy: StrategyName | None = Field(None, description=STRATEGY_HELP)
 
 
 def _feedback_schema_extra(schema: dict) -> None:
-    """JSON Schema for "one feedback (request_id + label, optional index) or `items`, never both, never null"
+    """JSON Schema for "one feedback (prediction_id + label, optional index) or `items`, never both, never null"
     (pydantic alone writes `default: null` and no exclusivity)."""
     absent_not_null(schema)
-    schema["oneOf"] = [{"required": ["request_id", "label"], "not": {"required": ["items"]}},
+    schema["oneOf"] = [{"required": ["prediction_id", "label"], "not": {"required": ["items"]}},
                        {"required": ["items"], "not": {"anyOf": [{"required": [f]} for f in SINGLE_FIELDS]}}]
     schema["examples"] = [
-        {"request_id": "3f2a...", "label": "billing"},
-        {"items": [{"request_id": "3f2a...", "label": "billing"}, {"request_id": "77c1...", "label": "technical",
-                                                                    "index": 1}]}]
+        {"prediction_id": "Xb3...", "label": "billing"},
+        {"items": [{"prediction_id": "Xb3...", "label": "billing"},
+                   {"prediction_id": "q7K...", "label": "technical", "index": 1}]}]
 
 
 class FeedbackRequest(BaseModel):
-    """One feedback (`request_id`, `label`, optional `index`) or several (`items`). An absent field is None;
+    """One feedback (`prediction_id`, `label`, optional `index`) or several (`items`). An absent field is None;
     an explicit null is refused (the types are not optional), as the schema says."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_feedback_schema_extra)
 
-    request_id: RequestId = Field(None)
+    prediction_id: PredictionId = Field(None)
     label: Label = Field(None)
     index: int = Field(None, ge=0, le=4095, description="Which text of a request with several texts (0 = the first)")
     strategy: StrategyName = Field(None, description=STRATEGY_HELP)
@@ -90,9 +100,9 @@ class FeedbackRequest(BaseModel):
     def _one_form(self):
         single = any(getattr(self, f) is not None for f in SINGLE_FIELDS)
         if single == (self.items is not None):
-            raise ValueError("give either request_id and label (one feedback) or items (several)")
-        if single and (self.request_id is None or self.label is None):
-            raise ValueError("one feedback needs both request_id and label")
+            raise ValueError("give either prediction_id and label (one feedback) or items (several)")
+        if single and (self.prediction_id is None or self.label is None):
+            raise ValueError("one feedback needs both prediction_id and label")
         return self
 
     @property
@@ -102,12 +112,12 @@ class FeedbackRequest(BaseModel):
     def all_items(self) -> list[FeedbackItem]:
         if self.items is not None:
             return self.items
-        return [FeedbackItem(request_id=self.request_id, label=self.label, index=self.index or 0,
+        return [FeedbackItem(prediction_id=self.prediction_id, label=self.label, index=self.index or 0,
                              strategy=self.strategy)]
 
 
 class FeedbackResult(BaseModel):
-    request_id: str
+    prediction_id: str
     index: int
     label: str
     predicted: str = Field(description="What the model answered for that text")
@@ -158,8 +168,15 @@ class ReviewTopK(BaseModel):
     probability: float
 
 
+class ReviewChallenger(BaseModel):
+    version: str
+    label: str
+    probability: float
+
+
 class ReviewItem(BaseModel):
-    request_id: str = Field(description="Send it back with the label to POST /feedback")
+    prediction_id: str = Field(description="The predict answer's prediction_id: send it back with the label to "
+                                           "POST /feedback")
     index: int
     text: str
     predicted: str
@@ -169,8 +186,10 @@ class ReviewItem(BaseModel):
     ts: datetime
     strategy: str = Field(description="The strategy that picked it: send it back with the feedback")
     score: float | None = Field(description="The strategy's score (margin, entropy, centroid similarity, distance; "
-                                            "null for random)")
+                                            "challenger probability; null for random)")
     score_name: str | None
+    challenger: ReviewChallenger | None = Field(None, description="disagree: the challenger's shadow answer on "
+                                                                  "this text (`predicted` is what the caller got)")
 
 
 class ReviewQueue(BaseModel):
@@ -217,6 +236,14 @@ def fit_report_range(since: datetime | None, until: datetime | None, bucket: str
         since = until - MAX_REPORT_BUCKETS * BUCKET_SPAN["day"]
         adjusted.append(f"since={since.isoformat()}: the range is cut to its last {MAX_REPORT_BUCKETS} days")
     return since, until, bucket, adjusted
+
+
+def _may_label(key: ApiKey | None, pred: LoggedPrediction) -> bool:
+    """Keys off: whoever holds the prediction_id (unguessable, given only to the caller). Keys on: the
+    key that asked for the prediction, or a labeller key (already checked to be allowed on the model)."""
+    if key is None:
+        return True
+    return pred.caller == key.name or LABELLER in key.roles
 
 
 # -- core -------------------------------------------------------------------------------------------
@@ -274,23 +301,21 @@ class Insights:
         chosen = STRATEGIES[strategy]
         labels = await self._served_labels(route, request_id) or []
         candidates = await self._in_db(candidate_pool, name, order=chosen.pool_order, limit=pool, since=since,
-                                       until=until)
+                                       until=until, disagreeing=chosen.disagreeing)
         ctx = Context(score=score, seed=seed)
         if candidates and (chosen.needs_vectors or chosen.needs_centroids):
             reference = await self._centroids(route, request_id)
             ctx.centroids = reference["centroids"]
             if chosen.needs_vectors:
                 ctx.vectors = await self._embed([c.text for c in candidates], reference, request_id)
-        try:
-            picked = await asyncio.to_thread(select, chosen, candidates, n, ctx)
-        except NoChallengers as exc:
-            raise ValidationError(f"strategy: {exc} (model {name!r})", field="strategy") from None
+        picked = await asyncio.to_thread(select, chosen, candidates, n, ctx)
         score_name = ("entropy" if score == "entropy" else "margin") if strategy == "uncertain" else chosen.score_name
         expected = [x for x in route.new_labels if x not in labels] if isinstance(route.new_labels, tuple) else []
-        items = [{"request_id": c.request_id, "index": c.index, "text": c.text, "predicted": c.label,
+        items = [{"prediction_id": c.prediction_id, "index": c.index, "text": c.text, "predicted": c.label,
                   "probability": c.probability, "top_k": c.top_k, "version": c.version, "ts": c.ts,
                   "strategy": strategy, "score": None if value is None else round(float(value), 6),
-                  "score_name": score_name if value is not None else None} for c, value in picked]
+                  "score_name": score_name if value is not None else None, "challenger": c.challenger}
+                 for c, value in picked]
         return {"model": name, "strategy": strategy, "score": score_name, "pool": len(candidates),
                 "labels": labels + expected,
                 "new_labels": list(route.new_labels) if isinstance(route.new_labels, tuple) else route.new_labels,
@@ -328,23 +353,25 @@ class Insights:
 
     # -- feedback -----------------------------------------------------------------------------------
     async def feedback(self, name: str, items: list[FeedbackItem], *, batch: bool, request_id: str,
-                       dry_run: bool = False) -> dict:
+                       key: ApiKey | None = None, dry_run: bool = False) -> dict:
+        """`key`: the caller's API key (None: keys are off). It may label the predictions it asked for,
+        or any with the labeller role; another key's prediction reads exactly like an unknown one."""
         route = self.gateway.routing.get(name)
 
         def where(i: int, attr: str) -> str:
             return f"items[{i}].{attr}" if batch else attr
 
-        keys = [(it.request_id, it.index) for it in items]
-        found = await self._wait_for_predictions(name, keys)
-        missing = [i for i, key in enumerate(keys) if key not in found]
+        keys = [(it.prediction_id, it.index) for it in items]
+        found = await self._wait_for_predictions(name, keys, key)
+        missing = [i for i, k in enumerate(keys) if k not in found]
         if missing:
             i = missing[0]
-            rid, index = keys[i]
+            pid, index = keys[i]
             text = f" (text index {index})" if index else ""
             more = f"; {len(missing)} of {len(items)} items are unknown" if len(missing) > 1 else ""
-            # 404: the request is well formed, the prediction it names does not exist (the OpenAPI agrees)
-            raise NotFoundError(f"{where(i, 'request_id')}: unknown request_id {rid!r}{text}: model {name!r} logged "
-                                  f"no such prediction{more}", field=where(i, "request_id"))
+            # 404: the request is well formed, the prediction it names does not exist for this caller
+            raise NotFoundError(f"{where(i, 'prediction_id')}: unknown prediction_id {pid!r}{text}: model {name!r} "
+                                f"logged no such prediction for this caller{more}", field=where(i, "prediction_id"))
         new_label = []
         for i, item in enumerate(items):
             labels = await self._labels_of(route, found[keys[i]].version, request_id)
@@ -361,24 +388,28 @@ class Insights:
         if dry_run:
             replaced_before = dict(zip(last, await self._in_db(existing_feedback, name, list(last))))
         else:
-            replaced_before = dict(zip(last, await self._in_db(store_feedback, name, unique, strategies)))
+            replaced_before = dict(zip(last, await self._in_db(store_feedback, name, unique,
+                                                               key.name if key is not None else None, strategies)))
         results, seen = [], set()
-        for (rid, index), item, new in zip(keys, items, new_label):
-            pred = found[(rid, index)]
-            replaced = (rid, index) in seen or replaced_before[(rid, index)]
-            seen.add((rid, index))
-            results.append({"request_id": rid, "index": index, "label": item.label, "predicted": pred.label,
+        for (pid, index), item, new in zip(keys, items, new_label):
+            pred = found[(pid, index)]
+            replaced = (pid, index) in seen or replaced_before[(pid, index)]
+            seen.add((pid, index))
+            results.append({"prediction_id": pid, "index": index, "label": item.label, "predicted": pred.label,
                             "version": pred.version, "status": "replaced" if replaced else "stored",
                             "new_label": new, "strategy": item.strategy})
         return {"dry_run": dry_run, "stored": len(results), "replaced": sum(r["status"] == "replaced" for r in results),
                 "items": results}
 
-    async def _wait_for_predictions(self, name: str, keys: list[tuple[str, int]]) -> dict:
+    async def _wait_for_predictions(self, name: str, keys: list[tuple[str, int]], key: ApiKey | None) -> dict:
         """Heads log asynchronously (a writer thread, batches every ~0.2 s): feedback sent right after
-        its predict may arrive first, so look again for up to feedback_wait_s before calling it unknown."""
+        its predict may arrive first, so look again for up to feedback_wait_s before calling it unknown.
+        Only the predictions this key may label count (the others are left out): "not yours" waits as
+        long and answers the same 404 as "unknown", so neither the answer nor its timing tells them apart."""
         deadline = time.monotonic() + self.settings.feedback_wait_s
         while True:
-            found = await self._in_db(find_predictions, name, keys)
+            found = {k: pred for k, pred in (await self._in_db(find_predictions, name, keys)).items()
+                     if _may_label(key, pred)}
             if len(found) == len(set(keys)) or time.monotonic() >= deadline:
                 return found
             await asyncio.sleep(FEEDBACK_POLL_S)

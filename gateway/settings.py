@@ -3,23 +3,37 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
-from polyhead.settings import DEFAULT_DB_URL, DEFAULT_EMBEDDER_TARGET, DEFAULT_GATEWAY_PORT, DEFAULT_HEADS_DIR, Port, ServiceSettings
+from polyhead.settings import (DEFAULT_DB_URL, DEFAULT_EMBEDDER_TARGET, DEFAULT_GATEWAY_PORT, DEFAULT_HEADS_DIR,
+                               HttpServiceSettings, Port)
 
 
 class ApiKey(BaseModel):
-    """A key is stored only as its SHA-256; `polyhead keys create` prints both once."""
+    """A key is stored only as its SHA-256; `polyhead keys create` prints both once. Its `name` is its
+    id everywhere else (rate-limit bucket, logged caller of a prediction, who gave a feedback)."""
 
     name: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     models: list[str] = Field(default_factory=lambda: ["*"], description="models this key may call; * = all")
     rate_per_s: float | None = Field(None, gt=0, description="overrides the default per-key rate")
+    embeddings: bool | None = Field(None, description="may call /v1/embeddings; default: only a key allowed on "
+                                    "every model ('*')")
+    roles: list[Literal["labeller"]] = Field(default_factory=list, description="labeller: may give feedback on "
+                                             "any prediction of the models it may call, not only its own")
+
+    @property
+    def all_models(self) -> bool:
+        return "*" in self.models
+
+    def may_embed(self) -> bool:
+        return self.embeddings if self.embeddings is not None else self.all_models
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(HttpServiceSettings):
     section = "gateway"
     model_config = SettingsConfigDict(env_prefix="POLYHEAD_GATEWAY_", extra="forbid")
 
@@ -46,8 +60,11 @@ class GatewaySettings(ServiceSettings):
     # Reports and feedback read and write the inference DB the heads log to.
     db_url: str = Field(DEFAULT_DB_URL, description="Inference DB (SQLAlchemy URL) the heads log to: "
                         "reports read it, feedback is stored in it")
+    policy_check_interval_s: float = Field(10.0, ge=0, description="After feedback, run a model's promotion gate "
+                                           "(auto policy) and rollback guard at most this often; 0 = only on "
+                                           "POST /v1/models/{name}/evaluate")
     feedback_wait_s: float = Field(2.0, ge=0, le=30, description="Heads log asynchronously: feedback waits this long "
-                                   "for its prediction to reach the DB before answering 422 (unknown request_id)")
+                                   "for its prediction to reach the DB before answering 404 (unknown prediction_id)")
 
     # Security. With no keys configured the gateway is open (the local default).
     api_keys: list[ApiKey] = Field(default_factory=list)
@@ -58,4 +75,9 @@ class GatewaySettings(ServiceSettings):
     rate_limit_burst: int = Field(100, ge=1, description="Requests a caller may send at once before the rate applies")
     rate_limit_max_callers: int = Field(100_000, ge=1, description="Callers (keys, client IPs) whose buckets are kept; "
                                        "idle full buckets are dropped first, so memory stays bounded under abuse")
-    max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413")
+    # Who may read /metrics and the detailed /readyz (which list every model): "open" (anyone who
+    # reaches the port), "key" (an API key allowed on every model, or the admin token; open while no
+    # keys are configured), "admin" (the admin token only).
+    ops_access: Literal["open", "key", "admin"] = Field("key", description="Who may read /metrics and the "
+                                                        "detailed /readyz: open, key (a '*' API key or the admin "
+                                                        "token) or admin (the admin token)")

@@ -67,6 +67,9 @@ class PredictResponse:
     request_id: str
     latency_ms: Milliseconds
     predictions: list[Prediction]
+    # server-issued, unguessable: what feedback names (request_id is only the caller's correlation id)
+    prediction_id: Annotated[str, Field(description="Issued by the server, unguessable: what feedback names "
+                                                    "(also in the x-prediction-id header)")] = ""
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,9 @@ class HeadInfo(BaseModel):
     embedder_fingerprint: str | None = None
     feature_set: str | None = Field(None, description="The embedder feature set the served version was trained on")
     ready: bool
-    checks: dict[str, str] = Field({}, description="Readiness checks (artifact, embedder, fingerprint): why not ready")
+    checks: dict[str, str | dict[str, Any]] = Field(
+        {}, description="Readiness checks (artifact, embedder, fingerprint): why not ready; inference_log: the log's "
+                        "lag (oldest unwritten row age, spool rows, dead letters)")
     serving: ServingConfig = Field(_DEFAULT_SERVING, description="The head's serving configuration")
     server_version: str = ""
     drift: DriftSummary | None = Field(None, description="The head's drift flag and scores (GET <head>/drift has "

@@ -75,6 +75,42 @@ class DriftConfig(BaseModel):
                                                                  "to their nearest centroid")
 
 
+class PromotionConfig(BaseModel):
+    """How a challenger becomes the champion, and when a promotion is undone (heads/roles.py,
+    heads/promotion.py). Evidence is paired: both versions on the same live texts (shadow)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["manual", "auto"] = Field("manual", description="manual: only `polyhead promote` / POST .../promote; "
+                                            "auto: the gate promotes a challenger once every threshold below is met")
+    min_shadowed: int = Field(500, ge=0, description="auto: texts the challenger has answered in shadow")
+    min_paired_feedback: int = Field(100, ge=1, description="auto: of those, texts with feedback (true labels)")
+    mcnemar_alpha: float = Field(0.05, gt=0, le=1, description="auto: the challenger must be right on more of the "
+                                 "texts where the two disagree, at this level (McNemar's exact paired test)")
+    max_class_recall_drop: float = Field(0.05, ge=0, le=1, description="auto: largest allowed drop of any class's "
+                                         "recall on the paired feedback (classes with >= min_class_feedback texts)")
+    min_class_feedback: int = Field(10, ge=1, description="a class's recall counts once it has this many feedback texts")
+    max_offline_drop: float = Field(0.01, ge=0, le=1, description="auto: the challenger's offline test accuracy "
+                                    "(artifact metrics) may trail the champion's by at most this")
+    max_challengers: int = Field(3, ge=0, le=20, description="challengers shadowed at once; training one more retires "
+                                 "the oldest (its artifact stays on disk)")
+    guard_s: float = Field(7 * 86400, ge=0, description="after a promotion, how long the guard may roll it back; 0 = no guard")
+    guard_min_feedback: int = Field(50, ge=1, description="guard: paired feedback texts since the promotion before it judges")
+    guard_margin: float = Field(0.02, ge=0, le=1, description="guard: roll back when the new champion's live accuracy "
+                                "is below the previous champion's, on the same texts, by more than this")
+
+
+class RetrainingConfig(BaseModel):
+    """When `polyhead retrain` retrains this head (into a challenger); no trigger set = never."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_new_feedback: int | None = Field(None, ge=1, description="feedback labels stored since the champion was trained")
+    on_drift: bool = Field(False, description="retrain when the head is flagged for drift")
+    max_age_days: float | None = Field(None, gt=0, description="retrain when the champion is older than this")
+    with_feedback: bool = Field(True, description="add the stored feedback to the training data")
+
+
 NewLabel = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"\S")]
 
 
@@ -87,6 +123,8 @@ class HeadConfig(BaseModel):
     training: TrainParams = Field(default_factory=TrainParams)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    retraining: RetrainingConfig = Field(default_factory=RetrainingConfig)
     seed: int = 0
     # The embedder output the head is trained on (embedder/feature_sets.py KNOWN); the artifact records it
     # and serving asks for the artifact's, not the config's. all6 costs 6x the vector in cache and on the wire.

@@ -9,13 +9,16 @@ several heads of the process for the same texts with one Embed call per feature 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
+import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
 
 from embedder.client import AsyncEmbedderClient, RetryPolicy, feature_sets
-from heads import explain, metrics
+from heads import explain, metrics, roles
 from heads.api import ExplainResponse, PredictResponse
 from heads.coalescing import CoalescingEmbedder
 from heads.config import HeadConfig, load_head_config
@@ -24,12 +27,17 @@ from heads.fallback import EmbeddingFallback
 from heads.pipeline import Embedded, FingerprintMismatch, HeadPipeline, embed_error
 from heads.servable import HeadServable, ServableManager
 from heads.settings import HeadSettings
-from polyhead.errors import NotFoundError, PolyheadError
+from polyhead.errors import ConflictError, NotFoundError, PolyheadError
 from polyhead.inference_log.records import PredictionRecord
 from polyhead.inference_log.writer import InferenceLog
 from polyhead.validation import check_texts
 
 log = logging.getLogger("polyhead.head.core")
+
+
+def new_prediction_id() -> str:
+    """The id feedback names: issued here, 128 random bits, never the caller's choice."""
+    return secrets.token_urlsafe(16)
 
 
 @dataclass
@@ -87,10 +95,12 @@ class HeadService:
                     max_chars=s.max_text_chars)
 
     async def predict(self, texts: list[str], *, batch: bool, request_id: str | None = None,
-                      embedded: Embedded | None = None) -> PredictResponse:
-        """`embedded`: these texts already embedded (HeadProcess.classify)."""
+                      embedded: Embedded | None = None, caller: str | None = None) -> PredictResponse:
+        """`embedded`: these texts already embedded (HeadProcess.classify). `caller`: the API key (name)
+        the gateway asked for, logged with the prediction (feedback on it is that key's, or a labeller's)."""
         started = time.perf_counter()
         request_id = request_id or uuid.uuid4().hex
+        prediction_id = new_prediction_id()
         self.validate(texts, batch)
         try:
             done = await self.pipeline.run(texts, request_id, embedded=embedded)
@@ -102,18 +112,47 @@ class HeadService:
         version = done.servable.version
         if self.config.drift.enabled:
             self._observe_drift(done)
+        rows = []
         for index, (text, p) in enumerate(zip(texts, done.predictions)):
             metrics.PREDICTIONS.labels(self.name, p.label).inc()
             if p.abstained:
                 metrics.ABSTAINED.labels(self.name).inc()
             if self.inference_log is not None:
-                self.inference_log.record(PredictionRecord.create(
+                rows.append(PredictionRecord.create(
                     request_id=request_id, head=self.name, head_version=version,
                     embedder_fingerprint=done.fingerprint, text=text, label=p.label,
                     probability=p.probability, top_k=p.top_k, latency_ms=latency_ms,
-                    abstained=p.abstained, text_index=index,
+                    abstained=p.abstained, text_index=index, issued_id=prediction_id, caller=caller,
                     redact=self.config.serving.redact_text))
-        return PredictResponse(self.name, version, done.fingerprint, request_id, latency_ms, done.predictions)
+        if rows:  # in the spool (one write) before the answer is sent: a SIGKILL after it loses nothing
+            self.inference_log.record_many(rows)
+        if self.manager.challengers and done.servable is self.manager.current:
+            self._shadow(texts, [r.text_sha256 for r in rows], done, request_id)
+        return PredictResponse(self.name, version, done.fingerprint, request_id, latency_ms, done.predictions,
+                               prediction_id)
+
+    def _shadow(self, texts: list[str], hashes: list[str], done, request_id: str) -> None:
+        """Every challenger on the champion's vectors (one matrix product each), logged as shadow rows
+        with the same request id and text index; never returned. A challenger that raises is dropped
+        from shadow and flagged (ServableManager.drop_challenger); the caller's answer is not touched."""
+        for challenger in self.manager.challengers:
+            t0 = time.perf_counter()
+            try:
+                predictions = challenger.predict(done.vectors)
+            except Exception as exc:  # noqa: BLE001 - a broken challenger must never fail the request
+                self.manager.drop_challenger(challenger.version, f"{type(exc).__name__}: {exc}")
+                continue
+            shadow_ms = (time.perf_counter() - t0) * 1000
+            metrics.SHADOW_PREDICTIONS.labels(self.name, challenger.version).inc(len(predictions))
+            if self.inference_log is None:
+                continue
+            for index, (text, p) in enumerate(zip(texts, predictions)):
+                self.inference_log.record(PredictionRecord.create(
+                    request_id=request_id, head=self.name, head_version=challenger.version,
+                    embedder_fingerprint=done.fingerprint, text=text, label=p.label,
+                    probability=p.probability, top_k=p.top_k, latency_ms=shadow_ms,
+                    abstained=p.abstained, text_index=index, redact=self.config.serving.redact_text,
+                    shadow=True, text_sha256=hashes[index] if index < len(hashes) else None))
 
     async def explain(self, text: str, request_id: str | None = None) -> ExplainResponse:
         """Word-occlusion importances for one text (heads/explain.py); not logged as a prediction."""
@@ -171,7 +210,14 @@ class HeadService:
         return self.drift.report(*self._served_drift())
 
     async def readiness(self) -> Readiness:
-        """Artifact loaded, embedder reachable, fingerprints match; cached for readiness_ttl_s."""
+        """Artifact loaded, embedder reachable, fingerprints match (cached for readiness_ttl_s); plus the
+        inference log's state, live (its lag never makes a head unready: answers go on, spooled)."""
+        state = await self._checked_readiness()
+        if self.inference_log is None:
+            return state
+        return Readiness(state.ready, {**state.checks, "inference_log": self.inference_log.status()}, state.checked_at)
+
+    async def _checked_readiness(self) -> Readiness:
         now = time.monotonic()
         if self._readiness.checked_at and now - self._readiness.checked_at < self.settings.readiness_ttl_s:
             return self._readiness
@@ -200,8 +246,65 @@ class HeadService:
         metrics.READY.labels(self.name).set(1 if ready else 0)
         return self._readiness
 
+    # -- roles (heads/roles.py): champion, challengers, promotion, rollback --------------------------
+    def roles(self) -> dict:
+        state = roles.read_state(self.settings.models_dir, self.name)
+        shadowed = {c.version for c in self.manager.challengers}
+        served = self.manager.current
+
+        def version_info(version: str) -> dict:
+            try:
+                metrics_json = json.loads((self.settings.models_dir / self.name / version / "metrics.json").read_text())
+                manifest = json.loads((self.settings.models_dir / self.name / version / "manifest.json").read_text())
+            except (OSError, ValueError):
+                metrics_json, manifest = {}, {}
+            return {"version": version, "created": manifest.get("created"), "test": metrics_json.get("test", {}),
+                    "feedback": manifest.get("feedback"), "labels": manifest.get("labels", [])}
+
+        return {
+            "head": self.name, "champion": state.champion, "served": served.version if served else None,
+            "version_spec": self.manager.version_spec, "redacted": self.config.serving.redact_text,
+            "policy": self.config.promotion.model_dump(),
+            "champion_info": version_info(state.champion) if state.champion else None,
+            "challengers": [{**version_info(v), "shadowed": v in shadowed,
+                             "error": self.manager.challenger_errors.get(v)} for v in state.challengers],
+            "guard": dataclasses.asdict(state.guard) if state.guard else None,
+            "history": list(state.history[-20:]), "legacy_layout": not state.from_file,
+        }
+
+    def audit(self, limit: int = 100) -> list[dict]:
+        return roles.read_audit(self.settings.models_dir, self.name, limit)
+
+    def promote(self, version: str | None, *, actor: str, reason: str, figures: dict | None = None,
+                expect_champion: str | None = None) -> dict:
+        """Swap champion and challenger: the state file first, then this process loads the new champion
+        (fully, before one reference swap), so a request in flight finishes on the version it began with."""
+        state = roles.promote(self.settings.models_dir, self.name, version, actor=actor, reason=reason,
+                              figures=figures, guard_s=self.config.promotion.guard_s, expect_champion=expect_champion)
+        log.warning("promoted", extra={"head": self.name, "version": state.champion, "actor": actor, "reason": reason})
+        return self._after_role_change(state)
+
+    def rollback(self, *, actor: str, reason: str, figures: dict | None = None,
+                 expect_champion: str | None = None) -> dict:
+        if expect_champion is not None:
+            current = roles.read_state(self.settings.models_dir, self.name).champion
+            if current != expect_champion:
+                raise ConflictError(f"the champion of {self.name!r} is {current}, not {expect_champion}: "
+                                    f"nothing rolled back", field="expect_champion")
+        state = roles.rollback(self.settings.models_dir, self.name, actor=actor, reason=reason, figures=figures)
+        log.warning("rolled back", extra={"head": self.name, "version": state.champion, "actor": actor, "reason": reason})
+        return self._after_role_change(state)
+
+    def _after_role_change(self, state) -> dict:
+        if self.manager.sync(force=True):
+            self._readiness = Readiness(False)  # re-check fingerprints for the new champion
+        served = self.manager.current
+        return {"head": self.name, "champion": state.champion, "challengers": list(state.challengers),
+                "served": served.version if served else None,
+                "guard": dataclasses.asdict(state.guard) if state.guard else None}
+
     async def poll_versions(self) -> None:
-        """Follow `latest` (or a changed pin) without a restart."""
+        """Follow the champion (serving.json; old layouts: `latest`) or a changed pin without a restart."""
         while self.settings.version_poll_s > 0:
             await asyncio.sleep(self.settings.version_poll_s)
             if await asyncio.to_thread(self.manager.sync):
@@ -239,7 +342,8 @@ class HeadProcess:
         if duplicates:
             raise ValueError(f"heads: {', '.join(duplicates)} given twice (two configs with one name)")
         # Redaction is per head: PredictionRecord.create(redact=...) applies each head's own setting.
-        self.inference_log = InferenceLog(settings.db_url, settings.spool_for(names), redact_text=False)
+        self.inference_log = InferenceLog(settings.db_url, settings.spool_for(names), redact_text=False,
+                                          retention_days=settings.retention_days)
         self.services = {c.name: HeadService(settings, c, self.inference_log) for c in configs}
         self.client: AsyncEmbedderClient | CoalescingEmbedder | None = None
         self._pollers: list[asyncio.Task] = []
@@ -277,7 +381,8 @@ class HeadProcess:
         states = await asyncio.gather(*(s.readiness() for s in self.services.values()))
         return dict(zip(self.services, states))
 
-    async def classify(self, texts: list[str], models: list[str], request_id: str) -> dict[str, ModelOutcome]:
+    async def classify(self, texts: list[str], models: list[str], request_id: str,
+                       caller: str | None = None) -> dict[str, ModelOutcome]:
         """Every named head on the same texts with ONE Embed call per feature set among them; each
         head's error stays its own."""
         outcomes: dict[str, ModelOutcome] = {}
@@ -305,7 +410,7 @@ class HeadProcess:
             async def one(service: HeadService) -> ModelOutcome:
                 try:
                     return ModelOutcome(await service.predict(texts, batch=True, request_id=request_id,
-                                                              embedded=embedded))
+                                                              embedded=embedded, caller=caller))
                 except PolyheadError as err:
                     return ModelOutcome(error=err)
 

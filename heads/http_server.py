@@ -7,14 +7,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 
 import numpy as np
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from heads import metrics
 from heads.api import (
@@ -36,20 +37,52 @@ from heads.api import (
 )
 from heads.core import HeadProcess, HeadService
 from heads.settings import HeadSettings
-from polyhead import __version__
+from polyhead import __version__, tracing
 from polyhead.errors import NotFoundError, PolyheadError, ValidationError
-from polyhead.http import PROMETHEUS_TEXT, REQUEST_ID_HEADER, error_responses, install_error_handlers, request_id_of
+from polyhead.http import (
+    PREDICTION_ID_HEADER,
+    PROMETHEUS_TEXT,
+    REQUEST_ID_HEADER,
+    BodyReadTimeout,
+    BodySizeLimit,
+    error_responses,
+    install_error_handlers,
+    internal_caller,
+    request_id_of,
+    require_admin,
+)
 
 log = logging.getLogger("polyhead.head.http")
 
 
 class ReloadRequest(BaseModel):
-    version: str = Field("latest", description="A version id to pin, or 'latest' to follow new trainings")
+    version: str = Field("latest", description="A version id to pin, or 'latest' to follow the head's champion "
+                         "(models/<name>/serving.json)")
 
 
-def head_router(service: HeadService) -> APIRouter:
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str | None = Field(None, max_length=64, description="The challenger to promote; absent: the only one")
+    actor: str = Field("admin", min_length=1, max_length=200, description="Who decided (the audit log's `actor`)")
+    reason: str = Field("manual promotion", max_length=2000, description="Why (the audit log's `reason`)")
+    figures: dict = Field(default_factory=dict, description="The evidence it was decided on (kept in the audit log)")
+    expect_champion: str | None = Field(None, max_length=64, description="Refuse (409) unless this is still the "
+                                        "champion: the figures were about it")
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    actor: str = Field("admin", min_length=1, max_length=200)
+    reason: str = Field("manual rollback", max_length=2000)
+    figures: dict = Field(default_factory=dict)
+    expect_champion: str | None = Field(None, max_length=64, description="Refuse (409) unless this is still the champion")
+
+
+def head_router(service: HeadService, admin_token: str | None = None) -> APIRouter:
     """One head's endpoints (/predict, /explain, /readyz, /info, /drift, /admin/reload): an app mounts one router
-    per head it serves, so every per-head endpoint is declared here once."""
+    per head it serves, so every per-head endpoint is declared here once. `admin_token`: what /admin/* need."""
     config = service.config
     router = APIRouter()
     # This head's limits, enforced by the schema and stated in its OpenAPI document.
@@ -57,16 +90,20 @@ def head_router(service: HeadService) -> APIRouter:
 
     async def predict(body: PredictRequestBase, request: Request):
         rid = request_id_of(request)
-        with metrics.LATENCY.labels(config.name).time():
+        with metrics.LATENCY.labels(config.name).time(), \
+                tracing.span("head predict", service="head", parent=request.headers, head=config.name,
+                             request_id=rid, **{"predict.texts": len(body.all_texts())}):
             try:
-                result = await service.predict(body.all_texts(), batch=body.batch, request_id=rid)
+                result = await service.predict(body.all_texts(), batch=body.batch, request_id=rid,
+                                               caller=internal_caller(request, admin_token))
             except PolyheadError as err:
                 metrics.REQUESTS.labels(config.name, str(int(err.http_status))).inc()
                 raise
         metrics.REQUESTS.labels(config.name, "200").inc()
         # The bytes directly: the response model documents the shape; FastAPI re-validating our own
         # result on every request would cost more than the classifier itself.
-        return Response(encode_predict_json(result), media_type="application/json", headers={REQUEST_ID_HEADER: rid})
+        return Response(encode_predict_json(result), media_type="application/json",
+                        headers={REQUEST_ID_HEADER: rid, PREDICTION_ID_HEADER: result.prediction_id})
 
     predict.__annotations__["body"] = predict_request  # built at run time: not a name FastAPI could resolve
     router.post("/predict", response_model=PredictResponse,
@@ -125,9 +162,36 @@ def head_router(service: HeadService) -> APIRouter:
                 "embedder_fingerprint": servable.artifact.embedder_fingerprint, "labels": list(reference.labels),
                 "dim": int(centroids.shape[1]), "centroids": base64.b64encode(centroids.tobytes()).decode()}
 
-    @router.post("/admin/reload", responses=error_responses(404, 415, 422, _404="Unknown version"))
-    async def reload(body: ReloadRequest):
-        """Switch the served version without a restart (rollback, upgrade, or back to `latest`)."""
+    @router.get("/roles")
+    async def roles_view():
+        """Champion, challengers (with their offline test metrics and whether they are shadowed), guard, history."""
+        return await asyncio.to_thread(service.roles)
+
+    @router.get("/audit")
+    async def audit(limit: int = Query(100, ge=1, le=1000)):
+        """Promotions and rollbacks, newest first: who, when, why, the figures."""
+        return {"head": config.name, "entries": await asyncio.to_thread(service.audit, limit)}
+
+    @router.post("/admin/promote", responses=error_responses(401, 404, 409, 415, 422, _404="Unknown version"))
+    async def promote(body: PromoteRequest, request: Request):
+        """Make a challenger the champion (the champion becomes a challenger); no request fails meanwhile.
+        Needs `Authorization: Bearer <admin token>`."""
+        require_admin(request, admin_token)
+        return await asyncio.to_thread(service.promote, body.version, actor=body.actor, reason=body.reason,
+                                       figures=body.figures, expect_champion=body.expect_champion)
+
+    @router.post("/admin/rollback", responses=error_responses(401, 404, 409, 415, 422))
+    async def rollback(body: RollbackRequest, request: Request):
+        """Back to the champion before the last promotion. Needs `Authorization: Bearer <admin token>`."""
+        require_admin(request, admin_token)
+        return await asyncio.to_thread(service.rollback, actor=body.actor, reason=body.reason, figures=body.figures,
+                                       expect_champion=body.expect_champion)
+
+    @router.post("/admin/reload", responses=error_responses(401, 404, 415, 422, _404="Unknown version"))
+    async def reload(body: ReloadRequest, request: Request):
+        """Switch the served version without a restart (rollback, upgrade, or back to `latest`).
+        Needs `Authorization: Bearer <admin token>` (the head's admin_token)."""
+        require_admin(request, admin_token)
         try:
             servable = await asyncio.to_thread(service.manager.switch, body.version)
         except RuntimeError as exc:
@@ -142,6 +206,7 @@ def create_app(settings: HeadSettings) -> FastAPI:
     plus the process's own /readyz (every head's), /heads and /classify (several heads, one embed)."""
     process = HeadProcess(settings)
     services = process.services
+    tracing.configure("head", settings.otlp_endpoint)  # a no-op without an endpoint
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -159,19 +224,23 @@ def create_app(settings: HeadSettings) -> FastAPI:
         title, description = f"polyhead head: {only.name}", only.config.description
     app = FastAPI(title=title, version=__version__, description=description, lifespan=lifespan)
     app.state.process = process
+    admin_token = settings.admin_secret()
     install_error_handlers(app)
+    # Added last = outermost: the size and time limits apply before anything reads the body.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyReadTimeout, timeout_s=settings.body_read_timeout_s)
     if process.packed:
         for name, service in services.items():
-            app.include_router(head_router(service), prefix=packed_path(name))
+            app.include_router(head_router(service, admin_token), prefix=packed_path(name))
         app.include_router(process_router(process))
     else:
         app.state.service = only
-        app.include_router(head_router(only))
-    app.include_router(classify_router(process))
+        app.include_router(head_router(only, admin_token))
+    app.include_router(classify_router(process, admin_token))
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok"}
+        return {"status": "ok", "pid": os.getpid()}  # which worker answered (heads/standby.py, the drills)
 
     @app.get("/metrics", response_class=PlainTextResponse, responses=PROMETHEUS_TEXT)
     async def prometheus_metrics():
@@ -204,7 +273,7 @@ def process_router(process: HeadProcess) -> APIRouter:
     return router
 
 
-def classify_router(process: HeadProcess) -> APIRouter:
+def classify_router(process: HeadProcess, admin_token: str | None = None) -> APIRouter:
     router = APIRouter()
 
     @router.post("/classify", response_model=ClassifyResponse, responses=error_responses(415, 422, 503))
@@ -213,7 +282,10 @@ def classify_router(process: HeadProcess) -> APIRouter:
         rid = request_id_of(request)
         names = list(process.services) if body.models == "*" else body.models
         started = time.perf_counter()
-        outcomes = await process.classify(body.all_texts(), names, rid)
+        with tracing.span("head classify", service="head", parent=request.headers, request_id=rid,
+                          **{"classify.models": len(names), "classify.texts": len(body.all_texts())}):
+            outcomes = await process.classify(body.all_texts(), names, rid,
+                                              caller=internal_caller(request, admin_token))
         elapsed = time.perf_counter() - started
         results = {}
         for name, outcome in outcomes.items():
@@ -233,7 +305,13 @@ def classify_router(process: HeadProcess) -> APIRouter:
 
 
 def serve(settings: HeadSettings) -> None:
+    if settings.standby:
+        from heads.standby import serve_with_standby
+
+        serve_with_standby(settings)
+        return
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                access_log=False, timeout_graceful_shutdown=10, timeout_keep_alive=int(settings.keepalive_s))
+    from polyhead.http_protocol import uvicorn_options
+
+    uvicorn.run(create_app(settings), **uvicorn_options(settings, settings.keepalive_s))

@@ -22,3 +22,8 @@ EMBED_FALLBACK = Counter("polyhead_head_embed_fallback_total", "Requests met by 
 # Per process (shared by its heads): how well concurrent embeds are coalesced into fewer RPCs.
 EMBED_RPCS = Counter("polyhead_head_embed_rpcs_total", "Embed RPCs this head process sent to the embedder")
 EMBED_RPC_TEXTS = Counter("polyhead_head_embed_rpc_texts_total", "Texts in those RPCs (after de-duplication)")
+# Challengers (heads/roles.py): shadow predictions on the champion's vectors, never returned to callers.
+SHADOW_PREDICTIONS = Counter("polyhead_head_shadow_predictions_total", "Texts a challenger classified in shadow",
+                             ["head", "version"])
+SHADOW_FAILED = Counter("polyhead_head_shadow_failed_total", "Challengers dropped from shadow after an error "
+                        "(the champion answered the request)", ["head"])

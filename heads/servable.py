@@ -15,8 +15,9 @@ import numpy as np
 
 from heads import metrics
 from heads.api import Prediction
-from heads.artifacts import HeadArtifact, load_artifact, resolve_version
+from heads.artifacts import LATEST, HeadArtifact, load_artifact, resolve_version
 from heads.config import ServingConfig
+from heads.roles import read_state, state_stamp
 
 log = logging.getLogger("polyhead.head.servable")
 
@@ -65,7 +66,11 @@ class HeadServable:
 
 
 class ServableManager:
-    """Serves one version at a time; `sync()` follows the configured version spec (pin or latest)."""
+    """Serves one champion and shadows its challengers; `sync()` follows the version spec: `latest`
+    follows the head's serving state (heads/roles.py: its champion; old layouts: the `latest`
+    pointer), a pinned version is served whatever the state says. Challengers come from the state
+    either way (never the version served). A challenger that fails to load, or is of another feature
+    set or encoder than the champion, is left out of shadow and flagged in `challenger_errors`."""
 
     def __init__(self, models_dir: Path, name: str, serving: ServingConfig):
         self.models_dir = models_dir
@@ -73,34 +78,82 @@ class ServableManager:
         self.serving = serving
         self.version_spec = serving.version
         self.current: HeadServable | None = None
+        self.challengers: tuple[HeadServable, ...] = ()
+        self.challenger_errors: dict[str, str] = {}  # version -> why it is not shadowed
         self.last_error: str | None = None
+        self._stamp: tuple | None = None
         self._lock = threading.Lock()
 
-    def sync(self) -> bool:
-        """Load the version the spec points to if it is not the one served; True if it switched."""
+    def sync(self, force: bool = False) -> bool:
+        """Load what the spec and the state point to if it is not what is served; True if the champion
+        switched. Unchanged files (mtime, size) are not read again unless `force`."""
         with self._lock:
+            stamp = state_stamp(self.models_dir, self.name)
+            if stamp == self._stamp and not force and self.current is not None:
+                return False
             try:
-                wanted = resolve_version(self.models_dir, self.name, self.version_spec)
+                state = read_state(self.models_dir, self.name)
+                wanted = state.champion if self.version_spec == LATEST else self.version_spec
+                if wanted is None:
+                    wanted = resolve_version(self.models_dir, self.name, LATEST)  # NotFoundError says why
+                wanted = resolve_version(self.models_dir, self.name, wanted)
                 if self.current is not None and self.current.version == wanted:
-                    return False
-                servable = HeadServable.load(self.models_dir, self.name, wanted, self.serving)
+                    champion = self.current
+                else:
+                    champion = HeadServable.load(self.models_dir, self.name, wanted, self.serving)
             except Exception as exc:  # noqa: BLE001 - keep serving what we have; readiness reports the error
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("cannot load version", extra={"head": self.name, "spec": self.version_spec, "error": self.last_error})
                 return False
-            previous, self.current, self.last_error = self.current, servable, None
+            self._load_challengers([v for v in state.challengers if v != champion.version], champion)
+            previous, self.current, self.last_error = self.current, champion, None
+            self._stamp = stamp
+        if previous is champion:
+            return False
         if previous is not None:
             metrics.VERSION.remove(self.name, previous.version)
-        metrics.VERSION.labels(self.name, servable.version).set(1)
-        log.info("serving version", extra={"head": self.name, "version": servable.version,
-                                            "previous": previous.version if previous else None})
+        metrics.VERSION.labels(self.name, champion.version).set(1)
+        log.info("serving version", extra={"head": self.name, "version": champion.version,
+                                            "previous": previous.version if previous else None,
+                                            "challengers": [c.version for c in self.challengers]})
         return True
 
+    def _load_challengers(self, versions: list[str], champion: HeadServable) -> None:
+        loaded = {c.version: c for c in self.challengers}
+        if self.current is not None:
+            loaded.setdefault(self.current.version, self.current)  # a demoted champion is already in memory
+        out, errors = [], {}
+        for version in versions:
+            try:
+                servable = loaded.get(version) or HeadServable.load(self.models_dir, self.name, version, self.serving)
+            except Exception as exc:  # noqa: BLE001 - a bad challenger never stops the champion
+                errors[version] = f"cannot load: {type(exc).__name__}: {exc}"
+                continue
+            if servable.feature_set != champion.feature_set or servable.fingerprint != champion.fingerprint:
+                errors[version] = (f"not shadowed: trained on feature set {servable.feature_set!r} "
+                                   f"({servable.fingerprint}), the champion on {champion.feature_set!r} "
+                                   f"({champion.fingerprint}); shadowing it would cost a second embedding")
+                continue
+            out.append(servable)
+        for version, why in errors.items():
+            if self.challenger_errors.get(version) != why:
+                log.warning("challenger not shadowed", extra={"head": self.name, "version": version, "error": why})
+        self.challengers = tuple(out)
+        self.challenger_errors = errors
+
+    def drop_challenger(self, version: str, error: str) -> None:
+        """A challenger that failed while shadowing: out of shadow until the head's roles change (or a
+        reload). Called on the event loop: no lock (sync may hold it while loading), one tuple swap."""
+        self.challengers = tuple(c for c in self.challengers if c.version != version)
+        self.challenger_errors = {**self.challenger_errors, version: f"dropped from shadow: {error}"}
+        metrics.SHADOW_FAILED.labels(self.name).inc()
+        log.warning("challenger dropped from shadow", extra={"head": self.name, "version": version, "error": error})
+
     def switch(self, version_spec: str) -> HeadServable:
-        """Pin a version (rollback/upgrade) or go back to following `latest`."""
+        """Pin a version (rollback/upgrade) or go back to following the champion (`latest`)."""
         resolve_version(self.models_dir, self.name, version_spec)  # NotFoundError -> 404 before any change
         self.version_spec = version_spec
-        self.sync()
+        self.sync(force=True)
         if self.last_error:
             raise RuntimeError(self.last_error)
         return self.current

@@ -15,13 +15,14 @@ from polyhead.settings import (
     DEFAULT_EMBEDDER_TARGET,
     DEFAULT_HEAD_PORT,
     DEFAULT_HEADS_DIR,
+    DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MODELS_DIR,
+    HttpServiceSettings,
     Port,
-    ServiceSettings,
 )
 
 
-class HeadSettings(ServiceSettings):
+class HeadSettings(HttpServiceSettings):
     section = "head"
     model_config = SettingsConfigDict(env_prefix="POLYHEAD_HEAD_", extra="forbid")
 
@@ -52,12 +53,19 @@ class HeadSettings(ServiceSettings):
     coalesce_window_ms: float = Field(0.0, ge=0, le=50, description="Extra wait for company before a coalesced call "
                                       "(0: send as soon as a slot is free)")
     port: int = Port(DEFAULT_HEAD_PORT, "HTTP port")
+    standby: bool = Field(False, description="Keep a forked warm standby worker that takes over the port at once "
+                          "when the serving worker dies (heads/standby.py)")
     keepalive_s: float = Field(75.0, gt=0, description="Idle keep-alive of client connections; longer than the "
                                "gateway's head_keepalive_s, so the gateway's reused connections are never stale")
     db_url: str = Field(DEFAULT_DB_URL, description="Inference DB (SQLAlchemy URL)")
-    spool_dir: Path = Field(Path("var/spool"), description="Records wait here while the DB is down")
+    spool_dir: Path = Field(Path("var/spool"), description="Write-ahead spool of the inference log: every answered "
+                            "prediction is here until it is in the DB")
+    retention_days: float = Field(0.0, ge=0, description="Prune raw inference-log rows older than this, in small "
+                                  "batches (hourly rollups and rows with feedback are kept); 0 = keep all")
     version_poll_s: float = Field(2.0, ge=0, description="How often to look for a new version; 0 = only on /admin/reload")
     readiness_ttl_s: float = Field(2.0, ge=0, description="How long a readiness probe of the embedder is reused")
+    # The gateway's limit plus room for what it adds when it forwards (/classify's model names).
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES + 65_536, ge=1024, description="Larger request bodies get 413")
 
     @field_validator("config", mode="before")
     @classmethod

@@ -57,6 +57,14 @@ class NotFoundError(PolyheadError):
     kind = "not_found"
 
 
+class ConflictError(PolyheadError):
+    """Well formed, but the current state does not allow it (e.g. nothing to promote or roll back to)."""
+
+    http_status = HTTPStatus.CONFLICT
+    grpc_code_name = "FAILED_PRECONDITION"
+    kind = "conflict"
+
+
 class OverloadedError(PolyheadError):
     """Queue full or rate limit hit: retry later, the request was not accepted."""
 

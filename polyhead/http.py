@@ -5,6 +5,8 @@ that is not JSON, 422 naming the field for invalid UTF-8)."""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import logging
 import math
@@ -18,15 +20,21 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from polyhead.errors import PolyheadError
+from polyhead.errors import PolyheadError, UnauthorizedError
 from polyhead.validation import UNION_TAGS
 
 REQUEST_ID_HEADER = "x-request-id"
+# The server-issued id of a prediction (also in the body): what feedback names. Unguessable.
+PREDICTION_ID_HEADER = "x-prediction-id"
+# Gateway -> head: the API key (name) a request is made for; logged with the prediction. A head
+# believes it only from a caller holding its admin token (when it has one: internal_caller()).
+CALLER_HEADER = "x-polyhead-caller"
+_CALLER_OK = re.compile(r"[\x21-\x7e]{1,128}")
 # A caller's id is echoed in headers, logs and gRPC metadata: anything else is replaced by our own.
 _REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 # Error type per HTTP status for errors that are not PolyheadErrors (framework, body guard).
 _KIND_BY_STATUS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                   405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type", 422: "validation",
+                   405: "method_not_allowed", 408: "timeout", 413: "too_large", 415: "unsupported_media_type", 422: "validation",
                    429: "overloaded", 503: "unavailable"}
 
 log = logging.getLogger("polyhead.http")
@@ -63,6 +71,44 @@ def request_id_of(request: Request) -> str:
         rid = given if _REQUEST_ID_OK.fullmatch(given) else uuid.uuid4().hex
         request.state.request_id = rid
     return rid
+
+
+def bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def token_matches(given: str | None, secret: str | None) -> bool:
+    return given is not None and secret is not None and hmac.compare_digest(given.encode(), secret.encode())
+
+
+def require_admin(request: Request, secret: str | None) -> None:
+    """Admin routes: 401 unless the request bears the service's admin token. A service with no token
+    configured refuses every admin call (it never falls open): `polyhead up` always sets one."""
+    if secret is None:
+        raise UnauthorizedError("admin routes are disabled: this service has no admin_token configured",
+                                field="authorization")
+    if not token_matches(bearer_token(request), secret):
+        raise UnauthorizedError("admin route: send 'Authorization: Bearer <admin token>'", field="authorization")
+
+
+def internal_caller(request: Request, secret: str | None) -> str | None:
+    """The API key name the gateway says a request is for (CALLER_HEADER). With an admin token
+    configured, only a request bearing it is believed (anyone else could claim any key)."""
+    global _warned_untrusted_caller
+    caller = request.headers.get(CALLER_HEADER)
+    if caller is None or not _CALLER_OK.fullmatch(caller):
+        return None
+    if secret is not None and not token_matches(bearer_token(request), secret):
+        if not _warned_untrusted_caller:  # usually a gateway without the heads' admin token: say it once
+            _warned_untrusted_caller = True
+            log.warning("%s header without this head's admin token: ignored (give the gateway the same "
+                        "admin_token, or feedback by API key cannot find its predictions)", CALLER_HEADER)
+        return None
+    return caller
+
+
+_warned_untrusted_caller = False
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -206,7 +252,8 @@ class ErrorResponse(BaseModel):
 
 _ERROR_TEXT = {
     401: "Missing or invalid API key", 403: "This key may not do this",
-    404: "Not found; the message says what", 413: "Request body over max_body_bytes",
+    404: "Not found; the message says what", 409: "The current state does not allow it; the message says why",
+    413: "Request body over max_body_bytes",
     415: "The body is not application/json", 422: "Invalid input; the message names the field and the limit",
     429: "Rate limit hit or server overloaded; see Retry-After",
     503: "Not ready or a dependency is down; see Retry-After",
@@ -223,3 +270,81 @@ def error_responses(*codes: int, **descriptions: str) -> dict:
 # /metrics: Prometheus' text exposition format, not JSON.
 PROMETHEUS_TEXT = {200: {"description": "Prometheus text exposition format",
                          "content": {"text/plain": {"schema": {"type": "string"}}}}}
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for bodies over the limit, declared or streamed (gateway and heads alike)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._reject(scope, receive, send)
+
+    async def _reject(self, scope, receive, send):
+        response = JSONResponse({"error": {"type": "too_large", "message": f"request body exceeds the limit of "
+                                           f"max_body_bytes={self.max_bytes}", "field": "body"}}, status_code=413)
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyReadTimeout:
+    """ASGI middleware: a request body that stops arriving (Content-Length 100, 25 bytes sent) gets a
+    408 and the connection is closed, instead of holding it and a task forever. The limit is per
+    read (each chunk must come within `timeout_s`), so a slow but moving upload is not cut off.
+
+    Incomplete headers never reach the app: uvicorn's h11 parser holds them; see polyhead_uvicorn_config's
+    `timeout_keep_alive`, which our servers also apply to a connection that has sent nothing yet."""
+
+    def __init__(self, app, timeout_s: float):
+        self.app, self.timeout_s = app, timeout_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def timed_receive():
+            try:
+                return await asyncio.wait_for(receive(), self.timeout_s)
+            except TimeoutError:
+                raise _ReadTimedOut() from None
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, tracked_send)
+        except _ReadTimedOut:
+            if started:
+                raise
+            response = error_body(408, f"request body: no data for {self.timeout_s:g} s (body_read_timeout_s); "
+                                       f"send the whole body at once", "body", headers={"connection": "close"})
+            await response(scope, receive, send)
+
+
+class _ReadTimedOut(Exception):
+    pass

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 SETTINGS_ENV_VAR = "POLYHEAD_SETTINGS"  # "config" is a head's YAML (configs/heads); this is the settings file
@@ -30,6 +30,8 @@ DEFAULT_GATEWAY_URL = f"http://{DEFAULT_HOST}:{DEFAULT_GATEWAY_PORT}"
 DEFAULT_HEADS_DIR = Path("configs/heads")
 DEFAULT_MODELS_DIR = Path("models")
 DEFAULT_DB_URL = "sqlite:///var/inference.db"  # the inference DB: heads log to it, the gateway reports from it
+DEFAULT_MAX_BODY_BYTES = 1_048_576  # the gateway's request body limit; heads allow this plus what it adds
+DEFAULT_ADMIN_TOKEN_FILE = Path("var/admin-token")  # `polyhead up` writes one here (0600) when none is set
 
 
 def Port(default: int, description: str = "Listen port") -> Any:  # noqa: N802 - reads as a type in field lists
@@ -85,3 +87,28 @@ class ServiceSettings(PolyheadSettings):
     host: str = Field(DEFAULT_HOST, description="Listen address")
     log_level: str = Field("info", description="debug, info, warning or error")
     json_logs: bool = Field(True, description="One JSON object per log line (off: human-readable lines)")
+    otlp_endpoint: str | None = Field(None, description="OpenTelemetry: send spans to this OTLP/HTTP traces endpoint "
+                                      "(e.g. http://collector:4318/v1/traces); unset = tracing off, at no cost")
+
+
+class HttpServiceSettings(ServiceSettings):
+    """An HTTP service (gateway, head): its admin credential, body limit and read timeouts."""
+
+    # A secret is never a command-line flag (ps shows those): env var, settings file or a token file.
+    admin_token: SecretStr | None = Field(None, description="Bearer token of the admin routes (/admin/...); env "
+                                          "or settings file only. Unset and no admin_token_file: admin routes refuse")
+    admin_token_file: Path | None = Field(None, description="File holding the admin token (what `polyhead up` "
+                                          "generates into var/admin-token)")
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, description="Larger request bodies get 413")
+    body_read_timeout_s: float = Field(10.0, gt=0, le=600, description="A request body that sends nothing for this "
+                                       "long gets 408 and its connection is closed")
+    header_read_timeout_s: float = Field(10.0, gt=0, le=600, description="A connection that has not sent complete "
+                                         "request headers within this long is closed")
+
+    def admin_secret(self) -> str | None:
+        """The admin token: admin_token, else the first line of admin_token_file, else None."""
+        if self.admin_token is not None and self.admin_token.get_secret_value():
+            return self.admin_token.get_secret_value()
+        if self.admin_token_file is not None and self.admin_token_file.is_file():
+            return self.admin_token_file.read_text().strip() or None
+        return None

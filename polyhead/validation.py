@@ -3,11 +3,13 @@ gRPC servicer and its clients), so they reject the same inputs with the same wor
 
 A text must encode to UTF-8 (no unpaired surrogate such as JSON's "\\ud800", no invalid byte: a
 body's invalid bytes reach us as lone surrogates, see polyhead.http.JsonBodyGuard), must not be
-empty or whitespace-only, and must fit the limit on characters.
+blank (empty, or only whitespace, NULs and other control characters, zero-width and other format
+characters), and must fit the limit on characters.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -17,12 +19,30 @@ from polyhead.errors import ValidationError
 
 # Whitespace by both definitions that meet here: Python's str.isspace and ECMA-262's \s, which is what
 # JSON Schema's `pattern` means to generated clients and fuzzers (they differ on U+001C-U+001F, U+0085
-# and U+FEFF). A text made only of these is blank, for the schema and the server alike.
-BLANK_CHARS = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
+# and U+FEFF); plus what shows nothing at all: control characters (Cc: NUL...) and format characters
+# (Cf: zero-width space and joiners, soft hyphen, bidi marks...) of the BMP. A text made only of
+# these is blank, for the schema and the server alike (both are built from this one set below).
+_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
                + "\u2028\u2029\u202f\u205f\u3000\ufeff")
+_INVISIBLE = "".join(c for c in map(chr, range(0x10000)) if unicodedata.category(c) in ("Cc", "Cf"))
+BLANK_CHARS = "".join(sorted(set(_WHITESPACE + _INVISIBLE)))
+
+
+def _char_class(chars: str) -> str:
+    """A regex character class body for `chars`, as ranges of \\uXXXX escapes (JSON Schema reads them alike)."""
+    codes, parts, i = sorted(map(ord, chars)), [], 0
+    while i < len(codes):
+        j = i
+        while j + 1 < len(codes) and codes[j + 1] == codes[j] + 1:
+            j += 1
+        parts.append(f"\\u{codes[i]:04x}" + (f"-\\u{codes[j]:04x}" if j > i else ""))
+        i = j + 1
+    return "".join(parts)
+
+
 # Unanchored, as JSON Schema patterns are: "contains a character that is not blank".
-NON_BLANK_PATTERN = r"[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
-BLANK = "empty or whitespace-only text"
+NON_BLANK_PATTERN = f"[^{_char_class(BLANK_CHARS)}]"
+BLANK = "empty or whitespace-only text (NUL and other control characters, zero-width and other format characters count as whitespace)"
 
 
 def encoding_problem(text: str) -> str | None:

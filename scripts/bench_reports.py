@@ -7,11 +7,27 @@ and again without the covering report index (only the (head, ts) index left), si
 
     .venv/bin/python scripts/bench_reports.py                 # 1M rows, both databases
     .venv/bin/python scripts/bench_reports.py --rows 100000 --databases sqlite
+
+--scale: a month of a fleet, as the writer would have aggregated it (issue 21). 30 days x 20 heads
+x 1M predictions a day each go straight into the hourly rollups (per hour: the texts, requests,
+labels, confidence and latency histograms such traffic gives, computed from its distributions, and
+feedback on 5 % of the texts),
+plus raw rows for the last day of the reported head (their rollups built by the writer's own
+code). Times a 30-day report (hour and day buckets) and a 24 h report, and checks the 24 h latency
+percentiles against the exact percentiles of the raw rows (<= 1 %).
+
+--writer: one head process's log writer, rollups on: rows recorded as fast as a producer thread can,
+timed until all are in the DB (predictions/s), with the CPU seconds the process spent.
+
+    .venv/bin/python scripts/bench_reports.py --scale --writer          # what BENCHMARKS.md records
+    .venv/bin/python scripts/bench_reports.py --scale --writer --days 2 --heads 3 --per-day 20000 \
+        --raw-rows 20000 --writer-rows 5000 --skip-24h                  # a quick check that it runs
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import random
 import sys
@@ -25,8 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy as sa
 
+from polyhead.inference_log import rollups
+from polyhead.inference_log.records import PredictionRecord
 from polyhead.inference_log.reports import build_report
-from polyhead.inference_log.schema import feedback, make_engine, migrate, predictions
+from polyhead.inference_log.schema import (ROLLUP_TABLES, feedback, make_engine, migrate, predictions,
+                                           rollup_feedback, rollup_hour, rollup_label)
 from scripts.bench_common import table
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -175,16 +194,240 @@ def run(kind: str, url: str, n: int, repeats: int) -> list[list]:
         engine.dispose()
 
 
+# -- --scale: a month of 20 heads, as rollups -----------------------------------------------------
+
+LAT_MU, LAT_SIGMA = 1.5, 0.5  # lognormal request latency (ms), as synthetic_rows draws it
+
+
+def _lognormal_cdf(x: float) -> float:
+    return 0.5 * (1 + math.erf((math.log(x) - LAT_MU) / (LAT_SIGMA * math.sqrt(2))))
+
+
+def _split(total: int, weights: list[float]) -> list[int]:
+    """`total` split by `weights` into integers that sum to it exactly (largest remainders)."""
+    raw = [total * w / sum(weights) for w in weights]
+    out = [int(r) for r in raw]
+    for k in sorted(range(len(raw)), key=lambda k: out[k] - raw[k])[:total - sum(out)]:
+        out[k] += 1
+    return out
+
+
+def _latency_weights() -> dict[int, float]:
+    lo, hi = rollups.latency_bucket(0.2), rollups.latency_bucket(200)
+    return {b: _lognormal_cdf(rollups.LATENCY_RATIO ** (b + 1)) - _lognormal_cdf(rollups.LATENCY_RATIO ** b)
+            for b in range(lo, hi + 1)}
+
+
+def synthetic_hour(per_hour: int, rng: random.Random, lat_weights: dict[int, float]) -> rollups.HourSums:
+    """One (head, version, hour) of traffic like synthetic_rows', summed as the writer sums it."""
+    texts = max(1, int(per_hour * rng.uniform(0.8, 1.2)))
+    requests = int(texts / 1.8)  # requests of 1, 1, 1, 2, 4 texts: 1.8 texts each on average
+    conf = _split(texts, [0, 0, 1, 1, 1, 1, 1, 1, 1, 1])  # probability ~ U(0.2, 1.0)
+    s = rollups.HourSums(requests=requests, texts=texts, abstained=conf[2] // 2, abstain_known=texts,
+                         confidence_sum=texts * 0.6, histogram=conf)
+    s.labels = dict(zip(LABELS, _split(texts, [rng.uniform(0.5, 1.5) for _ in LABELS])))
+    s.latency = {b: n for b, n in zip(lat_weights, _split(requests, list(lat_weights.values()))) if n}
+    return s
+
+
+def synthetic_feedback(sums: dict, ts_param) -> list[tuple]:
+    """rollup_feedback rows: 5 % of each hour's texts labelled later, 80 % of them predicted right."""
+    rows = []
+    for (head, version, hour), s in sums.items():
+        n = s.texts // 20
+        pairs = [(t, p) for t in LABELS for p in LABELS]
+        weights = [0.8 / len(LABELS) if t == p else 0.2 / (len(pairs) - len(LABELS)) for t, p in pairs]
+        rows += [(head, version, ts_param(hour), t, p, k) for (t, p), k in zip(pairs, _split(n, weights)) if k]
+    return rows
+
+
+def load_rollups(engine: sa.Engine, sums: dict, feedback_rows: bool = False) -> None:
+    ts_param = (lambda v: v.strftime("%Y-%m-%d %H:%M:%S.%f")) if engine.dialect.name == "sqlite" else (lambda v: v)
+    hours, labels, _ = rollups.upsert_rows(sums, ts_param, with_latency=True)
+    tables = [(rollup_hour, hours), (rollup_label, labels)]
+    if feedback_rows:
+        tables.append((rollup_feedback, synthetic_feedback(sums, ts_param)))
+    if engine.dialect.name == "postgresql":
+        for rollup, params in tables:
+            load_postgres(engine, rollup.name, [c.name for c in rollup.columns], params)
+        return
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute("BEGIN")
+        for rollup, params in tables:
+            cols = [c.name for c in rollup.columns]
+            cur.executemany(f"INSERT INTO {rollup.name} ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
+                            params)
+        cur.execute("COMMIT")
+    finally:
+        raw.close()
+
+
+def load_fleet(engine: sa.Engine, days: int, heads: int, per_day: int, raw_rows: int, head: str) -> tuple[float, list]:
+    """Rollups of `days` x `heads` (the last day of `head` from its raw rows instead); returns load
+    seconds and the reported head's raw request latencies (for the exactness check)."""
+    started = time.perf_counter()
+    now = datetime.now(timezone.utc)
+    this_hour = now.replace(minute=0, second=0, microsecond=0)
+    rng = random.Random(21)
+    lat_weights = _latency_weights()
+    names = [head] + [f"fleet-{i:02d}" for i in range(1, heads)]
+    for name in names:
+        sums: dict = {}
+        for h in range(days * 24, -1, -1):
+            hour = this_hour - timedelta(hours=h)
+            if name == head and hour >= now - timedelta(hours=24, minutes=60):
+                continue  # the last day of the reported head comes from raw rows
+            version = "20260101T000000Z" if h > days * 12 else "20260102T000000Z"
+            sums[(name, version, hour)] = synthetic_hour(per_day // 24, rng, lat_weights)
+            sums[(name, version, hour)].first_ts = hour + timedelta(seconds=1)
+        load_rollups(engine, sums, feedback_rows=True)
+    # the reported head's last day: raw rows (bulk-loaded) and their rollups, summed by the writer's code
+    rows = [row for row, _ in synthetic_rows(raw_rows, head, now, seed=1)]
+    if engine.dialect.name == "sqlite":
+        load_sqlite(engine, rows)
+    else:
+        load_postgres(engine, "predictions", COLUMNS, rows)
+    load_rollups(engine, rollups.aggregate((r[3], r[4], r[1], r[13], r[8], r[9], r[11], r[12]) for r in rows))
+    analyse(engine)
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for rollup in ROLLUP_TABLES:
+                conn.exec_driver_sql(f"VACUUM ANALYZE {rollup.name}")
+    latencies = [(r[1], r[11]) for r in rows if r[13] == 0]
+    return time.perf_counter() - started, latencies
+
+
+def exact_percentiles(values: list[float]) -> dict:
+    ordered = sorted(values)
+    return {f"p{p}": ordered[-(-len(ordered) * p // 100) - 1] for p in (50, 95, 99)} if ordered else {}
+
+
+def run_scale(kind: str, url: str, days: int, heads: int, per_day: int, raw_rows: int, repeats: int) -> list[list]:
+    engine = make_engine(url)
+    try:
+        migrate(engine)
+        load_s, latencies = load_fleet(engine, days, heads, per_day, raw_rows, "bench")
+        with engine.connect() as conn:
+            sizes = {r.name: conn.execute(sa.select(sa.func.count()).select_from(r)).scalar() for r in ROLLUP_TABLES}
+        out = []
+        until = datetime.now(timezone.utc)
+        for label, since, bucket in ((f"{days} days, hour buckets", until - timedelta(days=days), "hour"),
+                                     (f"{days} days, day buckets", until - timedelta(days=days), "day"),
+                                     ("24 h, hour buckets", until - timedelta(hours=24), "hour")):
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                report = build_report(engine, "bench", since=since, until=until, bucket=bucket)
+                times.append(time.perf_counter() - t0)
+            err = ""
+            if label.startswith("24 h"):
+                whole = since.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+                cut = until.replace(minute=0, second=0, microsecond=0)
+                # the exact percentiles of the same requests: raw rows of the whole hours + partial ends alike
+                exact = exact_percentiles([lat for ts, lat in latencies if since <= ts < until])
+                got = report["summary"]["latency_ms"]
+                err = " ".join(f"{k} {abs(got[k] - v) / v * 100:.2f}%" for k, v in exact.items())
+                assert all(abs(got[k] - v) / v <= 0.01 for k, v in exact.items()), (got, exact, whole, cut)
+            out.append([kind, f"{heads} x {per_day:,}/day", label, len(report["timeline"]),
+                        f"{report['summary']['texts']:,}", round(times[0] * 1000, 1), round(min(times) * 1000, 1), err])
+        print(f"{kind}: loaded in {load_s:.1f} s; rollup rows {sizes}")
+        return out
+    finally:
+        engine.dispose()
+
+
+# -- --writer: one head process's log writer ------------------------------------------------------
+
+def run_writer(kind: str, url: str, n: int) -> list:
+    import threading
+
+    from polyhead.inference_log.writer import InferenceLog
+
+    rng = random.Random(5)
+    recs = [PredictionRecord.create(request_id=uuid.uuid4().hex, head="writer-bench", head_version="v1",
+                                    embedder_fingerprint="minilm:bench", text=f"synthetic text number {i} " * 4,
+                                    label=rng.choice(LABELS), probability=rng.random(), top_k=[("billing", 0.5)] * 3,
+                                    latency_ms=rng.lognormvariate(1.5, 0.5), abstained=False, text_index=0)
+            for i in range(n)]
+    with tempfile.TemporaryDirectory() as spool, InferenceLog(url, Path(spool)) as log:
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        recorded: list[float] = []
+
+        def produce():
+            t = time.perf_counter()
+            for r in recs:
+                log.record(r)
+            recorded.append(time.perf_counter() - t)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        producer.join()
+        assert log.flush(timeout_s=600)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        stats = log.stats
+    assert stats.written == n and stats.dead_letters == 0, stats
+    return [kind, f"{n:,}", round(n / wall), round(recorded[0] / n * 1e6, 1), round(cpu, 2),
+            round(cpu / wall * 100), stats.batches]
+
+
+def with_database(kind: str, postgres_url: str, fn):
+    """fn(url) on a fresh SQLite file or a fresh PostgreSQL schema."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            return fn(f"sqlite:///{tmp}/inference.db")
+    schema = "polyhead_bench_" + uuid.uuid4().hex[:8]
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        url = sa.make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
+        return fn(url.render_as_string(hide_password=False))
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the reported head (another 10%% of another head)")
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--postgres-url", default=POSTGRES_URL)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-24h", action="store_true", help="skip the 24 h report over raw rows (issue 11's table)")
+    parser.add_argument("--scale", action="store_true", help="the month-of-a-fleet report over rollups")
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--heads", type=int, default=20)
+    parser.add_argument("--per-day", type=int, default=1_000_000, help="predictions a day per head")
+    parser.add_argument("--raw-rows", type=int, default=1_000_000, help="raw rows of the reported head's last day")
+    parser.add_argument("--writer", action="store_true", help="the log writer's throughput, rollups on")
+    parser.add_argument("--writer-rows", type=int, default=200_000)
     args = parser.parse_args()
+    kinds = args.databases.split(",")
+    for kind in kinds:
+        if kind not in ("sqlite", "postgresql"):
+            parser.error(f"unknown database {kind!r}")
+    if args.scale:
+        scale = []
+        for kind in kinds:
+            scale += with_database(kind, args.postgres_url, lambda url, kind=kind: run_scale(
+                kind, url, args.days, args.heads, args.per_day, args.raw_rows, args.repeats))
+        print(f"\n### Reports over rollups: {args.days} days x {args.heads} heads (best of {args.repeats})\n")
+        print(table(["database", "fleet", "report", "timeline rows", "texts", "ms (first)", "ms (best)",
+                     "24 h latency vs exact"], scale))
+    if args.writer:
+        rows = [with_database(kind, args.postgres_url, lambda url, kind=kind: run_writer(kind, url, args.writer_rows))
+                for kind in kinds]
+        print(f"\n### Log writer of one head process, rollups on ({args.writer_rows:,} predictions)\n")
+        print(table(["database", "predictions", "predictions/s (recorded -> in DB)", "record() us/row",
+                     "process CPU s", "CPU % of one core", "insert transactions"], rows))
+    if args.skip_24h:
+        return
 
     results = []
-    for kind in args.databases.split(","):
+    for kind in kinds:
         if kind == "sqlite":
             with tempfile.TemporaryDirectory() as tmp:
                 results += run(kind, f"sqlite:///{tmp}/inference.db", args.rows, args.repeats)

@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 from embedder.client import EmbedderClient  # noqa: E402
 from heads.artifacts import load_artifact  # noqa: E402
 from heads.config import load_head_config  # noqa: E402
+from heads.roles import read_state  # noqa: E402
 from heads.training.run import embed_all, read_split, train_from_config  # noqa: E402
 
 MIX = {"uncertain": 0.5, "diverse": 0.3, "random": 0.2}
@@ -138,7 +139,7 @@ def write_config(folder: Path, head: str, data: Dataset) -> Path:
 
 
 def evaluate(models: Path, head: str, test_x: np.ndarray, test_y: list[str], new_class: str | None) -> dict:
-    artifact = load_artifact(models, head)
+    artifact = load_artifact(models, head, read_state(models, head).champion or "latest")
     predicted = artifact.model.predict(test_x)
     y = np.array(test_y)
     out = {"version": artifact.version, "accuracy": round(float(np.mean(np.array(predicted) == y)), 4),
@@ -165,10 +166,10 @@ def review_round(gateway: str, head: str, strategy: str, n: int, since: str, tru
         r = httpx.get(f"{gateway}/v1/models/{head}/review", params={**params, "pool": 5000}, timeout=300)
         r.raise_for_status()
         for item in r.json()["items"]:
-            if (item["request_id"], item["index"]) not in seen:
-                seen.add((item["request_id"], item["index"]))
+            if (item["prediction_id"], item["index"]) not in seen:
+                seen.add((item["prediction_id"], item["index"]))
                 picked.append(item)
-    items = [{"request_id": i["request_id"], "index": i["index"], "label": truth[i["text"]], "strategy": i["strategy"]}
+    items = [{"prediction_id": i["prediction_id"], "index": i["index"], "label": truth[i["text"]], "strategy": i["strategy"]}
              for i in picked]
     for start_at in range(0, len(items), 1000):
         r = httpx.post(f"{gateway}/v1/models/{head}/feedback", json={"items": items[start_at:start_at + 1000]},
@@ -189,13 +190,24 @@ def wait_version(gateway: str, head: str, version: str, timeout_s: float = 60) -
 
 
 def wait_logged(db_url: str, head: str, at_least: int, timeout_s: float = 60) -> None:
-    from polyhead.inference_log.schema import count_rows
+    """Until the rows callers got reach `at_least` (a promoted-away champion's shadow rows do not count)."""
+    import sqlalchemy as sa
 
+    from polyhead.inference_log.schema import make_engine, predictions, served_only
+
+    engine = make_engine(db_url)
+    count = sa.select(sa.func.count()).select_from(predictions).where(predictions.c.head == head, served_only())
     deadline = time.monotonic() + timeout_s
-    while count_rows(db_url, heads=[head]) < at_least:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{head}: the log did not reach {at_least} rows")
-        time.sleep(0.3)
+    try:
+        while True:
+            with engine.connect() as conn:
+                if conn.execute(count).scalar_one() >= at_least:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{head}: the log did not reach {at_least} rows")
+            time.sleep(0.3)
+    finally:
+        engine.dispose()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                 wait_logged(db, head, logged)
                 done = review_round(gateway, head, strategy, args.n, since, data.truth, args.seed + round_no)
                 labelled |= set(done["texts"])
+                # promote: the loop measures what the head serves after each round, not a shadowed challenger
                 report = train_from_config(load_head_config(configs / f"{head}.yaml"), models, client, console=False,
-                                           feedback_db_url=db)
+                                           feedback_db_url=db, promote=True)
                 wait_version(gateway, head, report.version)
                 entry["labelled_this_round"] = done["labelled"]
         client.close()

@@ -1,9 +1,17 @@
-"""Soak test: a `polyhead up` stack under mixed valid and hostile traffic for a while, one head
-SIGKILLed (and restarted by the supervisor) mid-way; then requests, errors by class, p99 and the
-RSS of every process at start and end.
+"""Soak test: a `polyhead up` stack under mixed valid and hostile traffic for a while, the head
+process serving the first model SIGKILLed mid-way; then requests, errors by class, p99, how long
+each model of the killed process failed, and the RSS/PSS of every process at start and end.
 
     PYTHONPATH=. .venv/bin/python scripts/soak.py                 # 10 minutes (the recorded run)
     PYTHONPATH=. .venv/bin/python scripts/soak.py --duration 120  # a short one
+    PYTHONPATH=. .venv/bin/python scripts/soak.py --layout packed # no standby: the supervisor restarts it
+
+Layouts (`--layout`): `standby` (the default of `polyhead up`: every head packed in one process
+with a forked warm standby worker, heads/standby.py; the SIGKILL hits the worker that serves),
+`packed` (every head in one process, no standby: the supervisor restarts it), `solo` (one process
+per head). The victim is found in `var/stack.json` by the model it serves (a packed process is
+`heads:pool-1`, a solo one `head:<name>`) and the serving worker by the pid its /healthz reports;
+the run fails if the kill did not happen.
 
 Traffic (through the gateway): predictions of Zipf-distributed real texts (a few texts are very
 hot, most are rare, as in production), embeddings, and hostile requests: unpaired surrogates and
@@ -142,8 +150,8 @@ class Traffic:
 class Stack:
     """`polyhead up` in a work dir: the real supervisor, which restarts what dies."""
 
-    def __init__(self, workdir: Path, heads: int, log):
-        self.workdir, self.log = workdir, log
+    def __init__(self, workdir: Path, heads: int, log, layout: str = "standby"):
+        self.workdir, self.log, self.layout = workdir, log, layout
         configs = pick_head_configs(heads)
         self.heads = write_bench_heads(workdir, configs, train_limit=1500, fast_training=True)
         self.base = free_port_block(4 + heads)
@@ -155,7 +163,9 @@ class Stack:
         w = self.workdir
         argv = cli("up", "--heads-dir", str(w / "heads"), "--models-dir", str(w / "models"), "--var-dir", str(w / "var"),
                    "--gateway-port", str(self.base), "--embedder-port", str(self.base + 1),
-                   "--embedder-metrics-port", str(self.base + 2), "--head-base-port", str(self.base + 3))
+                   "--embedder-metrics-port", str(self.base + 2), "--head-base-port", str(self.base + 3),
+                   "--heads-per-process", "1" if self.layout == "solo" else "0",
+                   "--head-standby" if self.layout == "standby" else "--no-head-standby")
         (w / "var").mkdir(parents=True, exist_ok=True)
         (w / "var" / "ports.json").unlink(missing_ok=True)  # fresh ports each run
         env = {"POLYHEAD_EMBEDDER_MODEL_HANDLE": str(w / "encoder"), "PYTHONPATH": str(ROOT)}
@@ -177,13 +187,30 @@ class Stack:
         return json.loads((self.workdir / "var" / "stack.json").read_text())["services"]
 
     def rss_mib(self) -> dict[str, float]:
+        """RSS per process; a head process with a standby is its parent plus its workers (each its own row),
+        and `<name> (PSS, all)` sums their PSS: shared pages counted once, the memory they really take."""
         out = {"supervisor (polyhead up)": mem_kib(self.proc.pid)[0] / 1024}
         for svc in self.services():
-            out[svc["name"]] = mem_kib(svc["pid"])[0] / 1024 if svc["pid"] else 0.0
+            pid = svc["pid"]
+            if not pid:
+                out[svc["name"]] = 0.0
+                continue
+            out[svc["name"]] = mem_kib(pid)[0] / 1024
+            workers = child_pids(pid) if svc["kind"] == "head" else []
+            for i, worker in enumerate(workers):
+                out[f"{svc['name']} worker {i + 1}"] = mem_kib(worker)[0] / 1024
+            if svc["kind"] == "head":
+                out[f"{svc['name']} (PSS, all)"] = sum(mem_kib(p)[1] for p in [pid, *workers]) / 1024
         return out
 
-    def pid_of(self, name: str) -> int:
-        return next(s["pid"] for s in self.services() if s["name"] == name)
+    def victim_of(self, model: str) -> tuple[dict, int]:
+        """(the service serving `model`, the pid that serves its requests): for a process with a standby,
+        the worker its /healthz names; otherwise the process itself."""
+        svc = next((s for s in self.services() if s["kind"] == "head" and model in s.get("heads", [])), None)
+        if svc is None or not svc["pid"]:
+            raise RuntimeError(f"no running head process serves {model!r}: {self.services()}")
+        serving = httpx.get(svc["url"] + "/healthz", timeout=5).json().get("pid", svc["pid"])
+        return svc, serving
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -194,11 +221,19 @@ class Stack:
                 self.proc.kill()
 
 
+def child_pids(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 async def run_load(stack: Stack, traffic: Traffic, duration_s: float, concurrency: int, kill_at_s: float,
                    victim: str, say) -> dict:
     stats: dict[str, Stats] = defaultdict(Stats)
     by_status: Counter = Counter()
-    outage = {"killed_at": None, "back_at": None, "503s": 0, "other_503": 0, "other_5xx": 0}
+    outage = {"killed_at": None, "back_at": None, "503s": 0, "other_503": 0, "other_5xx": 0, "killed": None,
+              "models": {victim}, "failed_at": defaultdict(list), "victim_requests": 0}
     rss_samples: list[dict] = []
     stop_at = time.monotonic() + duration_s
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -227,7 +262,12 @@ async def run_load(stack: Stack, traffic: Traffic, duration_s: float, concurrenc
             killed, back = outage["killed_at"], outage["back_at"]
             # Sent to the killed head's model after the kill and before it answered again: the gateway
             # cannot validate for a head (the head does), so even a hostile body gets 503 then, by design.
-            to_victim = path == f"/v1/models/{victim}/predict"
+            target = path.split("/")[3] if path.startswith("/v1/models/") and path.count("/") == 4 else None
+            to_victim = target in outage["models"] and path.endswith("/predict")
+            if to_victim and killed is not None:
+                outage["victim_requests"] += 1
+                if status == 503 or not isinstance(status, int):
+                    outage["failed_at"][target].append(time.monotonic())
             in_outage = to_victim and killed is not None and started >= killed - 0.5 and (back is None or started <= back)
             if status not in kind.expected:
                 if status == 503 and in_outage:
@@ -241,10 +281,13 @@ async def run_load(stack: Stack, traffic: Traffic, duration_s: float, concurrenc
 
     async def killer():
         await asyncio.sleep(kill_at_s)
-        pid = stack.pid_of(f"head:{victim}")
-        say(f"  t={kill_at_s:.0f}s: SIGKILL head {victim} (pid {pid}); the supervisor restarts it")
+        svc, pid = await asyncio.to_thread(stack.victim_of, victim)
+        outage["models"] = set(svc["heads"])
         outage["killed_at"] = time.monotonic()
         os.kill(pid, signal.SIGKILL)
+        outage["killed"] = {"service": svc["name"], "pid": pid, "worker": pid != svc["pid"]}
+        who = f"the serving worker {pid} of {svc['name']}" if pid != svc["pid"] else f"{svc['name']} (pid {pid})"
+        say(f"  t={kill_at_s:.0f}s: SIGKILL {who}, serving {len(svc['heads'])} model(s)")
 
     async def sampler():
         while time.monotonic() < stop_at:
@@ -273,13 +316,15 @@ def main() -> int:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/polyhead-soak"),
                    help="stack files (kept: a second run reuses the exported encoder and trained heads)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", choices=("standby", "packed", "solo"), default="standby",
+                   help="head processes: packed with a warm standby (polyhead up's default), packed, or one per head")
     args = p.parse_args()
 
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    stack = Stack(args.workdir, args.heads, say)
+    stack = Stack(args.workdir, args.heads, say, args.layout)
     say(f"starting `polyhead up` in {args.workdir} with {len(stack.heads)} heads ({', '.join(stack.heads)})")
     try:
         startup_s = stack.start()
@@ -315,16 +360,28 @@ def main() -> int:
     print(table(["status", "requests"], [[str(c), n] for c, n in sorted(by_status.items(), key=lambda x: str(x[0]))]))
     recovery = (f"{outage['back_at'] - outage['killed_at']:.1f}s" if outage["back_at"] and outage["killed_at"]
                 else "not recovered")
+    killed = outage["killed"]
+    if killed is None:
+        print("\nTHE KILL DID NOT HAPPEN (the run was shorter than --kill-at): nothing was measured about a crash")
+        return 1
+    failed = sum(len(v) for v in outage["failed_at"].values())
+    spans = {m: (max(t) - min(t)) for m, t in outage["failed_at"].items() if t}
     print(f"\n{total} requests in {result['elapsed']:.0f}s ({total / result['elapsed']:.0f}/s); valid requests "
-          f"p50 {pct(valid_lat, 50):.1f} ms, p99 {pct(valid_lat, 99):.1f} ms. Head {victim} SIGKILLed at "
-          f"{args.duration * args.kill_at:.0f}s: {outage['503s']} requests for its model got 503 until it answered "
-          f"again ({recovery}); 503 for other models: {outage['other_503']}; other 5xx: {outage['other_5xx']}; unexpected statuses: "
-          f"{sum(sum(s.unexpected.values()) for s in stats.values())}.\n")
+          f"p50 {pct(valid_lat, 50):.1f} ms, p99 {pct(valid_lat, 99):.1f} ms. SIGKILL of "
+          f"{'the serving worker of ' if killed['worker'] else ''}{killed['service']} (pid {killed['pid']}, "
+          f"{len(outage['models'])} models) at {args.duration * args.kill_at:.0f}s: {outage['503s']} predict requests "
+          f"to its models got 503 until they answered again ({recovery}); failed (503 or transport) after the kill: "
+          f"{failed} of {outage['victim_requests']} predicts to its models "
+          f"({100 * failed / max(1, outage['victim_requests']):.2f} %), longest failing window of one model "
+          f"{max(spans.values(), default=0.0):.2f} s; 503 for other models: {outage['other_503']}; other 5xx: "
+          f"{outage['other_5xx']}; unexpected statuses: {sum(sum(s.unexpected.values()) for s in stats.values())}.\n")
     peak = {name: max(sample.get(name, 0.0) for sample in result["rss_samples"] + [rss_end]) for name in rss_end}
-    print(table(["process", "RSS start MiB", "RSS end MiB", "peak MiB", "change"],
+    # Worker rows are new processes after a takeover: compare the "(PSS, all)" rows across the run.
+    print(table(["process", "start MiB", "end MiB", "peak MiB", "change"],
                 [[name, rss_start.get(name, 0.0), rss_end[name], peak[name],
                   f"{rss_end[name] - rss_start.get(name, 0.0):+.1f}"] for name in rss_end]))
-    print(f"\n(the restarted head {victim}'s start RSS is its first process'; its end RSS is the restarted one's)")
+    print("\n(RSS unless marked PSS; the killed process's start figure is its first process', its end figure the "
+          "one that took over)")
     bad = outage["other_5xx"] or any("not-polyhead-shape" in str(c) or "transport" in str(c) for c in by_status)
     return 1 if bad else 0
 

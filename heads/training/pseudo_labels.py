@@ -8,8 +8,8 @@ added to the training split with the champion's label.
 - Candidates are the logged predictions of the champion's version at or above it, with their text
   kept, no feedback, not in any split (so never in val or test) and distinct; the most confident
   first, at most ``max_share`` of the training split.
-- The result is a challenger: its version is written but `latest` does not move, so nothing serves it
-  until someone compares it with the champion and pins or promotes it.
+- The result is a challenger (heads/roles.py): shadowed, not served, until the comparison with the
+  champion on the same live texts gets it promoted.
 
 Whether it helps is an empirical question per dataset: measure before claiming it does.
 """
@@ -54,13 +54,18 @@ def confident_predictions(db_url: str, head: str, version: str, threshold: float
     import sqlalchemy as sa
 
     from polyhead.inference_log.schema import feedback, make_engine, migrate, predictions
+    from polyhead.inference_log.sink import unescape_text
 
     p, f = predictions, feedback
-    has_feedback = sa.exists().where(f.c.head == head, f.c.request_id == p.c.request_id,
-                                     f.c.text_index == sa.func.coalesce(p.c.text_index, 0))
-    query = (sa.select(p.c.text, p.c.label, p.c.probability)
+    # A text with feedback (on any row: feedback names the served row, the version may have answered it
+    # in shadow) gets its true label from merge_feedback, never a pseudo-label.
+    labelled = predictions.alias("labelled")
+    labelled_texts = (sa.select(labelled.c.text_sha256)
+                      .select_from(f.join(labelled, f.c.prediction_id == labelled.c.id)).where(f.c.head == head))
+    query = (sa.select(p.c.text, p.c.text_escaped, p.c.label, p.c.probability)
              .where(p.c.head == head, p.c.head_version == version, p.c.text.is_not(None),
-                    p.c.probability >= threshold, sa.func.coalesce(p.c.abstained, False).is_(False), ~has_feedback)
+                    p.c.probability >= threshold, sa.func.coalesce(p.c.abstained, False).is_(False),
+                    p.c.text_sha256.not_in(labelled_texts))
              .order_by(p.c.probability.desc(), p.c.id))
     engine = make_engine(db_url)
     try:
@@ -70,7 +75,8 @@ def confident_predictions(db_url: str, head: str, version: str, threshold: float
     finally:
         engine.dispose()
     seen, out = set(), []
-    for text, label, probability in rows:
+    for stored, escaped, label, probability in rows:
+        text = unescape_text(stored, escaped)  # texts with NUL are stored escaped (sink.escape_text)
         if text.strip() and text.strip() not in seen:
             seen.add(text.strip())
             out.append((text, label, float(probability)))

@@ -10,7 +10,7 @@ import csv
 import hashlib
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -21,6 +21,7 @@ import yaml
 from embedder.feature_sets import DEFAULT
 from heads.artifacts import write_artifact
 from heads.config import HeadConfig
+from heads.roles import read_state, register_trained, update_state
 from heads.training.drift_reference import build_reference
 from heads.training.evaluation import evaluate
 from heads.training.fit import train_head
@@ -45,17 +46,19 @@ class TrainReport:
     train_time_s: float
     embed_time_s: float
     feedback: dict | None = None  # with_feedback: what merge_feedback added and skipped
+    role: str = "champion"  # heads/roles.py: "champion" (served) or "challenger" (shadow only)
 
 
-def read_feedback(db_url: str, head: str) -> list:
-    """The head's stored feedback with its logged text (None where redacted), oldest first."""
+def read_feedback(db_url: str, head: str, given_by: list[str] | None = None) -> list:
+    """The head's stored feedback with its logged text (None where redacted), oldest first; only the
+    feedback given by these API keys (names; "anonymous": with keys off) when `given_by` is set."""
     from polyhead.inference_log.feedback import feedback_examples
     from polyhead.inference_log.schema import make_engine, migrate
 
     engine = make_engine(db_url)
     try:
         migrate(engine)  # a DB no head has written to yet simply has no feedback
-        return feedback_examples(engine, head)
+        return feedback_examples(engine, head, given_by=given_by)
     finally:
         engine.dispose()
 
@@ -109,8 +112,8 @@ def _champion_and_val(config: HeadConfig, models_dir: Path, splits: dict) -> tup
     from heads.artifacts import load_artifact
     from heads.training.data import stratified_split
 
-    try:
-        champion = load_artifact(models_dir, config.name)
+    try:  # the champion (heads/roles.py; `latest` in an old layout): what callers get
+        champion = load_artifact(models_dir, config.name, read_state(models_dir, config.name).champion or "latest")
     except Exception as exc:  # noqa: BLE001 - no artifact, or an unreadable one: say so
         raise ValidationError(f"--with-pseudo-labels needs a trained version of {config.name!r} in {models_dir} "
                               f"to label with ({exc})") from None
@@ -214,9 +217,13 @@ def embed_all(client, texts: list[str], on_progress: Callable[[int], None] | Non
 
 
 def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=None, version: str | None = None,
-                      feedback_db_url: str | None = None, pseudo_labels=None) -> TrainReport:
+                      feedback_db_url: str | None = None, feedback_from: list[str] | None = None,
+                      promote: bool = False, pseudo_labels=None) -> TrainReport:
     """Train and write a new version. With ``feedback_db_url``, the feedback stored for this head in
-    that inference DB joins the training data (merge_feedback; counts go to manifest and metrics)."""
+    that inference DB joins the training data (merge_feedback; counts go to manifest and metrics);
+    ``feedback_from``: only the feedback given by these API keys (names) is trusted.
+    The new version is a challenger (shadowed, not served) unless it is the head's first or
+    ``promote`` (heads/roles.py)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     ds = config.dataset
@@ -227,11 +234,13 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
     splits = {k: read_split(p, ds.text_field, ds.label_field) for k, p in paths.items()}
     feedback_counts = None
     if feedback_db_url is not None:
-        examples = read_feedback(feedback_db_url, config.name)
+        examples = read_feedback(feedback_db_url, config.name, feedback_from)
         every_text = {t for s in splits.values() for t in s.texts}
         splits["train"], feedback_counts = merge_feedback(
             splits["train"], examples, every_text, allows_new_label=config.allows_new_label,
             min_new_label_examples=config.min_new_label_examples)
+        if feedback_from is not None:
+            feedback_counts["trusted_keys"] = sorted(feedback_from)  # the manifest says whose labels these are
     champion = None
     if pseudo_labels is not None:
         champion, splits = _champion_and_val(config, models_dir, splits)
@@ -286,7 +295,7 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
         manifest["feedback"] = feedback_counts  # the rows added are part of the training data
     if pseudo_counts is not None:
         manifest["pseudo_labels"] = pseudo_counts
-        manifest["challenger_of"] = champion.version  # written, not served: `latest` stays on the champion
+        manifest["challenger_of"] = champion.version  # the version whose answers it learnt from
     # Drift reference: the texts the final model was fitted on (train + val when given); the
     # confidence of held-out predictions only (result.val_proba: the val split, out-of-fold under
     # cross-validation, or the held-out part of train), never the test split.
@@ -294,6 +303,13 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
     drift = build_reference(np.concatenate(fitted_on), splits["train"].labels + (val.labels if val else []),
                             result.model.labels, result.val_proba, confidence_source=result.val_source)
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    # Roles first: an old layout's champion is `latest` before this version moves it (heads/roles.py).
+    prior = read_state(models_dir, config.name)
     path = write_artifact(models_dir, config.name, version, result.model, manifest=manifest, metrics=metrics,
-                          config_yaml=config_yaml, drift=drift, set_latest=champion is None)
-    return TrainReport(config.name, version, path, metrics, result.train_time_s, embed_time, feedback_counts)
+                          config_yaml=config_yaml, drift=drift)
+    if not prior.from_file and prior.champion is not None:
+        update_state(models_dir, config.name, lambda s: replace(s, champion=prior.champion))
+    state = register_trained(models_dir, config.name, version, promote=promote,
+                             max_challengers=config.promotion.max_challengers, guard_s=config.promotion.guard_s)
+    role = "champion" if state.champion == version else "challenger"
+    return TrainReport(config.name, version, path, metrics, result.train_time_s, embed_time, feedback_counts, role)

@@ -1,32 +1,42 @@
 """Feedback: the true label of a logged prediction, sent later (POST /v1/models/{name}/feedback).
 
-A feedback names a request (``request_id``, as the predict answer and its x-request-id header gave
-it) and, for a request with several texts, the text's position ``index`` (default 0). It is stored
-against the logged prediction row it matched when it arrived; a second feedback for the same
-(head, request, index) replaces the first. ``feedback_examples`` reads them back for retraining.
+A feedback names a request by the id the server issued for it (``prediction_id`` in the predict
+answer and its x-prediction-id header: unguessable, unlike a client's x-request-id, which stays a
+correlation id only) and, for a request with several texts, the text's position ``index`` (default
+0). It is stored against the logged prediction row it matched when it arrived, with the API key
+that gave it (``given_by``); a second feedback for the same (head, request, index) replaces the
+first. Who may label which prediction is the gateway's rule (gateway/insights.py: the key that
+asked, or a labeller key). ``feedback_examples`` reads them back for retraining, optionally only
+those given by trusted keys.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-from polyhead.inference_log.schema import dialect_insert, feedback, predictions
+from polyhead.inference_log.rollups import hour_of
+from polyhead.inference_log.schema import dialect_insert, feedback, predictions, rollup_feedback, served_only
+from polyhead.inference_log.sink import unescape_text
 
-Key = tuple[str, int]  # (request_id, index)
+Key = tuple[str, int]  # (prediction_id, index)
+# feedback_examples(given_by=...): this name stands for feedback given with no API key (keys off).
+ANONYMOUS = "anonymous"
 
 
 @dataclass(frozen=True)
 class LoggedPrediction:
     id: str
-    request_id: str
+    request_id: str  # the id the feedback named: the server-issued prediction_id
     index: int
     version: str
     label: str
     ts: datetime
+    caller: str | None = None  # the API key (name) that asked for it; None: keys were off
 
 
 @dataclass(frozen=True)
@@ -36,8 +46,8 @@ class FeedbackExample:
 
 
 def find_predictions(engine: sa.Engine, head: str, keys: list[Key]) -> dict[Key, LoggedPrediction]:
-    """The logged prediction of each (request_id, index) found; a request id reused by a client
-    matches its latest request. Rows from before migration 2 (no text_index) answer index 0."""
+    """The logged prediction of each (prediction_id, index) found. Rows from before migration 5 have no
+    prediction_id and cannot be named (a client's request id could be anybody's)."""
     if not keys:
         return {}
     p = predictions
@@ -46,21 +56,23 @@ def find_predictions(engine: sa.Engine, head: str, keys: list[Key]) -> dict[Key,
     ids = sorted({rid for rid, _ in keys})
     with engine.connect() as conn:
         for start in range(0, len(ids), 500):  # bounded IN lists
-            rows = conn.execute(sa.select(p.c.id, p.c.request_id, index.label("idx"), p.c.head_version, p.c.label,
-                                          p.c.ts)
-                                .where(p.c.head == head, p.c.request_id.in_(ids[start:start + 500])))
+            rows = conn.execute(sa.select(p.c.id, p.c.issued_id, index.label("idx"), p.c.head_version, p.c.label,
+                                          p.c.ts, p.c.caller)
+                                .where(p.c.head == head, p.c.issued_id.in_(ids[start:start + 500]),
+                                       served_only()))  # the caller's answer, not a challenger's
             for row in rows:
-                key = (row.request_id, int(row.idx))
+                key = (row.issued_id, int(row.idx))
                 if key not in found or row.ts > found[key].ts:
-                    found[key] = LoggedPrediction(row.id, row.request_id, int(row.idx), row.head_version, row.label,
-                                                  row.ts)
+                    found[key] = LoggedPrediction(row.id, row.issued_id, int(row.idx), row.head_version, row.label,
+                                                  row.ts, row.caller)
     wanted = set(keys)
     return {k: v for k, v in found.items() if k in wanted}
 
 
 def store_feedback(engine: sa.Engine, head: str, matched: list[tuple[LoggedPrediction, str]],
-                   strategies: list[str | None] | None = None) -> list[bool]:
+                   given_by: str | None = None, strategies: list[str | None] | None = None) -> list[bool]:
     """Upsert (prediction, true label) pairs in one transaction; True where an earlier feedback was replaced.
+    ``given_by``: the API key (name) that sent them, recorded with each label (None: keys are off).
 
     ``matched`` must not repeat a (request_id, index): the caller keeps the last of duplicates.
     ``strategies``: per pair, the review strategy that picked the text (None: direct feedback)."""
@@ -70,15 +82,15 @@ def store_feedback(engine: sa.Engine, head: str, matched: list[tuple[LoggedPredi
     f = feedback
     rows = [{"id": uuid.uuid4().hex, "head": head, "request_id": pred.request_id, "text_index": pred.index,
              "label": label, "ts": now, "prediction_id": pred.id, "prediction_ts": pred.ts,
-             "head_version": pred.version, "predicted_label": pred.label,
+             "head_version": pred.version, "predicted_label": pred.label, "given_by": given_by,
              "review_strategy": strategy}
             for (pred, label), strategy in zip(matched, strategies or [None] * len(matched))]
     insert = dialect_insert(engine, f)
     upsert = insert.on_conflict_do_update(
         index_elements=[f.c.head, f.c.request_id, f.c.text_index],
         set_={c: insert.excluded[c] for c in ("label", "ts", "prediction_id", "prediction_ts", "head_version",
-                                              "predicted_label", "review_strategy")})
-    existing: set[Key] = set()
+                                              "predicted_label", "given_by", "review_strategy")})
+    existing: dict[Key, tuple] = {}
     ids = sorted({r["request_id"] for r in rows})
     with engine.connect() as conn:
         # SQLite: take the write lock first (BEGIN IMMEDIATE, which waits out the busy timeout). A read
@@ -87,15 +99,18 @@ def store_feedback(engine: sa.Engine, head: str, matched: list[tuple[LoggedPredi
         conn.execution_options(polyhead_immediate=True)
         with conn.begin():
             for start in range(0, len(ids), 500):
-                existing |= {(rid, int(i)) for rid, i in conn.execute(
-                    sa.select(f.c.request_id, f.c.text_index).where(f.c.head == head,
-                                                                     f.c.request_id.in_(ids[start:start + 500])))}
+                for rid, i, *old in conn.execute(
+                        sa.select(f.c.request_id, f.c.text_index, f.c.head_version, f.c.prediction_ts, f.c.label,
+                                  f.c.predicted_label)
+                        .where(f.c.head == head, f.c.request_id.in_(ids[start:start + 500]))):
+                    existing[(rid, int(i))] = tuple(old)
             conn.execute(upsert, rows)
+            _move_rollup_counts(conn, engine, head, rows, existing)
     return [(pred.request_id, pred.index) in existing for pred, _ in matched]
 
 
 def existing_feedback(engine: sa.Engine, head: str, keys: list[Key]) -> list[bool]:
-    """For each (request_id, index): does a feedback for it exist already (a store would replace it)?"""
+    """For each (prediction_id, index): does a feedback for it exist already (a store would replace it)?"""
     f = feedback
     ids = sorted({rid for rid, _ in keys})
     found: set[Key] = set()
@@ -107,10 +122,42 @@ def existing_feedback(engine: sa.Engine, head: str, keys: list[Key]) -> list[boo
     return [key in found for key in keys]
 
 
-def feedback_examples(engine: sa.Engine, head: str) -> list[FeedbackExample]:
-    """Every stored feedback of ``head`` with its logged text (None where redacted), oldest first."""
-    query = (sa.select(predictions.c.text, feedback.c.label)
+def _move_rollup_counts(conn: sa.Connection, engine: sa.Engine, head: str, rows: list[dict],
+                        existing: dict[Key, tuple]) -> None:
+    """rollup_feedback: +1 for each stored feedback, -1 where it replaced one (its old labels)."""
+    delta: dict[tuple, int] = {}
+
+    def add(version: str, ts: datetime, label: str, predicted: str, n: int) -> None:
+        hour = hour_of(ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc))
+        key = (version, hour, label, predicted)
+        delta[key] = delta.get(key, 0) + n
+
+    for r in rows:
+        old = existing.get((r["request_id"], r["text_index"]))
+        if old is not None:
+            add(*old, -1)
+        add(r["head_version"], r["prediction_ts"], r["label"], r["predicted_label"], 1)
+    changes = [{"head": head, "head_version": v, "hour": h, "label": t, "predicted_label": p, "n": n}
+               for (v, h, t, p), n in sorted(delta.items(), key=lambda kv: kv[0]) if n]
+    if changes:
+        insert = dialect_insert(engine, rollup_feedback)
+        conn.execute(insert.on_conflict_do_update(
+            index_elements=[c.name for c in rollup_feedback.primary_key.columns],
+            set_={"n": rollup_feedback.c.n + insert.excluded.n}), changes)
+        if any(c["n"] < 0 for c in changes):  # a count moved away entirely: no empty rows left behind
+            conn.execute(rollup_feedback.delete().where(rollup_feedback.c.head == head, rollup_feedback.c.n == 0))
+
+
+def feedback_examples(engine: sa.Engine, head: str, given_by: Collection[str] | None = None) -> list[FeedbackExample]:
+    """Every stored feedback of ``head`` with its logged text (None where redacted), oldest first.
+    ``given_by``: only feedback from these API keys (names; ANONYMOUS: given with keys off or
+    before the migration that recorded who gave it); None: everybody's."""
+    query = (sa.select(predictions.c.text, predictions.c.text_escaped, feedback.c.label)
              .select_from(feedback.join(predictions, feedback.c.prediction_id == predictions.c.id))
              .where(feedback.c.head == head).order_by(feedback.c.ts, feedback.c.id))
-    with engine.connect() as conn:
-        return [FeedbackExample(text, label) for text, label in conn.execute(query)]
+    if given_by is not None:
+        names = [n for n in given_by if n != ANONYMOUS]
+        trusted = feedback.c.given_by.in_(names)
+        query = query.where(sa.or_(trusted, feedback.c.given_by.is_(None)) if ANONYMOUS in given_by else trusted)
+    with engine.connect() as conn:  # texts with NUL are stored escaped (sink.escape_text)
+        return [FeedbackExample(unescape_text(text, escaped), label) for text, escaped, label in conn.execute(query)]

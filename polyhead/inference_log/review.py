@@ -1,10 +1,12 @@
 """The review queue: which logged predictions a person should label next (GET /v1/models/{name}/review).
 
-Candidates are logged predictions of one head that are worth a label: the text was kept (not
-redacted), no feedback names that (request, text) yet, and no feedback names another row with the
-same text (``text_sha256``): a text already labelled once is not asked again. Duplicates among the
-candidates collapse to one row per text, the first in the pool's order (the newest; for ``uncertain``
-the least confident).
+Candidates are logged predictions of one head that are worth a label: rows a caller got (never a
+challenger's shadow row, ``served_only``) that carry the server-issued id feedback names
+(``issued_id``, the item's ``prediction_id``; older rows cannot be labelled), whose text was kept (not
+redacted), that no feedback names yet, and whose text no feedback names on another row
+(``text_sha256``): a text already labelled once is not asked again. Duplicates among the candidates
+collapse to one row per text, the first in the pool's order (the newest; for ``uncertain`` the least
+confident). Texts with NUL are stored escaped and read back as they were sent (``unescape_text``).
 
 Each strategy is a ``Strategy`` in ``STRATEGIES`` (a registry: the gateway, the CLI and the
 console list the names from it): it says how the database should order the candidate pool
@@ -18,8 +20,9 @@ console list the names from it): it says how the database should order the candi
   training centroids, so a batch covers the traffic instead of repeating one question;
 - random: a uniform sample of the pool, the control slice: live accuracy is estimated from it alone,
   because the other strategies pick the texts the head is most likely wrong about;
-- disagree: champion and challenger differ; needs shadow predictions, which are not logged yet
-  (``NoChallengers`` until a shadow source is registered in ``SHADOW_SOURCES``).
+- disagree: a challenger's shadow prediction (same request_id and text_index, ``predictions.shadow``)
+  differs from what the caller got; the most confident challenger first. No items for a head
+  without challengers.
 
 Feedback given for a reviewed item carries its strategy (``feedback.review_strategy``);
 ``review_summary`` splits feedback metrics by strategy for the report.
@@ -38,7 +41,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from polyhead.inference_log.reports import feedback_metrics, utc
-from polyhead.inference_log.schema import feedback, predictions
+from polyhead.inference_log.schema import feedback, predictions, served_only
+from polyhead.inference_log.sink import unescape_text
 
 DEFAULT_N = 20
 MAX_N = 500
@@ -49,14 +53,10 @@ DIRECT = "direct"  # feedback not given through the review queue (no strategy)
 CONTROL = "random"  # the unbiased slice live accuracy is computed from
 
 
-class NoChallengers(Exception):
-    """``disagree`` asked for a head without shadow (challenger) predictions."""
-
-
 @dataclass(frozen=True)
 class Candidate:
-    prediction_id: str
-    request_id: str
+    row_id: str  # predictions.id
+    prediction_id: str  # the server-issued id (predictions.issued_id): what feedback names
     index: int
     ts: datetime
     version: str
@@ -65,6 +65,8 @@ class Candidate:
     label: str
     probability: float
     top_k: list[dict[str, Any]]
+    # disagree: the challenger's answer on the same text {"version", "label", "probability"}; else None
+    challenger: dict[str, Any] | None = None
 
 
 @dataclass
@@ -88,7 +90,7 @@ class Strategy:
     needs_vectors: bool = False
     needs_centroids: bool = False
     score_name: str | None = None
-    unavailable: Callable[[], str | None] = lambda: None  # why it cannot be asked for now (None: it can)
+    disagreeing: bool = False  # the pool holds only texts a challenger answered differently
 
 
 # -- scores ------------------------------------------------------------------------------------------
@@ -158,24 +160,10 @@ def _rank_random(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int,
     return [(int(i), None) for i in order]
 
 
-# A shadow source answers the disagreeing (champion, challenger) rows of a head; the challengers work
-# registers one once shadow predictions are logged. Until then `disagree` is refused with a clear reason.
-SHADOW_SOURCES: dict[str, Callable[..., list[tuple[int, float | None]]]] = {}
-
-
-NO_CHALLENGERS = ("no challengers: strategy 'disagree' needs shadow predictions of a challenger, and none are "
-                  "logged yet")
-
-
-def _disagree_unavailable() -> str | None:
-    return None if SHADOW_SOURCES else NO_CHALLENGERS
-
-
 def _rank_disagree(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int, float | None]]:
-    source = SHADOW_SOURCES.get("default")
-    if source is None:
-        raise NoChallengers(NO_CHALLENGERS)
-    return source(pool, n, ctx)
+    # The challenger most sure of its different answer first: where one of the two is most likely wrong.
+    scored = sorted(((i, float(c.challenger["probability"])) for i, c in enumerate(pool)), key=lambda t: -t[1])
+    return scored[:n]
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
@@ -187,14 +175,9 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
              _rank_diverse, needs_vectors=True, needs_centroids=True, score_name="distance"),
     Strategy("random", "a uniform sample: the control slice live accuracy is estimated from", "random",
              _rank_random),
-    Strategy("disagree", "champion and challenger disagree (needs shadow predictions)", "recent", _rank_disagree,
-             unavailable=_disagree_unavailable),
+    Strategy("disagree", "a challenger's shadow answer differs from the champion's: one of them is wrong", "recent",
+             _rank_disagree, score_name="challenger_probability", disagreeing=True),
 ]}
-
-
-def available_strategies() -> list[str]:
-    """The strategies that can be asked for now (the API's enum): `disagree` only once challengers exist."""
-    return [name for name, s in STRATEGIES.items() if s.unavailable() is None]
 
 
 # -- the pool ----------------------------------------------------------------------------------------
@@ -206,22 +189,34 @@ def _labelled_texts(head: str) -> sa.Select:
 
 
 def candidate_pool(engine: sa.Engine, head: str, *, order: str, limit: int, since: datetime | None = None,
-                   until: datetime | None = None) -> list[Candidate]:
-    """Up to ``limit`` distinct unlabelled texts of ``head`` (one row each, the first in ``order``)."""
+                   until: datetime | None = None, disagreeing: bool = False) -> list[Candidate]:
+    """Up to ``limit`` distinct unlabelled texts of ``head`` (one row each, the first in ``order``).
+    ``disagreeing``: only texts a challenger's shadow row answered with another label (joined, so a
+    text two challengers disagree on comes once, with the first challenger in the order)."""
     p, f = predictions, feedback
-    has_feedback = sa.exists().where(f.c.head == head, f.c.request_id == p.c.request_id,
-                                     f.c.text_index == sa.func.coalesce(p.c.text_index, 0))
-    conditions = [p.c.head == head, p.c.text.is_not(None), ~has_feedback,
-                  p.c.text_sha256.not_in(_labelled_texts(head))]
+    index = sa.func.coalesce(p.c.text_index, 0)
+    # Already labelled: feedback names the row itself (feedback.prediction_id, whatever id it was named by)
+    labelled_rows = sa.select(f.c.prediction_id).where(f.c.head == head)
+    conditions = [p.c.head == head, served_only(), p.c.issued_id.is_not(None), p.c.text.is_not(None),
+                  p.c.id.not_in(labelled_rows), p.c.text_sha256.not_in(_labelled_texts(head))]
     if since is not None:
         conditions.append(p.c.ts >= utc(since))
     if until is not None:
         conditions.append(p.c.ts < utc(until))
     ordering = {"recent": [p.c.ts.desc(), p.c.id], "least_confident": [p.c.probability, p.c.ts.desc(), p.c.id],
                 "random": [sa.func.random()]}[order]
-    query = (sa.select(p.c.id, p.c.request_id, sa.func.coalesce(p.c.text_index, 0).label("idx"), p.c.ts,
-                       p.c.head_version, p.c.text, p.c.text_sha256, p.c.label, p.c.probability, p.c.top_k)
-             .where(*conditions).order_by(*ordering))
+    columns = [p.c.id, p.c.issued_id, index.label("idx"), p.c.ts, p.c.head_version, p.c.text, p.c.text_escaped,
+               p.c.text_sha256, p.c.label, p.c.probability, p.c.top_k]
+    source: sa.FromClause = p
+    if disagreeing:
+        s = predictions.alias("shadow_row")
+        source = p.join(s, sa.and_(s.c.head == p.c.head, s.c.request_id == p.c.request_id,
+                                   sa.func.coalesce(s.c.text_index, 0) == index, s.c.shadow == sa.true(),
+                                   s.c.label != p.c.label))
+        columns += [s.c.head_version.label("c_version"), s.c.label.label("c_label"),
+                    s.c.probability.label("c_probability")]
+        ordering = [*ordering, s.c.probability.desc(), s.c.id]
+    query = sa.select(*columns).select_from(source).where(*conditions).order_by(*ordering)
     seen: set[str] = set()
     pool: list[Candidate] = []
     # Duplicates are dropped here, so read in pages until the pool is full or the rows run out.
@@ -233,8 +228,11 @@ def candidate_pool(engine: sa.Engine, head: str, *, order: str, limit: int, sinc
                 if row.text_sha256 in seen:
                     continue
                 seen.add(row.text_sha256)
-                pool.append(Candidate(row.id, row.request_id, int(row.idx), utc(row.ts), row.head_version, row.text,
-                                      row.text_sha256, row.label, float(row.probability), list(row.top_k)))
+                challenger = ({"version": row.c_version, "label": row.c_label,
+                               "probability": float(row.c_probability)} if disagreeing else None)
+                pool.append(Candidate(row.id, row.issued_id, int(row.idx), utc(row.ts), row.head_version,
+                                      unescape_text(row.text, row.text_escaped), row.text_sha256, row.label,
+                                      float(row.probability), list(row.top_k), challenger))
                 if len(pool) == limit:
                     break
             if len(rows) < page:
@@ -274,7 +272,8 @@ def review_summary(engine: sa.Engine, head: str, *, since: datetime, until: date
         rows = conn.execute(sa.select(strategy, f.c.label, f.c.predicted_label, sa.func.count())
                             .where(window).group_by(strategy, f.c.label, f.c.predicted_label)).all()
         if known_labels is None:
-            known_labels = list(conn.execute(sa.select(p.c.label).where(p.c.head == head).distinct()).scalars())
+            known_labels = list(conn.execute(sa.select(p.c.label).where(p.c.head == head, served_only())
+                                             .distinct()).scalars())
         pending_rows = conn.execute(sa.select(f.c.label, sa.func.count())
                                     .where(f.c.head == head, f.c.label.not_in(list(known_labels)))
                                     .group_by(f.c.label)).all()

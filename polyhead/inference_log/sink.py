@@ -1,11 +1,18 @@
 """The head's write path to the inference DB, on the DBAPI driver itself: stdlib ``sqlite3`` or psycopg.
 
-A serving head only ever writes one statement, ``INSERT INTO predictions ... ON CONFLICT (id) DO
-NOTHING``; loading SQLAlchemy for it cost ~11 MiB per head process (BENCHMARKS.md §5). SQLAlchemy
+A serving head writes one transaction per batch: ``INSERT INTO predictions ... ON CONFLICT (id) DO
+NOTHING`` plus the rollups' upsert increments of the rows that were new (rollups.py); loading
+SQLAlchemy for it cost ~11 MiB per head process (BENCHMARKS.md §5). SQLAlchemy
 still owns the schema, the migrations and every read (schema.py): when the database is behind this
 code's schema the sink runs the migrations in a short-lived child process (migrate.py), so the
 serving process never imports SQLAlchemy. Values are bound exactly as SQLAlchemy binds them
 (tests/unit/polyhead/inference_log/test_sink.py compares rows written both ways, field by field, on both databases).
+
+Poison rows: a row the database refuses (a value it cannot hold: too long, bad encoding, ...) never
+blocks the rows behind it. The batch is retried row by row and ``insert`` returns the refused rows
+with the reason, for the writer to dead-letter. NUL, which PostgreSQL text cannot hold, is not
+refused: texts containing it are stored escaped (``\\`` -> ``\\\\``, NUL -> ``\\0``) with
+``text_escaped`` set, on both databases alike; ``unescape_text`` reverses it on read.
 """
 
 from __future__ import annotations
@@ -18,18 +25,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from polyhead.inference_log import rollups
 from polyhead.inference_log.records import PredictionRecord
 
 # The latest version in schema.MIGRATIONS (a unit test keeps the two equal).
-SCHEMA_VERSION = 4
-# The predictions columns the head writes: PredictionRecord's fields, in order (a unit test checks
-# them against schema.predictions, so a migration that adds a column must add the field too).
-COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(PredictionRecord))
+SCHEMA_VERSION = 7
+# The predictions columns the head writes: PredictionRecord's fields, in order, and the escape flag
+# (a unit test checks them against schema.predictions, so a migration that adds a column must add the field too).
+COLUMNS: tuple[str, ...] = (*(f.name for f in dataclasses.fields(PredictionRecord)), "text_escaped")
 
 # Connection settings shared with schema.make_engine (reads and migrations use the same ones).
 SQLITE_TIMEOUT_S = 5.0  # busy timeout; a ?timeout= in the URL wins
@@ -65,6 +73,31 @@ class InferenceDBError(Exception):
     """The inference DB could not be reached, migrated or written; the writer spools and retries."""
 
 
+def escape_text(text: str | None) -> tuple[str | None, bool | None]:
+    """(stored text, text_escaped): only texts with NUL are escaped; the flag is NULL otherwise."""
+    if text is None or "\x00" not in text:
+        return text, None
+    return text.replace("\\", "\\\\").replace("\x00", "\\0"), True
+
+
+def unescape_text(text: str | None, escaped: bool | None) -> str | None:
+    if not escaped or text is None:
+        return text
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            out.append("\x00" if text[i + 1] == "0" else text[i + 1])
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+Refused = list[tuple[PredictionRecord, str]]  # rows the database would not take, with its reason
+
+
 def open_sink(url: str) -> Sink:
     """The sink for a SQLAlchemy-style URL (``sqlite:///path`` or ``postgresql[+driver]://...``)."""
     backend = url.partition(":")[0].partition("+")[0]
@@ -84,6 +117,7 @@ class Sink:
         self._lock = threading.Lock()  # start() and the writer thread use it in turn; close() from a third
         values = ", ".join([self.placeholder] * len(COLUMNS))
         self.insert_sql = f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({values}) ON CONFLICT (id) DO NOTHING"
+        self.rollup_sql = rollups.upsert_statements(self.placeholder, self.least)
 
     def ensure_schema(self) -> bool:
         """Migrate (in a child process) when the DB is behind this code; True when that ran."""
@@ -92,10 +126,74 @@ class Sink:
         migrate_in_child(self.url)
         return True
 
-    def insert(self, records: Sequence[PredictionRecord]) -> None:
-        """One transaction, one executemany; ON CONFLICT makes a replay of the same rows a no-op."""
-        rows = [self._row(r) for r in records]
-        self._call(lambda conn: self._insert(conn, rows))
+    def insert(self, records: Sequence[PredictionRecord]) -> Refused:
+        """One transaction: the rows (ON CONFLICT makes a replay a no-op) and the rollups of those that
+        were new. Rows the DB refuses are retried one per transaction and returned with the reason;
+        anything else (DB down, schema missing) raises InferenceDBError and nothing is written."""
+        return self._call(lambda conn: self._insert_isolating(conn, list(records)))
+
+    def _insert_isolating(self, conn: Any, records: list[PredictionRecord]) -> Refused:
+        try:
+            self._transaction(conn, records)
+            return []
+        except Exception as exc:
+            if not self._refuses_row(exc):
+                raise
+        refused: Refused = []
+        for rec in records:  # one bad row among many: find it, keep the others
+            try:
+                self._transaction(conn, [rec])
+            except Exception as exc:
+                if not self._refuses_row(exc):
+                    raise
+                refused.append((rec, f"{type(exc).__name__}: {exc}"[:500]))
+        return refused
+
+    def _transaction(self, conn: Any, records: list[PredictionRecord]) -> None:
+        """Raw rows + rollup increments of the new ones, atomically."""
+        raise NotImplementedError
+
+    def _refuses_row(self, exc: BaseException) -> bool:
+        """A value the database will never take (retrying cannot help), as opposed to the DB being down."""
+        return isinstance(exc, (UnicodeError, ValueError, OverflowError, TypeError))
+
+    def _add_rollups(self, cur: Any, records: list[PredictionRecord], existing: set[str]) -> None:
+        """The rollup increments of the rows that were new, inside the caller's transaction."""
+        new = [(r.head, r.head_version, _aware(r.ts), r.text_index, r.label, r.probability, r.latency_ms, r.abstained)
+               for r in records if r.id not in existing and not r.shadow]  # rollups: what callers got
+        hours, labels, latencies = rollups.upsert_rows(rollups.aggregate(new), self._ts_param)
+        hour_sql, label_sql, select_latency, update_latency = self.rollup_sql
+        if hours:
+            cur.executemany(hour_sql, hours)  # the upsert locks these rows until commit
+        if labels:
+            cur.executemany(label_sql, labels)
+        for head, version, hour, histogram in latencies:
+            (stored,) = cur.execute(select_latency, (head, version, hour)).fetchone()
+            cur.execute(update_latency, (rollups.merge_latency(stored, histogram), head, version, hour))
+
+    def _ts_param(self, value: datetime) -> Any:
+        return value
+
+    def prune(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to `limit` raw rows older than `cutoff` in one short transaction; rows with feedback
+        stay (retraining reads them), rollups stay (reports read them). Returns the rows deleted."""
+        return self._call(lambda conn: self._prune(conn, cutoff, limit))
+
+    def _prune(self, conn: Any, cutoff: datetime, limit: int) -> int:
+        ph = self.placeholder
+        heads = [h for (h,) in conn.execute("SELECT DISTINCT head FROM rollup_hour").fetchall()]
+        sql = (f"DELETE FROM predictions WHERE id IN (SELECT p.id FROM predictions p WHERE p.head = {ph} "
+               f"AND p.ts < {ph} AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.head = p.head "
+               f"AND f.request_id = p.request_id) LIMIT {ph})")
+        deleted = 0
+        for head in heads:  # per head: the (head, ts) index finds the old rows without a scan
+            if deleted >= limit:
+                break
+            deleted += self._delete(conn, sql, (head, self._ts_param(cutoff), limit - deleted))
+        return deleted
+
+    def _delete(self, conn: Any, sql: str, params: tuple) -> int:
+        raise NotImplementedError
 
     def close(self) -> None:
         if self._lock.acquire(timeout=1):  # a writer still inside an insert keeps its connection
@@ -152,6 +250,7 @@ class Sink:
 
 class SqliteSink(Sink):
     placeholder = "?"
+    least = "min"
 
     def __init__(self, url: str):
         super().__init__(url)
@@ -180,20 +279,54 @@ class SqliteSink(Sink):
             return 0
         return conn.execute("SELECT max(version) FROM polyhead_schema_version").fetchone()[0] or 0
 
-    def _insert(self, conn: Any, rows: list[tuple]) -> None:
-        conn.execute("BEGIN")
-        conn.executemany(self.insert_sql, rows)
-        conn.execute("COMMIT")  # on any failure the connection is closed, which rolls back
+    def _transaction(self, conn: Any, records: list[PredictionRecord]) -> None:
+        conn.execute("BEGIN IMMEDIATE")  # the write lock first: the read of existing ids stays true
+        try:
+            ids = [r.id for r in records]
+            existing: set[str] = set()
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                existing |= {i for (i,) in conn.execute(
+                    f"SELECT id FROM predictions WHERE id IN ({', '.join('?' * len(chunk))})", chunk)}
+            conn.executemany(self.insert_sql, [self._row(r) for r in records])
+            self._add_rollups(conn, records, existing)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _delete(self, conn: Any, sql: str, params: tuple) -> int:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            n = conn.execute(sql, params).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return n
+
+    def _refuses_row(self, exc: BaseException) -> bool:
+        import sqlite3
+
+        return super()._refuses_row(exc) or isinstance(exc, (sqlite3.DataError, sqlite3.IntegrityError,
+                                                             sqlite3.InterfaceError))
+
+    def _ts_param(self, value: datetime) -> Any:
+        return sqlite_ts(value)
 
     def _row(self, rec: PredictionRecord) -> tuple:
-        values = dataclasses.astuple(rec)
-        ts_at, top_k_at = COLUMNS.index("ts"), COLUMNS.index("top_k")
-        return tuple(sqlite_ts(v) if i == ts_at else json.dumps(v) if i == top_k_at else v
-                     for i, v in enumerate(values))
+        values = _values(rec)
+        ts_at, top_k_at, text_at = COLUMNS.index("ts"), COLUMNS.index("top_k"), COLUMNS.index("text")
+        text, escaped = escape_text(rec.text)
+        return (*(sqlite_ts(v) if i == ts_at else json.dumps(v) if i == top_k_at else text if i == text_at else v
+                  for i, v in enumerate(values)), escaped)
 
 
 class PostgresSink(Sink):
     placeholder = "%s"
+    least = "LEAST"
 
     def __init__(self, url: str):
         super().__init__(url)
@@ -214,15 +347,41 @@ class PostgresSink(Sink):
             return 0
         return conn.execute("SELECT max(version) FROM polyhead_schema_version").fetchone()[0] or 0
 
-    def _insert(self, conn: Any, rows: list[tuple]) -> None:
+    def _transaction(self, conn: Any, records: list[PredictionRecord]) -> None:
         with conn.transaction(), conn.cursor() as cur:
-            cur.executemany(self.insert_sql, rows)
+            cur.execute("SELECT id FROM predictions WHERE id = ANY(%s)", ([r.id for r in records],))
+            existing = {i for (i,) in cur.fetchall()}
+            cur.executemany(self.insert_sql, [self._row(r) for r in records])
+            self._add_rollups(cur, records, existing)
+
+    def _delete(self, conn: Any, sql: str, params: tuple) -> int:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.rowcount
+
+    def _refuses_row(self, exc: BaseException) -> bool:
+        import psycopg
+        from psycopg import errors
+
+        return super()._refuses_row(exc) or isinstance(exc, (psycopg.DataError, psycopg.IntegrityError,
+                                                             errors.ProgramLimitExceeded))
 
     def _row(self, rec: PredictionRecord) -> tuple:
         from psycopg.types.json import Jsonb
 
-        top_k_at = COLUMNS.index("top_k")
-        return tuple(Jsonb(v) if i == top_k_at else v for i, v in enumerate(dataclasses.astuple(rec)))
+        top_k_at, text_at = COLUMNS.index("top_k"), COLUMNS.index("text")
+        text, escaped = escape_text(rec.text)
+        return (*(Jsonb(v) if i == top_k_at else text if i == text_at else v
+                  for i, v in enumerate(_values(rec))), escaped)
+
+
+def _values(rec: PredictionRecord) -> tuple:
+    # Not dataclasses.astuple: its deep copy of top_k cost more than the insert itself.
+    return tuple(getattr(rec, name) for name in COLUMNS[:-1])
+
+
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def sqlite_ts(value: datetime) -> str:

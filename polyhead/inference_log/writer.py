@@ -1,26 +1,38 @@
 """Inference log: every prediction a head serves, written to SQLite (default) or PostgreSQL.
 
-Writes never sit on the request path: ``record()`` only enqueues; a writer thread inserts batches
-with one executemany ``INSERT ... ON CONFLICT (id) DO NOTHING``, through the DBAPI driver itself
-(sink.py: SQLAlchemy stays out of the serving process; migrations run in a child process). When the database is down the
-batch goes to a local JSONL spool (fsync'd); once the database answers again the spool is replayed.
-Each row carries a uuid4 primary key, so a replay that is interrupted after its insert committed,
-or a spool replayed twice, cannot duplicate rows.
+``record()`` appends the prediction to the local write-ahead spool (spool.py) before the answer is
+sent, and does nothing else on the request path; a writer thread reads the spool in order and
+inserts batches through the DBAPI driver (sink.py: SQLAlchemy stays out of the serving process;
+migrations run in a child process), rollups included, and only then moves past them. So:
+
+- nothing answered is lost: a SIGKILL loses nothing (the spool is replayed on restart); a machine
+  crash can lose the rows of the last fsync window not yet in the DB (spool.py);
+- memory is bounded by one batch, however long the database is down: the backlog is on disk;
+- no poison rows: a row the database refuses is dead-lettered (``dead_letters.jsonl`` in the spool
+  dir, counted and logged with its reason) and the rows behind it go on; NUL is stored escaped;
+- replays are idempotent: each row carries a uuid4 primary key, inserts are ON CONFLICT DO
+  NOTHING and rollups count only the rows that were new.
+
+The log's lag is visible: ``status()`` (the head's readiness details) and the metrics below give
+the oldest unwritten row's age, the spool's rows and the dead letters; ``..._writer_stalled`` is 1
+while the oldest unwritten row is older than ``stall_after_s`` (alert on it).
 
 One ``spool_dir`` per process: ``start()`` takes an exclusive ``flock`` on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
+import json
 import logging
 import os
-import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,33 +40,36 @@ from prometheus_client import Counter, Gauge
 
 from polyhead.inference_log.records import PredictionRecord
 from polyhead.inference_log.sink import open_sink
+from polyhead.inference_log.spool import Spool
 
 log = logging.getLogger(__name__)
 
-WRITTEN = Counter("polyhead_head_db_written_total", "Prediction rows inserted by the request-path writer")
-SPOOLED = Counter("polyhead_head_db_spooled_total", "Prediction rows written to the local spool (DB down or queue full)")
-REPLAYED = Counter("polyhead_head_db_replayed_total", "Spooled prediction rows replayed into the DB")
-SPOOL_ROWS = Gauge("polyhead_head_db_spool_rows", "Prediction rows waiting in the local spool")
+WRITTEN = Counter("polyhead_head_db_written_total", "Prediction rows sent to the DB (new or already there)")
+SPOOLED = Counter("polyhead_head_db_spooled_total", "Prediction rows appended to the local write-ahead spool")
+REPLAYED = Counter("polyhead_head_db_replayed_total", "Rows of a previous process's spool sent to the DB")
+DEAD_LETTERS = Counter("polyhead_head_db_dead_letters_total",
+                       "Rows the DB refused (or unreadable spool lines), kept in dead_letters.jsonl", ["reason"])
+SPOOL_ROWS = Gauge("polyhead_head_db_spool_rows", "Prediction rows in the spool not yet in the DB")
+OLDEST_AGE = Gauge("polyhead_head_db_oldest_unwritten_seconds", "Age of the oldest prediction not yet in the DB")
+STALLED = Gauge("polyhead_head_db_writer_stalled",
+                "1 while the oldest unwritten prediction is older than stall_after_s (DB down or writer stuck)")
+
+DEAD_LETTER_FILE = "dead_letters.jsonl"
 
 
 @dataclass(frozen=True)
 class InferenceLogStats:
-    written: int  # rows inserted straight from the queue
-    spooled: int  # rows appended to the spool
-    replayed: int  # spool rows sent to the DB again (ON CONFLICT drops any already there)
+    written: int  # rows sent to the DB (ON CONFLICT drops any already there)
+    spooled: int  # rows appended to the spool by this process (every recorded row)
+    replayed: int  # rows of a previous process's spool sent to the DB
     dropped: int  # rows lost: not a PredictionRecord, or the spool itself could not be written
-    queue_depth: int
+    queue_depth: int  # rows recorded, not yet in the DB (the same as spool_rows: the spool is the queue)
     spool_rows: int
-    batches: int  # successful executemany inserts from the queue
+    batches: int  # successful insert transactions
     healthy: bool
-
-
-class _Marker:
-    """Queued behind records: the writer sets ``done`` once everything ahead of it is handled."""
-
-    def __init__(self, stop: bool = False):
-        self.stop = stop
-        self.done = threading.Event()
+    dead_letters: int = 0  # rows the DB refused, or spool lines that could not be read
+    pruned: int = 0  # raw rows deleted by retention
+    oldest_unwritten_s: float = 0.0
 
 
 class InferenceLog:
@@ -65,10 +80,13 @@ class InferenceLog:
         *,
         batch_size: int = 500,
         flush_interval_s: float = 0.2,
-        max_queue: int = 10000,
         redact_text: bool = False,
         retry_min_s: float = 0.5,
         retry_max_s: float = 10.0,
+        stall_after_s: float = 60.0,
+        retention_days: float = 0.0,
+        prune_batch: int = 1000,
+        prune_every_s: float = 300.0,
     ):
         self.url = url
         self.spool_dir = Path(spool_dir)
@@ -76,26 +94,34 @@ class InferenceLog:
         self.flush_interval_s = flush_interval_s
         self.redact_text = redact_text
         self.retry_min_s, self.retry_max_s = retry_min_s, retry_max_s
+        self.stall_after_s = stall_after_s
+        self.retention_days, self.prune_batch, self.prune_every_s = retention_days, prune_batch, prune_every_s
+        self._next_prune = 0.0  # monotonic
+        self._pruned = 0
         self._sink = open_sink(url)  # the DBAPI driver itself: no SQLAlchemy in a serving head (sink.py)
-        self._q: queue.Queue[PredictionRecord | _Marker] = queue.Queue(maxsize=max_queue)
-        self._spool_path = self.spool_dir / "spool.jsonl"  # appended to
-        self._replay_path = self.spool_dir / "replay.jsonl"  # being replayed (renamed from spool.jsonl)
-        self._spool_lock = threading.Lock()  # record() may spool from request threads (queue full)
+        self._spool = Spool(self.spool_dir)
+        self._cond = threading.Condition()
         self._lock_file: Any = None
         self._thread: threading.Thread | None = None
+        self._started = False
+        self._stop = False
+        self._stop_deadline = 0.0
         self._closed = False
         self._migrated = False
         self._healthy = False
         self._retry_delay = 0.0
-        self._next_retry = 0.0  # monotonic; while the DB is down, batches go to the spool until then
-        self._written = self._spooled = self._replayed = self._dropped = self._batches = 0
-        self._spool_rows = 0
+        self._next_retry = 0.0  # monotonic; while the DB is down, no attempt before then
+        self._first_pending = 0.0  # monotonic time the oldest row still waiting for a batch arrived
+        self._oldest_unwritten: float | None = None  # wall time of the oldest row not yet in the DB
+        self._passes = 0  # writer passes completed (flush() waits for one)
+        self._written = self._replayed = self._dropped = self._batches = self._dead = 0
+        self._pre_start: list[bytes] = []  # rows recorded before start() opened the spool
 
     # -- public API -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Migrate (if the DB answers; if not, spool and retry later), start the writer, replay old spool."""
-        if self._thread is not None:
+        """Take the spool dir, adopt a previous process's spool, migrate (if the DB answers), start the writer."""
+        if self._started:
             return
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(self.spool_dir / ".lock", "w")  # held until close()
@@ -104,63 +130,108 @@ class InferenceLog:
         except BlockingIOError:
             self._lock_file.close()
             raise RuntimeError(f"spool dir {self.spool_dir} is in use by another process") from None
-        with self._spool_lock:
-            rows = sum(_count_lines(p) for p in (self._spool_path, self._replay_path))
-            self._spool_rows += rows
-            SPOOL_ROWS.inc(rows)
+        backlog = self._spool.open(legacy=(self.spool_dir / "replay.jsonl", self.spool_dir / "spool.jsonl"))
+        if backlog:
+            log.info("inference log: %d rows in the spool of a previous process; replaying", backlog)
+            self._oldest_unwritten = time.time()  # unknown until read; at least this old
+        with self._cond:
+            self._started = True
+            early, self._pre_start = self._pre_start, []
+            for data in early:
+                self._spool.append(data, data.count(b"\n"))
+        self._spool.sync()
+        SPOOL_ROWS.set_function(lambda: self._spool.pending_rows)
+        OLDEST_AGE.set_function(self._lag_s)
+        STALLED.set_function(lambda: 1.0 if self._lag_s() > self.stall_after_s else 0.0)
         self._try_db(self._ensure_schema)
         self._thread = threading.Thread(target=self._run, name="inference-log-writer", daemon=True)
         self._thread.start()
 
     def record(self, rec: PredictionRecord) -> None:
-        """Non-blocking, never raises. Queue full (or closed) -> straight to the spool, not dropped."""
-        try:
-            if not isinstance(rec, PredictionRecord):
-                raise TypeError(f"expected PredictionRecord, got {type(rec).__name__}")
-            if self.redact_text and rec.text is not None:
-                rec = dataclasses.replace(rec, text=None)
-            if self._closed:
-                self._spool([rec])
-                return
+        """Append to the spool (before the answer is sent); non-blocking on the DB, never raises."""
+        self.record_many([rec])
+
+    def record_many(self, recs: Iterable[PredictionRecord]) -> None:
+        """The rows of one request in one write to the spool."""
+        lines = []
+        for rec in recs:
             try:
-                self._q.put_nowait(rec)
-            except queue.Full:
-                self._spool([rec])
-        except Exception:  # logging must never fail a prediction
-            self._dropped += 1
-            log.exception("inference log: record dropped")
+                if not isinstance(rec, PredictionRecord):
+                    raise TypeError(f"expected PredictionRecord, got {type(rec).__name__}")
+                if self.redact_text and rec.text is not None:
+                    rec = dataclasses.replace(rec, text=None)
+                # surrogatepass: a lone surrogate the API let through reaches the DB, which decides
+                lines.append(rec.to_json().encode("utf-8", "surrogatepass") + b"\n")
+            except Exception:  # logging must never fail a prediction
+                self._dropped += 1
+                log.exception("inference log: record dropped")
+        if not lines:
+            return
+        data = b"".join(lines)
+        try:
+            with self._cond:
+                if self._closed and not self._started:  # after close(): kept for the next process
+                    self._spool.append(data, len(lines))
+                    return
+                if not self._started:
+                    self._pre_start.append(data)
+                    return
+                was_empty = self._spool.pending_rows == 0
+                self._spool.append(data, len(lines))
+                if was_empty:
+                    self._first_pending = time.monotonic()
+                    if self._oldest_unwritten is None:
+                        self._oldest_unwritten = time.time()
+                if self._spool.pending_rows >= self.batch_size:
+                    self._cond.notify()
+            SPOOLED.inc(len(lines))
+        except Exception:  # disk full etc.: nothing left to try
+            self._dropped += len(lines)
+            log.exception("inference log: could not spool %d rows; they are lost", len(lines))
 
     def flush(self, timeout_s: float = 10) -> bool:
-        """Wait until everything recorded so far is in the DB or the spool (and, DB up, the spool replayed)."""
+        """Wait until everything recorded so far is in the DB, or (DB down) the writer has tried since
+        and the rows are fsync'd in the spool. False on timeout or when the writer is not running."""
         if self._closed:
             return True
         if self._thread is None or not self._thread.is_alive():
             return False
-        return self._send_marker(_Marker(), timeout_s)
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            target = self._spool.appended_rows
+            passes = self._passes
+            self._first_pending = 0.0  # due now
+            self._cond.notify()
+            while self._spool.consumed_rows < target:
+                if not self._healthy and (self._passes > passes or time.monotonic() < self._next_retry):
+                    with contextlib.suppress(OSError):
+                        self._spool.sync()
+                    return True  # the DB is down: durable in the spool, written once it is back
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._thread.is_alive():
+                    return False
+                self._cond.wait(min(remaining, 0.05))
+        return True
 
     def close(self, timeout_s: float = 10) -> None:
-        """Flush (to the DB, or the spool if it is down), stop the writer, release the spool dir."""
+        """Write what the DB takes within timeout_s; the rest stays in the spool for the next process."""
         if self._closed:
             return
-        self._closed = True  # from now on record() spools directly
-        deadline = time.monotonic() + timeout_s
-        if self._thread is not None and self._thread.is_alive():
-            self._send_marker(_Marker(stop=True), timeout_s)
-            self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._closed = True
+        if self._thread is not None:
+            with self._cond:
+                self._stop_deadline = time.monotonic() + timeout_s
+                self._stop = True
+                self._cond.notify()
+            self._thread.join(timeout_s + 1)
             if self._thread.is_alive():
-                log.warning("inference log: writer still busy after %.1fs; spooling the rest", timeout_s)
-        leftover = []  # records that raced close(), or everything when start() never ran
-        while True:
-            try:
-                item = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, PredictionRecord):
-                leftover.append(item)
-            else:
-                item.done.set()
-        if leftover:
-            self._spool(leftover)
+                log.warning("inference log: writer still busy after %.1fs; the rest stays in the spool", timeout_s)
+        with self._cond:
+            self._started = False
+            self._spool.close()  # later record() calls still reach the spool, for the next process
+            early, self._pre_start = self._pre_start, []
+        for data in early:
+            self._spool.append(data, data.count(b"\n"))
         if self._lock_file is not None:
             self._lock_file.close()  # releases the flock
         self._sink.close()
@@ -169,13 +240,20 @@ class InferenceLog:
         """True when the last DB write (or migration) succeeded."""
         return self._healthy
 
+    def status(self) -> dict:
+        """The log's state for readiness details: DB reachable, lag, backlog, dead letters."""
+        return {"db": "ok" if self._healthy else "unavailable", "oldest_unwritten_s": round(self._lag_s(), 3),
+                "spool_rows": self._spool.pending_rows, "dead_letters": self._dead,
+                "stalled": self._lag_s() > self.stall_after_s}
+
     @property
     def stats(self) -> InferenceLogStats:
+        pending = self._spool.pending_rows
         return InferenceLogStats(
-            written=self._written, spooled=self._spooled, replayed=self._replayed, dropped=self._dropped,
-            queue_depth=self._q.qsize(), spool_rows=self._spool_rows, batches=self._batches,
-            healthy=self._healthy,
-        )
+            written=self._written, spooled=self._spool.appended_rows - self._spool.backlog_rows,
+            replayed=self._replayed, dropped=self._dropped, queue_depth=pending, spool_rows=pending,
+            batches=self._batches, healthy=self._healthy, dead_letters=self._dead,
+            oldest_unwritten_s=self._lag_s(), pruned=self._pruned)
 
     def __enter__(self) -> InferenceLog:
         self.start()
@@ -186,73 +264,154 @@ class InferenceLog:
 
     # -- writer thread ----------------------------------------------------------------------------
 
-    def _send_marker(self, marker: _Marker, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        try:
-            self._q.put(marker, timeout=timeout_s)
-        except queue.Full:
-            return False
-        return marker.done.wait(max(0.0, deadline - time.monotonic()))
+    def _lag_s(self) -> float:
+        oldest = self._oldest_unwritten
+        return max(0.0, time.time() - oldest) if oldest is not None and self._spool.pending_rows else 0.0
 
     def _run(self) -> None:
         while True:
-            batch, markers, stop = self._collect()
+            stopping = self._wait()
             try:
-                if batch:
-                    self._write(batch)
-                if (self._spool_rows or not self._migrated) and time.monotonic() >= self._next_retry:
-                    self._try_db(self._replay)  # also the retry loop while idle after an outage
+                self._spool.sync()  # group commit: one fsync per pass
+                if stopping:
+                    self._drain()
+                    return
+                if time.monotonic() >= self._next_retry:
+                    self._pass()
             except Exception:  # keep the writer alive whatever happens
                 log.exception("inference log: writer error")
-            for m in markers:
-                m.done.set()
-            if stop:
+                self._backoff()
+            finally:
+                with self._cond:
+                    self._passes += 1
+                    self._cond.notify_all()
+
+    def _wait(self) -> bool:
+        """Until a batch is due (full, or its oldest row flush_interval_s old), a retry, or stop."""
+        with self._cond:
+            while not self._stop:
+                pending = self._spool.pending_rows
+                now = time.monotonic()
+                if pending and now >= self._next_retry:
+                    due = self._first_pending + self.flush_interval_s
+                    if pending >= self.batch_size or now >= due:
+                        return False
+                    self._cond.wait(due - now)
+                elif pending:  # DB down: wake each flush window all the same, to fsync what came in
+                    self._cond.wait(min(self._next_retry - now, self.flush_interval_s))
+                    return False
+                else:
+                    if self._prune_due():
+                        return False
+                    self._cond.wait(0.5)
+                    if not self._migrated and time.monotonic() >= self._next_retry:
+                        return False  # retry the migration while idle
+            return True
+
+    def _pass(self) -> None:
+        """Write batches until caught up (or the DB fails)."""
+        if not self._migrated and not self._try_db(self._ensure_schema):
+            return
+        while not self._stop:
+            if not self._write_batch():
+                break
+        if self._healthy and self._spool.pending_rows == 0 and self._prune_due():
+            self._prune_some()
+
+    def _prune_due(self) -> bool:
+        return self.retention_days > 0 and self._migrated and time.monotonic() >= self._next_prune
+
+    def _prune_some(self, budget_s: float = 0.2) -> None:
+        """Retention: batches of prune_batch rows for at most budget_s, then back to writing; the next
+        pass goes on at once while old rows remain, else in prune_every_s."""
+        cutoff = datetime.now(timezone.utc) - timedelta(days=self.retention_days)
+        deadline = time.monotonic() + budget_s
+        try:
+            while time.monotonic() < deadline:
+                n = self._sink.prune(cutoff, self.prune_batch)
+                self._pruned += n
+                if n < self.prune_batch:
+                    self._next_prune = time.monotonic() + self.prune_every_s
+                    return
+                if self._spool.pending_rows:  # new rows first
+                    break
+            self._next_prune = time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - retention can wait; writing must not
+            log.warning("inference log: pruning old rows failed, retrying in %.0fs: %s", self.prune_every_s, exc)
+            self._next_prune = time.monotonic() + self.prune_every_s
+
+    def _drain(self) -> None:
+        deadline = self._stop_deadline
+        while time.monotonic() < deadline and self._spool.pending_rows and time.monotonic() >= self._next_retry:
+            if not ((self._migrated or self._try_db(self._ensure_schema)) and self._write_batch()):
                 return
 
-    def _collect(self) -> tuple[list[PredictionRecord], list[_Marker], bool]:
-        """Up to batch_size records: wait for the first, then at most flush_interval_s for more."""
-        batch: list[PredictionRecord] = []
-        markers: list[_Marker] = []
-        wait = 0.5
-        if self._spool_rows or not self._migrated:
-            wait = min(wait, max(0.01, self._next_retry - time.monotonic()))
-        try:
-            item = self._q.get(timeout=wait)
-        except queue.Empty:
-            return batch, markers, False
-        deadline = time.monotonic() + self.flush_interval_s
-        while True:
-            if isinstance(item, _Marker):  # flush/close: write what we have now
-                markers.append(item)
-                return batch, markers, item.stop
-            batch.append(item)
-            if len(batch) >= self.batch_size:
-                return batch, markers, False
-            remaining = deadline - time.monotonic()
+    def _write_batch(self) -> bool:
+        """One batch from the spool into the DB; False when caught up or the DB failed."""
+        backlog_before = self._spool.consumed_rows < self._spool.backlog_rows
+        lines, offset = self._spool.read(self.batch_size)
+        if not lines:
+            self._spool.commit(offset, 0)
+            if self._spool.pending_rows == 0:
+                self._caught_up()
+            return False
+        records: list[PredictionRecord] = []
+        for line in lines:
             try:
-                item = self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
-            except queue.Empty:
-                return batch, markers, False
-
-    def _write(self, batch: list[PredictionRecord]) -> None:
-        if time.monotonic() < self._next_retry:  # DB known down: don't wait on it again yet
-            self._spool(batch)
-            return
-        if self._try_db(lambda: (self._ensure_schema(), self._insert(batch))):
-            self._written += len(batch)
+                records.append(PredictionRecord.from_json(line.decode("utf-8", "surrogatepass")))
+            except Exception as exc:  # noqa: BLE001 - a torn line of a crash, a hand-edited file
+                self._dead_letter(line, f"unreadable spool line: {type(exc).__name__}: {exc}", "unreadable")
+        if records:
+            self._oldest_unwritten = records[0].ts.timestamp()
+            refused = []
+            if not self._try_db(lambda: refused.extend(self._sink.insert(records))):
+                return False
+            for rec, reason in refused:
+                self._dead_letter(rec.to_json().encode("utf-8", "surrogatepass"), reason, "refused")
             self._batches += 1
-            WRITTEN.inc(len(batch))
-        else:
-            self._spool(batch)
+            self._written += len(records)
+            WRITTEN.inc(len(records))
+            if backlog_before:
+                self._replayed += len(records)
+                REPLAYED.inc(len(records))
+        with self._cond:
+            self._spool.commit(offset, len(lines))
+            if self._spool.pending_rows == 0:
+                self._caught_up()
+            else:
+                self._first_pending = 0.0  # the rest is overdue already
+        self._spool.rotate_if_large()
+        return True
+
+    def _caught_up(self) -> None:
+        self._oldest_unwritten = None
+        self._spool.rotate_if_drained()
+
+    def _dead_letter(self, line: bytes, reason: str, kind: str) -> None:
+        try:  # the line as a JSON string (\\u escapes keep even a lone surrogate): json.loads(line) reads it back
+            text = line.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            text = line.decode("utf-8", "backslashreplace")
+        entry = {"at": datetime.now(timezone.utc).isoformat(), "reason": reason, "line": text.rstrip("\n")}
+        with open(self.spool_dir / DEAD_LETTER_FILE, "ab") as f:
+            f.write(json.dumps(entry, ensure_ascii=True).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._dead += 1
+        DEAD_LETTERS.labels(kind).inc()
+        log.error("inference log: row dead-lettered to %s: %s", self.spool_dir / DEAD_LETTER_FILE, reason)
+
+    def _backoff(self) -> None:
+        self._retry_delay = min(max(self._retry_delay * 2, self.retry_min_s), self.retry_max_s)
+        self._next_retry = time.monotonic() + self._retry_delay
 
     def _try_db(self, fn: Callable[[], object]) -> bool:
         try:
             fn()
-        except Exception as exc:  # noqa: BLE001 - any DB failure means "spool and retry later"
-            self._retry_delay = min(max(self._retry_delay * 2, self.retry_min_s), self.retry_max_s)
-            self._next_retry = time.monotonic() + self._retry_delay
-            if self._healthy:
-                log.warning("inference DB unavailable, spooling to %s: %s", self.spool_dir, exc)
+        except Exception as exc:  # noqa: BLE001 - any DB failure means "keep it in the spool, retry later"
+            self._backoff()
+            if self._healthy or not self._passes:
+                log.warning("inference DB unavailable, keeping rows in the spool %s: %s", self.spool_dir, exc)
             self._healthy = False
             return False
         if not self._healthy:
@@ -264,89 +423,3 @@ class InferenceLog:
         if not self._migrated:
             self._sink.ensure_schema()  # migrations, if any, run in a child process
             self._migrated = True
-
-    def _insert(self, records: list[PredictionRecord]) -> None:
-        self._sink.insert(records)  # one executemany; ON CONFLICT makes it idempotent
-
-    # -- spool --------------------------------------------------------------------------------------
-
-    def _spool(self, records: list[PredictionRecord]) -> None:
-        data = "".join(r.to_json() + "\n" for r in records).encode("utf-8")
-        try:
-            with self._spool_lock:
-                self.spool_dir.mkdir(parents=True, exist_ok=True)
-                new = not self._spool_path.exists()
-                with open(self._spool_path, "a+b") as f:
-                    f.seek(0, os.SEEK_END)
-                    if f.tell() > 0:  # a torn last line (crash mid-write) must not swallow ours
-                        f.seek(-1, os.SEEK_END)
-                        if f.read(1) != b"\n":
-                            data = b"\n" + data
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                if new:
-                    _fsync_dir(self.spool_dir)
-                self._spooled += len(records)
-                self._spool_rows += len(records)
-            SPOOLED.inc(len(records))
-            SPOOL_ROWS.inc(len(records))
-        except Exception:  # disk full etc.: nothing left to try
-            self._dropped += len(records)
-            log.exception("inference log: could not spool %d rows; they are lost", len(records))
-
-    def _replay(self) -> None:
-        """Send the spool to the DB in batch_size chunks; remove a file only after all of it is in."""
-        self._ensure_schema()
-        for _ in range(4):  # a bounded number of passes, so the queue gets its turn
-            with self._spool_lock:
-                if not self._replay_path.exists():
-                    if not self._spool_path.exists():
-                        SPOOL_ROWS.dec(self._spool_rows)  # no files: the spool is empty, whatever we counted
-                        self._spool_rows = 0
-                        return
-                    os.replace(self._spool_path, self._replay_path)  # new spool rows go to a fresh file
-                    _fsync_dir(self.spool_dir)
-            lines = 0
-            chunk: list[PredictionRecord] = []
-            with open(self._replay_path, encoding="utf-8") as f:
-                for line in f:
-                    if not line.strip():
-                        continue
-                    lines += 1
-                    try:
-                        chunk.append(PredictionRecord.from_json(line))
-                    except (ValueError, TypeError, KeyError):
-                        log.warning("inference log: skipping a corrupt spool line (torn write?)")
-                    if len(chunk) >= self.batch_size:
-                        self._replay_chunk(chunk)
-                        chunk = []
-            if chunk:
-                self._replay_chunk(chunk)
-            with self._spool_lock:
-                self._replay_path.unlink()
-                _fsync_dir(self.spool_dir)
-                self._spool_rows -= lines
-            SPOOL_ROWS.dec(lines)
-            log.info("inference log: replayed %d spooled rows", lines)
-
-    def _replay_chunk(self, chunk: list[PredictionRecord]) -> None:
-        self._insert(chunk)
-        self._replayed += len(chunk)
-        REPLAYED.inc(len(chunk))
-
-
-def _count_lines(path: Path) -> int:
-    if not path.exists():
-        return 0
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes a file's creation/rename/removal itself durable, not only its contents.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -140,14 +140,14 @@ async def serve_http(app: FastAPI) -> AsyncIterator[str]:
         sock.close()
 
 
-def head_app(trained: TrainedHead, target: str, tmp: Path, *, models_dir: Path | None = None) -> FastAPI:
+def head_app(trained: TrainedHead, target: str, tmp: Path, *, models_dir: Path | None = None, **settings) -> FastAPI:
     from heads.http_server import create_app
     from heads.settings import HeadSettings
 
     return create_app(HeadSettings(
         config=trained.config, models_dir=models_dir or trained.models_dir, embedder_target=target, port=0,
         db_url=f"sqlite:///{tmp / 'inference.db'}", spool_dir=tmp / "spool",
-        version_poll_s=0, readiness_ttl_s=0, embedder_timeout_s=5,
+        version_poll_s=0, readiness_ttl_s=0, embedder_timeout_s=5, **settings,
     ))
 
 
@@ -180,13 +180,13 @@ async def head(trained_head, embedder, tmp_path_factory) -> AsyncIterator[Runnin
 
 
 # -- gateway ---------------------------------------------------------------------------------------
-def gateway_app(heads_dir: Path, routes_file: Path, target: str, db_url: str | None = None) -> FastAPI:
+def gateway_app(heads_dir: Path, routes_file: Path, target: str, db_url: str | None = None, **settings) -> FastAPI:
     from gateway.http_server import create_app
     from gateway.settings import GatewaySettings
 
     db = {"db_url": db_url} if db_url else {}  # reports and feedback: the heads' inference DB
     return create_app(GatewaySettings(heads_dir=heads_dir, routes_file=routes_file, embedder_target=target,
-                                      reload_interval_s=0, port=0, info_timeout_s=2, **db))
+                                      reload_interval_s=0, port=0, info_timeout_s=2, **db, **settings))
 
 
 @pytest.fixture(scope="session")

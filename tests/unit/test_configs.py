@@ -143,12 +143,12 @@ def test_no_large_files_under_configs():
 
 def test_readme_documents_every_field():
     """configs/README.md lists every config field; a field added to the schema needs a line there."""
-    from heads.config import DatasetConfig, DriftConfig, ServingConfig
+    from heads.config import DatasetConfig, DriftConfig, PromotionConfig, RetrainingConfig, ServingConfig
     from heads.training.params import TrainParams
 
     readme = (CONFIGS / "README.md").read_text(encoding="utf-8")
     sections = (("dataset", DatasetConfig), ("training", TrainParams), ("serving", ServingConfig),
-                ("drift", DriftConfig))
+                ("drift", DriftConfig), ("promotion", PromotionConfig), ("retraining", RetrainingConfig))
     fields = [f for f in HeadConfig.model_fields if f not in {"source", *(name for name, _ in sections)}]
     fields += [f"{prefix}.{f}" for prefix, model in sections for f in model.model_fields]
     missing = [f for f in fields if f"`{f}`" not in readme]

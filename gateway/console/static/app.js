@@ -267,6 +267,33 @@ async function loadReport(name) {
     `per ${report.bucket}; refreshed ${new Date().toLocaleTimeString()}`;
   renderReport(report, state.models.find((m) => m.name === name));
   $("#dashboard").hidden = false;
+  await loadChallengers(name);
+}
+
+// Champion vs challengers on the same live texts, and the audit log (GET .../challengers, .../audit).
+async function loadChallengers(name) {
+  const status = $("#challengers-status");
+  const cell = (text, cls = "num") => h("td", { class: cls }, text);
+  try {
+    const [body, audit] = await Promise.all([api(modelPath(name, "challengers")), api(modelPath(name, "audit"))]);
+    if ($("#dashboard-model").value !== name) return;
+    const champ = body.champion_offline_test?.accuracy;
+    status.textContent = `champion ${body.champion} · policy ${body.policy.mode}` + (body.guard?.active
+      ? ` · guard watching since ${new Date(body.guard.since).toLocaleString()} (previous ${body.guard.previous})` : "");
+    $("#challengers-table tbody").replaceChildren(...(body.challengers.length ? body.challengers.map((c) => {
+      const fb = c.feedback;
+      return h("tr", { "data-version": c.version },
+        cell(c.version + (c.in_shadow ? "" : " (not shadowed)"), "mono"), cell(fmt.num(c.shadowed)), cell(fmt.pct(c.agreement)),
+        cell(fb ? `${fmt.pct(fb.champion_accuracy)} → ${fmt.pct(fb.challenger_accuracy)} (n=${fmt.num(fb.paired)})` : "no feedback"),
+        cell(fb ? Number(fb.mcnemar_p).toPrecision(2) : "–"), cell(c.confidence.shift === null ? "–" : Number(c.confidence.shift).toFixed(3)),
+        cell(`${fmt.pct(champ)} → ${fmt.pct(c.offline_test?.accuracy)}`), cell(c.gate.reason, "small"));
+    }) : [h("tr", {}, h("td", { colspan: 8, class: "muted" }, "no challengers: `polyhead train` writes new versions as challengers"))]));
+    $("#audit-table tbody").replaceChildren(...(audit.entries.length ? audit.entries.map((a) => h("tr", {},
+      cell(new Date(a.ts).toLocaleString(), ""), cell(a.event, ""), cell(a.version || "", "mono"), cell(a.previous || "", "mono"),
+      cell(a.actor, ""), cell(a.reason, "small"))) : [h("tr", {}, h("td", { colspan: 6, class: "muted" }, "no promotion or rollback yet"))]));
+  } catch (err) {
+    status.textContent = `Challengers unavailable: ${err.status || ""} ${err.message}`;
+  }
 }
 
 function renderReport(report, model) {
@@ -520,10 +547,11 @@ function renderReviewItem() {
   }
   const item = items[review.pos];
   card.hidden = false;
-  card.dataset.requestId = item.request_id;
+  card.dataset.predictionId = item.prediction_id;
   card.dataset.index = String(item.index);
   $("#review-meta").textContent = `${review.pos + 1} / ${items.length} · ${item.strategy}` +
-    (item.score === null ? "" : ` ${item.score_name} ${fmt.prob(item.score)}`) + ` · v ${item.version}`;
+    (item.score === null ? "" : ` ${item.score_name} ${fmt.prob(item.score)}`) + ` · v ${item.version}` +
+    (item.challenger ? ` · challenger ${item.challenger.version} says ${item.challenger.label}` : "");
   $("#review-text").replaceChildren(item.text);
   $("#review-explained").textContent = "explaining…";
   $("#review-topk").replaceChildren(...item.top_k.map((t) => {
@@ -558,7 +586,7 @@ async function answer(label) {
   const pos = review.pos;
   try {
     await api(modelPath(review.model, "feedback"), { method: "POST",
-      body: { request_id: item.request_id, index: item.index, label, strategy: item.strategy } });
+      body: { prediction_id: item.prediction_id, index: item.index, label, strategy: item.strategy } });
   } catch (err) {
     notice(`Feedback not stored: ${err.status || ""} ${err.message}`);
     return;

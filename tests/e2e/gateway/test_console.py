@@ -196,7 +196,7 @@ def test_dashboard_charts_real_traffic(stack, page):
         assert batch.status_code == 200, batch.text
     sent = len(replies) + 4 * len(texts) * 7
     feedback = httpx.post(f"{url}/v1/models/helpdesk/feedback", json={"items": [
-        {"request_id": r["request_id"], "label": r["predictions"][0]["label"]} for r in replies[:4]]})
+        {"prediction_id": r["prediction_id"], "label": r["predictions"][0]["label"]} for r in replies[:4]]})
     assert feedback.status_code == 200, feedback.text
     deadline = time.monotonic() + 20  # the inference log is written by a background thread
     while True:
@@ -237,6 +237,14 @@ def test_dashboard_charts_real_traffic(stack, page):
         assert [float(v) for v in shown if v != ""] == pytest.approx([v for v in expected if v is not None])
     else:  # the drift API is not in this build, or the artifact has no reference: said, not drawn
         assert "drift" in drift.inner_text() and drift.locator("rect.bar").count() == 0
+    # champion vs challengers and the audit log, from GET .../challengers and .../audit
+    challengers = httpx.get(f"{url}/v1/models/helpdesk/challengers").json()
+    page.wait_for_function("document.querySelector('#challengers-status').textContent.startsWith('champion ')")
+    assert page.locator("#challengers-status").inner_text().startswith(f"champion {challengers['champion']}")
+    rows = page.locator("#challengers-table tbody tr[data-version]")
+    assert rows.evaluate_all("els => els.map(e => e.dataset.version)") == [c["version"] for c in
+                                                                          challengers["challengers"]]
+    assert page.locator("#audit-table tbody tr").count() >= 1  # entries, or the "no promotion yet" row
     screenshot(page, "dashboard")
 
 
@@ -300,7 +308,7 @@ def test_review_page_answers_with_keys_skips_and_undoes(stack, page):
     items, labels = queue["items"], queue["labels"]
     card = page.locator("#review-card:not([hidden])")
     card.wait_for()
-    assert card.get_attribute("data-request-id") == items[0]["request_id"]
+    assert card.get_attribute("data-prediction-id") == items[0]["prediction_id"]
     page.locator("#review-text .word").first.wait_for()  # the explanation's highlights
     assert page.locator("#review-text").inner_text() == items[0]["text"]
     shown = [float(x) for x in page.locator("#review-topk li").evaluate_all("els => els.map(e => e.dataset.probability)")]
@@ -316,13 +324,13 @@ def test_review_page_answers_with_keys_skips_and_undoes(stack, page):
 
     page.keyboard.press("1")  # the first label for the first text
     wait_progress(1, 0)
-    assert card.get_attribute("data-request-id") == items[1]["request_id"]
+    assert card.get_attribute("data-prediction-id") == items[1]["prediction_id"]
     page.keyboard.press("s")  # skip the second
     wait_progress(1, 1)
-    assert card.get_attribute("data-request-id") == items[2]["request_id"]
+    assert card.get_attribute("data-prediction-id") == items[2]["prediction_id"]
     page.keyboard.press("u")  # undo the skip: back to the second
     wait_progress(1, 0)
-    assert card.get_attribute("data-request-id") == items[1]["request_id"]
+    assert card.get_attribute("data-prediction-id") == items[1]["prediction_id"]
     page.keyboard.press("2")
     wait_progress(2, 0)
     page.keyboard.press("u")  # undo the answer: back to it, shown as answered; a new answer replaces it
@@ -338,9 +346,9 @@ def test_review_page_answers_with_keys_skips_and_undoes(stack, page):
                 "select request_id, label || ':' || review_strategy from feedback where head = 'tickets'")).all())
     finally:
         engine.dispose()
-    assert stored[items[0]["request_id"]] == f"{labels[0]}:uncertain"
-    assert stored[items[1]["request_id"]] == f"{labels[2]}:uncertain"
-    assert items[2]["request_id"] not in stored
+    assert stored[items[0]["prediction_id"]] == f"{labels[0]}:uncertain"
+    assert stored[items[1]["prediction_id"]] == f"{labels[2]}:uncertain"
+    assert items[2]["prediction_id"] not in stored
     rep = httpx.get(f"{url}/v1/models/tickets/report").json()["review"]
     assert rep["by_strategy"]["uncertain"]["count"] == 2
 
@@ -349,7 +357,7 @@ def test_review_page_answers_with_keys_skips_and_undoes(stack, page):
     with page.expect_response(lambda r: "strategy=random" in r.url) as answer:
         page.click("#review-load")
     first = answer.value.json()["items"][0]
-    page.wait_for_selector(f"#review-card[data-request-id='{first['request_id']}']")
+    page.wait_for_selector(f"#review-card[data-prediction-id='{first['prediction_id']}']")
     page.keyboard.press("1")
     page.wait_for_selector("#review-progress[data-done='1']")
     page.goto(url + "/ui#/dashboard/tickets")

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 import yaml
 
 from tests.conftest import ROOT, free_port
-from tests.e2e.heads.fixtures import start_head_process, train, wait_ready, write_head_config
+from tests.e2e.heads.fixtures import ADMIN_TOKEN, start_head_process, train, wait_ready, write_head_config
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -26,7 +26,8 @@ def start_gateway(heads_dir, routes_file, target, *extra: str, log=None):
     cmd = [sys.executable, "-m", "cli", "gateway", "serve", "--port", str(port), "--heads-dir", str(heads_dir),
            "--routes-file", str(routes_file), "--embedder-target", target, *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "ab") if log else subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            env={**os.environ, "POLYHEAD_GATEWAY_RELOAD_INTERVAL_S": "0.3"})
+                            env={**os.environ, "POLYHEAD_GATEWAY_RELOAD_INTERVAL_S": "0.3",
+                                 "POLYHEAD_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})  # the heads' (fixtures.py)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -48,26 +48,26 @@ def report(url, name, **params) -> httpx.Response:
 def test_traffic_and_feedback_show_in_the_report(stack):
     url = stack["url"]
     since = datetime.now(timezone.utc).isoformat()  # rows are stamped by the head, after this
-    sent = []  # (request_id, index, predicted label, probability, version)
+    sent = []  # (prediction_id, index, predicted label, probability, version)
     for text in ["I was charged twice this month", "app crashes on start", "reset my password",
                  "refund my last invoice", "the page does not load at all"]:
         body = predict(url, "tickets", {"text": text})
         p = body["predictions"][0]
-        sent.append((body["request_id"], 0, p["label"], p["probability"], body["version"]))
+        sent.append((body["prediction_id"], 0, p["label"], p["probability"], body["version"]))
     batch = predict(url, "tickets", {"texts": ["my card was declined", "I cannot log in"]})
-    sent += [(batch["request_id"], i, p["label"], p["probability"], batch["version"])
+    sent += [(batch["prediction_id"], i, p["label"], p["probability"], batch["version"])
              for i, p in enumerate(batch["predictions"])]
 
     # Feedback right away (the log is still in the head's writer queue): 4 right, 2 wrong, one of
     # them for the second text of the batch request.
     truth = {0: sent[0][2], 1: sent[1][2], 2: sent[2][2], 6: sent[6][2],
              3: next(x for x in LABELS if x != sent[3][2]), 5: next(x for x in LABELS if x != sent[5][2])}
-    items = [{"request_id": sent[i][0], "index": sent[i][1], "label": label} for i, label in truth.items()]
+    items = [{"prediction_id": sent[i][0], "index": sent[i][1], "label": label} for i, label in truth.items()]
     r = httpx.post(f"{url}/v1/models/tickets/feedback", json={"items": items})
     assert r.status_code == 200, r.text
     answer = r.json()
     assert (answer["stored"], answer["replaced"]) == (6, 0)
-    assert [(x["request_id"], x["index"], x["predicted"], x["status"]) for x in answer["items"]] == \
+    assert [(x["prediction_id"], x["index"], x["predicted"], x["status"]) for x in answer["items"]] == \
         [(sent[i][0], sent[i][1], sent[i][2], "stored") for i in truth]
 
     r = report(url, "tickets", since=since)
@@ -95,32 +95,32 @@ def test_traffic_and_feedback_show_in_the_report(stack):
 def test_feedback_errors_name_the_problem_and_store_nothing(stack):
     url = stack["url"]
     fb = f"{url}/v1/models/tickets/feedback"
-    rid = predict(url, "tickets", {"text": "my invoice is wrong"})["request_id"]
+    rid = predict(url, "tickets", {"text": "my invoice is wrong"})["prediction_id"]
 
     started = time.monotonic()
-    r = httpx.post(fb, json={"request_id": "never-sent-42", "label": "billing"})
-    assert r.status_code == 404 and r.json()["error"]["field"] == "request_id"
+    r = httpx.post(fb, json={"prediction_id": "never-sent-42", "label": "billing"})
+    assert r.status_code == 404 and r.json()["error"]["field"] == "prediction_id"
     assert "never-sent-42" in r.json()["error"]["message"]
     assert 1.5 < time.monotonic() - started < 10  # waited (bounded) for a row that might still be on its way
 
-    r = httpx.post(fb, json={"request_id": rid, "label": "weather"})
+    r = httpx.post(fb, json={"prediction_id": rid, "label": "weather"})
     assert r.status_code == 422 and r.json()["error"]["field"] == "label"
     assert "'weather'" in r.json()["error"]["message"] and "billing" in r.json()["error"]["message"]
 
-    r = httpx.post(fb, json={"request_id": rid, "label": "billing", "index": 3})
+    r = httpx.post(fb, json={"prediction_id": rid, "label": "billing", "index": 3})
     assert r.status_code == 404 and "text index 3" in r.json()["error"]["message"]
 
-    r = httpx.post(fb, json={"items": [{"request_id": rid, "label": "billing"}, {"request_id": rid, "label": "nope"}]})
+    r = httpx.post(fb, json={"items": [{"prediction_id": rid, "label": "billing"}, {"prediction_id": rid, "label": "nope"}]})
     assert r.status_code == 422 and r.json()["error"]["field"] == "items[1].label"
 
-    for bad in ({"request_id": rid}, {"items": []}, {"request_id": rid, "label": "billing", "items": []},
-                {"request_id": rid, "label": "billing", "index": -1}):
+    for bad in ({"prediction_id": rid}, {"items": []}, {"prediction_id": rid, "label": "billing", "items": []},
+                {"prediction_id": rid, "label": "billing", "index": -1}):
         assert httpx.post(fb, json=bad).status_code == 422, bad
 
     # Nothing of the refused calls was stored: the first accepted feedback is "stored", the next "replaced".
-    first = httpx.post(fb, json={"request_id": rid, "label": "billing"}).json()
+    first = httpx.post(fb, json={"prediction_id": rid, "label": "billing"}).json()
     assert (first["stored"], first["replaced"], first["items"][0]["status"]) == (1, 0, "stored")
-    second = httpx.post(fb, json={"request_id": rid, "label": "account"}).json()
+    second = httpx.post(fb, json={"prediction_id": rid, "label": "account"}).json()
     assert (second["stored"], second["replaced"], second["items"][0]["status"]) == (1, 1, "replaced")
     engine = make_engine(stack["db"])
     try:
@@ -130,7 +130,7 @@ def test_feedback_errors_name_the_problem_and_store_nothing(stack):
         engine.dispose()
     assert rows == [("account",)]  # one row, the latest label
 
-    missing = httpx.post(f"{url}/v1/models/nope/feedback", json={"request_id": rid, "label": "billing"})
+    missing = httpx.post(f"{url}/v1/models/nope/feedback", json={"prediction_id": rid, "label": "billing"})
     assert missing.status_code == 404 and "tickets" in missing.json()["error"]["message"]
 
 
@@ -144,8 +144,8 @@ def test_feedback_and_reports_need_an_api_key_like_predict(stack, tmp_path):
                               "--api-keys-file", str(keys_file))
     try:
         auth = {"authorization": f"Bearer {key}"}
-        rid = predict(url, "helpdesk", {"text": "refund please"}, headers=auth)["request_id"]
-        body = {"request_id": rid, "label": "billing"}
+        rid = predict(url, "helpdesk", {"text": "refund please"}, headers=auth)["prediction_id"]
+        body = {"prediction_id": rid, "label": "billing"}
         assert httpx.post(f"{url}/v1/models/helpdesk/feedback", json=body).status_code == 401
         assert httpx.post(f"{url}/v1/models/tickets/feedback", json=body, headers=auth).status_code == 403
         assert httpx.get(f"{url}/v1/models/tickets/report", headers=auth).status_code == 403
@@ -165,7 +165,7 @@ def test_train_with_feedback_adds_rows_skips_duplicates_and_redacted(stack, tmp_
         train_text = json.loads((TICKETS / "tickets_train.jsonl").read_text().splitlines()[0])["text"]
         records = [PredictionRecord.create(request_id=rid, head=head, head_version="v0", embedder_fingerprint="fp",
                                            text=text, label="billing", probability=0.9, top_k=[("billing", 0.9)],
-                                           latency_ms=3.0, text_index=0, redact=redact)
+                                           latency_ms=3.0, text_index=0, redact=redact, issued_id=rid)
                    for rid, text, redact in (("redacted-1", "a secret text", True), ("dup-1", train_text, False))]
         with engine.begin() as conn:
             conn.execute(predictions.insert(), [dataclasses.asdict(r) for r in records])
@@ -197,6 +197,14 @@ def test_train_with_feedback_adds_rows_skips_duplicates_and_redacted(stack, tmp_
     metrics = json.loads((version_dir / "metrics.json").read_text())
     assert manifest["feedback"] == metrics["feedback"] == counts
     assert metrics["n_train"] == 48 + len(new)
+
+    # --feedback-from: only the labels of trusted keys (no key gave any here: 'anonymous' is everyone so far)
+    out = subprocess.run([sys.executable, "-m", "cli", "train", str(stack["configs"][head]), "--models-dir",
+                          str(models), "--embedder-target", stack["target"], "--with-feedback", "--db-url", db,
+                          "--feedback-from", "some-labeller"], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    trusted = json.loads(out.stdout.strip().splitlines()[-1])["feedback"]
+    assert (trusted["feedback_rows"], trusted["added"], trusted["trusted_keys"]) == (0, 0, ["some-labeller"])
 
 
 def test_report_of_a_head_without_traffic_and_with_its_head_down(stack):

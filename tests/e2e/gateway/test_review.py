@@ -15,11 +15,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from heads.roles import read_state
 from polyhead.inference_log.schema import make_engine
 from tests.conftest import ROOT
 
 from tests.e2e.gateway import test_gateway
 from tests.e2e.gateway.test_gateway import start_gateway, stop
+from tests.e2e.heads.fixtures import ADMIN, train
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -93,11 +95,10 @@ def test_ood_ranks_off_topic_texts_first_and_diverse_spreads_out(stack, traffic)
     assert len(first) == 5 and all(i["score"] is None for i in first)
 
 
-def test_bad_requests_and_disagree_name_the_problem(stack, traffic):
+def test_bad_requests_name_the_problem_and_disagree_needs_a_challenger(stack, traffic):
     url = stack["url"]
-    r = review(url, "tickets", strategy="disagree")
-    assert r.status_code == 422 and r.json()["error"]["field"] == "strategy"
-    assert "no challengers" in r.json()["error"]["message"]
+    r = review(url, "tickets", strategy="disagree")  # no challenger has answered yet: nothing to pick
+    assert r.status_code == 200 and r.json()["items"] == [] and r.json()["pool"] == 0
     for params, field in (({"strategy": "loudest"}, "strategy"), ({"n": 0}, "n"), ({"n": 501}, "n"),
                           ({"pool": 0}, "pool"), ({"score": "vibes"}, "score"), ({"since": "yesterday"}, "since")):
         r = review(url, "tickets", **params)
@@ -111,10 +112,12 @@ def test_feedback_records_the_strategy_and_labelled_texts_leave_the_queue(stack,
     picked = review(url, "tickets", strategy="random", n=4, seed=1).json()["items"]
     unsure = [i for i in review(url, "tickets", strategy="uncertain", n=10).json()["items"]
               if i["text"] not in {p["text"] for p in picked}][:2]
-    items = [{"request_id": i["request_id"], "index": i["index"], "label": i["predicted"], "strategy": i["strategy"]}
-             for i in picked]
+    assert all(i["prediction_id"] == traffic[i["text"]]["prediction_id"] for i in picked + unsure
+               if i["text"] not in TEXTS[:5])  # a sent text's issued id (the duplicated five: either row)
+    items = [{"prediction_id": i["prediction_id"], "index": i["index"], "label": i["predicted"],
+              "strategy": i["strategy"]} for i in picked]
     items[0]["label"] = next(x for x in ("account", "billing", "technical") if x != picked[0]["predicted"])
-    items += [{"request_id": i["request_id"], "label": "technical", "strategy": "uncertain"} for i in unsure]
+    items += [{"prediction_id": i["prediction_id"], "label": "technical", "strategy": "uncertain"} for i in unsure]
     r = httpx.post(f"{url}/v1/models/tickets/feedback", json={"items": items})
     assert r.status_code == 200, r.text
     assert [x["strategy"] for x in r.json()["items"]] == ["random"] * 4 + ["uncertain"] * 2
@@ -129,23 +132,39 @@ def test_feedback_records_the_strategy_and_labelled_texts_leave_the_queue(stack,
     assert (live["source"], live["count"], live["accuracy"]) == ("random", 4, 0.75)
     assert live["ci95"][0] < 0.75 < live["ci95"][1]
     bad = httpx.post(f"{url}/v1/models/tickets/feedback",
-                     json={"request_id": picked[0]["request_id"], "label": "billing", "strategy": "hunch"})
+                     json={"prediction_id": picked[0]["prediction_id"], "label": "billing", "strategy": "hunch"})
     assert bad.status_code == 422 and "strategy" in bad.json()["error"]["message"]
 
 
-def test_review_needs_an_api_key_like_reports(stack, traffic, tmp_path):
+def test_review_needs_a_labeller_or_an_admin_key(stack, traffic, tmp_path):
+    """The queue shows other callers' texts: a key that may only predict gets a 403, with or without
+    access to the model; a labeller key (on its models) or a key allowed on every model gets the queue."""
     from gateway.auth import new_key
 
-    key, digest = new_key()
+    keys, entries = {}, []
+    for name, models, roles in (("helpdesk-team", ["helpdesk"], []), ("helpdesk-labeller", ["helpdesk"], ["labeller"]),
+                                ("ops", ["*"], [])):
+        keys[name], digest = new_key()
+        entries.append({"name": name, "sha256": digest, "models": models, "roles": roles})
     keys_file = tmp_path / "keys.yaml"
-    keys_file.write_text(json.dumps([{"name": "helpdesk-team", "sha256": digest, "models": ["helpdesk"]}]))
+    keys_file.write_text(json.dumps(entries))
     proc, url = start_gateway(stack["heads_dir"], stack["routes"], stack["target"], "--db-url", stack["db"],
                               "--api-keys-file", str(keys_file))
+
+    def get(name, key, **params):
+        headers = {"authorization": f"Bearer {keys[key]}"} if key else {}
+        return httpx.get(f"{url}/v1/models/{name}/review", params=params, headers=headers, timeout=60)
+
     try:
-        auth = {"authorization": f"Bearer {key}"}
-        assert review(url, "tickets").status_code == 401
-        assert httpx.get(f"{url}/v1/models/tickets/review", headers=auth).status_code == 403
-        assert httpx.get(f"{url}/v1/models/helpdesk/review", headers=auth).status_code == 200
+        assert get("tickets", None).status_code == 401
+        assert get("tickets", None, n=0).status_code == 401  # authentication before validation
+        r = get("helpdesk", "helpdesk-team")
+        assert r.status_code == 403 and "labeller" in r.json()["error"]["message"], r.text
+        assert get("tickets", "helpdesk-team").status_code == 403
+        assert get("tickets", "helpdesk-labeller").status_code == 403  # a model the key may not call
+        assert get("helpdesk", "helpdesk-labeller").status_code == 200
+        r = get("tickets", "ops", n=2)
+        assert r.status_code == 200 and len(r.json()["items"]) == 2
     finally:
         stop(proc)
 
@@ -214,7 +233,7 @@ def test_export_label_import_round_trip_through_the_cli(stack, tmp_path, fmt):
 
 def test_self_training_writes_a_challenger_from_confident_traffic(stack, traffic):
     models, config = stack["models"], stack["configs"]["tickets"]
-    champion = (models / "tickets" / "latest").read_text().strip()
+    champion = read_state(models, "tickets").champion
 
     def train(*extra: str) -> tuple[dict, dict, dict]:
         out = _cli("train", str(config), "--models-dir", str(models), "--embedder-target", stack["target"],
@@ -227,7 +246,7 @@ def test_self_training_writes_a_challenger_from_confident_traffic(stack, traffic
 
     # The defaults want 0.97 precision on 30 val texts: the 5 of this small head are too few to trust.
     result, metrics, manifest = train()
-    assert result["challenger"] and metrics["pseudo_labels"]["added"] == 0
+    assert result["role"] == "challenger" and metrics["pseudo_labels"]["added"] == 0
     assert "30" in metrics["pseudo_labels"]["skipped"]
     # Lenient settings: the threshold is found, confident logged texts join the training split, capped.
     result, metrics, manifest = train("--pseudo-precision", "0.5", "--pseudo-min-support", "1")
@@ -235,7 +254,7 @@ def test_self_training_writes_a_challenger_from_confident_traffic(stack, traffic
     assert pseudo["champion"] == champion == manifest["challenger_of"] and pseudo["threshold"] is not None
     train_size = metrics["n_train"] - pseudo["added"]  # val (a tenth of the 48) was split off before the additions
     assert 40 <= train_size < 48 and 0 < pseudo["added"] <= pseudo["cap"] == int(0.2 * train_size)
-    assert (models / "tickets" / "latest").read_text().strip() == champion  # a challenger: not served
+    assert result["role"] == "challenger" and read_state(models, "tickets").champion == champion  # not served
     assert httpx.get(f"{stack['url']}/v1/models/tickets").json()["version"] == champion
 
 
@@ -249,18 +268,18 @@ def test_new_labels_are_pending_then_a_class_after_training(stack, tmp_path):
     rids = []
     for text in SARCASM:
         r = httpx.post(f"{url}/v1/models/tickets/predict", json={"text": text})
-        rids.append(r.json()["request_id"])
-    r = httpx.post(fb, json={"request_id": rids[0], "label": "sarcasm"})  # closed head: refused, labels named
+        rids.append(r.json()["prediction_id"])
+    r = httpx.post(fb, json={"prediction_id": rids[0], "label": "sarcasm"})  # closed head: refused, labels named
     assert r.status_code == 422 and "'sarcasm'" in r.json()["error"]["message"]
     assert "billing" in r.json()["error"]["message"]
 
     config = stack["configs"]["tickets"]
     config.write_text(config.read_text() + "labels: [sarcasm]\nmin_new_label_examples: 3\n")
-    assert httpx.post(f"{url}/admin/reload").status_code == 200
-    r = httpx.post(fb, json={"items": [{"request_id": rid, "label": "sarcasm", "strategy": "ood"} for rid in rids[:2]]})
+    assert httpx.post(f"{url}/admin/reload", headers=ADMIN).status_code == 200
+    r = httpx.post(fb, json={"items": [{"prediction_id": rid, "label": "sarcasm", "strategy": "ood"} for rid in rids[:2]]})
     assert r.status_code == 200, r.text
     assert all(x["new_label"] for x in r.json()["items"])
-    r = httpx.post(fb, json={"request_id": rids[2], "label": "weather"})
+    r = httpx.post(fb, json={"prediction_id": rids[2], "label": "weather"})
     assert r.status_code == 422 and "sarcasm" in r.json()["error"]["message"]  # an expected label is allowed
     rep = httpx.get(f"{url}/v1/models/tickets/report", timeout=30).json()["review"]
     assert rep["pending_labels"] == {"sarcasm": 2} and rep["min_new_label_examples"] == 3
@@ -279,8 +298,52 @@ def test_new_labels_are_pending_then_a_class_after_training(stack, tmp_path):
     metrics, manifest = train()  # 2 < 3: still pending, not a class
     assert metrics["new_classes"] == [] and metrics["feedback"]["pending_labels"] == {"sarcasm": 2}
     assert "sarcasm" not in manifest["labels"]
-    r = httpx.post(fb, json={"items": [{"request_id": rid, "label": "sarcasm"} for rid in rids[2:]]})
+    r = httpx.post(fb, json={"items": [{"prediction_id": rid, "label": "sarcasm"} for rid in rids[2:]]})
     assert r.status_code == 200, r.text
     metrics, manifest = train()
     assert metrics["new_classes"] == ["sarcasm"] and "sarcasm" in manifest["labels"]
     assert metrics["feedback"]["pending_labels"] == {}
+
+
+def test_disagree_shows_where_a_shadowed_challenger_answers_otherwise(stack, tmp_path):
+    """A challenger trained on shuffled labels, shadowed by the running head: the queue holds texts
+    the two answer differently, each with the challenger's answer, the surest challenger first."""
+    import random
+
+    url, heads_dir = stack["url"], stack["heads_dir"]
+    rows = [json.loads(line) for line in (heads_dir / "helpdesk_train.jsonl").read_text().splitlines() if line]
+    labels = [r["label"] for r in rows]
+    random.Random(5).shuffle(labels)
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    (shuffled / "helpdesk_train.jsonl").write_text("".join(json.dumps({**r, "label": lab}) + "\n"
+                                                           for r, lab in zip(rows, labels)))
+    (shuffled / "helpdesk_test.jsonl").write_text((heads_dir / "helpdesk_test.jsonl").read_text())
+    (shuffled / "helpdesk.yaml").write_text(stack["configs"]["helpdesk"].read_text())
+    challenger = train(shuffled / "helpdesk.yaml", stack["models"], stack["target"])
+    assert challenger.role == "challenger"
+    head_url = stack["heads"]["helpdesk"][1]
+    deadline = time.monotonic() + 20  # the head follows serving.json (version_poll_s 0.5)
+    while not any(c["version"] == challenger.version and c["shadowed"]
+                  for c in httpx.get(f"{head_url}/roles").json()["challengers"]):
+        assert time.monotonic() < deadline, "the head never shadowed the challenger"
+        time.sleep(0.2)
+
+    issued = {}
+    for text in TEXTS:
+        r = httpx.post(f"{url}/v1/models/helpdesk/predict", json={"text": f"{text} (disagree)"})
+        issued[r.json()["prediction_id"]] = r.json()["predictions"][0]["label"]
+    deadline = time.monotonic() + 20
+    while not review(url, "helpdesk", strategy="disagree", n=500).json()["items"]:
+        assert time.monotonic() < deadline, "no disagreement reached the log"
+        time.sleep(0.3)
+    time.sleep(1)  # the rest of the shadow rows
+    items = review(url, "helpdesk", strategy="disagree", n=500).json()["items"]
+    assert items and all(i["challenger"]["version"] == challenger.version for i in items)
+    assert all(i["challenger"]["label"] != i["predicted"] for i in items)
+    assert all(i["score_name"] == "challenger_probability" and i["score"] == i["challenger"]["probability"]
+               for i in items)
+    assert [i["score"] for i in items] == sorted((i["score"] for i in items), reverse=True)
+    mine = [i for i in items if i["prediction_id"] in issued]
+    assert mine and all(issued[i["prediction_id"]] == i["predicted"] for i in mine)  # the served answer
+    assert not any(i["challenger"] for i in review(url, "helpdesk", strategy="random", n=50).json()["items"])

@@ -32,7 +32,7 @@ def write_head_config(folder: Path, name: str, **serving) -> Path:
     return path
 
 
-def train(config_path: Path, models_dir: Path, target: str, seed: int | None = None):
+def train(config_path: Path, models_dir: Path, target: str, seed: int | None = None, promote: bool = False):
     from embedder.client import EmbedderClient
     from heads.config import load_head_config
     from heads.training.run import train_from_config
@@ -41,19 +41,25 @@ def train(config_path: Path, models_dir: Path, target: str, seed: int | None = N
     if seed is not None:
         config.seed = seed
     with EmbedderClient(target, timeout_s=60) as client:
-        return train_from_config(config, models_dir, client, console=False)
+        return train_from_config(config, models_dir, client, console=False, promote=promote)
 
 
 @pytest.fixture(scope="session")
 def trained_tickets(server_process, tmp_path_factory):
-    """A head config + its trained artifact (two versions, so rollbacks have somewhere to go)."""
+    """A head config + its trained artifact (two versions, so rollbacks have somewhere to go; the
+    second promoted, so it is the champion and the first a challenger)."""
     _, target = server_process
     folder = tmp_path_factory.mktemp("head")
     config = write_head_config(folder / "configs", "tickets")
     models = folder / "models"
     first = train(config, models, target, seed=1)
-    second = train(config, models, target, seed=2)
+    second = train(config, models, target, seed=2, promote=True)
     return config, models, first, second
+
+
+# Every head these tests start has this admin token (POST /admin/reload needs it).
+ADMIN_TOKEN = "e2e-admin-token"
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def start_head_process(config: Path | list[Path], models_dir: Path, target: str, *, db_url: str, spool_dir: Path,
@@ -66,7 +72,7 @@ def start_head_process(config: Path | list[Path], models_dir: Path, target: str,
            "--models-dir", str(models_dir), "--embedder-target", target, "--db-url", db_url,
            "--spool-dir", str(spool_dir), "--version-poll-s", "0.5"]
     out = open(log, "ab") if log else subprocess.DEVNULL
-    env = {**os.environ, **(extra_env or {})}
+    env = {**os.environ, "POLYHEAD_HEAD_ADMIN_TOKEN": ADMIN_TOKEN, **(extra_env or {})}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

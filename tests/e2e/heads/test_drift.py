@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.e2e.gateway.test_gateway import start_gateway, stop
-from tests.e2e.heads.fixtures import head_process, train, wait_ready
+from tests.e2e.heads.fixtures import ADMIN, head_process, train, wait_ready
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -147,7 +147,7 @@ def test_a_head_trained_before_drift_stats_still_serves(banking_head, tmp_path):
         predict_all(url, h["news"][:50])
         assert httpx.get(url + "/drift").json()["window"] == 50
 
-        r = httpx.post(url + "/admin/reload", json={"version": old_version})
+        r = httpx.post(url + "/admin/reload", json={"version": old_version}, headers=ADMIN)
         assert r.status_code == 200, r.text
         answer = httpx.post(url + "/predict", json={"text": "what is my checking account balance"})
         assert answer.status_code == 200 and answer.json()["version"] == old_version

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from polyhead.inference_log.schema import count_rows
 from tests.conftest import free_port
-from tests.e2e.heads.fixtures import head_process, train, wait_ready, write_head_config
+from tests.e2e.heads.fixtures import ADMIN, head_process, train, wait_ready, write_head_config
 from tests.helpers import PostgresBackend
 
 pytestmark = pytest.mark.timeout(180)
@@ -67,14 +67,20 @@ def test_predict_one_and_many_and_every_prediction_is_logged(tickets_head):
     assert [p["label"] for p in many.json()["predictions"]] == ["technical", "account"]
 
     deadline = time.monotonic() + 10
-    while count_rows(db, heads=["tickets"]) < 3 and time.monotonic() < deadline:
+    while count_rows(db, heads=["tickets"]) < 6 and time.monotonic() < deadline:  # + the challenger's shadow rows
         time.sleep(0.1)
     engine = sa.create_engine(db)
     with engine.connect() as conn:
         rows = conn.execute(sa.text("select request_id, head_version, label, text, top_k, embedder_fingerprint "
-                                    "from predictions order by ts")).mappings().all()
+                                    "from predictions where shadow is null or not shadow order by ts")).mappings().all()
+        shadow = conn.execute(sa.text("select request_id, text_index, head_version from predictions where shadow "
+                                      "order by ts, text_index")).all()
     engine.dispose()
     assert len(rows) == 3
+    # the first version is the champion's challenger (trained_tickets promoted the second): shadowed on every text
+    assert [(r[0], r[1]) for r in shadow] == [("rid-1", 0), (many.json()["request_id"], 0),
+                                             (many.json()["request_id"], 1)]
+    assert {r[2] for r in shadow} != {body["version"]}
     assert rows[0]["request_id"] == "rid-1" and rows[0]["label"] == "billing"
     assert rows[0]["text"] == "I was billed twice, refund me" and rows[0]["head_version"] == body["version"]
 
@@ -168,7 +174,7 @@ def test_version_switch_under_load_fails_no_request(tickets_head, trained_ticket
     try:
         for spec in [first.version, second.version, first.version, "latest"]:
             time.sleep(0.4)
-            r = httpx.post(url + "/admin/reload", json={"version": spec})
+            r = httpx.post(url + "/admin/reload", json={"version": spec}, headers=ADMIN)
             assert r.status_code == 200, r.text
         time.sleep(0.4)
     finally:
@@ -178,23 +184,29 @@ def test_version_switch_under_load_fails_no_request(tickets_head, trained_ticket
     assert failures == []
     assert versions == {first.version, second.version}
     assert httpx.get(url + "/info").json()["version"] == second.version
-    assert httpx.post(url + "/admin/reload", json={"version": "20000101T000000Z"}).status_code == 404
+    assert httpx.post(url + "/admin/reload", json={"version": "20000101T000000Z"}, headers=ADMIN).status_code == 404
+    # Without the admin token (or with another), nobody pins the head to an old version.
+    for headers in ({}, {"authorization": "Bearer not-the-token"}):
+        refused = httpx.post(url + "/admin/reload", json={"version": first.version}, headers=headers)
+        assert refused.status_code == 401 and refused.json()["error"]["field"] == "authorization"
+    assert httpx.get(url + "/info").json()["version"] == second.version
 
 
-def test_new_latest_is_picked_up_without_restart(trained_tickets, server_process, tmp_path):
-    from heads.artifacts import set_latest_version
+def test_a_promotion_written_by_another_process_is_picked_up_without_restart(trained_tickets, server_process,
+                                                                             tmp_path):
+    from heads import roles
 
     config, models, first, second = trained_tickets
     _, target = server_process
     local = tmp_path / "models"
     shutil.copytree(models, local)
-    set_latest_version(local, "tickets", first.version)
+    roles.rollback(local, "tickets", actor="test", reason="start from the first version")
     with head_process(config, local, target, db_url=f"sqlite:///{tmp_path / 'i.db'}", spool_dir=tmp_path / "s") as (_, url):
         assert httpx.get(url + "/info").json()["version"] == first.version
-        set_latest_version(local, "tickets", second.version)  # what `polyhead train` does at the end
+        roles.promote(local, "tickets", second.version, actor="test", reason="what `polyhead promote` does")
         deadline = time.monotonic() + 10
         while httpx.get(url + "/info").json()["version"] != second.version:
-            assert time.monotonic() < deadline, "new latest not picked up"
+            assert time.monotonic() < deadline, "promotion not picked up"
             time.sleep(0.2)
 
 
@@ -218,13 +230,14 @@ def test_db_outage_mid_run_loses_and_duplicates_no_prediction(trained_tickets, s
                 time.sleep(0.5)
                 pg.up()
             deadline = time.monotonic() + 30
-            while count_rows(pg.url, heads=["tickets"]) < 50 and time.monotonic() < deadline:
+            while count_rows(pg.url, heads=["tickets"]) < 100 and time.monotonic() < deadline:  # + shadow rows
                 time.sleep(0.2)
         engine = sa.create_engine(pg.url)
         with engine.connect() as conn:
-            got = [r[0] for r in conn.execute(sa.text("select request_id from predictions where head='tickets'"))]
+            rows = conn.execute(sa.text("select request_id, shadow from predictions where head='tickets'")).all()
         engine.dispose()
-        assert sorted(got) == sorted(ids)  # every one, exactly once
+        assert sorted(r[0] for r in rows if not r[1]) == sorted(ids)  # every one, exactly once
+        assert sorted(r[0] for r in rows if r[1]) == sorted(ids)  # and the challenger's shadow row of each
     finally:
         pg.close()
 

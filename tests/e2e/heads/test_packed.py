@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import free_port
-from tests.e2e.heads.fixtures import head_process, train, wait_ready, write_head_config
+from tests.e2e.heads.fixtures import ADMIN, head_process, train, wait_ready, write_head_config
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -109,12 +109,14 @@ def test_classify_embeds_once_for_every_head_and_reports_errors_per_head(packed)
     deadline = time.monotonic() + 10
     while True:
         with engine.connect() as conn:
-            rows = conn.execute(sa.text("select head from predictions where request_id='classify-rid-1'")).all()
-        if len(rows) >= 4 or time.monotonic() > deadline:
+            rows = conn.execute(sa.text("select head, shadow from predictions where request_id='classify-rid-1'")).all()
+        if len(rows) >= 6 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     engine.dispose()
-    assert sorted(r[0] for r in rows) == ["helpdesk", "helpdesk", "tickets", "tickets"]
+    assert sorted(r[0] for r in rows if not r[1]) == ["helpdesk", "helpdesk", "tickets", "tickets"]
+    # tickets' first version is its champion's challenger (serving.json): shadowed in the packed /classify too
+    assert sorted(r[0] for r in rows if r[1]) == ["tickets", "tickets"]
     assert [p.name for p in (packed["root"] / "spool").iterdir()] == ["test-pool"]  # one writer per process
 
 
@@ -144,17 +146,23 @@ def test_hot_reload_and_admin_reload_touch_only_their_head(packed):
     tickets_before = httpx.get(url + "/heads/tickets/info").json()["version"]
     helpdesk_before = httpx.get(url + "/heads/helpdesk/info").json()["version"]
     newer = train(packed["configs"]["helpdesk"], packed["models"], packed["target"], seed=4)
+    assert newer.role == "challenger"  # picked up as a challenger: shadowed, not served
     deadline = time.monotonic() + 15
-    while httpx.get(url + "/heads/helpdesk/info").json()["version"] != newer.version:
-        assert time.monotonic() < deadline, "the new helpdesk version was not picked up"
+    while [c["version"] for c in httpx.get(url + "/heads/helpdesk/roles").json()["challengers"] if c["shadowed"]] \
+            != [newer.version]:
+        assert time.monotonic() < deadline, "the new helpdesk version was not picked up as a challenger"
         time.sleep(0.2)
+    assert httpx.get(url + "/heads/helpdesk/info").json()["version"] == helpdesk_before
+    promoted = httpx.post(url + "/heads/helpdesk/admin/promote", json={"version": newer.version})
+    assert promoted.status_code == 200, promoted.text
+    assert httpx.get(url + "/heads/helpdesk/info").json()["version"] == newer.version
     assert newer.version != helpdesk_before
     assert httpx.get(url + "/heads/tickets/info").json()["version"] == tickets_before
 
-    pin = httpx.post(url + "/heads/tickets/admin/reload", json={"version": packed["first"].version})
+    pin = httpx.post(url + "/heads/tickets/admin/reload", json={"version": packed["first"].version}, headers=ADMIN)
     assert pin.status_code == 200 and pin.json()["version"] == packed["first"].version
     assert httpx.get(url + "/heads/helpdesk/info").json()["version"] == newer.version
-    assert httpx.post(url + "/heads/tickets/admin/reload", json={"version": "latest"}).status_code == 200
+    assert httpx.post(url + "/heads/tickets/admin/reload", json={"version": "latest"}, headers=ADMIN).status_code == 200
 
 
 # -- coalescing (in this process, against the real embedder) ----------------------------------------

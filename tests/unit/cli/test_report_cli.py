@@ -24,7 +24,7 @@ def _log(url: str, rows: list[tuple[str, int, str]]) -> None:
                 {**dataclasses.asdict(PredictionRecord.create(
                     request_id=rid, head="support-routing", head_version="20260101T000000Z", embedder_fingerprint="fp",
                     text="t", label=label, probability=0.8, top_k=[(label, 0.8)], latency_ms=12.0, abstained=False,
-                    text_index=index)), "ts": now - timedelta(minutes=5)} for rid, index, label in rows])
+                    text_index=index, issued_id=rid)), "ts": now - timedelta(minutes=5)} for rid, index, label in rows])
     finally:
         engine.dispose()
 
@@ -68,7 +68,7 @@ def test_report_shows_feedback_by_strategy_live_accuracy_and_pending_labels(tmp_
         found = find_predictions(engine, "support-routing", [(f"r{i}", 0) for i in range(5)])
         store_feedback(engine, "support-routing", [(found[("r0", 0)], "billing"), (found[("r1", 0)], "technical"),
                                                     (found[("r2", 0)], "billing"), (found[("r3", 0)], "sarcasm")],
-                       ["random", "random", "uncertain", None])
+                       strategies=["random", "random", "uncertain", None])
     finally:
         engine.dispose()
     runner = CliRunner()

@@ -11,7 +11,7 @@ from polyhead.errors import ValidationError
 
 QUEUE = {"model": "tickets", "strategy": "uncertain", "score": "margin", "pool": 9, "labels": ["a", "b"],
          "new_labels": "closed",
-         "items": [{"request_id": f"req-{i}", "index": i % 2, "text": f"text {i} \u00e9", "predicted": "a",
+         "items": [{"prediction_id": f"req-{i}", "index": i % 2, "text": f"text {i} \u00e9", "predicted": "a",
                     "probability": 0.5 + i / 100, "top_k": [{"label": "a", "probability": 0.5 + i / 100},
                                                             {"label": "b", "probability": 0.5 - i / 100}],
                     "version": "20260301T100000Z", "ts": "2026-03-01T10:00:00+00:00",
@@ -63,8 +63,8 @@ def test_round_trip(tmp_path, name, annotate):
     assert detect_format(path).name == name
     plan = read_labelled(path, fmt)
     assert plan.model == "tickets" and plan.rows == 3 and plan.unanswered == 1
-    assert plan.items == [{"request_id": "req-0", "index": 0, "label": "b", "strategy": "uncertain"},
-                          {"request_id": "req-2", "index": 0, "label": "b", "strategy": "random"}]
+    assert plan.items == [{"prediction_id": "req-0", "index": 0, "label": "b", "strategy": "uncertain"},
+                          {"prediction_id": "req-2", "index": 0, "label": "b", "strategy": "random"}]
 
 
 def test_exports_carry_what_each_tool_sorts_and_shows_by():
@@ -77,26 +77,26 @@ def test_exports_carry_what_each_tool_sorts_and_shows_by():
     assert record["fields"] == {"text": "text 1 \u00e9"}
     assert record["suggestions"] == [{"question_name": "label", "value": "a", "score": 0.51,
                                       "agent": "tickets@20260301T100000Z"}]
-    assert record["metadata"]["request_id"] == "req-1" and record["metadata"]["index"] == 1
+    assert record["metadata"]["prediction_id"] == "req-1" and record["metadata"]["index"] == 1
 
 
 def test_every_bad_row_is_named_and_nothing_is_planned(tmp_path):
     path = tmp_path / "bad.jsonl"
-    rows = [{"model": "tickets", "request_id": "ok", "label": "a"},
-            {"model": "tickets", "request_id": "", "label": "a"},
-            {"model": "tickets", "request_id": "r", "label": 3},
-            {"model": "tickets", "request_id": "r", "label": "a", "index": -1},
-            {"model": "tickets", "request_id": "r", "label": "a", "strategy": "hunch"}]
+    rows = [{"model": "tickets", "prediction_id": "ok", "label": "a"},
+            {"model": "tickets", "prediction_id": "", "label": "a"},
+            {"model": "tickets", "prediction_id": "r", "label": 3},
+            {"model": "tickets", "prediction_id": "r", "label": "a", "index": -1},
+            {"model": "tickets", "prediction_id": "r", "label": "a", "strategy": "hunch"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
     with pytest.raises(ValidationError) as err:
         read_labelled(path, FORMATS["jsonl"])
     message = err.value.message
     assert "5 bad row(s), nothing stored" in message
-    for needle in ("line 2: request_id", "line 3: label", "line 4: index", "line 5: strategy", "line 6: not JSON"):
+    for needle in ("line 2: prediction_id", "line 3: label", "line 4: index", "line 5: strategy", "line 6: not JSON"):
         assert needle in message
     mixed = tmp_path / "mixed.jsonl"
-    mixed.write_text(json.dumps({"model": "a", "request_id": "r", "label": "x"}) + "\n" +
-                     json.dumps({"model": "b", "request_id": "s", "label": "x"}) + "\n")
+    mixed.write_text(json.dumps({"model": "a", "prediction_id": "r", "label": "x"}) + "\n" +
+                     json.dumps({"model": "b", "prediction_id": "s", "label": "x"}) + "\n")
     with pytest.raises(ValidationError, match="several models"):
         read_labelled(mixed, FORMATS["jsonl"])
     with pytest.raises(ValidationError, match="is not --model"):

@@ -21,8 +21,8 @@ async def test_feedback_right_after_predict_then_the_report(gateway, trained_hea
 
     # No flush of the head's log: the gateway waits for the rows (feedback_wait_s).
     reply = await gateway.post(f"/v1/models/{HEAD}/feedback", json={"items": [
-        {"request_id": batch["request_id"], "index": 2, "label": predicted[2]},
-        {"request_id": single["request_id"], "label": wrong}]})
+        {"prediction_id": batch["prediction_id"], "index": 2, "label": predicted[2]},
+        {"prediction_id": single["prediction_id"], "label": wrong}]})
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert (body["stored"], body["replaced"]) == (2, 0)
@@ -30,7 +30,7 @@ async def test_feedback_right_after_predict_then_the_report(gateway, trained_hea
         (2, predicted[2], trained_head.version), (0, predicted[3], trained_head.version)]
 
     again = (await gateway.post(f"/v1/models/{HEAD}/feedback",
-                                json={"request_id": single["request_id"], "label": predicted[3]})).json()
+                                json={"prediction_id": single["prediction_id"], "label": predicted[3]})).json()
     assert again["items"][0]["status"] == "replaced" and again["replaced"] == 1
 
     reply = await gateway.get(f"/v1/models/{HEAD}/report", params={"since": since, "bucket": "day"})
@@ -46,8 +46,8 @@ async def test_feedback_right_after_predict_then_the_report(gateway, trained_hea
 
 
 async def test_feedback_with_a_label_the_model_does_not_have_is_a_422(gateway, trained_head):
-    rid = (await gateway.post(f"/v1/models/{HEAD}/predict", json={"text": "refund please"})).json()["request_id"]
-    reply = await gateway.post(f"/v1/models/{HEAD}/feedback", json={"request_id": rid, "label": "not-a-label"})
+    pid = (await gateway.post(f"/v1/models/{HEAD}/predict", json={"text": "refund please"})).json()["prediction_id"]
+    reply = await gateway.post(f"/v1/models/{HEAD}/feedback", json={"prediction_id": pid, "label": "not-a-label"})
     assert reply.status_code == 422 and reply.json()["error"]["field"] == "label"
     assert "'not-a-label'" in reply.json()["error"]["message"]
     assert all(label in reply.json()["error"]["message"] for label in trained_head.labels)
@@ -89,28 +89,30 @@ def test_feedback_schema_states_one_form_and_the_model_enforces_it():
     schema = FeedbackRequest.model_json_schema()
     assert schema["additionalProperties"] is False
     first, second = schema["oneOf"]
-    assert first == {"required": ["request_id", "label"], "not": {"required": ["items"]}}
+    assert first == {"required": ["prediction_id", "label"], "not": {"required": ["items"]}}
     assert second["required"] == ["items"]
     assert {"required": ["index"]} in second["not"]["anyOf"]
     assert all("default" not in prop for prop in schema["properties"].values())  # absent, never null
     assert schema["properties"]["items"]["maxItems"] == MAX_FEEDBACK_ITEMS
     assert schema["properties"]["label"]["minLength"] == 1 and "pattern" in schema["properties"]["label"]
-    item = {"request_id": "r", "label": "billing"}
+    item = {"prediction_id": "r", "label": "billing"}
     assert not FeedbackRequest.model_validate(item).batch
     assert FeedbackRequest.model_validate({"items": [item]}).batch
 
 
 async def test_feedback_bodies_the_schema_rules_out_are_422_naming_the_field(gateway):
-    item = {"request_id": "r1", "label": "billing"}
-    cases = [({"request_id": None, "label": "billing"}, "request_id"),
+    item = {"prediction_id": "r1", "label": "billing"}
+    cases = [({"prediction_id": None, "label": "billing"}, "prediction_id"),
              ({**item, "items": [item]}, None),
              ({"items": [item], "index": 0}, None),
              ({"items": None}, "items"),
-             ({"request_id": "r1"}, None),
-             ({"request_id": " \t", "label": "billing"}, "request_id"),
+             ({"prediction_id": "r1"}, None),
+             ({"prediction_id": " \t", "label": "billing"}, "prediction_id"),
              ({**item, "extra": 1}, "extra"),
              ({"items": [item] * 1001}, "items"),
-             ({"items": [{**item, "label": ""}]}, "items[0].label")]
+             ({"items": [{**item, "label": ""}]}, "items[0].label"),
+             ({"request_id": "r\u0000x", "label": "billing"}, "request_id"),  # PostgreSQL cannot hold NUL
+             ({"items": [{**item, "label": "bill\u0000ing"}]}, "items[0].label")]
     for body, field in cases:
         reply = await gateway.post(f"/v1/models/{HEAD}/feedback", json=body)
         assert reply.status_code == 422, (body, reply.text)

@@ -147,17 +147,22 @@ def test_the_embedder_names_a_text_that_is_not_utf8_on_the_wire():
 
 
 def test_blank_means_the_same_to_the_schema_pattern_and_the_server():
-    """ECMA-262 (JSON Schema) and Python disagree on a few whitespace characters: both count as blank."""
+    """ECMA-262 (JSON Schema) and Python disagree on a few whitespace characters: both count as blank;
+    so do the characters that show nothing (NUL and other controls, zero-width and other format characters)."""
     import re
     import sys
+    import unicodedata
 
     pattern = re.compile(NON_BLANK_PATTERN)
     python_ws = {chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()}
-    assert python_ws | {"\ufeff"} == set(BLANK_CHARS)
+    invisible = {chr(c) for c in range(0x10000) if unicodedata.category(chr(c)) in ("Cc", "Cf")}
+    assert python_ws | {"\ufeff"} | invisible == set(BLANK_CHARS)
     for ch in BLANK_CHARS:
         assert not pattern.search(ch) and check_texts_fails(ch), hex(ord(ch))
-    for ok in ("a", "\x00", "\u200b", "\x1b", "é"):
-        assert pattern.search(ok) and not check_texts_fails(ok), hex(ord(ok))
+    for blank in ("\x00" * 5, "\u200b\u200c\u200d", "\x00 \u2060\t\u00ad", "\x1b[0m"[:1]):
+        assert not pattern.search(blank) and check_texts_fails(blank), ascii(blank)
+    for ok in ("a", "é", "a\x00", "\u200bhi\u200b", "\x1b[0m"):
+        assert pattern.search(ok) and not check_texts_fails(ok), ascii(ok)
 
 
 def check_texts_fails(text: str) -> bool:

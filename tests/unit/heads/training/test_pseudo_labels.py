@@ -11,6 +11,7 @@ from heads.training.pseudo_labels import choose_threshold, confident_predictions
 from polyhead.inference_log.feedback import find_predictions, store_feedback
 from polyhead.inference_log.records import PredictionRecord
 from polyhead.inference_log.schema import make_engine, migrate, predictions
+from polyhead.inference_log.sink import escape_text
 
 
 def test_the_threshold_is_the_lowest_that_reaches_the_precision_on_enough_val_texts():
@@ -30,22 +31,27 @@ def test_confident_predictions_are_of_the_champion_unlabelled_distinct_and_most_
     engine = make_engine(url)
     migrate(engine)
 
-    def row(rid, text, p, version="v2", redact=False, abstained=False):
+    def row(rid, text, p, version="v2", redact=False, abstained=False, shadow=None):
         rec = PredictionRecord.create(request_id=rid, head="h", head_version=version, embedder_fingerprint="fp",
                                       text=text, label="billing", probability=p, top_k=[("billing", p)],
-                                      latency_ms=1.0, text_index=0, redact=redact, abstained=abstained)
-        return {**dataclasses.asdict(rec), "ts": datetime(2026, 3, 1, tzinfo=timezone.utc)}
+                                      latency_ms=1.0, text_index=0, redact=redact, abstained=abstained,
+                                      issued_id=None if shadow else rid, shadow=shadow)
+        stored, escaped = escape_text(rec.text)
+        return {**dataclasses.asdict(rec), "text": stored, "text_escaped": escaped,
+                "ts": datetime(2026, 3, 1, tzinfo=timezone.utc)}
 
     with engine.begin() as conn:
         conn.execute(predictions.insert(), [
             row("a", "sure", 0.99), row("b", "sure", 0.97), row("c", "surer", 0.995), row("d", "unsure", 0.6),
             row("e", "old version", 0.99, version="v1"), row("f", "secret", 0.99, redact=True),
-            row("g", "labelled", 0.99), row("h", "abstained", 0.99, abstained=True)])
+            row("g", "labelled", 0.99), row("h", "abstained", 0.99, abstained=True),
+            # the same text answered in shadow by v2 (then a challenger): labelled all the same
+            row("g2", "labelled", 0.99, shadow=True), row("n", "nul\x00", 0.95)])
     found = find_predictions(engine, "h", [("g", 0)])
     store_feedback(engine, "h", [(found[("g", 0)], "technical")])
     engine.dispose()
     rows = confident_predictions(url, "h", "v2", 0.9)
-    assert [(t, round(p, 3)) for t, _, p in rows] == [("surer", 0.995), ("sure", 0.99)]
-    assert pick(rows, exclude={"surer"}, known_labels={"billing"}, cap=5) == [rows[1]]
+    assert [(t, round(p, 3)) for t, _, p in rows] == [("surer", 0.995), ("sure", 0.99), ("nul\x00", 0.95)]
+    assert pick(rows, exclude={"surer"}, known_labels={"billing"}, cap=5) == rows[1:]
     assert pick(rows, exclude=set(), known_labels={"billing"}, cap=1) == [rows[0]]
     assert pick(rows, exclude=set(), known_labels={"technical"}, cap=5) == []

@@ -95,7 +95,11 @@ def metric(name: str) -> float:
 
 
 def spool_files(spool_dir: Path) -> list[Path]:
-    return sorted(spool_dir.glob("*.jsonl"))
+    return sorted(spool_dir.glob("segment-*.jsonl"))
+
+
+def spool_lines(spool_dir: Path) -> int:
+    return sum(len(p.read_text().splitlines()) for p in spool_files(spool_dir))
 
 
 def test_rows_land_with_all_fields_and_redaction_keeps_only_the_hash(backend, tmp_path):
@@ -121,7 +125,8 @@ def test_rows_land_with_all_fields_and_redaction_keeps_only_the_hash(backend, tm
         "text_sha256": hashlib.sha256("text number 0 — ünïcode".encode()).hexdigest(),
         "label": "neg", "probability": 0.5, "top_k": [{"label": "pos", "probability": 0.7},
                                                      {"label": "neg", "probability": 0.3}],
-        "latency_ms": 1.25, "abstained": False, "text_index": 0,
+        "latency_ms": 1.25, "abstained": False, "text_index": 0, "text_escaped": None, "issued_id": None,
+        "caller": None, "shadow": None,
     }
     for rid in (pre_redacted.id, redacted_by_log.id):
         assert rows[rid]["text"] is None
@@ -173,7 +178,7 @@ def test_many_records_are_written_in_few_batches(backend, tmp_path):
             log.record(r)
         assert log.flush()
         stats = log.stats
-    assert stats.written == 2000 and stats.spooled == 0
+    assert stats.written == 2000 and stats.spooled == 2000 and stats.spool_rows == 0  # every row passes the spool
     assert 4 <= stats.batches <= 40  # batch_size 500 caps a batch; flush_interval groups the rest
     assert set(fetch(backend.url, [head])) == {r.id for r in records}
 
@@ -198,17 +203,24 @@ def test_db_outage_mid_run_loses_and_duplicates_nothing(backend, tmp_path):
         assert per_call_ms < 5, f"record() took {per_call_ms:.2f} ms per call during the outage"
         assert log.flush(timeout_s=15)
         stats = log.stats
-        assert (stats.spooled, stats.spool_rows, stats.healthy) == (200, 200, False)
-        assert metric("polyhead_head_db_spooled_total") - spooled0 == 200
-        assert sum(len(p.read_text().splitlines()) for p in spool_files(tmp_path / "spool")) == 200
+        assert (stats.spooled, stats.spool_rows, stats.healthy) == (250, 200, False)
+        assert metric("polyhead_head_db_spooled_total") - spooled0 == 250
+        assert metric("polyhead_head_db_spool_rows") == 200
+        assert spool_lines(tmp_path / "spool") == 200  # the 50 written before were rotated away
         assert count_rows(backend.url, heads=[head]) == 50  # nothing reached the DB meanwhile
+        time.sleep(0.3)
+        assert 0.3 <= log.status()["oldest_unwritten_s"] < 15  # the lag shows
+        assert metric("polyhead_head_db_oldest_unwritten_seconds") >= 0.3
+        assert metric("polyhead_head_db_writer_stalled") == 0  # stall_after_s is 60
 
         backend.up()
         wait_for(lambda: log.stats.spool_rows == 0)
         assert log.healthy()
-        assert log.stats.replayed == 200
-        assert metric("polyhead_head_db_replayed_total") - replayed0 == 200
-        assert spool_files(tmp_path / "spool") == []
+        assert log.stats.written == 250 and log.stats.replayed == 0  # this process's own rows: not a replay
+        assert metric("polyhead_head_db_replayed_total") - replayed0 == 0
+        assert log.status() == {"db": "ok", "oldest_unwritten_s": 0.0, "spool_rows": 0, "dead_letters": 0,
+                                "stalled": False}
+        assert spool_lines(tmp_path / "spool") == 0
     finally:
         log.close()
     assert set(fetch(backend.url, [head])) == {r.id for r in before + during}
@@ -272,7 +284,8 @@ def test_spool_left_by_a_previous_process_is_replayed_on_start(backend, tmp_path
         assert dead.flush()
         assert not dead.healthy()
     assert dead.stats.spooled == 50
-    with open(spool / "spool.jsonl", "a") as f:
+    (last,) = spool_files(spool)
+    with open(last, "a") as f:
         f.write('{"id": "torn-by-a-cra')  # the process died mid-write
 
     log = InferenceLog(backend.url, spool)
@@ -280,29 +293,32 @@ def test_spool_left_by_a_previous_process_is_replayed_on_start(backend, tmp_path
     try:
         assert log.stats.spool_rows == 51
         assert log.flush()
-        assert log.stats.spool_rows == 0 and log.stats.replayed == 50
+        # the torn line is dead-lettered with its reason, the 50 whole ones replayed
+        assert (log.stats.spool_rows, log.stats.replayed, log.stats.dead_letters) == (0, 50, 1)
     finally:
         log.close()
     assert spool_files(spool) == []
+    (dead_letter,) = (spool / "dead_letters.jsonl").read_text().splitlines()
+    assert "unreadable spool line" in dead_letter and "torn-by-a-cra" in dead_letter
     assert set(fetch(backend.url, [head])) == {r.id for r in written + fresh}
     assert count_rows(backend.url, heads=[head]) == 70
 
 
-def test_full_queue_and_closed_log_spool_instead_of_dropping(tmp_path):
+def test_records_before_start_and_after_close_reach_the_db(tmp_path):
     url, spool = f"sqlite:///{tmp_path / 'inference.db'}", tmp_path / "spool"
     records = make_records("overflow", 10)
-    log = InferenceLog(url, spool, max_queue=5)
-    for r in records[:8]:  # writer not started: 5 fit in the queue, 3 overflow
+    log = InferenceLog(url, spool)
+    for r in records[:8]:  # writer not started: held until start() opens the spool
         log.record(r)
     log.record(None)  # type: ignore[arg-type]  # never raises into the request
-    assert (log.stats.queue_depth, log.stats.spooled, log.stats.dropped) == (5, 3, 1)
+    assert log.stats.dropped == 1
     log.start()
     assert log.flush()
     assert count_rows(url) == 8 and log.stats.spool_rows == 0
     log.close()
     for r in records[8:]:  # after close(): kept in the spool for the next process
         log.record(r)
-    assert log.stats.spooled == 5
+    assert spool_lines(spool) == 2
     with InferenceLog(url, spool) as log2:
         assert log2.flush()
     assert {r.id for r in records} == set(fetch(url, ["overflow"]))
@@ -313,3 +329,63 @@ def test_spool_dir_belongs_to_one_process(tmp_path):
     with InferenceLog(url, tmp_path / "spool"):
         with pytest.raises(RuntimeError, match="in use"):
             InferenceLog(url, tmp_path / "spool").start()
+
+
+def test_memory_stays_flat_while_the_db_is_unreachable(backend, tmp_path):
+    """The spool is the queue: a backlog of 30,000 rows lives on disk, not in the head's memory."""
+    import tracemalloc
+
+    head = "h-" + uuid.uuid4().hex[:8]
+    n = 30_000
+    log = InferenceLog(backend.flaky_url, tmp_path / "spool", **FAST_RETRY)
+    log.start()
+    try:
+        backend.down()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(n):  # each record is dropped by the caller right away, as a request handler does
+            log.record(PredictionRecord.create(
+                request_id=f"r{i}", head=head, head_version="v1", embedder_fingerprint="f", text=f"text {i} " * 20,
+                label="pos", probability=0.6, top_k=[("pos", 0.6)], latency_ms=1.0, abstained=False, text_index=0))
+        grown = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        # the rows are ~10 MiB on disk (~40 MiB as objects); what may be held is the writer's one batch in flight
+        assert grown < 8 << 20, f"{grown / 2**20:.1f} MiB held for {n} spooled rows"
+        assert log.flush() and log.stats.spool_rows == n and not log.healthy()
+        assert spool_lines(tmp_path / "spool") == n
+        backend.up()
+        wait_for(lambda: log.stats.spool_rows == 0, timeout_s=40)
+    finally:
+        log.close()
+    assert count_rows(backend.url, heads=[head]) == n
+
+
+def test_a_spool_left_by_the_previous_writer_version_is_adopted_and_replayed(tmp_path):
+    """Heads upgraded in place: the old single-file spool (replay.jsonl, then spool.jsonl) is replayed first."""
+    url, spool = f"sqlite:///{tmp_path / 'inference.db'}", tmp_path / "spool"
+    older, newer = make_records("legacy", 3), make_records("legacy", 4)
+    spool.mkdir()
+    (spool / "replay.jsonl").write_text("".join(r.to_json() + "\n" for r in older))
+    (spool / "spool.jsonl").write_text("".join(r.to_json() + "\n" for r in newer))
+    with InferenceLog(url, spool) as log:
+        assert log.stats.spool_rows == 7
+        assert log.flush()
+        assert (log.stats.replayed, log.stats.spool_rows) == (7, 0)
+    assert set(fetch(url, ["legacy"])) == {r.id for r in older + newer}
+    assert not (spool / "spool.jsonl").exists() and not (spool / "replay.jsonl").exists()
+
+
+def test_a_writer_that_cannot_write_raises_the_stalled_metric(backend, tmp_path):
+    log = InferenceLog(backend.dead_url, tmp_path / "spool", stall_after_s=0.3, **FAST_RETRY)
+    log.start()
+    try:
+        assert metric("polyhead_head_db_writer_stalled") == 0
+        log.record(make_records("stall", 1)[0])
+        time.sleep(0.5)
+        status = log.status()
+        assert status["db"] == "unavailable" and status["stalled"] is True and status["spool_rows"] == 1
+        assert status["oldest_unwritten_s"] >= 0.3
+        assert metric("polyhead_head_db_writer_stalled") == 1
+        assert metric("polyhead_head_db_oldest_unwritten_seconds") >= 0.3
+    finally:
+        log.close()

@@ -14,9 +14,10 @@ import sqlalchemy as sa
 
 from polyhead.inference_log.feedback import find_predictions, store_feedback
 from polyhead.inference_log.records import PredictionRecord
-from polyhead.inference_log.review import (STRATEGIES, Context, NoChallengers, candidate_pool, entropy,
-                                           farthest_first, margin, review_summary, select, wilson_interval)
+from polyhead.inference_log.review import (STRATEGIES, Context, candidate_pool, entropy, farthest_first, margin,
+                                           review_summary, select, wilson_interval)
 from polyhead.inference_log.schema import feedback, make_engine, migrate, predictions
+from polyhead.inference_log.sink import escape_text
 from tests.helpers import PostgresBackend
 from tests.unit.polyhead.inference_log.test_reports import SqliteFile
 
@@ -35,11 +36,17 @@ def engine(request, tmp_path):
     backend.close()
 
 
-def row(rid, text, top_k, *, minutes=0, index=0, head="h", redact=False) -> dict:
-    rec = PredictionRecord.create(request_id=rid, head=head, head_version="v1", embedder_fingerprint="fp", text=text,
-                                  label=top_k[0][0], probability=top_k[0][1], top_k=top_k, latency_ms=1.0,
-                                  text_index=index, redact=redact)
-    return {**dataclasses.asdict(rec), "ts": T0 + timedelta(minutes=minutes)}
+def row(rid, text, top_k, *, minutes=0, index=0, head="h", redact=False, version="v1", shadow=None,
+        issued: str | None = "same") -> dict:
+    """A logged row; the server-issued id (what feedback and review items name) is `rid` unless given
+    (None: a row from before migration 5). Shadow rows keep the served row's request id, as heads log them."""
+    rec = PredictionRecord.create(request_id=f"client-{rid}", head=head, head_version=version,
+                                  embedder_fingerprint="fp", text=text, label=top_k[0][0], probability=top_k[0][1],
+                                  top_k=top_k, latency_ms=1.0, text_index=index, redact=redact, shadow=shadow,
+                                  issued_id=(rid if issued == "same" else issued) if not shadow else None)
+    stored, escaped = escape_text(rec.text)
+    return {**dataclasses.asdict(rec), "text": stored, "text_escaped": escaped,
+            "ts": T0 + timedelta(minutes=minutes)}
 
 
 def insert(engine, rows):
@@ -49,7 +56,7 @@ def insert(engine, rows):
 
 def give_feedback(engine, rid, label, index=0, strategy=None, head="h"):
     found = find_predictions(engine, head, [(rid, index)])
-    store_feedback(engine, head, [(found[(rid, index)], label)], [strategy])
+    store_feedback(engine, head, [(found[(rid, index)], label)], strategies=[strategy])
 
 
 def test_scores():
@@ -74,17 +81,43 @@ def test_pool_skips_labelled_redacted_and_duplicate_texts(engine):
         row("r7", "other head", [("x", 0.5), ("y", 0.5)], minutes=7, head="other"),
         row("r8", "two texts a", [("billing", 0.5), ("technical", 0.5)], minutes=8, index=0),
         row("r8", "two texts b", [("billing", 0.9), ("technical", 0.1)], minutes=8, index=1),
+        row("r9", "before issued ids", [("billing", 0.5), ("account", 0.5)], minutes=9, issued=None),  # unnameable
+        row("r2", "a challenger's view", [("account", 0.5), ("billing", 0.5)], minutes=2, version="v2", shadow=True),
     ])
     give_feedback(engine, "r5", "technical")
     give_feedback(engine, "r8", "billing", index=1)
     pool = candidate_pool(engine, "h", order="recent", limit=100)
-    assert [(c.request_id, c.index) for c in pool] == [("r8", 0), ("r3", 0), ("r2", 0)]
-    assert all(c.text for c in pool)
+    assert [(c.prediction_id, c.index) for c in pool] == [("r8", 0), ("r3", 0), ("r2", 0)]
+    assert all(c.text for c in pool) and all(c.version == "v1" for c in pool)  # never a shadow row
     least = candidate_pool(engine, "h", order="least_confident", limit=2)
-    assert [c.request_id for c in least] == ["r8", "r1"]  # of a duplicated text, its least confident row
+    assert [c.prediction_id for c in least] == ["r8", "r1"]  # of a duplicated text, its least confident row
     assert len(candidate_pool(engine, "h", order="random", limit=100)) == 3
     assert candidate_pool(engine, "h", order="recent", limit=100, since=T0 + timedelta(minutes=3),
-                          until=T0 + timedelta(minutes=8))[0].request_id == "r3"
+                          until=T0 + timedelta(minutes=8))[0].prediction_id == "r3"
+
+
+def test_texts_with_nul_come_back_as_sent(engine):
+    insert(engine, [row("n1", "a\x00b \\0 c", [("billing", 0.6), ("account", 0.4)])])
+    assert [c.text for c in candidate_pool(engine, "h", order="recent", limit=10)] == ["a\x00b \\0 c"]
+
+
+def test_disagree_picks_texts_a_challenger_answers_otherwise(engine):
+    served = [row(f"d{i}", f"text {i}", [("billing", 0.6), ("account", 0.4)], minutes=i) for i in range(5)]
+    shadow = [row("d0", "text 0", [("account", 0.7), ("billing", 0.3)], minutes=0, version="v2", shadow=True),
+              row("d1", "text 1", [("billing", 0.8), ("account", 0.2)], minutes=1, version="v2", shadow=True),
+              row("d2", "text 2", [("account", 0.95), ("billing", 0.05)], minutes=2, version="v2", shadow=True),
+              row("d2", "text 2", [("account", 0.55), ("billing", 0.45)], minutes=2, version="v3", shadow=True),
+              row("d3", "text 3", [("account", 0.9), ("billing", 0.1)], minutes=3, version="v2", shadow=True)]
+    insert(engine, served + shadow)
+    give_feedback(engine, "d3", "billing")  # labelled: out of every queue
+    disagree = STRATEGIES["disagree"]
+    pool = candidate_pool(engine, "h", order=disagree.pool_order, limit=100, disagreeing=disagree.disagreeing)
+    assert sorted(c.prediction_id for c in pool) == ["d0", "d2"]  # d1 agrees, d4 has no challenger
+    picked = select(disagree, pool, 5, Context())
+    assert [(c.prediction_id, c.label, c.challenger["label"], score) for c, score in picked] == \
+        [("d2", "billing", "account", 0.95), ("d0", "billing", "account", 0.7)]
+    assert picked[0][0].challenger["version"] == "v2"  # of two disagreeing challengers, the surest
+    assert candidate_pool(engine, "other", order="recent", limit=10, disagreeing=True) == []
 
 
 def test_uncertain_ranks_by_margin_or_entropy():
@@ -98,9 +131,9 @@ def test_uncertain_ranks_by_margin_or_entropy():
             cand("spread", [{"label": "a", "probability": 0.4}, {"label": "b", "probability": 0.3},
                             {"label": "c", "probability": 0.3}])]
     uncertain = STRATEGIES["uncertain"]
-    assert [c.request_id for c, _ in select(uncertain, pool, 2, Context())] == ["two-way", "spread"]
+    assert [c.prediction_id for c, _ in select(uncertain, pool, 2, Context())] == ["two-way", "spread"]
     by_entropy = select(uncertain, pool, 3, Context(score="entropy"))
-    assert [c.request_id for c, _ in by_entropy] == ["spread", "two-way", "sure"]
+    assert [c.prediction_id for c, _ in by_entropy] == ["spread", "two-way", "sure"]
     assert by_entropy[0][1] == pytest.approx(entropy(pool[2].top_k))
 
 
@@ -112,24 +145,12 @@ def test_ood_and_diverse_use_vectors_and_centroids():
                        np.float32)
     ctx = Context(vectors=vectors, centroids=centroids)
     ood = select(STRATEGIES["ood"], pool, 2, ctx)
-    assert {c.request_id for c, _ in ood} == {"3", "4"} and ood[0][1] < 0.2
-    diverse = [c.request_id for c, _ in select(STRATEGIES["diverse"], pool, 3, ctx)]
+    assert {c.prediction_id for c, _ in ood} == {"3", "4"} and ood[0][1] < 0.2
+    diverse = [c.prediction_id for c, _ in select(STRATEGIES["diverse"], pool, 3, ctx)]
     # 3 (or its twin 4) is farthest from both centroids; then the between-centroids 5, not 3's twin
     assert diverse[0] in {"3", "4"} and diverse[1] == "5" and "3" not in diverse[1:] and "4" not in diverse[1:]
     picks = farthest_first(vectors, 10)
     assert sorted(i for i, _ in picks) == list(range(6))  # never the same point twice
-
-
-def test_disagree_refuses_without_challengers_and_is_offered_once_a_shadow_source_exists(monkeypatch):
-    from polyhead.inference_log import review
-
-    with pytest.raises(NoChallengers, match="no challengers"):
-        STRATEGIES["disagree"].rank([], 5, Context())
-    assert review.available_strategies() == ["uncertain", "ood", "diverse", "random"]
-    assert "no challengers" in STRATEGIES["disagree"].unavailable()
-    monkeypatch.setitem(review.SHADOW_SOURCES, "default", lambda pool, n, ctx: [(0, 1.0)])
-    assert "disagree" in review.available_strategies()
-    assert STRATEGIES["disagree"].rank(["x"], 5, Context()) == [(0, 1.0)]
 
 
 def test_an_empty_pool_selects_nothing_whatever_the_strategy():
@@ -139,8 +160,8 @@ def test_an_empty_pool_selects_nothing_whatever_the_strategy():
 def test_random_is_reproducible_with_a_seed():
     from polyhead.inference_log.review import Candidate
     pool = [Candidate(str(i), str(i), 0, T0, "v1", str(i), str(i), "a", 0.9, []) for i in range(50)]
-    first = [c.request_id for c, _ in select(STRATEGIES["random"], pool, 10, Context(seed=7))]
-    assert first == [c.request_id for c, _ in select(STRATEGIES["random"], pool, 10, Context(seed=7))]
+    first = [c.prediction_id for c, _ in select(STRATEGIES["random"], pool, 10, Context(seed=7))]
+    assert first == [c.prediction_id for c, _ in select(STRATEGIES["random"], pool, 10, Context(seed=7))]
     assert len(set(first)) == 10
 
 

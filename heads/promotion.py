@@ -1,0 +1,91 @@
+"""The promotion gate and the rollback guard: readable checks over paired figures.
+
+Both read a comparison (polyhead/inference_log/challengers.py: champion and challenger on the same
+live texts) and the head's `promotion:` policy (heads/config.py PromotionConfig), and answer a
+Decision whose checks say, one by one, the figure, the threshold and whether it passed; the audit
+log keeps that list, so "why was this promoted" is answered by the record itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from heads.config import PromotionConfig
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: float | int | None
+    threshold: str
+    ok: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    act: bool  # promote (gate) or roll back (guard)
+    reason: str
+    checks: list[Check] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"act": self.act, "reason": self.reason, "checks": [asdict(c) for c in self.checks]}
+
+
+def _offline_accuracy(metrics: dict | None) -> float | None:
+    value = (metrics or {}).get("accuracy")
+    return float(value) if value is not None else None
+
+
+def gate(comparison: dict, policy: PromotionConfig, *, champion_test: dict | None = None,
+         challenger_test: dict | None = None) -> Decision:
+    """Would `auto` promote this challenger now? Every check must pass (manual mode: never acts)."""
+    fb = comparison.get("feedback") or {}
+    checks = [Check("shadowed texts", comparison.get("shadowed", 0), f">= {policy.min_shadowed}",
+                    comparison.get("shadowed", 0) >= policy.min_shadowed),
+              Check("paired feedback", fb.get("paired", 0), f">= {policy.min_paired_feedback}",
+                    fb.get("paired", 0) >= policy.min_paired_feedback)]
+    if fb:
+        better = fb["challenger_only_correct"] > fb["champion_only_correct"]
+        checks.append(Check("challenger right on more of the disagreements",
+                            fb["challenger_only_correct"] - fb["champion_only_correct"], "> 0", better))
+        checks.append(Check("McNemar p (exact, paired)", fb["mcnemar_p"], f"<= {policy.mcnemar_alpha}",
+                            fb["mcnemar_p"] <= policy.mcnemar_alpha))
+        counted = [c for c in fb["per_class"] if c["support"] >= policy.min_class_feedback]
+        worst = min(counted, key=lambda c: c["recall_change"], default=None)
+        drop = -worst["recall_change"] if worst else 0.0
+        checks.append(Check(f"largest per-class recall drop ({worst['label'] if worst else 'no class with '}"
+                            f"{'' if worst else str(policy.min_class_feedback) + '+ feedback'})",
+                            round(drop, 6), f"<= {policy.max_class_recall_drop}", drop <= policy.max_class_recall_drop))
+    acc_c, acc_n = _offline_accuracy(champion_test), _offline_accuracy(challenger_test)
+    if acc_c is not None and acc_n is not None:
+        checks.append(Check("offline test accuracy change", round(acc_n - acc_c, 6), f">= -{policy.max_offline_drop}",
+                            acc_n - acc_c >= -policy.max_offline_drop))
+    failed = [c.name for c in checks if not c.ok]
+    if policy.mode != "auto":
+        return Decision(False, "promotion policy is manual" + (f"; would fail: {', '.join(failed)}" if failed else
+                                                                "; every auto check passes"), checks)
+    if failed:
+        return Decision(False, f"not yet: {', '.join(failed)}", checks)
+    return Decision(True, f"auto gate: challenger better on {fb['paired']} paired feedback texts "
+                          f"({fb['challenger_accuracy']:.3f} vs {fb['champion_accuracy']:.3f}, "
+                          f"McNemar p={fb['mcnemar_p']:.2g})", checks)
+
+
+def guard(comparison: dict, policy: PromotionConfig) -> Decision:
+    """After a promotion: roll back when the new champion trails the previous one (now a challenger,
+    still shadowed) on the same feedback texts by more than guard_margin."""
+    fb = comparison.get("feedback") or {}
+    paired = fb.get("paired", 0)
+    checks = [Check("paired feedback since the promotion", paired, f">= {policy.guard_min_feedback}",
+                    paired >= policy.guard_min_feedback)]
+    if paired < policy.guard_min_feedback:
+        return Decision(False, f"guard waits: {paired} of {policy.guard_min_feedback} paired feedback texts", checks)
+    # The comparison is (champion = new, challenger = previous): accuracy_change = previous - new.
+    shortfall = fb["challenger_accuracy"] - fb["champion_accuracy"]
+    checks.append(Check("live accuracy: previous - new champion", round(shortfall, 6), f"<= {policy.guard_margin}",
+                        shortfall <= policy.guard_margin))
+    if shortfall > policy.guard_margin:
+        return Decision(True, f"guard: the new champion's live accuracy {fb['champion_accuracy']:.3f} trails the "
+                              f"previous champion's {fb['challenger_accuracy']:.3f} on the same {paired} texts by "
+                              f"more than {policy.guard_margin}", checks)
+    return Decision(False, "guard: the new champion holds", checks)
