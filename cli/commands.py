@@ -173,6 +173,16 @@ def train(
     promote: bool = typer.Option(False, "--promote", help="Serve the new version at once (champion); without it a "
                                  "head's new version is a challenger, shadowed on live traffic until promoted "
                                  "(a head's first version is always its champion)"),
+    with_pseudo_labels: bool = typer.Option(False, "--with-pseudo-labels", help="Self-training: add logged texts "
+                                            "the served version is very sure of (threshold chosen on val, share "
+                                            "capped, never in val/test); the result is a challenger (unless "
+                                            "--promote)"),
+    pseudo_precision: float = typer.Option(0.97, min=0.5, max=1.0, help="With --with-pseudo-labels: the val "
+                                           "precision the threshold must reach"),
+    pseudo_max_share: float = typer.Option(0.2, min=0.0, max=1.0, help="With --with-pseudo-labels: at most this "
+                                           "share of the training split"),
+    pseudo_min_support: int = typer.Option(30, min=1, help="With --with-pseudo-labels: val texts the threshold's "
+                                           "precision must be measured on"),
 ):
     """Train heads from their configs; embeddings come from the running embedder (and its cache).
 
@@ -181,6 +191,7 @@ def train(
 
     from embedder.client import EmbedderClient
     from heads.config import HeadConfigError, load_head_config
+    from heads.training.pseudo_labels import PseudoLabelOptions
     from heads.training.run import train_from_config
     from polyhead.errors import PolyheadError
 
@@ -197,9 +208,11 @@ def train(
     with EmbedderClient(embedder_target, timeout_s=120) as client:
         for cfg in configs:
             try:
+                pseudo = PseudoLabelOptions(db_url, target_precision=pseudo_precision, max_share=pseudo_max_share,
+                                            min_support=pseudo_min_support) if with_pseudo_labels else None
                 report = train_from_config(cfg, models_dir, client, console=console,
                                            feedback_db_url=db_url if with_feedback else None,
-                                           feedback_from=trusted, promote=promote)
+                                           feedback_from=trusted, promote=promote, pseudo_labels=pseudo)
             except PolyheadError as err:
                 console.print(f"[red]{cfg.name}: {err.message}[/red]")
                 raise typer.Exit(2) from None
@@ -208,7 +221,9 @@ def train(
                                    "path": str(report.path),
                                    "train_time_s": round(report.train_time_s, 2),
                                    "test_accuracy": test.get("accuracy"), "test_f1_weighted": test.get("f1_weighted"),
-                                   **({"feedback": report.feedback} if report.feedback is not None else {})}))
+                                   **({"feedback": report.feedback} if report.feedback is not None else {}),
+                                   **({"pseudo_labels": report.metrics["pseudo_labels"]}
+                                      if "pseudo_labels" in report.metrics else {})}))
 
 
 @app.command("report")
@@ -243,6 +258,89 @@ def report(
         typer.echo(body.model_dump_json(exclude_unset=True))  # as the gateway answers it
     else:
         print_report(body)
+
+
+@app.command("review")
+def review(
+    name: str = typer.Argument(..., help="Model (head) name"),
+    n: int = typer.Option(20, "--n", "-n", min=1, max=500, help="How many texts"),
+    strategy: str = typer.Option("uncertain", help="uncertain, ood, diverse, random or disagree (challenger vs "
+                                  "champion)"),
+    score: str = typer.Option("margin", help="uncertain: margin (smallest first) or entropy (highest first)"),
+    pool: Optional[int] = typer.Option(None, min=1, help="Distinct unlabelled texts to pick from (default 2000)"),
+    seed: Optional[int] = typer.Option(None, min=0, help="random: a reproducible draw"),
+    since: Optional[str] = typer.Option(None, help="Only texts logged from then (ISO 8601)"),
+    until: Optional[str] = typer.Option(None, help="Only texts logged before then (ISO 8601)"),
+    export: Optional[str] = typer.Option(None, help="Write the queue for a labelling tool: label-studio (task JSON), "
+                                         "argilla (records, JSONL) or jsonl"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --export: the file (default: stdout)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the API's body as JSON"),
+    gateway: str = typer.Option(DEFAULT_GATEWAY_URL, envvar="POLYHEAD_GATEWAY_URL"),
+    api_key: Optional[str] = typer.Option(None, envvar="POLYHEAD_API_KEY"),
+):
+    """Logged predictions worth a label next (GET /v1/models/NAME/review); --export for Label Studio or Argilla."""
+    from cli.review import FORMATS, fetch_queue
+    from polyhead.errors import PolyheadError
+
+    if export is not None and export not in FORMATS:
+        typer.echo(f"error: --export must be one of {', '.join(FORMATS)}, not {export!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        queue = fetch_queue(gateway, name, api_key=api_key, n=n, strategy=strategy, score=score, pool=pool, seed=seed,
+                            since=since, until=until)
+    except PolyheadError as err:
+        typer.echo(f"error: {err.message}", err=True)
+        raise typer.Exit(2) from None
+    if export is not None:
+        text = FORMATS[export].export(queue)
+        if output is None:
+            typer.echo(text, nl=False)
+        else:
+            output.write_text(text, encoding="utf-8")
+            typer.echo(json.dumps({"model": name, "strategy": strategy, "format": export, "items": len(queue["items"]),
+                                   "output": str(output)}), err=True)
+    elif as_json:
+        typer.echo(json.dumps(queue, ensure_ascii=False))
+    else:
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table("prediction_id", "index", "text", "predicted", "p", queue["score"] or "score",
+                      title=f"{name}: {len(queue['items'])} to review ({strategy}, from {queue['pool']} texts)")
+        for item in queue["items"]:
+            table.add_row(item["prediction_id"], str(item["index"]), escape(item["text"][:80]), escape(item["predicted"]),
+                          f"{item['probability']:.3f}", "-" if item["score"] is None else f"{item['score']:.3f}")
+        Console().print(table)
+
+
+@app.command("feedback")
+def feedback(
+    import_file: Path = typer.Option(..., "--import", exists=True, dir_okay=False,
+                                     help="A labelled file: Label Studio's JSON export, Argilla records (JSONL) or "
+                                          "plain JSONL (as `polyhead review --export` wrote it, with labels)"),
+    file_format: str = typer.Option("auto", "--format", help="auto, label-studio, argilla or jsonl"),
+    model: Optional[str] = typer.Option(None, help="The model (default: the one the rows name)"),
+    gateway: str = typer.Option(DEFAULT_GATEWAY_URL, envvar="POLYHEAD_GATEWAY_URL"),
+    api_key: Optional[str] = typer.Option(None, envvar="POLYHEAD_API_KEY"),
+):
+    """Store the labels of a labelled file as feedback: every row checked first, all or nothing, then a summary."""
+    from cli.review import FORMATS, detect_format, import_feedback, read_labelled
+    from polyhead.errors import PolyheadError
+
+    if file_format != "auto" and file_format not in FORMATS:
+        typer.echo(f"error: --format must be auto or one of {', '.join(FORMATS)}, not {file_format!r}", err=True)
+        raise typer.Exit(2)
+    fmt = detect_format(import_file) if file_format == "auto" else FORMATS[file_format]
+    try:
+        plan = read_labelled(import_file, fmt, model)
+        summary = import_feedback(gateway, plan, api_key=api_key) if plan.items else {
+            "model": plan.model, "format": plan.format, "rows": plan.rows, "stored": 0, "replaced": 0,
+            "unanswered_skipped": plan.unanswered, "new_label": 0, "by_strategy": {}}
+    except PolyheadError as err:
+        typer.echo(f"error: {err.message}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(summary))
 
 
 _GATEWAY = typer.Option(DEFAULT_GATEWAY_URL, envvar="POLYHEAD_GATEWAY_URL", help="The gateway to ask")

@@ -54,6 +54,7 @@ def from_db(db_url: str, name: str, *, since: str | None, until: str | None, buc
     """The same report built here from the inference DB (no gateway needed; no drift: that lives in the head)."""
     from heads.config import HeadConfigError, load_head_configs
     from polyhead.inference_log.reports import build_report
+    from polyhead.inference_log.review import review_summary
     from polyhead.inference_log.schema import make_engine, migrate
 
     if heads_dir is not None and Path(heads_dir).is_dir():
@@ -68,6 +69,9 @@ def from_db(db_url: str, name: str, *, since: str | None, until: str | None, buc
         migrate(engine)
         body = build_report(engine, name, since=parse_time(since, "--since"), until=parse_time(until, "--until"),
                             bucket=bucket)
+        # No head to ask for its labels here: the labels it has predicted stand in for them.
+        body["review"] = review_summary(engine, name, since=datetime.fromisoformat(body["since"]),
+                                        until=datetime.fromisoformat(body["until"]))
     except PolyheadError:
         raise
     except Exception as exc:  # noqa: BLE001 - any DB failure: say which DB
@@ -117,6 +121,22 @@ def render(report: Report) -> Group:
             timeline.add_row(t.start.strftime("%Y-%m-%d %H:%M"), t.version, str(t.requests), str(t.texts),
                              _pct(t.abstain_rate), _num(t.confidence_mean), _num(t.latency_ms.p95, "{:.1f}"))
         parts += [labels, hist, timeline]
+    review = report.review
+    if review is not None and (review.by_strategy or review.pending_labels):
+        by = Table("feedback from", "count", "acc.", "F1 w.", title="feedback by review strategy (live accuracy: "
+                   "the random slice only)", title_justify="left")
+        for name, fb in review.by_strategy.items():
+            by.add_row(name, str(fb.count), _num(fb.accuracy), _num(fb.f1_weighted))
+        parts.append(by)
+        live = review.live_accuracy
+        ci = f" (95 % CI {live.ci95[0]:.3f}-{live.ci95[1]:.3f})" if live.ci95 else ""
+        parts.append(f"live accuracy: {_num(live.accuracy)} from {live.count} randomly picked texts{ci}"
+                     if live.count else "live accuracy: - (no feedback on randomly picked texts: "
+                                        "`polyhead review NAME --strategy random`)")
+        if review.pending_labels:
+            need = f" (a class once it has {review.min_new_label_examples})" if review.min_new_label_examples else ""
+            parts.append("pending new labels" + need + ": " +
+                         ", ".join(f"{escape(k)} {v}" for k, v in review.pending_labels.items()))
     drift = report.drift
     if drift:
         flag = "[red]FLAGGED[/red]" if drift.flagged else "[green]ok[/green]"

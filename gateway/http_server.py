@@ -22,12 +22,13 @@ from gateway.console import install_console
 from gateway.core import GatewayService, ModelInfo
 from embedder.settings import EmbedderSettings
 from gateway.challengers import AuditLog, Challengers, ChallengersResponse, PromoteRequest, RollbackRequest
-from gateway.insights import FeedbackRequest, FeedbackResponse, Insights, Report
+from gateway.insights import LABELLER, FeedbackRequest, FeedbackResponse, Insights, Report, ReviewQueue
 from gateway.settings import GatewaySettings
 from heads.api import (ClassifyRequest, ClassifyResponse, ExplainRequest, ExplainResponse, PredictRequest,
                        PredictResponse)
 from polyhead import __version__, tracing
 from polyhead.errors import ForbiddenError, PolyheadError, UnauthorizedError, UnavailableError
+from polyhead.inference_log.review import DEFAULT_N, DEFAULT_POOL, MAX_N, MAX_POOL, STRATEGIES
 from polyhead.http import (PROMETHEUS_TEXT, REQUEST_ID_HEADER, BodyReadTimeout, BodySizeLimit, bearer_token,
                            error_responses, install_error_handlers, request_id_of, require_admin, token_matches)
 from polyhead.validation import text_or_texts_type
@@ -255,8 +256,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         `labeller` role; the key's name is stored with each label."""
         key = auth.admit(request, name)
         answer = await insights.feedback(name, body.all_items(), batch=body.batch, request_id=request_id_of(request),
-                                         key=key)
-        challengers.after_feedback(name, request_id_of(request))  # the gate and the guard see new evidence
+                                         key=key, dry_run=body.dry_run)
+        if not body.dry_run:  # the gate and the guard see new evidence
+            challengers.after_feedback(name, request_id_of(request))
         return answer
 
     def admin(request: Request, name: str) -> str:
@@ -314,6 +316,37 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         if body is None:
             raise UnavailableError(f"model {name!r}: its head did not answer GET /audit", retry_after_s=2)
         return {"model": name, "entries": body["entries"]}
+
+    strategies_help = "; ".join(f"{s.name}: {s.description}" for s in STRATEGIES.values())
+
+    @app.get("/v1/models/{name}/review", response_model=ReviewQueue, responses=_errors(401, 403, 404, 422, 429, 503),
+             dependencies=authenticate_first)
+    async def review(request: Request, name: str = Path(..., description="Model (head) name"),
+                     n: int = Query(DEFAULT_N, ge=1, le=MAX_N, description="How many texts to review"),
+                     strategy: Literal[tuple(STRATEGIES)] = Query("uncertain",  # type: ignore[valid-type]
+                                                                  description=strategies_help),
+                     score: Literal["margin", "entropy"] = Query("margin", description="uncertain: rank by the top-2 "
+                                                                 "margin (smallest first) or the entropy (highest)"),
+                     pool: int = Query(DEFAULT_POOL, ge=1, le=MAX_POOL, description="Distinct unlabelled texts to "
+                                       "pick from (uncertain: the least confident; random: a random sample; "
+                                       "others: the newest)"),
+                     since: Annotated[IsoDateTime, Query(description="Only texts logged from then (ISO 8601)")] = None,
+                     until: Annotated[IsoDateTime, Query(description="Only texts logged before then")] = None,
+                     seed: int | None = Query(None, ge=0, le=2**31 - 1, description="random: a reproducible draw")):
+        """Logged predictions to label next: texts without feedback (never a text already labelled, a
+        redacted one or a duplicate), picked by `strategy`. Answer them with POST /feedback (each item's
+        `prediction_id`, `index` and `strategy`): the report then keeps the random slice apart to estimate
+        live accuracy. `disagree`: texts where a challenger's shadow prediction differs from the answer.
+
+        The queue shows other callers' texts: with API keys on, a key with the `labeller` role or one
+        allowed on every model ('*')."""
+        key = auth.admit(request, name)
+        if key is not None and LABELLER not in key.roles and "*" not in key.models:
+            raise ForbiddenError(f"API key {key.name!r} may not read the review queue: it shows other callers' "
+                                 f"texts, so it needs the {LABELLER!r} role or a key allowed on every model ('*')",
+                                 field="authorization")
+        return await insights.review(name, n=n, strategy=strategy, score=score, pool=pool, since=since, until=until,
+                                     seed=seed, request_id=request_id_of(request))
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse,
               responses=_errors(401, 403, 404, 413, 415, 422, 429, 503, 504), dependencies=authenticate_first)

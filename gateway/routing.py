@@ -25,6 +25,12 @@ class Route:
     url: str
     description: str
     timeout_s: float | None = None
+    # heads.config.HeadConfig.labels: feedback labels beyond the trained ones ("closed", "open" or a tuple)
+    new_labels: str | tuple[str, ...] = "closed"
+    min_new_label_examples: int = 8
+
+    def allows_new_label(self, label: str) -> bool:
+        return self.new_labels == "open" or (isinstance(self.new_labels, tuple) and label in self.new_labels)
 
 
 class RoutingTable:
@@ -60,7 +66,9 @@ class RoutingTable:
                 continue
             url = overrides.get(config.name) or config.serving.address or \
                 self.settings.head_url_template.format(name=config.name)
-            routes[config.name] = Route(config.name, url.rstrip("/"), config.description, config.serving.timeout_s)
+            new_labels = tuple(config.labels) if isinstance(config.labels, list) else config.labels
+            routes[config.name] = Route(config.name, url.rstrip("/"), config.description, config.serving.timeout_s,
+                                        new_labels, config.min_new_label_examples)
         changed = routes != self.routes
         self.routes, self.errors, self._stamp = routes, errors, stamp
         if changed:

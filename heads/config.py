@@ -8,10 +8,10 @@ what was expected.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from embedder.feature_sets import DEFAULT
 from heads.training.params import TrainParams
@@ -111,6 +111,9 @@ class RetrainingConfig(BaseModel):
     with_feedback: bool = Field(True, description="add the stored feedback to the training data")
 
 
+NewLabel = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"\S")]
+
+
 class HeadConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -128,6 +131,14 @@ class HeadConfig(BaseModel):
     feature_set: Literal["default", "all6"] = Field(DEFAULT, description="embedder feature set to train on: "
                                                     "default (the 384-d sentence vector) or all6 (every layer, 2,304-d)")
     kind: Literal["demo", "shared"] = Field("demo", description="shared = data in ../shared/datasets, not shipped")
+    # Labels the head was not trained on, given as feedback: refused (closed), any (open), or these only. Such
+    # feedback is stored and reported as pending; `train --with-feedback` adds a class once it has
+    # min_new_label_examples texts.
+    labels: Literal["closed", "open"] | list[NewLabel] = Field(
+        "closed", description="feedback labels beyond the trained ones: closed (refused), open (any), or a list of "
+                              "expected new labels")
+    min_new_label_examples: int = Field(8, ge=1, le=1_000_000, description="feedback texts a new label needs before "
+                                        "`train --with-feedback` adds it as a class")
 
     source: Path | None = Field(None, exclude=True)
 
@@ -136,6 +147,10 @@ class HeadConfig(BaseModel):
         if path is None or path.is_absolute() or self.source is None:
             return path
         return (self.source.parent / path).resolve()
+
+    def allows_new_label(self, label: str) -> bool:
+        """May feedback name ``label`` although the served version was not trained on it?"""
+        return self.labels == "open" or (isinstance(self.labels, list) and label in self.labels)
 
     def data_available(self) -> bool:
         return bool(self.resolve(self.dataset.train) and self.resolve(self.dataset.train).exists())

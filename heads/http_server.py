@@ -5,11 +5,13 @@ router per head: at "/" for one head, at /heads/<name> for each head of a packed
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import time
 from contextlib import asynccontextmanager
 
+import numpy as np
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -36,7 +38,7 @@ from heads.api import (
 from heads.core import HeadProcess, HeadService
 from heads.settings import HeadSettings
 from polyhead import __version__, tracing
-from polyhead.errors import PolyheadError, ValidationError
+from polyhead.errors import NotFoundError, PolyheadError, ValidationError
 from polyhead.http import (
     PREDICTION_ID_HEADER,
     PROMETHEUS_TEXT,
@@ -146,6 +148,19 @@ def head_router(service: HeadService, admin_token: str | None = None) -> APIRout
     async def drift():
         """Drift scores of the rolling window against the served version's training data."""
         return service.drift_report()
+
+    @router.get("/drift/centroids", responses=error_responses(404, _404="No drift reference in the served version"))
+    async def drift_centroids():
+        """The served version's training centroids (L2-normalised class means, base64 little-endian float32,
+        row-major [labels, dim]) and feature set: the gateway's review queue ranks texts against them."""
+        servable = service.manager.current
+        reference = servable.artifact.drift if servable else None
+        if reference is None:
+            raise NotFoundError(f"model {config.name!r}: the served version has no drift reference (train it again)")
+        centroids = np.ascontiguousarray(reference.centroids, "<f4")
+        return {"version": servable.version, "feature_set": servable.artifact.feature_set,
+                "embedder_fingerprint": servable.artifact.embedder_fingerprint, "labels": list(reference.labels),
+                "dim": int(centroids.shape[1]), "centroids": base64.b64encode(centroids.tobytes()).decode()}
 
     @router.get("/roles")
     async def roles_view():

@@ -63,15 +63,19 @@ def read_feedback(db_url: str, head: str, given_by: list[str] | None = None) -> 
         engine.dispose()
 
 
-def merge_feedback(train: Split, examples: list, exclude: set[str]) -> tuple[Split, dict]:
+def merge_feedback(train: Split, examples: list, exclude: set[str], *,
+                   allows_new_label: Callable[[str], bool] = lambda label: False,
+                   min_new_label_examples: int = 8) -> tuple[Split, dict]:
     """Add feedback (text, true label) rows to the training split.
 
     Skipped and counted: redacted rows (the log kept only a hash of the text), texts already in the
     data (``exclude``: every split, so a test text never leaks into training), texts given feedback
-    more than once (the latest label wins), and labels the training data does not have."""
+    more than once (the latest label wins), and labels the training data does not have, unless the
+    head's config allows them (``allows_new_label``): such a label becomes a new class once it has
+    ``min_new_label_examples`` texts (``new_classes``); below that it stays pending and is skipped."""
     known_labels = set(train.labels)
     seen = {t.strip() for t in exclude}
-    added_texts, added_labels = [], []
+    rows: list[tuple[str, str]] = []  # newest first
     counts = {"feedback_rows": len(examples), "added": 0, "duplicates_skipped": 0, "redacted_skipped": 0,
               "unknown_label_skipped": 0}
     for ex in reversed(examples):  # newest first: the latest label of a text wins
@@ -79,16 +83,79 @@ def merge_feedback(train: Split, examples: list, exclude: set[str]) -> tuple[Spl
             counts["redacted_skipped"] += 1
         elif ex.text.strip() in seen or not ex.text.strip():
             counts["duplicates_skipped"] += 1
-        elif ex.label not in known_labels:
+        elif ex.label not in known_labels and not allows_new_label(ex.label):
             counts["unknown_label_skipped"] += 1
         else:
             seen.add(ex.text.strip())
-            added_texts.append(ex.text)
-            added_labels.append(ex.label)
+            rows.append((ex.text, ex.label))
+    per_new: dict[str, int] = {}
+    for _, label in rows:
+        if label not in known_labels:
+            per_new[label] = per_new.get(label, 0) + 1
+    new_classes = sorted(label for label, n in per_new.items() if n >= min_new_label_examples)
+    pending = {label: n for label, n in sorted(per_new.items()) if n < min_new_label_examples}
+    rows = [(text, label) for text, label in rows if label not in pending]
+    if per_new:
+        counts.update({"new_classes": new_classes, "pending_labels": pending,
+                       "pending_skipped": sum(pending.values()), "min_new_label_examples": min_new_label_examples})
+    added_texts = [text for text, _ in rows][::-1]
+    added_labels = [label for _, label in rows][::-1]
     counts["added"] = len(added_texts)
-    added = [list(pair) for pair in zip(added_texts[::-1], added_labels[::-1])]
+    added = [list(pair) for pair in zip(added_texts, added_labels)]
     counts["sha256"] = "sha256:" + hashlib.sha256(json.dumps(added, ensure_ascii=False).encode()).hexdigest()
-    return Split(train.texts + added_texts[::-1], train.labels + added_labels[::-1]), counts
+    return Split(train.texts + added_texts, train.labels + added_labels), counts
+
+
+def _champion_and_val(config: HeadConfig, models_dir: Path, splits: dict) -> tuple:
+    """The served version (the champion) and splits with a val split: split off train here when the config
+    has none, so that pseudo-labelled texts, added to train afterwards, never reach it."""
+    from heads.artifacts import load_artifact
+    from heads.training.data import stratified_split
+
+    try:  # the champion (heads/roles.py; `latest` in an old layout): what callers get
+        champion = load_artifact(models_dir, config.name, read_state(models_dir, config.name).champion or "latest")
+    except Exception as exc:  # noqa: BLE001 - no artifact, or an unreadable one: say so
+        raise ValidationError(f"--with-pseudo-labels needs a trained version of {config.name!r} in {models_dir} "
+                              f"to label with ({exc})") from None
+    if "val" not in splits:
+        train = splits["train"]
+        index = {label: i for i, label in enumerate(sorted(set(train.labels)))}
+        tr, va = stratified_split(np.array([index[y] for y in train.labels]), config.training.val_fraction,
+                                  config.seed)
+        splits = {**splits, "train": Split([train.texts[i] for i in tr], [train.labels[i] for i in tr]),
+                  "val": Split([train.texts[i] for i in va], [train.labels[i] for i in va])}
+    return champion, splits
+
+
+def _add_pseudo_labels(config: HeadConfig, client, champion, splits: dict, embedded: dict, options) -> tuple:
+    from heads.training.pseudo_labels import choose_threshold, confident_predictions, pick
+
+    train, val = splits["train"], splits["val"]
+    counts = {"champion": champion.version, "target_precision": options.target_precision,
+              "min_support": options.min_support, "max_share": options.max_share, "threshold": None, "added": 0}
+    if champion.feature_set != config.feature_set:
+        counts["skipped"] = f"the champion embeds with {champion.feature_set!r}, the config with {config.feature_set!r}"
+        return train, embedded["train"], counts
+    chosen = choose_threshold(champion.model.predict_proba(embedded["val"]), list(champion.model.labels), val.labels,
+                              target_precision=options.target_precision, min_support=options.min_support)
+    if chosen is None:
+        counts["skipped"] = (f"no threshold reaches precision {options.target_precision} on at least "
+                             f"{options.min_support} of the {len(val.texts)} val texts")
+        return train, embedded["train"], counts
+    threshold, precision, support = chosen
+    candidates = confident_predictions(options.db_url, config.name, champion.version, threshold)
+    every_text = {t.strip() for s in splits.values() for t in s.texts}
+    cap = int(options.max_share * len(train.texts))
+    added = pick(candidates, every_text, set(train.labels), cap)
+    counts.update({"threshold": threshold, "val_precision": precision, "val_support": support,
+                   "candidates": len(candidates), "cap": cap, "added": len(added),
+                   "label_distribution": {k: v for k, v in sorted(
+                       {label: sum(1 for _, lab, _ in added if lab == label) for _, label, _ in added}.items())}})
+    if not added:
+        return train, embedded["train"], counts
+    vectors, _ = embed_all(client, [t for t, _, _ in added], feature_set=config.feature_set)
+    return (Split(train.texts + [t for t, _, _ in added], train.labels + [lab for _, lab, _ in added]),
+            np.concatenate([embedded["train"], vectors]), counts)
 
 
 def read_split(path: Path, text_field: str, label_field: str) -> Split:
@@ -151,7 +218,7 @@ def embed_all(client, texts: list[str], on_progress: Callable[[int], None] | Non
 
 def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=None, version: str | None = None,
                       feedback_db_url: str | None = None, feedback_from: list[str] | None = None,
-                      promote: bool = False) -> TrainReport:
+                      promote: bool = False, pseudo_labels=None) -> TrainReport:
     """Train and write a new version. With ``feedback_db_url``, the feedback stored for this head in
     that inference DB joins the training data (merge_feedback; counts go to manifest and metrics);
     ``feedback_from``: only the feedback given by these API keys (names) is trusted.
@@ -169,9 +236,14 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
     if feedback_db_url is not None:
         examples = read_feedback(feedback_db_url, config.name, feedback_from)
         every_text = {t for s in splits.values() for t in s.texts}
-        splits["train"], feedback_counts = merge_feedback(splits["train"], examples, every_text)
+        splits["train"], feedback_counts = merge_feedback(
+            splits["train"], examples, every_text, allows_new_label=config.allows_new_label,
+            min_new_label_examples=config.min_new_label_examples)
         if feedback_from is not None:
             feedback_counts["trusted_keys"] = sorted(feedback_from)  # the manifest says whose labels these are
+    champion = None
+    if pseudo_labels is not None:
+        champion, splits = _champion_and_val(config, models_dir, splits)
     total = sum(len(s.texts) for s in splits.values())
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -183,6 +255,10 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
             embedded[k], fingerprint = embed_all(client, s.texts, lambda n: progress.advance(task, n),
                                                  config.feature_set)
         embed_time = (datetime.now(timezone.utc) - started).total_seconds()
+        pseudo_counts = None
+        if champion is not None:
+            splits["train"], embedded["train"], pseudo_counts = _add_pseudo_labels(
+                config, client, champion, splits, embedded, pseudo_labels)
 
         fit_task = progress.add_task(f"[{config.name}] training", total=None)
         val = splits.get("val")
@@ -198,6 +274,10 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
                "n_train": len(splits["train"].texts)}
     if feedback_counts is not None:
         metrics["feedback"] = feedback_counts
+        # Classes that only feedback taught (the test split, if any, cannot score them yet).
+        metrics["new_classes"] = feedback_counts.get("new_classes", [])
+    if pseudo_counts is not None:
+        metrics["pseudo_labels"] = pseudo_counts
     if "test" in splits:
         metrics["test"] = evaluate(result.model, embedded["test"], splits["test"].labels)
     version = version or new_version()
@@ -213,6 +293,9 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
     }
     if feedback_counts is not None:
         manifest["feedback"] = feedback_counts  # the rows added are part of the training data
+    if pseudo_counts is not None:
+        manifest["pseudo_labels"] = pseudo_counts
+        manifest["challenger_of"] = champion.version  # the version whose answers it learnt from
     # Drift reference: the texts the final model was fitted on (train + val when given); the
     # confidence of held-out predictions only (result.val_proba: the val split, out-of-fold under
     # cross-validation, or the held-out part of train), never the test split.

@@ -70,24 +70,26 @@ def find_predictions(engine: sa.Engine, head: str, keys: list[Key]) -> dict[Key,
 
 
 def store_feedback(engine: sa.Engine, head: str, matched: list[tuple[LoggedPrediction, str]],
-                   given_by: str | None = None) -> list[bool]:
+                   given_by: str | None = None, strategies: list[str | None] | None = None) -> list[bool]:
     """Upsert (prediction, true label) pairs in one transaction; True where an earlier feedback was replaced.
     ``given_by``: the API key (name) that sent them, recorded with each label (None: keys are off).
 
-    ``matched`` must not repeat a (request_id, index): the caller keeps the last of duplicates."""
+    ``matched`` must not repeat a (request_id, index): the caller keeps the last of duplicates.
+    ``strategies``: per pair, the review strategy that picked the text (None: direct feedback)."""
     if not matched:
         return []
     now = datetime.now(timezone.utc)
     f = feedback
     rows = [{"id": uuid.uuid4().hex, "head": head, "request_id": pred.request_id, "text_index": pred.index,
              "label": label, "ts": now, "prediction_id": pred.id, "prediction_ts": pred.ts,
-             "head_version": pred.version, "predicted_label": pred.label, "given_by": given_by}
-            for pred, label in matched]
+             "head_version": pred.version, "predicted_label": pred.label, "given_by": given_by,
+             "review_strategy": strategy}
+            for (pred, label), strategy in zip(matched, strategies or [None] * len(matched))]
     insert = dialect_insert(engine, f)
     upsert = insert.on_conflict_do_update(
         index_elements=[f.c.head, f.c.request_id, f.c.text_index],
         set_={c: insert.excluded[c] for c in ("label", "ts", "prediction_id", "prediction_ts", "head_version",
-                                              "predicted_label", "given_by")})
+                                              "predicted_label", "given_by", "review_strategy")})
     existing: dict[Key, tuple] = {}
     ids = sorted({r["request_id"] for r in rows})
     with engine.connect() as conn:
@@ -105,6 +107,19 @@ def store_feedback(engine: sa.Engine, head: str, matched: list[tuple[LoggedPredi
             conn.execute(upsert, rows)
             _move_rollup_counts(conn, engine, head, rows, existing)
     return [(pred.request_id, pred.index) in existing for pred, _ in matched]
+
+
+def existing_feedback(engine: sa.Engine, head: str, keys: list[Key]) -> list[bool]:
+    """For each (prediction_id, index): does a feedback for it exist already (a store would replace it)?"""
+    f = feedback
+    ids = sorted({rid for rid, _ in keys})
+    found: set[Key] = set()
+    with engine.connect() as conn:
+        for start in range(0, len(ids), 500):
+            found |= {(rid, int(i)) for rid, i in conn.execute(
+                sa.select(f.c.request_id, f.c.text_index).where(f.c.head == head,
+                                                                 f.c.request_id.in_(ids[start:start + 500])))}
+    return [key in found for key in keys]
 
 
 def _move_rollup_counts(conn: sa.Connection, engine: sa.Engine, head: str, rows: list[dict],

@@ -128,6 +128,9 @@ def _feedback_columns() -> list:
 
 # Who gave the label (API key name, never the secret; NULL: no keys configured, or before migration 5).
 _FEEDBACK_GIVEN_BY = sa.Column("given_by", sa.String(128), nullable=True)
+# Migration 7's (the review queue, polyhead.inference_log.review): the strategy that picked the text a
+# feedback labels; NULL for feedback sent directly (and before migration 7).
+_FEEDBACK_REVIEW_STRATEGY = sa.Column("review_strategy", sa.String(32), nullable=True)
 
 _feedback_v3 = sa.Table("feedback", sa.MetaData(), *_feedback_columns())
 
@@ -139,6 +142,7 @@ feedback = sa.Table(
     metadata,
     *_feedback_columns(),
     _FEEDBACK_GIVEN_BY._copy(),
+    _FEEDBACK_REVIEW_STRATEGY._copy(),
 )
 
 
@@ -282,6 +286,10 @@ def served_only(table: sa.Table | None = None) -> sa.ColumnElement:
     return sa.or_(column.is_(None), column == sa.false())
 
 
+def _m7_feedback_review_strategy(conn: sa.Connection) -> None:
+    _add_columns(conn, "feedback", [_FEEDBACK_REVIEW_STRATEGY])
+
+
 # Ordered and append-only: (version, description, apply). Each runs once per database.
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "create predictions", _m1_predictions),
@@ -290,6 +298,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (4, "predictions.text_escaped; hourly rollups, built from the rows already logged", _m4_escape_flag_and_rollups),
     (5, "predictions: issued_id, caller; feedback: given_by", _m5_issued_ids_and_provenance),
     (6, "predictions: shadow (challenger predictions)", _m6_shadow),
+    (7, "feedback: review_strategy", _m7_feedback_review_strategy),
 ]
 
 _PG_MIGRATION_LOCK = 0x706F6C79  # "poly": pg_advisory_xact_lock key serialising migrations

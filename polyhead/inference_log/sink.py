@@ -34,7 +34,7 @@ from polyhead.inference_log import rollups
 from polyhead.inference_log.records import PredictionRecord
 
 # The latest version in schema.MIGRATIONS (a unit test keeps the two equal).
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # The predictions columns the head writes: PredictionRecord's fields, in order, and the escape flag
 # (a unit test checks them against schema.predictions, so a migration that adds a column must add the field too).
 COLUMNS: tuple[str, ...] = (*(f.name for f in dataclasses.fields(PredictionRecord)), "text_escaped")

@@ -195,15 +195,8 @@ function renderPrediction(card, name, text, reply) {
     explainBox);
 }
 
-async function explain(box, name, text) {
-  box.replaceChildren(h("p", { class: "muted" }, "explaining…"));
-  let reply;
-  try {
-    reply = await api(modelPath(name, "explain"), { method: "POST", body: { text } });
-  } catch (err) {
-    box.replaceChildren(h("p", { class: "error" }, `${err.status || ""} ${err.message}`));
-    return;
-  }
+/** The text with each word a span coloured by its importance (orange: for the label, blue: against). */
+function highlighted(text, reply) {
   const scale = Math.max(1e-6, ...reply.words.map((w) => Math.abs(w.importance)));
   const parts = [];
   let at = 0;
@@ -218,6 +211,19 @@ async function explain(box, name, text) {
     at = w.end;
   }
   parts.push(text.slice(at));
+  return parts;
+}
+
+async function explain(box, name, text) {
+  box.replaceChildren(h("p", { class: "muted" }, "explaining…"));
+  let reply;
+  try {
+    reply = await api(modelPath(name, "explain"), { method: "POST", body: { text } });
+  } catch (err) {
+    box.replaceChildren(h("p", { class: "error" }, `${err.status || ""} ${err.message}`));
+    return;
+  }
+  const parts = highlighted(text, reply);
   const top = [...reply.words].sort((a, b) => b.importance - a.importance).slice(0, 3).filter((w) => w.importance > 0);
   box.replaceChildren(
     h("p", { class: "highlighted", "data-label": reply.label }, parts),
@@ -296,7 +302,8 @@ function renderReport(report, model) {
     tile("Requests", fmt.num(s.requests), "requests"), tile("Texts", fmt.num(s.texts), "texts"),
     tile("Mean confidence", fmt.prob(s.confidence_mean), "confidence"), tile("Abstain rate", fmt.pct(s.abstain_rate), "abstain"),
     tile("Latency p50 / p95 / p99", `${fmt.ms(s.latency_ms.p50)} / ${fmt.ms(s.latency_ms.p95)} / ${fmt.ms(s.latency_ms.p99)}`, "latency", "wide"),
-    tile("Live accuracy", s.feedback.count ? `${fmt.pct(s.feedback.accuracy)} of ${fmt.num(s.feedback.count)}` : "no feedback", "accuracy"));
+    tile("Live accuracy", s.feedback.count ? `${fmt.pct(s.feedback.accuracy)} of ${fmt.num(s.feedback.count)}` : "no feedback", "accuracy"),
+    liveTile(report.review));
 
   const slots = timeSlots(report);
   const date = (t) => `${String(t.getMonth() + 1).padStart(2, "0")}-${String(t.getDate()).padStart(2, "0")}`;
@@ -361,6 +368,14 @@ function renderDrift(drift) {
     : `window: the last ${fmt.num(drift.window)} texts`,
     ...(drift.reasons || []).map((r) => h("span", { class: "reason" }, ` · ${r}`)));
   chart(figure, h("div", {}, body, note));
+}
+
+/** Live accuracy from the review queue's random slice only: the other strategies pick likely mistakes. */
+function liveTile(review) {
+  const live = review?.live_accuracy;
+  if (!live?.count) return tile("Live accuracy (random slice)", "no random reviews yet", "live-random");
+  const ci = live.ci95 ? ` (${fmt.pct(live.ci95[0])}–${fmt.pct(live.ci95[1])})` : "";
+  return tile("Live accuracy (random slice)", `${fmt.pct(live.accuracy)} of ${fmt.num(live.count)}${ci}`, "live-random", "wide");
 }
 
 function tile(title, value, key, size = "") {
@@ -478,10 +493,142 @@ function lineChart({ labels, series }) {
   return svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart-svg", role: "img" }, grid, lines, xLabels(labels, xOf), legend);
 }
 
+// -- review: one logged text at a time, answered as feedback -------------------------------------------
+const review = { queue: null, pos: 0, history: [], answers: new Map(), model: "" };
+
+async function showReview(name) {
+  const models = await state.modelsLoaded;
+  const select = $("#review-model");
+  const current = name || select.value || models[0]?.name || "";
+  select.replaceChildren(...models.map((m) => h("option", { value: m.name }, m.name)));
+  if (!current) return ($("#review-status").textContent = "No models routed.");
+  select.value = current;
+  if (!review.queue || review.model !== current) await loadQueue();
+}
+
+async function loadQueue() {
+  const name = $("#review-model").value;
+  const strategy = $("#review-strategy").value;
+  const status = $("#review-status");
+  status.textContent = `loading the ${strategy} queue of ${name}…`;
+  let queue;
+  try {
+    queue = await api(`${modelPath(name, "review")}?n=20&strategy=${encodeURIComponent(strategy)}`);
+  } catch (err) {
+    status.textContent = `Cannot load the review queue of ${name}: ${err.status || ""} ${err.message}`;
+    $("#review-card").hidden = true;
+    return;
+  }
+  Object.assign(review, { queue, pos: 0, history: [], answers: new Map(), model: name });
+  status.textContent = `${name}: ${queue.items.length} texts to review (${strategy}, picked from ${queue.pool} unlabelled)`;
+  renderReviewItem();
+}
+
+function reviewProgress() {
+  const items = review.queue?.items || [];
+  const skipped = new Set(review.history.filter((e) => e.action === "skip").map((e) => e.pos));
+  for (const pos of review.answers.keys()) skipped.delete(pos);
+  const done = review.answers.size, left = Math.max(0, items.length - review.pos);
+  const box = $("#review-progress");
+  Object.assign(box.dataset, { done: String(done), skipped: String(skipped.size), left: String(left) });
+  box.textContent = items.length ? `done ${done} · skipped ${skipped.size} · left ${left}` : "";
+}
+
+function renderReviewItem() {
+  reviewProgress();
+  const items = review.queue.items;
+  const card = $("#review-card");
+  if (review.pos >= items.length) {
+    card.hidden = true;
+    $("#review-status").textContent = items.length
+      ? `Queue done: ${review.answers.size} labelled. Load the queue again for more (labelled texts leave it).`
+      : "Nothing to review: every logged text has feedback (or none is logged yet).";
+    return;
+  }
+  const item = items[review.pos];
+  card.hidden = false;
+  card.dataset.predictionId = item.prediction_id;
+  card.dataset.index = String(item.index);
+  $("#review-meta").textContent = `${review.pos + 1} / ${items.length} · ${item.strategy}` +
+    (item.score === null ? "" : ` ${item.score_name} ${fmt.prob(item.score)}`) + ` · v ${item.version}` +
+    (item.challenger ? ` · challenger ${item.challenger.version} says ${item.challenger.label}` : "");
+  $("#review-text").replaceChildren(item.text);
+  $("#review-explained").textContent = "explaining…";
+  $("#review-topk").replaceChildren(...item.top_k.map((t) => {
+    const fill = h("div", { class: "fill" });
+    fill.style.width = `${(t.probability * 100).toFixed(1)}%`;
+    return h("li", { "data-label": t.label, "data-probability": t.probability }, h("span", { class: "topk-label" }, t.label),
+      h("div", { class: "meter" }, fill), h("span", { class: "num" }, fmt.prob(t.probability)));
+  }));
+  $("#review-labels").replaceChildren(...review.queue.labels.map((label, i) => h("button", {
+    type: "button", "data-label": label, class: label === item.predicted ? "" : "secondary",
+    onclick: () => answer(label) }, label, i < 9 ? h("kbd", {}, String(i + 1)) : null)));
+  $("#review-new-label").hidden = review.queue.new_labels !== "open";
+  const given = review.answers.get(review.pos);
+  $("#review-answer").textContent = given ? `answered: ${given} (a new answer replaces it)` : "";
+  explainReviewItem(item);
+}
+
+async function explainReviewItem(item) {
+  try {
+    const reply = await api(modelPath(review.model, "explain"), { method: "POST", body: { text: item.text } });
+    if (review.queue.items[review.pos] !== item) return; // moved on meanwhile
+    $("#review-text").replaceChildren(...highlighted(item.text, reply));
+    $("#review-explained").textContent = `Orange words support “${reply.label}”, blue ones speak against it.`;
+  } catch (err) {
+    if (review.queue.items[review.pos] === item) $("#review-explained").textContent = `no explanation: ${err.message}`;
+  }
+}
+
+async function answer(label) {
+  const item = review.queue?.items[review.pos];
+  if (!item || !label) return;
+  const pos = review.pos;
+  try {
+    await api(modelPath(review.model, "feedback"), { method: "POST",
+      body: { prediction_id: item.prediction_id, index: item.index, label, strategy: item.strategy } });
+  } catch (err) {
+    notice(`Feedback not stored: ${err.status || ""} ${err.message}`);
+    return;
+  }
+  notice("");
+  review.answers.set(pos, label);
+  review.history.push({ pos, action: "label", label });
+  review.pos = pos + 1;
+  renderReviewItem();
+}
+
+function skip() {
+  if (!review.queue || review.pos >= review.queue.items.length) return;
+  review.history.push({ pos: review.pos, action: "skip" });
+  review.pos += 1;
+  renderReviewItem();
+}
+
+function undo() {
+  const last = review.history.pop();
+  if (!last) return;
+  review.pos = last.pos; // back to that text; its feedback stays until a new answer replaces it
+  renderReviewItem();
+}
+
+function reviewKeys(event) {
+  if ($("#view-review").hidden || $("#review-card").hidden || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (["INPUT", "TEXTAREA", "SELECT"].includes(event.target.tagName) || $("#key-dialog").open) return;
+  const digit = Number(event.key);
+  if (Number.isInteger(digit) && digit >= 1 && digit <= 9) {
+    const label = review.queue.labels[digit - 1];
+    if (label !== undefined) answer(label);
+  } else if (event.key === "s") skip();
+  else if (event.key === "u") undo();
+  else return;
+  event.preventDefault();
+}
+
 // -- routing and start-up --------------------------------------------------------------------------
 function route() {
   const [view, arg] = location.hash.replace(/^#\/?/, "").split("/");
-  const name = ["models", "playground", "dashboard"].includes(view) ? view : "models";
+  const name = ["models", "playground", "dashboard", "review"].includes(view) ? view : "models";
   for (const section of $$(".view")) section.hidden = section.id !== `view-${name}`;
   for (const link of $$("nav a")) link.toggleAttribute("aria-current", link.dataset.view === name);
   clearInterval(state.dashboardTimer);
@@ -490,6 +637,7 @@ function route() {
     // A dashboard keeps itself current while it is on screen.
     state.dashboardTimer = setInterval(() => $("#dashboard-model").value && loadReport($("#dashboard-model").value), 15000);
   }
+  if (name === "review") showReview(arg ? decodeURIComponent(arg) : "");
 }
 
 function start() {
@@ -512,6 +660,19 @@ function start() {
     showKeyState();
     loadModels();
   });
+  $("#review-controls").addEventListener("submit", (e) => {
+    e.preventDefault();
+    location.hash = `#/review/${encodeURIComponent($("#review-model").value)}`;
+    loadQueue();
+  });
+  $("#review-skip").addEventListener("click", skip);
+  $("#review-undo").addEventListener("click", undo);
+  $("#review-new-label").addEventListener("submit", (e) => {
+    e.preventDefault();
+    answer($("#review-new-label-input").value.trim());
+    $("#review-new-label-input").value = "";
+  });
+  document.addEventListener("keydown", reviewKeys);
   window.addEventListener("hashchange", route);
   showKeyState();
   loadModels();

@@ -285,3 +285,83 @@ def test_console_asks_for_a_key_and_keeps_it_in_the_tab_only(stack, page, tmp_pa
         assert page.evaluate("sessionStorage.getItem('polyhead.apiKey')") is None
     finally:
         stop(proc)
+
+
+def test_review_page_answers_with_keys_skips_and_undoes(stack, page):
+    import sqlalchemy as sa
+
+    from polyhead.inference_log.schema import make_engine
+
+    url = stack["url"]
+    for text in ["my invoice shows the wrong amount", "nothing happens when I press save", "locked out of my profile",
+                 "refund for a cancelled order", "the mobile app freezes", "two charges for one order"]:
+        assert predict(url, "tickets", text).status_code == 200
+    deadline = time.monotonic() + 15  # the inference log is written by a background thread
+    while httpx.get(f"{url}/v1/models/tickets/review", params={"n": 50}).json()["pool"] < 6:
+        assert time.monotonic() < deadline, "the traffic did not reach the inference log"
+        time.sleep(0.2)
+
+    with page.expect_response(lambda r: "/v1/models/tickets/review?" in r.url) as answer:
+        page.goto(url + "/ui#/review/tickets")
+    queue = answer.value.json()
+    assert queue["strategy"] == "uncertain" and len(queue["items"]) >= 3
+    items, labels = queue["items"], queue["labels"]
+    card = page.locator("#review-card:not([hidden])")
+    card.wait_for()
+    assert card.get_attribute("data-prediction-id") == items[0]["prediction_id"]
+    page.locator("#review-text .word").first.wait_for()  # the explanation's highlights
+    assert page.locator("#review-text").inner_text() == items[0]["text"]
+    shown = [float(x) for x in page.locator("#review-topk li").evaluate_all("els => els.map(e => e.dataset.probability)")]
+    assert shown == pytest.approx([t["probability"] for t in items[0]["top_k"]], abs=1e-9)
+    assert page.locator("#review-labels button").all_inner_texts()[0].startswith(labels[0])
+    assert not page.locator("#review-new-label").is_visible()  # a closed head: no free-text label
+    screenshot(page, "review")
+
+    progress = page.locator("#review-progress")
+
+    def wait_progress(done: int, skipped: int):
+        page.wait_for_selector(f"#review-progress[data-done='{done}'][data-skipped='{skipped}']")
+
+    page.keyboard.press("1")  # the first label for the first text
+    wait_progress(1, 0)
+    assert card.get_attribute("data-prediction-id") == items[1]["prediction_id"]
+    page.keyboard.press("s")  # skip the second
+    wait_progress(1, 1)
+    assert card.get_attribute("data-prediction-id") == items[2]["prediction_id"]
+    page.keyboard.press("u")  # undo the skip: back to the second
+    wait_progress(1, 0)
+    assert card.get_attribute("data-prediction-id") == items[1]["prediction_id"]
+    page.keyboard.press("2")
+    wait_progress(2, 0)
+    page.keyboard.press("u")  # undo the answer: back to it, shown as answered; a new answer replaces it
+    page.wait_for_selector("#review-answer:has-text('answered: %s')" % labels[1])
+    page.keyboard.press("3")
+    page.wait_for_selector(f"#review-progress[data-left='{len(items) - 2}']")  # answered: on to the third
+    assert (progress.get_attribute("data-done"), progress.get_attribute("data-skipped")) == ("2", "0")
+
+    engine = make_engine(stack["db"])
+    try:
+        with engine.connect() as conn:
+            stored = dict(conn.execute(sa.text(
+                "select request_id, label || ':' || review_strategy from feedback where head = 'tickets'")).all())
+    finally:
+        engine.dispose()
+    assert stored[items[0]["prediction_id"]] == f"{labels[0]}:uncertain"
+    assert stored[items[1]["prediction_id"]] == f"{labels[2]}:uncertain"
+    assert items[2]["prediction_id"] not in stored
+    rep = httpx.get(f"{url}/v1/models/tickets/report").json()["review"]
+    assert rep["by_strategy"]["uncertain"]["count"] == 2
+
+    # The random slice: one answer, and the dashboard's live accuracy counts it (and only it).
+    page.select_option("#review-strategy", "random")
+    with page.expect_response(lambda r: "strategy=random" in r.url) as answer:
+        page.click("#review-load")
+    first = answer.value.json()["items"][0]
+    page.wait_for_selector(f"#review-card[data-prediction-id='{first['prediction_id']}']")
+    page.keyboard.press("1")
+    page.wait_for_selector("#review-progress[data-done='1']")
+    page.goto(url + "/ui#/dashboard/tickets")
+    tile = page.locator("#summary-tiles [data-tile='live-random'] .value")
+    tile.wait_for()
+    correct = labels[0] == first["predicted"]
+    assert tile.inner_text().startswith(f"{'100.0' if correct else '0.0'}% of 1")

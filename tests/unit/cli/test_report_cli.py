@@ -24,7 +24,7 @@ def _log(url: str, rows: list[tuple[str, int, str]]) -> None:
                 {**dataclasses.asdict(PredictionRecord.create(
                     request_id=rid, head="support-routing", head_version="20260101T000000Z", embedder_fingerprint="fp",
                     text="t", label=label, probability=0.8, top_k=[(label, 0.8)], latency_ms=12.0, abstained=False,
-                    text_index=index)), "ts": now - timedelta(minutes=5)} for rid, index, label in rows])
+                    text_index=index, issued_id=rid)), "ts": now - timedelta(minutes=5)} for rid, index, label in rows])
     finally:
         engine.dispose()
 
@@ -56,3 +56,29 @@ def test_unknown_head_and_bad_options_are_clear_errors(tmp_path):
     assert out.exit_code == 2 and "--since" in out.output and "ISO 8601" in out.output
     empty = runner.invoke(app, ["report", "support-routing", "--db-url", url, "--json"])
     assert empty.exit_code == 0 and json.loads(empty.output)["summary"]["texts"] == 0
+
+
+def test_report_shows_feedback_by_strategy_live_accuracy_and_pending_labels(tmp_path):
+    from polyhead.inference_log.feedback import find_predictions, store_feedback
+
+    url = f"sqlite:///{tmp_path / 'inference.db'}"
+    _log(url, [(f"r{i}", 0, "billing") for i in range(5)])
+    engine = make_engine(url)
+    try:
+        found = find_predictions(engine, "support-routing", [(f"r{i}", 0) for i in range(5)])
+        store_feedback(engine, "support-routing", [(found[("r0", 0)], "billing"), (found[("r1", 0)], "technical"),
+                                                    (found[("r2", 0)], "billing"), (found[("r3", 0)], "sarcasm")],
+                       strategies=["random", "random", "uncertain", None])
+    finally:
+        engine.dispose()
+    runner = CliRunner()
+    out = runner.invoke(app, ["report", "support-routing", "--db-url", url, "--json"])
+    assert out.exit_code == 0, out.output
+    review = json.loads(out.output)["review"]
+    assert review["live_accuracy"]["count"] == 2 and review["live_accuracy"]["accuracy"] == 0.5
+    assert {k: v["count"] for k, v in review["by_strategy"].items()} == {"random": 2, "uncertain": 1, "direct": 1}
+    # no head to ask: the labels it predicted stand in for its labels
+    assert review["pending_labels"] == {"technical": 1, "sarcasm": 1}
+    out = runner.invoke(app, ["report", "support-routing", "--db-url", url], env={"COLUMNS": "160"})
+    assert out.exit_code == 0, out.output
+    assert "live accuracy: 0.500 from 2 randomly picked texts" in out.output and "sarcasm 1" in out.output

@@ -27,6 +27,14 @@ READS = {
     "renderDrift": {"drift": ("/v1/models/{name}/report", "get", ("drift",))},
     "timeSlots": {"report": ("/v1/models/{name}/report", "get", ()),
                   "entry": ("/v1/models/{name}/report", "get", ("timeline", "[]"))},
+    "liveTile": {"review": ("/v1/models/{name}/report", "get", ("review",)),
+                 "live": ("/v1/models/{name}/report", "get", ("review", "live_accuracy"))},
+    "loadQueue": {"queue": ("/v1/models/{name}/review", "get", ())},
+    "renderReviewItem": {"item": ("/v1/models/{name}/review", "get", ("items", "[]")),
+                         "t": ("/v1/models/{name}/review", "get", ("items", "[]", "top_k", "[]"))},
+    "explainReviewItem": {"item": ("/v1/models/{name}/review", "get", ("items", "[]")),
+                          "reply": ("/v1/models/{name}/explain", "post", ())},
+    "answer": {"item": ("/v1/models/{name}/review", "get", ("items", "[]"))},
 }
 JS_VALUE_MEMBERS = {"length", "map", "join", "filter", "find", "slice", "some", "every", "forEach", "toFixed"}
 

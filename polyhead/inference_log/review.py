@@ -1,0 +1,294 @@
+"""The review queue: which logged predictions a person should label next (GET /v1/models/{name}/review).
+
+Candidates are logged predictions of one head that are worth a label: rows a caller got (never a
+challenger's shadow row, ``served_only``) that carry the server-issued id feedback names
+(``issued_id``, the item's ``prediction_id``; older rows cannot be labelled), whose text was kept (not
+redacted), that no feedback names yet, and whose text no feedback names on another row
+(``text_sha256``): a text already labelled once is not asked again. Duplicates among the candidates
+collapse to one row per text, the first in the pool's order (the newest; for ``uncertain`` the least
+confident). Texts with NUL are stored escaped and read back as they were sent (``unescape_text``).
+
+Each strategy is a ``Strategy`` in ``STRATEGIES`` (a registry: the gateway, the CLI and the
+console list the names from it): it says how the database should order the candidate pool
+(``pool_order``) and ranks the pool (``rank``):
+
+- uncertain: smallest margin between the top two logged probabilities (or, ``score=entropy``, the
+  highest entropy of the logged top-k, the mass outside it taken as one more outcome);
+- ood: least cosine similarity to every training centroid of the served version (the artifact's
+  drift reference), i.e. texts unlike anything the head was trained on;
+- diverse: farthest-first traversal (greedy k-center) over the texts' embeddings, starting from the
+  training centroids, so a batch covers the traffic instead of repeating one question;
+- random: a uniform sample of the pool, the control slice: live accuracy is estimated from it alone,
+  because the other strategies pick the texts the head is most likely wrong about;
+- disagree: a challenger's shadow prediction (same request_id and text_index, ``predictions.shadow``)
+  differs from what the caller got; the most confident challenger first. No items for a head
+  without challengers.
+
+Feedback given for a reviewed item carries its strategy (``feedback.review_strategy``);
+``review_summary`` splits feedback metrics by strategy for the report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from polyhead.inference_log.reports import feedback_metrics, utc
+from polyhead.inference_log.schema import feedback, predictions, served_only
+from polyhead.inference_log.sink import unescape_text
+
+DEFAULT_N = 20
+MAX_N = 500
+DEFAULT_POOL = 2000
+MAX_POOL = 20_000
+UNCERTAINTY_SCORES = ("margin", "entropy")
+DIRECT = "direct"  # feedback not given through the review queue (no strategy)
+CONTROL = "random"  # the unbiased slice live accuracy is computed from
+
+
+@dataclass(frozen=True)
+class Candidate:
+    row_id: str  # predictions.id
+    prediction_id: str  # the server-issued id (predictions.issued_id): what feedback names
+    index: int
+    ts: datetime
+    version: str
+    text: str
+    text_sha256: str
+    label: str
+    probability: float
+    top_k: list[dict[str, Any]]
+    # disagree: the challenger's answer on the same text {"version", "label", "probability"}; else None
+    challenger: dict[str, Any] | None = None
+
+
+@dataclass
+class Context:
+    """What a strategy may need beyond the pool: the texts' vectors and the training centroids
+    (both [n, D] float32, fetched by the caller only for strategies that ask for them)."""
+
+    score: str = "margin"
+    seed: int | None = None
+    vectors: np.ndarray | None = None
+    centroids: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    description: str
+    pool_order: str  # "recent" | "least_confident" | "random": how the DB picks the pool
+    rank: Callable[[list[Candidate], int, Context], list[tuple[int, float | None]]]  # (pool index, score)
+    needs_vectors: bool = False
+    needs_centroids: bool = False
+    score_name: str | None = None
+    disagreeing: bool = False  # the pool holds only texts a challenger answered differently
+
+
+# -- scores ------------------------------------------------------------------------------------------
+def margin(top_k: Sequence[dict]) -> float:
+    """Top-1 minus top-2 probability (1.0 when the head logged one label only)."""
+    probs = sorted((float(k["probability"]) for k in top_k), reverse=True)
+    return probs[0] - probs[1] if len(probs) > 1 else 1.0
+
+
+def entropy(top_k: Sequence[dict]) -> float:
+    """Entropy (nats) of the logged top-k, the probability mass outside it counted as one more outcome:
+    a lower bound of the full distribution's entropy that orders texts the same way in practice."""
+    probs = [max(0.0, float(k["probability"])) for k in top_k]
+    rest = max(0.0, 1.0 - sum(probs))
+    return float(-sum(p * math.log(p) for p in [*probs, rest] if p > 0))
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    v = np.asarray(vectors, np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def farthest_first(vectors: np.ndarray, n: int, centers: np.ndarray | None = None) -> list[tuple[int, float]]:
+    """Greedy k-center on cosine distance: each pick is the point farthest from every center chosen so far
+    (the training centroids, when given, count as chosen). Returns (index, distance when picked)."""
+    x = unit(vectors)
+    if len(x) == 0:
+        return []
+    if centers is not None and len(centers):
+        nearest = 1.0 - (x @ unit(centers).T).max(axis=1)
+    else:  # no reference: start from the point farthest from the mean direction
+        nearest = 1.0 - x @ unit(x.mean(axis=0, keepdims=True))[0]
+    picks: list[tuple[int, float]] = []
+    for _ in range(min(n, len(x))):
+        i = int(np.argmax(nearest))
+        if nearest[i] < 0:  # every point already picked
+            break
+        picks.append((i, float(nearest[i])))
+        nearest = np.minimum(nearest, 1.0 - x @ x[i])
+        nearest[i] = -1.0
+    return picks
+
+
+def _rank_uncertain(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int, float | None]]:
+    if ctx.score == "entropy":
+        scored = sorted(((i, entropy(c.top_k)) for i, c in enumerate(pool)), key=lambda t: -t[1])
+    else:
+        scored = sorted(((i, margin(c.top_k)) for i, c in enumerate(pool)), key=lambda t: t[1])
+    return scored[:n]
+
+
+def _rank_ood(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int, float | None]]:
+    similarity = (unit(ctx.vectors) @ unit(ctx.centroids).T).max(axis=1)
+    order = np.argsort(similarity, kind="stable")[:n]
+    return [(int(i), float(similarity[i])) for i in order]
+
+
+def _rank_diverse(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int, float | None]]:
+    return farthest_first(ctx.vectors, n, ctx.centroids)
+
+
+def _rank_random(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int, float | None]]:
+    # The database already drew the pool at random; a seed makes the draw reproducible here instead.
+    if ctx.seed is None:
+        return [(i, None) for i in range(min(n, len(pool)))]
+    order = np.random.default_rng(ctx.seed).permutation(len(pool))[:n]
+    return [(int(i), None) for i in order]
+
+
+def _rank_disagree(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int, float | None]]:
+    # The challenger most sure of its different answer first: where one of the two is most likely wrong.
+    scored = sorted(((i, float(c.challenger["probability"])) for i, c in enumerate(pool)), key=lambda t: -t[1])
+    return scored[:n]
+
+
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
+    Strategy("uncertain", "smallest top-2 margin (or highest entropy): where the head hesitates", "least_confident",
+             _rank_uncertain, score_name="margin"),
+    Strategy("ood", "least similar to every training centroid: traffic unlike the training data", "recent",
+             _rank_ood, needs_vectors=True, needs_centroids=True, score_name="centroid_similarity"),
+    Strategy("diverse", "farthest-first over the embeddings: a batch that covers the traffic", "recent",
+             _rank_diverse, needs_vectors=True, needs_centroids=True, score_name="distance"),
+    Strategy("random", "a uniform sample: the control slice live accuracy is estimated from", "random",
+             _rank_random),
+    Strategy("disagree", "a challenger's shadow answer differs from the champion's: one of them is wrong", "recent",
+             _rank_disagree, score_name="challenger_probability", disagreeing=True),
+]}
+
+
+# -- the pool ----------------------------------------------------------------------------------------
+def _labelled_texts(head: str) -> sa.Select:
+    p2 = predictions.alias("labelled")
+    return (sa.select(p2.c.text_sha256)
+            .select_from(feedback.join(p2, feedback.c.prediction_id == p2.c.id))
+            .where(feedback.c.head == head))
+
+
+def candidate_pool(engine: sa.Engine, head: str, *, order: str, limit: int, since: datetime | None = None,
+                   until: datetime | None = None, disagreeing: bool = False) -> list[Candidate]:
+    """Up to ``limit`` distinct unlabelled texts of ``head`` (one row each, the first in ``order``).
+    ``disagreeing``: only texts a challenger's shadow row answered with another label (joined, so a
+    text two challengers disagree on comes once, with the first challenger in the order)."""
+    p, f = predictions, feedback
+    index = sa.func.coalesce(p.c.text_index, 0)
+    # Already labelled: feedback names the row itself (feedback.prediction_id, whatever id it was named by)
+    labelled_rows = sa.select(f.c.prediction_id).where(f.c.head == head)
+    conditions = [p.c.head == head, served_only(), p.c.issued_id.is_not(None), p.c.text.is_not(None),
+                  p.c.id.not_in(labelled_rows), p.c.text_sha256.not_in(_labelled_texts(head))]
+    if since is not None:
+        conditions.append(p.c.ts >= utc(since))
+    if until is not None:
+        conditions.append(p.c.ts < utc(until))
+    ordering = {"recent": [p.c.ts.desc(), p.c.id], "least_confident": [p.c.probability, p.c.ts.desc(), p.c.id],
+                "random": [sa.func.random()]}[order]
+    columns = [p.c.id, p.c.issued_id, index.label("idx"), p.c.ts, p.c.head_version, p.c.text, p.c.text_escaped,
+               p.c.text_sha256, p.c.label, p.c.probability, p.c.top_k]
+    source: sa.FromClause = p
+    if disagreeing:
+        s = predictions.alias("shadow_row")
+        source = p.join(s, sa.and_(s.c.head == p.c.head, s.c.request_id == p.c.request_id,
+                                   sa.func.coalesce(s.c.text_index, 0) == index, s.c.shadow == sa.true(),
+                                   s.c.label != p.c.label))
+        columns += [s.c.head_version.label("c_version"), s.c.label.label("c_label"),
+                    s.c.probability.label("c_probability")]
+        ordering = [*ordering, s.c.probability.desc(), s.c.id]
+    query = sa.select(*columns).select_from(source).where(*conditions).order_by(*ordering)
+    seen: set[str] = set()
+    pool: list[Candidate] = []
+    # Duplicates are dropped here, so read in pages until the pool is full or the rows run out.
+    page, offset = max(limit, 100), 0
+    with engine.connect() as conn:
+        while len(pool) < limit:
+            rows = conn.execute(query.limit(page).offset(offset)).all()
+            for row in rows:
+                if row.text_sha256 in seen:
+                    continue
+                seen.add(row.text_sha256)
+                challenger = ({"version": row.c_version, "label": row.c_label,
+                               "probability": float(row.c_probability)} if disagreeing else None)
+                pool.append(Candidate(row.id, row.issued_id, int(row.idx), utc(row.ts), row.head_version,
+                                      unescape_text(row.text, row.text_escaped), row.text_sha256, row.label,
+                                      float(row.probability), list(row.top_k), challenger))
+                if len(pool) == limit:
+                    break
+            if len(rows) < page:
+                break
+            offset += page
+    return pool
+
+
+def select(strategy: Strategy, pool: list[Candidate], n: int, ctx: Context) -> list[tuple[Candidate, float | None]]:
+    if not pool:
+        return []
+    return [(pool[i], score) for i, score in strategy.rank(pool, n, ctx)]
+
+
+# -- what the report says about reviewed feedback ------------------------------------------------------
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> list[float] | None:
+    """95 % Wilson score interval of a proportion (sensible at small counts and at 0 or 1)."""
+    if total == 0:
+        return None
+    p = correct / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return [round(max(0.0, centre - half), 6), round(min(1.0, centre + half), 6)]
+
+
+def review_summary(engine: sa.Engine, head: str, *, since: datetime, until: datetime,
+                   known_labels: Sequence[str] | None = None, min_new_label_examples: int | None = None) -> dict:
+    """Feedback split by the strategy that picked it, live accuracy from the random slice only, and
+    labels given as feedback that the served version does not have (pending new classes).
+
+    ``known_labels``: the served version's labels; None reads them off the logged predictions."""
+    f, p = feedback, predictions
+    strategy = sa.func.coalesce(f.c.review_strategy, DIRECT)
+    window = sa.and_(f.c.head == head, f.c.prediction_ts >= utc(since), f.c.prediction_ts < utc(until))
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(strategy, f.c.label, f.c.predicted_label, sa.func.count())
+                            .where(window).group_by(strategy, f.c.label, f.c.predicted_label)).all()
+        if known_labels is None:
+            known_labels = list(conn.execute(sa.select(p.c.label).where(p.c.head == head, served_only())
+                                             .distinct()).scalars())
+        pending_rows = conn.execute(sa.select(f.c.label, sa.func.count())
+                                    .where(f.c.head == head, f.c.label.not_in(list(known_labels)))
+                                    .group_by(f.c.label)).all()
+    confusion: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
+    for name, true, predicted, n in rows:
+        confusion[name][(true, predicted)] = int(n)
+    by_strategy = {name: feedback_metrics(c) for name, c in sorted(confusion.items())}
+    control = confusion.get(CONTROL, {})
+    n_control = sum(control.values())
+    correct = sum(n for (true, pred), n in control.items() if true == pred)
+    live = {"source": CONTROL, "count": n_control,
+            "accuracy": round(correct / n_control, 6) if n_control else None,
+            "ci95": wilson_interval(correct, n_control)}
+    pending = {label: int(n) for label, n in sorted(pending_rows, key=lambda r: (-r[1], r[0]))}
+    out = {"by_strategy": by_strategy, "live_accuracy": live, "pending_labels": pending}
+    if min_new_label_examples is not None:
+        out["min_new_label_examples"] = min_new_label_examples
+    return out
