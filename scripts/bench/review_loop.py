@@ -20,15 +20,15 @@ feedback is stored as pending and a retraining adds the class once it has
 
 Run it on a quiet machine (the numbers go into BENCHMARKS.md), e.g.:
 
-    .venv/bin/python scripts/sim_review_loop.py --datasets trec,emotion,ag_news_small \\
+    .venv/bin/python -m scripts.bench.review_loop --datasets trec,emotion,ag_news_small \\
         --strategies uncertain,diverse,mix,random --rounds 10 --n 100 --out var/sim_review_loop.json
 
 A tiny run proves the loop works (a minute or two each; the second adds TREC's `location` class in
 round 1, which is a class of 6 after round 2):
 
-    .venv/bin/python scripts/sim_review_loop.py --datasets trec,sms_spam,emotion --strategies uncertain,mix,random \\
+    .venv/bin/python -m scripts.bench.review_loop --datasets trec,sms_spam,emotion --strategies uncertain,mix,random \\
         --rounds 2 --n 20 --stream-per-round 200 --max-train 1500 --max-test 300
-    .venv/bin/python scripts/sim_review_loop.py --datasets trec --strategies uncertain --rounds 2 --n 40 \\
+    .venv/bin/python -m scripts.bench.review_loop --datasets trec --strategies uncertain --rounds 2 --n 40 \\
         --stream-per-round 400 --max-train 2000 --max-test 300 --new-class location --new-class-round 1
 
 The embedder is started here unless ``--embedder-target`` names a running one.
@@ -52,7 +52,7 @@ import httpx
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from embedder.client import EmbedderClient  # noqa: E402
