@@ -108,7 +108,7 @@ def test_up_trains_supervises_picks_up_new_heads_and_stops_cleanly(exported_mode
     try:
         wait_for(lambda: httpx.get(gw + "/v1/models/newcomer", timeout=2).json()["ready"], 120, "second start failed")
         log = (tmp_path / "up.log").read_text()
-        assert log.count("with no artifact yet") == 2  # the first run and the newcomer only
+        assert log.count("with no artifact for the served encoder yet") == 2  # the first run and the newcomer only
         assert time.monotonic() - started < 90
     finally:
         up.send_signal(signal.SIGTERM)

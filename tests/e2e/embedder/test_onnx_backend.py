@@ -117,10 +117,7 @@ def test_fingerprint_changes_with_the_weights(onnx_servable, tmp_path):
 def test_int8_meets_its_quality_gate_on_held_out_sentences(servable, onnx_int8_servable, shared_datasets):
     """Cosine to the TF export's vectors on test-split sentences (never the fixtures): mean >= 0.995,
     min >= 0.99 (README, "Choosing INT8")."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from choose_int8_matmuls import embed_all, held_out_sentences
+    from scripts.bench.choose_int8_matmuls import embed_all, held_out_sentences
 
     texts = held_out_sentences(1000, seed=1)
     ours, _ = embed_all(onnx_int8_servable, texts)

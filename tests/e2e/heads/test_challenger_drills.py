@@ -67,9 +67,9 @@ def stream_with_feedback(gw: str, texts: list[tuple[str, str]], batch: int = 25)
         part = texts[s:s + batch]
         r = httpx.post(gw + "/v1/models/banking/predict", json={"texts": [t for t, _ in part]}, timeout=60)
         assert r.status_code == 200, r.text
-        rid = r.json()["request_id"]
+        pid = r.json()["prediction_id"]
         fb = httpx.post(gw + "/v1/models/banking/feedback", json={"items": [
-            {"request_id": rid, "index": i, "label": label} for i, (_, label) in enumerate(part)]}, timeout=60)
+            {"prediction_id": pid, "index": i, "label": label} for i, (_, label) in enumerate(part)]}, timeout=60)
         assert fb.status_code == 200, fb.text
 
 

@@ -153,7 +153,7 @@ def test_hot_reload_and_admin_reload_touch_only_their_head(packed):
         assert time.monotonic() < deadline, "the new helpdesk version was not picked up as a challenger"
         time.sleep(0.2)
     assert httpx.get(url + "/heads/helpdesk/info").json()["version"] == helpdesk_before
-    promoted = httpx.post(url + "/heads/helpdesk/admin/promote", json={"version": newer.version})
+    promoted = httpx.post(url + "/heads/helpdesk/admin/promote", json={"version": newer.version}, headers=ADMIN)
     assert promoted.status_code == 200, promoted.text
     assert httpx.get(url + "/heads/helpdesk/info").json()["version"] == newer.version
     assert newer.version != helpdesk_before
