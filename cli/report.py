@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.markup import escape
 
 from gateway.insights import Report
+from cli.gateway_client import call_gateway
 from polyhead.errors import NotFoundError, PolyheadError, UnavailableError, ValidationError
 
 
@@ -27,22 +28,9 @@ def parse_time(value: str | None, option: str) -> datetime | None:
 def from_gateway(gateway: str, name: str, *, since: str | None, until: str | None, bucket: str,
                  api_key: str | None = None) -> Report:
     """GET /v1/models/{name}/report; the gateway's error message on a 4xx/5xx."""
-    import httpx
-
     params = {"bucket": bucket, **({"since": since} if since else {}), **({"until": until} if until else {})}
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        r = httpx.get(f"{gateway.rstrip('/')}/v1/models/{name}/report", params=params, headers=headers, timeout=60)
-    except httpx.HTTPError as exc:
-        raise UnavailableError(f"gateway at {gateway} is unreachable ({type(exc).__name__}); "
-                               "is `polyhead up` running? (or read the DB directly with --db-url)") from None
-    if r.status_code != 200:
-        try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:200]
-        error = NotFoundError if r.status_code == 404 else ValidationError if r.status_code == 422 else UnavailableError
-        raise error(f"HTTP {r.status_code}: {message}")
+    r = call_gateway("GET", f"{gateway.rstrip('/')}/v1/models/{name}/report", api_key=api_key, timeout_s=60,
+                     hint=" (or read the DB directly with --db-url)", params=params)
     try:
         return Report.model_validate_json(r.content)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polyhead.errors import NotFoundError, PolyheadError, UnavailableError, ValidationError
+from cli.gateway_client import call_gateway
+from polyhead.errors import PolyheadError, ValidationError
 from polyhead.inference_log.review import STRATEGIES
 
 LABEL_QUESTION = "label"  # the Label Studio control / Argilla question the label is read from
@@ -37,22 +38,7 @@ FEEDBACK_CHUNK = 1000  # the gateway's MAX_FEEDBACK_ITEMS
 
 # -- the gateway ---------------------------------------------------------------------------------------
 def _call(method: str, url: str, *, api_key: str | None, **kwargs) -> dict:
-    import httpx
-
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        r = httpx.request(method, url, headers=headers, timeout=120, **kwargs)
-    except httpx.HTTPError as exc:
-        raise UnavailableError(f"gateway at {url.split('/v1/')[0]} is unreachable ({type(exc).__name__}); "
-                               "is `polyhead up` running?") from None
-    if r.status_code != 200:
-        try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:200]
-        error = NotFoundError if r.status_code == 404 else ValidationError if r.status_code == 422 else UnavailableError
-        raise error(f"HTTP {r.status_code}: {message}")
-    return r.json()
+    return call_gateway(method, url, api_key=api_key, **kwargs).json()
 
 
 def fetch_queue(gateway: str, name: str, *, api_key: str | None = None, **params) -> dict:
