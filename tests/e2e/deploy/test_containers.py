@@ -35,7 +35,7 @@ import uuid
 import httpx
 import pytest
 
-from polyhead import deploy
+from cli import deploy
 from tests.conftest import ROOT, free_port, skip_or_fail
 from tests.e2e.deploy.podman_stack import ULIMITS, Service, engine_problem, image_size_mb, load_compose, podman
 from tests.e2e.deploy.podman_stack import build as build_image
