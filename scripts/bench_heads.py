@@ -38,6 +38,19 @@ from heads.training.evaluation import evaluate
 from heads.training.fit import train_head
 from heads.training.params import TrainParams
 
+# Which half of the shared sets may inform the trainer's defaults (TUNING) and which is reported as
+# if unseen (HELD_OUT), fixed before any measurement of round 3 (issue 26): the 18 dataset names
+# sorted alphabetically, alternating (even positions tune, odd ones are held out). Defaults are
+# chosen on TUNING only. Caveat: the full clinc150 (held out) contains the texts of every CLINC150
+# domain, three of which are tuning sets.
+TUNING = ("ag_news_small", "clinc150/domains/auto_and_commute", "clinc150/domains/credit_cards",
+          "clinc150/domains/kitchen_and_dining", "clinc150/domains/small_talk", "clinc150/domains/utility",
+          "emotion", "sst2", "tweeteval_irony")
+HELD_OUT = ("clinc150", "clinc150/domains/banking", "clinc150/domains/home", "clinc150/domains/meta",
+            "clinc150/domains/travel", "clinc150/domains/work", "sms_spam", "trec", "tweeteval_offensive")
+assert sorted(TUNING + HELD_OUT) == sorted(all_dataset_names())
+assert list(TUNING) == sorted(all_dataset_names())[0::2] and list(HELD_OUT) == sorted(all_dataset_names())[1::2]
+
 # Floors from the issue: LogisticRegression(C=10) on frozen all-MiniLM-L6-v2 embeddings, test split.
 FLOORS = {"clinc150": ("accuracy", 0.855), "emotion": ("accuracy", 0.686), "trec": ("accuracy", 0.904),
           "sms_spam": ("f1_weighted", 0.991)}
