@@ -17,6 +17,8 @@ DEFAULT = "default"
 ALL6 = "all6"
 # Every name a SavedModel exported by this code can serve, default first (heads' configs accept these).
 KNOWN = (DEFAULT, ALL6)
+# Not a set: a head config's "let the trainer choose among its training.feature_sets" (heads/config.py).
+AUTO = "auto"
 
 
 @dataclass(frozen=True)

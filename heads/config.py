@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from embedder.feature_sets import DEFAULT
+from embedder.feature_sets import AUTO
 from heads.training.params import TrainParams
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
@@ -85,10 +85,14 @@ class HeadConfig(BaseModel):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     seed: int = 0
-    # The embedder output the head is trained on (embedder/feature_sets.py KNOWN); the artifact records it
-    # and serving asks for the artifact's, not the config's. all6 costs 6x the vector in cache and on the wire.
-    feature_set: Literal["default", "all6"] = Field(DEFAULT, description="embedder feature set to train on: "
-                                                    "default (the 384-d sentence vector) or all6 (every layer, 2,304-d)")
+    # The embedder output the head is trained on (embedder/feature_sets.py KNOWN), or "auto": the trainer
+    # compares training.feature_sets on the same validation evidence as the families. The artifact records
+    # the set trained on and serving asks for the artifact's, not the config's. all6 costs 6x the vector in
+    # cache and on the wire.
+    feature_set: Literal["auto", "default", "all6"] = Field(
+        AUTO, description="embedder feature set to train on: auto (the trainer chooses among "
+                          "training.feature_sets on validation evidence), default (the 384-d sentence vector) or "
+                          "all6 (every layer, 2,304-d)")
     kind: Literal["demo", "shared"] = Field("demo", description="shared = data in ../shared/datasets, not shipped")
 
     source: Path | None = Field(None, exclude=True)

@@ -34,6 +34,7 @@ Progress = Callable[[dict[str, Any]], None]
 _BUILTIN = {  # name -> module holding its FAMILY
     "mlp": "heads.training.mlp",
     "logreg": "heads.training.logreg",
+    "blend": "heads.training.blend",
 }
 _registered: dict[str, Family] = {}
 
@@ -56,6 +57,8 @@ class SearchData:
     score: Callable[[np.ndarray | None], Scored]  # validation probabilities [n_sel, C] -> Scored
     first_index: int = 0  # index of this family's first candidate among all candidates (progress)
     progress: Progress | None = None
+    feature_set: str | None = None  # the embedder feature set X_fit / X_sel are of (None: not named)
+    earlier: list[Candidate] = field(default_factory=list)  # candidates already fitted on these vectors
 
 
 @dataclass
@@ -69,11 +72,13 @@ class Candidate:
     fitted: Any  # the family's own search fit (the served model when there is no refit)
     time_s: float
     record: dict[str, Any] = field(default_factory=dict)  # family-specific facts: epochs, iterations
+    feature_set: str | None = None  # set by the trainer: the feature set it was fitted on
 
     def entry(self) -> dict[str, Any]:
         """Its line in the selection record (metrics.json `selection.candidates`)."""
-        return {"family": self.family, "params": self.params, "val_score": self.scored.score, **self.record,
-                "prior_adjustment": self.scored.prior_adjustment, "time_s": round(self.time_s, 3)}
+        named = {} if self.feature_set is None else {"feature_set": self.feature_set}
+        return {"family": self.family, **named, "params": self.params, "val_score": self.scored.score,
+                **self.record, "prior_adjustment": self.scored.prior_adjustment, "time_s": round(self.time_s, 3)}
 
 
 @dataclass
