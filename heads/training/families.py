@@ -58,6 +58,9 @@ class SearchData:
     first_index: int = 0  # index of this family's first candidate among all candidates (progress)
     progress: Progress | None = None
     feature_set: str | None = None  # the embedder feature set X_fit / X_sel are of (None: not named)
+    primary: bool = True  # the first feature set, the default candidate's (a family may search less on others)
+    primary_found: list[Candidate] = field(default_factory=list)  # the candidates fitted on the first set
+    primary_block: slice | None = None  # the columns of X_fit that are the first set's vectors, if any
     earlier: list[Candidate] = field(default_factory=list)  # candidates already fitted on these vectors
 
 

@@ -52,6 +52,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from embedder.feature_sets import block_of
 from heads.model import HeadModel
 from heads.training import families as registry
 from heads.training.data import class_weights, log_prior, stratified_folds, stratified_split
@@ -179,10 +180,12 @@ def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progr
 
     # -- search: every family's candidates on every feature set, scored on the same predictions ----
     candidates: list[Candidate] = []
+    first_set = next(iter(X_all))
     for set_name, X in X_all.items():
         X_sel = X[rows_sel] if rows_sel is not None and len(rows_sel) else None
         data = SearchData(p, seed, C, X[rows_fit], y_fit, X_sel, y_sel, folds, validated, fit_class_w, scorer,
-                          progress=progress, feature_set=set_name)
+                          progress=progress, feature_set=set_name, primary=set_name == first_set,
+                          primary_found=list(candidates), primary_block=block_of(set_name, first_set))
         found: list[Candidate] = []
         for name in (p.families if validated else p.families[:1]):  # without validation nothing to compare on
             for c in registry.get(name).search(replace(data, first_index=len(candidates) + len(found),

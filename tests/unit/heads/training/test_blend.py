@@ -40,3 +40,27 @@ def test_blend_is_searched_from_its_parts_chosen_on_evidence_and_served():
     model = result.model
     assert model.head_type == "mlp" and model.n_members == 3 and "Ws" in model.weights
     assert evaluate(model, Xt, yt)["accuracy"] > 0.75
+
+
+def test_on_all6_the_blend_reads_the_default_logreg_from_its_block_without_refitting_logreg_on_all6():
+    rng = np.random.default_rng(0)
+    n = 900
+    default = 0.05 * rng.normal(size=(n, 384)).astype(np.float32)
+    signal = rng.normal(size=(n, 2)).astype(np.float32)
+    y = ["same" if v > 0 else "diff" for v in signal[:, 0] * signal[:, 1]]  # XOR: only all6's block 0 has it
+    all6 = np.zeros((n, 2304), np.float32)
+    all6[:, :2] = 3 * signal
+    all6[:, 1920:] = default  # all6's last block is the default vector
+    p = TrainParams(families=["logreg", "blend"], logreg_c_grid=[10.0], epochs_max=20, selection_alpha=0.05)
+    result = train_head({"default": default, "all6": all6}, y, params=p, seed=0)
+    sel = result.selection
+    assert [(c["family"], c["feature_set"]) for c in sel["candidates"]] == [
+        ("logreg", "default"), ("blend", "default"), ("blend", "all6")]  # no logreg fitted on all6
+    blend6 = sel["candidates"][2]
+    assert blend6["logreg_on"] == "default" and blend6["logreg_columns"] == [1920, 2304]
+    assert (sel["chosen"]["family"], result.feature_set) == ("blend", "all6")
+    model = result.model
+    assert model.input_dim == 2304 and model.n_members == 3
+    assert not model.weights["Ws"][2, :1920].any()  # the logreg member reads the default block only
+    lr = train_head(default, y, params=TrainParams(families=["logreg"], cv_folds=0), seed=0).model
+    assert np.allclose(model.weights["Ws"][2, 1920:], lr.weights["W"][0], atol=1e-4)  # the same refit
