@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                              "chooses; a head config's default) or one set")
     parser.add_argument("--half", choices=["tuning", "held-out", "all"], default="all",
                         help="only the datasets of one half (TUNING / HELD_OUT); default: all")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use a seeded random subset of this many train rows (e.g. emotion --limit 8000: "
+                             "8,000 train + 2,000 val = a 10,000-text head, for the training-time target)")
     parser.add_argument("--no-lr-all6", action="store_true", help="skip the LogisticRegression(C=10) all6 column")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     parser.add_argument("--datasets-root", type=Path, default=DATASETS_ROOT)
@@ -135,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         X_te, y_te = load("test")
         X_va, y_va = load("val") if "val" in splits else (None, None)
         by_set = {f: {split: load(split, f)[0] for split in splits} for f in dict.fromkeys([*sets, ALL6])}
+        if args.limit is not None and args.limit < len(y_tr):
+            keep = np.sort(np.random.default_rng(0).permutation(len(y_tr))[:args.limit])
+            X_tr, y_tr = X_tr[keep], [y_tr[i] for i in keep]
+            for vectors in by_set.values():
+                vectors["train"] = vectors["train"][keep]
         accs, f1s, times, results = [], [], [], []
         for seed in range(args.seeds):
             result = train_head({f: by_set[f]["train"] for f in sets}, y_tr,

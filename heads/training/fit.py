@@ -9,23 +9,29 @@ What `train_head` does:
 1. encodes the string labels (sorted); by default every example counts once, as in the baseline
    (`class_weighting="balanced"`: n / (C * n_c) per class, as scikit-learn's, for macro metrics);
 2. compares the head families of `TrainParams.families` (plug-ins registered by name in
-   heads.training.families) on the same validation predictions:
+   heads.training.families) on the same validation predictions, on every feature set given (X as
+   {"default": ..., "all6": ...}; a head config's `feature_set: auto`):
    * "mlp" (heads.training.mlp): AdamW-trained networks over `search_grid`, early-stopped on the
      validation metric;
    * "logreg" (heads.training.logreg): scikit-learn's LogisticRegression on the raw embeddings over
-     `logreg_c_grid`, walked from its middle C. This is the simple baseline; keeping it unless
-     another candidate validates clearly better keeps the trainer from losing to it.
-   The validation data: the given (X_val, y_val); else, for up to `cv_max_examples` examples,
-   `cv_folds`-fold stratified cross-validation (each family scored on its pooled out-of-fold
-   predictions, far less noisy than one small split); else a seeded stratified `val_fraction` split;
+     `logreg_c_grid`, walked from its middle C (on the first feature set only, by default). This is
+     the simple baseline; keeping it unless another candidate validates clearly better keeps the
+     trainer from losing to it;
+   * "blend" (heads.training.blend): the MLP and logreg averaged in probability.
+   The validation data: for up to `cv_max_examples` labelled rows, `cv_folds`-fold stratified
+   cross-validation over all of them (a given val split joins the folds, `cv_pool_val`): each
+   candidate is scored on every row's out-of-fold prediction, far less noisy than one split of a
+   few hundred; above that, the given (X_val, y_val) or a seeded stratified `val_fraction` split;
 3. picks the prior adjustment tau (see `TrainParams.prior_adjustment`) on the same validation
    predictions for every candidate; keeps the default candidate (a family's `default_params`:
-   logreg at the grid's middle C) unless another one is clearly better on the validation examples
-   (heads.training.selection: `selection_min_gain`, McNemar's one-sided test at `selection_alpha`,
-   Bonferroni-corrected for the number of alternatives). With `refit` (default) the chosen family
-   retrains its choice on all the data (train + val) with the training split's class weights.
-   `TrainResult.selection` (and the artifact's metrics.json) lists every candidate's validation
-   score and the choice.
+   logreg at the grid's middle C, on the first feature set) unless another one is clearly better on
+   the validation examples (heads.training.selection: `selection_min_gain`, McNemar's one-sided
+   test at `selection_alpha`, Bonferroni-corrected for the number of alternatives, and under
+   cross-validation no loss on a majority of the folds). With `refit` (default) the chosen family
+   retrains its choice on all the data (train + val) with the training split's class weights; the
+   MLP for the median of its folds' best epochs. `TrainResult.selection` (and the artifact's
+   metrics.json) lists every candidate's validation score, the choice and why (`why`);
+   `TrainResult.feature_set` names the chosen set.
 
 Defaults (chosen on the benchmark in scripts/bench_heads.py, mean of 3 seeds): an ensemble of 2
 ReLU MLPs with 128 hidden units each (~400-550 KB of float32 weights in all), dropout 0.5, AdamW
