@@ -113,9 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.datasets_root.is_dir():
         print(f"{args.datasets_root} is absent: nothing to benchmark")
         return 0
-    names = args.datasets or [n for n in all_dataset_names() if args.half in ("all", half_of(n))]
-    names = sorted(names, key=lambda n: (half_of(n) != "tuning", all_dataset_names().index(n)
-                                         if n in all_dataset_names() else 0))
+    names = args.datasets or sorted((n for n in all_dataset_names() if args.half in ("all", half_of(n))),
+                                    key=lambda n: half_of(n) != "tuning")  # tuning half first
     sets = list(params.feature_sets) if args.feature_set == AUTO else [args.feature_set]
     encoder = make_encoder(args.target)  # the in-process model loads only on a cache miss
     print(f"# Head quality: TrainParams (overrides {args.params}, feature set {args.feature_set}) vs "
