@@ -114,6 +114,29 @@ class _Net:
             out[:, s:s + batch] = softmax(z, axis=-1)
         return out
 
+    def out_of_fold_proba(self, X: np.ndarray, folds: np.ndarray) -> np.ndarray:
+        """[N, C]: example i scored by member folds[i] only (the member that never trained on it): a
+        fifth of member_proba's work with 5 folds, the same numbers."""
+        P, H, C = self.params, self.H, self.C
+        out = np.empty((len(X), C), np.float32)
+        for k in range(self.K):
+            rows = np.flatnonzero(folds == k)
+            if not len(rows):
+                continue
+            cols = slice(k * H, (k + 1) * H)
+            state = {"W1": P["W1"][:, cols], "b1": P["b1"][cols]}
+            if self.mlp:
+                state |= {"W2": P["W2"][k:k + 1], "b2": P["b2"][k:k + 1]}
+                if self.skip:
+                    state["Ws"] = P["Ws"][:, k * C:(k + 1) * C]
+            K = self.K
+            self.K = 1
+            try:
+                out[rows] = self.member_proba(X[rows], state)[0]
+            finally:
+                self.K = K
+        return out
+
     def step(self, xb: np.ndarray, target: np.ndarray, sw: np.ndarray, p: TrainParams, rng: np.random.Generator) -> None:
         """One AdamW step on a batch; `sw` [K, B] per-member sample weights."""
         P, K, H, C = self.params, self.K, self.H, self.C
@@ -268,8 +291,7 @@ def fit(p: TrainParams, X: np.ndarray, y: np.ndarray, C: int, *, K: int, seed: i
                 progress({"epoch": epoch})
             continue
         if folds is not None:
-            member = net.member_proba(X)
-            proba = member[folds, np.arange(len(X))]  # out-of-fold: example i scored by member folds[i]
+            proba = net.out_of_fold_proba(X, folds)  # example i scored by member folds[i]
             truth = y
             pred = proba.argmax(axis=1)
             for k in range(K):  # each fold's own best epoch (ties: the later), for the refit's epoch count
