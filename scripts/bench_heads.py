@@ -176,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                             f"{'beats' if worst > floor else 'MISSES'}")
         chosen = results[0].chosen
         print(f"  {name}: acc {fmt(accs)} wF1 {fmt(f1s)} in {np.mean(times):.1f}s; LR acc {b_acc:.4f} "
-              f"LR all6 Δ {all6_gain} (seed 0 chose {chosen}; {results[0].selection.get('why')})",
+              f"LR all6 Δ {all6_gain} (seed 0 chose {chosen}; {results[0].selection.get('why')}; cross-validated: "
+              + ", ".join(f"{c['family']}/{c.get('feature_set')} {c['val_score']:.4f}"
+                          for c in results[0].selection["candidates"]) + ")",
               file=sys.stderr, flush=True)
     print(table(["half", "dataset", "n train", "n val", "classes", "ours acc", "ours wF1", "chosen", "ours train s",
                  "LR acc", "LR wF1", "LR train s", "acc Δ", "wF1 Δ", "LR all6 acc Δ", "vs LR"], rows))
