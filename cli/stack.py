@@ -227,6 +227,7 @@ class Stack:
 
     def _ensure_trained(self, configs: dict) -> dict:
         from embedder.client import EmbedderClient, feature_sets
+        from embedder.feature_sets import AUTO
         from heads.artifacts import list_versions
         from heads.roles import serve_fingerprint
         from heads.training.run import train_from_config
@@ -236,9 +237,12 @@ class Stack:
             served = feature_sets(client.info())
         # A head counts as missing unless a version of it was trained on the encoder now served (each
         # backend+precision has its own fingerprint): switching backends trains for the new one once.
+        def encoder_of(cfg) -> set[str]:  # the fingerprints a version for the served encoder may carry
+            names = served if cfg.feature_set == AUTO else [cfg.feature_set] if cfg.feature_set in served else []
+            return {served[n].fingerprint for n in names}
+
         missing = [c for c in configs.values() if not list_versions(self.s.models_dir, c.name) or (
-            c.feature_set in served and not serve_fingerprint(self.s.models_dir, c.name,
-                                                             served[c.feature_set].fingerprint))]
+            encoder_of(c) and not serve_fingerprint(self.s.models_dir, c.name, encoder_of(c)))]
         if missing and self.s.train_missing:
             self.console.print(f"training {len(missing)} head(s) with no artifact for the served encoder yet")
             with EmbedderClient(self.embedder_target, timeout_s=120) as client:

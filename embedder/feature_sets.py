@@ -17,6 +17,8 @@ DEFAULT = "default"
 ALL6 = "all6"
 # Every name a SavedModel exported by this code can serve, default first (heads' configs accept these).
 KNOWN = (DEFAULT, ALL6)
+# Not a set: a head config's "let the trainer choose among its training.feature_sets" (heads/config.py).
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,20 @@ class FeatureSet:
     name: str
     dim: int
     fingerprint: str
+
+
+# Sets whose vectors hold another set's whole vector as a block of columns: all6's last 384 dims are the
+# last layer's pooled, L2-normalised states, i.e. the default vector (embedder/export.py embed_features).
+# The trainer uses it to serve a model of the default set on all6 vectors (heads/training/blend.py).
+_BLOCKS = {(ALL6, DEFAULT): (5 * 384, 6 * 384)}
+
+
+def block_of(name: str | None, inner: str | None) -> slice | None:
+    """The columns of set `name`'s vectors that are set `inner`'s vector (None: not known to be)."""
+    if name == inner:
+        return slice(None)
+    found = _BLOCKS.get((name, inner))
+    return None if found is None else slice(*found)
 
 
 def derived_fingerprint(model_fingerprint: str, name: str, version: int) -> str:

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from embedder.feature_sets import DEFAULT
+from embedder.feature_sets import AUTO
 from heads.training.params import TrainParams
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
@@ -126,10 +126,14 @@ class HeadConfig(BaseModel):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     retraining: RetrainingConfig = Field(default_factory=RetrainingConfig)
     seed: int = 0
-    # The embedder output the head is trained on (embedder/feature_sets.py KNOWN); the artifact records it
-    # and serving asks for the artifact's, not the config's. all6 costs 6x the vector in cache and on the wire.
-    feature_set: Literal["default", "all6"] = Field(DEFAULT, description="embedder feature set to train on: "
-                                                    "default (the 384-d sentence vector) or all6 (every layer, 2,304-d)")
+    # The embedder output the head is trained on (embedder/feature_sets.py KNOWN), or "auto": the trainer
+    # compares training.feature_sets on the same validation evidence as the families. The artifact records
+    # the set trained on and serving asks for the artifact's, not the config's. all6 costs 6x the vector in
+    # cache and on the wire.
+    feature_set: Literal["auto", "default", "all6"] = Field(
+        AUTO, description="embedder feature set to train on: auto (the trainer chooses among "
+                          "training.feature_sets on validation evidence), default (the 384-d sentence vector) or "
+                          "all6 (every layer, 2,304-d)")
     kind: Literal["demo", "shared"] = Field("demo", description="shared = data in ../shared/datasets, not shipped")
     # Labels the head was not trained on, given as feedback: refused (closed), any (open), or these only. Such
     # feedback is stored and reported as pending; `train --with-feedback` adds a class once it has

@@ -21,7 +21,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -260,14 +260,17 @@ def read_audit(models_dir: Path, name: str, limit: int = 100) -> list[dict]:
     return out[::-1][:limit]
 
 
-def serve_fingerprint(models_dir: Path, name: str, fingerprint: str, *, actor: str = "polyhead up") -> bool:
-    """Make the champion a version trained for this encoder fingerprint (the embedder was switched to
-    another backend or precision, or back): the newest such, promoted and audited, unless the champion
-    already is one. False when the head has no version for it (then it must be trained)."""
-    matching = versions_for_fingerprint(models_dir, name, fingerprint)
+def serve_fingerprint(models_dir: Path, name: str, fingerprints: str | Collection[str], *,
+                      actor: str = "polyhead up") -> bool:
+    """Make the champion a version trained for the encoder now served (the embedder was switched to
+    another backend or precision, or back): the newest version on any of `fingerprints` (one per
+    feature set a `feature_set: auto` head may have chosen), promoted and audited, unless the
+    champion already is one. False when the head has no such version (then it must be trained)."""
+    wanted = {fingerprints} if isinstance(fingerprints, str) else set(fingerprints)
+    matching = sorted({v for f in wanted for v in versions_for_fingerprint(models_dir, name, f)})
     if not matching:
         return False
     if read_state(models_dir, name).champion not in matching:
         promote(models_dir, name, matching[-1], actor=actor,
-                reason=f"the embedder now serves encoder {fingerprint}; this version was trained on it")
+                reason=f"the embedder now serves encoder {', '.join(sorted(wanted))}; this version was trained on it")
     return True

@@ -8,7 +8,9 @@ params          -- TrainParams, the hyper-parameters a head config may set (pyda
 families        -- the head families by name (a plug-in each) and what they search and refit on
 mlp             -- the "mlp" family: AdamW-trained networks (numpy)
 logreg          -- the "logreg" family: scikit-learn's LogisticRegression, the baseline
-selection       -- prior adjustment and the McNemar/Bonferroni choice, the same for every family
+blend           -- the "blend" family: the MLP and logreg averaged in probability (served as an mlp head)
+selection       -- prior adjustment and the McNemar/Bonferroni choice (and the fold rule), the same for every
+                   family and feature set
 fit             -- train_head: labels, validation source, every family's search, selection, final model
 data            -- stratified splits and folds, class weights, label priors
 evaluation      -- accuracy, F1 and confusion matrices for string labels

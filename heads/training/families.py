@@ -26,6 +26,7 @@ from typing import Any
 _BUILTIN = {  # name -> module holding its FAMILY
     "mlp": "heads.training.mlp",
     "logreg": "heads.training.logreg",
+    "blend": "heads.training.blend",
 }
 _registered: dict[str, Any] = {}
 

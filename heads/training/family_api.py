@@ -34,6 +34,11 @@ class SearchData:
     score: Callable[[np.ndarray | None], Scored]  # validation probabilities [n_sel, C] -> Scored
     first_index: int = 0  # index of this family's first candidate among all candidates (progress)
     progress: Progress | None = None
+    feature_set: str | None = None  # the embedder feature set X_fit / X_sel are of (None: not named)
+    primary: bool = True  # the first feature set, the default candidate's (a family may search less on others)
+    primary_found: list[Candidate] = field(default_factory=list)  # the candidates fitted on the first set
+    primary_block: slice | None = None  # the columns of X_fit that are the first set's vectors, if any
+    earlier: list[Candidate] = field(default_factory=list)  # candidates already fitted on these vectors
 
 
 @dataclass
@@ -47,11 +52,13 @@ class Candidate:
     fitted: Any  # the family's own search fit (the served model when there is no refit)
     time_s: float
     record: dict[str, Any] = field(default_factory=dict)  # family-specific facts: epochs, iterations
+    feature_set: str | None = None  # set by the trainer: the feature set it was fitted on
 
     def entry(self) -> dict[str, Any]:
         """Its line in the selection record (metrics.json `selection.candidates`)."""
-        return {"family": self.family, "params": self.params, "val_score": self.scored.score, **self.record,
-                "prior_adjustment": self.scored.prior_adjustment, "time_s": round(self.time_s, 3)}
+        named = {} if self.feature_set is None else {"feature_set": self.feature_set}
+        return {"family": self.family, **named, "params": self.params, "val_score": self.scored.score,
+                **self.record, "prior_adjustment": self.scored.prior_adjustment, "time_s": round(self.time_s, 3)}
 
 
 @dataclass

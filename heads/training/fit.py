@@ -9,23 +9,29 @@ What `train_head` does:
 1. encodes the string labels (sorted); by default every example counts once, as in the baseline
    (`class_weighting="balanced"`: n / (C * n_c) per class, as scikit-learn's, for macro metrics);
 2. compares the head families of `TrainParams.families` (plug-ins registered by name in
-   heads.training.families) on the same validation predictions:
+   heads.training.families) on the same validation predictions, on every feature set given (X as
+   {"default": ..., "all6": ...}; a head config's `feature_set: auto`):
    * "mlp" (heads.training.mlp): AdamW-trained networks over `search_grid`, early-stopped on the
      validation metric;
    * "logreg" (heads.training.logreg): scikit-learn's LogisticRegression on the raw embeddings over
-     `logreg_c_grid`, walked from its middle C. This is the simple baseline; keeping it unless
-     another candidate validates clearly better keeps the trainer from losing to it.
-   The validation data: the given (X_val, y_val); else, for up to `cv_max_examples` examples,
-   `cv_folds`-fold stratified cross-validation (each family scored on its pooled out-of-fold
-   predictions, far less noisy than one small split); else a seeded stratified `val_fraction` split;
+     `logreg_c_grid`, walked from its middle C (on the first feature set only, by default). This is
+     the simple baseline; keeping it unless another candidate validates clearly better keeps the
+     trainer from losing to it;
+   * "blend" (heads.training.blend): the MLP and logreg averaged in probability.
+   The validation data: for up to `cv_max_examples` labelled rows, `cv_folds`-fold stratified
+   cross-validation over all of them (a given val split joins the folds, `cv_pool_val`): each
+   candidate is scored on every row's out-of-fold prediction, far less noisy than one split of a
+   few hundred; above that, the given (X_val, y_val) or a seeded stratified `val_fraction` split;
 3. picks the prior adjustment tau (see `TrainParams.prior_adjustment`) on the same validation
    predictions for every candidate; keeps the default candidate (a family's `default_params`:
-   logreg at the grid's middle C) unless another one is clearly better on the validation examples
-   (heads.training.selection: `selection_min_gain`, McNemar's one-sided test at `selection_alpha`,
-   Bonferroni-corrected for the number of alternatives). With `refit` (default) the chosen family
-   retrains its choice on all the data (train + val) with the training split's class weights.
-   `TrainResult.selection` (and the artifact's metrics.json) lists every candidate's validation
-   score and the choice.
+   logreg at the grid's middle C, on the first feature set) unless another one is clearly better on
+   the validation examples (heads.training.selection: `selection_min_gain`, McNemar's one-sided
+   test at `selection_alpha`, Bonferroni-corrected for the number of alternatives, and under
+   cross-validation no loss on a majority of the folds). With `refit` (default) the chosen family
+   retrains its choice on all the data (train + val) with the training split's class weights; the
+   MLP for the median of its folds' best epochs. `TrainResult.selection` (and the artifact's
+   metrics.json) lists every candidate's validation score, the choice and why (`why`);
+   `TrainResult.feature_set` names the chosen set.
 
 Defaults (chosen on the benchmark in scripts/bench/heads.py, mean of 3 seeds): an ensemble of 2
 ReLU MLPs with 128 hidden units each (~400-550 KB of float32 weights in all), dropout 0.5, AdamW
@@ -48,16 +54,17 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from embedder.feature_sets import block_of
 from heads.model import HeadModel
 from heads.training import families as registry
 from heads.training.data import class_weights, log_prior, stratified_folds, stratified_split
 from heads.training.family_api import Candidate, FinalData, Progress, SearchData
 from heads.training.params import TrainParams
-from heads.training.selection import Scorer, choose
+from heads.training.selection import Scorer, choose, fold_losses
 
 
 @dataclass
@@ -76,7 +83,8 @@ class TrainResult:
     # applied: on the given val split, the out-of-fold predictions (cv) or the held-out split. The
     # final (refit) model never trained without these texts, so this is its honest confidence.
     val_proba: np.ndarray | None = None
-    selection: dict[str, Any] = field(default_factory=dict)  # metric, source, chosen, every candidate's score
+    selection: dict[str, Any] = field(default_factory=dict)  # metric, source, chosen, why, every candidate's score
+    feature_set: str | None = None  # the chosen candidate's feature set (None: X was one unnamed array)
 
 
 def _blas_threads(n: int | None):
@@ -92,11 +100,14 @@ def _blas_threads(n: int | None):
     return threadpool_limits(limits=n)
 
 
-def train_head(X_train: np.ndarray, y_train: Sequence[str], X_val: np.ndarray | None = None,
-               y_val: Sequence[str] | None = None, *, params: TrainParams | None = None, seed: int = 0,
-               progress: Progress | None = None) -> TrainResult:
+def train_head(X_train: np.ndarray | Mapping[str, np.ndarray], y_train: Sequence[str],
+               X_val: np.ndarray | Mapping[str, np.ndarray] | None = None, y_val: Sequence[str] | None = None, *,
+               params: TrainParams | None = None, seed: int = 0, progress: Progress | None = None) -> TrainResult:
     """Train a head on embeddings [N, D] and string labels; see the module docstring.
 
+    `X_train` (and `X_val`) may map feature-set names to vectors of the same rows ({"default": [N, 384],
+    "all6": [N, 2304]}): every family is then searched on each set, the choice names its set
+    (`TrainResult.feature_set`) and the served model takes that set's vectors.
     Labels are strings (other values are converted with str()); the model's labels are sorted.
     `progress`, if given, is called with dicts such as
     {"stage": "search", "candidate": 0, "of": 1, "overrides": {...}, "epoch": 3, "val_score": 0.91}
@@ -107,20 +118,35 @@ def train_head(X_train: np.ndarray, y_train: Sequence[str], X_val: np.ndarray | 
         return _train_head(X_train, y_train, X_val, y_val, p, seed, progress)
 
 
+def _as_sets(X: np.ndarray | Mapping[str, np.ndarray] | None, what: str) -> dict[str | None, np.ndarray] | None:
+    if X is None:
+        return None
+    if isinstance(X, Mapping):
+        if not X:
+            raise ValueError(f"{what}: no feature sets")
+        return {str(k): np.asarray(v, np.float32) for k, v in X.items()}
+    return {None: np.asarray(X, np.float32)}
+
+
 def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progress: Progress | None) -> TrainResult:
     started = time.perf_counter()
-    X_train = np.asarray(X_train, np.float32)
+    sets_train = _as_sets(X_train, "X_train")
     y_train = np.array([str(v) for v in y_train])
-    if X_train.ndim != 2 or len(X_train) != len(y_train):
-        raise ValueError(f"X_train {X_train.shape} and y_train ({len(y_train)}) do not match")
-    if len(X_train) == 0:
+    for X in sets_train.values():
+        if X.ndim != 2 or len(X) != len(y_train):
+            raise ValueError(f"X_train {X.shape} and y_train ({len(y_train)}) do not match")
+    if len(y_train) == 0:
         raise ValueError("no training data")
     given_val = X_val is not None and y_val is not None and len(y_val) > 0
+    sets_val = _as_sets(X_val, "X_val") if given_val else None
     if given_val:
-        X_val = np.asarray(X_val, np.float32)
         y_val = np.array([str(v) for v in y_val])
-        if X_val.ndim != 2 or len(X_val) != len(y_val) or X_val.shape[1] != X_train.shape[1]:
-            raise ValueError(f"X_val {X_val.shape} and y_val ({len(y_val)}) do not match X_train {X_train.shape}")
+        if set(sets_val) != set(sets_train):
+            raise ValueError(f"X_val has feature sets {sorted(map(str, sets_val))}, X_train {sorted(map(str, sets_train))}")
+        for name, X in sets_val.items():
+            if X.ndim != 2 or len(X) != len(y_val) or X.shape[1] != sets_train[name].shape[1]:
+                raise ValueError(f"X_val {X.shape} and y_val ({len(y_val)}) do not match X_train "
+                                 f"{sets_train[name].shape}")
         labels = sorted(set(y_train.tolist()) | set(y_val.tolist()))
     else:
         labels = sorted(set(y_train.tolist()))
@@ -129,66 +155,111 @@ def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progr
     index = {label: i for i, label in enumerate(labels)}
     C = len(labels)
     yi = np.array([index[v] for v in y_train], np.int64)
+    yv = np.array([index[v] for v in y_val], np.int64) if given_val else None
+    X_all = {k: np.concatenate([X, sets_val[k]]) for k, X in sets_train.items()} if given_val else sets_train
+    y_all = np.concatenate([yi, yv]) if given_val else yi
 
     # -- where validation predictions come from ----------------------------------------------------
-    folds = None
-    if given_val:
-        val_source = "given"
-        X_fit, y_fit = X_train, yi
-        X_sel, y_sel = X_val, np.array([index[v] for v in y_val], np.int64)
-    elif p.cv_folds >= 2 and len(X_train) <= p.cv_max_examples and len(X_train) >= 2 * p.cv_folds:
+    # Cross-validation over every labelled row (the given val split joins the folds with cv_pool_val):
+    # out-of-fold predictions of all rows are far less noisy than one split of a few hundred.
+    folds, rows_fit, rows_sel = None, None, None  # rows: indices into X_all; X_fit/X_sel are views of them
+    cv_rows = len(y_all) if (p.cv_pool_val or not given_val) else len(yi)
+    if (p.cv_pool_val or not given_val) and p.cv_folds >= 2 and 2 * p.cv_folds <= cv_rows <= p.cv_max_examples:
         val_source = "cv"
-        X_fit, y_fit = X_train, yi
-        X_sel, y_sel = None, yi
-        folds = stratified_folds(yi, p.cv_folds, seed)
+        rows_fit = np.arange(cv_rows)
+        folds = stratified_folds(y_all[rows_fit], p.cv_folds, seed)
+    elif given_val:
+        val_source = "given"
+        rows_fit, rows_sel = np.arange(len(yi)), np.arange(len(yi), len(y_all))
     else:
         tr, va = stratified_split(yi, p.val_fraction, seed)
         val_source = "split" if len(va) else "none"
-        X_fit, y_fit = X_train[tr], yi[tr]
-        X_sel, y_sel = X_train[va], yi[va]
+        rows_fit, rows_sel = tr, va
+    y_fit = y_all[rows_fit]
+    y_sel = y_fit if folds is not None else y_all[rows_sel]
     validated = val_source != "none"
     log_prior_fit = log_prior(y_fit, C)
     # Class weights come from the training split and stay fixed in the refit: the validated
     # objective is the one refitted, whatever the class mix of the validation split.
     fit_class_w = class_weights(y_fit, C, p.class_weighting)
+    scorer = Scorer(p, y_sel, log_prior_fit, C)
 
-    # -- search: every family's candidates, scored on the same validation predictions --------------
-    data = SearchData(p, seed, C, X_fit, y_fit, X_sel if X_sel is not None and len(X_sel) else None, y_sel, folds,
-                      validated, fit_class_w, Scorer(p, y_sel, log_prior_fit, C), progress=progress)
+    # -- search: every family's candidates on every feature set, scored on the same predictions ----
     candidates: list[Candidate] = []
-    for name in (p.families if validated else p.families[:1]):  # without validation nothing to compare on
-        candidates += registry.get(name).search(replace(data, first_index=len(candidates)))
-    # The default candidate (the simple baseline a family declares: logreg at its grid's middle C) is
-    # replaced only for a clear gain on the validation examples, not for one or two examples' worth of
-    # noise. Among those with a clear gain: the best score (ties: a baseline family's, the earlier).
+    first_set = next(iter(X_all))
+    for set_name, X in X_all.items():
+        X_sel = X[rows_sel] if rows_sel is not None and len(rows_sel) else None
+        data = SearchData(p, seed, C, X[rows_fit], y_fit, X_sel, y_sel, folds, validated, fit_class_w, scorer,
+                          progress=progress, feature_set=set_name, primary=set_name == first_set,
+                          primary_found=list(candidates), primary_block=block_of(set_name, first_set))
+        found: list[Candidate] = []
+        for name in (p.families if validated else p.families[:1]):  # without validation nothing to compare on
+            for c in registry.get(name).search(replace(data, first_index=len(candidates) + len(found),
+                                                       earlier=list(found))):
+                c.feature_set = set_name
+                found.append(c)
+        candidates += found
+        if not validated:
+            break  # nothing to compare feature sets on: the first (the default's)
+    # The default candidate (the simple baseline a family declares: logreg at its grid's middle C, on the
+    # first feature set) is replaced only for a clear gain on the validation examples, not for one or two
+    # examples' worth of noise. Among those with a clear gain: the best score (ties: a baseline family's,
+    # the earlier).
     defaults = {c.family: registry.get(c.family).default_params(p) for c in candidates}
     base_i = next((i for i, c in enumerate(candidates) if c.params == defaults[c.family]), 0)
     best_i = choose([c.scored.score for c in candidates], [c.scored.correct for c in candidates],
-                    [defaults[c.family] is not None for c in candidates], base_i, p)
+                    [defaults[c.family] is not None for c in candidates], base_i, p, folds)
     search = [c.entry() for c in candidates]
     best, base = candidates[best_i], candidates[base_i]
     val_score, tau = float(best.scored.score), float(best.scored.prior_adjustment)
-    selection = {"metric": p.selection_metric, "source": val_source, "default": base.params | {"family": base.family},
-                 "chosen": {"family": best.family, "params": best.params}, "candidates": search}
+    named = {} if best.feature_set is None else {"feature_set": best.feature_set}
+    selection = {"metric": p.selection_metric, "source": val_source,
+                 "default": base.params | {"family": base.family} | (
+                     {} if base.feature_set is None else {"feature_set": base.feature_set}),
+                 "chosen": {"family": best.family, **named, "params": best.params},
+                 "why": _why(best, base, folds, p, len(candidates) - 1), "candidates": search}
+    if len(X_all) > 1:
+        selection["feature_sets"] = [str(k) for k in X_all]
 
     # -- the final model: the chosen family's, refitted on all the data or its search fit ----------
-    X_all = np.concatenate([X_train, X_val]) if given_val else X_train
-    y_all = np.concatenate([yi, y_sel]) if given_val else yi
     refit = p.refit and validated
-    n_fit, prior = (len(X_all), log_prior(y_all, C)) if refit else (len(X_fit), log_prior_fit)
-    final = registry.get(best.family).final(best, FinalData(p, seed, C, labels, X_all, y_all, refit, fit_class_w,
-                                                            tau * prior, progress))
-    chosen = {"family": best.family, **best.params, **final.meta, "prior_adjustment": tau}
+    n_fit, prior = (len(y_all), log_prior(y_all, C)) if refit else (len(y_fit), log_prior_fit)
+    final = registry.get(best.family).final(best, FinalData(p, seed, C, labels, X_all[best.feature_set], y_all,
+                                                            refit, fit_class_w, tau * prior, progress))
+    chosen = {"family": best.family, **named, **best.params, **final.meta, "prior_adjustment": tau}
     elapsed = time.perf_counter() - started
     meta = {"trainer": "heads.training.fit", "seed": seed, "chosen": chosen, "epochs": final.meta.get("epochs", 0),
             "prior_adjustment": tau, "val_score": val_score, "val_metric": p.selection_metric,
             "val_source": val_source, "n_fit": n_fit, "train_time_s": round(elapsed, 3),
             "selection": selection, "params": final.params.model_dump(exclude={"search_grid"})}
+    if best.feature_set is not None:
+        meta["feature_set"] = best.feature_set
     model = final.build(meta)
     return TrainResult(model=model, params=final.params, chosen=chosen, val_score=val_score,
                        val_metric=p.selection_metric, train_time_s=time.perf_counter() - started, search=search,
-                       n_train=len(X_train), n_val=len(y_sel) if validated else 0, val_source=val_source,
-                       selection=selection, val_proba=_adjusted(best.val_proba, tau * log_prior_fit))
+                       n_train=len(yi), n_val=len(y_sel) if validated else 0, val_source=val_source,
+                       selection=selection, val_proba=_adjusted(best.val_proba, tau * log_prior_fit),
+                       feature_set=best.feature_set)
+
+
+def _why(best: Candidate, base: Candidate, folds: np.ndarray | None, p: TrainParams, alternatives: int) -> str:
+    """One line for metrics.json: what the evidence was for keeping the default or moving off it."""
+    if base.scored.correct is None:
+        return "nothing to validate on: the default candidate"
+    where = (f"out-of-fold predictions of {len(base.scored.correct)} rows ({len(np.unique(folds))} folds)"
+             if folds is not None else f"{len(base.scored.correct)} validation rows")
+    if best is base:
+        return (f"no candidate beat the default clearly on the {where} (McNemar one-sided at {p.selection_alpha}, "
+                f"Bonferroni over {alternatives}, min gain {p.selection_min_gain}"
+                + (", not losing on a majority of folds)" if folds is not None else ")"))
+    ok, base_ok = best.scored.correct, base.scored.correct
+    fixed, broken = int((ok & ~base_ok).sum()), int((~ok & base_ok).sum())
+    text = (f"{best.family}{'' if best.feature_set is None else ' on ' + best.feature_set} "
+            f"{best.scored.score:.4f} vs default {base.scored.score:.4f} on the {where}: fixes {fixed}, "
+            f"breaks {broken} (z = {(fixed - broken) / max(1.0, np.sqrt(fixed + broken)):.2f})")
+    if folds is not None:
+        text += f", loses on {fold_losses(ok, base_ok, folds)} of {len(np.unique(folds))} folds"
+    return text
 
 
 def _adjusted(proba: np.ndarray | None, shift: np.ndarray) -> np.ndarray | None:

@@ -116,6 +116,8 @@ class LogregFamily:
 
     def search(self, data: SearchData) -> list[Candidate]:
         p, folds, C = data.p, data.folds, data.n_classes
+        if not data.primary and p.logreg_first_set_only:
+            return []
         Cs = list(p.logreg_c_grid) if data.validated else [middle(p.logreg_c_grid)]
         # scikit-learn's estimator on the raw embeddings, as the baseline is fitted (no input scaling)
         R_fit = np.ascontiguousarray(data.X_fit, np.float32)

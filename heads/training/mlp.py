@@ -5,8 +5,9 @@ with label smoothing, dropout and decoupled weight decay, halving the learning r
 plateaus and early-stopping on the validation metric. Inputs are centred and scaled (`scaler`),
 folded into the first layer afterwards, so the served model takes raw embeddings. Under
 cross-validation the fold members train jointly as members of one wide network and are scored on
-their pooled out-of-fold predictions. The refit retrains the choice on all the data for the chosen
-number of epochs, replaying the learning-rate schedule; `n_ensemble` members with different
+their pooled out-of-fold predictions, and each fold records its own best epoch. The refit retrains
+the choice on all the data for the median of the folds' best epochs (never one split's lucky
+epoch; the pooled best epoch with a single validation split), replaying the learning-rate schedule; `n_ensemble` members with different
 initialisations are stored in one HeadModel whose forward averages their probabilities.
 
 `head_type` "logreg" makes the network a single linear layer trained the same way (AdamW, early
@@ -113,6 +114,29 @@ class _Net:
             out[:, s:s + batch] = softmax(z, axis=-1)
         return out
 
+    def out_of_fold_proba(self, X: np.ndarray, folds: np.ndarray) -> np.ndarray:
+        """[N, C]: example i scored by member folds[i] only (the member that never trained on it): a
+        fifth of member_proba's work with 5 folds, the same numbers."""
+        P, H, C = self.params, self.H, self.C
+        out = np.empty((len(X), C), np.float32)
+        for k in range(self.K):
+            rows = np.flatnonzero(folds == k)
+            if not len(rows):
+                continue
+            cols = slice(k * H, (k + 1) * H)
+            state = {"W1": P["W1"][:, cols], "b1": P["b1"][cols]}
+            if self.mlp:
+                state |= {"W2": P["W2"][k:k + 1], "b2": P["b2"][k:k + 1]}
+                if self.skip:
+                    state["Ws"] = P["Ws"][:, k * C:(k + 1) * C]
+            K = self.K
+            self.K = 1
+            try:
+                out[rows] = self.member_proba(X[rows], state)[0]
+            finally:
+                self.K = K
+        return out
+
     def step(self, xb: np.ndarray, target: np.ndarray, sw: np.ndarray, p: TrainParams, rng: np.random.Generator) -> None:
         """One AdamW step on a batch; `sw` [K, B] per-member sample weights."""
         P, K, H, C = self.params, self.K, self.H, self.C
@@ -214,8 +238,13 @@ class MlpFit:
     state: dict[str, np.ndarray]  # weights at the best epoch (the last one without validation)
     score: float
     epochs: int
-    lr_plan: list[float]  # learning-rate multiplier per epoch, up to the best epoch
+    lr_plan: list[float]  # learning-rate multiplier per epoch, as run
     val_proba: np.ndarray | None  # [n_val, C] validation probabilities at the best epoch
+    fold_epochs: list[int] | None = None  # under cross-validation: each fold's own best epoch
+
+    def refit_epochs(self) -> int:
+        """Epochs for the refit: the median of the folds' best epochs, or the best epoch."""
+        return max(1, int(round(float(np.median(self.fold_epochs))))) if self.fold_epochs else max(1, self.epochs)
 
 
 def fit(p: TrainParams, X: np.ndarray, y: np.ndarray, C: int, *, K: int, seed: int, epochs: int,
@@ -242,6 +271,7 @@ def fit(p: TrainParams, X: np.ndarray, y: np.ndarray, C: int, *, K: int, seed: i
     smooth = np.full((C,), ls / C, np.float32)
     bs = max(1, min(p.batch_size, len(X)))
     best, best_epoch, best_state, best_proba, bad = -1.0, 0, net.snapshot(), None, 0
+    fold_best, fold_epochs = np.full(K, -1.0), np.zeros(K, np.int64)
     plan: list[float] = []
     mult, since_decay = 1.0, 0
     for epoch in range(1, epochs + 1):
@@ -261,9 +291,14 @@ def fit(p: TrainParams, X: np.ndarray, y: np.ndarray, C: int, *, K: int, seed: i
                 progress({"epoch": epoch})
             continue
         if folds is not None:
-            member = net.member_proba(X)
-            proba = member[folds, np.arange(len(X))]  # out-of-fold: example i scored by member folds[i]
+            proba = net.out_of_fold_proba(X, folds)  # example i scored by member folds[i]
             truth = y
+            pred = proba.argmax(axis=1)
+            for k in range(K):  # each fold's own best epoch (ties: the later), for the refit's epoch count
+                rows = folds == k
+                fold_score = score_confusion(confusion_matrix(y[rows], pred[rows], C), p.selection_metric)
+                if fold_score >= fold_best[k] - 1e-12:
+                    fold_best[k], fold_epochs[k] = fold_score, epoch
         else:
             proba = net.member_proba(X_val).mean(axis=0)
             truth = y_val
@@ -283,7 +318,8 @@ def fit(p: TrainParams, X: np.ndarray, y: np.ndarray, C: int, *, K: int, seed: i
             since_decay = 0
     if not validate:
         return MlpFit(net, net.snapshot(), float("nan"), epochs, plan, None)
-    return MlpFit(net, best_state, best, best_epoch, plan[:best_epoch], best_proba)
+    return MlpFit(net, best_state, best, best_epoch, plan, best_proba,
+                  [int(e) for e in fold_epochs] if folds is not None else None)
 
 
 
@@ -323,13 +359,14 @@ class MlpFamily:
                          progress=_tagged(data.progress, "search", data.first_index + j, len(grid), overrides))
             out.append(Candidate(self.name, dict(overrides), data.score(result.val_proba), result.val_proba,
                                  _SearchFit(result, mean, scale), time.perf_counter() - t0,
-                                 {"epochs": result.epochs}))
+                                 {"epochs": result.epochs, "refit_epochs": result.refit_epochs(),
+                                  **({"fold_epochs": result.fold_epochs} if result.fold_epochs else {})}))
         return out
 
     def final(self, chosen: Candidate, data: FinalData) -> Final:
         p, searched = data.p, chosen.fitted
         final = p.model_copy(update=chosen.params)
-        epochs = int(chosen.record["epochs"])
+        epochs = int(chosen.record.get("refit_epochs", chosen.record["epochs"]))
         if data.refit:
             mean, scale = scaler(data.X, p.input_scaling)
             result = fit(final, ((data.X - mean) * scale).astype(np.float32), data.y, data.n_classes,

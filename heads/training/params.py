@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from embedder.feature_sets import KNOWN
+
 _SEARCHABLE = {"hidden_units", "dropout", "input_dropout", "weight_decay", "lr", "label_smoothing", "batch_size",
                "activation", "head_type", "linear_skip"}
 
@@ -22,16 +24,20 @@ class TrainParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     families: list[str] = Field(
-        default_factory=lambda: ["mlp", "logreg"], min_length=1,
+        default_factory=lambda: ["mlp", "logreg", "blend"], min_length=1,
         description="head families compared on the validation data (heads.training.families), in this order; the "
                     "best validation score wins (ties: the simpler logreg). mlp: the AdamW-trained network of "
                     "head_type over search_grid; logreg: scikit-learn's LogisticRegression (L2, lbfgs) on the raw "
-                    "embeddings, C from logreg_c_grid")
+                    "embeddings, C from logreg_c_grid; blend: the two averaged in probability (heads.training.blend)")
     logreg_c_grid: list[float] = Field(
         default_factory=lambda: [1.0, 3.0, 10.0, 30.0, 100.0, 300.0], min_length=1,
         description="inverse L2 strength C of the logreg family (scikit-learn's LogisticRegression(C) on the "
                     "raw embeddings). The middle value is the default candidate that others must clearly beat "
                     "on the validation data")
+    logreg_first_set_only: bool = Field(
+        True, description="fit the logreg family on the first of several feature sets only (the baseline's): on "
+                          "all6 each fit costs ~6x and the MLP family is the one that gains from it; the blend "
+                          "family still pairs it with the MLP of another set that contains the first set's vector")
     logreg_max_iter: int = Field(1000, ge=1, description="lbfgs iterations per logreg fit (LogisticRegression max_iter)")
     logreg_tol: float = Field(1e-4, gt=0, description="LogisticRegression tol (scikit-learn's default)")
     head_type: Literal["mlp", "logreg"] = Field("mlp", description="network of the mlp family (logreg here: "
@@ -60,20 +66,29 @@ class TrainParams(BaseModel):
     prior_adjustment_grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     prior_adjustment_min_gain: float = Field(
         0.0025, ge=0, description="'auto' moves tau off 0 only if that raises the validation score this much")
-    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="held out of train when there is no val split "
-                                                              "and cross-validation does not apply")
-    cv_folds: int = Field(5, ge=0, le=20, description="folds for model selection without a val split (0/1: off)")
-    cv_max_examples: int = Field(10_000, ge=0, description="cross-validate only up to this many training examples")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="held out of train when cross-validation does "
+                                                              "not apply and there is no val split")
+    cv_folds: int = Field(5, ge=0, le=20, description="folds for model selection (0/1: off)")
+    cv_max_examples: int = Field(50_000, ge=0, description="cross-validate up to this many labelled examples "
+                                                            "(train, plus val when cv_pool_val)")
+    cv_pool_val: bool = Field(True, description="a given val split joins the cross-validation folds (selection "
+                                                "on every labelled row, as the refit uses them all); False: "
+                                                "select on the given val split alone")
+    feature_sets: list[str] = Field(
+        default_factory=lambda: list(KNOWN), min_length=1,
+        description="the embedder feature sets a head config's `feature_set: auto` compares (the first is the "
+                    "default's: the baseline candidate is logreg at the default C on it); every family's "
+                    "candidates are fitted on each set and chosen by the same validation evidence")
     selection_metric: Literal["accuracy", "f1_weighted", "f1_macro"] = "accuracy"
     selection_min_gain: float = Field(
         0.0025, ge=0, description="a candidate replaces the default (logreg at the middle of logreg_c_grid, C=10) only "
                                   "if it raises the validation score this much and wins clearly example-wise")
     selection_alpha: float = Field(
         0.01, gt=0, lt=1, description="a candidate (or a prior adjustment) replaces the default only if McNemar's "
-                                      "one-sided test on the validation examples rejects 'no better' at this level, "
-                                      "Bonferroni-corrected for the number of alternatives compared. Strict on "
-                                      "purpose: the MLP's validation score is its best epoch on those same "
-                                      "examples (optimistic), and validation gains of z ~ 2-3 did not hold on test")
+                                      "one-sided test on the validation examples (under cross-validation: every "
+                                      "row's out-of-fold prediction) rejects 'no better' at this level, "
+                                      "Bonferroni-corrected for the number of alternatives compared; under "
+                                      "cross-validation it must also not lose on a majority of the folds")
     refit: bool = Field(True, description="retrain the chosen settings on all the data (train + val)")
     n_ensemble: int = Field(2, ge=1, le=16, description="members (different initialisations) averaged in "
                                                          "probability in the final model")
@@ -106,6 +121,14 @@ class TrainParams(BaseModel):
         if any(not c > 0 for c in grid):
             raise ValueError("logreg_c_grid values must be > 0")
         return sorted(set(grid))
+
+    @field_validator("feature_sets")
+    @classmethod
+    def _known_sets(cls, sets: list[str]) -> list[str]:
+        unknown = [s for s in sets if s not in KNOWN]
+        if unknown:
+            raise ValueError(f"unknown feature sets {unknown} (one of {list(KNOWN)})")
+        return list(dict.fromkeys(sets))
 
     @field_validator("families")
     @classmethod

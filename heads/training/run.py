@@ -1,7 +1,9 @@
 """The training pipeline behind `polyhead train CONFIG`: data -> embeddings -> head -> artifact.
 
 Embeddings come from the embedder over gRPC (a streamed bulk call), so re-training a head, or
-training another head on overlapping texts, is served from the embedder's cache.
+training another head on overlapping texts, is served from the embedder's cache. With
+`feature_set: auto` (the default) every set of `training.feature_sets` the embedder serves is
+embedded and the trainer chooses among them; the artifact records the chosen set and its fingerprint.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Callable
 import numpy as np
 import yaml
 
-from embedder.feature_sets import DEFAULT
+from embedder.client import feature_sets as served_sets
+from embedder.feature_sets import AUTO, DEFAULT
 from heads.artifacts import write_artifact
 from heads.config import HeadConfig
 from heads.roles import read_state, register_trained, update_state
@@ -127,21 +130,22 @@ def _champion_and_val(config: HeadConfig, models_dir: Path, splits: dict) -> tup
     return champion, splits
 
 
-def _add_pseudo_labels(config: HeadConfig, client, champion, splits: dict, embedded: dict, options) -> tuple:
+def _add_pseudo_labels(config: HeadConfig, client, champion, splits: dict, by_set: dict, options) -> tuple:
+    """(train split, counts); the added texts' vectors are appended to every set's train vectors in `by_set`."""
     from heads.training.pseudo_labels import choose_threshold, confident_predictions, pick
 
     train, val = splits["train"], splits["val"]
     counts = {"champion": champion.version, "target_precision": options.target_precision,
               "min_support": options.min_support, "max_share": options.max_share, "threshold": None, "added": 0}
-    if champion.feature_set != config.feature_set:
-        counts["skipped"] = f"the champion embeds with {champion.feature_set!r}, the config with {config.feature_set!r}"
-        return train, embedded["train"], counts
-    chosen = choose_threshold(champion.model.predict_proba(embedded["val"]), list(champion.model.labels), val.labels,
+    if champion.feature_set not in by_set:
+        counts["skipped"] = f"the champion embeds with {champion.feature_set!r}, not among the sets {sorted(by_set)}"
+        return train, counts
+    chosen = choose_threshold(champion.model.predict_proba(by_set[champion.feature_set]["val"]), list(champion.model.labels), val.labels,
                               target_precision=options.target_precision, min_support=options.min_support)
     if chosen is None:
         counts["skipped"] = (f"no threshold reaches precision {options.target_precision} on at least "
                              f"{options.min_support} of the {len(val.texts)} val texts")
-        return train, embedded["train"], counts
+        return train, counts
     threshold, precision, support = chosen
     candidates = confident_predictions(options.db_url, config.name, champion.version, threshold)
     every_text = {t.strip() for s in splits.values() for t in s.texts}
@@ -152,10 +156,11 @@ def _add_pseudo_labels(config: HeadConfig, client, champion, splits: dict, embed
                    "label_distribution": {k: v for k, v in sorted(
                        {label: sum(1 for _, lab, _ in added if lab == label) for _, label, _ in added}.items())}})
     if not added:
-        return train, embedded["train"], counts
-    vectors, _ = embed_all(client, [t for t, _, _ in added], feature_set=config.feature_set)
-    return (Split(train.texts + [t for t, _, _ in added], train.labels + [lab for _, lab, _ in added]),
-            np.concatenate([embedded["train"], vectors]), counts)
+        return train, counts
+    for feature_set, vectors in by_set.items():
+        more, _ = embed_all(client, [t for t, _, _ in added], feature_set=feature_set)
+        vectors["train"] = np.concatenate([vectors["train"], more])
+    return Split(train.texts + [t for t, _, _ in added], train.labels + [lab for _, lab, _ in added]), counts
 
 
 def read_split(path: Path, text_field: str, label_field: str) -> Split:
@@ -216,6 +221,20 @@ def embed_all(client, texts: list[str], on_progress: Callable[[int], None] | Non
     return np.concatenate(vectors), fingerprint
 
 
+def candidate_sets(config: HeadConfig, client) -> list[str]:
+    """The feature sets to embed: the config's own, or (auto) those of training.feature_sets that the
+    embedder serves (an export older than feature sets serves only the default)."""
+    if config.feature_set != AUTO:
+        return [config.feature_set]
+    served = served_sets(client.info())
+    sets = [s for s in config.training.feature_sets if s in served]
+    if not sets:
+        raise ValidationError(f"{config.source}: training.feature_sets {config.training.feature_sets}: the "
+                              f"embedder serves none of them (it serves {', '.join(served)})",
+                              field="training.feature_sets")
+    return sets
+
+
 def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=None, version: str | None = None,
                       feedback_db_url: str | None = None, feedback_from: list[str] | None = None,
                       promote: bool = False, pseudo_labels=None) -> TrainReport:
@@ -244,32 +263,38 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
     champion = None
     if pseudo_labels is not None:
         champion, splits = _champion_and_val(config, models_dir, splits)
-    total = sum(len(s.texts) for s in splits.values())
+    sets = candidate_sets(config, client)
+    total = sum(len(s.texts) for s in splits.values()) * len(sets)
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False, disable=console is False) as progress:
         task = progress.add_task(f"[{config.name}] embedding", total=total)
         started = datetime.now(timezone.utc)
-        embedded, fingerprint = {}, ""
-        for k, s in splits.items():
-            embedded[k], fingerprint = embed_all(client, s.texts, lambda n: progress.advance(task, n),
-                                                 config.feature_set)
+        by_set: dict[str, dict[str, np.ndarray]] = {}  # feature set -> split -> vectors
+        fingerprints: dict[str, str] = {}
+        for feature_set in sets:
+            by_set[feature_set] = {}
+            for k, s in splits.items():
+                by_set[feature_set][k], fingerprints[feature_set] = embed_all(
+                    client, s.texts, lambda n: progress.advance(task, n), feature_set)
         embed_time = (datetime.now(timezone.utc) - started).total_seconds()
         pseudo_counts = None
         if champion is not None:
-            splits["train"], embedded["train"], pseudo_counts = _add_pseudo_labels(
-                config, client, champion, splits, embedded, pseudo_labels)
+            splits["train"], pseudo_counts = _add_pseudo_labels(
+                config, client, champion, splits, by_set, pseudo_labels)
 
         fit_task = progress.add_task(f"[{config.name}] training", total=None)
         val = splits.get("val")
-        result = train_head(embedded["train"], splits["train"].labels,
-                            embedded.get("val"), val.labels if val else None,
+        result = train_head({f: v["train"] for f, v in by_set.items()}, splits["train"].labels,
+                            {f: v["val"] for f, v in by_set.items()} if val else None, val.labels if val else None,
                             params=config.training, seed=config.seed,
                             progress=lambda info: progress.update(fit_task, description=f"[{config.name}] training {info.get('stage', '')}"))
         progress.update(fit_task, total=1, completed=1)
+    chosen_set = result.feature_set or DEFAULT
+    embedded, fingerprint = by_set[chosen_set], fingerprints[chosen_set]
 
     metrics = {"val": {"metric": result.val_metric, "score": result.val_score, "source": result.val_source},
-               "chosen": result.chosen, "selection": result.selection,
+               "chosen": result.chosen, "selection": result.selection, "feature_set": chosen_set,
                "train_time_s": round(result.train_time_s, 3),
                "n_train": len(splits["train"].texts)}
     if feedback_counts is not None:
@@ -284,7 +309,7 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(),
         "embedder_fingerprint": fingerprint,  # the feature set's: serving refuses vectors of another
-        "feature_set": config.feature_set,
+        "feature_set": chosen_set,  # serving requests this set (config's auto: the trainer's choice)
         "data_sha256": data_hash(list(paths.values())),
         "code_version": code_version(),
         "head_type": result.model.head_type,

@@ -1,11 +1,14 @@
 """Model selection on validation predictions, the same for every family.
 
-Every candidate (of any family) is scored on the same validation examples: the prior adjustment
-tau is picked on its probabilities (`Scorer`), then `choose` keeps the default candidate unless
-another one is clearly better on those examples: by `selection_min_gain`, and by McNemar's one-sided
-test at `selection_alpha`, Bonferroni-corrected for the number of alternatives (as for tau). A few
-examples of a few hundred are noise, and chasing them (a lax test picked the MLP on validation
-gains that did not hold on test) lost to plain logistic regression on held-out data.
+Every candidate (of any family, on any feature set) is scored on the same validation examples: the
+prior adjustment tau is picked on its probabilities (`Scorer`), then `choose` keeps the default
+candidate unless another one is clearly better on those examples: by `selection_min_gain`, and by
+McNemar's one-sided test at `selection_alpha`, Bonferroni-corrected for the number of alternatives
+(as for tau). Under cross-validation the examples are every labelled row's out-of-fold prediction
+(paired: each row predicted by both candidates' fold models), and the candidate must also not lose
+to the default on a majority of the folds, so a gain made on one fold does not carry the choice.
+A few examples of a few hundred are noise, and chasing them (a lax test on one split picked the MLP
+on validation gains that did not hold on test) lost to plain logistic regression on held-out data.
 """
 
 from __future__ import annotations
@@ -55,10 +58,11 @@ class Scorer:
 
 
 def choose(scores: Sequence[float], correct: Sequence[np.ndarray | None], preferred: Sequence[bool],
-           default: int, p: TrainParams) -> int:
+           default: int, p: TrainParams, folds: np.ndarray | None = None) -> int:
     """Index of the chosen candidate: `default` unless another one validates clearly better; among
     those with a clear gain, the best score (ties: a `preferred` one, i.e. of a family with a default
-    candidate, then the earlier)."""
+    candidate, then the earlier). With `folds` (the fold of each validation example), a clear gain
+    must also not lose on a majority of the folds (`fold_losses`)."""
     if correct[default] is None:
         return default
     base_ok, base_score = correct[default], scores[default]
@@ -66,10 +70,17 @@ def choose(scores: Sequence[float], correct: Sequence[np.ndarray | None], prefer
     for i in ranked:
         if i == default or scores[i] <= base_score + 1e-9:
             break
-        if clear_gain(correct[i], scores[i], base_ok, base_score, p.selection_min_gain,
-                      bonferroni_z(p.selection_alpha, len(scores) - 1)):
+        if not clear_gain(correct[i], scores[i], base_ok, base_score, p.selection_min_gain,
+                          bonferroni_z(p.selection_alpha, len(scores) - 1)):
+            continue
+        if folds is None or 2 * fold_losses(correct[i], base_ok, folds) <= len(np.unique(folds)):
             return i
     return default
+
+
+def fold_losses(ok: np.ndarray, base_ok: np.ndarray, folds: np.ndarray) -> int:
+    """Folds on which predictions right where `ok` are right less often than the base ones."""
+    return sum(int(ok[folds == k].sum() < base_ok[folds == k].sum()) for k in np.unique(folds))
 
 
 def _rounded(score: float) -> float:

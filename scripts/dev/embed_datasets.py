@@ -1,10 +1,12 @@
 """Compute and cache all-MiniLM-L6-v2 embeddings of the public datasets in ../shared/datasets.
 
 Each split lands in `<cache-dir>/<dataset>/<split>.npz` (default cache dir
-/tmp/polyhead-embeddings) holding `X` [N,384] float32, `labels` and `texts` (unicode arrays, no
-pickle) and `source_sha256` (a digest of the JSONL file, so a changed dataset is re-embedded).
-CLINC150 domain subsets (`clinc150/domains/<d>`) reuse the vectors of the full CLINC150 splits
-when those are cached, since their texts are a subset.
+/tmp/polyhead-embeddings) holding `X` [N,384] float32 (the default feature set), `labels` and
+`texts` (unicode arrays, no pickle) and `source_sha256` (a digest of the JSONL file, so a changed
+dataset is re-embedded); every other feature set of the model (embedder/feature_sets.py: all6,
+[N,2304]) in `<split>.<set>.npz` beside it, from the same encoder pass (`embed_features`), so
+one run caches both sets. CLINC150 domain subsets (`clinc150/domains/<d>`) reuse the vectors of
+the full CLINC150 splits when those are cached, since their texts are a subset.
 
     .venv/bin/python -m scripts.dev.embed_datasets                      # every dataset, in-process
     .venv/bin/python -m scripts.dev.embed_datasets clinc150 emotion trec sms_spam
@@ -29,6 +31,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from embedder.feature_sets import DEFAULT, KNOWN
+
 ROOT = Path(__file__).resolve().parents[2]
 DATASETS_ROOT = ROOT.parent / "shared" / "datasets"
 DEFAULT_CACHE_DIR = Path("/tmp/polyhead-embeddings")
@@ -40,7 +44,7 @@ CLINC_DOMAINS = ["auto_and_commute", "banking", "credit_cards", "home", "kitchen
 SPLITS = ("train", "val", "test")
 BATCH_SIZE = 64
 
-Embedder = Callable[[Sequence[str]], np.ndarray]
+Embedder = Callable[[Sequence[str]], np.ndarray]  # texts -> default vectors; `.features(texts)`: every set
 
 
 def all_dataset_names() -> list[str]:
@@ -94,8 +98,19 @@ class LocalEncoder:
 
         return np.asarray(self._load()(tf.constant(texts, dtype=tf.string)).numpy(), dtype=np.float32)
 
+    def _features_batch(self, texts: list[str]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        out = self._load().embed_features(tf.constant(texts, dtype=tf.string))
+        return {DEFAULT: np.asarray(out["embeddings"].numpy(), np.float32),
+                **{name: np.asarray(out[name].numpy(), np.float32) for name in KNOWN if name != DEFAULT}}
+
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         return embed_sorted(self._embed_batch, texts, self.batch_size)
+
+    def features(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Every feature set of KNOWN from one encoder pass (the export's `embed_features`)."""
+        return embed_sorted_sets(self._features_batch, texts, self.batch_size)
 
 
 class RemoteEncoder:
@@ -109,6 +124,11 @@ class RemoteEncoder:
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         return embed_sorted(lambda b: np.asarray(self.client.embed(b).vectors, np.float32), texts, self.batch_size)
+
+    def features(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        return {name: embed_sorted(lambda b, n=name: np.asarray(self.client.embed(b, feature_set=n).vectors,
+                                                                np.float32), texts, self.batch_size)
+                for name in KNOWN}
 
 
 def embed_sorted(embed_batch: Callable[[list[str]], np.ndarray], texts: Sequence[str], batch_size: int,
@@ -131,13 +151,29 @@ def embed_sorted(embed_batch: Callable[[list[str]], np.ndarray], texts: Sequence
     return out
 
 
+def embed_sorted_sets(embed_batch: Callable[[list[str]], dict[str, np.ndarray]], texts: Sequence[str],
+                      batch_size: int) -> dict[str, np.ndarray]:
+    """embed_sorted for a batch function answering several feature sets at once."""
+    texts = list(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: dict[str, np.ndarray] = {}
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        for name, vecs in embed_batch([texts[i] for i in idx]).items():
+            if name not in out:
+                out[name] = np.empty((len(texts), vecs.shape[1]), np.float32)
+            out[name][idx] = vecs
+    return out
+
+
 def make_encoder(target: str | None = None) -> Embedder:
     return RemoteEncoder(target) if target else LocalEncoder()
 
 
 # -- cache ---------------------------------------------------------------------------------------
-def cache_path(dataset: str, split: str, cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
-    return Path(cache_dir) / dataset / f"{split}.npz"
+def cache_path(dataset: str, split: str, cache_dir: Path = DEFAULT_CACHE_DIR, feature_set: str = DEFAULT) -> Path:
+    suffix = "" if feature_set == DEFAULT else f".{feature_set}"
+    return Path(cache_dir) / dataset / f"{split}{suffix}.npz"
 
 
 def _read_cache(path: Path, sha: str | None = None) -> dict[str, np.ndarray] | None:
@@ -155,17 +191,17 @@ def _read_cache(path: Path, sha: str | None = None) -> dict[str, np.ndarray] | N
 
 def _write_cache(path: Path, X: np.ndarray, texts: list[str], labels: list[str], sha: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # the cache is shared: no two writers' tmp meet
     np.savez(tmp, X=X.astype(np.float32), texts=np.array(texts, dtype=str), labels=np.array(labels, dtype=str),
              source_sha256=np.array(sha))
     os.replace(tmp, path)
 
 
-def _reuse_pool(dataset: str, split: str, cache_dir: Path) -> dict[str, np.ndarray]:
+def _reuse_pool(dataset: str, split: str, cache_dir: Path, feature_set: str) -> dict[str, np.ndarray]:
     """Vectors already computed for the same texts (CLINC150 domains are subsets of CLINC150)."""
     if not dataset.startswith("clinc150/domains/"):
         return {}
-    data = _read_cache(cache_path("clinc150", split, cache_dir))
+    data = _read_cache(cache_path("clinc150", split, cache_dir, feature_set))
     if data is None:
         return {}
     return {t: v for t, v in zip(data["texts"].tolist(), data["X"])}
@@ -173,39 +209,52 @@ def _reuse_pool(dataset: str, split: str, cache_dir: Path) -> dict[str, np.ndarr
 
 def load_split(dataset: str, split: str, *, cache_dir: Path = DEFAULT_CACHE_DIR,
                datasets_root: Path = DATASETS_ROOT, encoder: Embedder | None = None,
-               log: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(X [N,384] float32, labels [N] str, texts) for one split, embedding and caching it if needed.
+               log: Callable[[str], None] | None = None,
+               feature_set: str = DEFAULT) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(X [N,dim] float32, labels [N] str, texts) of `feature_set` for one split, embedding and caching
+    it if needed. A miss embeds every feature set of KNOWN in one pass and caches them all.
 
     `encoder` maps texts to vectors (LocalEncoder loads its model lazily, on the first cache miss);
     None means a fresh in-process LocalEncoder.
     """
+    if feature_set not in KNOWN:
+        raise ValueError(f"unknown feature set {feature_set!r} (one of {KNOWN})")
     src = Path(datasets_root) / dataset / f"{split}.jsonl"
     sha = file_sha256(src)
-    path = cache_path(dataset, split, cache_dir)
-    data = _read_cache(path, sha)
+    data = _read_cache(cache_path(dataset, split, cache_dir, feature_set), sha)
     if data is not None:
         return data["X"], data["labels"], data["texts"].tolist()
     texts, labels = read_jsonl(src)
-    pool = _reuse_pool(dataset, split, cache_dir)
-    missing = [i for i, t in enumerate(texts) if t not in pool]
-    X = np.empty((len(texts), 384), np.float32)
-    for i, t in enumerate(texts):
-        if t in pool:
-            X[i] = pool[t]
+    pools = {name: _reuse_pool(dataset, split, cache_dir, name) for name in KNOWN}
+    missing = [i for i, t in enumerate(texts) if not all(t in pool for pool in pools.values())]
+    computed: dict[str, np.ndarray] = {}
     if missing:
         if encoder is None:
             encoder = LocalEncoder()
         started = time.perf_counter()
-        vecs = encoder([texts[i] for i in missing])
-        X[missing] = vecs
+        computed = encoder.features([texts[i] for i in missing])
         if log:
             dt = time.perf_counter() - started
-            log(f"{dataset}/{split}: embedded {len(missing)} texts in {dt:.1f}s ({len(missing) / max(dt, 1e-9):.0f}/s)"
+            log(f"{dataset}/{split}: embedded {len(missing)} texts ({', '.join(KNOWN)}) in {dt:.1f}s "
+                f"({len(missing) / max(dt, 1e-9):.0f}/s)"
                 + (f", reused {len(texts) - len(missing)}" if len(missing) < len(texts) else ""))
     elif log:
         log(f"{dataset}/{split}: reused all {len(texts)} vectors")
-    _write_cache(path, X, texts, labels, sha)
-    return X, np.array(labels, dtype=str), texts
+    out = None
+    for name in KNOWN:
+        vecs = computed.get(name)
+        dim = vecs.shape[1] if vecs is not None else len(next(iter(pools[name].values())))
+        X = np.empty((len(texts), dim), np.float32)
+        if vecs is not None:
+            X[missing] = vecs
+        reused = sorted(set(range(len(texts))) - set(missing))
+        for i in reused:
+            X[i] = pools[name][texts[i]]
+        _write_cache(cache_path(dataset, split, cache_dir, name), X, texts, labels, sha)
+        if name == feature_set:
+            out = X
+    assert out is not None
+    return out, np.array(labels, dtype=str), texts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,9 +276,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skip {name}: no {args.datasets_root / name}/*.jsonl", flush=True)
             continue
         for split in splits:
-            X, _, _ = load_split(name, split, cache_dir=args.cache_dir, datasets_root=args.datasets_root,
-                                 encoder=encoder, log=lambda m: print(m, flush=True))
-            print(f"{name}/{split}: {X.shape} -> {cache_path(name, split, args.cache_dir)}", flush=True)
+            for feature_set in KNOWN:  # the first call embeds every set (one pass); the others read the cache
+                X, _, _ = load_split(name, split, cache_dir=args.cache_dir, datasets_root=args.datasets_root,
+                                     encoder=encoder, log=lambda m: print(m, flush=True), feature_set=feature_set)
+                print(f"{name}/{split}: {feature_set} {X.shape} -> "
+                      f"{cache_path(name, split, args.cache_dir, feature_set)}", flush=True)
     return 0
 
 

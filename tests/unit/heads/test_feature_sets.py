@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from embedder.feature_sets import KNOWN
+from embedder.feature_sets import AUTO, KNOWN
 from heads.coalescing import CoalescingEmbedder
 from heads.config import HeadConfig, HeadConfigError, load_head_config
 from heads.settings import HeadSettings
@@ -55,10 +55,10 @@ async def all6_head(embedder, tmp_path_factory) -> TrainedHead:
     return TrainedHead(config, tmp / "models", report.version, manifest["labels"], manifest["embedder_fingerprint"])
 
 
-def test_the_config_defaults_to_default_and_accepts_only_known_sets(tmp_path):
-    assert get_args(HeadConfig.model_fields["feature_set"].annotation) == KNOWN
-    assert load_head_config(HEAD_CONFIGS / f"{HEAD}.yaml").feature_set == "default"
-    with pytest.raises(HeadConfigError, match=r"feature_set: Input should be 'default' or 'all6'"):
+def test_the_config_defaults_to_auto_and_accepts_only_known_sets(tmp_path):
+    assert get_args(HeadConfig.model_fields["feature_set"].annotation) == (AUTO, *KNOWN)
+    assert load_head_config(HEAD_CONFIGS / f"{HEAD}.yaml").feature_set == "auto"
+    with pytest.raises(HeadConfigError, match=r"feature_set: Input should be 'auto', 'default' or 'all6'"):
         load_head_config(write_config(tmp_path, "typo", feature_set="all-6"))
 
 
@@ -209,3 +209,24 @@ async def test_batch_direct_embeds_with_the_artifacts_set_and_refuses_an_embedde
                 await classify_file(predictor, source, tmp_path / "refused.jsonl")
         finally:
             await predictor.aclose()
+
+
+def test_auto_compares_every_served_set_and_the_artifact_names_the_chosen_one(trained_head, embedder):
+    version = trained_head.models_dir / HEAD / trained_head.version
+    manifest = json.loads((version / "manifest.json").read_text())
+    metrics = json.loads((version / "metrics.json").read_text())
+    selection = metrics["selection"]
+    assert selection["feature_sets"] == ["default", "all6"]  # the demo config says nothing: auto
+    assert {c["feature_set"] for c in selection["candidates"]} == {"default", "all6"}
+    chosen = selection["chosen"]["feature_set"]
+    assert manifest["feature_set"] == metrics["feature_set"] == chosen
+    assert manifest["embedder_fingerprint"] == embedder.model.feature_sets[chosen].fingerprint
+    assert selection["why"] and selection["source"] == "cv"
+
+
+async def test_auto_trains_on_the_sets_the_embedder_serves(tmp_path):
+    async with running_embedder(model_handle="fake://?feature_sets=default") as old:
+        config = write_config(tmp_path / "configs", "auto-old", feature_set="auto")
+        report = await asyncio.to_thread(train_in_process, config, tmp_path / "models", old.target)
+    assert report.metrics["feature_set"] == "default" and "feature_sets" not in report.metrics["selection"]
+    assert {c["feature_set"] for c in report.metrics["selection"]["candidates"]} == {"default"}

@@ -90,7 +90,7 @@ def few_shot(n_per_class: int, dim: int = 128, classes: int = 4, sample_seed: in
 def test_a_registered_family_is_searched_selected_and_served_like_the_builtin_ones(centroid_family, tmp_path):
     X, y = few_shot(6)
     Xv, yv = few_shot(150, sample_seed=1)
-    p = TrainParams(families=["mlp", "logreg", "centroid"], logreg_c_grid=[10.0], epochs_max=5)
+    p = TrainParams(families=["mlp", "logreg", "centroid"], logreg_c_grid=[10.0], epochs_max=5, cv_pool_val=False)
     result = train_head(X, y, Xv, yv, params=p)
     sel = result.selection
     assert sel["default"] == {"family": "logreg", "C": 10.0}  # the baseline stays the one to beat

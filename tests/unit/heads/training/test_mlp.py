@@ -32,3 +32,33 @@ def test_served_model_matches_the_training_network(overrides):
     expected = fit.net.member_proba(((X - mean) * scale).astype(np.float32), fit.state).mean(axis=0)
     assert model.n_members == 3
     np.testing.assert_allclose(model.predict_proba(X), expected, atol=2e-6)
+
+
+def test_cross_validation_records_each_folds_best_epoch_and_refits_for_their_median():
+    from heads.training.data import stratified_folds
+
+    from tests.unit.heads.training.synthetic import linear_problem
+
+    X, y = linear_problem(600, dim=24)
+    yi = np.array([int(v[1:]) for v in y])
+    p = TrainParams(epochs_max=12, patience=12)
+    folds = stratified_folds(yi, 5, 0)
+    result = fit_mlp(p, X, yi, 3, K=5, seed=0, epochs=p.epochs_max, folds=folds)
+    assert len(result.fold_epochs) == 5 and all(1 <= e <= len(result.lr_plan) for e in result.fold_epochs)
+    assert result.refit_epochs() == max(1, int(round(float(np.median(result.fold_epochs)))))
+    assert len(result.lr_plan) >= result.epochs  # the schedule as run, replayed by the refit
+
+
+@pytest.mark.parametrize("head_type,linear_skip", [("mlp", False), ("mlp", True), ("logreg", False)])
+def test_out_of_fold_scores_use_only_each_rows_own_fold_member(head_type, linear_skip):
+    from heads.training.mlp import _Net
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 24)).astype(np.float32)
+    folds = rng.integers(0, 5, 300)
+    net = _Net(TrainParams(head_type=head_type, linear_skip=linear_skip, hidden_units=16), 24, 3, 5,
+               np.random.default_rng(1))
+    for name, value in net.params.items():  # members that differ (zero-initialised weights would not)
+        net.params[name] = (value + 0.1 * rng.normal(size=value.shape)).astype(np.float32)
+    every_member = net.member_proba(X)[folds, np.arange(len(X))]
+    assert np.allclose(net.out_of_fold_proba(X, folds), every_member, atol=1e-6)

@@ -31,3 +31,30 @@ def test_a_candidate_replaces_the_default_only_for_a_clear_gain():
     chosen = next(c for c in sel["candidates"] if c["family"] == sel["chosen"]["family"]
                   and c["params"] == sel["chosen"]["params"])
     assert chosen is default or chosen["val_score"] >= default["val_score"] + 0.0025
+
+
+def test_under_cross_validation_a_clear_pooled_gain_must_not_lose_on_most_folds():
+    from heads.training.params import TrainParams
+    from heads.training.selection import choose, fold_losses
+
+    folds = np.repeat(np.arange(5), 200)  # 1,000 out-of-fold predictions, 5 folds
+    base = np.ones(1000, bool)
+    base[::10] = False  # the default: 0.9 on every fold
+    lucky = base.copy()
+    lucky[:200] = True  # all of its gain on fold 0 (+20 examples), 8 examples worse on each other fold
+    for k in range(1, 5):
+        lucky[np.flatnonzero(folds == k)[1:9]] = False
+    steady = base.copy()
+    steady[::20] = True  # +10 examples on every fold
+    assert fold_losses(lucky, base, folds) == 4 and fold_losses(steady, base, folds) == 0
+    p = TrainParams(selection_alpha=0.05)
+    scores = [c.mean() for c in (base, lucky, steady)]
+    assert choose(scores[:2], [base, lucky], [True, False], 0, p) == 0  # pooled, lucky is no clear gain either
+    big_lucky = base.copy()
+    big_lucky[np.flatnonzero(folds == 0)] = True
+    for k in (2, 3, 4):  # +20 on fold 0, one example worse on each of three folds: a gain made on one fold
+        big_lucky[np.flatnonzero(base & (folds == k))[0]] = False
+    gain = [base.mean(), big_lucky.mean()]
+    assert choose(gain, [base, big_lucky], [True, False], 0, p) == 1  # one split's view: a clear gain
+    assert choose(gain, [base, big_lucky], [True, False], 0, p, folds) == 0  # loses on 3 of 5 folds
+    assert choose(scores, [base, lucky, steady], [True, False, False], 0, p, folds) == 2
