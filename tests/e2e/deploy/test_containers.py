@@ -152,7 +152,7 @@ def test_predict_classify_embeddings_and_feedback_through_the_gateway(stack):
     vectors = [d["embedding"] for d in r.json()["data"]]
     assert len(vectors) == 2 and all(len(v) == 384 for v in vectors)
 
-    r = httpx.post(f"{url}/v1/models/sentiment/feedback", json={"request_id": body["request_id"], "label": "positive"},
+    r = httpx.post(f"{url}/v1/models/sentiment/feedback", json={"prediction_id": body["prediction_id"], "label": "positive"},
                    timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["stored"] == 1

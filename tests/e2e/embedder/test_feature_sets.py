@@ -48,7 +48,7 @@ async def test_all6_from_the_service_is_the_modules_output_in_six_unit_blocks(se
 
 def test_the_benchmarks_layer_encoder_agrees_with_the_served_all6(exported_model):
     """scripts/bench/features.py measured all6 with its own implementation: the served set must be it."""
-    spec = importlib.util.spec_from_file_location("bench_features", ROOT / "scripts" / "bench_features.py")
+    spec = importlib.util.spec_from_file_location("bench_features", ROOT / "scripts" / "bench" / "features.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     agree = bench.parity(bench.LayerEncoder(exported_model), TEXTS)

@@ -44,7 +44,7 @@ def test_train_writes_a_complete_versioned_artifact(trained_tickets):
     assert metrics["accuracy"] >= 0.75  # 12 held-out tickets, 3 clearly separable classes
     # model selection across head families: every candidate's validation score and the choice
     selection = all_metrics["selection"]
-    assert {c["family"] for c in selection["candidates"]} == {"mlp", "logreg"}
+    assert {c["family"] for c in selection["candidates"]} == {"mlp", "logreg", "blend"}  # the default families
     best = max(c["val_score"] for c in selection["candidates"])
     chosen = [c for c in selection["candidates"] if c["family"] == selection["chosen"]["family"]
               and c["params"] == selection["chosen"]["params"]]
