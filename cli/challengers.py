@@ -15,28 +15,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from polyhead.errors import ConflictError, NotFoundError, PolyheadError, UnavailableError, ValidationError
+from cli.gateway_client import call_gateway
+from polyhead.errors import PolyheadError
 
 
 def gateway_call(method: str, gateway: str, path: str, *, api_key: str | None = None, body: dict | None = None) -> dict:
     """One gateway call; its error message (naming the field) on a 4xx/5xx."""
-    import httpx
-
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        r = httpx.request(method, f"{gateway.rstrip('/')}{path}", json=body, headers=headers, timeout=60)
-    except httpx.HTTPError as exc:
-        raise UnavailableError(f"gateway at {gateway} is unreachable ({type(exc).__name__}); is `polyhead up` "
-                               f"running? (or use --local)") from None
-    if r.status_code != 200:
-        try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:200]
-        error = {404: NotFoundError, 409: ConflictError}.get(r.status_code) or (
-            ValidationError if r.status_code in (401, 403, 422) else UnavailableError)
-        raise error(f"HTTP {r.status_code}: {message}")
-    return r.json()
+    return call_gateway(method, f"{gateway.rstrip('/')}{path}", api_key=api_key, timeout_s=60,
+                        hint=" (or use --local)", json=body).json()
 
 
 def _pct(value) -> str:

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
-from polyhead.errors import NotFoundError, UnavailableError, ValidationError
+from polyhead.errors import (ConflictError, ForbiddenError, NotFoundError, UnauthorizedError, UnavailableError,
+                             ValidationError)
+
+# The gateway's status -> the error the CLI reports (anything else: the gateway is not serving it).
+ERRORS = {401: UnauthorizedError, 403: ForbiddenError, 404: NotFoundError, 409: ConflictError, 422: ValidationError}
 
 
 def call_gateway(method: str, url: str, *, api_key: str | None, timeout_s: float = 120, hint: str = "", **kwargs):
-    """The httpx response of a 200; NotFoundError (404), ValidationError (422) or UnavailableError
-    (anything else, or no answer) naming the gateway's own message."""
+    """The httpx response of a 200; else the error of ERRORS (UnavailableError for any other status, or
+    no answer) naming the gateway's own message."""
     import httpx
 
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
@@ -22,6 +26,5 @@ def call_gateway(method: str, url: str, *, api_key: str | None, timeout_s: float
             message = r.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = r.text[:200]
-        error = NotFoundError if r.status_code == 404 else ValidationError if r.status_code == 422 else UnavailableError
-        raise error(f"HTTP {r.status_code}: {message}")
+        raise ERRORS.get(r.status_code, UnavailableError)(f"HTTP {r.status_code}: {message}")
     return r
