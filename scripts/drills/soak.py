@@ -5,6 +5,14 @@ each model of the killed process failed, and the RSS/PSS of every process at sta
     PYTHONPATH=. .venv/bin/python -m scripts.drills.soak                 # 10 minutes (the recorded run)
     PYTHONPATH=. .venv/bin/python -m scripts.drills.soak --duration 120  # a short one
     PYTHONPATH=. .venv/bin/python -m scripts.drills.soak --layout packed # no standby: the supervisor restarts it
+    PYTHONPATH=. .venv/bin/python -m scripts.drills.soak --heads 20 --database postgresql --db-outage 120
+        # the log on a private PostgreSQL cluster, stopped (pg_ctl -m fast) for 2 minutes from t=20 %
+    ... --redis-outage 60   # the embedders' shared L2 cache on a private Redis, stopped for 60 s from t=75 %
+
+After the stack has stopped, every predict answered 200 is looked up in the inference DB by its
+prediction_id: a text missing from the log (or logged twice) fails the run; with --db-outage the
+memory of every process just before, at the end of and after the outage is printed (the spool, not
+memory, must take what the database cannot).
 
 Layouts (`--layout`): `standby` (the default of `polyhead up`: every head packed in one process
 with a forked warm standby worker, heads/standby.py; the SIGKILL hits the worker that serves),
@@ -40,6 +48,7 @@ import httpx
 from scripts.bench.common import (
     ROOT, cli, free_port_block, machine, mem_kib, pct, pick_head_configs, spawn, table, write_bench_heads,
 )
+from scripts.drills.private_servers import PrivatePostgres, PrivateRedis
 
 JSON = {"content-type": "application/json"}
 
@@ -149,8 +158,9 @@ class Traffic:
 class Stack:
     """`polyhead up` in a work dir: the real supervisor, which restarts what dies."""
 
-    def __init__(self, workdir: Path, heads: int, log, layout: str = "standby"):
-        self.workdir, self.log, self.layout = workdir, log, layout
+    def __init__(self, workdir: Path, heads: int, log, layout: str = "standby", db_url: str | None = None,
+                 l2_url: str | None = None):
+        self.workdir, self.log, self.layout, self.db_url, self.l2_url = workdir, log, layout, db_url, l2_url
         configs = pick_head_configs(heads)
         self.heads = write_bench_heads(workdir, configs, train_limit=1500, fast_training=True)
         self.base = free_port_block(4 + heads)
@@ -168,6 +178,10 @@ class Stack:
         (w / "var").mkdir(parents=True, exist_ok=True)
         (w / "var" / "ports.json").unlink(missing_ok=True)  # fresh ports each run
         env = {"POLYHEAD_EMBEDDER_MODEL_HANDLE": str(w / "encoder"), "PYTHONPATH": str(ROOT)}
+        if self.db_url:
+            env["POLYHEAD_STACK_DB_URL"] = self.db_url
+        if self.l2_url:
+            env["POLYHEAD_STACK_L2_CACHE_URL"] = self.l2_url
         self.proc = spawn(argv, w / "up.log", env=env)
         deadline = time.monotonic() + 1200
         while time.monotonic() < deadline:
@@ -228,8 +242,11 @@ def child_pids(pid: int) -> list[int]:
 
 
 async def run_load(stack: Stack, traffic: Traffic, duration_s: float, concurrency: int, kill_at_s: float,
-                   victim: str, say) -> dict:
+                   victim: str, say, db_outage: tuple[float, float, "PrivatePostgres"] | None = None,
+                   redis_outage: tuple[float, float, "PrivateRedis"] | None = None) -> dict:
     stats: dict[str, Stats] = defaultdict(Stats)
+    answered: dict[str, int] = {}  # prediction_id of every predict answered 200 -> texts in it (rows owed to the log)
+    db_window: dict[str, float] = {}
     by_status: Counter = Counter()
     outage = {"killed_at": None, "back_at": None, "503s": 0, "other_503": 0, "other_5xx": 0, "killed": None,
               "models": {victim}, "failed_at": defaultdict(list), "victim_requests": 0}
@@ -244,6 +261,9 @@ async def run_load(stack: Stack, traffic: Traffic, duration_s: float, concurrenc
             try:
                 r = await client.request(method, path, headers=headers, content=body or None)
                 status = r.status_code
+                if status == 200 and kind.valid and path.endswith("/predict"):
+                    answer = r.json()
+                    answered[answer["prediction_id"]] = len(answer["predictions"])
                 if status >= 400:
                     error = r.json().get("error", {})  # every error in polyhead's shape
                     assert "type" in error and "message" in error, r.text
@@ -288,20 +308,46 @@ async def run_load(stack: Stack, traffic: Traffic, duration_s: float, concurrenc
         who = f"the serving worker {pid} of {svc['name']}" if pid != svc["pid"] else f"{svc['name']} (pid {pid})"
         say(f"  t={kill_at_s:.0f}s: SIGKILL {who}, serving {len(svc['heads'])} model(s)")
 
+    async def database_outage():
+        start_s, length_s, pg = db_outage
+        await asyncio.sleep(start_s)
+        db_window["stopped_at"] = time.monotonic()
+        await asyncio.to_thread(pg.stop)
+        say(f"  t={start_s:.0f}s: PostgreSQL stopped for {length_s:.0f}s")
+        await asyncio.sleep(length_s)
+        await asyncio.to_thread(pg.start)
+        db_window["started_at"] = time.monotonic()
+        say(f"  t={start_s + length_s:.0f}s: PostgreSQL started again")
+
+    async def l2_outage():
+        start_s, length_s, redis = redis_outage
+        await asyncio.sleep(start_s)
+        await asyncio.to_thread(redis.stop)
+        say(f"  t={start_s:.0f}s: Redis (the shared L2 cache) stopped for {length_s:.0f}s")
+        await asyncio.sleep(length_s)
+        await asyncio.to_thread(redis.start)
+        say(f"  t={start_s + length_s:.0f}s: Redis started again (empty)")
+
     async def sampler():
         while time.monotonic() < stop_at:
-            rss_samples.append(await asyncio.to_thread(stack.rss_mib))
+            sample = await asyncio.to_thread(stack.rss_mib)
+            rss_samples.append({**sample, "_t": time.monotonic()})
             await asyncio.sleep(10)
 
     async with httpx.AsyncClient(base_url=stack.url, timeout=30, limits=limits) as client:
         started = time.monotonic()
         tasks = [asyncio.create_task(worker(client)) for _ in range(concurrency)]
         side = [asyncio.create_task(killer()), asyncio.create_task(sampler())]
+        if db_outage:
+            side.append(asyncio.create_task(database_outage()))
+        if redis_outage:
+            side.append(asyncio.create_task(l2_outage()))
         await asyncio.gather(*tasks)
         for t in side:
             t.cancel()
         elapsed = time.monotonic() - started
-    return {"stats": stats, "by_status": by_status, "outage": outage, "elapsed": elapsed, "rss_samples": rss_samples}
+    return {"stats": stats, "by_status": by_status, "outage": outage, "elapsed": elapsed, "rss_samples": rss_samples,
+            "answered": answered, "db_window": db_window, "started": started}
 
 
 def main() -> int:
@@ -317,13 +363,32 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layout", choices=("standby", "packed", "solo"), default="standby",
                    help="head processes: packed with a warm standby (polyhead up's default), packed, or one per head")
+    p.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                   help="the inference log: SQLite in the work dir, or a private PostgreSQL cluster the drill may stop")
+    p.add_argument("--db-outage", type=float, default=0.0, help="seconds PostgreSQL is stopped mid-run (0: none)")
+    p.add_argument("--db-outage-at", type=float, default=0.2, help="when it stops, as a fraction of the run")
+    p.add_argument("--redis-outage", type=float, default=0.0,
+                   help="seconds a private Redis (the embedder's shared L2 cache) is stopped mid-run (0: no L2)")
+    p.add_argument("--redis-outage-at", type=float, default=0.75, help="when it stops, as a fraction of the run")
     args = p.parse_args()
+    if args.db_outage and args.database != "postgresql":
+        p.error("--db-outage needs --database postgresql")
 
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    stack = Stack(args.workdir, args.heads, say, args.layout)
+    pg = db_url = None
+    if args.database == "postgresql":
+        pg = PrivatePostgres(args.workdir / "pgdata", free_port_block(1))
+        pg.init()
+        pg.start()
+        pg.reset()
+        db_url = pg.url
+    redis = PrivateRedis(free_port_block(1)) if args.redis_outage else None
+    if redis:
+        redis.start()
+    stack = Stack(args.workdir, args.heads, say, args.layout, db_url, redis.url if redis else None)
     say(f"starting `polyhead up` in {args.workdir} with {len(stack.heads)} heads ({', '.join(stack.heads)})")
     try:
         startup_s = stack.start()
@@ -335,11 +400,18 @@ def main() -> int:
         asyncio.run(run_load(stack, traffic, 5, 4, 10**9, victim, say))  # warm-up: no kill
         rss_start = stack.rss_mib()
         say(f"soaking for {args.duration:.0f}s at concurrency {args.concurrency}")
+        outage_plan = (args.duration * args.db_outage_at, args.db_outage, pg) if args.db_outage else None
+        l2_plan = (args.duration * args.redis_outage_at, args.redis_outage, redis) if redis else None
         result = asyncio.run(run_load(stack, traffic, args.duration, args.concurrency,
-                                      args.duration * args.kill_at, victim, say))
+                                      args.duration * args.kill_at, victim, say, outage_plan, l2_plan))
         rss_end = stack.rss_mib()
     finally:
         stack.stop()
+    lost = log_audit(db_url or f"sqlite:///{args.workdir / 'var' / 'inference.db'}", result["answered"])
+    if pg:
+        pg.stop()
+    if redis:
+        redis.stop()
 
     stats, by_status, outage = result["stats"], result["by_status"], result["outage"]
     total = sum(by_status.values())
@@ -381,8 +453,44 @@ def main() -> int:
                   f"{rss_end[name] - rss_start.get(name, 0.0):+.1f}"] for name in rss_end]))
     print("\n(RSS unless marked PSS; the killed process's start figure is its first process', its end figure the "
           "one that took over)")
-    bad = outage["other_5xx"] or any("not-polyhead-shape" in str(c) or "transport" in str(c) for c in by_status)
+    window = result["db_window"]
+    if window:
+        print(f"\nPostgreSQL stopped for {window['started_at'] - window['stopped_at']:.0f}s from "
+              f"t={window['stopped_at'] - result['started']:.0f}s; memory around it (sampled every 10 s):\n")
+        print(memory_around(result["rss_samples"], window, result["started"]))
+    print(f"\nThe inference log after the stack stopped: {lost['answered']} predict requests answered 200 "
+          f"({lost['rows']} texts); rows missing from the DB: {lost['missing']}; duplicated: {lost['duplicated']}.")
+    bad = (outage["other_5xx"] or lost["missing"] or lost["duplicated"]
+           or any("not-polyhead-shape" in str(c) or "transport" in str(c) for c in by_status))
     return 1 if bad else 0
+
+
+def log_audit(db_url: str, answered: dict[str, int]) -> dict[str, int]:
+    """Every text of every predict answered 200 must be one served row in the inference DB, once."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        found = dict(conn.execute(sa.text(
+            "SELECT issued_id, COUNT(*) FROM predictions WHERE issued_id IS NOT NULL "
+            "AND (shadow IS NULL OR shadow = FALSE) GROUP BY issued_id")).all())
+    engine.dispose()
+    return {"answered": len(answered), "rows": sum(answered.values()),
+            "missing": sum(max(0, n - found.get(pid, 0)) for pid, n in answered.items()),
+            "duplicated": sum(max(0, found.get(pid, 0) - n) for pid, n in answered.items())}
+
+
+def memory_around(samples: list[dict], window: dict[str, float], started: float) -> str:
+    """Each process's memory just before the database stopped, at the end of the outage, and after."""
+    def at(t: float) -> dict:
+        before = [s for s in samples if s["_t"] <= t]
+        return before[-1] if before else samples[0]
+
+    points = [("before", at(window["stopped_at"])), ("end of outage", at(window["started_at"])),
+              ("60 s later", at(window["started_at"] + 60)), ("last sample", samples[-1])]
+    names = [n for n in samples[-1] if n != "_t" and " worker " not in n]
+    return table(["process", *[f"{label} (t={p['_t'] - started:.0f}s) MiB" for label, p in points]],
+                 [[n, *[p.get(n, 0.0) for _, p in points]] for n in names])
 
 
 if __name__ == "__main__":
