@@ -18,6 +18,9 @@ console list the names from it): it says how the database should order the candi
   drift reference), i.e. texts unlike anything the head was trained on;
 - diverse: farthest-first traversal (greedy k-center) over the texts' embeddings, starting from the
   training centroids, so a batch covers the traffic instead of repeating one question;
+- clustered: the most uncertain texts (10 per pick), grouped by k-means on their embeddings weighted
+  by uncertainty, and from each group the text nearest its centre (Zhdanov 2019, "Diverse mini-batch
+  active learning"): as informative as ``uncertain`` without many near-copies of one hard question;
 - random: a uniform sample of the pool, the control slice: live accuracy is estimated from it alone,
   because the other strategies pick the texts the head is most likely wrong about;
 - disagree: a challenger's shadow prediction (same request_id and text_index, ``predictions.shadow``)
@@ -49,6 +52,8 @@ MAX_N = 500
 DEFAULT_POOL = 2000
 MAX_POOL = 20_000
 UNCERTAINTY_SCORES = ("margin", "entropy")
+CLUSTER_PREFILTER = 10  # clustered: k-means over the 10 x n most uncertain texts (the paper's beta)
+KMEANS_ITERATIONS = 10
 DIRECT = "direct"  # feedback not given through the review queue (no strategy)
 CONTROL = "random"  # the unbiased slice live accuracy is computed from
 
@@ -134,6 +139,46 @@ def farthest_first(vectors: np.ndarray, n: int, centers: np.ndarray | None = Non
     return picks
 
 
+def weighted_kmeans(x: np.ndarray, weights: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Spherical k-means on unit rows ``x`` with row weights: k-means++ seeding (weighted), then Lloyd
+    steps. Returns each row's cluster (0..k-1). Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    centers = [x[rng.choice(len(x), p=weights / weights.sum())]]
+    nearest = 1.0 - x @ centers[0]
+    for _ in range(1, k):
+        d2 = weights * np.maximum(nearest, 0.0) ** 2
+        i = int(rng.choice(len(x), p=d2 / d2.sum())) if d2.sum() > 0 else int(np.argmax(weights))
+        centers.append(x[i])
+        nearest = np.minimum(nearest, 1.0 - x @ x[i])
+    c = np.stack(centers)
+    assign = np.argmax(x @ c.T, axis=1)
+    for _ in range(KMEANS_ITERATIONS):
+        sums = np.zeros_like(c)
+        np.add.at(sums, assign, x * weights[:, None])
+        empty = ~sums.any(axis=1)
+        c = np.where(empty[:, None], c, unit(sums))  # an emptied cluster keeps its centre
+        new = np.argmax(x @ c.T, axis=1)
+        if np.array_equal(new, assign):
+            break
+        assign = new
+    return assign
+
+
+def _rank_clustered(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int, float | None]]:
+    margins = np.array([margin(c.top_k) for c in pool], np.float64)
+    top = np.argsort(margins, kind="stable")[:CLUSTER_PREFILTER * n]
+    if len(top) <= n:
+        return [(int(i), float(margins[i])) for i in top]
+    x = unit(ctx.vectors[top])
+    assign = weighted_kmeans(x, 1.0 - margins[top] + 1e-6, n, seed=ctx.seed or 0)
+    picks = []
+    for cluster in np.unique(assign):
+        members = np.flatnonzero(assign == cluster)
+        centre = unit(x[members].mean(axis=0, keepdims=True))[0]
+        picks.append(int(top[members[int(np.argmax(x[members] @ centre))]]))
+    return sorted(((i, float(margins[i])) for i in picks), key=lambda t: t[1])
+
+
 def _rank_uncertain(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int, float | None]]:
     if ctx.score == "entropy":
         scored = sorted(((i, entropy(c.top_k)) for i, c in enumerate(pool)), key=lambda t: -t[1])
@@ -173,6 +218,9 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
              _rank_ood, needs_vectors=True, needs_centroids=True, score_name="centroid_similarity"),
     Strategy("diverse", "farthest-first over the embeddings: a batch that covers the traffic", "recent",
              _rank_diverse, needs_vectors=True, needs_centroids=True, score_name="distance"),
+    Strategy("clustered", "the most uncertain texts grouped by k-means on their embeddings, one per group: "
+             "informative without near-copies", "least_confident", _rank_clustered, needs_vectors=True,
+             score_name="margin"),
     Strategy("random", "a uniform sample: the control slice live accuracy is estimated from", "random",
              _rank_random),
     Strategy("disagree", "a challenger's shadow answer differs from the champion's: one of them is wrong", "recent",

@@ -93,6 +93,13 @@ def test_ood_ranks_off_topic_texts_first_and_diverse_spreads_out(stack, traffic)
     assert distances == sorted(distances, reverse=True)  # farthest-first: each pick no farther than the last
     first = review(stack["url"], "tickets", strategy="random", n=5, seed=3).json()["items"]
     assert len(first) == 5 and all(i["score"] is None for i in first)
+    clustered = review(stack["url"], "tickets", strategy="clustered", n=4).json()["items"]
+    margins = [i["score"] for i in clustered]
+    assert len({i["text"] for i in clustered}) == 4 and all(i["score_name"] == "margin" for i in clustered)
+    assert margins == sorted(margins)
+    # its picks are among the pool's most uncertain texts (the 10 x n least confident)
+    uncertain = review(stack["url"], "tickets", strategy="uncertain", n=40).json()["items"]
+    assert {i["text"] for i in clustered} <= {i["text"] for i in uncertain}
 
 
 def test_bad_requests_name_the_problem_and_disagree_needs_a_challenger(stack, traffic):

@@ -153,6 +153,29 @@ def test_ood_and_diverse_use_vectors_and_centroids():
     assert sorted(i for i, _ in picks) == list(range(6))  # never the same point twice
 
 
+def test_clustered_takes_one_uncertain_text_per_group_where_uncertain_takes_near_copies():
+    from polyhead.inference_log.review import Candidate
+    rng = np.random.default_rng(0)
+    directions = np.eye(3, dtype=np.float32)
+    pool, vectors = [], []
+    # 3 groups of 10 near-identical texts; group 0 the most uncertain, then 1, then 2; then 30 sure ones
+    for g, base_margin in enumerate([0.01, 0.05, 0.09, 0.8]):
+        for j in range(10 if g < 3 else 30):
+            m = base_margin + j * 0.001
+            top_k = [{"label": "a", "probability": (1 + m) / 2}, {"label": "b", "probability": (1 - m) / 2}]
+            pool.append(Candidate(f"{g}-{j}", f"{g}-{j}", 0, T0, "v1", f"{g}-{j}", f"{g}-{j}", "a", (1 + m) / 2, top_k))
+            vectors.append((directions[g % 3] if g < 3 else rng.normal(size=3)) + rng.normal(scale=0.01, size=3))
+    ctx = Context(vectors=np.array(vectors, np.float32))
+    uncertain = [c.prediction_id for c, _ in select(STRATEGIES["uncertain"], pool, 3, ctx)]
+    assert uncertain == ["0-0", "0-1", "0-2"]  # three copies of one question
+    clustered = select(STRATEGIES["clustered"], pool, 3, ctx)
+    groups = [c.prediction_id.split("-")[0] for c, _ in clustered]
+    assert sorted(groups) == ["0", "1", "2"]  # one per group, none of the sure texts
+    assert [score for _, score in clustered] == sorted(score for _, score in clustered)  # most uncertain first
+    assert select(STRATEGIES["clustered"], pool, 3, ctx) == clustered  # reproducible
+    assert len({c.prediction_id for c, _ in select(STRATEGIES["clustered"], pool, 60, ctx)}) == 60
+
+
 def test_an_empty_pool_selects_nothing_whatever_the_strategy():
     assert all(select(s, [], 5, Context()) == [] for s in STRATEGIES.values())
 
