@@ -5,10 +5,11 @@ Writes, under a project root:
 - `docker-compose.yml`: embedder, the heads (StackSettings.heads_per_process, the setting
   `polyhead up` uses: 0 = one `heads` service serving every configs/heads/*.yaml packed, each at
   /heads/<name>; 1 = one `head-<name>` service per config; all on the one head image), gateway,
-  PostgreSQL (the inference DB), Prometheus;
+  PostgreSQL (the inference DB), Prometheus, and `polyhead retrain` as a one-shot service under the
+  `retrain` profile;
 - `deploy/prometheus.yml`: Prometheus scraping every one of those services;
 - `deploy/k8s/`: a kustomize base (Deployments, Services, HPAs, PDBs, NetworkPolicies, the
-  head-config ConfigMap, example Secrets), `heads/packed.yaml` (packed) or one `heads/<name>.yaml`
+  head-config ConfigMap, example Secrets, the `retrain` CronJob), `heads/packed.yaml` (packed) or one `heads/<name>.yaml`
   per head config.
 
 Everything comes from the head configs and the services' settings classes (ports, env var
@@ -68,6 +69,7 @@ PROMETHEUS_IMAGE = "prom/prometheus:v3.5.0"
 
 NAMESPACE = "polyhead"
 EMBEDDER_HEADLESS = "embedder-headless"
+RETRAIN = "retrain"  # compose service + profile, k8s CronJob and component
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ RESOURCES = {
     # separate heads would have had together.
     "heads-packed": Resources("500m", "2", "192Mi", "384Mi"),
     "gateway": Resources("200m", "1", "128Mi", "256Mi"),
+    # Not measured yet: training holds a head's texts, their vectors and the candidates' fits.
+    RETRAIN: Resources("500m", "2", "512Mi", "2Gi"),
 }
 # TensorFlow sizes its pools from the node's cores, not the container's limit: match the limit.
 EMBEDDER_TF_THREADS = "2"
@@ -140,6 +144,24 @@ def gateway_env(embedder_target: str, db_url: str | None = None,
     }
     if db_url is not None:  # reports and feedback read/write the heads' inference DB
         env["POLYHEAD_GATEWAY_DB_URL"] = db_url
+    return env
+
+
+# Kubernetes CronJob schedule (cron syntax, the cluster's time zone): nightly, off-peak.
+RETRAIN_SCHEDULE = "17 3 * * *"
+
+
+def retrain_args() -> list[str]:
+    """`polyhead retrain`'s arguments in a container: every mounted head config whose `retraining:`
+    policy is due, into challengers only (a head with no champion is left to `polyhead train`)."""
+    return [RETRAIN, "--challengers-only", "--heads-dir", HEAD_CONFIGS_DIR, "--models-dir", MODELS_DIR]
+
+
+def retrain_env(embedder_target: str, gateway_url: str, db_url: str | None) -> dict[str, str]:
+    """The envvars of `polyhead retrain`'s options (cli/commands.py; tests/e2e/deploy checks the names)."""
+    env = {"POLYHEAD_EMBEDDER_TARGET": embedder_target, "POLYHEAD_GATEWAY_URL": gateway_url}
+    if db_url is not None:  # the feedback it trains on and counts
+        env["POLYHEAD_HEAD_DB_URL"] = db_url
     return env
 
 
@@ -270,6 +292,23 @@ def compose(heads: list[str], units: list[HeadUnit] | None = None) -> dict:
                        **{u.service: {"condition": "service_healthy"} for u in units}},
         "healthcheck": _healthcheck(http_healthcheck("POLYHEAD_GATEWAY_PORT", GATEWAY_PORT)),
         "restart": "unless-stopped",
+    }
+    services[RETRAIN] = {
+        # `docker compose --profile retrain run --rm retrain` (from cron or a systemd timer: compose
+        # has no schedule of its own); `docker compose up` leaves it alone.
+        "build": {"context": ".", "dockerfile": DOCKERFILES["head"]},
+        "image": IMAGES["head"],
+        "profiles": [RETRAIN],
+        "entrypoint": ["polyhead"],  # the head image, running `polyhead retrain` instead of `head serve`
+        "command": retrain_args(),
+        "environment": retrain_env(COMPOSE_EMBEDDER_TARGET, f"http://gateway:{GATEWAY_PORT}", COMPOSE_DB_URL),
+        "volumes": [
+            # Written here (new challengers), read-only in the heads.
+            {"type": "bind", "source": "./models", "target": MODELS_DIR, "bind": {"create_host_path": True}},
+            dict(configs_mount),
+        ],
+        "depends_on": {"embedder": {"condition": "service_healthy"}, "postgres": {"condition": "service_healthy"}},
+        "restart": "no",  # one run, then exit
     }
     services["prometheus"] = {
         "image": PROMETHEUS_IMAGE,
@@ -510,6 +549,49 @@ def k8s_gateway(units: list[HeadUnit]) -> list[dict]:
     ]
 
 
+def k8s_retrain() -> dict:
+    """`polyhead retrain` on a schedule: the head image (training embeds through the embedder, so it
+    needs no TensorFlow), the head Deployments' configs, models volume (writable here), DB Secret and
+    security context; never two runs at once (concurrencyPolicy: Forbid)."""
+    labels = _labels(RETRAIN, RETRAIN)
+    tmp_vol, tmp_mount = _tmp_volume()
+    cfg_vol, cfg_mount = _head_configs_volume()
+    container = {
+        "name": RETRAIN, "image": IMAGES["head"], "imagePullPolicy": "IfNotPresent",
+        "command": ["polyhead"], "args": retrain_args(),
+        "env": _env_list(retrain_env(K8S_EMBEDDER_TARGET, f"http://gateway:{GATEWAY_PORT}", None), namespace=True,
+                         secret_env={"POLYHEAD_HEAD_DB_URL": ("polyhead-db", "DB_URL")})
+        # The drift trigger reads the gateway's /v1/models/<name>: with API keys on it needs one
+        # (optional: without it the trigger is skipped and said so in the job's log).
+        + [{"name": "POLYHEAD_API_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "polyhead-retrain", "key": "API_KEY", "optional": True}}}],
+        "resources": RESOURCES[RETRAIN].k8s(),
+        "volumeMounts": [cfg_mount, {"name": "models", "mountPath": MODELS_DIR}, tmp_mount],
+        "securityContext": CONTAINER_SECURITY,
+    }
+    volumes = [cfg_vol, {"name": "models", "persistentVolumeClaim": {"claimName": "polyhead-models"}}, tmp_vol]
+    return {
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": RETRAIN, "labels": labels},
+        "spec": {
+            "schedule": RETRAIN_SCHEDULE,
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 3600,
+            "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3,
+            "jobTemplate": {"metadata": {"labels": dict(labels)}, "spec": {
+                "backoffLimit": 1, "activeDeadlineSeconds": 3 * 3600,
+                "template": {"metadata": {"labels": dict(labels)}, "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "securityContext": POD_SECURITY,
+                    "containers": [container],
+                    "volumes": volumes,
+                }},
+            }},
+        },
+    }
+
+
 PROMETHEUS_PEER = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
 
 
@@ -524,7 +606,7 @@ def k8s_network_policies() -> list[dict]:
         return {"protocol": "TCP", "port": port}
 
     clients = {"podSelector": {"matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In",
-                                                     "values": ["gateway", "head"]}]}}
+                                                     "values": ["gateway", "head", RETRAIN]}]}}
     gateway = {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "gateway"}}}
     return [
         # Nothing reaches a polyhead pod unless a policy below lets it.
@@ -536,7 +618,7 @@ def k8s_network_policies() -> list[dict]:
         # Heads: from the gateway; /metrics from Prometheus.
         policy("heads-from-gateway", "head", [{"from": [gateway], "ports": [tcp(HEAD_PORT)]},
                                               {"from": [PROMETHEUS_PEER], "ports": [tcp(HEAD_PORT)]}]),
-        # The embedder: gRPC from heads and the gateway only; its metrics port from Prometheus.
+        # The embedder: gRPC from heads, the gateway and the retrain job only; metrics from Prometheus.
         policy("embedder-from-heads-and-gateway", "embedder",
                [{"from": [clients], "ports": [tcp(EMBEDDER_PORT)]},
                 {"from": [PROMETHEUS_PEER], "ports": [tcp(EMBEDDER_METRICS_PORT)]}]),
@@ -559,7 +641,7 @@ def kustomization(heads: list[str], units: list[HeadUnit] | None = None) -> dict
         "namespace": NAMESPACE,
         "labels": [{"pairs": dict(PART_OF), "includeSelectors": False}],
         "resources": ["namespace.yaml", "embedder.yaml", "gateway.yaml", "models-pvc.yaml", "network-policies.yaml",
-                      *[f"heads/{u.file}.yaml" for u in units]],
+                      "retrain.yaml", *[f"heads/{u.file}.yaml" for u in units]],
         "configMapGenerator": [{"name": "head-configs", "files": [f"head-configs/{n}.yaml" for n in heads]}],
         # EXAMPLE values (placeholders): replace them in an overlay (`behavior: replace`) or create
         # the Secrets outside git before a real deployment. See deploy/README.md.
@@ -608,6 +690,7 @@ def generate(root: Path, heads_per_process: int | None = None) -> dict[str, str]
         f"{K8S}/gateway.yaml": HEADER + _dump_all(k8s_gateway(units)),
         f"{K8S}/models-pvc.yaml": HEADER + _dump(k8s_models_pvc()),
         f"{K8S}/network-policies.yaml": HEADER + _dump_all(k8s_network_policies()),
+        f"{K8S}/retrain.yaml": HEADER + _dump(k8s_retrain()),
         f"{K8S}/secrets/db.example.env": EXAMPLE_DB_ENV,
         f"{K8S}/secrets/api-keys.example.yaml": EXAMPLE_API_KEYS,
     }
