@@ -22,7 +22,7 @@ from heads import explain, metrics, roles
 from heads.api import ExplainResponse, PredictResponse
 from heads.coalescing import CoalescingEmbedder
 from heads.config import HeadConfig, load_head_config
-from heads.drift import SCORE_NAMES, DriftMonitor, DriftThresholds
+from heads.drift import SCORE_NAMES, DriftMonitor, DriftThresholds, reference_confidence_mean
 from heads.fallback import EmbeddingFallback
 from heads.pipeline import Embedded, FingerprintMismatch, HeadPipeline, embed_error
 from heads.servable import HeadServable, ServableManager
@@ -259,7 +259,9 @@ class HeadService:
             except (OSError, ValueError):
                 metrics_json, manifest = {}, {}
             return {"version": version, "created": manifest.get("created"), "test": metrics_json.get("test", {}),
-                    "feedback": manifest.get("feedback"), "labels": manifest.get("labels", [])}
+                    "feedback": manifest.get("feedback"), "labels": manifest.get("labels", []),
+                    # the guard's drift check: each version against its own training reference
+                    "reference_confidence": reference_confidence_mean(self.settings.models_dir / self.name / version)}
 
         return {
             "head": self.name, "champion": state.champion, "served": served.version if served else None,
