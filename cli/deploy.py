@@ -55,6 +55,10 @@ MODELS_DIR = f"{APP_DIR}/models"
 SPOOL_DIR = f"{APP_DIR}/var/spool"
 API_KEYS_DIR = "/etc/polyhead/keys"
 API_KEYS_FILE = f"{API_KEYS_DIR}/api-keys.yaml"
+ADMIN_TOKEN_DIR = "/etc/polyhead/admin"
+ADMIN_TOKEN_KEY = "ADMIN_TOKEN"  # the Secret's one key, mounted as the file below
+ADMIN_TOKEN_FILE = f"{ADMIN_TOKEN_DIR}/admin-token"
+ADMIN_SECRET = "polyhead-admin"
 EMBEDDER_HEALTHCHECK = "/opt/polyhead/embedder_healthcheck.py"
 UID = 10001
 
@@ -236,6 +240,9 @@ def _dump_all(docs: list) -> str:
 COMPOSE_DB_PASSWORD = "${POLYHEAD_DB_PASSWORD:-polyhead-local-only}"
 COMPOSE_DB_URL = f"postgresql+psycopg://polyhead:{COMPOSE_DB_PASSWORD}@postgres:{POSTGRES_PORT}/polyhead"
 COMPOSE_EMBEDDER_TARGET = f"dns:///embedder:{EMBEDDER_PORT}"  # round-robin over `--scale embedder=N`
+# The admin token of heads and gateway, from the host's environment or the project's `.env` file
+# (never written here). Unset: empty, and both refuse their admin routes (closed, never open).
+COMPOSE_ADMIN_TOKEN = "${POLYHEAD_ADMIN_TOKEN:-}"
 
 
 def _healthcheck(test: list[str], start_period: str = "30s") -> dict:
@@ -268,7 +275,8 @@ def compose(heads: list[str], units: list[HeadUnit] | None = None) -> dict:
             "build": {"context": ".", "dockerfile": DOCKERFILES["head"]},
             "image": IMAGES["head"],
             "command": list(unit.args),
-            "environment": head_env(COMPOSE_EMBEDDER_TARGET, COMPOSE_DB_URL, packed=unit.packed),
+            "environment": {**head_env(COMPOSE_EMBEDDER_TARGET, COMPOSE_DB_URL, packed=unit.packed),
+                            "POLYHEAD_HEAD_ADMIN_TOKEN": COMPOSE_ADMIN_TOKEN},
             "volumes": [
                 {"type": "bind", "source": "./models", "target": MODELS_DIR, "read_only": True,
                  "bind": {"create_host_path": True}},
@@ -284,7 +292,8 @@ def compose(heads: list[str], units: list[HeadUnit] | None = None) -> dict:
     services["gateway"] = {
         "build": {"context": ".", "dockerfile": DOCKERFILES["gateway"]},
         "image": IMAGES["gateway"],
-        "environment": gateway_env(COMPOSE_EMBEDDER_TARGET, COMPOSE_DB_URL, head_url_template(units)),
+        "environment": {**gateway_env(COMPOSE_EMBEDDER_TARGET, COMPOSE_DB_URL, head_url_template(units)),
+                        "POLYHEAD_GATEWAY_ADMIN_TOKEN": COMPOSE_ADMIN_TOKEN},
         "volumes": [dict(configs_mount)],
         # The one published port. Set POLYHEAD_GATEWAY_API_KEYS_FILE (and mount it) to require keys.
         "ports": [f"${{POLYHEAD_GATEWAY_PUBLISH:-127.0.0.1:{GATEWAY_PORT}}}:{GATEWAY_PORT}"],
@@ -468,6 +477,14 @@ def _tmp_volume() -> tuple[dict, dict]:
     return {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, {"name": "tmp", "mountPath": "/tmp"}
 
 
+def _admin_token_volume() -> tuple[dict, dict]:
+    """The admin token Secret as a read-only file (group-readable: the pod's fsGroup), never an env value."""
+    return ({"name": "admin-token", "secret": {"secretName": ADMIN_SECRET, "defaultMode": 0o440,
+                                                "items": [{"key": ADMIN_TOKEN_KEY,
+                                                           "path": ADMIN_TOKEN_FILE.rsplit("/", 1)[1]}]}},
+            {"name": "admin-token", "mountPath": ADMIN_TOKEN_DIR, "readOnly": True})
+
+
 def _head_configs_volume() -> tuple[dict, dict]:
     return ({"name": "head-configs", "configMap": {"name": "head-configs"}},
             {"name": "head-configs", "mountPath": HEAD_CONFIGS_DIR, "readOnly": True})
@@ -501,23 +518,25 @@ def k8s_head(unit: HeadUnit) -> list[dict]:
     instance = unit.service
     tmp_vol, tmp_mount = _tmp_volume()
     cfg_vol, cfg_mount = _head_configs_volume()
+    admin_vol, admin_mount = _admin_token_volume()
     container = {
         "name": "head", "image": IMAGES["head"], "imagePullPolicy": "IfNotPresent",
         "args": list(unit.args),
         "ports": [{"name": "http", "containerPort": HEAD_PORT, "protocol": "TCP"}],
-        "env": _env_list(head_env(K8S_EMBEDDER_TARGET, None, packed=unit.packed), namespace=True,
+        "env": _env_list({**head_env(K8S_EMBEDDER_TARGET, None, packed=unit.packed),
+                          "POLYHEAD_HEAD_ADMIN_TOKEN_FILE": ADMIN_TOKEN_FILE}, namespace=True,
                          secret_env={"POLYHEAD_HEAD_DB_URL": ("polyhead-db", "DB_URL")}),
         "resources": RESOURCES["heads-packed" if unit.packed else "head"].k8s(),
         **_http_probes("http"),
         "volumeMounts": [cfg_mount,
                          {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
                          {"name": "spool", "mountPath": SPOOL_DIR},
-                         tmp_mount],
+                         admin_mount, tmp_mount],
     }
     volumes = [cfg_vol,
                {"name": "models", "persistentVolumeClaim": {"claimName": "polyhead-models", "readOnly": True}},
                {"name": "spool", "emptyDir": {"sizeLimit": "256Mi"}},
-               tmp_vol]
+               admin_vol, tmp_vol]
     return [
         _deployment("head", instance, container, volumes=volumes, metrics_port=HEAD_PORT),
         _service("head", instance, instance, [("http", HEAD_PORT)], type="ClusterIP"),
@@ -529,17 +548,19 @@ def k8s_head(unit: HeadUnit) -> list[dict]:
 def k8s_gateway(units: list[HeadUnit]) -> list[dict]:
     tmp_vol, tmp_mount = _tmp_volume()
     cfg_vol, cfg_mount = _head_configs_volume()
+    admin_vol, admin_mount = _admin_token_volume()
     env = {**gateway_env(K8S_EMBEDDER_TARGET, head_url_template=head_url_template(units)),
-           "POLYHEAD_GATEWAY_API_KEYS_FILE": API_KEYS_FILE}
+           "POLYHEAD_GATEWAY_API_KEYS_FILE": API_KEYS_FILE, "POLYHEAD_GATEWAY_ADMIN_TOKEN_FILE": ADMIN_TOKEN_FILE}
     container = {
         "name": "gateway", "image": IMAGES["gateway"], "imagePullPolicy": "IfNotPresent",
         "ports": [{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
         "env": _env_list(env, namespace=True, secret_env={"POLYHEAD_GATEWAY_DB_URL": ("polyhead-db", "DB_URL")}),
         "resources": RESOURCES["gateway"].k8s(),
         **_http_probes("http"),
-        "volumeMounts": [cfg_mount, {"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True}, tmp_mount],
+        "volumeMounts": [cfg_mount, {"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True}, admin_mount,
+                         tmp_mount],
     }
-    volumes = [cfg_vol, {"name": "api-keys", "secret": {"secretName": "polyhead-gateway-keys"}}, tmp_vol]
+    volumes = [cfg_vol, {"name": "api-keys", "secret": {"secretName": "polyhead-gateway-keys"}}, admin_vol, tmp_vol]
     return [
         _deployment("gateway", "gateway", container, volumes=volumes, metrics_port=GATEWAY_PORT),
         # The one Service meant to be reached from outside the cluster.
@@ -648,13 +669,14 @@ def kustomization(heads: list[str], units: list[HeadUnit] | None = None) -> dict
         "secretGenerator": [
             {"name": "polyhead-db", "envs": ["secrets/db.example.env"]},
             {"name": "polyhead-gateway-keys", "files": ["api-keys.yaml=secrets/api-keys.example.yaml"]},
+            {"name": ADMIN_SECRET, "envs": ["secrets/admin-token.example.env"]},
         ],
     }
 
 
 KUSTOMIZATION_NOTE = (
     "#\n"
-    "# The base for `kubectl apply -k deploy/k8s`. Its two Secrets hold EXAMPLE placeholder values\n"
+    "# The base for `kubectl apply -k deploy/k8s`. Its three Secrets hold EXAMPLE placeholder values\n"
     "# (secrets/*.example*): replace them in an overlay (secretGenerator, behavior: replace) before a\n"
     "# real deployment; see deploy/README.md.\n"
 )
@@ -662,6 +684,13 @@ EXAMPLE_DB_ENV = (
     "# EXAMPLE ONLY - a placeholder, not a credential. The heads' inference DB (SQLAlchemy URL);\n"
     "# replace it (overlay secretGenerator with behavior: replace) before deploying.\n"
     "DB_URL=postgresql+psycopg://polyhead:REPLACE-ME@postgres.example.invalid:5432/polyhead\n"
+)
+EXAMPLE_ADMIN_TOKEN = (
+    "# EXAMPLE ONLY - REPLACE-ME with a long random value (e.g. `openssl rand -base64 32`) in an overlay\n"
+    "# (secretGenerator, behavior: replace) or a Secret made outside git. The admin token of every head and\n"
+    "# the gateway (/admin/*, a head's /roles, /audit, /drift/centroids). Empty on purpose: a service whose\n"
+    "# token is empty refuses those routes (closed, never open), so this example holds no known credential.\n"
+    "ADMIN_TOKEN=\n"
 )
 EXAMPLE_API_KEYS = (
     "# EXAMPLE ONLY - a placeholder. The gateway's API keys: a YAML list of hashed keys made with\n"
@@ -693,6 +722,7 @@ def generate(root: Path, heads_per_process: int | None = None) -> dict[str, str]
         f"{K8S}/retrain.yaml": HEADER + _dump(k8s_retrain()),
         f"{K8S}/secrets/db.example.env": EXAMPLE_DB_ENV,
         f"{K8S}/secrets/api-keys.example.yaml": EXAMPLE_API_KEYS,
+        f"{K8S}/secrets/admin-token.example.env": EXAMPLE_ADMIN_TOKEN,
     }
     for unit in units:
         files[f"{K8S}/heads/{unit.file}.yaml"] = HEADER + _dump_all(k8s_head(unit))

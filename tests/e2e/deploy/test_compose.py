@@ -195,3 +195,18 @@ def test_retrain_runs_under_its_profile_with_the_heads_image_db_and_volumes():
     assert not mounts[deploy.MODELS_DIR].get("read_only"), "it writes the new challengers"
     assert mounts[deploy.HEAD_CONFIGS_DIR] == head_mounts[deploy.HEAD_CONFIGS_DIR]
     assert set(service["depends_on"]) == {"embedder", "postgres"}
+
+
+def test_heads_and_gateway_share_the_admin_token_from_the_environment_never_a_literal():
+    for name, service in OURS.items():
+        kind = image_kind(service)
+        if kind == "embedder":
+            assert not any("ADMIN" in k for k in service["environment"])
+            continue
+        key = f"POLYHEAD_{kind.upper()}_ADMIN_TOKEN"
+        assert service["environment"][key] == "${POLYHEAD_ADMIN_TOKEN:-}", name  # from the host's env or .env
+        assert settings_of(name).admin_secret() is None  # unset: admin routes closed, never open
+        assert settings_from_env(SETTINGS_BY_IMAGE[kind], {k: v.replace("${POLYHEAD_ADMIN_TOKEN:-}", "s3cret")
+                                                           for k, v in service["environment"].items()},
+                                 **({"heads": "*", "pool_name": "heads"} if kind == "head" else {})
+                                 ).admin_secret() == "s3cret"

@@ -349,3 +349,35 @@ def test_validate_deploy_script():
     result = run(["bash", "scripts/dev/validate_deploy.sh"], timeout=300, env={**os.environ, "VENV": str(VENV_BIN.parent)})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "deployment files are valid" in result.stdout
+
+
+def test_the_admin_token_is_a_secret_file_in_every_head_and_gateway_pod(by_kind, tmp_path):
+    import base64
+
+    (secret_name,) = [n for n in by_kind["Secret"] if n.startswith(deploy.ADMIN_SECRET + "-")]
+    data = by_kind["Secret"][secret_name]["data"]
+    assert set(data) == {deploy.ADMIN_TOKEN_KEY}
+    assert base64.b64decode(data[deploy.ADMIN_TOKEN_KEY]) == b"", "the example holds no known credential"
+    for cm in by_kind["ConfigMap"].values():
+        assert not any("ADMIN_TOKEN" in k or "admin-token" in k for k in cm["data"])
+    pods = {n: d for n, d in by_kind["Deployment"].items() if image_kind(container(d)) in ("head", "gateway")}
+    assert set(pods) == {"gateway", *(u.service for u in UNITS)}
+    for name, d in pods.items():
+        c = container(d)
+        env = {e["name"]: e for e in c["env"]}
+        assert not any("ADMIN_TOKEN" in k and not k.endswith("_FILE") for k in env), (name, "no token in env")
+        settings = settings_of(d)
+        assert settings.admin_token is None and settings.admin_token_file.as_posix() == deploy.ADMIN_TOKEN_FILE
+        mount = [m for m in c["volumeMounts"] if deploy.ADMIN_TOKEN_FILE.startswith(m["mountPath"] + "/")][0]
+        assert mount["readOnly"]
+        volume = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}[mount["name"]]["secret"]
+        assert volume["secretName"] == secret_name and volume["defaultMode"] == 0o440
+        (item,) = volume["items"]
+        assert item["key"] == deploy.ADMIN_TOKEN_KEY
+        assert f"{mount['mountPath']}/{item['path']}" == deploy.ADMIN_TOKEN_FILE
+        # the pod's fsGroup owns the Secret's files, so the non-root user can read a 0440 file
+        assert d["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == c["securityContext"]["runAsGroup"]
+    # The example's empty token leaves the services closed: they refuse their admin routes.
+    empty = tmp_path / "admin-token"
+    empty.write_text("")
+    assert settings_of(pods["gateway"]).model_copy(update={"admin_token_file": empty}).admin_secret() is None

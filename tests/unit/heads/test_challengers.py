@@ -82,7 +82,7 @@ async def test_challengers_shadow_every_text_and_only_the_champion_answers(train
         assert reply.status_code == 200, reply.text
         body = reply.json()
         assert body["version"] == base
-        view = (await client.get("/roles")).json()
+        view = (await client.get("/roles", headers=admin)).json()
         assert view["champion"] == base
         by_version = {c["version"]: c for c in view["challengers"]}
         assert by_version[twin]["shadowed"] and by_version[twin]["error"] is None
@@ -119,7 +119,7 @@ async def test_challengers_shadow_every_text_and_only_the_champion_answers(train
         assert (await client.post("/admin/promote", json={"version": twin}, headers=admin)).status_code == 409  # already champion
         back = await client.post("/admin/rollback", json={"actor": "bob", "reason": "undo"}, headers=admin)
         assert back.status_code == 200 and back.json()["served"] == base
-        audit = (await client.get("/audit")).json()["entries"]
+        audit = (await client.get("/audit", headers=admin)).json()["entries"]
         assert [a["event"] for a in audit] == ["rollback", "promote"] and audit[1]["actor"] == "bob"
         engine.dispose()
 
