@@ -438,6 +438,8 @@ def retrain(
     db_url: str = typer.Option(DEFAULT_DB_URL, envvar="POLYHEAD_HEAD_DB_URL", help="The inference DB (feedback)"),
     force: bool = typer.Option(False, "--force", help="Retrain the named heads whatever their policy says"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say which heads are due and why; train nothing"),
+    challengers_only: bool = typer.Option(False, "--challengers-only", help="Leave heads with no champion yet alone "
+                                          "(their first version would serve): what schedules run"),
     gateway: str = _GATEWAY,
     api_key: Optional[str] = _API_KEY,
 ):
@@ -448,6 +450,7 @@ def retrain(
     from cli.challengers import drift_flag, retrain_reasons
     from embedder.client import EmbedderClient
     from heads.config import HeadConfigError, load_head_config
+    from heads.roles import read_state
     from heads.training.run import train_from_config
     from polyhead.errors import PolyheadError
 
@@ -460,6 +463,10 @@ def retrain(
         except HeadConfigError as err:
             console.print(f"[red]{err}[/red]")
             raise typer.Exit(2) from None
+        if challengers_only and read_state(models_dir, cfg.name).champion is None:
+            typer.echo(json.dumps({"head": cfg.name, "due": False,
+                                   "reasons": ["no champion yet: `polyhead train` makes its first version"]}))
+            continue
         drift = drift_flag(gateway, cfg.name, api_key) if cfg.retraining.on_drift else None
         reasons = ["--force"] if force else retrain_reasons(cfg, models_dir, db_url, drift)
         if cfg.retraining.on_drift and drift is None and not force:

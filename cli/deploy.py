@@ -5,10 +5,11 @@ Writes, under a project root:
 - `docker-compose.yml`: embedder, the heads (StackSettings.heads_per_process, the setting
   `polyhead up` uses: 0 = one `heads` service serving every configs/heads/*.yaml packed, each at
   /heads/<name>; 1 = one `head-<name>` service per config; all on the one head image), gateway,
-  PostgreSQL (the inference DB), Prometheus;
+  PostgreSQL (the inference DB), Prometheus, and `polyhead retrain` as a one-shot service under the
+  `retrain` profile;
 - `deploy/prometheus.yml`: Prometheus scraping every one of those services;
 - `deploy/k8s/`: a kustomize base (Deployments, Services, HPAs, PDBs, NetworkPolicies, the
-  head-config ConfigMap, example Secrets), `heads/packed.yaml` (packed) or one `heads/<name>.yaml`
+  head-config ConfigMap, example Secrets, the `retrain` CronJob), `heads/packed.yaml` (packed) or one `heads/<name>.yaml`
   per head config.
 
 Everything comes from the head configs and the services' settings classes (ports, env var
@@ -54,6 +55,10 @@ MODELS_DIR = f"{APP_DIR}/models"
 SPOOL_DIR = f"{APP_DIR}/var/spool"
 API_KEYS_DIR = "/etc/polyhead/keys"
 API_KEYS_FILE = f"{API_KEYS_DIR}/api-keys.yaml"
+ADMIN_TOKEN_DIR = "/etc/polyhead/admin"
+ADMIN_TOKEN_KEY = "ADMIN_TOKEN"  # the Secret's one key, mounted as the file below
+ADMIN_TOKEN_FILE = f"{ADMIN_TOKEN_DIR}/admin-token"
+ADMIN_SECRET = "polyhead-admin"
 EMBEDDER_HEALTHCHECK = "/opt/polyhead/embedder_healthcheck.py"
 UID = 10001
 
@@ -68,6 +73,7 @@ PROMETHEUS_IMAGE = "prom/prometheus:v3.5.0"
 
 NAMESPACE = "polyhead"
 EMBEDDER_HEADLESS = "embedder-headless"
+RETRAIN = "retrain"  # compose service + profile, k8s CronJob and component
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,8 @@ RESOURCES = {
     # separate heads would have had together.
     "heads-packed": Resources("500m", "2", "192Mi", "384Mi"),
     "gateway": Resources("200m", "1", "128Mi", "256Mi"),
+    # Not measured yet: training holds a head's texts, their vectors and the candidates' fits.
+    RETRAIN: Resources("500m", "2", "512Mi", "2Gi"),
 }
 # TensorFlow sizes its pools from the node's cores, not the container's limit: match the limit.
 EMBEDDER_TF_THREADS = "2"
@@ -140,6 +148,24 @@ def gateway_env(embedder_target: str, db_url: str | None = None,
     }
     if db_url is not None:  # reports and feedback read/write the heads' inference DB
         env["POLYHEAD_GATEWAY_DB_URL"] = db_url
+    return env
+
+
+# Kubernetes CronJob schedule (cron syntax, the cluster's time zone): nightly, off-peak.
+RETRAIN_SCHEDULE = "17 3 * * *"
+
+
+def retrain_args() -> list[str]:
+    """`polyhead retrain`'s arguments in a container: every mounted head config whose `retraining:`
+    policy is due, into challengers only (a head with no champion is left to `polyhead train`)."""
+    return [RETRAIN, "--challengers-only", "--heads-dir", HEAD_CONFIGS_DIR, "--models-dir", MODELS_DIR]
+
+
+def retrain_env(embedder_target: str, gateway_url: str, db_url: str | None) -> dict[str, str]:
+    """The envvars of `polyhead retrain`'s options (cli/commands.py; tests/e2e/deploy checks the names)."""
+    env = {"POLYHEAD_EMBEDDER_TARGET": embedder_target, "POLYHEAD_GATEWAY_URL": gateway_url}
+    if db_url is not None:  # the feedback it trains on and counts
+        env["POLYHEAD_HEAD_DB_URL"] = db_url
     return env
 
 
@@ -214,6 +240,9 @@ def _dump_all(docs: list) -> str:
 COMPOSE_DB_PASSWORD = "${POLYHEAD_DB_PASSWORD:-polyhead-local-only}"
 COMPOSE_DB_URL = f"postgresql+psycopg://polyhead:{COMPOSE_DB_PASSWORD}@postgres:{POSTGRES_PORT}/polyhead"
 COMPOSE_EMBEDDER_TARGET = f"dns:///embedder:{EMBEDDER_PORT}"  # round-robin over `--scale embedder=N`
+# The admin token of heads and gateway, from the host's environment or the project's `.env` file
+# (never written here). Unset: empty, and both refuse their admin routes (closed, never open).
+COMPOSE_ADMIN_TOKEN = "${POLYHEAD_ADMIN_TOKEN:-}"
 
 
 def _healthcheck(test: list[str], start_period: str = "30s") -> dict:
@@ -246,7 +275,8 @@ def compose(heads: list[str], units: list[HeadUnit] | None = None) -> dict:
             "build": {"context": ".", "dockerfile": DOCKERFILES["head"]},
             "image": IMAGES["head"],
             "command": list(unit.args),
-            "environment": head_env(COMPOSE_EMBEDDER_TARGET, COMPOSE_DB_URL, packed=unit.packed),
+            "environment": {**head_env(COMPOSE_EMBEDDER_TARGET, COMPOSE_DB_URL, packed=unit.packed),
+                            "POLYHEAD_HEAD_ADMIN_TOKEN": COMPOSE_ADMIN_TOKEN},
             "volumes": [
                 {"type": "bind", "source": "./models", "target": MODELS_DIR, "read_only": True,
                  "bind": {"create_host_path": True}},
@@ -262,7 +292,8 @@ def compose(heads: list[str], units: list[HeadUnit] | None = None) -> dict:
     services["gateway"] = {
         "build": {"context": ".", "dockerfile": DOCKERFILES["gateway"]},
         "image": IMAGES["gateway"],
-        "environment": gateway_env(COMPOSE_EMBEDDER_TARGET, COMPOSE_DB_URL, head_url_template(units)),
+        "environment": {**gateway_env(COMPOSE_EMBEDDER_TARGET, COMPOSE_DB_URL, head_url_template(units)),
+                        "POLYHEAD_GATEWAY_ADMIN_TOKEN": COMPOSE_ADMIN_TOKEN},
         "volumes": [dict(configs_mount)],
         # The one published port. Set POLYHEAD_GATEWAY_API_KEYS_FILE (and mount it) to require keys.
         "ports": [f"${{POLYHEAD_GATEWAY_PUBLISH:-127.0.0.1:{GATEWAY_PORT}}}:{GATEWAY_PORT}"],
@@ -270,6 +301,23 @@ def compose(heads: list[str], units: list[HeadUnit] | None = None) -> dict:
                        **{u.service: {"condition": "service_healthy"} for u in units}},
         "healthcheck": _healthcheck(http_healthcheck("POLYHEAD_GATEWAY_PORT", GATEWAY_PORT)),
         "restart": "unless-stopped",
+    }
+    services[RETRAIN] = {
+        # `docker compose --profile retrain run --rm retrain` (from cron or a systemd timer: compose
+        # has no schedule of its own); `docker compose up` leaves it alone.
+        "build": {"context": ".", "dockerfile": DOCKERFILES["head"]},
+        "image": IMAGES["head"],
+        "profiles": [RETRAIN],
+        "entrypoint": ["polyhead"],  # the head image, running `polyhead retrain` instead of `head serve`
+        "command": retrain_args(),
+        "environment": retrain_env(COMPOSE_EMBEDDER_TARGET, f"http://gateway:{GATEWAY_PORT}", COMPOSE_DB_URL),
+        "volumes": [
+            # Written here (new challengers), read-only in the heads.
+            {"type": "bind", "source": "./models", "target": MODELS_DIR, "bind": {"create_host_path": True}},
+            dict(configs_mount),
+        ],
+        "depends_on": {"embedder": {"condition": "service_healthy"}, "postgres": {"condition": "service_healthy"}},
+        "restart": "no",  # one run, then exit
     }
     services["prometheus"] = {
         "image": PROMETHEUS_IMAGE,
@@ -429,6 +477,14 @@ def _tmp_volume() -> tuple[dict, dict]:
     return {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, {"name": "tmp", "mountPath": "/tmp"}
 
 
+def _admin_token_volume() -> tuple[dict, dict]:
+    """The admin token Secret as a read-only file (group-readable: the pod's fsGroup), never an env value."""
+    return ({"name": "admin-token", "secret": {"secretName": ADMIN_SECRET, "defaultMode": 0o440,
+                                                "items": [{"key": ADMIN_TOKEN_KEY,
+                                                           "path": ADMIN_TOKEN_FILE.rsplit("/", 1)[1]}]}},
+            {"name": "admin-token", "mountPath": ADMIN_TOKEN_DIR, "readOnly": True})
+
+
 def _head_configs_volume() -> tuple[dict, dict]:
     return ({"name": "head-configs", "configMap": {"name": "head-configs"}},
             {"name": "head-configs", "mountPath": HEAD_CONFIGS_DIR, "readOnly": True})
@@ -462,23 +518,25 @@ def k8s_head(unit: HeadUnit) -> list[dict]:
     instance = unit.service
     tmp_vol, tmp_mount = _tmp_volume()
     cfg_vol, cfg_mount = _head_configs_volume()
+    admin_vol, admin_mount = _admin_token_volume()
     container = {
         "name": "head", "image": IMAGES["head"], "imagePullPolicy": "IfNotPresent",
         "args": list(unit.args),
         "ports": [{"name": "http", "containerPort": HEAD_PORT, "protocol": "TCP"}],
-        "env": _env_list(head_env(K8S_EMBEDDER_TARGET, None, packed=unit.packed), namespace=True,
+        "env": _env_list({**head_env(K8S_EMBEDDER_TARGET, None, packed=unit.packed),
+                          "POLYHEAD_HEAD_ADMIN_TOKEN_FILE": ADMIN_TOKEN_FILE}, namespace=True,
                          secret_env={"POLYHEAD_HEAD_DB_URL": ("polyhead-db", "DB_URL")}),
         "resources": RESOURCES["heads-packed" if unit.packed else "head"].k8s(),
         **_http_probes("http"),
         "volumeMounts": [cfg_mount,
                          {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
                          {"name": "spool", "mountPath": SPOOL_DIR},
-                         tmp_mount],
+                         admin_mount, tmp_mount],
     }
     volumes = [cfg_vol,
                {"name": "models", "persistentVolumeClaim": {"claimName": "polyhead-models", "readOnly": True}},
                {"name": "spool", "emptyDir": {"sizeLimit": "256Mi"}},
-               tmp_vol]
+               admin_vol, tmp_vol]
     return [
         _deployment("head", instance, container, volumes=volumes, metrics_port=HEAD_PORT),
         _service("head", instance, instance, [("http", HEAD_PORT)], type="ClusterIP"),
@@ -490,17 +548,19 @@ def k8s_head(unit: HeadUnit) -> list[dict]:
 def k8s_gateway(units: list[HeadUnit]) -> list[dict]:
     tmp_vol, tmp_mount = _tmp_volume()
     cfg_vol, cfg_mount = _head_configs_volume()
+    admin_vol, admin_mount = _admin_token_volume()
     env = {**gateway_env(K8S_EMBEDDER_TARGET, head_url_template=head_url_template(units)),
-           "POLYHEAD_GATEWAY_API_KEYS_FILE": API_KEYS_FILE}
+           "POLYHEAD_GATEWAY_API_KEYS_FILE": API_KEYS_FILE, "POLYHEAD_GATEWAY_ADMIN_TOKEN_FILE": ADMIN_TOKEN_FILE}
     container = {
         "name": "gateway", "image": IMAGES["gateway"], "imagePullPolicy": "IfNotPresent",
         "ports": [{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
         "env": _env_list(env, namespace=True, secret_env={"POLYHEAD_GATEWAY_DB_URL": ("polyhead-db", "DB_URL")}),
         "resources": RESOURCES["gateway"].k8s(),
         **_http_probes("http"),
-        "volumeMounts": [cfg_mount, {"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True}, tmp_mount],
+        "volumeMounts": [cfg_mount, {"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True}, admin_mount,
+                         tmp_mount],
     }
-    volumes = [cfg_vol, {"name": "api-keys", "secret": {"secretName": "polyhead-gateway-keys"}}, tmp_vol]
+    volumes = [cfg_vol, {"name": "api-keys", "secret": {"secretName": "polyhead-gateway-keys"}}, admin_vol, tmp_vol]
     return [
         _deployment("gateway", "gateway", container, volumes=volumes, metrics_port=GATEWAY_PORT),
         # The one Service meant to be reached from outside the cluster.
@@ -508,6 +568,49 @@ def k8s_gateway(units: list[HeadUnit]) -> list[dict]:
         _hpa("gateway", "gateway"),
         _pdb("gateway", "gateway"),
     ]
+
+
+def k8s_retrain() -> dict:
+    """`polyhead retrain` on a schedule: the head image (training embeds through the embedder, so it
+    needs no TensorFlow), the head Deployments' configs, models volume (writable here), DB Secret and
+    security context; never two runs at once (concurrencyPolicy: Forbid)."""
+    labels = _labels(RETRAIN, RETRAIN)
+    tmp_vol, tmp_mount = _tmp_volume()
+    cfg_vol, cfg_mount = _head_configs_volume()
+    container = {
+        "name": RETRAIN, "image": IMAGES["head"], "imagePullPolicy": "IfNotPresent",
+        "command": ["polyhead"], "args": retrain_args(),
+        "env": _env_list(retrain_env(K8S_EMBEDDER_TARGET, f"http://gateway:{GATEWAY_PORT}", None), namespace=True,
+                         secret_env={"POLYHEAD_HEAD_DB_URL": ("polyhead-db", "DB_URL")})
+        # The drift trigger reads the gateway's /v1/models/<name>: with API keys on it needs one
+        # (optional: without it the trigger is skipped and said so in the job's log).
+        + [{"name": "POLYHEAD_API_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "polyhead-retrain", "key": "API_KEY", "optional": True}}}],
+        "resources": RESOURCES[RETRAIN].k8s(),
+        "volumeMounts": [cfg_mount, {"name": "models", "mountPath": MODELS_DIR}, tmp_mount],
+        "securityContext": CONTAINER_SECURITY,
+    }
+    volumes = [cfg_vol, {"name": "models", "persistentVolumeClaim": {"claimName": "polyhead-models"}}, tmp_vol]
+    return {
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": RETRAIN, "labels": labels},
+        "spec": {
+            "schedule": RETRAIN_SCHEDULE,
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 3600,
+            "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3,
+            "jobTemplate": {"metadata": {"labels": dict(labels)}, "spec": {
+                "backoffLimit": 1, "activeDeadlineSeconds": 3 * 3600,
+                "template": {"metadata": {"labels": dict(labels)}, "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "securityContext": POD_SECURITY,
+                    "containers": [container],
+                    "volumes": volumes,
+                }},
+            }},
+        },
+    }
 
 
 PROMETHEUS_PEER = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
@@ -524,7 +627,7 @@ def k8s_network_policies() -> list[dict]:
         return {"protocol": "TCP", "port": port}
 
     clients = {"podSelector": {"matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In",
-                                                     "values": ["gateway", "head"]}]}}
+                                                     "values": ["gateway", "head", RETRAIN]}]}}
     gateway = {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "gateway"}}}
     return [
         # Nothing reaches a polyhead pod unless a policy below lets it.
@@ -536,7 +639,7 @@ def k8s_network_policies() -> list[dict]:
         # Heads: from the gateway; /metrics from Prometheus.
         policy("heads-from-gateway", "head", [{"from": [gateway], "ports": [tcp(HEAD_PORT)]},
                                               {"from": [PROMETHEUS_PEER], "ports": [tcp(HEAD_PORT)]}]),
-        # The embedder: gRPC from heads and the gateway only; its metrics port from Prometheus.
+        # The embedder: gRPC from heads, the gateway and the retrain job only; metrics from Prometheus.
         policy("embedder-from-heads-and-gateway", "embedder",
                [{"from": [clients], "ports": [tcp(EMBEDDER_PORT)]},
                 {"from": [PROMETHEUS_PEER], "ports": [tcp(EMBEDDER_METRICS_PORT)]}]),
@@ -559,20 +662,21 @@ def kustomization(heads: list[str], units: list[HeadUnit] | None = None) -> dict
         "namespace": NAMESPACE,
         "labels": [{"pairs": dict(PART_OF), "includeSelectors": False}],
         "resources": ["namespace.yaml", "embedder.yaml", "gateway.yaml", "models-pvc.yaml", "network-policies.yaml",
-                      *[f"heads/{u.file}.yaml" for u in units]],
+                      "retrain.yaml", *[f"heads/{u.file}.yaml" for u in units]],
         "configMapGenerator": [{"name": "head-configs", "files": [f"head-configs/{n}.yaml" for n in heads]}],
         # EXAMPLE values (placeholders): replace them in an overlay (`behavior: replace`) or create
         # the Secrets outside git before a real deployment. See deploy/README.md.
         "secretGenerator": [
             {"name": "polyhead-db", "envs": ["secrets/db.example.env"]},
             {"name": "polyhead-gateway-keys", "files": ["api-keys.yaml=secrets/api-keys.example.yaml"]},
+            {"name": ADMIN_SECRET, "envs": ["secrets/admin-token.example.env"]},
         ],
     }
 
 
 KUSTOMIZATION_NOTE = (
     "#\n"
-    "# The base for `kubectl apply -k deploy/k8s`. Its two Secrets hold EXAMPLE placeholder values\n"
+    "# The base for `kubectl apply -k deploy/k8s`. Its three Secrets hold EXAMPLE placeholder values\n"
     "# (secrets/*.example*): replace them in an overlay (secretGenerator, behavior: replace) before a\n"
     "# real deployment; see deploy/README.md.\n"
 )
@@ -580,6 +684,13 @@ EXAMPLE_DB_ENV = (
     "# EXAMPLE ONLY - a placeholder, not a credential. The heads' inference DB (SQLAlchemy URL);\n"
     "# replace it (overlay secretGenerator with behavior: replace) before deploying.\n"
     "DB_URL=postgresql+psycopg://polyhead:REPLACE-ME@postgres.example.invalid:5432/polyhead\n"
+)
+EXAMPLE_ADMIN_TOKEN = (
+    "# EXAMPLE ONLY - REPLACE-ME with a long random value (e.g. `openssl rand -base64 32`) in an overlay\n"
+    "# (secretGenerator, behavior: replace) or a Secret made outside git. The admin token of every head and\n"
+    "# the gateway (/admin/*, a head's /roles, /audit, /drift/centroids). Empty on purpose: a service whose\n"
+    "# token is empty refuses those routes (closed, never open), so this example holds no known credential.\n"
+    "ADMIN_TOKEN=\n"
 )
 EXAMPLE_API_KEYS = (
     "# EXAMPLE ONLY - a placeholder. The gateway's API keys: a YAML list of hashed keys made with\n"
@@ -608,8 +719,10 @@ def generate(root: Path, heads_per_process: int | None = None) -> dict[str, str]
         f"{K8S}/gateway.yaml": HEADER + _dump_all(k8s_gateway(units)),
         f"{K8S}/models-pvc.yaml": HEADER + _dump(k8s_models_pvc()),
         f"{K8S}/network-policies.yaml": HEADER + _dump_all(k8s_network_policies()),
+        f"{K8S}/retrain.yaml": HEADER + _dump(k8s_retrain()),
         f"{K8S}/secrets/db.example.env": EXAMPLE_DB_ENV,
         f"{K8S}/secrets/api-keys.example.yaml": EXAMPLE_API_KEYS,
+        f"{K8S}/secrets/admin-token.example.env": EXAMPLE_ADMIN_TOKEN,
     }
     for unit in units:
         files[f"{K8S}/heads/{unit.file}.yaml"] = HEADER + _dump_all(k8s_head(unit))

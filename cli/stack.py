@@ -22,6 +22,7 @@ import yaml
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from cli.retrain_schedule import RetrainSchedule
 from polyhead.settings import (
     DEFAULT_EMBEDDER_METRICS_PORT,
     DEFAULT_EMBEDDER_PORT,
@@ -63,6 +64,10 @@ class StackSettings(PolyheadSettings):
                                "no request; the standby shares the imports' memory copy-on-write")
     train_missing: bool = Field(True, description="Train heads that have no artifact yet, before serving")
     scan_interval_s: float = Field(2.0, gt=0, description="How often new head configs are looked for")
+    retrain_every_s: float = Field(0.0, ge=0, description="Run `polyhead retrain --challengers-only` this often "
+                                   "(seconds; e.g. 86400 = daily): heads whose `retraining:` policy is due get a new "
+                                   "challenger, never a champion; runs never overlap; log in var_dir/logs/retrain.log. "
+                                   "0 = off (the default)")
 
     @property
     def state_file(self) -> Path:
@@ -119,6 +124,8 @@ class Stack:
         self.routes_file = settings.var_dir / "routes.yaml"
         self.db_url = settings.db_url or f"sqlite:///{(settings.var_dir / 'inference.db').resolve()}"
         self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "POLYHEAD_EMBEDDER_TARGET": self.embedder_target}
+        self.retrain = RetrainSchedule(self.retrain_argv(), settings.retrain_every_s,
+                                       settings.var_dir / "logs" / "retrain.log", console, env=self.env)
 
     @property
     def embedder_target(self) -> str:
@@ -179,6 +186,12 @@ class Stack:
                     "--embedder-target", self.embedder_target, "--db-url", self.db_url, *self._admin_args())
         return Child("gateway", "gateway", argv, self.s.gateway_port, f"http://{self.s.host}:{self.s.gateway_port}",
                      self.s.var_dir / "logs" / "gateway.log")
+
+    def retrain_argv(self) -> list[str]:
+        """The scheduled run: the same `polyhead retrain` an operator types, against this stack."""
+        return _cli("retrain", "--challengers-only", "--heads-dir", str(self.s.heads_dir),
+                    "--models-dir", str(self.s.models_dir), "--embedder-target", self.embedder_target,
+                    "--db-url", self.db_url, "--gateway", f"http://{self.s.host}:{self.s.gateway_port}")
 
     def _launch(self, child: Child) -> None:
         self.children[child.name] = child
@@ -377,6 +390,7 @@ class Stack:
             if now - last_scan >= self.s.scan_interval_s:
                 last_scan = now
                 self._pick_up_new_heads()
+            self.retrain.tick(now)
 
     def _pick_up_new_heads(self) -> None:
         configs = self._configs()
@@ -393,6 +407,7 @@ class Stack:
             self.console.print(f"  started {child.name} on {child.url}")
 
     def shutdown(self) -> None:
+        self.retrain.stop()
         order = (["gateway"] + [n for n, c in self.children.items() if c.kind == "head"]
                  + [n for n, c in self.children.items() if c.kind == "embedder"])
         for name in order:

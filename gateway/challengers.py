@@ -80,6 +80,7 @@ class GateDecision(BaseModel):
     act: bool = Field(..., description="Gate: would promote now; guard: would roll back now")
     reason: str
     checks: list[GateCheck]
+    triggers: list[str] = Field([], description="Guard: what made it roll back (feedback, drift)")
 
 
 class ChallengerReport(BaseModel):
@@ -150,6 +151,13 @@ def _headline(test: dict | None) -> dict:
     return {k: (test or {}).get(k) for k in ("n", "accuracy", "f1_weighted", "f1_macro")}
 
 
+def _reference_confidence(roles: dict, previous: str) -> dict:
+    """Each side's held-out mean top probability (its own drift reference), from the head's GET /roles."""
+    prev = next((c for c in roles["challengers"] if c["version"] == previous), {})
+    return {"champion": (roles.get("champion_info") or {}).get("reference_confidence"),
+            "previous": prev.get("reference_confidence")}
+
+
 def _parse(ts: str) -> datetime:
     value = datetime.fromisoformat(ts)
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
@@ -189,7 +197,8 @@ class Challengers:
             active = _parse(g["until"]) > datetime.now(timezone.utc)
             decision = None
             if active:
-                decision = guard(await self._guard_figures(name, champion, g), policy).to_json()
+                decision = guard(await self._guard_figures(name, champion, g), policy,
+                                 reference_confidence=_reference_confidence(roles, g["previous"])).to_json()
             guard_view = {**g, "active": active, "decision": decision}
         return {"model": name, "champion": champion, "champion_offline_test": champion_test,
                 "policy": policy.model_dump(), "redacted": redacted, "guard": guard_view, "challengers": out}
@@ -213,16 +222,20 @@ class Challengers:
         g = roles.get("guard")
         if g and _parse(g["until"]) > datetime.now(timezone.utc):
             figures = await self._guard_figures(name, champion, g)
-            decision = guard(figures, policy)
+            references = _reference_confidence(roles, g["previous"])
+            decision = guard(figures, policy, reference_confidence=references)
             if not decision.act:
                 return {"model": name, "action": None, "reason": decision.reason}
             status, content = await self.act(name, "/admin/rollback", {
                 "actor": f"{actor}:guard", "reason": decision.reason, "expect_champion": champion,
-                "figures": {"decision": decision.to_json(), "comparison": figures}}, request_id)
+                "figures": {"decision": decision.to_json(), "comparison": figures,
+                            "reference_confidence": references}}, request_id)
             if status == 200:
                 metrics.ROLLBACKS.labels(name, "guard").inc()
+                for trigger in decision.triggers:
+                    metrics.GUARD_ROLLBACKS.labels(name, trigger).inc()
                 log.warning("guard rolled back", extra={"model": name, "from": champion, "to": g["previous"],
-                                                        "reason": decision.reason})
+                                                        "reason": decision.reason, "triggers": decision.triggers})
             return {"model": name, "action": "rollback" if status == 200 else None, "reason": decision.reason,
                     "head_status": status}
         if policy.mode != "auto" or not roles["challengers"]:

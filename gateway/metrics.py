@@ -13,3 +13,6 @@ PROMOTIONS = Counter("polyhead_gateway_promotions_total", "Challengers made cham
                      ["model", "by"])
 ROLLBACKS = Counter("polyhead_gateway_rollbacks_total", "Promotions undone, by who decided (guard, admin)",
                     ["model", "by"])
+GUARD_ROLLBACKS = Counter("polyhead_gateway_guard_rollbacks_total", "The guard's rollbacks, by what it saw "
+                          "(feedback: live accuracy; drift: confidence shift from the version's training reference)",
+                          ["model", "trigger"])

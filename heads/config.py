@@ -98,6 +98,13 @@ class PromotionConfig(BaseModel):
     guard_min_feedback: int = Field(50, ge=1, description="guard: paired feedback texts since the promotion before it judges")
     guard_margin: float = Field(0.02, ge=0, le=1, description="guard: roll back when the new champion's live accuracy "
                                 "is below the previous champion's, on the same texts, by more than this")
+    guard_confidence_margin: float | None = Field(0.1, ge=0, le=1, description="guard: roll back when the new "
+                                                  "champion's confidence shift (how far its live mean top probability "
+                                                  "is from its own training reference's held-out mean) exceeds the "
+                                                  "previous champion's, on the same texts, by more than this; "
+                                                  "null = the guard watches feedback only")
+    guard_min_shadowed: int = Field(200, ge=1, description="guard: texts both versions answered since the promotion "
+                                    "before the confidence-shift check judges")
 
 
 class RetrainingConfig(BaseModel):

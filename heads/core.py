@@ -22,7 +22,7 @@ from heads import explain, metrics, roles
 from heads.api import ExplainResponse, PredictResponse
 from heads.coalescing import CoalescingEmbedder
 from heads.config import HeadConfig, load_head_config
-from heads.drift import SCORE_NAMES, DriftMonitor, DriftThresholds
+from heads.drift import SCORE_NAMES, DriftMonitor, DriftThresholds, reference_confidence_mean
 from heads.fallback import EmbeddingFallback
 from heads.pipeline import Embedded, FingerprintMismatch, HeadPipeline, embed_error
 from heads.servable import HeadServable, ServableManager
@@ -124,17 +124,19 @@ class HeadService:
                     probability=p.probability, top_k=p.top_k, latency_ms=latency_ms,
                     abstained=p.abstained, text_index=index, issued_id=prediction_id, caller=caller,
                     redact=self.config.serving.redact_text))
-        if rows:  # in the spool (one write) before the answer is sent: a SIGKILL after it loses nothing
-            self.inference_log.record_many(rows)
         if self.manager.challengers and done.servable is self.manager.current:
-            self._shadow(texts, [r.text_sha256 for r in rows], done, request_id)
+            rows += self._shadow(texts, [r.text_sha256 for r in rows], done, request_id)
+        if rows:  # the champion's and every challenger's rows in the spool in ONE write, before the answer
+            self.inference_log.record_many(rows)  # is sent: a SIGKILL after it loses nothing
         return PredictResponse(self.name, version, done.fingerprint, request_id, latency_ms, done.predictions,
                                prediction_id)
 
-    def _shadow(self, texts: list[str], hashes: list[str], done, request_id: str) -> None:
-        """Every challenger on the champion's vectors (one matrix product each), logged as shadow rows
-        with the same request id and text index; never returned. A challenger that raises is dropped
-        from shadow and flagged (ServableManager.drop_challenger); the caller's answer is not touched."""
+    def _shadow(self, texts: list[str], hashes: list[str], done, request_id: str) -> list[PredictionRecord]:
+        """Every challenger on the champion's vectors (one matrix product each): its shadow rows, with the
+        same request id and text index, for the caller to spool with the champion's; never returned. A
+        challenger that raises is dropped from shadow and flagged (ServableManager.drop_challenger); the
+        caller's answer is not touched."""
+        rows: list[PredictionRecord] = []
         for challenger in self.manager.challengers:
             t0 = time.perf_counter()
             try:
@@ -146,13 +148,14 @@ class HeadService:
             metrics.SHADOW_PREDICTIONS.labels(self.name, challenger.version).inc(len(predictions))
             if self.inference_log is None:
                 continue
-            for index, (text, p) in enumerate(zip(texts, predictions)):
-                self.inference_log.record(PredictionRecord.create(
-                    request_id=request_id, head=self.name, head_version=challenger.version,
-                    embedder_fingerprint=done.fingerprint, text=text, label=p.label,
-                    probability=p.probability, top_k=p.top_k, latency_ms=shadow_ms,
-                    abstained=p.abstained, text_index=index, redact=self.config.serving.redact_text,
-                    shadow=True, text_sha256=hashes[index] if index < len(hashes) else None))
+            rows += [PredictionRecord.create(
+                request_id=request_id, head=self.name, head_version=challenger.version,
+                embedder_fingerprint=done.fingerprint, text=text, label=p.label,
+                probability=p.probability, top_k=p.top_k, latency_ms=shadow_ms,
+                abstained=p.abstained, text_index=index, redact=self.config.serving.redact_text,
+                shadow=True, text_sha256=hashes[index] if index < len(hashes) else None)
+                for index, (text, p) in enumerate(zip(texts, predictions))]
+        return rows
 
     async def explain(self, text: str, request_id: str | None = None) -> ExplainResponse:
         """Word-occlusion importances for one text (heads/explain.py); not logged as a prediction."""
@@ -259,7 +262,9 @@ class HeadService:
             except (OSError, ValueError):
                 metrics_json, manifest = {}, {}
             return {"version": version, "created": manifest.get("created"), "test": metrics_json.get("test", {}),
-                    "feedback": manifest.get("feedback"), "labels": manifest.get("labels", [])}
+                    "feedback": manifest.get("feedback"), "labels": manifest.get("labels", []),
+                    # the guard's drift check: each version against its own training reference
+                    "reference_confidence": reference_confidence_mean(self.settings.models_dir / self.name / version)}
 
         return {
             "head": self.name, "champion": state.champion, "served": served.version if served else None,

@@ -80,6 +80,16 @@ class DriftReference:
                        noise=z["noise"] if "noise" in z.files else None)
 
 
+def reference_confidence_mean(version_dir: Path) -> float | None:
+    """A version's held-out mean top probability (its drift reference), without loading the rest."""
+    path = Path(version_dir) / DRIFT_FILE
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return float(z["confidence_mean"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Jensen-Shannon divergence (log base 2, in [0, 1]) of the rows of p and q (counts or shares).
     Finite without smoothing: the mixture is positive wherever either side is."""

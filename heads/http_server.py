@@ -12,7 +12,7 @@ import time
 from contextlib import asynccontextmanager
 
 import numpy as np
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
@@ -149,10 +149,19 @@ def head_router(service: HeadService, admin_token: str | None = None) -> APIRout
         """Drift scores of the rolling window against the served version's training data."""
         return service.drift_report()
 
-    @router.get("/drift/centroids", responses=error_responses(404, _404="No drift reference in the served version"))
+    # What only operators and the gateway may read: training vectors, every version's name and
+    # figures, the audit log. /info, /drift and predict show the served version only (as every answer does).
+    def admin(request: Request) -> None:
+        require_admin(request, admin_token)
+
+    admin_only = [Depends(admin)]
+
+    @router.get("/drift/centroids", dependencies=admin_only,
+                responses=error_responses(401, 404, _404="No drift reference in the served version"))
     async def drift_centroids():
         """The served version's training centroids (L2-normalised class means, base64 little-endian float32,
-        row-major [labels, dim]) and feature set: the gateway's review queue ranks texts against them."""
+        row-major [labels, dim]) and feature set: the gateway's review queue ranks texts against them.
+        Needs `Authorization: Bearer <admin token>`."""
         servable = service.manager.current
         reference = servable.artifact.drift if servable else None
         if reference is None:
@@ -162,14 +171,16 @@ def head_router(service: HeadService, admin_token: str | None = None) -> APIRout
                 "embedder_fingerprint": servable.artifact.embedder_fingerprint, "labels": list(reference.labels),
                 "dim": int(centroids.shape[1]), "centroids": base64.b64encode(centroids.tobytes()).decode()}
 
-    @router.get("/roles")
+    @router.get("/roles", dependencies=admin_only, responses=error_responses(401))
     async def roles_view():
-        """Champion, challengers (with their offline test metrics and whether they are shadowed), guard, history."""
+        """Champion, challengers (with their offline test metrics and whether they are shadowed), guard, history.
+        Needs `Authorization: Bearer <admin token>`."""
         return await asyncio.to_thread(service.roles)
 
-    @router.get("/audit")
+    @router.get("/audit", dependencies=admin_only, responses=error_responses(401, 422))
     async def audit(limit: int = Query(100, ge=1, le=1000)):
-        """Promotions and rollbacks, newest first: who, when, why, the figures."""
+        """Promotions and rollbacks, newest first: who, when, why, the figures. Needs `Authorization: Bearer
+        <admin token>`."""
         return {"head": config.name, "entries": await asyncio.to_thread(service.audit, limit)}
 
     @router.post("/admin/promote", responses=error_responses(401, 404, 409, 415, 422, _404="Unknown version"))

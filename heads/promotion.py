@@ -26,9 +26,11 @@ class Decision:
     act: bool  # promote (gate) or roll back (guard)
     reason: str
     checks: list[Check] = field(default_factory=list)
+    triggers: list[str] = field(default_factory=list)  # the guard's: "feedback", "drift"
 
     def to_json(self) -> dict:
-        return {"act": self.act, "reason": self.reason, "checks": [asdict(c) for c in self.checks]}
+        return {"act": self.act, "reason": self.reason, "checks": [asdict(c) for c in self.checks],
+                "triggers": list(self.triggers)}
 
 
 def _offline_accuracy(metrics: dict | None) -> float | None:
@@ -71,21 +73,59 @@ def gate(comparison: dict, policy: PromotionConfig, *, champion_test: dict | Non
                           f"McNemar p={fb['mcnemar_p']:.2g})", checks)
 
 
-def guard(comparison: dict, policy: PromotionConfig) -> Decision:
+def _shift(live: float | None, reference: float | None) -> float | None:
+    return None if live is None or reference is None else abs(live - reference)
+
+
+def guard(comparison: dict, policy: PromotionConfig, *, reference_confidence: dict | None = None) -> Decision:
     """After a promotion: roll back when the new champion trails the previous one (now a challenger,
-    still shadowed) on the same feedback texts by more than guard_margin."""
+    still shadowed) on the same texts: on feedback accuracy by more than guard_margin, or on drift,
+    its confidence shift from its own training reference larger than the previous one's from its
+    own by more than guard_confidence_margin. `reference_confidence`: {"champion", "previous"}: each
+    version's held-out mean top probability (its drift reference; None where it has none)."""
     fb = comparison.get("feedback") or {}
     paired = fb.get("paired", 0)
     checks = [Check("paired feedback since the promotion", paired, f">= {policy.guard_min_feedback}",
                     paired >= policy.guard_min_feedback)]
-    if paired < policy.guard_min_feedback:
-        return Decision(False, f"guard waits: {paired} of {policy.guard_min_feedback} paired feedback texts", checks)
-    # The comparison is (champion = new, challenger = previous): accuracy_change = previous - new.
-    shortfall = fb["challenger_accuracy"] - fb["champion_accuracy"]
-    checks.append(Check("live accuracy: previous - new champion", round(shortfall, 6), f"<= {policy.guard_margin}",
-                        shortfall <= policy.guard_margin))
-    if shortfall > policy.guard_margin:
-        return Decision(True, f"guard: the new champion's live accuracy {fb['champion_accuracy']:.3f} trails the "
-                              f"previous champion's {fb['challenger_accuracy']:.3f} on the same {paired} texts by "
-                              f"more than {policy.guard_margin}", checks)
+    fired: list[str] = []
+    triggers: list[str] = []
+    judged = paired >= policy.guard_min_feedback
+    if judged:
+        # The comparison is (champion = new, challenger = previous): accuracy_change = previous - new.
+        shortfall = fb["challenger_accuracy"] - fb["champion_accuracy"]
+        checks.append(Check("live accuracy: previous - new champion", round(shortfall, 6), f"<= {policy.guard_margin}",
+                            shortfall <= policy.guard_margin))
+        if shortfall > policy.guard_margin:
+            triggers.append("feedback")
+            fired.append(f"the new champion's live accuracy {fb['champion_accuracy']:.3f} trails the previous "
+                         f"champion's {fb['challenger_accuracy']:.3f} on the same {paired} texts by more than "
+                         f"{policy.guard_margin}")
+    ref = reference_confidence or {}
+    shadowed = comparison.get("shadowed", 0)
+    conf = comparison.get("confidence") or {}
+    new_shift = _shift(conf.get("champion_mean"), ref.get("champion"))
+    prev_shift = _shift(conf.get("challenger_mean"), ref.get("previous"))
+    drift_on = policy.guard_confidence_margin is not None and None not in (ref.get("champion"), ref.get("previous"))
+    if drift_on and new_shift is not None and prev_shift is not None:
+        checks.append(Check("texts both answered since the promotion", shadowed, f">= {policy.guard_min_shadowed}",
+                            shadowed >= policy.guard_min_shadowed))
+        if shadowed >= policy.guard_min_shadowed:
+            judged = True
+            excess = new_shift - prev_shift
+            checks.append(Check("confidence shift from own training reference: new - previous champion",
+                                round(excess, 6), f"<= {policy.guard_confidence_margin}",
+                                excess <= policy.guard_confidence_margin))
+            if excess > policy.guard_confidence_margin:
+                triggers.append("drift")
+                fired.append(f"the new champion's live mean confidence {conf['champion_mean']:.3f} is {new_shift:.3f} "
+                             f"from its training reference's {ref['champion']:.3f}, the previous champion's "
+                             f"{conf['challenger_mean']:.3f} only {prev_shift:.3f} from its own "
+                             f"{ref['previous']:.3f}, on the same {shadowed} texts: worse by more than "
+                             f"{policy.guard_confidence_margin}")
+    if fired:
+        return Decision(True, "guard: " + "; and ".join(fired), checks, triggers)
+    if not judged:
+        return Decision(False, f"guard waits: {paired} of {policy.guard_min_feedback} paired feedback texts"
+                               + (f", {shadowed} of {policy.guard_min_shadowed} shadowed texts" if drift_on else ""),
+                        checks)
     return Decision(False, "guard: the new champion holds", checks)

@@ -201,3 +201,15 @@ def is_ignored(rel: str, rules: list[tuple[bool, re.Pattern]]) -> bool:
         if any(regex.match(c) for c in candidates):
             ignored = not negate
     return ignored
+
+
+def retrain_options() -> tuple[set[str], dict[str, str]]:
+    """`polyhead retrain`'s option flags, and {envvar: option name} of the ones an env var sets."""
+    import typer.main
+
+    from cli.commands import app
+
+    command = typer.main.get_command(app).commands["retrain"]
+    flags = {opt for p in command.params for opt in getattr(p, "opts", []) if opt.startswith("--")}
+    envvars = {p.envvar: p.name for p in command.params if getattr(p, "envvar", None)}
+    return flags, envvars

@@ -12,13 +12,14 @@ import yaml
 from heads.api import packed_path
 from cli import deploy
 from tests.conftest import ROOT
-from tests.e2e.deploy.common import SETTINGS_BY_IMAGE, field_of, run, tool
+from tests.e2e.deploy.common import SETTINGS_BY_IMAGE, field_of, retrain_options, run, tool
 from tests.helpers import settings_from_env
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 HEADS = sorted(p.stem for p in (ROOT / "configs" / "heads").glob("*.yaml"))
-OURS = {n: s for n, s in SERVICES.items() if s.get("image", "").startswith("polyhead/")}
+# The long-running services; `retrain` (a one-shot under its profile) has a test of its own.
+OURS = {n: s for n, s in SERVICES.items() if s.get("image", "").startswith("polyhead/") and not s.get("profiles")}
 UNITS = deploy.head_units(HEADS)  # the head services for the default heads_per_process (packed or one per head)
 SERVICE_OF = {n: u.service for u in UNITS for n in u.heads}
 
@@ -59,7 +60,8 @@ def test_the_schema_check_catches_mistakes(tmp_path):
 
 
 def test_services():
-    assert set(SERVICES) == {"embedder", "gateway", "postgres", "prometheus", *(u.service for u in UNITS)}
+    assert set(SERVICES) == {"embedder", "gateway", "postgres", "prometheus", deploy.RETRAIN,
+                             *(u.service for u in UNITS)}
     assert sorted(SERVICE_OF) == HEADS, "every head is served by exactly one head service"
     assert {image_kind(SERVICES[u.service]) for u in UNITS} == {"head"}, "one head image for every head"
     for service in OURS.values():
@@ -75,6 +77,9 @@ def test_only_the_gateway_publishes_a_port():
 
 def test_healthchecks_restart_policies_and_depends_on_healthy():
     for name, service in SERVICES.items():
+        if service.get("profiles"):  # a one-shot run (retrain): no restart, no health check
+            assert service["restart"] == "no" and "healthcheck" not in service, name
+            continue
         assert service["restart"] == "unless-stopped", name
         assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
         for dep, cond in service.get("depends_on", {}).items():
@@ -165,3 +170,43 @@ def test_prometheus_scrapes_every_service():
         assert target.split(":")[0] in SERVICES, target
     mount = {m["target"]: m for m in SERVICES["prometheus"]["volumes"]}["/etc/prometheus/prometheus.yml"]
     assert mount["source"] == "./deploy/prometheus.yml" and mount["read_only"]
+
+
+def test_retrain_runs_under_its_profile_with_the_heads_image_db_and_volumes():
+    service = SERVICES[deploy.RETRAIN]
+    assert service["profiles"] == [deploy.RETRAIN], "`docker compose up` must not start it"
+    head = SERVICES[UNITS[0].service]
+    assert service["image"] == head["image"] and service["build"] == head["build"]
+    assert service["entrypoint"] == ["polyhead"] and service["command"][:2] == ["retrain", "--challengers-only"]
+    flags, envvars = retrain_options()
+    assert {a for a in service["command"] if a.startswith("--")} <= flags
+    args = dict(zip(service["command"][2::2], service["command"][3::2]))
+    assert args == {"--heads-dir": deploy.HEAD_CONFIGS_DIR, "--models-dir": deploy.MODELS_DIR}
+    env = service["environment"]
+    assert set(env) <= set(envvars), set(env) - set(envvars)
+    head_settings = settings_of(UNITS[0].service)
+    assert env["POLYHEAD_EMBEDDER_TARGET"] == head_settings.embedder_target
+    assert interpolate(env["POLYHEAD_HEAD_DB_URL"]) == head_settings.db_url  # the feedback the heads logged
+    gateway = urlsplit(env["POLYHEAD_GATEWAY_URL"])
+    assert gateway.hostname in SERVICES and gateway.port == settings_of("gateway").port
+    mounts = {m["target"]: m for m in service["volumes"]}
+    head_mounts = {m["target"]: m for m in head["volumes"]}
+    assert mounts[deploy.MODELS_DIR]["source"] == head_mounts[deploy.MODELS_DIR]["source"]
+    assert not mounts[deploy.MODELS_DIR].get("read_only"), "it writes the new challengers"
+    assert mounts[deploy.HEAD_CONFIGS_DIR] == head_mounts[deploy.HEAD_CONFIGS_DIR]
+    assert set(service["depends_on"]) == {"embedder", "postgres"}
+
+
+def test_heads_and_gateway_share_the_admin_token_from_the_environment_never_a_literal():
+    for name, service in OURS.items():
+        kind = image_kind(service)
+        if kind == "embedder":
+            assert not any("ADMIN" in k for k in service["environment"])
+            continue
+        key = f"POLYHEAD_{kind.upper()}_ADMIN_TOKEN"
+        assert service["environment"][key] == "${POLYHEAD_ADMIN_TOKEN:-}", name  # from the host's env or .env
+        assert settings_of(name).admin_secret() is None  # unset: admin routes closed, never open
+        assert settings_from_env(SETTINGS_BY_IMAGE[kind], {k: v.replace("${POLYHEAD_ADMIN_TOKEN:-}", "s3cret")
+                                                           for k, v in service["environment"].items()},
+                                 **({"heads": "*", "pool_name": "heads"} if kind == "head" else {})
+                                 ).admin_secret() == "s3cret"

@@ -12,7 +12,7 @@ import yaml
 from heads.api import packed_path
 from cli import deploy
 from tests.conftest import ROOT
-from tests.e2e.deploy.common import SETTINGS_BY_IMAGE, VENV_BIN, field_of, run, tool
+from tests.e2e.deploy.common import SETTINGS_BY_IMAGE, VENV_BIN, field_of, retrain_options, run, tool
 
 HEADS = sorted(p.stem for p in (ROOT / "configs" / "heads").glob("*.yaml"))
 UNITS = deploy.head_units(HEADS)  # the head Deployments for the default heads_per_process
@@ -290,6 +290,56 @@ def test_network_policies(by_kind):
     assert allowed_peers("head", deploy.HEAD_PORT) == {"gateway", "prometheus"}
     assert allowed_peers("embedder", deploy.EMBEDDER_PORT) == {"gateway", "head"}
     assert allowed_peers("embedder", deploy.EMBEDDER_METRICS_PORT) == {"prometheus"}
+    # The retrain CronJob's pods embed their training texts: the embedder's gRPC policy lets them in.
+    job_labels = by_kind["CronJob"][deploy.RETRAIN]["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    (grpc_policy,) = [p["spec"] for p in policies.values()
+                      if p["spec"]["podSelector"].get("matchLabels") == {"app.kubernetes.io/component": "embedder"}
+                      and any(deploy.EMBEDDER_PORT in [x["port"] for x in r.get("ports", [])] and r.get("from")
+                              and any(selects(peer["podSelector"], job_labels) for peer in r["from"])
+                              for r in p["spec"]["ingress"])]
+    assert not any(selects(p["spec"]["podSelector"], job_labels) for n, p in policies.items()
+                   if n != "default-deny-ingress"), "nothing needs to reach the retrain job"
+
+
+def test_retrain_cronjob_runs_polyhead_retrain_like_the_heads(by_kind):
+    job = by_kind["CronJob"][deploy.RETRAIN]
+    assert job["spec"]["concurrencyPolicy"] == "Forbid" and job["spec"]["schedule"] == deploy.RETRAIN_SCHEDULE
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    (c,) = pod["containers"]
+    head = by_kind["Deployment"][deploy.PACKED_SERVICE if deploy.PACKED_SERVICE in by_kind["Deployment"]
+                                 else next(iter(SERVICE_OF.values()))]
+    head_pod = head["spec"]["template"]["spec"]
+    hc = container(head)
+    # Same image, pod and container security as a head; the CLI's own command, not `head serve`.
+    assert c["image"] == hc["image"] and pod["securityContext"] == head_pod["securityContext"]
+    assert c["securityContext"] == hc["securityContext"]
+    assert c["command"] == ["polyhead"] and c["args"][0] == "retrain" and "--challengers-only" in c["args"]
+    flags, envvars = retrain_options()
+    assert {a for a in c["args"] if a.startswith("--")} <= flags
+    args = dict(zip(c["args"][2::2], c["args"][3::2]))
+    assert args == {"--heads-dir": deploy.HEAD_CONFIGS_DIR, "--models-dir": deploy.MODELS_DIR}
+    # Every env var is one of the command's options (or the namespace the target refers to).
+    env = {e["name"]: e for e in c["env"]}
+    assert set(env) - {"POD_NAMESPACE"} <= set(envvars), set(env) - set(envvars)
+    assert env["POLYHEAD_EMBEDDER_TARGET"]["value"] == env_of(hc)["POLYHEAD_HEAD_EMBEDDER_TARGET"]
+    head_env = {e["name"]: e for e in hc["env"]}
+    assert env["POLYHEAD_HEAD_DB_URL"] == head_env["POLYHEAD_HEAD_DB_URL"]  # the heads' inference DB Secret
+    ref = env["POLYHEAD_HEAD_DB_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref["key"] in by_kind["Secret"][ref["name"]]["data"]
+    assert env["POLYHEAD_API_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert urlsplit(env["POLYHEAD_GATEWAY_URL"]["value"]).hostname in by_kind["Service"]
+    # Volumes: the heads' configs and models claim, writable here (it writes the challengers).
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    head_volumes = {v["name"]: v for v in head_pod["volumes"]}
+    cfg = mounts[deploy.HEAD_CONFIGS_DIR]
+    assert cfg["readOnly"] and volumes[cfg["name"]] == head_volumes[cfg["name"]]
+    models = mounts[deploy.MODELS_DIR]
+    assert not models.get("readOnly") and "readOnly" not in volumes[models["name"]]["persistentVolumeClaim"]
+    assert volumes[models["name"]]["persistentVolumeClaim"]["claimName"] in by_kind["PersistentVolumeClaim"]
+    assert mounts["/tmp"] and volumes[mounts["/tmp"]["name"]]["emptyDir"]  # read-only root: /tmp is a volume
+    assert deploy.RESOURCES[deploy.RETRAIN].k8s() == c["resources"]
 
 
 def test_validate_deploy_script():
@@ -299,3 +349,35 @@ def test_validate_deploy_script():
     result = run(["bash", "scripts/dev/validate_deploy.sh"], timeout=300, env={**os.environ, "VENV": str(VENV_BIN.parent)})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "deployment files are valid" in result.stdout
+
+
+def test_the_admin_token_is_a_secret_file_in_every_head_and_gateway_pod(by_kind, tmp_path):
+    import base64
+
+    (secret_name,) = [n for n in by_kind["Secret"] if n.startswith(deploy.ADMIN_SECRET + "-")]
+    data = by_kind["Secret"][secret_name]["data"]
+    assert set(data) == {deploy.ADMIN_TOKEN_KEY}
+    assert base64.b64decode(data[deploy.ADMIN_TOKEN_KEY]) == b"", "the example holds no known credential"
+    for cm in by_kind["ConfigMap"].values():
+        assert not any("ADMIN_TOKEN" in k or "admin-token" in k for k in cm["data"])
+    pods = {n: d for n, d in by_kind["Deployment"].items() if image_kind(container(d)) in ("head", "gateway")}
+    assert set(pods) == {"gateway", *(u.service for u in UNITS)}
+    for name, d in pods.items():
+        c = container(d)
+        env = {e["name"]: e for e in c["env"]}
+        assert not any("ADMIN_TOKEN" in k and not k.endswith("_FILE") for k in env), (name, "no token in env")
+        settings = settings_of(d)
+        assert settings.admin_token is None and settings.admin_token_file.as_posix() == deploy.ADMIN_TOKEN_FILE
+        mount = [m for m in c["volumeMounts"] if deploy.ADMIN_TOKEN_FILE.startswith(m["mountPath"] + "/")][0]
+        assert mount["readOnly"]
+        volume = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}[mount["name"]]["secret"]
+        assert volume["secretName"] == secret_name and volume["defaultMode"] == 0o440
+        (item,) = volume["items"]
+        assert item["key"] == deploy.ADMIN_TOKEN_KEY
+        assert f"{mount['mountPath']}/{item['path']}" == deploy.ADMIN_TOKEN_FILE
+        # the pod's fsGroup owns the Secret's files, so the non-root user can read a 0440 file
+        assert d["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == c["securityContext"]["runAsGroup"]
+    # The example's empty token leaves the services closed: they refuse their admin routes.
+    empty = tmp_path / "admin-token"
+    empty.write_text("")
+    assert settings_of(pods["gateway"]).model_copy(update={"admin_token_file": empty}).admin_secret() is None

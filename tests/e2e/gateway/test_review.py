@@ -332,7 +332,7 @@ def test_disagree_shows_where_a_shadowed_challenger_answers_otherwise(stack, tmp
     head_url = stack["heads"]["helpdesk"][1]
     deadline = time.monotonic() + 20  # the head follows serving.json (version_poll_s 0.5)
     while not any(c["version"] == challenger.version and c["shadowed"]
-                  for c in httpx.get(f"{head_url}/roles").json()["challengers"]):
+                  for c in httpx.get(f"{head_url}/roles", headers=ADMIN).json()["challengers"]):
         assert time.monotonic() < deadline, "the head never shadowed the challenger"
         time.sleep(0.2)
 

@@ -21,7 +21,7 @@ import yaml
 
 from heads import roles
 from tests.e2e.gateway.test_gateway import start_gateway, stop
-from tests.e2e.heads.fixtures import head_process, train, wait_ready
+from tests.e2e.heads.fixtures import ADMIN, head_process, train, wait_ready
 from tests.e2e.heads.test_drift import sample, write_jsonl
 
 pytestmark = pytest.mark.timeout(900)
@@ -213,7 +213,7 @@ def test_drill_b_a_challenger_retrained_on_feedback_is_promoted_by_auto(shared_d
             retrained = lines[-1]
             assert retrained["role"] == "challenger" and retrained["feedback"]["added"] >= 280
             deadline = time.monotonic() + 10
-            while not any(c["shadowed"] for c in httpx.get(url + "/roles").json()["challengers"]):
+            while not any(c["shadowed"] for c in httpx.get(url + "/roles", headers=ADMIN).json()["challengers"]):
                 assert time.monotonic() < deadline, "the head did not pick the challenger up"
                 time.sleep(0.2)
             assert httpx.post(gw + "/v1/models/banking/predict", json={"text": "what is my balance"}).json()[

@@ -148,7 +148,7 @@ def test_hot_reload_and_admin_reload_touch_only_their_head(packed):
     newer = train(packed["configs"]["helpdesk"], packed["models"], packed["target"], seed=4)
     assert newer.role == "challenger"  # picked up as a challenger: shadowed, not served
     deadline = time.monotonic() + 15
-    while [c["version"] for c in httpx.get(url + "/heads/helpdesk/roles").json()["challengers"] if c["shadowed"]] \
+    while [c["version"] for c in httpx.get(url + "/heads/helpdesk/roles", headers=ADMIN).json()["challengers"] if c["shadowed"]] \
             != [newer.version]:
         assert time.monotonic() < deadline, "the new helpdesk version was not picked up as a challenger"
         time.sleep(0.2)

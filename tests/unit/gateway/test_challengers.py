@@ -3,6 +3,7 @@ admin promotion, the guard's rollback and the auto gate. The drills on the real 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -34,6 +35,17 @@ def rotated_copy(models: Path, base: str, version: str) -> None:
     metrics = json.loads((models / HEAD / version / "metrics.json").read_text())
     metrics["test"] = {**metrics["test"], "accuracy": 0.05}
     (models / HEAD / version / "metrics.json").write_text(json.dumps(metrics))
+
+
+def flattened_copy(models: Path, base: str, version: str) -> None:
+    """A drifted version: the same answers, but its logits shrunk 20x, so its live confidence falls far
+    below the held-out mean its own drift reference (copied unchanged) records."""
+    shutil.copytree(models / HEAD / base, models / HEAD / version)
+    model = HeadModel.load(models / HEAD / version / "weights.npz")
+    last = {"logreg": ("W", "b"), "mlp": ("W2", "b2", "Ws")}[model.head_type]
+    weights = {k: v * 0.05 if k in last else v for k, v in model.weights.items()}
+    HeadModel(model.head_type, weights, model.labels, activation=model.activation,
+              meta=model.meta).save(models / HEAD / version / "weights.npz")
 
 
 def setup(trained_head, tmp_path, champion_good: bool, **policy):
@@ -192,3 +204,62 @@ async def test_promotion_needs_an_admin_key_and_example_texts_are_for_admins_onl
             assert promoted.status_code == 200 and promoted.json()["champion"] == worse
             (entry,) = (await gw.get(f"/v1/models/{HEAD}/audit", headers=user)).json()["entries"]
             assert entry["actor"] == "key:ops" and entry["version"] == worse
+
+
+async def until_logged(gw, shadowed: int) -> None:
+    """The head's spool reaches the DB a moment after the answer: wait until the guard sees `shadowed` texts."""
+    for _ in range(100):
+        view = (await gw.get(f"/v1/models/{HEAD}/challengers")).json()
+        checks = (view["guard"]["decision"] or {}).get("checks", [])
+        if any(c["name"].startswith("texts both answered") and c["value"] >= shadowed for c in checks):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the guard never saw {shadowed} shadowed texts")
+
+
+async def test_the_guard_rolls_back_a_champion_whose_confidence_drifts_from_its_own_reference(
+        trained_head, embedder, tmp_path):
+    from gateway import metrics
+    from heads.http_server import create_app
+    from heads.settings import HeadSettings
+
+    head, models, good, _ = setup(trained_head, tmp_path, champion_good=True, guard_min_shadowed=15,
+                                  guard_confidence_margin=0.1)
+    flat = "29990202T000000Z"
+    flattened_copy(models, good, flat)
+    roles.register_trained(models, HEAD, flat)
+    db_url = f"sqlite:///{tmp_path / 'inference.db'}"
+    app = create_app(HeadSettings(config=head.config, models_dir=models, embedder_target=embedder.target, port=0,
+                                  db_url=db_url, spool_dir=tmp_path / "spool", version_poll_s=0, readiness_ttl_s=0,
+                                  admin_token=ADMIN_TOKEN))
+    rolled = metrics.GUARD_ROLLBACKS.labels(HEAD, "drift")
+    before = rolled._value.get()
+    async with serve_http(app) as url:
+        (tmp_path / "routes.yaml").write_text(yaml.safe_dump({HEAD: url}))
+        gw_app = gateway_app(head.config.parent, tmp_path / "routes.yaml", embedder.target, db_url, admin_token=ADMIN_TOKEN)
+        async with asgi_client(gw_app, "http://gateway") as gw:
+            promoted = await gw.post(f"/v1/models/{HEAD}/promote", json={"version": flat, "reason": "try it"})
+            assert promoted.status_code == 200, promoted.text
+            texts = [t for t, _ in labelled_texts(20)]
+            reply = await gw.post(f"/v1/models/{HEAD}/predict", json={"texts": texts[:10]})
+            assert reply.status_code == 200
+            await until_logged(gw, 10)
+            waits = (await gw.post(f"/v1/models/{HEAD}/evaluate")).json()
+            assert waits["action"] is None and "10 of 15 shadowed texts" in waits["reason"], waits
+            await gw.post(f"/v1/models/{HEAD}/predict", json={"texts": texts[10:]})
+            await until_logged(gw, 20)
+            # No feedback at all: the drift check alone decides.
+            view = (await gw.get(f"/v1/models/{HEAD}/challengers")).json()
+            assert view["guard"]["decision"]["act"] and view["guard"]["decision"]["triggers"] == ["drift"]
+            result = (await gw.post(f"/v1/models/{HEAD}/evaluate")).json()
+            assert result["action"] == "rollback" and "training reference" in result["reason"], result
+            assert roles.read_state(models, HEAD).champion == good
+            (entry, _) = (await gw.get(f"/v1/models/{HEAD}/audit")).json()["entries"]
+    assert entry["event"] == "rollback" and entry["actor"].endswith(":guard")
+    refs = entry["figures"]["reference_confidence"]
+    assert refs["champion"] == refs["previous"], "the copy keeps its reference; only its live confidence moved"
+    conf = entry["figures"]["comparison"]["confidence"]
+    assert conf["champion_mean"] < conf["challenger_mean"] - 0.1 and entry["figures"]["comparison"]["shadowed"] == 20
+    check = [c for c in entry["figures"]["decision"]["checks"] if c["name"].startswith("confidence shift")][0]
+    assert check["ok"] is False and check["value"] > 0.1
+    assert rolled._value.get() == before + 1

@@ -82,7 +82,7 @@ async def test_challengers_shadow_every_text_and_only_the_champion_answers(train
         assert reply.status_code == 200, reply.text
         body = reply.json()
         assert body["version"] == base
-        view = (await client.get("/roles")).json()
+        view = (await client.get("/roles", headers=admin)).json()
         assert view["champion"] == base
         by_version = {c["version"]: c for c in view["challengers"]}
         assert by_version[twin]["shadowed"] and by_version[twin]["error"] is None
@@ -119,7 +119,7 @@ async def test_challengers_shadow_every_text_and_only_the_champion_answers(train
         assert (await client.post("/admin/promote", json={"version": twin}, headers=admin)).status_code == 409  # already champion
         back = await client.post("/admin/rollback", json={"actor": "bob", "reason": "undo"}, headers=admin)
         assert back.status_code == 200 and back.json()["served"] == base
-        audit = (await client.get("/audit")).json()["entries"]
+        audit = (await client.get("/audit", headers=admin)).json()["entries"]
         assert [a["event"] for a in audit] == ["rollback", "promote"] and audit[1]["actor"] == "bob"
         engine.dispose()
 
@@ -129,3 +129,33 @@ def test_list_versions_ignores_the_state_and_audit_files(trained_head, tmp_path)
     roles.register_trained(models, HEAD, v2)
     roles.append_audit(models, HEAD, {"event": "x"})
     assert list_versions(models, HEAD) == sorted([base, v2])
+
+
+async def test_one_request_with_three_challengers_is_one_spool_append(trained_head, embedder, tmp_path):
+    models, base, challengers = versioned_copy(trained_head, tmp_path, 3)
+    state = roles.ServingState(base, tuple(challengers))
+    (models / HEAD / roles.STATE_FILE).write_text(json.dumps(state.to_json()))
+    app = head_app(trained_head, embedder.target, tmp_path, models_dir=models)
+    async with asgi_client(app) as client:
+        await client.get("/readyz")
+        log = app.state.service.inference_log
+        assert log.flush(10)
+        spool = log._spool
+        appends: list[int] = []
+        real_append = spool.append
+
+        def counting_append(data: bytes, rows: int) -> None:  # the real append, counted
+            appends.append(rows)
+            real_append(data, rows)
+
+        spool.append = counting_append
+        reply = await client.post("/predict", json={"texts": ["I was charged twice", "the app crashes"]})
+        assert reply.status_code == 200, reply.text
+        assert appends == [2 * 4], "the champion's 2 rows and 3 challengers' 2 each: one write() of 8 rows"
+        assert log.flush(10)
+        engine = make_engine(f"sqlite:///{tmp_path / 'inference.db'}")
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(predictions.c.head_version, predictions.c.shadow, predictions.c.text_index)
+                                .where(predictions.c.request_id == reply.json()["request_id"])).all()
+        assert sorted((r.head_version, bool(r.shadow), r.text_index) for r in rows) == sorted(
+            [(base, False, i) for i in range(2)] + [(v, True, i) for v in challengers for i in range(2)])

@@ -85,9 +85,39 @@ async def test_admin_reload_needs_the_admin_token(locked_head, trained_head):
         assert ok.status_code == 200 and ok.json()["version"] == trained_head.version
 
 
+async def test_roles_audit_and_training_centroids_need_the_admin_token(locked_head, trained_head):
+    """Every version's name and figures, the audit log and the training vectors are for the gateway and
+    operators only; what every answer already carries (/info, /drift: the served version) stays open."""
+    _, port, _ = locked_head
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        for path in ("/roles", "/audit", "/audit?limit=5", "/drift/centroids"):
+            for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
+                refused = await client.get(path, headers=headers)
+                assert refused.status_code == 401, (path, headers, refused.text)
+                body = refused.json()["error"]
+                assert body["field"] == "authorization" and "Bearer" in body["message"]
+                assert trained_head.version not in refused.text
+            ok = await client.get(path, headers={"authorization": f"Bearer {TOKEN}"})
+            assert ok.status_code == 200, (path, ok.text)
+        admin = {"authorization": f"Bearer {TOKEN}"}
+        assert (await client.get("/roles", headers=admin)).json()["champion"] == trained_head.version
+        assert (await client.get("/drift/centroids", headers=admin)).json()["centroids"]
+        assert (await client.get("/audit", headers=admin)).json()["entries"] == []
+        # a bad query is still checked after the credential, never before
+        assert (await client.get("/audit?limit=0")).status_code == 401
+        assert (await client.get("/audit?limit=0", headers=admin)).status_code == 422
+        for path in ("/info", "/drift", "/readyz", "/healthz"):
+            assert (await client.get(path)).status_code == 200, path
+        paths = (await client.get("/openapi.json")).json()["paths"]
+        assert "401" in paths["/roles"]["get"]["responses"] and "401" in paths["/drift/centroids"]["get"]["responses"]
+
+
 async def test_a_head_without_an_admin_token_refuses_admin_routes(head):
     reply = await head.client.post("/admin/reload", json={"version": "latest"})
     assert reply.status_code == 401 and "no admin_token configured" in reply.json()["error"]["message"]
+    for path in ("/roles", "/audit", "/drift/centroids"):  # never falls open
+        reply = await head.client.get(path)
+        assert reply.status_code == 401 and "no admin_token configured" in reply.json()["error"]["message"]
 
 
 async def test_bodies_over_the_limit_get_413_declared_or_streamed(locked_head):

@@ -49,3 +49,41 @@ def test_the_guard_waits_for_evidence_then_rolls_back_a_worse_champion():
     assert decision.act and "trails the previous champion" in decision.reason
     holds = figures([("x", "x", "x", 60), ("y", "x", "x", 1), ("x", "y", "x", 1)])  # one each way
     assert not guard(holds, PromotionConfig(guard_min_feedback=50)).act
+
+
+def confident(rows, new_conf: float, previous_conf: float):
+    """rows: (champion label, challenger label, count); each version's live mean top probability given."""
+    return summarize([(a, b, None, n, new_conf * n, previous_conf * n) for a, b, n in rows], [])
+
+
+def test_the_guard_rolls_back_on_drift_from_its_own_reference_without_any_feedback():
+    policy = PromotionConfig(guard_min_shadowed=100, guard_confidence_margin=0.1)
+    # Same labels everywhere; the new champion is far less sure than on its held-out data (0.9),
+    # the previous one about as sure as on its own (0.8): the references differ per version.
+    drifted = confident([("x", "x", 150)], new_conf=0.55, previous_conf=0.78)
+    refs = {"champion": 0.9, "previous": 0.8}
+    decision = guard(drifted, policy, reference_confidence=refs)
+    assert decision.act and decision.triggers == ["drift"]
+    assert "0.350 from its training reference's 0.900" in decision.reason and "150 texts" in decision.reason
+    (check,) = [c for c in decision.checks if c.name.startswith("confidence shift")]
+    assert check.value == round(0.35 - 0.02, 6) and not check.ok
+    # Both versions drifted alike: the new one is not to blame.
+    alike = confident([("x", "x", 150)], new_conf=0.55, previous_conf=0.45)
+    assert not guard(alike, policy, reference_confidence=refs).act
+    # Too few texts, an old artifact without a reference, or the check switched off: no drift verdict.
+    few = confident([("x", "x", 50)], new_conf=0.55, previous_conf=0.78)
+    waiting = guard(few, policy, reference_confidence=refs)
+    assert not waiting.act and "50 of 100 shadowed texts" in waiting.reason
+    assert not guard(drifted, policy, reference_confidence={"champion": 0.9, "previous": None}).act
+    assert not guard(drifted, policy.model_copy(update={"guard_confidence_margin": None}),
+                     reference_confidence=refs).act
+    assert PromotionConfig().guard_confidence_margin == 0.1 and PromotionConfig().guard_min_shadowed == 200
+
+
+def test_feedback_and_drift_both_named_when_both_fire():
+    rows = [("x", "y", "y", 60), ("x", "x", "x", 60)] + [("x", "x", None, 100)]
+    both = summarize([(a, b, t, n, 0.5 * n, 0.8 * n) for a, b, t, n in rows], [])
+    decision = guard(both, PromotionConfig(guard_min_feedback=50, guard_min_shadowed=100),
+                     reference_confidence={"champion": 0.9, "previous": 0.8})
+    assert decision.act and decision.triggers == ["feedback", "drift"]
+    assert "live accuracy" in decision.reason and "confidence" in decision.reason
