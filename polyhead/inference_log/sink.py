@@ -34,7 +34,7 @@ from polyhead.inference_log import rollups
 from polyhead.inference_log.records import PredictionRecord
 
 # The latest version in schema.MIGRATIONS (a unit test keeps the two equal).
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # The predictions columns the head writes: PredictionRecord's fields, in order, and the escape flag
 # (a unit test checks them against schema.predictions, so a migration that adds a column must add the field too).
 COLUMNS: tuple[str, ...] = (*(f.name for f in dataclasses.fields(PredictionRecord)), "text_escaped")
@@ -169,7 +169,7 @@ class Sink:
             cur.executemany(label_sql, labels)
         for head, version, hour, histogram in latencies:
             (stored,) = cur.execute(select_latency, (head, version, hour)).fetchone()
-            cur.execute(update_latency, (rollups.merge_latency(stored, histogram), head, version, hour))
+            cur.execute(update_latency, (rollups.merge_bins(stored, histogram), head, version, hour))
 
     def _ts_param(self, value: datetime) -> Any:
         return value
