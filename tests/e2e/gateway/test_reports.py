@@ -237,8 +237,11 @@ def test_report_of_a_head_without_traffic_and_with_its_head_down(stack):
     year = report(url, "tickets", since=(now - timedelta(days=365)).isoformat())
     assert year.status_code == 200 and year.json()["bucket"] == "day", year.text
     assert "bucket=day" in year.json()["adjusted"][0]
-    day = report(url, "tickets", since=(now - timedelta(days=365)).isoformat(), bucket="day")
-    assert day.status_code == 200 and day.json()["adjusted"] == []
+    on_the_hour = (now - timedelta(days=365)).replace(minute=0, second=0, microsecond=0)
+    day = report(url, "tickets", since=on_the_hour.isoformat(), bucket="day")
+    assert day.status_code == 200 and day.json()["adjusted"] == []  # a default until widens silently
+    off = report(url, "tickets", since=(on_the_hour + timedelta(minutes=7)).isoformat(), bucket="day").json()
+    assert off["since"] == on_the_hour.isoformat() and "whole UTC hours" in off["adjusted"][0]
     ages = report(url, "tickets", since="0001-01-01T00:00:00+05:00", until="9999-12-31T23:59:59-05:00")
     assert ages.status_code == 200 and ages.json()["since"].startswith("9994-"), ages.text  # the last 2000 days
 
