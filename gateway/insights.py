@@ -28,7 +28,7 @@ from gateway.settings import ApiKey
 from heads.api import DriftReport
 from polyhead.inference_log.feedback import LoggedPrediction, existing_feedback, find_predictions, store_feedback
 from polyhead.inference_log.report_models import FeedbackStats, InferenceReport
-from polyhead.inference_log.reports import DEFAULT_RANGE, build_report, utc
+from polyhead.inference_log.reports import build_report, default_since, utc, whole_hours
 from polyhead.inference_log.review import STRATEGIES, Context, candidate_pool, review_summary, select
 from polyhead.inference_log.schema import make_engine, migrate
 from polyhead.errors import NotFoundError, PolyheadError, UnavailableError, ValidationError
@@ -219,12 +219,11 @@ def _utc_clamped(value: datetime) -> datetime:
 def fit_report_range(since: datetime | None, until: datetime | None, bucket: str,
                      now: datetime | None = None) -> tuple[datetime, datetime, str, list[str]]:
     """(since, until, bucket, adjustments): a backwards range becomes the empty range at `until`; more
-    than MAX_REPORT_BUCKETS hour buckets become day buckets; more than that many days keep the latest."""
+    than MAX_REPORT_BUCKETS hour buckets become day buckets; more than that many days keep the latest;
+    ends off the hour widen to whole UTC hours (reports read hourly rollups: reports.whole_hours)."""
+    asked = (since is not None, until is not None)  # widening a default end is not worth a note
     until = _utc_clamped(until) if until is not None else (now or datetime.now(timezone.utc))
-    if since is not None:
-        since = _utc_clamped(since)
-    else:
-        since = until - DEFAULT_RANGE if until - EARLIEST > DEFAULT_RANGE else EARLIEST
+    since = _utc_clamped(since) if since is not None else default_since(until)
     adjusted = []
     if since >= until:
         adjusted.append(f"since={since.isoformat()} is not before until={until.isoformat()}: the range is empty")
@@ -235,6 +234,11 @@ def fit_report_range(since: datetime | None, until: datetime | None, bucket: str
     if until - since > MAX_REPORT_BUCKETS * BUCKET_SPAN["day"]:
         since = until - MAX_REPORT_BUCKETS * BUCKET_SPAN["day"]
         adjusted.append(f"since={since.isoformat()}: the range is cut to its last {MAX_REPORT_BUCKETS} days")
+    hours = whole_hours(since, until)
+    if any(a and h != v for a, h, v in zip(asked, hours, (since, until))):
+        adjusted.append(f"since={hours[0].isoformat()}, until={hours[1].isoformat()}: widened to whole UTC hours "
+                        "(reports read hourly rollups; every count is exact over this range)")
+    since, until = hours
     return since, until, bucket, adjusted
 
 

@@ -61,7 +61,8 @@ class HeadSettings(HttpServiceSettings):
     spool_dir: Path = Field(Path("var/spool"), description="Write-ahead spool of the inference log: every answered "
                             "prediction is here until it is in the DB")
     retention_days: float = Field(0.0, ge=0, description="Prune raw inference-log rows older than this, in small "
-                                  "batches (hourly rollups and rows with feedback are kept); 0 = keep all")
+                                  "batches (hourly rollups are kept; rows with feedback until a "
+                                  "`train --with-feedback` run has used it); 0 = keep all")
     version_poll_s: float = Field(2.0, ge=0, description="How often to look for a new version; 0 = only on /admin/reload")
     readiness_ttl_s: float = Field(2.0, ge=0, description="How long a readiness probe of the embedder is reused")
     # The gateway's limit plus room for what it adds when it forwards (/classify's model names).

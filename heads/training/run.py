@@ -13,7 +13,7 @@ import hashlib
 import json
 import subprocess
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -62,6 +62,26 @@ def read_feedback(db_url: str, head: str, given_by: list[str] | None = None) -> 
     try:
         migrate(engine)  # a DB no head has written to yet simply has no feedback
         return feedback_examples(engine, head, given_by=given_by)
+    finally:
+        engine.dispose()
+
+
+def mark_feedback_used(db_url: str, head: str, examples: list, version: str, labels: set[str]) -> None:
+    """Record that `version` was trained on the head's feedback up to the newest of `examples`, so
+    retention may prune the raw rows they label (polyhead.inference_log.feedback.record_training_feedback).
+    The mark stops short of the oldest feedback whose label the version lacks (a pending new label
+    still gathering texts): retention keeps it, and everything after it, for a later run."""
+    from polyhead.inference_log.feedback import record_training_feedback
+    from polyhead.inference_log.schema import make_engine
+
+    stamps = [ex.ts for ex in examples if ex.ts is not None]
+    waiting = [ex.ts for ex in examples if ex.ts is not None and ex.text is not None and ex.label not in labels]
+    if not stamps:
+        return
+    through = min(waiting) - timedelta(microseconds=1) if waiting else max(stamps)
+    engine = make_engine(db_url)
+    try:
+        record_training_feedback(engine, head, through, version)
     finally:
         engine.dispose()
 
@@ -251,7 +271,7 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
         if not path.exists():
             raise ValidationError(f"{config.source}: dataset.{split}: file {path} does not exist", field=f"dataset.{split}")
     splits = {k: read_split(p, ds.text_field, ds.label_field) for k, p in paths.items()}
-    feedback_counts = None
+    feedback_counts, examples = None, []
     if feedback_db_url is not None:
         examples = read_feedback(feedback_db_url, config.name, feedback_from)
         every_text = {t for s in splits.values() for t in s.texts}
@@ -334,6 +354,10 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
                           config_yaml=config_yaml, drift=drift)
     if not prior.from_file and prior.champion is not None:
         update_state(models_dir, config.name, lambda s: replace(s, champion=prior.champion))
+    if feedback_db_url is not None and feedback_from is None:
+        # The version is written: the feedback it read may leave the raw log (retention). Not with
+        # --feedback-from: the feedback it left out was not used, so none is marked.
+        mark_feedback_used(feedback_db_url, config.name, examples, version, set(result.model.labels))
     state = register_trained(models_dir, config.name, version, promote=promote,
                              max_challengers=config.promotion.max_challengers, guard_s=config.promotion.guard_s)
     role = "champion" if state.champion == version else "challenger"

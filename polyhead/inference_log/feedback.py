@@ -7,7 +7,8 @@ correlation id only) and, for a request with several texts, the text's position 
 that gave it (``given_by``); a second feedback for the same (head, request, index) replaces the
 first. Who may label which prediction is the gateway's rule (gateway/insights.py: the key that
 asked, or a labeller key). ``feedback_examples`` reads them back for retraining, optionally only
-those given by trusted keys.
+those given by trusted keys; a training run that read all of a head's feedback records how far
+(``record_training_feedback``), and only then may retention prune the raw rows it labels (sink.prune).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 
 from polyhead.inference_log.rollups import hour_of
-from polyhead.inference_log.schema import dialect_insert, feedback, predictions, rollup_feedback, served_only
+from polyhead.inference_log.schema import (dialect_insert, feedback, predictions, rollup_feedback, served_only,
+                                           training_feedback)
 from polyhead.inference_log.sink import unescape_text
 
 Key = tuple[str, int]  # (prediction_id, index)
@@ -43,6 +45,7 @@ class LoggedPrediction:
 class FeedbackExample:
     text: str | None  # None when the log redacted it
     label: str
+    ts: datetime | None = None  # when the feedback (its latest label) arrived: what training_feedback records
 
 
 def find_predictions(engine: sa.Engine, head: str, keys: list[Key]) -> dict[Key, LoggedPrediction]:
@@ -152,7 +155,7 @@ def feedback_examples(engine: sa.Engine, head: str, given_by: Collection[str] | 
     """Every stored feedback of ``head`` with its logged text (None where redacted), oldest first.
     ``given_by``: only feedback from these API keys (names; ANONYMOUS: given with keys off or
     before the migration that recorded who gave it); None: everybody's."""
-    query = (sa.select(predictions.c.text, predictions.c.text_escaped, feedback.c.label)
+    query = (sa.select(predictions.c.text, predictions.c.text_escaped, feedback.c.label, feedback.c.ts)
              .select_from(feedback.join(predictions, feedback.c.prediction_id == predictions.c.id))
              .where(feedback.c.head == head).order_by(feedback.c.ts, feedback.c.id))
     if given_by is not None:
@@ -160,4 +163,31 @@ def feedback_examples(engine: sa.Engine, head: str, given_by: Collection[str] | 
         trusted = feedback.c.given_by.in_(names)
         query = query.where(sa.or_(trusted, feedback.c.given_by.is_(None)) if ANONYMOUS in given_by else trusted)
     with engine.connect() as conn:  # texts with NUL are stored escaped (sink.escape_text)
-        return [FeedbackExample(unescape_text(text, escaped), label) for text, escaped, label in conn.execute(query)]
+        return [FeedbackExample(unescape_text(text, escaped), label, _aware(ts))
+                for text, escaped, label, ts in conn.execute(query)]
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+
+
+def record_training_feedback(engine: sa.Engine, head: str, through: datetime, version: str) -> None:
+    """A training run read all of `head`'s feedback up to `through` (feedback.ts) into `version`:
+    retention may now prune the raw rows that feedback labels (sink.prune). The mark only moves forward."""
+    w = training_feedback
+    insert = dialect_insert(engine, w).values(head=head, feedback_through=through, head_version=version,
+                                              recorded_at=datetime.now(timezone.utc))
+    newer = insert.excluded.feedback_through > w.c.feedback_through
+    with engine.begin() as conn:
+        conn.execute(insert.on_conflict_do_update(index_elements=[w.c.head], set_={
+            "feedback_through": sa.case((newer, insert.excluded.feedback_through), else_=w.c.feedback_through),
+            "head_version": sa.case((newer, insert.excluded.head_version), else_=w.c.head_version),
+            "recorded_at": insert.excluded.recorded_at}))
+
+
+def training_feedback_mark(engine: sa.Engine, head: str) -> datetime | None:
+    """The newest feedback a training run of `head` has consumed (record_training_feedback); None: none yet."""
+    with engine.connect() as conn:
+        ts = conn.execute(sa.select(training_feedback.c.feedback_through)
+                          .where(training_feedback.c.head == head)).scalar_one_or_none()
+    return None if ts is None else _aware(ts)

@@ -1,31 +1,29 @@
-"""Reports over the inference log, aggregated in the database (SQLAlchemy Core; SQLite or PostgreSQL).
+"""Reports over the inference log, read from its hourly rollups (SQLAlchemy Core; SQLite or PostgreSQL).
 
-One head over [since, until): request and text volume, label distribution, confidence histogram
-and mean, abstain rate, latency percentiles and live accuracy / weighted F1 from feedback; for the
-whole range, per head version and per (time bucket, version). Every figure is computed by SQL
-(GROUP BY, SUM(CASE ...)); Python only reshapes the few aggregated rows.
+One head over whole UTC hours [since, until): request and text volume, label distribution, confidence
+histogram and mean, abstain rate, latency percentiles and live accuracy / weighted F1 from feedback;
+for the whole range, per head version and per (time bucket, version).
 
-The whole hours of the range are read from the hourly rollups (rollups.py, kept by the writer), so
-a month costs O(hours x buckets), not O(rows); only the partial hours at either end (a range that
-does not start or end on the hour) are aggregated from the raw rows, the same way. Feedback is
-read the same way: rollup_feedback (kept by feedback.store_feedback) for whole hours, the feedback
-table for the partial ones.
+Everything is read from the rollups the writer keeps (rollups.py; feedback's from rollup_feedback,
+kept by feedback.store_feedback): three queries, O(hours) rows, never the raw rows. A range that
+does not start or end on the hour is widened to whole hours (`whole_hours`) and the report's
+since/until say so: every count is exact over the range the report states, and a report over hours
+whose raw rows retention pruned is the same as before. (Reading the partial end hours from raw rows
+instead cost ~40,000 rows at 1M predictions a day, most of a 24 h report's time; BENCHMARKS.md.)
 
 - Requests: a request is its first text's row (``text_index`` 0). Rows logged before migration 2
   (``text_index`` NULL) count one request per text.
-- Latency percentiles are over the requests (one latency per request, not per text): SQLite has no
-  percentile function, so SQL returns a fine latency histogram (log-spaced buckets, ratio 1.02:
-  within 1 % of the exact value, rollups.py) per (time bucket, version) and Python reads nearest-rank
-  percentiles off it. Unlike exact percentiles, histograms merge: versions and the summary need no
-  further query.
+- Latency percentiles are over the requests (one latency per request, not per text), read
+  nearest-rank off the summed fine histogram (log-spaced buckets, ratio 1.02: within 1 % of the
+  exact value, rollups.py). Each hour's histogram is a dense int64 run (``latency_bins``) added to a
+  numpy array as one slice; unlike exact percentiles, histograms merge, so versions and the summary
+  need no further query.
 - Abstain rate: over the rows that record it (``abstained`` is NULL before migration 2).
-- Time buckets are UTC: strftime on SQLite, date_trunc on PostgreSQL.
+- Time buckets are UTC hours, or days summed from them.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from typing import Any, get_args
@@ -34,15 +32,13 @@ import numpy as np
 import sqlalchemy as sa
 
 from polyhead.inference_log.report_models import Bucket
-from polyhead.inference_log.rollups import LATENCY_RATIO, MIN_LATENCY_MS, bucket_value, latency_bucket
-from polyhead.inference_log.schema import feedback, predictions, rollup_feedback, rollup_hour, rollup_label, served_only
+from polyhead.inference_log.rollups import EMPTY_JSON, MIN_LATENCY_MS, bucket_value, decode_latency, latency_bucket
+from polyhead.inference_log.schema import rollup_feedback, rollup_hour, rollup_label
 
 BUCKETS: tuple[str, ...] = get_args(Bucket)
 HISTOGRAM_EDGES = [round(i / 10, 1) for i in range(11)]
 PERCENTILES = (50, 95, 99)
 DEFAULT_RANGE = timedelta(hours=24)
-
-_p = predictions
 
 
 def utc(value: datetime) -> datetime:
@@ -50,53 +46,8 @@ def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
-def time_bucket(dialect: str, bucket: Bucket, column: sa.ColumnElement | None = None) -> sa.ColumnElement:
-    """The UTC start of each row's hour/day, one expression per dialect (`column`: predictions.ts by default)."""
-    column = _p.c.ts if column is None else column
-    if dialect == "sqlite":  # ts is stored as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC)
-        fmt = "%Y-%m-%d %H:00:00" if bucket == "hour" else "%Y-%m-%d 00:00:00"
-        return sa.func.strftime(fmt, column)
-    if dialect == "postgresql":  # timestamptz -> UTC wall time, whatever the session's TimeZone
-        return sa.func.date_trunc(bucket, sa.func.timezone("UTC", column))
-    raise ValueError(f"reports need sqlite or postgresql, not {dialect!r}")
-
-
 def _bucket_start(value: Any) -> datetime:
     return utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
-
-
-def _is_first_text() -> sa.ColumnElement:
-    return sa.func.coalesce(_p.c.text_index, 0) == 0
-
-
-def _histogram_columns() -> list[sa.ColumnElement]:
-    """Ten SUM(CASE ...) columns: counts of probability in [0.0, 0.1), ..., [0.9, 1.0]."""
-    cols = []
-    for i in range(10):
-        low, high = _p.c.probability >= HISTOGRAM_EDGES[i], _p.c.probability < HISTOGRAM_EDGES[i + 1]
-        cond = high if i == 0 else low if i == 9 else sa.and_(low, high)  # the ends take anything beyond
-        cols.append(sa.func.sum(sa.case((cond, 1), else_=0)).label(f"h{i}"))
-    return cols
-
-
-def _volume_columns() -> list[sa.ColumnElement]:
-    return [
-        sa.func.count().label("texts"),
-        sa.func.sum(sa.case((_is_first_text(), 1), else_=0)).label("requests"),
-        sa.func.sum(_p.c.probability).label("confidence_sum"),
-        sa.func.sum(sa.case((_p.c.abstained, 1), else_=0)).label("abstained"),
-        sa.func.count(_p.c.abstained).label("abstain_known"),
-        *_histogram_columns(),
-    ]
-
-
-def _latency_bucket(dialect: str) -> sa.ColumnElement:
-    """rollups.latency_bucket in SQL: floor(ln(latency) / ln(1.02)). SQLite's ln() is optional at
-    build time, so there it is the Python function itself, registered by schema.make_engine."""
-    if dialect == "sqlite":
-        return sa.func.polyhead_latency_bucket(_p.c.latency_ms)
-    lat = sa.func.greatest(_p.c.latency_ms, MIN_LATENCY_MS)
-    return sa.cast(sa.func.floor(sa.func.ln(lat) / math.log(LATENCY_RATIO)), sa.Integer)
 
 
 def percentiles(histogram: dict[float, int]) -> dict:
@@ -133,15 +84,43 @@ def latency_array(histogram: dict) -> np.ndarray:
 
 def latency_percentiles(histogram: np.ndarray) -> dict:
     """percentiles() of a latency_array, each read as its bucket's geometric middle (within 1 %)."""
-    cumulative = np.cumsum(histogram)
-    n = int(cumulative[-1])
-    if not n:
-        return {f"p{p}": None for p in PERCENTILES}
-    return {f"p{p}": round(bucket_value(int(np.searchsorted(cumulative, -(-n * p // 100))) + _LAT_LOW), 3)
-            for p in PERCENTILES}
+    return latency_percentiles_many([histogram])[0]
+
+
+def latency_percentiles_many(histograms: list[np.ndarray]) -> list[dict]:
+    """latency_percentiles of many arrays at once: one cumulative sum over a matrix, not one per group
+    (a month's hour buckets are ~720 groups)."""
+    if not histograms:
+        return []
+    matrix = np.vstack(histograms)
+    used = np.flatnonzero(matrix.any(axis=0))  # real traffic fills ~200 of the ~1,050 buckets
+    lo = int(used[0]) if len(used) else 0
+    cumulative = np.cumsum(matrix[:, lo:int(used[-1]) + 1 if len(used) else 1], axis=1)
+    n = cumulative[:, -1]
+    # the first bucket whose cumulative count reaches the nearest rank ceil(p/100 * n), per row
+    at = {p: (cumulative < (-(-n * p // 100))[:, None]).sum(axis=1) + lo for p in PERCENTILES}
+    return [{f"p{p}": round(bucket_value(int(at[p][i]) + _LAT_LOW), 3) if n[i] else None for p in PERCENTILES}
+            for i in range(len(histograms))]
 
 
 _ZERO_LATENCY = latency_array({})
+
+
+def add_bins(histogram: np.ndarray, blob: bytes | None) -> np.ndarray:
+    """histogram + one rollups.encode_bins run (clipped to the array's ends as latency_array clips)."""
+    if not blob:
+        return histogram
+    run = np.frombuffer(blob, "<i8")
+    first, counts = int(run[0]) - _LAT_LOW, run[1:]
+    out = histogram.copy()  # histograms are replaced, never changed in place (shared zeros)
+    lo, hi = max(first, 0), min(first + len(counts), len(out))
+    if lo < hi:
+        out[lo:hi] += counts[lo - first:hi - first]
+    if first < 0:
+        out[0] += counts[:min(-first, len(counts))].sum()
+    if first + len(counts) > len(out):
+        out[-1] += counts[max(len(out) - first, 0):].sum()
+    return out
 
 
 def _merge(into: dict, other: dict) -> None:
@@ -191,12 +170,13 @@ class _Group:
         self.histogram = [a + b for a, b in zip(self.histogram, other.histogram)]
         self.latency = self.latency + other.latency
 
-    def volume(self) -> dict:
+    def volume(self, latency: dict | None = None) -> dict:
+        """`latency`: its percentiles when already computed (latency_percentiles_many)."""
         texts, known = int(self.sums["texts"]), int(self.sums["abstain_known"])
         return {"requests": int(self.sums["requests"]), "texts": texts,
                 "abstain_rate": round(int(self.sums["abstained"]) / known, 6) if known else None,
                 "confidence_mean": round(float(self.sums["confidence_sum"]) / texts, 6) if texts else None,
-                "latency_ms": latency_percentiles(self.latency)}
+                "latency_ms": latency if latency is not None else latency_percentiles(self.latency)}
 
 
 def _stats(group: _Group, labels: dict[str, int], confusion: dict) -> dict:
@@ -231,60 +211,56 @@ class _Totals:
             self.groups[key].add(_Group(row))
         return self.groups[key]
 
-    def add_latency(self, start: Any, version: str, histogram: dict[int, int]) -> None:
-        group = self.group(start, version)
-        group.latency = group.latency + latency_array(histogram)
-
-    def add_latency_rows(self, rows: Any) -> None:
-        """(start, version, bucket, n) rows: summed per group first."""
-        per_group: dict[tuple, dict[int, int]] = {}
-        for start, version, b, n in rows:
-            histogram = per_group.setdefault((start, version), {})
-            histogram[int(b)] = histogram.get(int(b), 0) + int(n)
-        for (start, version), histogram in per_group.items():
-            self.add_latency(start, version, histogram)
-
     def seen(self, version: str, first_ts: Any) -> None:
         ts = _bucket_start(first_ts)
         self.first_seen[version] = min(self.first_seen.get(version, ts), ts)
 
 
-def _from_raw_rows(conn: sa.Connection, totals: _Totals, head: str, since: datetime, until: datetime,
-                   bucket: Bucket) -> None:
-    """Aggregate the raw rows of [since, until) (the partial hours at the ends of a range)."""
-    dialect = conn.dialect.name
-    window = sa.and_(_p.c.head == head, _p.c.ts >= since, _p.c.ts < until, served_only())  # not shadow rows
-    tb = time_bucket(dialect, bucket).label("start")
-    lat = _latency_bucket(dialect).label("lat")
-    for row in conn.execute(sa.select(tb, _p.c.head_version, sa.func.min(_p.c.ts).label("first_ts"), *_volume_columns())
-                            .where(window).group_by(tb, _p.c.head_version)).mappings():
-        totals.group(row["start"], row["head_version"], row)
-        totals.seen(row["head_version"], row["first_ts"])
-    for version, label, n in conn.execute(sa.select(_p.c.head_version, _p.c.label, sa.func.count())
-                                          .where(window).group_by(_p.c.head_version, _p.c.label)):
-        _merge(totals.labels[version], {label: int(n)})
-    totals.add_latency_rows(conn.execute(sa.select(tb, _p.c.head_version, lat, sa.func.count())
-                                    .where(window, _is_first_text()).group_by(tb, _p.c.head_version, lat)))
-
-
 def _from_rollups(conn: sa.Connection, totals: _Totals, head: str, since: datetime, until: datetime,
                   bucket: Bucket) -> None:
-    """The hourly rollups of the whole hours [since, until): one row per (hour, version), summed into
-    time buckets here (a month is 720 rows per version); labels summed per version in SQL."""
+    """The hourly rollups of [since, until) (whole hours): one row per (hour, version), summed into
+    time buckets here (a month is 720 rows per version; each latency histogram one array slice added);
+    labels summed per version in SQL."""
     r, lab = rollup_hour, rollup_label
     cols = [r.c[f] for f in (*_Group.FIELDS, *(f"h{i}" for i in range(10)))]
-    for row in conn.execute(sa.select(r.c.hour, r.c.head_version, r.c.first_ts, r.c.latency, *cols)
+    for row in conn.execute(sa.select(r.c.hour, r.c.head_version, r.c.first_ts, r.c.latency_bins, r.c.latency, *cols)
                             .where(r.c.head == head, r.c.hour >= since, r.c.hour < until)).mappings():
         start = _bucket_start(row["hour"])
         if bucket == "day":
             start = start.replace(hour=0)
-        totals.group(start, row["head_version"], row)
+        group = totals.group(start, row["head_version"], row)
         totals.seen(row["head_version"], row["first_ts"])
-        totals.add_latency(start, row["head_version"], json.loads(row["latency"]))  # {"<bucket>": n}
+        group.latency = add_bins(group.latency, row["latency_bins"])
+        if row["latency"] != EMPTY_JSON:  # written by a schema-7 writer during a rolling upgrade
+            group.latency = group.latency + latency_array(decode_latency(row["latency"]))
     for version, label, n in conn.execute(
             sa.select(lab.c.head_version, lab.c.label, sa.func.sum(lab.c.n))
             .where(lab.c.head == head, lab.c.hour >= since, lab.c.hour < until).group_by(lab.c.head_version, lab.c.label)):
         _merge(totals.labels[version], {label: int(n)})
+
+
+def whole_hours(since: datetime, until: datetime) -> tuple[datetime, datetime]:
+    """The range a report covers: [since, until) widened to whole UTC hours (since floored, until
+    ceiled; the ends of datetime's range stay; an empty range stays empty, at `until`). Every figure
+    is exact over it: rollups hold whole hours."""
+    since, until = utc(since), utc(until)
+    if since >= until:
+        return until, until
+    try:
+        until = _hour_ceil(until)
+    except OverflowError:  # within the last hour of year 9999
+        pass
+    return _hour_floor(since), until
+
+
+def default_since(until: datetime) -> datetime:
+    """The default range's start: the 24 whole hours up to the end of until's hour (from year 1 at most)."""
+    try:
+        end = _hour_ceil(utc(until))
+    except OverflowError:
+        end = utc(until)
+    earliest = datetime.min.replace(tzinfo=timezone.utc)
+    return end - DEFAULT_RANGE if end - earliest > DEFAULT_RANGE else earliest
 
 
 def build_report(engine: sa.Engine, head: str, *, since: datetime | None = None, until: datetime | None = None,
@@ -292,36 +268,27 @@ def build_report(engine: sa.Engine, head: str, *, since: datetime | None = None,
     """The report of one head: a `report_models.InferenceReport` as plain JSON types (the gateway's
     GET /v1/models/{name}/report adds the head's drift and its range adjustments).
 
-    The whole hours of [since, until) come from the rollups, the partial hours at its ends from the
-    raw rows (both: volumes and confidence histogram per (time bucket, version), labels per version,
-    the latency histogram of requests per (time bucket, version)); feedback (true x predicted label)
-    per version from rollup_feedback and the feedback table alike. Versions and the summary are sums of the groups."""
+    It covers whole UTC hours: [since, until) widened by `whole_hours` (the default: the 24 hours up to
+    the end of the current one), and says so in its since/until. Everything comes from the rollups in
+    three queries (hours, labels, feedback), none over raw rows, so it costs the same whether retention
+    pruned them or not: volumes, confidence and latency histograms per (hour, version), summed here into
+    time buckets; labels and feedback (true x predicted label) per version, summed in SQL. Versions and
+    the summary are sums of the groups."""
     if bucket not in BUCKETS:
         raise ValueError(f"bucket must be one of {BUCKETS}, not {bucket!r}")
     until = utc(until) if until is not None else datetime.now(timezone.utc)
-    since = utc(since) if since is not None else until - DEFAULT_RANGE
-    whole_from, whole_to = _hour_ceil(since), _hour_floor(until)
-    f, rf = feedback, rollup_feedback
+    since, until = whole_hours(since if since is not None else default_since(until), until)
+    rf = rollup_feedback
     totals = _Totals()
     feedback_rows: list = []
     with engine.connect() as conn:
-        if whole_from < whole_to:
-            _from_rollups(conn, totals, head, whole_from, whole_to, bucket)
+        if since < until:
+            _from_rollups(conn, totals, head, since, until, bucket)
             n = sa.func.sum(rf.c.n)
             feedback_rows += conn.execute(
                 sa.select(rf.c.head_version, rf.c.label, rf.c.predicted_label, n)
-                .where(rf.c.head == head, rf.c.hour >= whole_from, rf.c.hour < whole_to)
+                .where(rf.c.head == head, rf.c.hour >= since, rf.c.hour < until)
                 .group_by(rf.c.head_version, rf.c.label, rf.c.predicted_label).having(n > 0)).all()
-            raw = [(since, whole_from), (whole_to, until)]
-        else:
-            raw = [(since, until)]
-        for lo, hi in raw:
-            if lo < hi:
-                _from_raw_rows(conn, totals, head, lo, hi, bucket)
-                feedback_rows += conn.execute(
-                    sa.select(f.c.head_version, f.c.label, f.c.predicted_label, sa.func.count())
-                    .where(f.c.head == head, f.c.prediction_ts >= lo, f.c.prediction_ts < hi)
-                    .group_by(f.c.head_version, f.c.label, f.c.predicted_label)).all()
 
     groups, labels, first_seen = totals.groups, totals.labels, totals.first_seen
     confusion: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
@@ -343,7 +310,9 @@ def build_report(engine: sa.Engine, head: str, *, since: datetime | None = None,
 
     versions = [{"version": v, **_stats(per_version[v], labels[v], confusion.get(v, {}))}
                 for v in sorted(per_version, key=lambda v: (first_seen[v], v))]
-    timeline = sorted(({"start": start.isoformat(), "version": version, **group.volume()}
-                       for (start, version), group in groups.items()), key=lambda t: (t["start"], t["version"]))
+    per_group = latency_percentiles_many([group.latency for group in groups.values()])
+    timeline = sorted(({"start": start.isoformat(), "version": version, **group.volume(latency)}
+                       for ((start, version), group), latency in zip(groups.items(), per_group)),
+                      key=lambda t: (t["start"], t["version"]))
     return {"model": head, "since": since.isoformat(), "until": until.isoformat(), "bucket": bucket,
             "summary": _stats(total, all_labels, all_confusion), "versions": versions, "timeline": timeline}

@@ -143,6 +143,7 @@ feedback = sa.Table(
     *_feedback_columns(),
     _FEEDBACK_GIVEN_BY._copy(),
     _FEEDBACK_REVIEW_STRATEGY._copy(),
+    sa.Index("ix_feedback_prediction_id", "prediction_id"),  # retention: does this raw row have feedback?
 )
 
 
@@ -154,23 +155,47 @@ def _rollup_key() -> list[sa.Column]:
             sa.Column("hour", sa.DateTime(timezone=True), primary_key=True)]
 
 
+_LATENCY_BINS = sa.Column("latency_bins", sa.LargeBinary, nullable=True)
+
 rollup_hour = sa.Table(
     "rollup_hour", metadata, *_rollup_key(),
     *[sa.Column(c, sa.BigInteger, nullable=False) for c in ("requests", "texts", "abstained", "abstain_known")],
     sa.Column("confidence_sum", sa.Float, nullable=False),
     sa.Column("first_ts", sa.DateTime(timezone=True), nullable=False),
     *[sa.Column(f"h{i}", sa.BigInteger, nullable=False) for i in range(rollups.CONFIDENCE_BINS)],
-    sa.Column("latency", sa.Text, nullable=False),  # requests per latency bucket: {"<bucket>": n} (rollups.py)
+    # requests per latency bucket as schema 7 stored them, {"<bucket>": n}: '{}' since migration 8, except
+    # in rows an older writer still adds to during a rolling upgrade (readers add both columns)
+    sa.Column("latency", sa.Text, nullable=False),
+    # Migration 8's: the same histogram as a dense int64 run (rollups.encode_bins); NULL: none yet
+    _LATENCY_BINS._copy(),
+    # Reports read one head's hours of a range whatever its versions (the key leads with the version)
+    sa.Index("ix_rollup_hour_head_hour", "head", "hour"),
 )
 rollup_label = sa.Table("rollup_label", metadata, *_rollup_key(), sa.Column("label", sa.String(256), primary_key=True),
-                        sa.Column("n", sa.BigInteger, nullable=False))
+                        sa.Column("n", sa.BigInteger, nullable=False),
+                        # covering: a report sums one head's labels over a range from the index alone
+                        sa.Index("ix_rollup_label_head_hour", "head", "hour", "head_version", "label", "n"))
 # Feedback per (true label, predicted label), by the hour of the prediction it labels; kept by
 # feedback.store_feedback in the transaction of the feedback rows (a replaced feedback moves its count).
 rollup_feedback = sa.Table("rollup_feedback", metadata, *_rollup_key(),
                            sa.Column("label", sa.String(256), primary_key=True),
                            sa.Column("predicted_label", sa.String(256), primary_key=True),
-                           sa.Column("n", sa.BigInteger, nullable=False))
+                           sa.Column("n", sa.BigInteger, nullable=False),
+                           sa.Index("ix_rollup_feedback_head_hour", "head", "hour", "head_version", "label",
+                                    "predicted_label", "n"))
 ROLLUP_TABLES = (rollup_hour, rollup_label, rollup_feedback)
+_ROLLUP_RANGE_INDEXES = ("ix_rollup_hour_head_hour", "ix_rollup_label_head_hour", "ix_rollup_feedback_head_hour")
+
+# Migration 8's: per head, the newest feedback (feedback.ts) a training run has read, all of it, into a
+# version it wrote (heads/training/run.py). Retention prunes a raw row with feedback only once its
+# feedback is at or below this mark (sink.prune); rows without feedback as before.
+training_feedback = sa.Table(
+    "training_feedback", metadata,
+    sa.Column("head", sa.String(128), primary_key=True),
+    sa.Column("feedback_through", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("head_version", sa.String(64), nullable=False),  # the version that run wrote
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
 
 
 def _m1_predictions(conn: sa.Connection) -> None:
@@ -290,6 +315,31 @@ def _m7_feedback_review_strategy(conn: sa.Connection) -> None:
     _add_columns(conn, "feedback", [_FEEDBACK_REVIEW_STRATEGY])
 
 
+def _m8_latency_bins_range_indexes_training_feedback(conn: sa.Connection) -> None:
+    _add_columns(conn, "rollup_hour", [_LATENCY_BINS])
+    for table in (*ROLLUP_TABLES, feedback):
+        for index in table.indexes:
+            if index.name in (*_ROLLUP_RANGE_INDEXES, "ix_feedback_prediction_id"):
+                index.create(conn, checkfirst=True)
+    training_feedback.create(conn, checkfirst=True)
+    _move_latency_to_bins(conn)
+
+
+def _move_latency_to_bins(conn: sa.Connection, chunk: int = 5000) -> None:
+    """Schema 7's JSON histograms into latency_bins (added to what is there), '{}' left behind."""
+    r = rollup_hour
+    key = (r.c.head, r.c.head_version, r.c.hour)
+    while True:
+        rows = conn.execute(sa.select(*key, r.c.latency, r.c.latency_bins)
+                            .where(r.c.latency != rollups.EMPTY_JSON).limit(chunk)).all()
+        if not rows:
+            return
+        for head, version, hour, text, bins in rows:
+            conn.execute(r.update().where(r.c.head == head, r.c.head_version == version, r.c.hour == hour)
+                         .values(latency=rollups.EMPTY_JSON,
+                                 latency_bins=rollups.merge_bins(bins, rollups.decode_latency(text))))
+
+
 # Ordered and append-only: (version, description, apply). Each runs once per database.
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "create predictions", _m1_predictions),
@@ -299,6 +349,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (5, "predictions: issued_id, caller; feedback: given_by", _m5_issued_ids_and_provenance),
     (6, "predictions: shadow (challenger predictions)", _m6_shadow),
     (7, "feedback: review_strategy", _m7_feedback_review_strategy),
+    (8, "rollup_hour.latency_bins (JSON histograms moved); rollups' (head, hour) indexes; "
+        "feedback.prediction_id index; training_feedback", _m8_latency_bins_range_indexes_training_feedback),
 ]
 
 _PG_MIGRATION_LOCK = 0x706F6C79  # "poly": pg_advisory_xact_lock key serialising migrations
@@ -327,8 +379,6 @@ def make_engine(url: str) -> sa.Engine:
             # Let SQLAlchemy emit BEGIN itself (below): pysqlite would otherwise autocommit DDL.
             dbapi_conn.isolation_level = None
             sqlite_wal(dbapi_conn, timeout_s)
-            # reports.py's latency bucket: SQLite's ln() is a compile-time option, this is the writer's own code
-            dbapi_conn.create_function("polyhead_latency_bucket", 1, rollups.latency_bucket, deterministic=True)
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:

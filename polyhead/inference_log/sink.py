@@ -34,7 +34,7 @@ from polyhead.inference_log import rollups
 from polyhead.inference_log.records import PredictionRecord
 
 # The latest version in schema.MIGRATIONS (a unit test keeps the two equal).
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # The predictions columns the head writes: PredictionRecord's fields, in order, and the escape flag
 # (a unit test checks them against schema.predictions, so a migration that adds a column must add the field too).
 COLUMNS: tuple[str, ...] = (*(f.name for f in dataclasses.fields(PredictionRecord)), "text_escaped")
@@ -169,27 +169,32 @@ class Sink:
             cur.executemany(label_sql, labels)
         for head, version, hour, histogram in latencies:
             (stored,) = cur.execute(select_latency, (head, version, hour)).fetchone()
-            cur.execute(update_latency, (rollups.merge_latency(stored, histogram), head, version, hour))
+            cur.execute(update_latency, (rollups.merge_bins(stored, histogram), head, version, hour))
 
     def _ts_param(self, value: datetime) -> Any:
         return value
 
     def prune(self, cutoff: datetime, limit: int) -> int:
-        """Delete up to `limit` raw rows older than `cutoff` in one short transaction; rows with feedback
-        stay (retraining reads them), rollups stay (reports read them). Returns the rows deleted."""
+        """Delete up to `limit` raw rows older than `cutoff` in one short transaction; rollups stay
+        (reports read them). A row with feedback stays until a training run has read that feedback
+        (training_feedback: the newest feedback.ts a run consumed, per head); a row whose feedback came
+        or changed after the mark stays for the next run. Returns the rows deleted."""
         return self._call(lambda conn: self._prune(conn, cutoff, limit))
 
     def _prune(self, conn: Any, cutoff: datetime, limit: int) -> int:
         ph = self.placeholder
         heads = [h for (h,) in conn.execute("SELECT DISTINCT head FROM rollup_hour").fetchall()]
-        sql = (f"DELETE FROM predictions WHERE id IN (SELECT p.id FROM predictions p WHERE p.head = {ph} "
-               f"AND p.ts < {ph} AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.head = p.head "
-               f"AND f.request_id = p.request_id) LIMIT {ph})")
+        marks = dict(conn.execute("SELECT head, feedback_through FROM training_feedback").fetchall())
         deleted = 0
         for head in heads:  # per head: the (head, ts) index finds the old rows without a scan
             if deleted >= limit:
                 break
-            deleted += self._delete(conn, sql, (head, self._ts_param(cutoff), limit - deleted))
+            consumed = f" AND f.ts > {ph}" if head in marks else ""  # as stored: compared like with like
+            sql = (f"DELETE FROM predictions WHERE id IN (SELECT p.id FROM predictions p WHERE p.head = {ph} "
+                   f"AND p.ts < {ph} AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.prediction_id = p.id"
+                   f"{consumed}) LIMIT {ph})")
+            params = (head, self._ts_param(cutoff), *([marks[head]] if head in marks else []), limit - deleted)
+            deleted += self._delete(conn, sql, params)
         return deleted
 
     def _delete(self, conn: Any, sql: str, params: tuple) -> int:

@@ -19,9 +19,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from polyhead.inference_log.feedback import find_predictions, store_feedback
+from polyhead.inference_log.feedback import find_predictions, store_feedback, training_feedback_mark
 from polyhead.inference_log.records import PredictionRecord
-from polyhead.inference_log.schema import make_engine, predictions
+from polyhead.inference_log.schema import feedback, make_engine, predictions, training_feedback
 from heads.training.evaluation import classification_report
 from tests.conftest import ROOT, free_port
 from tests.e2e.gateway import test_gateway
@@ -197,6 +197,17 @@ def test_train_with_feedback_adds_rows_skips_duplicates_and_redacted(stack, tmp_
     metrics = json.loads((version_dir / "metrics.json").read_text())
     assert manifest["feedback"] == metrics["feedback"] == counts
     assert metrics["n_train"] == 48 + len(new)
+    # retention may now prune the raw rows of the feedback this version read (all of it: no new label)
+    engine = make_engine(db)
+    try:
+        mark = training_feedback_mark(engine, head)
+        with engine.connect() as conn:
+            newest = conn.execute(sa.select(sa.func.max(feedback.c.ts)).where(feedback.c.head == head)).scalar_one()
+            marked_by = conn.execute(sa.select(training_feedback.c.head_version)).scalar_one()
+        assert mark == (newest if newest.tzinfo else newest.replace(tzinfo=timezone.utc))
+        assert marked_by == result["version"]
+    finally:
+        engine.dispose()
 
     # --feedback-from: only the labels of trusted keys (no key gave any here: 'anonymous' is everyone so far)
     out = subprocess.run([sys.executable, "-m", "cli", "train", str(stack["configs"][head]), "--models-dir",
@@ -205,6 +216,12 @@ def test_train_with_feedback_adds_rows_skips_duplicates_and_redacted(stack, tmp_
     assert out.returncode == 0, out.stderr[-2000:]
     trusted = json.loads(out.stdout.strip().splitlines()[-1])["feedback"]
     assert (trusted["feedback_rows"], trusted["added"], trusted["trusted_keys"]) == (0, 0, ["some-labeller"])
+    engine = make_engine(db)
+    try:  # a run that left feedback out marks nothing
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(training_feedback.c.head_version)).scalar_one() == result["version"]
+    finally:
+        engine.dispose()
 
 
 def test_report_of_a_head_without_traffic_and_with_its_head_down(stack):
@@ -237,8 +254,11 @@ def test_report_of_a_head_without_traffic_and_with_its_head_down(stack):
     year = report(url, "tickets", since=(now - timedelta(days=365)).isoformat())
     assert year.status_code == 200 and year.json()["bucket"] == "day", year.text
     assert "bucket=day" in year.json()["adjusted"][0]
-    day = report(url, "tickets", since=(now - timedelta(days=365)).isoformat(), bucket="day")
-    assert day.status_code == 200 and day.json()["adjusted"] == []
+    on_the_hour = (now - timedelta(days=365)).replace(minute=0, second=0, microsecond=0)
+    day = report(url, "tickets", since=on_the_hour.isoformat(), bucket="day")
+    assert day.status_code == 200 and day.json()["adjusted"] == []  # a default until widens silently
+    off = report(url, "tickets", since=(on_the_hour + timedelta(minutes=7)).isoformat(), bucket="day").json()
+    assert datetime.fromisoformat(off["since"]) == on_the_hour and "whole UTC hours" in off["adjusted"][0]
     ages = report(url, "tickets", since="0001-01-01T00:00:00+05:00", until="9999-12-31T23:59:59-05:00")
     assert ages.status_code == 200 and ages.json()["since"].startswith("9994-"), ages.text  # the last 2000 days
 

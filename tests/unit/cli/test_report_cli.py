@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from typer.testing import CliRunner
 
 from polyhead.inference_log.records import PredictionRecord
-from polyhead.inference_log.schema import make_engine, migrate, predictions
+from polyhead.inference_log.schema import build_rollups, make_engine, migrate, predictions
 from cli.commands import app
 from tests.conftest import ROOT
 
@@ -25,6 +25,7 @@ def _log(url: str, rows: list[tuple[str, int, str]]) -> None:
                     request_id=rid, head="support-routing", head_version="20260101T000000Z", embedder_fingerprint="fp",
                     text="t", label=label, probability=0.8, top_k=[(label, 0.8)], latency_ms=12.0, abstained=False,
                     text_index=index, issued_id=rid)), "ts": now - timedelta(minutes=5)} for rid, index, label in rows])
+            build_rollups(conn)  # what reports read; the writer keeps them as it inserts (test_rollups.py)
     finally:
         engine.dispose()
 

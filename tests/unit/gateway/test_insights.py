@@ -79,8 +79,18 @@ def test_report_range_is_fitted_and_said_never_refused():
     plus5, minus5 = timezone(timedelta(hours=5)), timezone(timedelta(hours=-5))
     since, until, _, _ = fit_report_range(datetime(1, 1, 1, tzinfo=plus5), datetime(9999, 12, 31, 23, tzinfo=minus5),
                                           "day")
-    assert until == LATEST and since == LATEST - timedelta(days=MAX_REPORT_BUCKETS)
+    assert until == LATEST and since == (LATEST - timedelta(days=MAX_REPORT_BUCKETS)).replace(minute=0, second=0,
+                                                                                             microsecond=0)
     assert fit_report_range(None, datetime(1, 1, 1, 3), "hour")[0] == EARLIEST
+    # Ends off the hour widen to whole UTC hours (what the rollups hold), and the caller is told; a default
+    # end (until = now) widens silently.
+    since, until, _, adjusted = fit_report_range(now - timedelta(hours=2, minutes=30), now + timedelta(minutes=1),
+                                                 "hour")
+    assert (since, until) == (now - timedelta(hours=3), now + timedelta(hours=1))
+    assert adjusted == [f"since={since.isoformat()}, until={until.isoformat()}: widened to whole UTC hours "
+                        "(reports read hourly rollups; every count is exact over this range)"]
+    since, until, _, adjusted = fit_report_range(None, None, "hour", now=now + timedelta(minutes=20))
+    assert (since, until, adjusted) == (now - timedelta(hours=23), now + timedelta(hours=1), [])
 
 
 def test_feedback_schema_states_one_form_and_the_model_enforces_it():

@@ -208,6 +208,12 @@ def test_migrations_upgrade_a_database_created_before_them(tmp_path, request):
             assert {"ix_predictions_head_ts", "ix_predictions_request_id", "ix_predictions_report",
                     "ix_predictions_head_issued_id", "ix_predictions_shadow"} <= indexes
             assert "given_by" in {c["name"] for c in sa.inspect(engine).get_columns("feedback")}
+            inspect = sa.inspect(engine)  # migration 8: what reports and retention read
+            assert "latency_bins" in {c["name"] for c in inspect.get_columns("rollup_hour")}
+            assert "training_feedback" in inspect.get_table_names()
+            assert "ix_feedback_prediction_id" in {ix["name"] for ix in inspect.get_indexes("feedback")}
+            for table in ("rollup_hour", "rollup_label", "rollup_feedback"):
+                assert f"ix_{table}_head_hour" in {ix["name"] for ix in inspect.get_indexes(table)}
         finally:
             engine.dispose()
             backend.close()

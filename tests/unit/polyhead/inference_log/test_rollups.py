@@ -1,7 +1,8 @@
 """Hourly rollups: kept by the writer in the transaction of the raw rows, exact for counts, never counted
 twice on a replay, equal to what migration 4 builds from the raw rows of an old log; a report over a
-range with partial hours (rollups for whole hours, raw rows for the ends) equals the figures worked
-out from the rows themselves; latency percentiles within 1 % of the exact ones. SQLite and PostgreSQL."""
+range off the hour (widened to whole hours, read from rollups only) equals the figures worked out from
+the raw rows of the hours it states; schema 7's JSON histograms move into latency_bins and are still read
+from an old writer; latency percentiles within 1 % of the exact ones. SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -122,19 +123,30 @@ def test_writer_rollups_are_exact_idempotent_and_equal_to_the_migrations(backend
     assert rollup_snapshot(backend.url) == written
 
 
-def test_a_report_with_partial_hours_equals_the_figures_of_its_rows(backend, tmp_path):  # noqa: F811
-    records = varied_records(seed=11)
+def test_a_report_off_the_hour_covers_its_whole_hours_and_equals_the_figures_of_their_rows(backend, tmp_path):  # noqa: F811
+    """The fast path (rollups only, three queries) against the figures computed from the raw rows of the
+    range the report states: since/until widened to whole UTC hours; feedback included."""
+    records = [dataclasses.replace(r, issued_id=f"issued-{i}") for i, r in enumerate(varied_records(seed=11))]
     with InferenceLog(backend.url, tmp_path / "spool") as log:
         for rec in records:
             log.record(rec)
         assert log.flush()
     since, until = T0 + timedelta(minutes=17, seconds=5), T0 + timedelta(hours=5, minutes=23)
-    inside = [r for r in records if since <= r.ts < until]
+    covered = (T0, T0 + timedelta(hours=6))  # 07:00 to 13:00: the whole hours around [07:17:05, 12:23)
+    inside = [r for r in records if covered[0] <= r.ts < covered[1]]
     requests = [r for r in inside if not r.text_index]
     engine = make_engine(backend.url)
     try:
+        found = find_predictions(engine, "roll", [(r.issued_id, r.text_index or 0) for r in records[::7]])
+        assert len(found) > 100
+        labelled = {key: ("billing" if i % 3 else "tech") for i, key in enumerate(found)}
+        store_feedback(engine, "roll", [(found[key], label) for key, label in labelled.items()])
+        with engine.connect() as conn:  # the raw-row truth of the feedback: (true, predicted) pairs
+            pairs = Counter(tuple(r) for r in conn.execute(sa.text(
+                "SELECT f.label, p.label FROM feedback f JOIN predictions p ON p.id = f.prediction_id")))
         for bucket in ("hour", "day"):
             report = build_report(engine, "roll", since=since, until=until, bucket=bucket)
+            assert (report["since"], report["until"]) == tuple(t.isoformat() for t in covered)
             s = report["summary"]
             assert (s["texts"], s["requests"]) == (len(inside), len(requests))
             assert s["label_distribution"] == dict(sorted(Counter(r.label for r in inside).items(),
@@ -147,12 +159,46 @@ def test_a_report_with_partial_hours_equals_the_figures_of_its_rows(backend, tmp
             assert s["abstain_rate"] == pytest.approx(sum(r.abstained for r in known) / len(known), abs=1e-6)
             for key, exact in exact_percentiles([r.latency_ms for r in requests]).items():
                 assert abs(s["latency_ms"][key] - exact) / exact <= 0.01, (key, s["latency_ms"][key], exact)
+            correct = sum(n for (t, p), n in pairs.items() if t == p)
+            assert s["feedback"]["count"] == sum(pairs.values()) == len(found)
+            assert s["feedback"]["accuracy"] == pytest.approx(correct / len(found), abs=1e-6)
             assert sum(t["texts"] for t in report["timeline"]) == len(inside)
             assert [v["version"] for v in report["versions"]] == ["v1", "v2"]
         hours = build_report(engine, "roll", since=since, until=until, bucket="hour")["timeline"]
         assert [t["start"] for t in hours][:2] == ["2026-05-04T07:00:00+00:00", "2026-05-04T08:00:00+00:00"]
-        first = sum(1 for r in inside if r.ts < T0 + timedelta(hours=1))  # the partial first hour, from raw rows
-        assert hours[0]["texts"] == first
+        assert hours[0]["texts"] == sum(1 for r in inside if r.ts < T0 + timedelta(hours=1))  # the whole first hour
+        empty = build_report(engine, "roll", since=until, until=until)  # an empty range stays empty
+        assert empty["since"] == empty["until"] == until.isoformat() and empty["summary"]["texts"] == 0
+    finally:
+        engine.dispose()
+
+
+def test_migration_8_moves_json_latency_histograms_and_readers_add_an_old_writers_meanwhile(backend, tmp_path):  # noqa: F811
+    """Schema 7 stored each hour's latency histogram as JSON; migration 8 moves it into latency_bins. A
+    writer of schema 7 still running during a rolling upgrade adds to the JSON column: reports add both."""
+    records = varied_records(600, seed=23)
+    with InferenceLog(backend.url, tmp_path / "spool") as log:
+        for rec in records:
+            log.record(rec)
+        assert log.flush()
+    engine = make_engine(backend.url)
+    r = ROLLUP_TABLES[0]
+    try:
+        window = dict(since=T0, until=T0 + timedelta(hours=6))
+        before = build_report(engine, "roll", **window)
+        with engine.begin() as conn:  # back to schema 7's form: JSON histograms, no bins
+            for key in conn.execute(sa.select(r.c.head, r.c.head_version, r.c.hour, r.c.latency_bins)).all():
+                where = (r.c.head == key[0], r.c.head_version == key[1], r.c.hour == key[2])
+                conn.execute(r.update().where(*where).values(
+                    latency=rollups.encode_latency(rollups.decode_bins(key[3])), latency_bins=None))
+        assert build_report(engine, "roll", **window) == before  # an old writer's rows are read too
+        with engine.begin() as conn:
+            conn.execute(schema_version.delete().where(schema_version.c.version == 8))
+        assert migrate(engine) == [8]
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(r.c.latency, r.c.latency_bins)).all()
+        assert {text for text, _ in rows} == {"{}"} and all(bins for _, bins in rows)
+        assert build_report(engine, "roll", **window) == before
     finally:
         engine.dispose()
 
@@ -209,4 +255,4 @@ def test_two_processes_writing_one_head_keep_exact_rollups(backend, tmp_path):  
     assert sum(r["texts"] for r in rows) == len(records)
     requests = [r for r in records if not r.text_index]
     assert sum(r["requests"] for r in rows) == len(requests)
-    assert sum(sum(rollups.decode_latency(r["latency"]).values()) for r in rows) == len(requests)
+    assert sum(sum(rollups.decode_bins(r["latency_bins"]).values()) for r in rows) == len(requests)
