@@ -13,6 +13,9 @@ from tests.unit.conftest import HEAD, OFFLINE_HEAD
 
 async def test_feedback_right_after_predict_then_the_report(gateway, trained_head):
     since = datetime.now(timezone.utc).isoformat()  # rows are stamped by the head, after this
+    # A report covers whole UTC hours: other tests' rows of this hour are in it too, so compare with before.
+    before = (await gateway.get(f"/v1/models/{HEAD}/report", params={"since": since, "bucket": "day"})).json()
+    b = before["summary"]
     batch = (await gateway.post(f"/v1/models/{HEAD}/predict", json={"texts": [
         "I need a copy of last month's invoice", "the app crashes when I log in", "where is my parcel"]})).json()
     single = (await gateway.post(f"/v1/models/{HEAD}/predict", json={"text": "please close my account"})).json()
@@ -37,11 +40,16 @@ async def test_feedback_right_after_predict_then_the_report(gateway, trained_hea
     assert reply.status_code == 200, reply.text
     report = reply.json()
     s = report["summary"]
-    assert (s["requests"], s["texts"]) == (2, 4)
-    assert sum(s["label_distribution"].values()) == 4 and sum(s["confidence_histogram"]["counts"]) == 4
-    assert s["feedback"] == {"count": 2, "accuracy": 1.0, "f1_weighted": 1.0}  # the wrong label was replaced
-    assert [v["version"] for v in report["versions"]] == [trained_head.version]
-    assert len(report["timeline"]) == 1 and report["timeline"][0]["texts"] == 4
+    assert report["since"] <= since and report["adjusted"]  # widened to the hour, and says so
+    assert (s["requests"] - b["requests"], s["texts"] - b["texts"]) == (2, 4)
+    assert sum(s["label_distribution"].values()) - sum(b["label_distribution"].values()) == 4
+    assert sum(s["confidence_histogram"]["counts"]) - sum(b["confidence_histogram"]["counts"]) == 4
+    assert s["feedback"]["count"] - b["feedback"]["count"] == 2
+    if b["feedback"]["count"] == 0:
+        assert s["feedback"] == {"count": 2, "accuracy": 1.0, "f1_weighted": 1.0}  # the wrong label was replaced
+    assert trained_head.version in [v["version"] for v in report["versions"]]
+    assert len(report["timeline"]) == 1
+    assert report["timeline"][0]["texts"] - sum(t["texts"] for t in before["timeline"]) == 4
     assert report["drift"]["head"] == HEAD and isinstance(report["drift"]["flagged"], bool)  # the head's GET /drift
 
 
