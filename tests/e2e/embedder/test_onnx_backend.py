@@ -113,6 +113,29 @@ def test_fingerprint_changes_with_the_weights(onnx_servable, tmp_path):
     assert load_onnx_servable(tmp_path / "changed", "fp32").fingerprint != onnx_servable.fingerprint
 
 
+def test_an_older_export_serves_as_itself_and_is_replaced_where_the_embedder_may_export(onnx_model_dir, tmp_path,
+                                                                                         onnx_servable):
+    import shutil
+
+    from embedder.backends import make_backend_servable
+    from embedder.onnx_export import ONNX_EXPORT_VERSION
+    from embedder.settings import EmbedderSettings
+    from tests.e2e.embedder.fixtures import load_onnx_servable
+
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("model.fp32.onnx", "vocab.txt"):
+        shutil.copyfile(onnx_model_dir / name, old / name)
+    meta = json.loads((onnx_model_dir / "polyhead_onnx.json").read_text())
+    (old / "polyhead_onnx.json").write_text(json.dumps({**meta, "onnx_export_version": ONNX_EXPORT_VERSION - 1}))
+    # Not ours to rewrite: it serves, under a fingerprint of its own (not the current export's).
+    assert load_onnx_servable(old, "fp32").fingerprint != onnx_servable.fingerprint
+    upgraded = make_backend_servable(EmbedderSettings(backend="onnx", precision="fp32", onnx_model_dir=old))
+    upgraded.load()
+    assert json.loads((old / "polyhead_onnx.json").read_text())["onnx_export_version"] == ONNX_EXPORT_VERSION
+    assert upgraded.fingerprint == onnx_servable.fingerprint
+
+
 @pytest.mark.needs_shared_datasets
 def test_int8_meets_its_quality_gate_on_held_out_sentences(servable, onnx_int8_servable, shared_datasets):
     """Cosine to the TF export's vectors on test-split sentences (never the fixtures): mean >= 0.995,
