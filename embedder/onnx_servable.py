@@ -80,6 +80,8 @@ class OnnxEmbeddingServable:
             options.intra_op_num_threads = self.settings.intra_op_threads
         if self.settings.inter_op_threads:
             options.inter_op_num_threads = self.settings.inter_op_threads
+        if not self.settings.onnx_thread_spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
                                              disabled_optimizers=list(DISABLED_OPTIMIZERS))
         self._tokenizer = make_tokenizer(self.model_dir / "vocab.txt")
