@@ -70,10 +70,11 @@ class EmbedderSettings(ServiceSettings):
     intra_op_threads: int = Field(0, ge=0, description="Intra-op threads of TensorFlow / ONNX Runtime (0 = auto)")
     inter_op_threads: int = Field(0, ge=0, description="Inter-op threads of TensorFlow / ONNX Runtime (0 = auto)")
     # ONNX Runtime's pool threads spin between ops by default: quickest on an idle machine, but a spinning
-    # thread takes a core from the gRPC loop and from anything beside the embedder (under load, INT8 in
-    # process went from ~35 to ~70 texts/s without it on 2 busy cores; BENCHMARKS.md, backends).
-    onnx_thread_spinning: bool = Field(True, description="Backend onnx: intra-op threads spin while waiting for "
-                                       "work (ONNX Runtime's default); off for machines the embedder shares")
+    # thread takes a core from the gRPC loop and from whatever shares the machine (heads, gateway). Off by
+    # default: on 2 busy cores, the INT8 service did 1.6-2.7x the texts/s without spinning (under load, to be
+    # re-measured quietly; BENCHMARKS.md, "profile, under load").
+    onnx_thread_spinning: bool = Field(False, description="Backend onnx: intra-op threads spin while waiting for "
+                                       "work (ONNX Runtime's default; on for a machine the embedder has to itself)")
     # On by default: TensorFlow enables oneDNN by itself only on recent Intel CPUs (BENCHMARKS.md, section 1).
     onednn: bool = Field(True, description="TensorFlow's oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS, applied before "
                          "TensorFlow is imported)")
