@@ -136,6 +136,22 @@ def test_an_older_export_serves_as_itself_and_is_replaced_where_the_embedder_may
     assert upgraded.fingerprint == onnx_servable.fingerprint
 
 
+def test_thread_spinning_is_a_setting_that_changes_speed_only(onnx_model_dir, onnx_int8_servable):
+    from embedder.backends import make_backend_servable
+    from embedder.settings import EmbedderSettings
+
+    spinning = make_backend_servable(EmbedderSettings(backend="onnx", precision="int8", onnx_model_dir=onnx_model_dir,
+                                                      export_if_missing=False, onnx_thread_spinning=True))
+    spinning.load()
+    default_options = onnx_int8_servable._session.get_session_options()
+    assert default_options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(RuntimeError):  # not set: ONNX Runtime's default, spinning
+        spinning._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    assert spinning.fingerprint == onnx_int8_servable.fingerprint
+    texts = TEXTS[:8]
+    np.testing.assert_array_equal(spinning.embed(texts).vectors, onnx_int8_servable.embed(texts).vectors)
+
+
 @pytest.mark.needs_shared_datasets
 def test_int8_meets_its_quality_gate_on_held_out_sentences(servable, onnx_int8_servable, shared_datasets):
     """Cosine to the TF export's vectors on test-split sentences (never the fixtures): mean >= 0.995,
