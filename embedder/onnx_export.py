@@ -15,7 +15,6 @@ below; scripts/bench/choose_int8_matmuls.py re-measures it).
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,7 +27,7 @@ from embedder.feature_sets import ALL6
 
 OPSET = 17  # LayerNormalization is a standard op from 17
 # Bumped whenever the graph or the tokenisation around it changes, so the fingerprint changes with it.
-ONNX_EXPORT_VERSION = 1
+ONNX_EXPORT_VERSION = 2  # 2: q/k/v as one MatMul, BiasGelu, smoothing folded into V
 PRECISIONS = ("fp32", "int8")
 # INT8, chosen by measurement (scripts/bench/choose_int8_matmuls.py; cosine to FP32 on held-out sentences).
 # BERT's activations have outlier channels (LayerNorm outputs: one channel ~30 where the median is ~0.9;
@@ -39,13 +38,19 @@ PRECISIONS = ("fp32", "int8")
 # (alpha 0.75: mean 0.9948, min 0.982) because the first layers' down-projection inputs are the worst,
 # so those stay FP32. On 2,000 held-out sentences, alpha 0.75: layers 0-2's down in FP32 mean 0.99847,
 # min 0.99101; layers 0-3's mean 0.99897, min 0.99327, the margin taken: 4 of the 36 weight MatMuls FP32.
+# (Export version 2 runs q, k and v as one MatMul, smoothed with one scale: 4 of 24 FP32. 300 sentences,
+# alpha 0.75: layers 0-2's down FP32 mean 0.99857, min 0.99372; 0-3's mean 0.99897, min 0.99492; none
+# kept FP32 fails, min 0.97714.)
 INT8_KEEP_FP32: tuple[str, ...] = ("0.down", "1.down", "2.down", "3.down")
 # SmoothQuant's migration strength (None: no smoothing); see calibrate_smoothing.
 INT8_SMOOTH_ALPHA: float | None = 0.75
-PROJECTIONS = {
-    "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-    "o": "attention.output.dense", "up": "intermediate.dense", "down": "output.dense",
+# The weight MatMuls, by projection; "qkv" is one MatMul of the three attention input projections side by
+# side ([384, 1152]): one larger GEMM and, in INT8, one quantisation of its input instead of three.
+PROJECTIONS: dict[str, tuple[str, ...]] = {
+    "qkv": ("attention.self.query", "attention.self.key", "attention.self.value"),
+    "o": ("attention.output.dense",), "up": ("intermediate.dense",), "down": ("output.dense",),
 }
+MS_DOMAIN = "com.microsoft"  # ONNX Runtime's own ops (BiasGelu)
 
 
 def model_filename(precision: str) -> str:
@@ -68,12 +73,11 @@ def build_graph(weights: Mapping[str, np.ndarray], config: dict, max_seq_length:
     n_layers = config["num_hidden_layers"]
     n_heads = config["num_attention_heads"]
     hidden = config["hidden_size"]
-    head_dim = hidden // n_heads
     eps = float(config["layer_norm_eps"])
     if max_seq_length > config["max_position_embeddings"]:
         raise ValueError(f"max_seq_length {max_seq_length} exceeds the model's {config['max_position_embeddings']}")
 
-    smooth = smooth or {}
+    smooth = {name: np.asarray(s, dtype=np.float32) for name, s in (smooth or {}).items()}
     nodes, inits, exposed = [], [], []
     counter = iter(range(1_000_000))
 
@@ -93,7 +97,7 @@ def build_graph(weights: Mapping[str, np.ndarray], config: dict, max_seq_length:
     word = const("embeddings.word_embeddings", f32("embeddings.word_embeddings.weight"))
     type0 = const("embeddings.token_type_embeddings.0", f32("embeddings.token_type_embeddings.weight")[0])
     zero, one = const("c.zero", np.array([0], np.int64)), const("c.one_i", np.array([1], np.int64))
-    axis1, axis12 = const("c.axis1", np.array([1], np.int64)), const("c.axis12", np.array([1, 2], np.int64))
+    axis1 = const("c.axis1", np.array([1], np.int64))
     ax2 = const("c.axis2", np.array([2], np.int64))
     axis_last = const("c.axis_last", np.array([-1], np.int64))
 
@@ -101,19 +105,27 @@ def build_graph(weights: Mapping[str, np.ndarray], config: dict, max_seq_length:
         return op("LayerNormalization", [x, const(prefix + ".weight", f32(prefix + ".weight")),
                                          const(prefix + ".bias", f32(prefix + ".bias"))], axis=-1, epsilon=eps)
 
-    def dense(x: str, layer: int, projection: str) -> str:
-        key = f"encoder.layer.{layer}.{PROJECTIONS[projection]}"
+    def residual_norm(x: str, bias: str, residual: str, prefix: str) -> str:
+        """LayerNorm(x + bias + residual) as plain ops: ONNX Runtime's fused SkipLayerNormalization is
+        slower here (measured, INT8 +18 % texts/s without it; see OnnxEmbeddingServable.load)."""
+        return layer_norm(op("Add", [residual, op("Add", [x, bias])]), prefix)
+
+    def weight(layer: int, projection: str) -> tuple[np.ndarray, np.ndarray]:
+        """([in, out], [out]) of a projection, the attention's three side by side."""
+        keys = [f"encoder.layer.{layer}.{k}" for k in PROJECTIONS[projection]]
+        return (np.concatenate([f32(k + ".weight").T for k in keys], axis=1),
+                np.concatenate([f32(k + ".bias") for k in keys]))
+
+    def matmul(x: str, w_t: np.ndarray, layer: int, projection: str) -> str:
+        """x @ w_t, SmoothQuant-rescaled when `smooth` names it; the caller adds the bias."""
         name = matmul_node_name(layer, projection)
-        w_t = f32(key + ".weight").T.copy()  # [in, out]
         if expose_matmul_inputs:
             exposed.append(helper.make_tensor_value_info(f"{name}/input", TensorProto.FLOAT, None))
             nodes.append(helper.make_node("Identity", [x], [f"{name}/input"], name=f"{name}/expose"))
         if name in smooth:
-            s = np.asarray(smooth[name], dtype=np.float32)
-            x = op("Mul", [x, const(f"{name}/smooth_inv", (1.0 / s).astype(np.float32))])
-            w_t = w_t * s[:, None]
-        y = op("MatMul", [x, const(key + ".weight_t", w_t)], name=name)
-        return op("Add", [y, const(key + ".bias", f32(key + ".bias"))])
+            x = op("Mul", [x, const(f"{name}/smooth_inv", (1.0 / smooth[name]).astype(np.float32))])
+            w_t = w_t * smooth[name][:, None]
+        return op("MatMul", [x, const(f"{name}/weight_t", np.ascontiguousarray(w_t, dtype=np.float32))], name=name)
 
     # Embeddings: word + position[:S] + token type 0, then LayerNorm.
     seq = op("Gather", [op("Shape", ["input_ids"]), one], axis=0)  # [1]: S
@@ -123,16 +135,17 @@ def build_graph(weights: Mapping[str, np.ndarray], config: dict, max_seq_length:
     x = layer_norm(x, "embeddings.LayerNorm")
 
     mask = op("Cast", ["attention_mask"], to=TensorProto.FLOAT)  # [N, S]
-    # As the TF export: masked keys get float32's lowest value before the softmax.
-    bias = op("Mul", [op("Sub", [const("c.one_f", np.float32(1.0)), mask]),
-                      const("c.lowest", np.float32(np.finfo(np.float32).min))])
-    bias = op("Unsqueeze", [bias, axis12])  # [N, 1, 1, S]
-    heads_shape = const("c.heads_shape", np.array([0, 0, n_heads, head_dim], np.int64))
-    merged_shape = const("c.merged_shape", np.array([0, 0, hidden], np.int64))
-    scale = const("c.scale", np.float32(1.0 / math.sqrt(head_dim)))
     mask3 = op("Unsqueeze", [mask, ax2])  # [N, S, 1]
     count = op("Max", [op("ReduceSum", [mask, axis1], keepdims=1), const("c.tiny", np.float32(1e-9))])
     l2_floor = const("c.l2_floor", np.float32(1e-12))
+    # As the TF export: masked keys get float32's lowest value before the softmax.
+    bias = op("Mul", [op("Sub", [const("c.one_f", np.float32(1.0)), mask]),
+                      const("c.lowest", np.float32(np.finfo(np.float32).min))])
+    bias = op("Unsqueeze", [bias, const("c.axis12", np.array([1, 2], np.int64))])  # [N, 1, 1, S]
+    heads_shape = const("c.heads_shape", np.array([0, 0, n_heads, hidden // n_heads], np.int64))
+    merged_shape = const("c.merged_shape", np.array([0, 0, hidden], np.int64))
+    scale = const("c.scale", np.float32(1.0 / np.sqrt(hidden // n_heads)))
+    qkv_split = const("c.qkv_split", np.array([hidden] * 3, np.int64))
 
     def pool(x: str) -> str:
         pooled = op("Div", [op("ReduceSum", [op("Mul", [x, mask3]), axis1], keepdims=0), count])
@@ -142,18 +155,29 @@ def build_graph(weights: Mapping[str, np.ndarray], config: dict, max_seq_length:
     pooled = []
     for i in range(n_layers):
         p = f"encoder.layer.{i}."
-        q = op("Transpose", [op("Reshape", [dense(x, i, "q"), heads_shape])], perm=[0, 2, 1, 3])
-        k = op("Transpose", [op("Reshape", [dense(x, i, "k"), heads_shape])], perm=[0, 2, 3, 1])
-        v = op("Transpose", [op("Reshape", [dense(x, i, "v"), heads_shape])], perm=[0, 2, 1, 3])
+        w_qkv, b_qkv = weight(i, "qkv")
+        w_o, b_o = weight(i, "o")
+        s_o = smooth.pop(matmul_node_name(i, "o"), None)
+        if s_o is not None:
+            # The attention output is softmax-weighted rows of V, so scaling V's channels by 1/s scales
+            # its channels by 1/s: SmoothQuant's rescaling folded into V, no Mul.
+            w_qkv[:, 2 * hidden:] /= s_o
+            b_qkv[2 * hidden:] /= s_o
+            w_o = w_o * s_o[:, None]
+        q, k, v = (f"layer{i}/{n}" for n in "qkv")
+        qkv = op("Add", [matmul(x, w_qkv, i, "qkv"), const(p + "qkv.bias", b_qkv)])
+        nodes.append(helper.make_node("Split", [qkv, qkv_split], [q, k, v], name=f"layer{i}/qkv/Split", axis=-1))
+        q = op("Transpose", [op("Reshape", [q, heads_shape])], perm=[0, 2, 1, 3])
+        k = op("Transpose", [op("Reshape", [k, heads_shape])], perm=[0, 2, 3, 1])
+        v = op("Transpose", [op("Reshape", [v, heads_shape])], perm=[0, 2, 1, 3])
         scores = op("Add", [op("Mul", [op("MatMul", [q, k]), scale]), bias])
         ctx = op("MatMul", [op("Softmax", [scores], axis=-1), v])
         ctx = op("Reshape", [op("Transpose", [ctx], perm=[0, 2, 1, 3]), merged_shape])
-        x = layer_norm(op("Add", [x, dense(ctx, i, "o")]), p + "attention.output.LayerNorm")
-        up = dense(x, i, "up")
-        gelu = op("Mul", [op("Mul", [up, const(f"c.half{i}", np.float32(0.5))]),
-                          op("Add", [op("Erf", [op("Div", [up, const(f"c.sqrt2_{i}", np.float32(math.sqrt(2.0)))])]),
-                                     const(f"c.one_f{i}", np.float32(1.0))])])
-        x = layer_norm(op("Add", [x, dense(gelu, i, "down")]), p + "output.LayerNorm")
+        x = residual_norm(matmul(ctx, w_o, i, "o"), const(p + "o.bias", b_o), x, p + "attention.output.LayerNorm")
+        w_up, b_up = weight(i, "up")
+        gelu = op("BiasGelu", [matmul(x, w_up, i, "up"), const(p + "up.bias", b_up)], domain=MS_DOMAIN)
+        w_down, b_down = weight(i, "down")
+        x = residual_norm(matmul(gelu, w_down, i, "down"), const(p + "down.bias", b_down), x, p + "output.LayerNorm")
         pooled.append(pool(x))
 
     nodes.append(helper.make_node("Identity", [pooled[-1]], ["embeddings"], name="embeddings"))
@@ -166,7 +190,8 @@ def build_graph(weights: Mapping[str, np.ndarray], config: dict, max_seq_length:
          helper.make_tensor_value_info(ALL6, TensorProto.FLOAT, ["batch", hidden * n_layers]), *exposed],
         initializer=inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="polyhead")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+                              producer_name="polyhead")
     model.ir_version = 8  # readable by every onnxruntime this project pins
     return model
 
@@ -185,12 +210,14 @@ def quantize_int8(fp32_path: Path, int8_path: Path, n_layers: int, keep_fp32: tu
     """ONNX Runtime dynamic quantisation: int8 weights per output channel, uint8 activations per batch."""
     import logging
 
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its pre-processing advice
     quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8,
                      op_types_to_quantize=["MatMul"], nodes_to_quantize=int8_nodes(n_layers, keep_fp32),
-                     extra_options={"MatMulConstBOnly": True})
+                     # the fused ops' outputs have no ONNX shape inference: they are float
+                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT})
     return int8_path
 
 
@@ -200,7 +227,11 @@ def write_int8(int8_path: Path, weights: Mapping[str, np.ndarray], config: dict,
     """The INT8 model: the FP32 graph, smoothed (alpha None: not), dynamically quantised."""
     import onnx
 
-    smooth = calibrate_smoothing(weights, config, max_seq_length, vocab_path, alpha) if alpha is not None else None
+    smooth = None
+    if alpha is not None:  # only what is quantised: an FP32 MatMul gains nothing from a rescaling
+        quantised = set(int8_nodes(config["num_hidden_layers"], keep_fp32))
+        smooth = {name: s for name, s in calibrate_smoothing(weights, config, max_seq_length, vocab_path, alpha).items()
+                  if name in quantised}
     source = int8_path.with_name(int8_path.name + ".source.onnx")
     try:
         onnx.save(build_graph(weights, config, max_seq_length, smooth=smooth), str(source))
@@ -325,9 +356,10 @@ def calibrate_smoothing(weights: Mapping[str, np.ndarray], config: dict, max_seq
             x_max[name] = np.maximum(x_max.get(name, m), m)
     scales = {}
     for layer in range(config["num_hidden_layers"]):
-        for projection, key in PROJECTIONS.items():
+        for projection, keys in PROJECTIONS.items():
             name = matmul_node_name(layer, projection)
-            w_max = np.abs(weights[f"encoder.layer.{layer}.{key}.weight"]).max(axis=0)  # [out, in] -> per input
+            w_max = np.max([np.abs(weights[f"encoder.layer.{layer}.{key}.weight"]).max(axis=0)  # [out, in] -> per input
+                            for key in keys], axis=0)
             s = np.power(np.maximum(x_max[f"{name}/input"], 1e-5), alpha) / np.power(np.maximum(w_max, 1e-5), 1 - alpha)
             # On a grid of 1/8 octave: last-bit differences between CPUs' kernels in the calibration pass
             # must not change the INT8 weights, hence the fingerprint, from one build machine to the next.

@@ -69,6 +69,12 @@ class EmbedderSettings(ServiceSettings):
     # Runtime threads (TensorFlow's or ONNX Runtime's); 0 = the runtime's own choice.
     intra_op_threads: int = Field(0, ge=0, description="Intra-op threads of TensorFlow / ONNX Runtime (0 = auto)")
     inter_op_threads: int = Field(0, ge=0, description="Inter-op threads of TensorFlow / ONNX Runtime (0 = auto)")
+    # ONNX Runtime's pool threads spin between ops by default: quickest on an idle machine, but a spinning
+    # thread takes a core from the gRPC loop and from whatever shares the machine (heads, gateway). Off by
+    # default: on 2 busy cores, the INT8 service did 1.6-2.7x the texts/s without spinning (under load, to be
+    # re-measured quietly; BENCHMARKS.md, "profile, under load").
+    onnx_thread_spinning: bool = Field(False, description="Backend onnx: intra-op threads spin while waiting for "
+                                       "work (ONNX Runtime's default; on for a machine the embedder has to itself)")
     # On by default: TensorFlow enables oneDNN by itself only on recent Intel CPUs (BENCHMARKS.md, section 1).
     onednn: bool = Field(True, description="TensorFlow's oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS, applied before "
                          "TensorFlow is imported)")

@@ -3,6 +3,7 @@
     .venv/bin/python -m scripts.bench.backends                     # full run, quiet machine (~25 min on 2 cores)
     .venv/bin/python -m scripts.bench.backends --texts 64 --rounds 1 --repeat 1   # smoke (proves it runs)
     .venv/bin/python -m scripts.bench.backends --no-peer           # without Infinity
+    .venv/bin/python -m scripts.bench.backends --sections 1        # the in-process model only
 
 Sections (BENCHMARKS.md; targets from issue 25):
 1. In-process model, batches of 32 of held-out sentences, length-sorted as the batcher sorts them; each
@@ -165,6 +166,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="in-process: passes over the texts")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-peer", dest="peer", action="store_false", help="leave Infinity out")
+    ap.add_argument("--sections", default="1,2", choices=["1", "1,2"],
+                    help="1: the in-process model only; 1,2: and the services (2 needs 1's figures)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -174,7 +177,8 @@ def main() -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     print(f"# Embedder backends — {machine()}\n")
     print(f"command: .venv/bin/python -m scripts.bench.backends --texts {args.texts} --repeat {args.repeat} "
-          f"--rounds {args.rounds}{'' if args.peer else ' --no-peer'}\n")
+          f"--rounds {args.rounds}{'' if args.peer else ' --no-peer'}"
+          f"{'' if args.sections == '1,2' else ' --sections ' + args.sections}\n")
 
     model = in_process(args.texts, args.repeat, args.rounds)
     tf = model["tf_hub"]
@@ -182,6 +186,8 @@ def main() -> int:
           f"backends alternate, median of {args.rounds})\n")
     print(table(["backend", "texts/s", "x TF"], [[b, v, v / tf] for b, v in model.items()]) + "\n")
     print("target: onnx int8 >= 2x TF\n")
+    if args.sections == "1":
+        return 0
 
     texts = held_out_sentences(args.texts * args.rounds, seed=3)
     served = services(texts, args.rounds, args.peer, log_dir)

@@ -113,6 +113,45 @@ def test_fingerprint_changes_with_the_weights(onnx_servable, tmp_path):
     assert load_onnx_servable(tmp_path / "changed", "fp32").fingerprint != onnx_servable.fingerprint
 
 
+def test_an_older_export_serves_as_itself_and_is_replaced_where_the_embedder_may_export(onnx_model_dir, tmp_path,
+                                                                                         onnx_servable):
+    import shutil
+
+    from embedder.backends import make_backend_servable
+    from embedder.onnx_export import ONNX_EXPORT_VERSION
+    from embedder.settings import EmbedderSettings
+    from tests.e2e.embedder.fixtures import load_onnx_servable
+
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("model.fp32.onnx", "vocab.txt"):
+        shutil.copyfile(onnx_model_dir / name, old / name)
+    meta = json.loads((onnx_model_dir / "polyhead_onnx.json").read_text())
+    (old / "polyhead_onnx.json").write_text(json.dumps({**meta, "onnx_export_version": ONNX_EXPORT_VERSION - 1}))
+    # Not ours to rewrite: it serves, under a fingerprint of its own (not the current export's).
+    assert load_onnx_servable(old, "fp32").fingerprint != onnx_servable.fingerprint
+    upgraded = make_backend_servable(EmbedderSettings(backend="onnx", precision="fp32", onnx_model_dir=old))
+    upgraded.load()
+    assert json.loads((old / "polyhead_onnx.json").read_text())["onnx_export_version"] == ONNX_EXPORT_VERSION
+    assert upgraded.fingerprint == onnx_servable.fingerprint
+
+
+def test_thread_spinning_is_a_setting_that_changes_speed_only(onnx_model_dir, onnx_int8_servable):
+    from embedder.backends import make_backend_servable
+    from embedder.settings import EmbedderSettings
+
+    spinning = make_backend_servable(EmbedderSettings(backend="onnx", precision="int8", onnx_model_dir=onnx_model_dir,
+                                                      export_if_missing=False, onnx_thread_spinning=True))
+    spinning.load()
+    default_options = onnx_int8_servable._session.get_session_options()
+    assert default_options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(RuntimeError):  # not set: ONNX Runtime's default, spinning
+        spinning._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    assert spinning.fingerprint == onnx_int8_servable.fingerprint
+    texts = TEXTS[:8]
+    np.testing.assert_array_equal(spinning.embed(texts).vectors, onnx_int8_servable.embed(texts).vectors)
+
+
 @pytest.mark.needs_shared_datasets
 def test_int8_meets_its_quality_gate_on_held_out_sentences(servable, onnx_int8_servable, shared_datasets):
     """Cosine to the TF export's vectors on test-split sentences (never the fixtures): mean >= 0.995,
