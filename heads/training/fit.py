@@ -14,10 +14,15 @@ What `train_head` does:
    * "mlp" (heads.training.mlp): AdamW-trained networks over `search_grid`, early-stopped on the
      validation metric;
    * "logreg" (heads.training.logreg): scikit-learn's LogisticRegression on the raw embeddings over
-     `logreg_c_grid`, walked from its middle C (on the first feature set only, by default). This is
+     `logreg_c_grid` (C=10 alone by default; a longer grid is walked from its middle C), on the first
+     feature set only by default (`logreg_first_set_only`). This is
      the simple baseline; keeping it unless another candidate validates clearly better keeps the
      trainer from losing to it;
    * "blend" (heads.training.blend): the MLP and logreg averaged in probability.
+   The MLP and the blend skip a set that another given set holds whole (default inside all6; unless
+   `mlp_on_contained_sets`): the MLP on all6 sees the same vector, and the default set's MLP was
+   never the choice on the tuning half.
+   Every candidate records its wall and CPU seconds (`cpu_s`), the final fit too (`selection.final`).
    The validation data: for up to `cv_max_examples` labelled rows, `cv_folds`-fold stratified
    cross-validation over all of them (a given val split joins the folds, `cv_pool_val`): each
    candidate is scored on every row's out-of-fold prediction, far less noisy than one split of a

@@ -35,7 +35,7 @@ class TrainParams(BaseModel):
                     "raw embeddings). The middle value is the default candidate that others must clearly beat "
                     "on the validation data; with several values the family walks the grid from the middle "
                     "(e.g. [1, 3, 10, 30, 100, 300]; 5 more fits per value tried). Default: C=10 alone: the "
-                    "walk was never the choice on the tuning half and cost a fifth of the training time")
+                    "walk was never the choice on the tuning half and cost 3-4x logreg's fits")
     logreg_first_set_only: bool = Field(
         True, description="fit the logreg family on the first of several feature sets only (the baseline's): on "
                           "all6 each fit costs ~6x and the MLP family is the one that gains from it; the blend "
@@ -43,8 +43,7 @@ class TrainParams(BaseModel):
     mlp_on_contained_sets: bool = Field(
         False, description="also fit the mlp family (and the blend) on a feature set that another given set holds "
                            "as a block (default, inside all6): the MLP on the larger set sees the same vector, and "
-                           "the smaller set's MLP or blend was never the choice on the tuning half; skipping it "
-                           "saves a fifth of `feature_set: auto`'s training time")
+                           "the smaller set's MLP or blend was never the choice on the tuning half")
     logreg_max_iter: int = Field(1000, ge=1, description="lbfgs iterations per logreg fit (LogisticRegression max_iter)")
     logreg_tol: float = Field(1e-4, gt=0, description="LogisticRegression tol (scikit-learn's default)")
     head_type: Literal["mlp", "logreg"] = Field("mlp", description="network of the mlp family (logreg here: "
