@@ -17,7 +17,6 @@ own family refits it (the MLP for the median of its folds' best epochs, logreg f
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -25,7 +24,7 @@ import numpy as np
 
 from heads.model import HeadModel
 from heads.training import families as registry
-from heads.training.family_api import Candidate, Final, FinalData, SearchData
+from heads.training.family_api import Candidate, Clock, Final, FinalData, SearchData
 from heads.training.params import TrainParams
 
 
@@ -52,7 +51,9 @@ class BlendFamily:
         return None
 
     def search(self, data: SearchData) -> list[Candidate]:
-        t0 = time.perf_counter()
+        if data.validated and data.contained and not data.p.mlp_on_contained_sets:
+            return []  # as the mlp family: blended on the set holding these vectors instead
+        clock = Clock()
         default_c = registry.get("logreg").default_params(data.p)
         lr, block = _part(data, "logreg", lambda cs: next((c for c in cs if c.params == default_c), cs[0]))
         mlp, _ = _part(data, "mlp", lambda cs: max(cs, key=lambda c: (np.nan_to_num(c.scored.score, nan=-1.0))))
@@ -64,7 +65,7 @@ class BlendFamily:
                   **({} if block is None else {"logreg_on": lr.feature_set, "logreg_columns": [block.start, block.stop]}),
                   **{k: v for k, v in mlp.record.items() if k in ("epochs", "refit_epochs", "fold_epochs")}}
         return [Candidate(self.name, {"mlp": mlp.params, "logreg": lr.params}, data.score(proba), proba,
-                          (mlp, lr, block), time.perf_counter() - t0, record)]
+                          (mlp, lr, block), clock.wall_s(), record, cpu_s=clock.cpu_s())]
 
     def final(self, chosen: Candidate, data: FinalData) -> Final:
         mlp, lr, block = chosen.fitted

@@ -3,6 +3,7 @@ and refits on, the candidates it returns, and the served model it builds."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -38,6 +39,7 @@ class SearchData:
     primary: bool = True  # the first feature set, the default candidate's (a family may search less on others)
     primary_found: list[Candidate] = field(default_factory=list)  # the candidates fitted on the first set
     primary_block: slice | None = None  # the columns of X_fit that are the first set's vectors, if any
+    contained: bool = False  # another set given to the trainer holds these vectors as a block (default in all6)
     earlier: list[Candidate] = field(default_factory=list)  # candidates already fitted on these vectors
 
 
@@ -50,15 +52,31 @@ class Candidate:
     scored: Scored
     val_proba: np.ndarray | None  # [n_sel, C] validation probabilities (before the prior adjustment)
     fitted: Any  # the family's own search fit (the served model when there is no refit)
-    time_s: float
+    time_s: float  # wall-clock seconds of its fit (and scoring)
     record: dict[str, Any] = field(default_factory=dict)  # family-specific facts: epochs, iterations
     feature_set: str | None = None  # set by the trainer: the feature set it was fitted on
+    cpu_s: float = 0.0  # CPU seconds of the same (this process): comparable on a shared machine, wall is not
 
     def entry(self) -> dict[str, Any]:
         """Its line in the selection record (metrics.json `selection.candidates`)."""
         named = {} if self.feature_set is None else {"feature_set": self.feature_set}
         return {"family": self.family, **named, "params": self.params, "val_score": self.scored.score,
-                **self.record, "prior_adjustment": self.scored.prior_adjustment, "time_s": round(self.time_s, 3)}
+                **self.record, "prior_adjustment": self.scored.prior_adjustment, "time_s": round(self.time_s, 3),
+                "cpu_s": round(self.cpu_s, 3)}
+
+
+class Clock:
+    """Wall and CPU seconds since it was made. CPU seconds (time.process_time: every thread of this
+    process) measure a fit's cost on a busy machine, where wall time mostly measures the neighbours."""
+
+    def __init__(self) -> None:
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.wall0
+
+    def cpu_s(self) -> float:
+        return time.process_time() - self.cpu0
 
 
 @dataclass

@@ -14,10 +14,15 @@ What `train_head` does:
    * "mlp" (heads.training.mlp): AdamW-trained networks over `search_grid`, early-stopped on the
      validation metric;
    * "logreg" (heads.training.logreg): scikit-learn's LogisticRegression on the raw embeddings over
-     `logreg_c_grid`, walked from its middle C (on the first feature set only, by default). This is
+     `logreg_c_grid` (C=10 alone by default; a longer grid is walked from its middle C), on the first
+     feature set only by default (`logreg_first_set_only`). This is
      the simple baseline; keeping it unless another candidate validates clearly better keeps the
      trainer from losing to it;
    * "blend" (heads.training.blend): the MLP and logreg averaged in probability.
+   The MLP and the blend skip a set that another given set holds whole (default inside all6; unless
+   `mlp_on_contained_sets`): the MLP on all6 sees the same vector, and the default set's MLP was
+   never the choice on the tuning half.
+   Every candidate records its wall and CPU seconds (`cpu_s`), the final fit too (`selection.final`).
    The validation data: for up to `cv_max_examples` labelled rows, `cv_folds`-fold stratified
    cross-validation over all of them (a given val split joins the folds, `cv_pool_val`): each
    candidate is scored on every row's out-of-fold prediction, far less noisy than one split of a
@@ -52,7 +57,6 @@ fighting over shared cores slowed training down six- to eight-fold on a busy 2-c
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
@@ -62,7 +66,7 @@ from embedder.feature_sets import block_of
 from heads.model import HeadModel
 from heads.training import families as registry
 from heads.training.data import class_weights, log_prior, stratified_folds, stratified_split
-from heads.training.family_api import Candidate, FinalData, Progress, SearchData
+from heads.training.family_api import Candidate, Clock, FinalData, Progress, SearchData
 from heads.training.params import TrainParams
 from heads.training.selection import Scorer, choose, fold_losses
 
@@ -85,6 +89,7 @@ class TrainResult:
     val_proba: np.ndarray | None = None
     selection: dict[str, Any] = field(default_factory=dict)  # metric, source, chosen, why, every candidate's score
     feature_set: str | None = None  # the chosen candidate's feature set (None: X was one unnamed array)
+    train_cpu_s: float = 0.0  # CPU seconds of this process for the whole training (wall: train_time_s)
 
 
 def _blas_threads(n: int | None):
@@ -129,7 +134,7 @@ def _as_sets(X: np.ndarray | Mapping[str, np.ndarray] | None, what: str) -> dict
 
 
 def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progress: Progress | None) -> TrainResult:
-    started = time.perf_counter()
+    clock = Clock()
     sets_train = _as_sets(X_train, "X_train")
     y_train = np.array([str(v) for v in y_train])
     for X in sets_train.values():
@@ -191,7 +196,8 @@ def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progr
         X_sel = X[rows_sel] if rows_sel is not None and len(rows_sel) else None
         data = SearchData(p, seed, C, X[rows_fit], y_fit, X_sel, y_sel, folds, validated, fit_class_w, scorer,
                           progress=progress, feature_set=set_name, primary=set_name == first_set,
-                          primary_found=list(candidates), primary_block=block_of(set_name, first_set))
+                          primary_found=list(candidates), primary_block=block_of(set_name, first_set),
+                          contained=any(_holds(X_all[other], other, X, set_name) for other in X_all if other != set_name))
         found: list[Candidate] = []
         for name in (p.families if validated else p.families[:1]):  # without validation nothing to compare on
             for c in registry.get(name).search(replace(data, first_index=len(candidates) + len(found),
@@ -224,22 +230,31 @@ def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progr
     # -- the final model: the chosen family's, refitted on all the data or its search fit ----------
     refit = p.refit and validated
     n_fit, prior = (len(y_all), log_prior(y_all, C)) if refit else (len(y_fit), log_prior_fit)
+    final_clock = Clock()
     final = registry.get(best.family).final(best, FinalData(p, seed, C, labels, X_all[best.feature_set], y_all,
                                                             refit, fit_class_w, tau * prior, progress))
     chosen = {"family": best.family, **named, **best.params, **final.meta, "prior_adjustment": tau}
-    elapsed = time.perf_counter() - started
+    selection["final"] = {"refit": refit, "time_s": round(final_clock.wall_s(), 3), "cpu_s": round(final_clock.cpu_s(), 3)}
+    elapsed, cpu = clock.wall_s(), clock.cpu_s()
     meta = {"trainer": "heads.training.fit", "seed": seed, "chosen": chosen, "epochs": final.meta.get("epochs", 0),
             "prior_adjustment": tau, "val_score": val_score, "val_metric": p.selection_metric,
             "val_source": val_source, "n_fit": n_fit, "train_time_s": round(elapsed, 3),
+            "train_cpu_s": round(cpu, 3),
             "selection": selection, "params": final.params.model_dump(exclude={"search_grid"})}
     if best.feature_set is not None:
         meta["feature_set"] = best.feature_set
     model = final.build(meta)
     return TrainResult(model=model, params=final.params, chosen=chosen, val_score=val_score,
-                       val_metric=p.selection_metric, train_time_s=time.perf_counter() - started, search=search,
+                       val_metric=p.selection_metric, train_time_s=clock.wall_s(), search=search,
                        n_train=len(yi), n_val=len(y_sel) if validated else 0, val_source=val_source,
                        selection=selection, val_proba=_adjusted(best.val_proba, tau * log_prior_fit),
-                       feature_set=best.feature_set)
+                       feature_set=best.feature_set, train_cpu_s=clock.cpu_s())
+
+
+def _holds(outer: np.ndarray, outer_name: str | None, inner: np.ndarray, inner_name: str | None) -> bool:
+    """Whether set `outer_name`'s vectors hold set `inner_name`'s as a block of columns (default in all6)."""
+    block = block_of(outer_name, inner_name) if outer_name and inner_name else None
+    return block is not None and block.stop <= outer.shape[1] and block.stop - block.start == inner.shape[1]
 
 
 def _why(best: Candidate, base: Candidate, folds: np.ndarray | None, p: TrainParams, alternatives: int) -> str:

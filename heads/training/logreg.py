@@ -25,7 +25,6 @@ exactly LogisticRegression(C=10) fitted on train + val).
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from heads.model import HeadModel, softmax
-from heads.training.family_api import Candidate, Final, FinalData, SearchData
+from heads.training.family_api import Candidate, Clock, Final, FinalData, SearchData
 from heads.training.params import TrainParams
 
 _ABSENT_BIAS = -30.0  # logit offset of a class the fit never saw (exp(-30) ~ 1e-13)
@@ -129,7 +128,7 @@ class LogregFamily:
         tried: dict[int, Candidate] = {}
 
         def try_c(j: int, init: list[LogregFit] | None) -> tuple[list[LogregFit], float]:
-            t0 = time.perf_counter()
+            clock = Clock()
             # A warm start sits within scikit-learn's default tol of its neighbour's optimum (a change of C
             # moves the gradient by ~|W| / (C N)), so it would stop at once: neighbours are solved with a
             # tighter tol, within as many iterations as the cold-started default needed (a time budget).
@@ -146,8 +145,8 @@ class LogregFamily:
             scored = data.score(proba)
             if data.progress:
                 data.progress({"stage": "search", "family": "logreg", "C": Cs[j], "val_score": scored.score})
-            tried[j] = Candidate(self.name, {"C": Cs[j]}, scored, proba, fits, time.perf_counter() - t0,
-                                 {"iterations": max(f.n_iter for f in fits)})
+            tried[j] = Candidate(self.name, {"C": Cs[j]}, scored, proba, fits, clock.wall_s(),
+                                 {"iterations": max(f.n_iter for f in fits)}, cpu_s=clock.cpu_s())
             return fits, scored.score
 
         middle_j = Cs.index(middle(Cs))

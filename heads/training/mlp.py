@@ -17,7 +17,6 @@ stopping): not the "logreg" family (scikit-learn's estimator, heads.training.log
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +25,7 @@ import numpy as np
 from heads.model import HeadModel, gelu, softmax
 from heads.training.data import class_weights
 from heads.training.evaluation import confusion_matrix, score_confusion
-from heads.training.family_api import Candidate, Final, FinalData, Progress, SearchData
+from heads.training.family_api import Candidate, Clock, Final, FinalData, Progress, SearchData
 from heads.training.params import TrainParams
 
 _TINY = np.float32(1e-15)
@@ -84,6 +83,12 @@ class _Net:
         self.decay = {"W1", "W2", "Ws"}
         self.m = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.v = {k: np.zeros_like(v) for k, v in self.params.items()}
+        # Scratch arrays reused by every step: allocating (and page-faulting) a fresh [D, K*H] array for
+        # each gradient and AdamW temporary cost about as much as the matmuls on all6's 2,304 dims.
+        self._grad = {k: np.empty_like(v) for k, v in self.params.items()}
+        self._tmp = {k: np.empty_like(v) for k, v in self.params.items()}
+        self._tmp2 = {k: np.empty_like(v) for k, v in self.params.items()}
+        self._mask = {k: np.empty(v.shape, bool) for k, v in self.params.items()}
         self.t = 0
         self.lr = p.resolved_lr()
         self.lr_scale = 1.0
@@ -164,36 +169,41 @@ class _Net:
         g -= target[None]
         g *= (sw / f32(B))[:, :, None]  # d(mean weighted CE)/dz, per member
         if self.mlp:
-            grads["W2"] = np.matmul(h3.transpose(0, 2, 1), g)
-            grads["b2"] = g.sum(axis=1)
+            grads["W2"] = np.matmul(h3.transpose(0, 2, 1), g, out=self._grad["W2"])
+            grads["b2"] = np.sum(g, axis=1, out=self._grad["b2"])
             if self.skip:
-                grads["Ws"] = xb.T @ g.transpose(1, 0, 2).reshape(B, K * C)
+                grads["Ws"] = np.matmul(xb.T, g.transpose(1, 0, 2).reshape(B, K * C), out=self._grad["Ws"])
             dh = np.matmul(g, P["W2"].transpose(0, 2, 1)).transpose(1, 0, 2).reshape(B, K * H)
             if mask is not None:
                 dh *= mask
             da = dh * self._act_grad(a)
         else:
             da = g.transpose(1, 0, 2).reshape(B, K * C)
-        grads["W1"] = xb.T @ da
-        grads["b1"] = da.sum(axis=0)
-        for g_ in grads.values():  # squares of tiny gradients would be subnormal, which makes numpy crawl
-            g_[np.abs(g_) < _TINY] = 0
+        grads["W1"] = np.matmul(xb.T, da, out=self._grad["W1"])
+        grads["b1"] = np.sum(da, axis=0, out=self._grad["b1"])
+        for k, g_ in grads.items():  # squares of tiny gradients would be subnormal, which makes numpy crawl
+            tiny = np.less(np.abs(g_, out=self._tmp[k]), _TINY, out=self._mask[k])
+            np.copyto(g_, 0, where=tiny)
         self._adamw(grads, p)
 
     def _adamw(self, grads: dict[str, np.ndarray], p: TrainParams, b1: float = 0.9, b2: float = 0.999,
                eps: float = 1e-8) -> None:
+        """Decoupled weight decay, then Adam; in place, in the scratch arrays (the same arithmetic, in the
+        same order, as the plain expressions in the comments, so the results are bit-identical)."""
         self.t += 1
         lr = self.lr * self.lr_scale
         lr_t = lr * math.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t)
         for k, g in grads.items():
-            w, m, v = self.params[k], self.m[k], self.v[k]
+            w, m, v, tmp, tmp2 = self.params[k], self.m[k], self.v[k], self._tmp[k], self._tmp2[k]
             if k in self.decay and p.weight_decay > 0:
                 w *= np.float32(1 - lr * p.weight_decay)
-            m *= np.float32(b1)
-            m += np.float32(1 - b1) * g
-            v *= np.float32(b2)
-            v += np.float32(1 - b2) * (g * g)
-            w -= np.float32(lr_t) * m / (np.sqrt(v) + np.float32(eps))
+            m *= np.float32(b1)  # m = b1 m + (1 - b1) g
+            m += np.multiply(np.float32(1 - b1), g, out=tmp)
+            v *= np.float32(b2)  # v = b2 v + (1 - b2) g^2
+            v += np.multiply(np.float32(1 - b2), np.multiply(g, g, out=tmp), out=tmp)
+            # w -= lr_t m / (sqrt(v) + eps)
+            np.add(np.sqrt(v, out=tmp2), np.float32(eps), out=tmp2)
+            w -= np.divide(np.multiply(np.float32(lr_t), m, out=tmp), tmp2, out=tmp)
 
     def flush_tiny(self) -> None:
         """Zero Adam moments decaying towards the subnormal range (dead units' moments decay forever)."""
@@ -345,6 +355,8 @@ class MlpFamily:
 
     def search(self, data: SearchData) -> list[Candidate]:
         p = data.p
+        if data.validated and data.contained and not p.mlp_on_contained_sets:
+            return []  # the MLP on the set holding these vectors is fitted instead
         mean, scale = scaler(data.X_fit, p.input_scaling)
         Z_fit = ((data.X_fit - mean) * scale).astype(np.float32)
         Z_sel = ((data.X_sel - mean) * scale).astype(np.float32) if data.X_sel is not None else None
@@ -352,15 +364,16 @@ class MlpFamily:
         K = p.cv_folds if data.folds is not None else (1 if p.refit else p.n_ensemble)
         out = []
         for j, overrides in enumerate(grid):
-            t0 = time.perf_counter()
+            clock = Clock()
             result = fit(p.model_copy(update=overrides), Z_fit, data.y_fit, data.n_classes, K=K, seed=data.seed,
                          epochs=p.epochs_max, X_val=Z_sel, y_val=data.y_sel if Z_sel is not None else None,
                          folds=data.folds,
                          progress=_tagged(data.progress, "search", data.first_index + j, len(grid), overrides))
             out.append(Candidate(self.name, dict(overrides), data.score(result.val_proba), result.val_proba,
-                                 _SearchFit(result, mean, scale), time.perf_counter() - t0,
+                                 _SearchFit(result, mean, scale), clock.wall_s(),
                                  {"epochs": result.epochs, "refit_epochs": result.refit_epochs(),
-                                  **({"fold_epochs": result.fold_epochs} if result.fold_epochs else {})}))
+                                  **({"fold_epochs": result.fold_epochs} if result.fold_epochs else {})},
+                                 cpu_s=clock.cpu_s()))
         return out
 
     def final(self, chosen: Candidate, data: FinalData) -> Final:

@@ -7,6 +7,8 @@
     .venv/bin/python -m scripts.bench.heads --half tuning      # the half defaults may be chosen on
     .venv/bin/python -m scripts.bench.heads --feature-set default   # ours on the 384-d vector only
     .venv/bin/python -m scripts.bench.heads --target 127.0.0.1:50051   # embed misses via the service
+    .venv/bin/python -m scripts.bench.heads emotion --limit 8000 --seeds 1   # the 10,000-text training time
+    .venv/bin/python -m scripts.bench.heads sst2 --feature-set all6 --float16-all6   # float16 all6 parity
 
 Embeddings (frozen all-MiniLM-L6-v2, both feature sets) come from the cache
 scripts/dev/embed_datasets.py writes (/tmp/polyhead-embeddings by default, `--cache-dir`); missing
@@ -17,6 +19,9 @@ LogisticRegression(C=10) (a benchmark-only dependency) on the default 384-d vect
 train + val: exactly the rows our refit sees; "LR all6" is the same on the all6 vectors (the gain
 of the richer set alone). Both are deterministic (L-BFGS from zero), so they are fitted once; ours
 is the mean ± std over seeds 0..N-1. Rows are grouped by half (TUNING, HELD_OUT below).
+
+"ours train s" is wall time, "ours train CPU s" the training's CPU seconds (what a busy machine
+inflates least); stderr lists each candidate's CPU seconds and the final fit's.
 
 Exit status 1 (and a FAIL line) when our mean test accuracy is below the baseline's on any
 dataset: the trainer must never lose to the simple baseline.
@@ -100,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None,
                         help="use a seeded random subset of this many train rows (e.g. emotion --limit 8000: "
                              "8,000 train + 2,000 val = a 10,000-text head, for the training-time target)")
+    parser.add_argument("--float16-all6", action="store_true",
+                        help="round the all6 vectors to float16 (train, val, test; ours and LR all6): the head "
+                             "accuracy parity check for storing and sending that set as float16")
     parser.add_argument("--no-lr-all6", action="store_true", help="skip the LogisticRegression(C=10) all6 column")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     parser.add_argument("--datasets-root", type=Path, default=DATASETS_ROOT)
@@ -140,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             X_tr, y_tr = X_tr[keep], [y_tr[i] for i in keep]
             for vectors in by_set.values():
                 vectors["train"] = vectors["train"][keep]
-        accs, f1s, times, results = [], [], [], []
+        if args.float16_all6:  # what the embedder's float16 storage and wire would hand the trainer and the head
+            by_set[ALL6] = {split: X.astype(np.float16).astype(np.float32) for split, X in by_set[ALL6].items()}
+        accs, f1s, times, cpus, results = [], [], [], [], []
         for seed in range(args.seeds):
             result = train_head({f: by_set[f]["train"] for f in sets}, y_tr,
                                 {f: by_set[f]["val"] for f in sets} if X_va is not None else None, y_va,
@@ -149,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             accs.append(ours["accuracy"])
             f1s.append(ours["f1_weighted"])
             times.append(result.train_time_s)
+            cpus.append(result.train_cpu_s)
             results.append(result)
         X_all = X_tr if X_va is None else np.concatenate([X_tr, X_va])
         y_all = y_tr if y_va is None else y_tr + y_va
@@ -163,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         if delta < -1e-9:  # tolerance for float rounding of the mean only: one test example is >= 1e-5
             losses.append(f"FAIL {name}: ours mean accuracy {np.mean(accs):.4f} < LogisticRegression(C=10) {b_acc:.4f}")
         rows.append([half_of(name), name, len(y_tr), "" if y_va is None else len(y_va), len(set(y_all)), fmt(accs),
-                     fmt(f1s), chosen_families(results), f"{np.mean(times):.1f}", f"{b_acc:.4f}", f"{b_f1:.4f}",
+                     fmt(f1s), chosen_families(results), f"{np.mean(times):.1f}", f"{np.mean(cpus):.1f}", f"{b_acc:.4f}", f"{b_f1:.4f}",
                      f"{b_time:.1f}", f"{delta:+.4f}", f"{np.mean(f1s) - b_f1:+.4f}", all6_gain,
                      "ok" if delta >= -1e-9 else "**BELOW**"])
         if name in FLOORS:
@@ -173,12 +184,14 @@ def main(argv: list[str] | None = None) -> int:
             verdicts.append(f"- {name}: {metric} {fmt(values)} (worst seed {worst:.4f}) vs floor {floor}: "
                             f"{'beats' if worst > floor else 'MISSES'}")
         chosen = results[0].chosen
-        print(f"  {name}: acc {fmt(accs)} wF1 {fmt(f1s)} in {np.mean(times):.1f}s; LR acc {b_acc:.4f} "
+        print(f"  {name}: acc {fmt(accs)} wF1 {fmt(f1s)} in {np.mean(times):.1f}s ({np.mean(cpus):.1f} CPU s); LR acc {b_acc:.4f} "
               f"LR all6 Δ {all6_gain} (seed 0 chose {chosen}; {results[0].selection.get('why')}; cross-validated: "
-              + ", ".join(f"{c['family']}/{c.get('feature_set')} {c['val_score']:.4f}"
-                          for c in results[0].selection["candidates"]) + ")",
+              + ", ".join(f"{c['family']}/{c.get('feature_set')} {c['params']} {c['val_score']:.4f} "
+                          f"({c.get('cpu_s', 0):.1f} CPU s)" for c in results[0].selection["candidates"])
+              + f"; final fit {results[0].selection.get('final', {}).get('cpu_s', 0):.1f} CPU s)",
               file=sys.stderr, flush=True)
     print(table(["half", "dataset", "n train", "n val", "classes", "ours acc", "ours wF1", "chosen", "ours train s",
+                 "ours train CPU s",
                  "LR acc", "LR wF1", "LR train s", "acc Δ", "wF1 Δ", "LR all6 acc Δ", "vs LR"], rows))
     print()
     for half in ("tuning", "held-out", "other"):

@@ -54,9 +54,9 @@ def test_on_all6_the_blend_reads_the_default_logreg_from_its_block_without_refit
     p = TrainParams(families=["logreg", "blend"], logreg_c_grid=[10.0], epochs_max=20, selection_alpha=0.05)
     result = train_head({"default": default, "all6": all6}, y, params=p, seed=0)
     sel = result.selection
-    assert [(c["family"], c["feature_set"]) for c in sel["candidates"]] == [
-        ("logreg", "default"), ("blend", "default"), ("blend", "all6")]  # no logreg fitted on all6
-    blend6 = sel["candidates"][2]
+    # no logreg fitted on all6, no blend on default (all6 holds it: mlp_on_contained_sets)
+    assert [(c["family"], c["feature_set"]) for c in sel["candidates"]] == [("logreg", "default"), ("blend", "all6")]
+    blend6 = sel["candidates"][1]
     assert blend6["logreg_on"] == "default" and blend6["logreg_columns"] == [1920, 2304]
     assert (sel["chosen"]["family"], result.feature_set) == ("blend", "all6")
     model = result.model

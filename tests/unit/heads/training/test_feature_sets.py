@@ -50,6 +50,24 @@ def test_a_given_val_split_joins_the_folds_unless_told_otherwise():
     assert given.val_source == "given" and given.n_val == 200
 
 
+def _nested(n: int, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """{"default": [n, 384], "all6": [n, 2304]} with the default vector as all6's last block, as the encoder's."""
+    X, y = linear_problem(n, dim=16, sample_seed=seed)
+    default = np.concatenate([X, _noise(n, 368, seed + 5)], axis=1)
+    return {"default": default, "all6": np.concatenate([_noise(n, 1920, seed + 9), default], axis=1)}, y
+
+
+def test_the_mlp_and_blend_are_fitted_on_the_containing_set_only_unless_asked():
+    sets, y = _nested(300)
+    p = P.model_copy(update={"epochs_max": 2})
+    fitted = [(c["family"], c["feature_set"]) for c in train_head(sets, y, params=p, seed=0).selection["candidates"]]
+    assert fitted == [("logreg", "default"), ("mlp", "all6"), ("blend", "all6")]
+    both = train_head(sets, y, params=p.model_copy(update={"mlp_on_contained_sets": True}), seed=0)
+    assert [(c["family"], c["feature_set"]) for c in both.selection["candidates"]] == [
+        ("mlp", "default"), ("logreg", "default"), ("blend", "default"), ("mlp", "all6"), ("blend", "all6")]
+    # sets that do not contain one another keep every family on each (the test above: 16-d "all6")
+
+
 def test_mismatched_feature_sets_fail_clearly():
     X, y = linear_problem(100, dim=8)
     with pytest.raises(ValueError, match="feature sets"):

@@ -118,8 +118,22 @@ def test_selection_is_deterministic_per_seed():
     X, y = linear_problem(150)
     first = train_head(X, y, params=FAST, seed=5)
     second = train_head(X, y, params=FAST, seed=5)
-    strip = [{k: v for k, v in c.items() if k != "time_s"} for c in first.selection["candidates"]]
-    assert strip == [{k: v for k, v in c.items() if k != "time_s"} for c in second.selection["candidates"]]
+    clocks = ("time_s", "cpu_s")
+    strip = [{k: v for k, v in c.items() if k not in clocks} for c in first.selection["candidates"]]
+    assert strip == [{k: v for k, v in c.items() if k not in clocks} for c in second.selection["candidates"]]
     assert first.model.head_type == second.model.head_type
     for name in first.model.weights:
         assert np.array_equal(first.model.weights[name], second.model.weights[name]), name
+
+
+def test_every_candidate_and_the_final_fit_record_their_cpu_seconds():
+    X, y = linear_problem(300)
+    result = train_head(X, y, params=FAST.model_copy(update={"families": ["mlp", "logreg", "blend"],
+                                                          "logreg_c_grid": [10.0]}), seed=0)
+    sel = result.selection
+    assert [c["family"] for c in sel["candidates"]] == ["mlp", "logreg", "blend"]
+    assert all(c["cpu_s"] >= 0 and c["time_s"] >= 0 for c in sel["candidates"])
+    assert sel["candidates"][0]["cpu_s"] > 0  # the MLP's fit is real work, not a constant
+    assert sel["final"]["refit"] is True and sel["final"]["cpu_s"] > 0
+    searched = sum(c["cpu_s"] for c in sel["candidates"]) + sel["final"]["cpu_s"]
+    assert searched <= result.train_cpu_s + 1e-3 and result.model.meta["train_cpu_s"] >= round(searched, 3) - 5e-3

@@ -34,6 +34,32 @@ def test_served_model_matches_the_training_network(overrides):
     np.testing.assert_allclose(model.predict_proba(X), expected, atol=2e-6)
 
 
+def test_in_place_adamw_is_bit_identical_to_the_plain_update():
+    """The scratch-array AdamW (no temporaries) computes exactly the textbook expressions, step after step."""
+    from heads.training.mlp import _Net
+
+    p = TrainParams(lr=1e-2, weight_decay=0.05)
+    rng = np.random.default_rng(0)
+    net = _Net(p, 24, 3, 2, np.random.default_rng(1))
+    ref = {k: v.copy() for k, v in net.params.items()}
+    m = {k: np.zeros_like(v) for k, v in ref.items()}
+    v2 = {k: np.zeros_like(v) for k, v in ref.items()}
+    b1, b2, eps, f32 = 0.9, 0.999, 1e-8, np.float32
+    for t in range(1, 4):
+        grads = {k: rng.normal(size=w.shape).astype(f32) for k, w in ref.items()}
+        lr = net.lr * net.lr_scale
+        lr_t = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        for k, g in grads.items():
+            if k in net.decay:
+                ref[k] *= f32(1 - lr * p.weight_decay)
+            m[k] = f32(b1) * m[k] + f32(1 - b1) * g
+            v2[k] = f32(b2) * v2[k] + f32(1 - b2) * (g * g)
+            ref[k] -= f32(lr_t) * m[k] / (np.sqrt(v2[k]) + f32(eps))
+        net._adamw({k: g.copy() for k, g in grads.items()}, p)
+        for k in ref:
+            assert np.array_equal(net.params[k], ref[k]), (t, k)
+
+
 def test_cross_validation_records_each_folds_best_epoch_and_refits_for_their_median():
     from heads.training.data import stratified_folds
 
