@@ -106,7 +106,7 @@ def test_drills_shuffled_challenger_guard_and_load(drill):
                   f"shuffled {fb['challenger_accuracy']} on {fb['paired']} texts, McNemar p={fb['mcnemar_p']:.2g}")
 
             # (d) promote and roll back by hand under concurrent load: no request fails
-            failures, done = [], threading.Event()
+            failures, answered, done = [], [], threading.Event()
 
             def load():
                 with httpx.Client(timeout=30) as client:
@@ -116,6 +116,7 @@ def test_drills_shuffled_challenger_guard_and_load(drill):
                                         json={"text": d["stream"][i % len(d["stream"])][0]})
                         if r.status_code != 200:
                             failures.append(r.status_code)
+                        answered.append(r.status_code)
                         i += 1
 
             threads = [threading.Thread(target=load) for _ in range(4)]
@@ -136,6 +137,8 @@ def test_drills_shuffled_challenger_guard_and_load(drill):
                 for t in threads:
                     t.join()
             assert failures == [] and served == {d["champion"], d["challenger"]}
+            print(f"drill (d): 3 promotions and 3 rollbacks under 4 concurrent clients: {len(answered)} predicts, "
+                  f"{len(failures)} failed")
             assert roles.read_state(d["models"], "banking").champion == d["champion"]
 
             # (c) promote the shuffled model by hand; with feedback coming in, the guard rolls it back by itself
