@@ -43,6 +43,10 @@ def assert_clean(result: subprocess.CompletedProcess) -> None:
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-12000:]
     assert "No issues found" in out or "passed" in out, out[-4000:]
+    # schemathesis's summary (operations, test cases, checks): `pytest -s` shows what the run covered
+    print("\n" + "\n".join(line for line in out.splitlines()
+                            if any(w in line for w in ("test cases", "Test cases", "operations", "Operations",
+                                                       "checks", "No issues found")))[-2000:])
 
 
 def test_gateway_openapi_fuzz(stack, tmp_path):  # noqa: F811
