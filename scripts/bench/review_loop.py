@@ -41,6 +41,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -82,9 +83,15 @@ def wait_http(url: str, timeout_s: float = 60) -> None:
     raise TimeoutError(f"{url} did not answer 200 in {timeout_s} s")
 
 
+# As `polyhead up` does: one admin token for the heads and the gateway (the review queue's vector strategies
+# read the served version's training centroids from the head's admin-only GET /drift/centroids).
+ADMIN_TOKEN = secrets.token_urlsafe(24)
+
+
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "POLYHEAD_HEAD_ADMIN_TOKEN": ADMIN_TOKEN, "POLYHEAD_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
     return subprocess.Popen([sys.executable, "-m", "cli", *cmd], cwd=ROOT, stdout=open(log, "ab"),
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, env=env)
 
 
 def stop(proc: subprocess.Popen) -> None:
