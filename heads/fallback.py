@@ -38,7 +38,10 @@ class EmbeddingFallback:
     def remember(self, fingerprint: str, texts: list[str], vectors: np.ndarray) -> None:
         if self._recent is not None:
             for text, vector in zip(texts, vectors):
-                self._recent[(fingerprint, text)] = vector
+                # A copy of the row: the batch is a view of the whole gRPC response (np.frombuffer), and a
+                # row view kept here would pin all of it until the entry is evicted (the soak's packed
+                # head grew ~190 MiB that way: 2,048 entries x 20 heads, each holding a response).
+                self._recent[(fingerprint, text)] = np.array(vector, dtype=np.float32, copy=True)
 
     async def lookup(self, fingerprint: str, texts: list[str]) -> FallbackHit | None:
         """Vectors for every text, or None when any one is unknown."""

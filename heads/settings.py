@@ -40,8 +40,9 @@ class HeadSettings(HttpServiceSettings):
     models_dir: Path = Field(DEFAULT_MODELS_DIR, description="Where versioned artifacts live")
     embedder_target: str = Field(DEFAULT_EMBEDDER_TARGET, description="Embedder gRPC address (dns:///name:port balances)")
     embedder_timeout_s: float = Field(5.0, gt=0, description="Per-call deadline towards the embedder")
-    embed_fallback_entries: int = Field(2048, ge=0, description="Recently embedded texts kept (~1.5 KiB each) to "
-                                        "answer them while no embedder answers; 0 = off")
+    embed_fallback_entries: int = Field(2048, ge=0, description="Recently embedded texts kept per head "
+                                        "(1.5 KiB each on the default feature set, 9 KiB on all6) to answer them "
+                                        "while no embedder answers; 0 = off")
     l2_cache_url: str | None = Field(None, description="The embedders' shared L2 cache (Redis URL), read while no "
                                      "embedder answers; unset = recent texts only")
     l2_cache_key_prefix: str = Field(L2_KEY_PREFIX, description="The embedders' l2_cache_key_prefix")

@@ -23,6 +23,17 @@ async def test_recent_texts_answer_all_or_nothing_per_fingerprint():
     assert await fallback.lookup("fp2", ["a"]) is None  # another encoder's vectors are never used
 
 
+async def test_a_remembered_vector_does_not_pin_the_response_it_came_from():
+    # As the embedder client hands them over: rows of one np.frombuffer view over the whole response.
+    response = _vectors(64).tobytes()
+    vectors = np.frombuffer(response, dtype="<f4").reshape(64, 4)
+    fallback = EmbeddingFallback(max_entries=8)
+    fallback.remember("fp", ["a"], vectors[:1])
+    kept = fallback._recent[("fp", "a")]
+    assert kept.base is None and kept.nbytes == 4 * 4  # its own 16 bytes, not a view of 1 KiB
+    assert np.array_equal(kept, vectors[0])
+
+
 async def test_recent_texts_are_bounded_and_zero_disables():
     fallback = EmbeddingFallback(max_entries=2)
     fallback.remember("fp", ["a", "b", "c"], _vectors(3))
