@@ -24,6 +24,7 @@ from scripts.dev.embed_datasets import (DATASETS_ROOT, DEFAULT_CACHE_DIR, all_da
                             load_split, make_encoder)
 
 from heads.training.evaluation import evaluate
+from embedder.feature_sets import KNOWN
 from heads.training.fit import train_head
 from heads.training.params import TrainParams
 
@@ -36,14 +37,23 @@ class OnnxEncoder:
     def __init__(self, precision: str = "int8", batch_size: int = 64):
         self.precision, self.batch_size, self._servable = precision, batch_size, None
 
-    def __call__(self, texts):
+    def _load(self):
         if self._servable is None:
             from embedder.backends import make_backend_servable
             from embedder.settings import EmbedderSettings
 
             self._servable = make_backend_servable(EmbedderSettings(backend="onnx", precision=self.precision))
             self._servable.load()
-        return embed_sorted(lambda b: self._servable.embed(b).vectors, texts, self.batch_size)
+        return self._servable
+
+    def __call__(self, texts):
+        return embed_sorted(lambda b: self._load().embed(b).vectors, texts, self.batch_size)
+
+    def features(self, texts) -> dict[str, np.ndarray]:
+        """Every known feature set, as load_split caches them (a miss fills them all)."""
+        servable = self._load()
+        return {name: embed_sorted(lambda b, n=name: servable.embed(b, n).vectors, texts, self.batch_size)
+                for name in KNOWN}
 
 
 def accuracies(name: str, encoder, cache_dir: Path, datasets_root: Path, seeds: int) -> list[float]:
