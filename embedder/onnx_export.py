@@ -305,9 +305,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
 
 # Calibration for SmoothQuant's per-channel activation ranges: varied everyday sentences written for this
 # purpose (never the datasets the gate is measured on). BERT's outlier channels are the same for every
@@ -366,3 +363,7 @@ def calibrate_smoothing(weights: Mapping[str, np.ndarray], config: dict, max_seq
             s = np.exp2(np.round(np.log2(np.clip(s, 1e-2, 1e2)) * 8) / 8)
             scales[name] = s.astype(np.float32)
     return scales
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
