@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cli.processes import terminate
+
 
 @dataclass
 class RetrainSchedule:
@@ -86,9 +88,4 @@ class RetrainSchedule:
 
     def stop(self, timeout_s: float = 10) -> None:
         if self.running():
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            terminate(self.proc, timeout_s)

@@ -22,6 +22,7 @@ import yaml
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from cli.processes import terminate
 from cli.retrain_schedule import RetrainSchedule
 from polyhead.settings import (
     DEFAULT_EMBEDDER_METRICS_PORT,
@@ -100,14 +101,8 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout_s: float = 10) -> None:
-        if not self.alive():
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.alive():
+            terminate(self.proc, timeout_s)
 
 
 def _cli(*args: str) -> list[str]:

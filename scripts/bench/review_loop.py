@@ -56,6 +56,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from cli.processes import terminate  # noqa: E402
 from embedder.client import EmbedderClient  # noqa: E402
 from heads.artifacts import load_artifact  # noqa: E402
 from heads.config import load_head_config  # noqa: E402
@@ -94,12 +95,6 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, env=env)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 class Dataset:
@@ -314,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         client.close()
     finally:
         for proc in reversed(procs):
-            stop(proc)
+            terminate(proc, 15)
     print_table(results, args.rounds)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
