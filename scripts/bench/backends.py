@@ -30,7 +30,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from scripts.bench.common import ROOT, free_port, machine, start_embedder, stop, table
+from scripts.bench.common import ROOT, free_port, machine, round_workloads, start_embedder, stop, table
 from scripts.bench.embedder import run_clients
 from scripts.bench.choose_int8_matmuls import held_out_sentences
 
@@ -138,13 +138,8 @@ async def run_http_clients(url: str, requests: list[list[str]], concurrency: int
 def services(texts: list[str], rounds: int, peer: bool, log_dir: Path) -> dict[str, tuple[float, float]]:
     """(single-text texts/s, requests-of-32 texts/s) per server, servers alternating, new texts each round."""
     servers = [*BACKENDS, *(["Infinity (torch)"] if peer else [])]
-    per_round = len(texts) // rounds
     results: dict[str, list[tuple[float, float]]] = {s: [] for s in servers}
-    for r in range(rounds):
-        part = texts[r * per_round:(r + 1) * per_round]
-        half = per_round // 2
-        singles = [[t] for t in part[:half]]
-        batches = [part[half + i:half + i + 32] for i in range(0, per_round - half, 32)]
+    for singles, batches in round_workloads(texts, rounds):
         for server in servers:
             if server in BACKENDS:
                 proc, target = start_embedder(*BACKENDS[server], log=log_dir / "embedder.log")

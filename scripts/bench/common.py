@@ -317,3 +317,15 @@ def mem_detail(pid: int) -> dict[str, int]:
     return {"rss": fields.get("Rss", 0), "pss": fields.get("Pss", 0),
             "uss": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0),
             "shared": fields.get("Shared_Clean", 0) + fields.get("Shared_Dirty", 0)}
+
+
+def round_workloads(texts: list[str], rounds: int) -> list[tuple[list[list[str]], list[list[str]]]]:
+    """Per round, new texts: (single-text requests, requests of 32), half the round's texts each."""
+    per_round = len(texts) // rounds
+    out = []
+    for r in range(rounds):
+        part = texts[r * per_round:(r + 1) * per_round]
+        half = per_round // 2
+        out.append(([[t] for t in part[:half]],
+                    [part[half + i:half + i + 32] for i in range(0, per_round - half, 32)]))
+    return out

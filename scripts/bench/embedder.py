@@ -22,7 +22,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-from scripts.bench.common import WORDS, machine, pct, real_sentences, start_embedder, stop, table
+from scripts.bench.common import WORDS, machine, pct, real_sentences, round_workloads, start_embedder, stop, table
 
 from embedder.client import AsyncEmbedderClient, EmbedderClient
 
@@ -93,13 +93,8 @@ POLICIES = {  # (batch_window, split_overhead_chars)
 def batching_policies(texts: list[str], rounds: int = 2) -> dict[str, tuple[float, float]]:
     """Service texts/s (singles, batches of 32; 16 clients, cache bypassed) per batching policy,
     one fresh server per measurement, the policies alternating in rounds; each round new texts."""
-    per_round = len(texts) // rounds
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in POLICIES}
-    for r in range(rounds):
-        part = texts[r * per_round:(r + 1) * per_round]
-        half = per_round // 2
-        singles = [[t] for t in part[:half]]
-        batches = [part[half + i:half + i + 32] for i in range(0, per_round - half, 32)]
+    for singles, batches in round_workloads(texts, rounds):
         for name, (window, split) in POLICIES.items():
             proc, target = start_embedder("--batch-window", str(window), "--split-overhead-chars", str(split))
             try:
