@@ -53,25 +53,15 @@ import httpx
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from cli.processes import terminate  # noqa: E402
-from embedder.client import EmbedderClient  # noqa: E402
-from heads.artifacts import load_artifact  # noqa: E402
-from heads.config import load_head_config  # noqa: E402
-from heads.roles import read_state  # noqa: E402
-from heads.training.run import embed_all, read_split, train_from_config  # noqa: E402
+from cli.processes import terminate
+from embedder.client import EmbedderClient
+from heads.artifacts import load_artifact
+from heads.config import load_head_config
+from heads.roles import read_state
+from heads.training.run import embed_all, read_split, train_from_config
+from scripts.bench.common import ROOT, free_port
 
 MIX = {"uncertain": 0.5, "diverse": 0.3, "random": 0.2}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout_s: float = 60) -> None:
