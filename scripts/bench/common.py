@@ -255,6 +255,7 @@ def write_bench_heads(workdir: Path, configs: list, train_limit: int = 0, fast_t
     "n_train": int}}."""
     import yaml
 
+    workdir = Path(workdir).resolve()  # the configs name their data absolutely (a relative --workdir too)
     heads_dir, data_dir = workdir / "heads", workdir / "data"
     heads_dir.mkdir(parents=True, exist_ok=True)
     out = {}
