@@ -7,7 +7,9 @@ queue rejects new work with OverloadedError instead of growing memory. A batch h
 feature set only (one model pass answers one set); the others wait at the front of the queue.
 
 Every batch is padded to its longest text, so padding is what length-mixed traffic wastes (random
-real sentences in batches of 16: 0.6x the throughput of length-sorted ones). Two cures:
+real sentences in batches of 16: 0.6x the throughput of length-sorted ones). A text's length is what
+the servable says it costs (`batch_lengths`: its token count where the servable can count tokens,
+in characters at ~4 per token; otherwise its characters). Two cures:
 - a deep queue is read through a window: the oldest text (nobody starves) plus the texts nearest
   its length among the next `batch_window` batches' worth;
 - a collected batch is sorted and cut into runs of similar length where the padding saved outweighs
@@ -42,6 +44,11 @@ class BatchItem:
     waiters: int = 0  # requests awaiting this text (in-flight dedup shares one item)
     enqueued_at: float = field(default_factory=time.monotonic)
     feature_set: str = DEFAULT
+    length: int = -1  # padded cost in characters (the servable's batch_lengths); -1 = len(text)
+
+    def __post_init__(self) -> None:
+        if self.length < 0:
+            self.length = len(self.text)
 
     def extend_deadline(self, deadline: float | None) -> None:
         if self.deadline is None or deadline is None:
@@ -88,8 +95,9 @@ class MicroBatcher:
                 retry_after_s=0.5,
             )
 
-    def submit(self, text: str, deadline: float | None, feature_set: str = DEFAULT) -> BatchItem:
-        item = BatchItem(text, asyncio.get_running_loop().create_future(), deadline, feature_set=feature_set)
+    def submit(self, text: str, deadline: float | None, feature_set: str = DEFAULT, length: int = -1) -> BatchItem:
+        item = BatchItem(text, asyncio.get_running_loop().create_future(), deadline, feature_set=feature_set,
+                         length=length)
         self._queue.append(item)
         metrics.QUEUE_DEPTH.set(len(self._queue))
         self._wakeup.set()
@@ -145,9 +153,9 @@ class MicroBatcher:
         # One model pass answers one feature set: the oldest text's.
         window = [it for it in live if it.feature_set == live[0].feature_set] if live else []
         if len(window) > self.max_batch_size:
-            anchor = len(window[0].text)
+            anchor = window[0].length
             nearest = heapq.nsmallest(self.max_batch_size - 1, range(1, len(window)),
-                                      key=lambda i: (abs(len(window[i].text) - anchor), i))
+                                      key=lambda i: (abs(window[i].length - anchor), i))
             window = [window[0]] + [window[i] for i in sorted(nearest)]
         chosen = {id(it) for it in window}
         self._queue.extendleft(reversed([it for it in live if id(it) not in chosen]))
@@ -157,12 +165,12 @@ class MicroBatcher:
     def split_by_length(self, batch: list[BatchItem]) -> list[list[BatchItem]]:
         """Sort by length and cut into contiguous runs minimising sum(run size x its longest text
         + split_overhead_chars): the padded work plus each model call's fixed cost."""
-        batch = sorted(batch, key=lambda it: len(it.text))
+        batch = sorted(batch, key=lambda it: it.length)
         if not batch:
             return []
         if self.split_overhead_chars <= 0 or len(batch) < 2:
             return [batch]
-        lengths = [len(it.text) for it in batch]
+        lengths = [it.length for it in batch]
         cost, cut = [0.0] + [float("inf")] * len(batch), [0] * (len(batch) + 1)
         for end in range(1, len(batch) + 1):
             for start in range(end):

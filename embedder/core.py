@@ -112,6 +112,8 @@ class EmbeddingService:
         fp = fs.fingerprint
         joined = {} if bypass_cache else {t: self._inflight[(fp, t)] for t in texts if (fp, t) in self._inflight}
         self.batcher.ensure_capacity(len(texts) - len(joined))
+        new = [t for t in texts if t not in joined]
+        lengths = dict(zip(new, self.servable.batch_lengths(new))) if new else {}
         items = []
         for text in texts:
             item = joined.get(text)
@@ -119,7 +121,7 @@ class EmbeddingService:
                 metrics.INFLIGHT_JOINS.inc()
                 item.extend_deadline(deadline)
             else:
-                item = self.batcher.submit(text, deadline, fs.name)
+                item = self.batcher.submit(text, deadline, fs.name, lengths[text])
                 if not bypass_cache:
                     key = (fp, text)
                     self._inflight[key] = item

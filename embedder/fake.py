@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from embedder.feature_sets import ALL6, DEFAULT, KNOWN, FeatureSet, derived_fingerprint
-from embedder.servable_api import EmbedBatchResult
+from embedder.servable_api import EmbedBatchResult, char_lengths
 from embedder.settings import EmbedderSettings
 
 log = logging.getLogger("polyhead.embedder.fake")
@@ -98,6 +98,9 @@ class FakeEmbeddingServable:
         """Nothing to trace: the first call costs what every call costs."""
 
     # -- inference -------------------------------------------------------------------------------
+    def batch_lengths(self, texts: list[str]) -> list[int]:
+        return char_lengths(texts)
+
     def embed(self, texts: list[str], feature_set: str = DEFAULT) -> EmbedBatchResult:
         # Block i of all6 uses word seed i; the last block is the default vector, as in the real export.
         layers = range(LAYERS) if feature_set == ALL6 else [LAYERS - 1]

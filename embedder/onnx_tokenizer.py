@@ -17,6 +17,11 @@ def make_tokenizer(vocab_path: Path):
                                   strip_accents=None, lowercase=True, wordpieces_prefix="##")
 
 
+def token_counts(tokenizer, texts: list[str]) -> list[int]:
+    """Each text's token count ([CLS] and [SEP] included), before truncation."""
+    return [len(e.ids) for e in tokenizer.encode_batch(texts)]
+
+
 def tokenize(tokenizer, texts: list[str], max_seq_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids [N, S], mask [N, S], token counts before truncation [N]); S is the batch's longest, as in TF."""
     encodings = tokenizer.encode_batch(texts)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from embedder.feature_sets import DEFAULT, FeatureSet, derived_fingerprint
-from embedder.servable_api import EmbedBatchResult
+from embedder.servable_api import EmbedBatchResult, char_lengths
 from embedder.settings import EmbedderSettings
 
 log = logging.getLogger("polyhead.embedder.servable")
@@ -103,6 +103,9 @@ class TextEmbeddingServable:
         return path
 
     # -- inference -------------------------------------------------------------------------------
+    def batch_lengths(self, texts: list[str]) -> list[int]:
+        return char_lengths(texts)  # the tokenizer is inside the graph
+
     def embed(self, texts: list[str], feature_set: str = DEFAULT) -> EmbedBatchResult:
         """One model pass; `feature_set` is one of `feature_sets` (the core has checked the name)."""
         import tensorflow as tf

@@ -73,3 +73,20 @@ async def test_a_batch_holds_one_feature_set_and_the_others_keep_their_turn():
     await batcher.close()
     assert batcher.recorded_sets == ["default", "all6"]  # one model pass per set, the oldest's first
     assert calls == [["text 0", "text 2", "text 5"], ["text 1", "text 3", "text 4"]]
+
+
+async def test_texts_are_grouped_by_the_length_the_servable_gives_not_by_characters():
+    # Same characters, very different costs (say "1234567890" is ten tokens, "abcdefghij" one word):
+    # the batcher follows `length`, so the costly texts share a batch and the cheap ones another.
+    batcher, calls = recording_batcher(max_batch_size=2, batch_window=4, split_overhead_chars=0)
+    queued = []
+    for i, length in enumerate([40, 4, 40, 4]):
+        item = batcher.submit(f"text {i:04d}", None, length=length)
+        item.waiters = 1
+        queued.append(item)
+    batcher.start()
+    await asyncio.wait_for(asyncio.gather(*(it.future for it in queued)), 5)
+    await batcher.close()
+    assert calls == [["text 0000", "text 0002"], ["text 0001", "text 0003"]]
+    # Without a length, an item costs its characters.
+    assert BatchItem("four", None).length == 4

@@ -83,3 +83,15 @@ async def test_info_reports_the_fake_model_and_the_limits():
         info = svc.info()
     assert (info["model"], info["fingerprint"], info["dim"]) == (model.name, model.fingerprint, 384)
     assert info["limits"]["max_texts_per_request"] == 7
+
+
+async def test_the_batcher_orders_new_texts_by_the_length_the_servable_gives():
+    async with service() as (svc, model):
+        await svc.embed(["cached one"])
+        asked, items = [], []
+        model.batch_lengths = lambda texts: asked.append(list(texts)) or [10 * (i + 1) for i in range(len(texts))]
+        submit = svc.batcher.submit
+        svc.batcher.submit = lambda *args, **kwargs: items.append(submit(*args, **kwargs)) or items[-1]
+        await svc.embed(["cached one", "new a", "new b", "new a"])
+        assert asked == [["new a", "new b"]]  # once per request, only texts bound for the model
+        assert [(it.text, it.length) for it in items] == [("new a", 10), ("new b", 20)]

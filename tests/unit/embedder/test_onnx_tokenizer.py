@@ -43,3 +43,10 @@ def test_a_batch_is_padded_to_its_longest_text_only(tokenizer):
     ids, mask, counts = tokenize(tokenizer, ["hi", "a slightly longer text"], 128)
     assert ids.shape == mask.shape == (2, int(counts.max()))
     assert mask.sum(axis=1).tolist() == counts.tolist() and ids[0, int(counts[0]):].tolist() == [0] * (ids.shape[1] - int(counts[0]))
+
+
+def test_token_counts_are_the_tokenizers_before_truncation(tokenizer):
+    from embedder.onnx_tokenizer import token_counts
+
+    texts = [item["text"] for item in FIXTURE["items"]]
+    assert token_counts(tokenizer, texts) == [item["num_tokens"] for item in FIXTURE["items"]]
