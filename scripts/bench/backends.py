@@ -6,7 +6,8 @@
     .venv/bin/python -m scripts.bench.backends --sections 1        # the in-process model only
 
 Sections (BENCHMARKS.md; targets from issue 25):
-1. In-process model, batches of 32 of held-out sentences, length-sorted as the batcher sorts them; each
+1. In-process model, batches of 32 of held-out sentences sorted by characters, the same batches for every
+   backend (the model compared; the ONNX service's batcher groups by token count, which pads less); each
    backend in its own child process, backends alternating in rounds, medians. Target: INT8 >= 2x TF.
 2. Services: polyhead's gRPC embedder on each backend and Infinity's HTTP server (torch engine, the
    same weights), 16 clients, requests of 32 texts and single texts, polyhead's cache bypassed; the
