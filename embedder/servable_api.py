@@ -41,7 +41,8 @@ class Servable(Protocol):
 
     def batch_lengths(self, texts: list[str]) -> list[int]:
         """What each text costs in a padded batch, in characters: the batcher groups texts by it.
-        Called on the event loop, so it must be cheap (char_lengths where a servable cannot count tokens)."""
+        Called on the event loop (in a thread for a big request), beside `embed` on the model thread:
+        it must be cheap and thread-safe (char_lengths where a servable cannot count tokens)."""
         ...
 
 

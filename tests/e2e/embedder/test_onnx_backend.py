@@ -72,6 +72,17 @@ def test_fp32_matches_sentence_transformers_on_the_parity_fixture(onnx_servable)
     assert cosines(onnx_servable.embed(texts).vectors, reference).min() >= 0.9999
 
 
+def test_batch_lengths_are_the_token_counts_the_model_pads_to(onnx_servable):
+    from embedder.servable_api import CHARS_PER_TOKEN
+
+    tokens = onnx_servable.embed(TEXTS).token_counts  # after truncation: what a row is padded to
+    assert onnx_servable.batch_lengths(TEXTS) == [int(n) * CHARS_PER_TOKEN for n in tokens]
+    # Where characters mislead the batcher: 10,000 characters of one word are [CLS] [UNK] [SEP]; 600 CJK
+    # characters are 600 tokens, capped at max_seq_length.
+    assert onnx_servable.batch_lengths(["A" * 10_000, "漢字" * 300]) == [
+        3 * CHARS_PER_TOKEN, onnx_servable.max_seq_length * CHARS_PER_TOKEN]
+
+
 def test_vectors_do_not_depend_on_batch_company(onnx_servable):
     alone = onnx_servable.embed(["short text"]).vectors[0]
     together = onnx_servable.embed(["short text", "a much longer text " * 10]).vectors[0]

@@ -95,3 +95,17 @@ async def test_the_batcher_orders_new_texts_by_the_length_the_servable_gives():
         await svc.embed(["cached one", "new a", "new b", "new a"])
         assert asked == [["new a", "new b"]]  # once per request, only texts bound for the model
         assert [(it.text, it.length) for it in items] == [("new a", 10), ("new b", 20)]
+
+
+async def test_a_big_requests_lengths_are_counted_off_the_event_loop():
+    import threading
+
+    from embedder.core import INLINE_LENGTHS_MAX_CHARS
+
+    async with service() as (svc, model):
+        threads = []
+        lengths = model.batch_lengths
+        model.batch_lengths = lambda texts: threads.append(threading.current_thread()) or lengths(texts)
+        await svc.embed(["a sentence of the usual size"] * 2 + ["another one"])
+        await svc.embed([f"long {i} " + "x" * 1000 for i in range(INLINE_LENGTHS_MAX_CHARS // 1000 + 1)])
+        assert threads[0] is threading.main_thread() and threads[1] is not threading.main_thread()
