@@ -29,7 +29,7 @@ from heads.api import DriftReport
 from polyhead.inference_log.feedback import LoggedPrediction, existing_feedback, find_predictions, store_feedback
 from polyhead.inference_log.report_models import FeedbackStats, InferenceReport
 from polyhead.inference_log.reports import build_report, default_since, utc, whole_hours
-from polyhead.inference_log.review import STRATEGIES, Context, candidate_pool, review_summary, select
+from polyhead.inference_log.review import STRATEGIES, Context, candidate_pool, pending_texts, review_summary, select
 from polyhead.inference_log.schema import make_engine, migrate
 from polyhead.errors import NotFoundError, PolyheadError, UnavailableError, ValidationError
 from polyhead.validation import absent_not_null, text_type
@@ -185,7 +185,8 @@ class ReviewItem(BaseModel):
     version: str = Field(description="The head version that answered")
     ts: datetime
     strategy: str = Field(description="The strategy that picked it: send it back with the feedback")
-    score: float | None = Field(description="The strategy's score (margin, entropy, centroid similarity, distance; "
+    score: float | None = Field(description="The strategy's score (margin, entropy, centroid similarity, distance, "
+                                            "similarity to a pending label's feedback; "
                                             "challenger probability; null for random)")
     score_name: str | None
     challenger: ReviewChallenger | None = Field(None, description="disagree: the challenger's shadow answer on "
@@ -194,7 +195,8 @@ class ReviewItem(BaseModel):
 
 class ReviewQueue(BaseModel):
     model: str
-    strategy: str
+    strategy: str = Field(description="The strategy that picked the items: the one asked for, or its fallback "
+                                      "(new_label with no pending label: uncertain)")
     score: str | None = Field(description="What `score` of each item is")
     pool: int = Field(description="Distinct unlabelled texts the items were picked from")
     labels: list[str] = Field(description="The served version's labels, then the new labels the config expects")
@@ -304,6 +306,9 @@ class Insights:
         route = self.gateway.routing.get(name)
         chosen = STRATEGIES[strategy]
         labels = await self._served_labels(route, request_id) or []
+        pending = await self._in_db(pending_texts, name, labels) if chosen.needs_pending else []
+        if chosen.needs_pending and not pending:
+            chosen = STRATEGIES[chosen.fallback]  # nothing to rank against: the items name what picked them
         candidates = await self._in_db(candidate_pool, name, order=chosen.pool_order, limit=pool, since=since,
                                        until=until, disagreeing=chosen.disagreeing)
         ctx = Context(score=score, seed=seed)
@@ -312,15 +317,17 @@ class Insights:
             ctx.centroids = reference["centroids"]
             if chosen.needs_vectors:
                 ctx.vectors = await self._embed([c.text for c in candidates], reference, request_id)
+            if chosen.needs_pending:
+                ctx.pending = await self._embed(pending, reference, request_id)
         picked = await asyncio.to_thread(select, chosen, candidates, n, ctx)
-        score_name = ("entropy" if score == "entropy" else "margin") if strategy == "uncertain" else chosen.score_name
+        score_name = ("entropy" if score == "entropy" else "margin") if chosen.name == "uncertain" else chosen.score_name
         expected = [x for x in route.new_labels if x not in labels] if isinstance(route.new_labels, tuple) else []
         items = [{"prediction_id": c.prediction_id, "index": c.index, "text": c.text, "predicted": c.label,
                   "probability": c.probability, "top_k": c.top_k, "version": c.version, "ts": c.ts,
-                  "strategy": strategy, "score": None if value is None else round(float(value), 6),
+                  "strategy": chosen.name, "score": None if value is None else round(float(value), 6),
                   "score_name": score_name if value is not None else None, "challenger": c.challenger}
                  for c, value in picked]
-        return {"model": name, "strategy": strategy, "score": score_name, "pool": len(candidates),
+        return {"model": name, "strategy": chosen.name, "score": score_name, "pool": len(candidates),
                 "labels": labels + expected,
                 "new_labels": list(route.new_labels) if isinstance(route.new_labels, tuple) else route.new_labels,
                 "items": items}

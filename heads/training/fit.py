@@ -107,7 +107,8 @@ def _blas_threads(n: int | None):
 
 def train_head(X_train: np.ndarray | Mapping[str, np.ndarray], y_train: Sequence[str],
                X_val: np.ndarray | Mapping[str, np.ndarray] | None = None, y_val: Sequence[str] | None = None, *,
-               params: TrainParams | None = None, seed: int = 0, progress: Progress | None = None) -> TrainResult:
+               params: TrainParams | None = None, seed: int = 0, progress: Progress | None = None,
+               new_classes: Sequence[str] = ()) -> TrainResult:
     """Train a head on embeddings [N, D] and string labels; see the module docstring.
 
     `X_train` (and `X_val`) may map feature-set names to vectors of the same rows ({"default": [N, 384],
@@ -117,10 +118,13 @@ def train_head(X_train: np.ndarray | Mapping[str, np.ndarray], y_train: Sequence
     `progress`, if given, is called with dicts such as
     {"stage": "search", "candidate": 0, "of": 1, "overrides": {...}, "epoch": 3, "val_score": 0.91}
     and {"stage": "refit", ..., "epoch": 3}.
+    `new_classes`: labels only feedback has taught (heads.training.run.merge_feedback); each is weighted up
+    (`TrainParams.new_class_max_weight`, see new_class_weights) and the weights are recorded in
+    `selection["new_class_weights"]`.
     """
     p = params or TrainParams()
     with _blas_threads(p.blas_threads):
-        return _train_head(X_train, y_train, X_val, y_val, p, seed, progress)
+        return _train_head(X_train, y_train, X_val, y_val, p, seed, progress, tuple(new_classes))
 
 
 def _as_sets(X: np.ndarray | Mapping[str, np.ndarray] | None, what: str) -> dict[str | None, np.ndarray] | None:
@@ -133,7 +137,22 @@ def _as_sets(X: np.ndarray | Mapping[str, np.ndarray] | None, what: str) -> dict
     return {None: np.asarray(X, np.float32)}
 
 
-def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progress: Progress | None) -> TrainResult:
+def new_class_weights(y: np.ndarray, labels: Sequence[str], new_classes: Sequence[str], max_weight: float) -> dict[str, float]:
+    """Per new class: the other classes' mean count over its own, clipped to [1, max_weight]. Labels a review
+    queue picks under-represent a class that appeared after deployment (a few of the first hundred labels),
+    so at weight 1 its prior keeps it from being predicted; weighting it like an average class (at most
+    ``max_weight`` x) lets a handful of examples count without letting them outweigh the others."""
+    counts = np.bincount(y, minlength=len(labels)).astype(np.float64)
+    new = [i for i, label in enumerate(labels) if label in set(new_classes) and counts[i] > 0]
+    old = [i for i in range(len(labels)) if i not in new and counts[i] > 0]
+    if not new or not old or max_weight <= 1:
+        return {}
+    mean_old = float(counts[old].mean())
+    return {labels[i]: round(float(np.clip(mean_old / counts[i], 1.0, max_weight)), 4) for i in new}
+
+
+def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progress: Progress | None,
+                new_classes: tuple[str, ...] = ()) -> TrainResult:
     clock = Clock()
     sets_train = _as_sets(X_train, "X_train")
     y_train = np.array([str(v) for v in y_train])
@@ -187,6 +206,10 @@ def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progr
     # Class weights come from the training split and stay fixed in the refit: the validated
     # objective is the one refitted, whatever the class mix of the validation split.
     fit_class_w = class_weights(y_fit, C, p.class_weighting)
+    # balanced weighting already counts every class alike
+    boosted = new_class_weights(y_fit, labels, new_classes, p.new_class_max_weight) if p.class_weighting == "none" else {}
+    for label, weight in boosted.items():
+        fit_class_w[index[label]] *= weight
     scorer = Scorer(p, y_sel, log_prior_fit, C)
 
     # -- search: every family's candidates on every feature set, scored on the same predictions ----
@@ -226,6 +249,8 @@ def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progr
                  "why": _why(best, base, folds, p, len(candidates) - 1), "candidates": search}
     if len(X_all) > 1:
         selection["feature_sets"] = [str(k) for k in X_all]
+    if boosted:
+        selection["new_class_weights"] = boosted
 
     # -- the final model: the chosen family's, refitted on all the data or its search fit ----------
     refit = p.refit and validated

@@ -64,6 +64,11 @@ class TrainParams(BaseModel):
     class_weighting: Literal["balanced", "none"] = Field(
         "none", description="none: every example counts once, as in the LogisticRegression baseline (best for "
                             "accuracy); balanced: n / (C * n_c) per class, for macro metrics on imbalanced data")
+    new_class_max_weight: float = Field(
+        5.0, ge=1, description="a class only feedback has taught (train_head's new_classes) counts each example up to "
+                               "this many times, never above the other classes' mean count: labels picked by a review "
+                               "queue hold few of a class that has just appeared, and at weight 1 the head rarely "
+                               "predicts it (1: off)")
     prior_adjustment: float | Literal["auto"] = Field(
         "auto", description="tau: tau * log(class prior) is added to the output logits of a class-weighted model "
                             "(0 keeps the balanced decision rule, 1 restores the training prior); 'auto' picks "

@@ -308,6 +308,7 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
         result = train_head({f: v["train"] for f, v in by_set.items()}, splits["train"].labels,
                             {f: v["val"] for f, v in by_set.items()} if val else None, val.labels if val else None,
                             params=config.training, seed=config.seed,
+                            new_classes=(feedback_counts or {}).get("new_classes", ()),
                             progress=lambda info: progress.update(fit_task, description=f"[{config.name}] training {info.get('stage', '')}"))
         progress.update(fit_task, total=1, completed=1)
     chosen_set = result.feature_set or DEFAULT

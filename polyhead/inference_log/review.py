@@ -21,6 +21,10 @@ console list the names from it): it says how the database should order the candi
 - clustered: the most uncertain texts (10 per pick), grouped by k-means on their embeddings weighted
   by uncertainty, and from each group the text nearest its centre (Zhdanov 2019, "Diverse mini-batch
   active learning"): as informative as ``uncertain`` without many near-copies of one hard question;
+- new_label: the texts most like the feedback given with a label the served version lacks (a pending
+  new class, see ``pending_texts``), most similar first: a new class needs ``min_new_label_examples``
+  labels before training adds it, and its first few labels say what the next ones look like. With no
+  pending label it ranks as ``uncertain`` does (``fallback``; the items then name ``uncertain``);
 - random: a uniform sample of the pool, the control slice: live accuracy is estimated from it alone,
   because the other strategies pick the texts the head is most likely wrong about;
 - disagree: a challenger's shadow prediction (same request_id and text_index, ``predictions.shadow``)
@@ -83,6 +87,7 @@ class Context:
     seed: int | None = None
     vectors: np.ndarray | None = None
     centroids: np.ndarray | None = None
+    pending: np.ndarray | None = None  # new_label: vectors of feedback texts whose label the version lacks
     extra: dict = field(default_factory=dict)
 
 
@@ -96,6 +101,8 @@ class Strategy:
     needs_centroids: bool = False
     score_name: str | None = None
     disagreeing: bool = False  # the pool holds only texts a challenger answered differently
+    needs_pending: bool = False  # ranks against the feedback of pending new labels (Context.pending)
+    fallback: str | None = None  # the strategy used instead when there is nothing to rank against
 
 
 # -- scores ------------------------------------------------------------------------------------------
@@ -197,6 +204,12 @@ def _rank_diverse(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int
     return farthest_first(ctx.vectors, n, ctx.centroids)
 
 
+def _rank_new_label(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int, float | None]]:
+    similarity = (unit(ctx.vectors) @ unit(ctx.pending).T).max(axis=1)
+    order = np.argsort(-similarity, kind="stable")[:n]
+    return [(int(i), float(similarity[i])) for i in order]
+
+
 def _rank_random(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int, float | None]]:
     # The database already drew the pool at random; a seed makes the draw reproducible here instead.
     if ctx.seed is None:
@@ -221,6 +234,9 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
     Strategy("clustered", "the most uncertain texts grouped by k-means on their embeddings, one per group: "
              "informative without near-copies", "least_confident", _rank_clustered, needs_vectors=True,
              score_name="margin"),
+    Strategy("new_label", "most like the feedback given with a label the model lacks yet: the examples a new class "
+             "needs (none pending: as uncertain)", "recent", _rank_new_label, needs_vectors=True, needs_centroids=True,
+             score_name="pending_similarity", needs_pending=True, fallback="uncertain"),
     Strategy("random", "a uniform sample: the control slice live accuracy is estimated from", "random",
              _rank_random),
     Strategy("disagree", "a challenger's shadow answer differs from the champion's: one of them is wrong", "recent",
@@ -234,6 +250,23 @@ def _labelled_texts(head: str) -> sa.Select:
     return (sa.select(p2.c.text_sha256)
             .select_from(feedback.join(p2, feedback.c.prediction_id == p2.c.id))
             .where(feedback.c.head == head))
+
+
+def pending_texts(engine: sa.Engine, head: str, known_labels: Sequence[str], limit: int = 200) -> list[str]:
+    """The newest ``limit`` distinct texts given feedback with a label not in ``known_labels`` (the served
+    version's): the examples of pending new classes (redacted texts have none to compare with)."""
+    f, p = feedback, predictions
+    query = (sa.select(p.c.text, p.c.text_escaped, p.c.text_sha256)
+             .select_from(f.join(p, f.c.prediction_id == p.c.id))
+             .where(f.c.head == head, f.c.label.not_in(list(known_labels)), p.c.text.is_not(None))
+             .order_by(f.c.ts.desc(), f.c.id).limit(4 * limit))
+    texts: dict[str, str] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(query):
+            texts.setdefault(row.text_sha256, unescape_text(row.text, row.text_escaped))
+            if len(texts) == limit:
+                break
+    return list(texts.values())
 
 
 def candidate_pool(engine: sa.Engine, head: str, *, order: str, limit: int, since: datetime | None = None,

@@ -12,6 +12,7 @@ import sys
 import time
 
 import httpx
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
@@ -79,6 +80,14 @@ def test_uncertain_picks_the_smallest_margins_once_per_text(stack, traffic):
     scores = [i["score"] for i in by_entropy["items"]]
     assert by_entropy["score"] == "entropy" and scores == sorted(scores, reverse=True)
     assert set(body["labels"]) == {"account", "billing", "technical"} and body["new_labels"] == "closed"
+
+
+def test_new_label_without_a_pending_label_ranks_as_uncertain(stack, traffic):
+    body = review(stack["url"], "tickets", strategy="new_label", n=5).json()
+    assert (body["strategy"], body["score"]) == ("uncertain", "margin")
+    assert all(i["strategy"] == "uncertain" for i in body["items"])
+    uncertain = review(stack["url"], "tickets", strategy="uncertain", n=5).json()["items"]
+    assert [i["text"] for i in body["items"]] == [i["text"] for i in uncertain]
 
 
 def test_ood_ranks_off_topic_texts_first_and_diverse_spreads_out(stack, traffic):
@@ -292,6 +301,21 @@ def test_new_labels_are_pending_then_a_class_after_training(stack, tmp_path):
     assert rep["pending_labels"] == {"sarcasm": 2} and rep["min_new_label_examples"] == 3
     queue = review(url, "tickets", n=1).json()
     assert queue["labels"][-1] == "sarcasm" and queue["new_labels"] == ["sarcasm"]
+    # new_label: the texts most like the two pending sarcasm labels, by the embedder's own vectors
+    near = review(url, "tickets", strategy="new_label", n=4).json()
+    assert (near["strategy"], near["score"]) == ("new_label", "pending_similarity")
+    assert not {i["text"] for i in near["items"]} & set(SARCASM[:2])  # labelled texts leave the queue
+    from embedder.client import EmbedderClient
+
+    pool = [i["text"] for i in review(url, "tickets", strategy="random", n=500).json()["items"]]
+    with EmbedderClient(stack["target"]) as client:
+        unit = [v / np.linalg.norm(v, axis=1, keepdims=True)
+                for v in (client.embed(pool).vectors, client.embed(SARCASM[:2]).vectors)]
+    similarity = dict(zip(pool, (unit[0] @ unit[1].T).max(axis=1)))
+    expected = sorted(pool, key=lambda t: -similarity[t])[:4]
+    assert [i["text"] for i in near["items"]] == expected
+    assert [i["score"] for i in near["items"]] == pytest.approx([similarity[t] for t in expected], abs=1e-4)
+    assert all(i["strategy"] == "new_label" for i in near["items"]) and set(SARCASM[2:]) & set(expected)
 
     def train() -> tuple[dict, dict]:
         out = _cli("train", str(config), "--models-dir", str(tmp_path / "models"), "--embedder-target",
@@ -310,6 +334,8 @@ def test_new_labels_are_pending_then_a_class_after_training(stack, tmp_path):
     metrics, manifest = train()
     assert metrics["new_classes"] == ["sarcasm"] and "sarcasm" in manifest["labels"]
     assert metrics["feedback"]["pending_labels"] == {}
+    # 5 sarcasm labels against several times more per old class: weighted up, at most 5x
+    assert 1 < metrics["selection"]["new_class_weights"]["sarcasm"] <= 5
 
 
 def test_disagree_shows_where_a_shadowed_challenger_answers_otherwise(stack, tmp_path):

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from polyhead.inference_log.feedback import find_predictions, store_feedback
 from polyhead.inference_log.records import PredictionRecord
 from polyhead.inference_log.review import (STRATEGIES, Context, candidate_pool, entropy, farthest_first, margin,
-                                           review_summary, select, wilson_interval)
+                                           pending_texts, review_summary, select, wilson_interval)
 from polyhead.inference_log.schema import feedback, make_engine, migrate, predictions
 from polyhead.inference_log.sink import escape_text
 from tests.helpers import PostgresBackend
@@ -213,3 +213,27 @@ def test_summary_splits_feedback_by_strategy_and_estimates_live_accuracy_from_ra
     with engine.connect() as conn:
         stored = dict(conn.execute(sa.select(feedback.c.request_id, feedback.c.review_strategy)).all())
     assert stored["r0"] == "uncertain" and stored["r8"] is None
+
+
+def test_pending_texts_are_the_feedback_of_labels_the_version_lacks(engine):
+    insert(engine, [row("a", "sarcastic one", [("billing", 0.6)]), row("b", "sarcastic two", [("billing", 0.7)], minutes=1),
+                    row("c", "plain bill", [("billing", 0.9)], minutes=2),
+                    row("d", "hidden", [("billing", 0.5)], minutes=3, redact=True),
+                    row("e", "other head", [("billing", 0.5)], head="g")])
+    for rid, label in (("a", "sarcasm"), ("b", "sarcasm"), ("c", "billing"), ("d", "sarcasm")):
+        give_feedback(engine, rid, label)
+    give_feedback(engine, "e", "sarcasm", head="g")
+    assert pending_texts(engine, "h", ["billing", "technical"]) == ["sarcastic two", "sarcastic one"]  # newest first
+    assert pending_texts(engine, "h", ["billing", "sarcasm"]) == []  # a class now: nothing pending
+    assert pending_texts(engine, "h", ["billing"], limit=1) == ["sarcastic two"]
+
+
+def test_new_label_ranks_by_similarity_to_the_pending_feedback():
+    from polyhead.inference_log.review import Candidate
+    pool = [Candidate(str(i), str(i), 0, T0, "v1", str(i), str(i), "a", 0.9, []) for i in range(4)]
+    vectors = np.array([[1, 0, 0], [0, 1, 0], [0.6, 0.8, 0], [0, 0, 1]], np.float32)
+    ctx = Context(vectors=vectors, pending=np.array([[0, 1, 0], [0, 0.2, 1]], np.float32))
+    picked = select(STRATEGIES["new_label"], pool, 3, ctx)
+    assert [c.row_id for c, _ in picked] == ["1", "3", "2"]
+    assert [round(s, 3) for _, s in picked] == [1.0, 0.981, 0.8]
+    assert STRATEGIES["new_label"].fallback == "uncertain" and STRATEGIES["new_label"].needs_pending
