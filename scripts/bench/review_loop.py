@@ -4,14 +4,18 @@ labelling random texts?
 For each dataset and strategy: train a head on a small labelled seed (``--seed-fraction`` of train),
 then rounds of: stream ``--stream-per-round`` unlabelled train texts as production traffic through a
 running stack (gateway -> packed head process -> embedder; the head logs them), ask the gateway's
-review queue for ``--n`` texts (``since`` the round's start, so the picks use the current version's
-answers), answer each with its true label through POST /feedback (with the strategy), retrain with
+review queue for ``--n`` texts (``--pool-since round``: ``since`` the round's start, so the picks use the current version's
+answers; ``--pool-since loop``, the default: every unlabelled text the loop streamed, ranked by the answers they
+got), answer each with its true label through POST /feedback (with the strategy), retrain with
 ``--with-feedback`` and wait until the head serves the new version. Test accuracy is measured on the
 dataset's test split after every round (the artifact applied to the test embeddings, through the
 embedder's cache).
 
-Strategies: every name of the review queue (uncertain, diverse, ood, random) plus ``mix`` (half
+Strategies: every name of the review queue (uncertain, clustered, diverse, ood, new_label, random) plus ``mix`` (half
 uncertain, three tenths diverse, one fifth random per round).
+
+``--pseudo-labels``: every retraining after the first also adds the champion's surest logged texts
+(`train --with-pseudo-labels`, its defaults), to measure whether self-training helps.
 
 A new class mid-stream (``--new-class``, datasets with 3+ classes): one class is left out of the seed
 and of the traffic until round ``--new-class-round``; the head's config has ``labels: open``, so its
@@ -58,6 +62,7 @@ from embedder.client import EmbedderClient
 from heads.artifacts import load_artifact
 from heads.config import load_head_config
 from heads.roles import read_state
+from heads.training.pseudo_labels import PseudoLabelOptions
 from heads.training.run import embed_all, read_split, train_from_config
 from scripts.bench.common import ROOT, free_port
 
@@ -219,7 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None, help="write every round's figures here (JSON)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pseudo-labels", action="store_true",
+                   help="retrain with --with-pseudo-labels too (self-training: the champion's surest logged texts, "
+                        "heads.training.pseudo_labels defaults) from round 1")
+    p.add_argument("--pool-since", choices=["loop", "round"], default="loop",
+                   help="the queue picks from every unlabelled text since the loop started (as a production queue "
+                        "over recent traffic does), or only from this round's stream")
+    p.add_argument("--summarize", type=Path, nargs="+", default=None,
+                   help="print the markdown tables (means over seeds) of earlier --out files instead of running")
     args = p.parse_args(argv)
+    if args.summarize:
+        summarize([json.loads(path.read_text()) for path in args.summarize], args.rounds)
+        return 0
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="sim-review-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -246,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         heads = {}  # head name -> (dataset, strategy)
         for data in datasets:
             for strategy in strategies:
-                head = f"sim-{data.name.replace('_', '-')}-{strategy}"[:63]
+                head = f"sim-{data.name}-{strategy}{'-pl' if args.pseudo_labels else ''}".replace('_', '-')[:63]
                 heads[head] = (data, strategy)
                 config = write_config(configs, head, data)
                 train_from_config(load_head_config(config), models, client, console=False)
@@ -275,13 +291,15 @@ def main(argv: list[str] | None = None) -> int:
             logged = 0
             for round_no in range(args.rounds + 1):
                 figures = evaluate(models, head, x, y, data.new_class)
-                entry = {"dataset": data.name, "strategy": strategy, "round": round_no, "labels_given": len(labelled),
+                entry = {"dataset": data.name, "strategy": strategy + ("+pseudo" if args.pseudo_labels else ""),
+                         "round": round_no, "labels_given": len(labelled),
                          "new_class": data.new_class, **figures}
                 results.append(entry)
                 print(json.dumps(entry), flush=True)
                 if round_no == args.rounds:
                     break
-                since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
+                if args.pool_since == "round" or round_no == 0:
+                    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
                 allowed = [r for r in data.pool if r[0] not in labelled
                            and (r[1] != data.new_class or round_no >= args.new_class_round)]
                 texts = [t for t, _ in random.Random(args.seed * 1000 + round_no).sample(
@@ -292,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
                 done = review_round(gateway, head, strategy, args.n, since, data.truth, args.seed + round_no)
                 labelled |= set(done["texts"])
                 # promote: the loop measures what the head serves after each round, not a shadowed challenger
+                pseudo = PseudoLabelOptions(db) if args.pseudo_labels and round_no > 0 else None
                 report = train_from_config(load_head_config(configs / f"{head}.yaml"), models, client, console=False,
-                                           feedback_db_url=db, promote=True)
+                                           feedback_db_url=db, promote=True, pseudo_labels=pseudo)
                 wait_version(gateway, head, report.version)
                 entry["labelled_this_round"] = done["labelled"]
         client.close()
@@ -306,6 +325,46 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(results, indent=1))
     print(f"work dir: {work}", file=sys.stderr)
     return 0
+
+
+def summarize(runs: list[list[dict]], rounds: int) -> None:
+    """Markdown: accuracy per round (mean over the runs, i.e. seeds), the targets (best queue strategy after 5
+    rounds vs random after 10; the new class's recall 3 rounds after it joins), per-seed figures beside."""
+    acc: dict[tuple, dict[int, list[float]]] = {}
+    recall: dict[tuple, dict[int, list[float]]] = {}
+    new_class = {}
+    for run in runs:
+        for r in run:
+            key = (r["dataset"], r["strategy"])
+            acc.setdefault(key, {}).setdefault(r["round"], []).append(r["accuracy"])
+            if r.get("new_class"):
+                new_class[r["dataset"]] = r["new_class"]
+                recall.setdefault(key, {}).setdefault(r["round"], []).append(r.get("new_class_recall") or 0.0)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    print(f"#### Test accuracy per round, mean of {len(runs)} runs\n")
+    print("| dataset | strategy | " + " | ".join(f"r{i}" for i in range(rounds + 1)) + " |")
+    print("|---|---|" + "---|" * (rounds + 1))
+    for (dataset, strategy), per in acc.items():
+        print(f"| {dataset} | {strategy} | " + " | ".join(f"{mean(per[i]):.3f}" if i in per else "" for i in range(rounds + 1)) + " |")
+    print("\n#### Target 1: the best queue strategy after 5 rounds vs random after 10\n")
+    print("| dataset | best after 5 (per run) | random after 10 (per run) | met |")
+    print("|---|---|---|---|")
+    for dataset in dict.fromkeys(d for d, _ in acc):
+        queue = {s: per for (d, s), per in acc.items() if d == dataset and not s.startswith("random") and 5 in per}
+        rand = acc.get((dataset, "random"), {}).get(rounds)
+        if not queue or not rand:
+            continue
+        best = max(queue, key=lambda s: mean(queue[s][5]))
+        fives = queue[best][5]
+        print(f"| {dataset} | {best} {mean(fives):.3f} ({', '.join(f'{x:.3f}' for x in fives)}) | {mean(rand):.3f} "
+              f"({', '.join(f'{x:.3f}' for x in rand)}) | {'yes' if mean(fives) >= mean(rand) else '**no**'} |")
+    if recall:
+        print("\n#### Target 2: the new class's test recall (mean of the runs)\n")
+        print("| dataset (new class) | strategy | " + " | ".join(f"r{i}" for i in range(3, rounds + 1)) + " |")
+        print("|---|---|" + "---|" * (rounds - 2))
+        for (dataset, strategy), per in recall.items():
+            print(f"| {dataset} ({new_class[dataset]}) | {strategy} | "
+                  + " | ".join(f"{mean(per[i]):.2f}" if i in per else "" for i in range(3, rounds + 1)) + " |")
 
 
 def print_table(results: list[dict], rounds: int) -> None:
