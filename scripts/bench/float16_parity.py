@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                               feature_set=ALL6, log=lambda m: print(f"  {m}", file=sys.stderr))[:2] for s in splits}
         dim = data["train"][0].shape[1]
         y = {s: list(labels) for s, (_, labels) in data.items()}
-        accs, predictions = {}, {}
+        accs, spread, predictions = {}, {}, {}
         for precision, convert in ((FLOAT32, lambda X: X), (FLOAT16, rounded)):
             X = {s: convert(vectors) for s, (vectors, _) in data.items()}
             runs = []
@@ -86,15 +86,17 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(evaluate(result.model, X["test"], y["test"])["accuracy"])
                 if seed == 0:
                     predictions[precision] = result.model.predict(X["test"])
-            accs[precision] = float(np.mean(runs))
+            accs[precision], spread[precision] = float(np.mean(runs)), float(np.std(runs))
         delta = accs[FLOAT16] - accs[FLOAT32]
         deltas.append(delta)
         changed = int(np.sum(np.asarray(predictions[FLOAT16]) != np.asarray(predictions[FLOAT32])))
-        rows.append([name, len(y["train"]), len(y.get("val", [])), len(y["test"]), f"{accs[FLOAT32]:.4f}",
-                     f"{accs[FLOAT16]:.4f}", f"{100 * delta:+.2f}", changed])
+        shown = {p: f"{accs[p]:.4f}" + (f" ±{spread[p]:.4f}" if args.seeds > 1 else "") for p in accs}
+        rows.append([name, len(y["train"]), len(y.get("val", [])), len(y["test"]), shown[FLOAT32], shown[FLOAT16],
+                     f"{100 * delta:+.2f}", changed])
         print(f"  {name}: float32 {accs[FLOAT32]:.4f} float16 {accs[FLOAT16]:.4f} ({changed} test predictions "
               f"differ)", file=sys.stderr, flush=True)
-    print(f"TrainParams overrides {args.params} on all6, seeds 0..{args.seeds - 1}; test accuracy:\n")
+    print(f"TrainParams overrides {args.params} on all6, seeds 0..{args.seeds - 1}; test accuracy"
+          f"{' (mean ±std over seeds)' if args.seeds > 1 else ''}:\n")
     print(table(["dataset", "n train", "n val", "n test", "float32 acc", "float16 acc", "Δ points",
                  "test predictions changed (seed 0)"], rows))
     if deltas:
