@@ -8,6 +8,8 @@ likewise (`polyhead up --embedder-replicas`); a replica whose health is not SERV
 Server errors come back as polyhead's own error types, so callers map them to HTTP the same way as
 their own errors. `feature_set` picks the encoder output (embedder/feature_sets.py); the answer's
 fingerprint is that set's, and `info()` lists every set served (`feature_sets(info)` as a dict).
+Requests accept float16 (embedder/wire.py): a set stored in float16 (all6) arrives in half the bytes;
+vectors always reach callers as float32.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 import grpc
 import numpy as np
 
-from embedder.feature_sets import DEFAULT, FeatureSet, answers
+from embedder import wire
+from embedder.feature_sets import DEFAULT, FeatureSet, answers, precision_of
 from embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from polyhead import tracing
 from polyhead.errors import (
@@ -51,7 +54,7 @@ _ERRORS = {
 
 @dataclass(frozen=True)
 class Embeddings:
-    vectors: np.ndarray  # [N, dim] float32
+    vectors: np.ndarray  # [N, dim] float32 (a float16 set's values, upcast exactly)
     cached: list[bool]
     truncated: list[bool]
     fingerprint: str
@@ -81,8 +84,7 @@ def decode_set(response: embedder_pb2.EmbedResponse, feature_set: str) -> Embedd
 
 
 def decode(response: embedder_pb2.EmbedResponse) -> Embeddings:
-    n = len(response.cached)
-    vectors = np.frombuffer(response.embeddings, dtype="<f4").reshape(n, response.dim) if n else np.zeros((0, response.dim), np.float32)
+    vectors = wire.decode(response.embeddings, len(response.cached), response.dim, response.encoding)
     return Embeddings(vectors, list(response.cached), list(response.truncated), response.fingerprint, response.model,
                       list(response.token_counts))
 
@@ -110,17 +112,20 @@ def _channel_options(max_message_mb: int) -> list[tuple[str, object]]:
 
 def feature_sets(info: embedder_pb2.InfoResponse) -> dict[str, FeatureSet]:
     """The sets an Info answer lists, default first; an embedder older than feature sets serves "default" only."""
-    sets = {f.name: FeatureSet(f.name, f.dim, f.fingerprint) for f in info.feature_sets}
+    # The precision from the fingerprint (as the caches read it), not `storage`: one source of truth.
+    sets = {f.name: FeatureSet(f.name, f.dim, f.fingerprint, precision_of(f.fingerprint).name) for f in info.feature_sets}
     return sets or {DEFAULT: FeatureSet(DEFAULT, info.dim, info.fingerprint)}
 
 
-def embed_request(texts: Sequence[str], bypass_cache: bool = False,
-                  feature_set: str = DEFAULT) -> embedder_pb2.EmbedRequest:
-    """protobuf strings must be UTF-8: a text with an unpaired surrogate cannot even be sent. Say which."""
+def embed_request(texts: Sequence[str], bypass_cache: bool = False, feature_set: str = DEFAULT,
+                  accept_encoding: int = embedder_pb2.FLOAT16) -> embedder_pb2.EmbedRequest:
+    """protobuf strings must be UTF-8: a text with an unpaired surrogate cannot even be sent. Say which.
+    FLOAT16 accepted by default: the server sends it for float16 sets only, and decode() upcasts."""
     # "default" travels as the empty string: the request an embedder older than feature sets expects.
     feature_set = "" if feature_set == DEFAULT else feature_set
     try:
-        return embedder_pb2.EmbedRequest(texts=list(texts), bypass_cache=bypass_cache, feature_set=feature_set)
+        return embedder_pb2.EmbedRequest(texts=list(texts), bypass_cache=bypass_cache, feature_set=feature_set,
+                                         accept_encoding=accept_encoding)
     except UnicodeEncodeError:
         i, problem = first_unencodable(texts)
         raise ValidationError(f"texts[{i}]: {problem}", field=f"texts[{i}]") from None

@@ -2,11 +2,13 @@
 -> in-flight dedup -> batcher -> servable.
 
 Every key (L1, L2, in flight) is (the feature set's fingerprint, text): sets never share an entry.
+Vectors are held in their set's storage precision (float16 for all6) from the model pass on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -18,6 +20,7 @@ from embedder.cache import EmbeddingCache
 from embedder.feature_sets import FeatureSet, resolve
 from embedder.l2cache import RedisL2Cache
 from embedder.servable import TextEmbeddingServable
+from embedder.servable_api import EmbedBatchResult
 from embedder.settings import EmbedderSettings
 from polyhead.validation import check_texts
 
@@ -29,7 +32,7 @@ INLINE_LENGTHS_MAX_CHARS = 8192
 
 @dataclass(frozen=True)
 class EmbedOutcome:
-    vectors: np.ndarray  # [N, D] float32
+    vectors: np.ndarray  # [N, D] of feature_set.dtype (float32, or float16 for a float16 set)
     cached: list[bool]
     truncated: list[bool]
     token_counts: list[int]
@@ -48,7 +51,7 @@ class EmbeddingService:
 
     async def start(self) -> None:
         self.batcher = MicroBatcher(
-            self.servable.embed, self.settings.max_batch_size, self.settings.max_wait_ms, self.settings.max_queue_size,
+            self._run_batch, self.settings.max_batch_size, self.settings.max_wait_ms, self.settings.max_queue_size,
             batch_window=self.settings.batch_window, split_overhead_chars=self.settings.split_overhead_chars,
         )
         self.batcher.start()
@@ -57,6 +60,13 @@ class EmbeddingService:
             self.l2 = RedisL2Cache(s.l2_cache_url, self.servable.dim, ttl_s=s.l2_cache_ttl_s,
                                    timeout_s=s.l2_cache_timeout_ms / 1000, retry_s=s.l2_cache_retry_s,
                                    key_prefix=s.l2_cache_key_prefix)
+
+    def _run_batch(self, texts: list[str], feature_set: str) -> EmbedBatchResult:
+        """One model pass (a worker thread), its vectors rounded once to the set's precision: so a text's
+        vector is the same whether it comes from the model, L1 or L2, and the caches hold that many bytes."""
+        result = self.servable.embed(texts, feature_set)
+        dtype = self.servable.feature_sets[feature_set].dtype
+        return result if result.vectors.dtype == dtype else dataclasses.replace(result, vectors=result.vectors.astype(dtype))
 
     async def close(self) -> None:
         if self.batcher is not None:
@@ -75,7 +85,7 @@ class EmbeddingService:
         metrics.TEXTS.inc(len(texts))
         fp = fs.fingerprint
         deadline = time.monotonic() + timeout_s if timeout_s else None
-        vectors = np.empty((len(texts), fs.dim), dtype=np.float32)
+        vectors = np.empty((len(texts), fs.dim), dtype=fs.dtype)
         cached = [False] * len(texts)
         truncated = [False] * len(texts)
         token_counts = [0] * len(texts)

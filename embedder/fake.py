@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from embedder.feature_sets import ALL6, DEFAULT, KNOWN, FeatureSet, derived_fingerprint
+from embedder.feature_sets import ALL6, DEFAULT, KNOWN, FeatureSet, served_set
 from embedder.servable_api import EmbedBatchResult, char_lengths
 from embedder.settings import EmbedderSettings
 
@@ -88,8 +88,8 @@ class FakeEmbeddingServable:
         self.dim, self.max_seq_length = self._dim, self._max_seq_length
         self.feature_sets = {DEFAULT: FeatureSet(DEFAULT, self.dim, self.fingerprint)}
         if ALL6 in self._sets:
-            self.feature_sets[ALL6] = FeatureSet(ALL6, LAYERS * self.dim, derived_fingerprint(
-                self.fingerprint, ALL6, FEATURE_SET_VERSIONS[ALL6]))
+            self.feature_sets[ALL6] = served_set(self.fingerprint, ALL6, LAYERS * self.dim,
+                                                 FEATURE_SET_VERSIONS[ALL6])
         log.warning("serving a FAKE embedding model (hashed words): for tests and development only; its vectors "
                     "are not sentence embeddings and heads trained on them refuse the real model",
                     extra={"handle": self.handle, "fingerprint": self.fingerprint, "dim": self.dim})

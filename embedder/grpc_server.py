@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from embedder import metrics
+from embedder import metrics, wire
 from embedder.core import EmbeddingService, EmbedOutcome
 from embedder.servable import TextEmbeddingServable, make_servable
 from embedder.settings import EmbedderSettings
@@ -34,9 +34,12 @@ def request_id(context: grpc.aio.ServicerContext) -> str:
     return dict(context.invocation_metadata() or ()).get("x-request-id", "")
 
 
-def to_response(outcome: EmbedOutcome, service: EmbeddingService) -> embedder_pb2.EmbedResponse:
+def to_response(outcome: EmbedOutcome, service: EmbeddingService,
+                accept_encoding: int = embedder_pb2.FLOAT32) -> embedder_pb2.EmbedResponse:
+    embeddings, encoding = wire.encode(outcome.vectors, accept_encoding)
     return embedder_pb2.EmbedResponse(
-        embeddings=outcome.vectors.astype("<f4", copy=False).tobytes(),
+        embeddings=embeddings,
+        encoding=encoding,
         dim=outcome.feature_set.dim,
         cached=outcome.cached,
         truncated=outcome.truncated,
@@ -144,6 +147,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
     async def _embed(self, request, context) -> EmbedOutcome:
         if isinstance(request, UndecodableRequest):
             raise request.error
+        wire.check_accept(request.accept_encoding)  # before any work: a bad request costs nothing
         return await self.service.embed(list(request.texts), request.bypass_cache, context.time_remaining(),
                                         request.feature_set)
 
@@ -162,7 +166,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
                                             "embed.feature_set": outcome.feature_set.name})
         metrics.REQUESTS.labels("Embed", "OK").inc()
         metrics.REQUEST_LATENCY.labels("Embed").observe(time.perf_counter() - started)
-        return to_response(outcome, self.service)
+        return to_response(outcome, self.service, request.accept_encoding)
 
     async def EmbedStream(self, request_iterator, context):
         started = time.perf_counter()
@@ -172,7 +176,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             index = 0
             async for req in request_iterator:
                 task = asyncio.ensure_future(self._embed(req, context))
-                await window.put((index, task))
+                await window.put((index, task, req))
                 index += 1
             await window.put(None)
 
@@ -180,13 +184,13 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         try:
             self._check_ready()
             while (entry := await window.get()) is not None:
-                index, task = entry
+                index, task, req = entry
                 try:
                     outcome = await task
                 except PolyheadError as err:
                     err.message = f"request[{index}].{err.message}"
                     raise
-                yield to_response(outcome, self.service)
+                yield to_response(outcome, self.service, req.accept_encoding)
         except PolyheadError as err:
             await self._fail(context, "EmbedStream", err, started)
         finally:
@@ -210,7 +214,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             model=info["model"], fingerprint=info["fingerprint"], dim=info["dim"],
             max_seq_length=info["max_seq_length"], limits=embedder_pb2.Limits(**info["limits"]),
             cache_max_entries=info["cache_max_entries"], server_version=__version__,
-            feature_sets=[embedder_pb2.FeatureSet(name=f.name, dim=f.dim, fingerprint=f.fingerprint)
+            feature_sets=[embedder_pb2.FeatureSet(name=f.name, dim=f.dim, fingerprint=f.fingerprint,
+                                                  storage=wire.ENCODING_OF_PRECISION[f.precision])
                           for f in info["feature_sets"]],
         )
 

@@ -3,7 +3,8 @@
 It survives embedder restarts and is shared by every replica (and read by heads when no embedder
 answers). Keys: `<prefix><fingerprint>:<blake2b-128 of the UTF-8 text>`, the fingerprint being the
 feature set's (a key never holds the text itself, and its length is bounded); values: a 5-byte header (truncated flag, token count)
-then the vector as little-endian float32. Every key gets a TTL; the memory cap is Redis's own
+then the vector as little-endian float32, or float16 for a set whose fingerprint says so
+(embedder/feature_sets.py precision_of: the key alone tells a reader how to read the value). Every key gets a TTL; the memory cap is Redis's own
 (`maxmemory` with `maxmemory-policy allkeys-lru`), set on the server, not by the application.
 
 Round trips are coalesced: every lookup made in one event-loop tick goes out as one MGET and every
@@ -24,6 +25,7 @@ import numpy as np
 
 from embedder import metrics
 from embedder.cache import CachedEmbedding
+from embedder.feature_sets import precision_of
 from embedder.l2keys import L2_KEY_PREFIX, l2_key
 
 log = logging.getLogger("polyhead.embedder.l2cache")
@@ -32,18 +34,19 @@ WRITE_TIMEOUT_FACTOR = 5  # a write may take this many read timeouts
 MAX_PENDING_WRITES = 50_000  # writes waiting for Redis beyond this are dropped (counted), never queued forever
 
 
-def pack(value: CachedEmbedding) -> bytes:
-    return _HEADER.pack(int(value.truncated), value.token_count) + value.vector.astype("<f4", copy=False).tobytes()
+def pack(value: CachedEmbedding, dtype: np.dtype = np.dtype("<f4")) -> bytes:
+    return _HEADER.pack(int(value.truncated), value.token_count) + value.vector.astype(dtype, copy=False).tobytes()
 
 
-def unpack(raw: bytes | None, dim: int | None) -> CachedEmbedding | None:
-    """None for a miss or a value of another shape (an old format, another encoder's dimension)."""
-    if raw is None or len(raw) <= _HEADER.size or (len(raw) - _HEADER.size) % 4:
+def unpack(raw: bytes | None, dim: int | None, dtype: np.dtype = np.dtype("<f4")) -> CachedEmbedding | None:
+    """None for a miss or a value of another shape (an old format, another encoder's dimension).
+    The vector comes back in `dtype`'s precision, native byte order."""
+    if raw is None or len(raw) <= _HEADER.size or (len(raw) - _HEADER.size) % dtype.itemsize:
         return None
-    if dim is not None and len(raw) != _HEADER.size + 4 * dim:
+    if dim is not None and len(raw) != _HEADER.size + dtype.itemsize * dim:
         return None
     truncated, token_count = _HEADER.unpack_from(raw)
-    vector = np.frombuffer(raw, dtype="<f4", offset=_HEADER.size).astype(np.float32)
+    vector = np.frombuffer(raw, dtype=dtype, offset=_HEADER.size).astype(dtype.newbyteorder("="))
     return CachedEmbedding(vector, bool(truncated), token_count)
 
 
@@ -67,7 +70,7 @@ class RedisL2Cache:
                                            health_check_interval=0)
         self._down_until = 0.0
         self._outage = False
-        self._reads: list[tuple[list[str], asyncio.Future, int | None]] = []
+        self._reads: list[tuple[list[str], asyncio.Future, int | None, np.dtype]] = []
         self._writes: dict[str, bytes] = {}
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task] = set()
@@ -105,7 +108,8 @@ class RedisL2Cache:
             metrics.L2_SKIPPED.labels(self.role, "get").inc(len(texts))
             return [None] * len(texts)
         future = asyncio.get_running_loop().create_future()
-        self._reads.append(([l2_key(self.key_prefix, fingerprint, t) for t in texts], future, dim or self.dim))
+        self._reads.append(([l2_key(self.key_prefix, fingerprint, t) for t in texts], future, dim or self.dim,
+                            precision_of(fingerprint).dtype))
         self._schedule_flush()
         found = await future
         hits = sum(v is not None for v in found)
@@ -113,8 +117,8 @@ class RedisL2Cache:
         metrics.L2_MISSES.labels(self.role).inc(len(texts) - hits)
         return found
 
-    async def _flush_reads(self, reads: list[tuple[list[str], asyncio.Future, int | None]]) -> None:
-        keys = [k for ks, _, _ in reads for k in ks]
+    async def _flush_reads(self, reads: list[tuple[list[str], asyncio.Future, int | None, np.dtype]]) -> None:
+        keys = [k for ks, _, _, _ in reads for k in ks]
         started = time.perf_counter()
         try:
             raw = await asyncio.wait_for(self._redis.mget(keys), self.timeout_s)
@@ -125,9 +129,9 @@ class RedisL2Cache:
             self._succeeded()
             metrics.L2_LATENCY.labels(self.role, "get").observe(time.perf_counter() - started)
         at = 0
-        for ks, future, dim in reads:
+        for ks, future, dim, dtype in reads:
             if not future.done():
-                future.set_result([unpack(r, dim) for r in raw[at:at + len(ks)]])
+                future.set_result([unpack(r, dim, dtype) for r in raw[at:at + len(ks)]])
             at += len(ks)
 
     # -- writes ---------------------------------------------------------------------------------------
@@ -136,7 +140,7 @@ class RedisL2Cache:
         if not self.available or len(self._writes) >= MAX_PENDING_WRITES:
             metrics.L2_SKIPPED.labels(self.role, "set").inc()
             return
-        self._writes[l2_key(self.key_prefix, fingerprint, text)] = pack(value)
+        self._writes[l2_key(self.key_prefix, fingerprint, text)] = pack(value, precision_of(fingerprint).dtype)
         self._schedule_flush()
 
     async def _flush_writes(self, writes: dict[str, bytes]) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.feature_sets import DEFAULT, FeatureSet, derived_fingerprint
+from embedder.feature_sets import DEFAULT, FeatureSet, served_set
 from embedder.onnx_tokenizer import make_tokenizer, token_counts, tokenize
 from embedder.servable import EmbedBatchResult
 from embedder.servable_api import CHARS_PER_TOKEN
@@ -98,7 +98,7 @@ class OnnxEmbeddingServable:
         for name, version in sorted(meta["feature_sets"].items()):
             if name in outputs:
                 dim = int(self.embed(["polyhead"], name).vectors.shape[1])
-                self.feature_sets[name] = FeatureSet(name, dim, derived_fingerprint(self.fingerprint, name, version))
+                self.feature_sets[name] = served_set(self.fingerprint, name, dim, version)
         log.info("model loaded", extra={"handle": self.handle, "fingerprint": self.fingerprint, "dim": self.dim,
                                         "backend": self.backend, "precision": self.precision,
                                         "feature_sets": list(self.feature_sets),

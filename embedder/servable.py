@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.feature_sets import DEFAULT, FeatureSet, derived_fingerprint
+from embedder.feature_sets import DEFAULT, FeatureSet, served_set
 from embedder.servable_api import EmbedBatchResult, char_lengths
 from embedder.settings import EmbedderSettings
 
@@ -77,8 +77,8 @@ class TextEmbeddingServable:
             versions = {k: int(v.numpy()) for k, v in self._module.feature_set_versions().items()}
             out = self._features(tf.constant(["polyhead"]))
             for name in sorted(versions):
-                self.feature_sets[name] = FeatureSet(name, int(out[name].shape[1]),
-                                                     derived_fingerprint(self.fingerprint, name, versions[name]))
+                self.feature_sets[name] = served_set(self.fingerprint, name, int(out[name].shape[1]),
+                                                     versions[name])
         log.info("model loaded", extra={"handle": self.handle, "fingerprint": self.fingerprint,
                                         "dim": self.dim, "feature_sets": list(self.feature_sets),
                                         "load_s": round(time.perf_counter() - started, 2)})

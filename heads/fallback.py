@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from cachetools import LRUCache
 
+from embedder.feature_sets import precision_of
+
 if TYPE_CHECKING:  # imported by the head only when an L2 URL is set (it brings redis and metrics)
     from embedder.l2cache import RedisL2Cache
 
@@ -27,7 +29,8 @@ class FallbackHit:
 
 class EmbeddingFallback:
     def __init__(self, max_entries: int, l2: RedisL2Cache | None = None):
-        # (fingerprint, text) -> vector; ~1.5 KiB an entry for a 384-d encoder.
+        # (fingerprint, text) -> vector in the set's precision; ~1.5 KiB an entry for a 384-d encoder, 4.5 KiB for
+        # all6 (float16: its vectors are float16 values, so nothing is lost).
         self._recent: LRUCache | None = LRUCache(maxsize=max_entries) if max_entries > 0 else None
         self.l2 = l2
 
@@ -37,11 +40,12 @@ class EmbeddingFallback:
 
     def remember(self, fingerprint: str, texts: list[str], vectors: np.ndarray) -> None:
         if self._recent is not None:
+            dtype = precision_of(fingerprint).dtype.newbyteorder("=")
             for text, vector in zip(texts, vectors):
                 # A copy of the row: the batch is a view of the whole gRPC response (np.frombuffer), and a
                 # row view kept here would pin all of it until the entry is evicted (the soak's packed
                 # head grew ~190 MiB that way: 2,048 entries x 20 heads, each holding a response).
-                self._recent[(fingerprint, text)] = np.array(vector, dtype=np.float32, copy=True)
+                self._recent[(fingerprint, text)] = np.array(vector, dtype=dtype, copy=True)
 
     async def lookup(self, fingerprint: str, texts: list[str]) -> FallbackHit | None:
         """Vectors for every text, or None when any one is unknown."""

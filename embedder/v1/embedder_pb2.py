@@ -24,25 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65mbedder/v1/embedder.proto\x12\x14polyhead.embedder.v1\"H\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x14\n\x0c\x62ypass_cache\x18\x02 \x01(\x08\x12\x13\n\x0b\x66\x65\x61ture_set\x18\x03 \x01(\t\"\x8d\x01\n\rEmbedResponse\x12\x12\n\nembeddings\x18\x01 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x03(\x08\x12\x11\n\ttruncated\x18\x04 \x03(\x08\x12\x13\n\x0b\x66ingerprint\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x14\n\x0ctoken_counts\x18\x07 \x03(\x05\"\r\n\x0bInfoRequest\"o\n\x06Limits\x12\x1d\n\x15max_texts_per_request\x18\x01 \x01(\x05\x12\x16\n\x0emax_text_chars\x18\x02 \x01(\x05\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\x05\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\x05\"\xf0\x01\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\x05\x12\x16\n\x0emax_seq_length\x18\x04 \x01(\x05\x12,\n\x06limits\x18\x05 \x01(\x0b\x32\x1c.polyhead.embedder.v1.Limits\x12\x19\n\x11\x63\x61\x63he_max_entries\x18\x06 \x01(\x03\x12\x16\n\x0eserver_version\x18\x07 \x01(\t\x12\x36\n\x0c\x66\x65\x61ture_sets\x18\x08 \x03(\x0b\x32 .polyhead.embedder.v1.FeatureSet\"<\n\nFeatureSet\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t2\x87\x02\n\x08\x45mbedder\x12P\n\x05\x45mbed\x12\".polyhead.embedder.v1.EmbedRequest\x1a#.polyhead.embedder.v1.EmbedResponse\x12Z\n\x0b\x45mbedStream\x12\".polyhead.embedder.v1.EmbedRequest\x1a#.polyhead.embedder.v1.EmbedResponse(\x01\x30\x01\x12M\n\x04Info\x12!.polyhead.embedder.v1.InfoRequest\x1a\".polyhead.embedder.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65mbedder/v1/embedder.proto\x12\x14polyhead.embedder.v1\"\x87\x01\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x14\n\x0c\x62ypass_cache\x18\x02 \x01(\x08\x12\x13\n\x0b\x66\x65\x61ture_set\x18\x03 \x01(\t\x12=\n\x0f\x61\x63\x63\x65pt_encoding\x18\x04 \x01(\x0e\x32$.polyhead.embedder.v1.VectorEncoding\"\xc5\x01\n\rEmbedResponse\x12\x12\n\nembeddings\x18\x01 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x03(\x08\x12\x11\n\ttruncated\x18\x04 \x03(\x08\x12\x13\n\x0b\x66ingerprint\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x14\n\x0ctoken_counts\x18\x07 \x03(\x05\x12\x36\n\x08\x65ncoding\x18\x08 \x01(\x0e\x32$.polyhead.embedder.v1.VectorEncoding\"\r\n\x0bInfoRequest\"o\n\x06Limits\x12\x1d\n\x15max_texts_per_request\x18\x01 \x01(\x05\x12\x16\n\x0emax_text_chars\x18\x02 \x01(\x05\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\x05\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\x05\"\xf0\x01\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\x05\x12\x16\n\x0emax_seq_length\x18\x04 \x01(\x05\x12,\n\x06limits\x18\x05 \x01(\x0b\x32\x1c.polyhead.embedder.v1.Limits\x12\x19\n\x11\x63\x61\x63he_max_entries\x18\x06 \x01(\x03\x12\x16\n\x0eserver_version\x18\x07 \x01(\t\x12\x36\n\x0c\x66\x65\x61ture_sets\x18\x08 \x03(\x0b\x32 .polyhead.embedder.v1.FeatureSet\"s\n\nFeatureSet\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x35\n\x07storage\x18\x04 \x01(\x0e\x32$.polyhead.embedder.v1.VectorEncoding**\n\x0eVectorEncoding\x12\x0b\n\x07\x46LOAT32\x10\x00\x12\x0b\n\x07\x46LOAT16\x10\x01\x32\x87\x02\n\x08\x45mbedder\x12P\n\x05\x45mbed\x12\".polyhead.embedder.v1.EmbedRequest\x1a#.polyhead.embedder.v1.EmbedResponse\x12Z\n\x0b\x45mbedStream\x12\".polyhead.embedder.v1.EmbedRequest\x1a#.polyhead.embedder.v1.EmbedResponse(\x01\x30\x01\x12M\n\x04Info\x12!.polyhead.embedder.v1.InfoRequest\x1a\".polyhead.embedder.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'embedder.v1.embedder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EMBEDREQUEST']._serialized_start=52
-  _globals['_EMBEDREQUEST']._serialized_end=124
-  _globals['_EMBEDRESPONSE']._serialized_start=127
-  _globals['_EMBEDRESPONSE']._serialized_end=268
-  _globals['_INFOREQUEST']._serialized_start=270
-  _globals['_INFOREQUEST']._serialized_end=283
-  _globals['_LIMITS']._serialized_start=285
-  _globals['_LIMITS']._serialized_end=396
-  _globals['_INFORESPONSE']._serialized_start=399
-  _globals['_INFORESPONSE']._serialized_end=639
-  _globals['_FEATURESET']._serialized_start=641
-  _globals['_FEATURESET']._serialized_end=701
-  _globals['_EMBEDDER']._serialized_start=704
-  _globals['_EMBEDDER']._serialized_end=967
+  _globals['_VECTORENCODING']._serialized_start=878
+  _globals['_VECTORENCODING']._serialized_end=920
+  _globals['_EMBEDREQUEST']._serialized_start=53
+  _globals['_EMBEDREQUEST']._serialized_end=188
+  _globals['_EMBEDRESPONSE']._serialized_start=191
+  _globals['_EMBEDRESPONSE']._serialized_end=388
+  _globals['_INFOREQUEST']._serialized_start=390
+  _globals['_INFOREQUEST']._serialized_end=403
+  _globals['_LIMITS']._serialized_start=405
+  _globals['_LIMITS']._serialized_end=516
+  _globals['_INFORESPONSE']._serialized_start=519
+  _globals['_INFORESPONSE']._serialized_end=759
+  _globals['_FEATURESET']._serialized_start=761
+  _globals['_FEATURESET']._serialized_end=876
+  _globals['_EMBEDDER']._serialized_start=923
+  _globals['_EMBEDDER']._serialized_end=1186
 # @@protoc_insertion_point(module_scope)

@@ -1,21 +1,26 @@
-"""The "all6" feature set on the real model: what the service answers is the SavedModel's own output,
-2,304 dims of six unit-norm layer blocks, equal to what scripts/bench/features.py measured; the
-default set is untouched (test_export.py's parity tests run on it unchanged)."""
+"""The "all6" feature set on the real model: what the service answers is the SavedModel's own output
+rounded to float16 (its storage precision), 2,304 dims of six unit-norm layer blocks, equal to what
+scripts/bench/features.py measured, the same from the model and the cache; the default set is
+untouched (test_export.py's parity tests run on it unchanged)."""
 
 from __future__ import annotations
 
 import importlib.util
 
+import grpc
 import numpy as np
 import pytest
 
 from embedder.client import AsyncEmbedderClient, feature_sets
+from embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from polyhead.errors import ValidationError
 from tests.conftest import ROOT
 from tests.e2e.embedder.fixtures import running_server
 
 TEXTS = ["How do I reset my PIN?", "what a lovely day", "Book me a table for two at 7pm tonight please " * 12,
          "ß ﬁ 日本語 café"]
+# float16 keeps 11 significant bits: rounding moves a value by at most half a unit in the last place.
+F16_RTOL = 2.0 ** -11
 
 
 async def test_all6_from_the_service_is_the_modules_output_in_six_unit_blocks(servable):
@@ -26,24 +31,37 @@ async def test_all6_from_the_service_is_the_modules_output_in_six_unit_blocks(se
         client = AsyncEmbedderClient(target)
         try:
             all6 = await client.embed(TEXTS, feature_set="all6")
+            cached = await client.embed(TEXTS, feature_set="all6")
             default = await client.embed(TEXTS)
             info = await client.info()
+            async with grpc.aio.insecure_channel(target) as channel:  # the wire: half the bytes when accepted
+                stub = embedder_pb2_grpc.EmbedderStub(channel)
+                half = await stub.Embed(embedder_pb2.EmbedRequest(texts=TEXTS, feature_set="all6",
+                                                                  accept_encoding=embedder_pb2.FLOAT16))
         finally:
             await client.close()
-    # The service batches by length: padding differs from the one-batch call in the last float bits only.
-    assert np.allclose(all6.vectors, module["all6"].numpy(), atol=1e-6)
+    # Every value is a float16 one, the same from the model and from the cache.
+    assert all6.vectors.dtype == np.float32 and np.array_equal(all6.vectors.astype(np.float16), all6.vectors)
+    assert cached.cached == [True] * len(TEXTS) and np.array_equal(cached.vectors, all6.vectors)
+    assert half.encoding == embedder_pb2.FLOAT16 and len(half.embeddings) == len(TEXTS) * 2304 * 2
+    assert np.array_equal(np.frombuffer(half.embeddings, "<f2").reshape(len(TEXTS), -1), all6.vectors)
+    # The service batches by length: padding differs from the one-batch call in the last float bits
+    # only (1e-6), then rounding to float16 moves each value by up to half its last place.
+    assert np.allclose(all6.vectors, module["all6"].numpy(), rtol=F16_RTOL, atol=1e-6)
     assert all6.vectors.shape == (len(TEXTS), 2304)
     blocks = all6.vectors.reshape(len(TEXTS), 6, 384)
-    assert np.allclose(np.linalg.norm(blocks, axis=2), 1.0, atol=1e-5)
-    # The last layer's block is the default vector; the default set is served by its own function, bit for bit.
-    assert np.allclose(blocks[:, -1], default.vectors, atol=1e-6)
+    assert np.allclose(np.linalg.norm(blocks, axis=2), 1.0, atol=F16_RTOL)
+    # The last layer's block is the default vector (rounded); the default set is served by its own
+    # function, bit for bit, in float32.
+    assert np.allclose(blocks[:, -1], default.vectors, rtol=F16_RTOL, atol=1e-6)
     assert np.allclose(default.vectors, servable.embed(TEXTS).vectors, atol=1e-6)
     assert all6.truncated == default.truncated == [False, False, True, False]
     assert all6.token_counts == default.token_counts
     sets = feature_sets(info)
     assert [(s.name, s.dim) for s in sets.values()] == [("default", 384), ("all6", 2304)]
     assert sets["default"].fingerprint == servable.fingerprint == default.fingerprint
-    assert sets["all6"].fingerprint == all6.fingerprint == f"{servable.fingerprint}+all6-v1"
+    assert sets["all6"].fingerprint == all6.fingerprint == f"{servable.fingerprint}+all6-v1+f16"
+    assert (sets["default"].precision, sets["all6"].precision) == ("float32", "float16")
 
 
 def test_the_benchmarks_layer_encoder_agrees_with_the_served_all6(exported_model):

@@ -96,7 +96,7 @@ def test_each_backend_and_precision_has_its_own_fingerprint(servable, onnx_serva
 
     prints = {servable.fingerprint, onnx_servable.fingerprint, onnx_int8_servable.fingerprint}
     assert len(prints) == 3 and all(p.startswith("sha256:") for p in prints)
-    assert onnx_servable.feature_sets["all6"].fingerprint == onnx_servable.fingerprint + "+all6-v1"
+    assert onnx_servable.feature_sets["all6"].fingerprint == onnx_servable.fingerprint + "+all6-v1+f16"
     # Stable across re-exports: a fresh export of the same weights serves under the same fingerprint.
     export_onnx(tmp_path / "again", "fp32")
     assert load_onnx_servable(tmp_path / "again", "fp32").fingerprint == onnx_servable.fingerprint
@@ -190,9 +190,10 @@ async def test_the_grpc_service_is_the_same_on_onnx(onnx_servable):
         finally:
             await client.close()
     assert default.fingerprint == onnx_servable.fingerprint
-    assert all6.fingerprint == onnx_servable.fingerprint + "+all6-v1"
+    assert all6.fingerprint == onnx_servable.fingerprint + "+all6-v1+f16"
     assert all6.vectors.shape == (3, 2304)
-    assert np.allclose(all6.vectors[:, -384:], default.vectors, atol=1e-6)
+    assert np.array_equal(all6.vectors.astype(np.float16), all6.vectors)  # served in its float16 storage
+    assert np.allclose(all6.vectors[:, -384:], default.vectors, rtol=2.0 ** -11, atol=1e-6)
     assert np.allclose(default.vectors, onnx_servable.embed(texts).vectors, atol=1e-6)
     assert again.cached == [True, True, True]
     assert default.truncated == [False, False, True]

@@ -264,7 +264,7 @@ def test_a_head_trained_on_all6_serves_on_the_real_model(server_process, tmp_pat
     config.write_text(config.read_text() + "feature_set: all6\n")
     report = train(config, tmp_path / "models", target, seed=1)
     manifest = json.loads((report.path / "manifest.json").read_text())
-    assert manifest["feature_set"] == "all6" and manifest["embedder_fingerprint"].endswith("+all6-v1")
+    assert manifest["feature_set"] == "all6" and manifest["embedder_fingerprint"].endswith("+all6-v1+f16")
     assert report.metrics["test"]["accuracy"] >= 0.75  # as the default set's head above
     with head_process(config, tmp_path / "models", target, db_url=f"sqlite:///{tmp_path / 'i.db'}",
                       spool_dir=tmp_path / "s") as (_, url):

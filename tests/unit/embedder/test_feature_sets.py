@@ -26,7 +26,9 @@ def test_the_fake_serves_all6_as_six_unit_blocks_ending_with_the_default_vector(
     assert list(model.feature_sets) == ["default", "all6"]
     default, all6 = model.feature_sets["default"], model.feature_sets["all6"]
     assert (default.dim, default.fingerprint) == (16, model.fingerprint)  # default's fingerprint is the model's
-    assert all6.dim == 96 and all6.fingerprint == derived_fingerprint(model.fingerprint, "all6", 1) != model.fingerprint
+    assert all6.dim == 96 and all6.precision == "float16"
+    assert all6.fingerprint == derived_fingerprint(model.fingerprint, "all6", 1, "float16") == model.fingerprint + "+all6-v1+f16"
+    assert default.precision == "float32"
     vectors = model.embed(TEXTS, "all6").vectors
     blocks = vectors.reshape(len(TEXTS), 6, 16)
     assert np.allclose(np.linalg.norm(blocks, axis=2), 1.0, atol=1e-6)
@@ -65,7 +67,8 @@ async def test_grpc_routes_the_set_and_info_lists_every_set_default_first(embedd
     client = AsyncEmbedderClient(embedder.target)
     try:
         out = await client.embed(TEXTS, feature_set="all6")
-        assert np.array_equal(out.vectors, embedder.model.embed(TEXTS, "all6").vectors)
+        # all6 is served rounded to float16 (the model's own float32 vectors are not).
+        assert np.array_equal(out.vectors, embedder.model.embed(TEXTS, "all6").vectors.astype(np.float16).astype(np.float32))
         assert out.fingerprint == embedder.model.feature_sets["all6"].fingerprint
         default = await client.embed(TEXTS)
         assert default.fingerprint == embedder.model.fingerprint and default.vectors.shape == (2, 384)
