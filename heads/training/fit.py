@@ -87,6 +87,7 @@ class TrainResult:
     # applied: on the given val split, the out-of-fold predictions (cv) or the held-out split. The
     # final (refit) model never trained without these texts, so this is its honest confidence.
     val_proba: np.ndarray | None = None
+    val_truth: np.ndarray | None = None  # [n_val] the true class index (into model.labels) of each val_proba row
     selection: dict[str, Any] = field(default_factory=dict)  # metric, source, chosen, why, every candidate's score
     feature_set: str | None = None  # the chosen candidate's feature set (None: X was one unnamed array)
     train_cpu_s: float = 0.0  # CPU seconds of this process for the whole training (wall: train_time_s)
@@ -273,6 +274,7 @@ def _train_head(X_train, y_train, X_val, y_val, p: TrainParams, seed: int, progr
                        val_metric=p.selection_metric, train_time_s=clock.wall_s(), search=search,
                        n_train=len(yi), n_val=len(y_sel) if validated else 0, val_source=val_source,
                        selection=selection, val_proba=_adjusted(best.val_proba, tau * log_prior_fit),
+                       val_truth=y_sel if validated and best.val_proba is not None else None,
                        feature_set=best.feature_set, train_cpu_s=clock.cpu_s())
 
 

@@ -1,10 +1,12 @@
 """Self-training (`polyhead train --with-pseudo-labels`): production texts the champion is very sure of,
 added to the training split with the champion's label.
 
-- The threshold is chosen on labelled validation data: the lowest top probability at which the
-  champion's answers on the val split are at least ``target_precision`` right, over at least
-  ``min_support`` val texts (fewer: no threshold, nothing is added: a precision measured on a handful
-  of texts means nothing).
+- The threshold is chosen on held-out predictions: the lowest top probability at which the champion's
+  out-of-fold (cross-validation) or validation answers were at least ``target_precision`` right, over
+  at least ``min_support`` texts (fewer: no threshold, nothing is added: a precision measured on a
+  handful of texts means nothing). Training records that table in metrics.json
+  (``held_out_confidence``, see ``reliability``): the champion's answers on texts it was refitted on
+  would be right far more often than on production texts.
 - Candidates are the logged predictions of the champion's version at or above it, with their text
   kept, no feedback, not in any split (so never in val or test) and distinct; the most confident
   first, at most ``max_share`` of the training split.
@@ -31,20 +33,23 @@ class PseudoLabelOptions:
     max_share: float = 0.2
 
 
-def choose_threshold(proba: np.ndarray, labels: list[str], truth: list[str], *, target_precision: float,
-                     min_support: int) -> tuple[float, float, int] | None:
-    """(threshold, val precision at it, val texts at or above it), the lowest threshold that reaches
-    ``target_precision`` on at least ``min_support`` texts; None when none does."""
-    top = proba.max(axis=1)
-    right = np.array([labels[i] for i in proba.argmax(axis=1)]) == np.array(truth)
-    for t in THRESHOLDS:
-        sure = top >= t
-        n = int(sure.sum())
+def reliability(proba: np.ndarray, truth: np.ndarray) -> dict:
+    """Per threshold in THRESHOLDS: held-out texts whose top probability reaches it and how many of those
+    the top label got right (``proba`` [n, C] held-out probabilities, ``truth`` [n] class indices)."""
+    top = np.asarray(proba).max(axis=1)
+    right = np.asarray(proba).argmax(axis=1) == np.asarray(truth)
+    return {"n": int(len(top)), "thresholds": THRESHOLDS.tolist(), "support": [int((top >= t).sum()) for t in THRESHOLDS],
+            "correct": [int(right[top >= t].sum()) for t in THRESHOLDS]}
+
+
+def choose_threshold(table: dict, *, target_precision: float, min_support: int) -> tuple[float, float, int] | None:
+    """(threshold, held-out precision at it, held-out texts at or above it) from a ``reliability`` table: the
+    lowest threshold that reaches ``target_precision`` on at least ``min_support`` texts; None when none does."""
+    for t, n, correct in zip(table["thresholds"], table["support"], table["correct"]):
         if n < min_support:
             return None  # higher thresholds keep even fewer
-        precision = float(right[sure].mean())
-        if precision >= target_precision:
-            return float(t), round(precision, 6), n
+        if correct / n >= target_precision:
+            return float(t), round(correct / n, 6), int(n)
     return None
 
 

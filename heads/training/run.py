@@ -28,6 +28,7 @@ from heads.roles import read_state, register_trained, update_state
 from heads.training.drift_reference import build_reference
 from heads.training.evaluation import evaluate
 from heads.training.fit import train_head
+from heads.training.pseudo_labels import reliability
 from polyhead import __version__
 from polyhead.errors import ValidationError
 
@@ -154,17 +155,21 @@ def _add_pseudo_labels(config: HeadConfig, client, champion, splits: dict, by_se
     """(train split, counts); the added texts' vectors are appended to every set's train vectors in `by_set`."""
     from heads.training.pseudo_labels import choose_threshold, confident_predictions, pick
 
-    train, val = splits["train"], splits["val"]
+    train = splits["train"]
     counts = {"champion": champion.version, "target_precision": options.target_precision,
               "min_support": options.min_support, "max_share": options.max_share, "threshold": None, "added": 0}
     if champion.feature_set not in by_set:
         counts["skipped"] = f"the champion embeds with {champion.feature_set!r}, not among the sets {sorted(by_set)}"
         return train, counts
-    chosen = choose_threshold(champion.model.predict_proba(by_set[champion.feature_set]["val"]), list(champion.model.labels), val.labels,
-                              target_precision=options.target_precision, min_support=options.min_support)
+    table = champion.metrics.get("held_out_confidence")
+    if table is None:
+        counts["skipped"] = (f"version {champion.version} has no held-out confidence table in its metrics.json "
+                             "(trained before it was recorded, or without validation): retrain it once")
+        return train, counts
+    chosen = choose_threshold(table, target_precision=options.target_precision, min_support=options.min_support)
     if chosen is None:
         counts["skipped"] = (f"no threshold reaches precision {options.target_precision} on at least "
-                             f"{options.min_support} of the {len(val.texts)} val texts")
+                             f"{options.min_support} of the champion's {table['n']} held-out answers")
         return train, counts
     threshold, precision, support = chosen
     candidates = confident_predictions(options.db_url, config.name, champion.version, threshold)
@@ -324,6 +329,9 @@ def train_from_config(config: HeadConfig, models_dir: Path, client, *, console=N
         metrics["new_classes"] = feedback_counts.get("new_classes", [])
     if pseudo_counts is not None:
         metrics["pseudo_labels"] = pseudo_counts
+    if result.val_proba is not None and result.val_truth is not None:
+        # what self-training picks its threshold from (heads.training.pseudo_labels): answers on held-out texts
+        metrics["held_out_confidence"] = {"source": result.val_source, **reliability(result.val_proba, result.val_truth)}
     if "test" in splits:
         metrics["test"] = evaluate(result.model, embedded["test"], splits["test"].labels)
     version = version or new_version()
