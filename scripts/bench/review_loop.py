@@ -341,7 +341,8 @@ def summarize(runs: list[list[dict]], rounds: int) -> None:
                 new_class[r["dataset"]] = r["new_class"]
                 recall.setdefault(key, {}).setdefault(r["round"], []).append(r.get("new_class_recall") or 0.0)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    print(f"#### Test accuracy per round, mean of {len(runs)} runs\n")
+    seeds = sorted({len(per.get(0, [])) for per in acc.values()})
+    print(f"#### Test accuracy per round, mean of {'/'.join(map(str, seeds))} runs (seeds) per strategy\n")
     print("| dataset | strategy | " + " | ".join(f"r{i}" for i in range(rounds + 1)) + " |")
     print("|---|---|" + "---|" * (rounds + 1))
     for (dataset, strategy), per in acc.items():
