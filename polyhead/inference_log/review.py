@@ -125,6 +125,11 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
+def nearest_similarity(vectors: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Per row of ``vectors``: the cosine similarity to its most similar row of ``references``."""
+    return (unit(vectors) @ unit(references).T).max(axis=1)
+
+
 def farthest_first(vectors: np.ndarray, n: int, centers: np.ndarray | None = None) -> list[tuple[int, float]]:
     """Greedy k-center on cosine distance: each pick is the point farthest from every center chosen so far
     (the training centroids, when given, count as chosen). Returns (index, distance when picked)."""
@@ -132,7 +137,7 @@ def farthest_first(vectors: np.ndarray, n: int, centers: np.ndarray | None = Non
     if len(x) == 0:
         return []
     if centers is not None and len(centers):
-        nearest = 1.0 - (x @ unit(centers).T).max(axis=1)
+        nearest = 1.0 - nearest_similarity(x, centers)
     else:  # no reference: start from the point farthest from the mean direction
         nearest = 1.0 - x @ unit(x.mean(axis=0, keepdims=True))[0]
     picks: list[tuple[int, float]] = []
@@ -195,7 +200,7 @@ def _rank_uncertain(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[i
 
 
 def _rank_ood(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int, float | None]]:
-    similarity = (unit(ctx.vectors) @ unit(ctx.centroids).T).max(axis=1)
+    similarity = nearest_similarity(ctx.vectors, ctx.centroids)
     order = np.argsort(similarity, kind="stable")[:n]
     return [(int(i), float(similarity[i])) for i in order]
 
@@ -205,7 +210,7 @@ def _rank_diverse(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int
 
 
 def _rank_new_label(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int, float | None]]:
-    similarity = (unit(ctx.vectors) @ unit(ctx.pending).T).max(axis=1)
+    similarity = nearest_similarity(ctx.vectors, ctx.pending)
     order = np.argsort(-similarity, kind="stable")[:n]
     return [(int(i), float(similarity[i])) for i in order]
 
