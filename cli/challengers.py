@@ -53,7 +53,7 @@ def print_comparison(body: dict, console: Console | None = None) -> None:
                         _pct(off_n - off_c) if off_c is not None and off_n is not None else "-")
         fb = ch.get("feedback")
         if fb:
-            summary.add_row(f"live accuracy ({fb['paired']} texts with feedback)", _pct(fb["champion_accuracy"]),
+            summary.add_row(f"live accuracy ({fb['paired']} texts with direct or random-slice feedback)", _pct(fb["champion_accuracy"]),
                             _pct(fb["challenger_accuracy"]), _pct(fb["accuracy_change"]))
             summary.add_row("right where they disagree", str(fb["champion_only_correct"]),
                             str(fb["challenger_only_correct"]), f"McNemar p={fb['mcnemar_p']:.3g}")

@@ -44,7 +44,7 @@ def gate(comparison: dict, policy: PromotionConfig, *, champion_test: dict | Non
     fb = comparison.get("feedback") or {}
     checks = [Check("shadowed texts", comparison.get("shadowed", 0), f">= {policy.min_shadowed}",
                     comparison.get("shadowed", 0) >= policy.min_shadowed),
-              Check("paired feedback", fb.get("paired", 0), f">= {policy.min_paired_feedback}",
+              Check(f"paired feedback{_excluded(comparison)}", fb.get("paired", 0), f">= {policy.min_paired_feedback}",
                     fb.get("paired", 0) >= policy.min_paired_feedback)]
     if fb:
         better = fb["challenger_only_correct"] > fb["champion_only_correct"]
@@ -73,6 +73,13 @@ def gate(comparison: dict, policy: PromotionConfig, *, champion_test: dict | Non
                           f"McNemar p={fb['mcnemar_p']:.2g})", checks)
 
 
+def _excluded(comparison: dict) -> str:
+    """Says, in a check's name, how many feedback texts a review strategy picked on the answers and the
+    comparison therefore left out (polyhead/inference_log/challengers.py: only direct and random-slice count)."""
+    n = comparison.get("feedback_excluded_selected", 0)
+    return f" (direct or random slice; {n} picked by other review strategies not counted)" if n else ""
+
+
 def _shift(live: float | None, reference: float | None) -> float | None:
     return None if live is None or reference is None else abs(live - reference)
 
@@ -85,7 +92,7 @@ def guard(comparison: dict, policy: PromotionConfig, *, reference_confidence: di
     version's held-out mean top probability (its drift reference; None where it has none)."""
     fb = comparison.get("feedback") or {}
     paired = fb.get("paired", 0)
-    checks = [Check("paired feedback since the promotion", paired, f">= {policy.guard_min_feedback}",
+    checks = [Check(f"paired feedback since the promotion{_excluded(comparison)}", paired, f">= {policy.guard_min_feedback}",
                     paired >= policy.guard_min_feedback)]
     fired: list[str] = []
     triggers: list[str] = []

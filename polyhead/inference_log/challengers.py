@@ -5,6 +5,12 @@ the caller got; pairing the two gives agreement, the flip matrix and the confide
 exactly the same texts, and, where feedback names the text, both versions' accuracies on those
 texts with McNemar's exact paired test and the per-class recall change. Two aggregate queries and
 one bounded query for example texts, whatever the volume.
+
+Only feedback whose text was not picked on what a version answered counts in the paired figures: feedback
+given directly and through the review queue's control slice (``random``). A queue strategy such as
+``uncertain`` picks the texts the served version hesitates on, so its feedback is a sample where that
+version is weakest: counted, it would make the gate promote a challenger and the guard roll back a new
+champion for being the one whose doubts chose the texts. Those rows are counted apart (``excluded_selected``).
 """
 
 from __future__ import annotations
@@ -15,7 +21,13 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from polyhead.inference_log.review import CONTROL
 from polyhead.inference_log.schema import feedback, predictions, served_only
+
+
+def comparable(f: sa.Table) -> sa.ColumnElement[bool]:
+    """Feedback a paired comparison may count: given directly, or through the queue's random slice."""
+    return sa.or_(f.c.review_strategy.is_(None), f.c.review_strategy == CONTROL)
 
 EXAMPLES_PER_FLIP = 3
 EXAMPLE_ROWS = 2000  # recent disagreements scanned for example texts
@@ -48,7 +60,7 @@ def compare_versions(engine: sa.Engine, head: str, champion: str, challenger: st
     `with_texts=False` (a redacted head) leaves example texts out."""
     s, p, on, where = _pairs(head, champion, challenger, since)
     f = feedback
-    f_on = sa.and_(f.c.head == head, f.c.prediction_id == p.c.id)  # feedback names the served row
+    f_on = sa.and_(f.c.head == head, f.c.prediction_id == p.c.id, comparable(f))  # feedback names the served row
     query = (sa.select(p.c.label.label("champion"), s.c.label.label("challenger"), f.c.label.label("truth"),
                        sa.func.count().label("n"), sa.func.sum(p.c.probability).label("p_champion"),
                        sa.func.sum(s.c.probability).label("p_challenger"))
@@ -62,11 +74,16 @@ def compare_versions(engine: sa.Engine, head: str, champion: str, challenger: st
                 sa.select(p.c.label, s.c.label, p.c.text).select_from(s.join(p, on))
                 .where(*where, p.c.label != s.c.label, p.c.text.is_not(None))
                 .order_by(s.c.ts.desc()).limit(EXAMPLE_ROWS)).all()
-    return summarize(groups, example_rows, examples)
+        excluded = conn.execute(
+            sa.select(sa.func.count()).select_from(
+                s.join(p, on).join(f, sa.and_(f.c.head == head, f.c.prediction_id == p.c.id)))
+            .where(*where, sa.not_(comparable(f)))).scalar_one()
+    return summarize(groups, example_rows, examples, excluded_selected=int(excluded))
 
 
-def summarize(groups, example_rows, examples: int = EXAMPLES_PER_FLIP) -> dict:
-    """Figures from (champion label, challenger label, true label | None, n, sum p champion, sum p challenger)."""
+def summarize(groups, example_rows, examples: int = EXAMPLES_PER_FLIP, excluded_selected: int = 0) -> dict:
+    """Figures from (champion label, challenger label, true label | None, n, sum p champion, sum p challenger).
+    `excluded_selected`: paired texts whose feedback a review strategy picked on the answers (not counted)."""
     total = agree = 0
     sum_pc = sum_pn = 0.0
     flips: dict[tuple[str, str], int] = defaultdict(int)
@@ -122,6 +139,7 @@ def summarize(groups, example_rows, examples: int = EXAMPLES_PER_FLIP) -> dict:
                        "challenger_mean": round(sum_pn / total, 6) if total else None,
                        "shift": round((sum_pn - sum_pc) / total, 6) if total else None},
         "feedback": feedback_figures,
+        "feedback_excluded_selected": excluded_selected,
     }
 
 

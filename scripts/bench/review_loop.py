@@ -147,9 +147,14 @@ def evaluate(models: Path, head: str, test_x: np.ndarray, test_y: list[str], new
     return out
 
 
-def stream(gateway: str, head: str, texts: list[str]) -> None:
+def stream(gateway: str, head: str, texts: list[str], attempts: int = 5) -> None:
     for start_at in range(0, len(texts), 64):
-        r = httpx.post(f"{gateway}/v1/models/{head}/predict", json={"texts": texts[start_at:start_at + 64]}, timeout=120)
+        for attempt in range(attempts):  # as a production caller does: a 503 (embedder busy) is retried
+            r = httpx.post(f"{gateway}/v1/models/{head}/predict", json={"texts": texts[start_at:start_at + 64]},
+                           timeout=120)
+            if r.status_code != 503 or attempt == attempts - 1:
+                break
+            time.sleep(2 ** attempt)
         r.raise_for_status()
 
 

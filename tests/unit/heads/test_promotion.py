@@ -87,3 +87,11 @@ def test_feedback_and_drift_both_named_when_both_fire():
                      reference_confidence={"champion": 0.9, "previous": 0.8})
     assert decision.act and decision.triggers == ["feedback", "drift"]
     assert "live accuracy" in decision.reason and "confidence" in decision.reason
+
+
+def test_the_checks_say_when_review_picked_feedback_was_left_out():
+    waiting = {**figures([("x", "x", "x", 10)]), "feedback_excluded_selected": 90}
+    decision = guard(waiting, PromotionConfig(guard_min_feedback=50))
+    assert not decision.act and "90 picked by other review strategies not counted" in decision.checks[0].name
+    assert "not counted" not in guard(figures([("x", "x", "x", 10)]), PromotionConfig()).checks[0].name
+    assert "90 picked" in gate(waiting, POLICY).checks[1].name

@@ -47,3 +47,20 @@ def test_shadow_rows_pair_with_the_served_row_and_stay_out_of_reports_and_feedba
     assert compare_versions(engine, "h", "champ", "chall", with_texts=False)["flips"][0]["examples"] == []
     assert compare_versions(engine, "h", "champ", "older")["shadowed"] == 1
     assert compare_versions(engine, "h", "champ", "chall", since=T0 + timedelta(minutes=1))["shadowed"] == 0
+
+
+def test_feedback_a_review_strategy_picked_on_the_answers_is_not_counted_in_the_paired_figures(engine):  # noqa: F811
+    """The queue's `uncertain` picks the texts the served version hesitates on: its feedback is where that version
+    is weakest, so counting it would promote challengers (gate) and roll back new champions (guard) by selection
+    alone. Direct feedback and the random slice count; the rest is counted apart."""
+    served = [row(f"r{i}", version="champ", label="pos", p=0.9, text=f"text {i}") for i in range(6)]
+    shadow = [shadow_row(f"r{i}", version="chall", label="neg", p=0.7) for i in range(6)]
+    insert(engine, served + shadow)
+    found = find_predictions(engine, "h", [(f"r{i}", 0) for i in range(6)])
+    # every answer is "neg": the challenger right on all six, the champion on none
+    store_feedback(engine, "h", [(found[(f"r{i}", 0)], "neg") for i in range(6)],
+                   strategies=[None, "random", "uncertain", "clustered", "disagree", "new_label"])
+    cmp = compare_versions(engine, "h", "champ", "chall")
+    assert cmp["feedback"]["paired"] == 2 and cmp["feedback"]["challenger_only_correct"] == 2
+    assert cmp["feedback_excluded_selected"] == 4
+    assert cmp["shadowed"] == 6  # the texts still count as shadowed
