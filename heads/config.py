@@ -84,7 +84,7 @@ class PromotionConfig(BaseModel):
     mode: Literal["manual", "auto"] = Field("manual", description="manual: only `polyhead promote` / POST .../promote; "
                                             "auto: the gate promotes a challenger once every threshold below is met")
     min_shadowed: int = Field(500, ge=0, description="auto: texts the challenger has answered in shadow")
-    min_paired_feedback: int = Field(100, ge=1, description="auto: of those, texts with feedback (true labels)")
+    min_paired_feedback: int = Field(100, ge=1, description="auto: of those, texts with feedback (true labels), direct or the review queue's random slice")
     mcnemar_alpha: float = Field(0.05, gt=0, le=1, description="auto: the challenger must be right on more of the "
                                  "texts where the two disagree, at this level (McNemar's exact paired test)")
     max_class_recall_drop: float = Field(0.05, ge=0, le=1, description="auto: largest allowed drop of any class's "
