@@ -98,6 +98,11 @@ class PromotionConfig(BaseModel):
     guard_min_feedback: int = Field(50, ge=1, description="guard: paired feedback texts since the promotion before it judges")
     guard_margin: float = Field(0.02, ge=0, le=1, description="guard: roll back when the new champion's live accuracy "
                                 "is below the previous champion's, on the same texts, by more than this")
+    guard_mcnemar_alpha: float | None = Field(0.1, gt=0, le=1, description="guard: the feedback check rolls back "
+                                              "only when the previous champion is also right on more of the texts "
+                                              "where the two disagree at this level (McNemar's exact paired test; "
+                                              "looser than the gate's mcnemar_alpha: the guard errs toward safety); "
+                                              "null = the margin alone")
     guard_confidence_margin: float | None = Field(0.1, ge=0, le=1, description="guard: roll back when the new "
                                                   "champion's confidence shift (how far its live mean top probability "
                                                   "is from its own training reference's held-out mean) exceeds the "

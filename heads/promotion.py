@@ -102,11 +102,21 @@ def guard(comparison: dict, policy: PromotionConfig, *, reference_confidence: di
         shortfall = fb["challenger_accuracy"] - fb["champion_accuracy"]
         checks.append(Check("live accuracy: previous - new champion", round(shortfall, 6), f"<= {policy.guard_margin}",
                             shortfall <= policy.guard_margin))
-        if shortfall > policy.guard_margin:
+        # A few texts either way on 50 are noise: the shortfall must also be significant, or a better version
+        # is rolled back by chance (as the review loop's guard did before this check).
+        significant = True
+        if policy.guard_mcnemar_alpha is not None:
+            significant = (fb["challenger_only_correct"] > fb["champion_only_correct"]
+                           and fb["mcnemar_p"] <= policy.guard_mcnemar_alpha)
+            checks.append(Check("previous champion right on more of the disagreements: McNemar p (exact, paired)",
+                                fb["mcnemar_p"] if fb["challenger_only_correct"] > fb["champion_only_correct"] else 1.0,
+                                f"> {policy.guard_mcnemar_alpha} (holds)", not significant))
+        if shortfall > policy.guard_margin and significant:
             triggers.append("feedback")
             fired.append(f"the new champion's live accuracy {fb['champion_accuracy']:.3f} trails the previous "
                          f"champion's {fb['challenger_accuracy']:.3f} on the same {paired} texts by more than "
-                         f"{policy.guard_margin}")
+                         f"{policy.guard_margin}"
+                         + (f" (McNemar p={fb['mcnemar_p']:.2g})" if policy.guard_mcnemar_alpha is not None else ""))
     ref = reference_confidence or {}
     shadowed = comparison.get("shadowed", 0)
     conf = comparison.get("confidence") or {}

@@ -95,3 +95,14 @@ def test_the_checks_say_when_review_picked_feedback_was_left_out():
     assert not decision.act and "90 picked by other review strategies not counted" in decision.checks[0].name
     assert "not counted" not in guard(figures([("x", "x", "x", 10)]), PromotionConfig()).checks[0].name
     assert "90 picked" in gate(waiting, POLICY).checks[1].name
+
+
+def test_the_guard_does_not_roll_back_on_a_few_texts_either_way():
+    # 55 paired texts, the previous champion right on 4 of the 6 disagreements: 0.036 ahead, p = 0.69
+    noisy = figures([("x", "x", "x", 33), ("y", "y", "y", 16), ("y", "x", "x", 4), ("x", "y", "x", 2)])
+    assert noisy["feedback"]["accuracy_change"] > 0.02
+    decision = guard(noisy, PromotionConfig(guard_min_feedback=50))
+    assert not decision.act and decision.reason == "guard: the new champion holds"
+    assert any("McNemar" in c.name and c.ok for c in decision.checks)
+    # without the significance check the margin alone fires
+    assert guard(noisy, PromotionConfig(guard_min_feedback=50, guard_mcnemar_alpha=None)).act
