@@ -264,9 +264,9 @@ def report(
 def review(
     name: str = typer.Argument(..., help="Model (head) name"),
     n: int = typer.Option(20, "--n", "-n", min=1, max=500, help="How many texts"),
-    strategy: str = typer.Option("uncertain", help="uncertain, clustered, ood, diverse, random or disagree (challenger vs "
-                                  "champion)"),
-    score: str = typer.Option("margin", help="uncertain: margin (smallest first) or entropy (highest first)"),
+    strategy: str = typer.Option("uncertain", help="uncertain, balanced, clustered, ood, diverse, new_label, random or "
+                                  "disagree (challenger vs champion)"),
+    score: str = typer.Option("margin", help="uncertain and balanced: margin (smallest first) or entropy (highest first)"),
     pool: Optional[int] = typer.Option(None, min=1, help="Distinct unlabelled texts to pick from (default 2000)"),
     seed: Optional[int] = typer.Option(None, min=0, help="random: a reproducible draw"),
     since: Optional[str] = typer.Option(None, help="Only texts logged from then (ISO 8601)"),

@@ -325,7 +325,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                      n: int = Query(DEFAULT_N, ge=1, le=MAX_N, description="How many texts to review"),
                      strategy: Literal[tuple(STRATEGIES)] = Query("uncertain",  # type: ignore[valid-type]
                                                                   description=strategies_help),
-                     score: Literal["margin", "entropy"] = Query("margin", description="uncertain: rank by the top-2 "
+                     score: Literal["margin", "entropy"] = Query("margin", description="uncertain, balanced: rank by the top-2 "
                                                                  "margin (smallest first) or the entropy (highest)"),
                      pool: int = Query(DEFAULT_POOL, ge=1, le=MAX_POOL, description="Distinct unlabelled texts to "
                                        "pick from (uncertain: the least confident; random: a random sample; "

@@ -320,7 +320,7 @@ class Insights:
             if chosen.needs_pending:
                 ctx.pending = await self._embed(pending, reference, request_id)
         picked = await asyncio.to_thread(select, chosen, candidates, n, ctx)
-        score_name = ("entropy" if score == "entropy" else "margin") if chosen.name == "uncertain" else chosen.score_name
+        score_name = ("entropy" if score == "entropy" else "margin") if chosen.takes_score else chosen.score_name
         expected = [x for x in route.new_labels if x not in labels] if isinstance(route.new_labels, tuple) else []
         items = [{"prediction_id": c.prediction_id, "index": c.index, "text": c.text, "predicted": c.label,
                   "probability": c.probability, "top_k": c.top_k, "version": c.version, "ts": c.ts,

@@ -14,6 +14,9 @@ console list the names from it): it says how the database should order the candi
 
 - uncertain: smallest margin between the top two logged probabilities (or, ``score=entropy``, the
   highest entropy of the logged top-k, the mass outside it taken as one more outcome);
+- balanced: as ``uncertain``, but in turn over the labels the head answered (the least confident text
+  answered with each label, then the next of each, ...), so a batch is not one confusable pair of frequent
+  classes;
 - ood: least cosine similarity to every training centroid of the served version (the artifact's
   drift reference), i.e. texts unlike anything the head was trained on;
 - diverse: farthest-first traversal (greedy k-center) over the texts' embeddings, starting from the
@@ -100,6 +103,7 @@ class Strategy:
     needs_vectors: bool = False
     needs_centroids: bool = False
     score_name: str | None = None
+    takes_score: bool = False  # ranks by Context.score (margin or entropy); score_name is then that score
     disagreeing: bool = False  # the pool holds only texts a challenger answered differently
     needs_pending: bool = False  # ranks against the feedback of pending new labels (Context.pending)
     fallback: str | None = None  # the strategy used instead when there is nothing to rank against
@@ -199,6 +203,25 @@ def _rank_uncertain(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[i
     return scored[:n]
 
 
+def _rank_balanced(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int, float | None]]:
+    # Round robin over the labels the head answered, the least confident of each first: a batch of pure margin
+    # is mostly one or two confusable pairs of frequent classes; this spreads it over every class the head
+    # hesitates in (measured in the offline replica of the review loop: level with or ahead of `uncertain`).
+    ranked = _rank_uncertain(pool, len(pool), ctx)
+    by_label: dict[str, list[tuple[int, float | None]]] = defaultdict(list)
+    for i, score in ranked:
+        by_label[pool[i].label].append((i, score))
+    queues = list(by_label.values())  # insertion order: the label of the most uncertain text first
+    picks: list[tuple[int, float | None]] = []
+    for depth in range(max((len(q) for q in queues), default=0)):
+        for queue in queues:
+            if depth < len(queue) and len(picks) < n:
+                picks.append(queue[depth])
+        if len(picks) >= n:
+            break
+    return picks
+
+
 def _rank_ood(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int, float | None]]:
     similarity = nearest_similarity(ctx.vectors, ctx.centroids)
     order = np.argsort(similarity, kind="stable")[:n]
@@ -231,7 +254,10 @@ def _rank_disagree(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[in
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
     Strategy("uncertain", "smallest top-2 margin (or highest entropy): where the head hesitates", "least_confident",
-             _rank_uncertain, score_name="margin"),
+             _rank_uncertain, score_name="margin", takes_score=True),
+    Strategy("balanced", "the least confident texts of each answered label in turn: uncertainty spread over every "
+             "class, not one confusable pair", "least_confident", _rank_balanced, score_name="margin",
+             takes_score=True),
     Strategy("ood", "least similar to every training centroid: traffic unlike the training data", "recent",
              _rank_ood, needs_vectors=True, needs_centroids=True, score_name="centroid_similarity"),
     Strategy("diverse", "farthest-first over the embeddings: a batch that covers the traffic", "recent",

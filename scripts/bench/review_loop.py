@@ -11,7 +11,7 @@ got), answer each with its true label through POST /feedback (with the strategy)
 dataset's test split after every round (the artifact applied to the test embeddings, through the
 embedder's cache).
 
-Strategies: every name of the review queue (uncertain, clustered, diverse, ood, new_label, random) plus ``mix`` (half
+Strategies: every name of the review queue (uncertain, balanced, clustered, diverse, ood, new_label, random) plus ``mix`` (half
 uncertain, three tenths diverse, one fifth random per round).
 
 ``--pseudo-labels``: every retraining after the first also adds the champion's surest logged texts

@@ -109,6 +109,14 @@ def test_ood_ranks_off_topic_texts_first_and_diverse_spreads_out(stack, traffic)
     # its picks are among the pool's most uncertain texts (the 10 x n least confident)
     uncertain = review(stack["url"], "tickets", strategy="uncertain", n=40).json()["items"]
     assert {i["text"] for i in clustered} <= {i["text"] for i in uncertain}
+    # balanced: the least confident text of each answered label in turn, so its first picks span the labels
+    balanced = review(stack["url"], "tickets", strategy="balanced", n=6, pool=20000).json()
+    assert balanced["strategy"] == "balanced" and all(i["score_name"] == "margin" for i in balanced["items"])
+    labels = [i["predicted"] for i in balanced["items"]]
+    answered = {i["predicted"] for i in review(stack["url"], "tickets", strategy="uncertain", n=500, pool=20000).json()["items"]}
+    first = labels[:len(answered)]
+    assert len(set(first)) == len(first) == min(len(answered), 6)  # no label twice before every label once
+    assert review(stack["url"], "tickets", strategy="balanced", n=3, score="entropy").json()["score"] == "entropy"
 
 
 def test_bad_requests_name_the_problem_and_disagree_needs_a_challenger(stack, traffic):

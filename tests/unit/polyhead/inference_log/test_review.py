@@ -237,3 +237,22 @@ def test_new_label_ranks_by_similarity_to_the_pending_feedback():
     assert [c.row_id for c, _ in picked] == ["1", "3", "2"]
     assert [round(s, 3) for _, s in picked] == [1.0, 0.981, 0.8]
     assert STRATEGIES["new_label"].fallback == "uncertain" and STRATEGIES["new_label"].needs_pending
+
+
+def test_balanced_takes_the_least_confident_of_each_answered_label_in_turn():
+    from polyhead.inference_log.review import Candidate
+
+    def cand(rid, label, m):
+        top_k = [{"label": label, "probability": (1 + m) / 2}, {"label": "z", "probability": (1 - m) / 2}]
+        return Candidate(rid, rid, 0, T0, "v1", rid, rid, label, (1 + m) / 2, top_k)
+
+    # label a: the five least confident texts; b and c less uncertain
+    pool = [cand(f"a{i}", "a", 0.01 * i) for i in range(5)] + [cand("b0", "b", 0.2), cand("b1", "b", 0.3),
+                                                              cand("c0", "c", 0.25)]
+    assert [c.prediction_id for c, _ in select(STRATEGIES["uncertain"], pool, 4, Context())] == ["a0", "a1", "a2", "a3"]
+    balanced = select(STRATEGIES["balanced"], pool, 5, Context())
+    assert [c.prediction_id for c, _ in balanced] == ["a0", "b0", "c0", "a1", "b1"]
+    assert balanced[1][1] == pytest.approx(0.2)  # the item's score is its margin
+    assert len(select(STRATEGIES["balanced"], pool, 100, Context())) == len(pool)
+    by_entropy = [c.prediction_id for c, _ in select(STRATEGIES["balanced"], pool, 3, Context(score="entropy"))]
+    assert by_entropy == ["a0", "b0", "c0"]
