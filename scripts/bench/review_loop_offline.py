@@ -30,6 +30,7 @@ it: BENCHMARKS.md, "The review queue in a closed loop", puts both side by side.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import sys
@@ -59,11 +60,12 @@ class Vectors:
     """Every train and test text of a dataset, embedded once per feature set and kept on disk."""
 
     def __init__(self, client: EmbedderClient, cache: Path, name: str, texts: list[str]):
-        self.row = {t: i for i, t in enumerate(dict.fromkeys(texts))}
-        ordered = list(self.row)
+        ordered = sorted(set(texts))  # the same rows whatever the seed's split; the file name says which texts
+        self.row = {t: i for i, t in enumerate(ordered)}
+        digest = hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:12]
         self.sets = {}
         for fs in SETS:
-            path = cache / f"{name}-{fs}-{len(ordered)}.npy"
+            path = cache / f"{name}-{fs}-{digest}.npy"
             if not path.exists():
                 vectors, _ = embed_all(client, ordered, feature_set=fs)
                 cache.mkdir(parents=True, exist_ok=True)

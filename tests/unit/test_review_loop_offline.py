@@ -47,3 +47,18 @@ async def test_the_replica_labels_n_a_round_and_adds_a_new_class_once_it_has_8_e
     assert "Target 2" in capsys.readouterr().out
     # the vectors were fetched once and kept
     assert len(list((tmp_path / "cache").glob("toy-*.npy"))) == 2
+
+
+async def test_cached_vectors_belong_to_their_texts_whatever_the_order(embedder, tmp_path):
+    from embedder.client import EmbedderClient
+
+    def vectors(texts):
+        with EmbedderClient(embedder.target, timeout_s=30) as client:
+            return review_loop_offline.Vectors(client, tmp_path, "toy", texts)
+
+    first = await asyncio.to_thread(vectors, ["apple pie", "blue bus", "green tea"])
+    again = await asyncio.to_thread(vectors, ["green tea", "apple pie", "blue bus"])  # another seed's order
+    for text in ("apple pie", "blue bus", "green tea"):
+        assert (first.of([text], "default") == again.of([text], "default")).all()
+    assert len(list(tmp_path.glob("toy-default-*.npy"))) == 1
+    assert not (first.of(["apple pie"], "default") == first.of(["blue bus"], "default")).all()
