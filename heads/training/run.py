@@ -30,9 +30,10 @@ from heads.training.evaluation import evaluate
 from heads.training.fit import train_head
 from heads.training.pseudo_labels import reliability
 from polyhead import __version__
-from polyhead.errors import ValidationError
+from polyhead.errors import UnavailableError, ValidationError
 
 EMBED_CHUNK = 64
+EMBED_RESUMES = 3  # streams ended (UNAVAILABLE) in a row with no chunk answered before embed_all gives up
 
 
 @dataclass(frozen=True)
@@ -233,16 +234,31 @@ def new_version() -> str:
 
 def embed_all(client, texts: list[str], on_progress: Callable[[int], None] | None = None,
               feature_set: str = DEFAULT) -> tuple[np.ndarray, str]:
-    """Embed through one gRPC stream in chunks; returns vectors and the feature set's fingerprint."""
+    """Embed through a gRPC stream in chunks; returns vectors and the feature set's fingerprint.
+
+    The embedder ends every connection at its max age (embedder ``max_connection_age_s``, 300 s, so that
+    clients rebalance) and when it restarts; a large training set on a busy embedder outlives that. An
+    ended stream (UNAVAILABLE) goes on, on a new one, from the first chunk not answered, at most
+    ``EMBED_RESUMES`` times in a row without progress."""
     chunks = [texts[i:i + EMBED_CHUNK] for i in range(0, len(texts), EMBED_CHUNK)]
     vectors, fingerprint = [], ""
-    for out in client.embed_stream(chunks, timeout_s=max(60.0, len(texts) / 20), feature_set=feature_set):
-        vectors.append(out.vectors)
-        if fingerprint and out.fingerprint != fingerprint:
-            raise RuntimeError("the embedder's fingerprint changed during training; retrain")
-        fingerprint = out.fingerprint
-        if on_progress:
-            on_progress(len(out.vectors))
+    stalled = 0
+    while len(vectors) < len(chunks):
+        rest = chunks[len(vectors):]
+        answered = len(vectors)
+        try:
+            for out in client.embed_stream(rest, timeout_s=max(60.0, sum(map(len, rest)) / 20),
+                                           feature_set=feature_set):
+                vectors.append(out.vectors)
+                if fingerprint and out.fingerprint != fingerprint:
+                    raise RuntimeError("the embedder's fingerprint changed during training; retrain")
+                fingerprint = out.fingerprint
+                if on_progress:
+                    on_progress(len(out.vectors))
+        except UnavailableError:
+            stalled = 0 if len(vectors) > answered else stalled + 1
+            if stalled >= EMBED_RESUMES:
+                raise
     return np.concatenate(vectors), fingerprint
 
 
