@@ -46,6 +46,7 @@ import json
 import os
 import random
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -242,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         summarize([json.loads(path.read_text()) for path in args.summarize], args.rounds)
         return 0
 
+    # SIGTERM (kill, a CI timeout) unwinds like Ctrl-C, so the finally below stops the stack it started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="sim-review-"))
     work.mkdir(parents=True, exist_ok=True)
     configs, models, db = work / "configs", work / "models", f"sqlite:///{work / 'inference.db'}"
