@@ -115,7 +115,9 @@ def stack():
 
 
 def _ready_models(url: str) -> dict:
-    deadline = time.monotonic() + 60
+    # the packed heads process loads and warms 21 heads after its health check passes: a minute when the
+    # machine is quiet, more under load (a CI run beside other jobs missed 60 s once)
+    deadline = time.monotonic() + 180
     while True:
         models = httpx.get(f"{url}/v1/models", timeout=30).json()["data"]
         if all(m.get("ready") for m in models) or time.monotonic() > deadline:
