@@ -3,14 +3,14 @@
 A challenger's shadow row (predictions.shadow TRUE) has the request_id and text_index of the row
 the caller got; pairing the two gives agreement, the flip matrix and the confidence shift on
 exactly the same texts, and, where feedback names the text, both versions' accuracies on those
-texts with McNemar's exact paired test and the per-class recall change. Two aggregate queries and
+texts with McNemar's exact paired test and the per-class recall change. Three aggregate queries and
 one bounded query for example texts, whatever the volume.
 
 Only feedback whose text was not picked on what a version answered counts in the paired figures: feedback
 given directly and through the review queue's control slice (``random``). A queue strategy such as
 ``uncertain`` picks the texts the served version hesitates on, so its feedback is a sample where that
 version is weakest: counted, it would make the gate promote a challenger and the guard roll back a new
-champion for being the one whose doubts chose the texts. Those rows are counted apart (``excluded_selected``).
+champion for being the one whose doubts chose the texts. Those rows are counted apart (``feedback_excluded_selected``).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import sqlalchemy as sa
 from polyhead.inference_log.review import CONTROL
 from polyhead.inference_log.schema import feedback, predictions, served_only
 
+EXAMPLES_PER_FLIP = 3
+EXAMPLE_ROWS = 2000  # recent disagreements scanned for example texts
+
 
 def comparable(f: sa.Table) -> sa.ColumnElement[bool]:
     """Feedback a paired comparison may count: given directly, or through the queue's random slice."""
     return sa.or_(f.c.review_strategy.is_(None), f.c.review_strategy == CONTROL)
-
-EXAMPLES_PER_FLIP = 3
-EXAMPLE_ROWS = 2000  # recent disagreements scanned for example texts
 
 
 def mcnemar_exact(b: int, c: int) -> float:
