@@ -206,7 +206,8 @@ def _rank_uncertain(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[i
 def _rank_balanced(pool: list[Candidate], n: int, ctx: Context) -> list[tuple[int, float | None]]:
     # Round robin over the labels the head answered, the least confident of each first: a batch of pure margin
     # is mostly one or two confusable pairs of frequent classes; this spreads it over every class the head
-    # hesitates in (measured in the offline replica of the review loop: level with or ahead of `uncertain`).
+    # hesitates in (the review loop, BENCHMARKS.md: level with or ahead of `uncertain` in the real loop, within
+    # half a point of it in the 8-seed replica).
     ranked = _rank_uncertain(pool, len(pool), ctx)
     by_label: dict[str, list[tuple[int, float | None]]] = defaultdict(list)
     for i, score in ranked:
