@@ -63,6 +63,7 @@ CLUSTER_PREFILTER = 10  # clustered: k-means over the 10 x n most uncertain text
 KMEANS_ITERATIONS = 10
 DIRECT = "direct"  # feedback not given through the review queue (no strategy)
 CONTROL = "random"  # the unbiased slice live accuracy is computed from
+PENDING_LIMIT = 200  # new_label: the newest feedback texts of pending labels ranked against
 
 
 @dataclass(frozen=True)
@@ -284,7 +285,7 @@ def _labelled_texts(head: str) -> sa.Select:
             .where(feedback.c.head == head))
 
 
-def pending_texts(engine: sa.Engine, head: str, known_labels: Sequence[str], limit: int = 200) -> list[str]:
+def pending_texts(engine: sa.Engine, head: str, known_labels: Sequence[str], limit: int = PENDING_LIMIT) -> list[str]:
     """The newest ``limit`` distinct texts given feedback with a label not in ``known_labels`` (the served
     version's): the examples of pending new classes (redacted texts have none to compare with)."""
     f, p = feedback, predictions

@@ -42,16 +42,17 @@ from pathlib import Path
 import numpy as np
 
 from embedder.client import EmbedderClient
+from heads.config import HeadConfig, ServingConfig
 from heads.training.fit import train_head
 from heads.training.params import TrainParams
 from heads.training.run import embed_all
-from polyhead.inference_log.review import STRATEGIES, Candidate, Context, select
+from polyhead.inference_log.review import PENDING_LIMIT, STRATEGIES, Candidate, Context, select
 from scripts.bench.common import ROOT
 from scripts.bench.review_loop import Dataset, summarize
 
-TOP_K = 3  # what a head logs by default (heads.config top_k)
-MIN_NEW_LABEL_EXAMPLES = 8
-PENDING_TEXTS = 200  # the newest feedback texts of a pending label the gateway embeds (review.pending_texts)
+# the defaults a head and the queue use, from where they are defined
+TOP_K = ServingConfig.model_fields["top_k"].default
+MIN_NEW_LABEL_EXAMPLES = HeadConfig.model_fields["min_new_label_examples"].default
 SETS = ("default", "all6")
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -133,7 +134,7 @@ def run(data: Dataset, vec: Vectors, strategy_name: str, args, seed: int) -> lis
             logged[text] = (order, top_k, version)  # a text streamed again: its newest row first in the pool
         strategy = STRATEGIES[strategy_name]
         served_labels = set(result.model.labels)
-        pending = [t for t, lab in reversed(labelled_rows) if lab not in served_labels][:PENDING_TEXTS]
+        pending = [t for t, lab in reversed(labelled_rows) if lab not in served_labels][:PENDING_LIMIT]
         if strategy.needs_pending and not pending:
             strategy = STRATEGIES[strategy.fallback]
         pool = pool_of(strategy, logged, labelled, args.pool, seed + round_no)
