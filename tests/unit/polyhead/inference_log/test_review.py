@@ -90,10 +90,24 @@ def test_pool_skips_labelled_redacted_and_duplicate_texts(engine):
     assert [(c.prediction_id, c.index) for c in pool] == [("r8", 0), ("r3", 0), ("r2", 0)]
     assert all(c.text for c in pool) and all(c.version == "v1" for c in pool)  # never a shadow row
     least = candidate_pool(engine, "h", order="least_confident", limit=2)
-    assert [c.prediction_id for c in least] == ["r8", "r1"]  # of a duplicated text, its least confident row
+    # a duplicated text is found by its least confident row (r1) and ranked by its newest answer (r2)
+    assert [(c.prediction_id, c.probability) for c in least] == [("r8", 0.5), ("r2", 0.7)]
     assert len(candidate_pool(engine, "h", order="random", limit=100)) == 3
     assert candidate_pool(engine, "h", order="recent", limit=100, since=T0 + timedelta(minutes=3),
                           until=T0 + timedelta(minutes=8))[0].prediction_id == "r3"
+
+
+def test_least_confident_ranks_a_text_by_its_newest_answer(engine):
+    # "hard" hesitated under v1 and v2 is sure of it; "open" is what v2 hesitates on now
+    insert(engine, [row("o1", "hard", [("billing", 0.5), ("account", 0.5)], minutes=1),
+                    row("o2", "open", [("billing", 0.6), ("account", 0.4)], minutes=2, version="v2"),
+                    row("o3", "hard", [("billing", 0.95), ("account", 0.05)], minutes=3, version="v2"),
+                    row("o4", "hard", [("account", 0.55), ("billing", 0.45)], minutes=4, version="v3",
+                        shadow=True)])  # a challenger's view: never the newest answer
+    pool = candidate_pool(engine, "h", order="least_confident", limit=10)
+    assert [(c.prediction_id, c.version, c.probability) for c in pool] == [("o2", "v2", 0.6), ("o3", "v2", 0.95)]
+    picked = select(STRATEGIES["uncertain"], pool, 1, Context())
+    assert picked[0][0].text == "open"
 
 
 def test_texts_with_nul_come_back_as_sent(engine):
