@@ -359,8 +359,7 @@ def candidate_pool(engine: sa.Engine, head: str, *, order: str, limit: int, sinc
             offset += page
         if order == "least_confident" and not disagreeing:
             # A text answered by several versions is found by its least confident answer but ranked by its
-            # newest: after a retraining the old version's hesitation says little about the served one's
-            # (the review loop's replica: 0.4 points of trec accuracy after 5 rounds, BENCHMARKS.md).
+            # newest: after a retraining an old version's hesitation says little about the served one's.
             newest = {}
             hashes = [c.text_sha256 for c in pool]
             for start in range(0, len(hashes), _IN_CHUNK):
