@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         heads = {}  # head name -> (dataset, strategy)
         for data in datasets:
             for strategy in strategies:
-                head = f"sim-{data.name}-{strategy}{'-pl' if args.pseudo_labels else ''}".replace('_', '-')[:63]
+                head = f"sim-{data.name}-{strategy}{'-pl' if args.pseudo_labels else ''}".replace('_', '-').replace('/', '-')[:63]
                 heads[head] = (data, strategy)
                 config = write_config(configs, head, data)
                 train_from_config(load_head_config(config), models, client, console=False)

@@ -66,7 +66,7 @@ class Vectors:
         digest = hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:12]
         self.sets = {}
         for fs in SETS:
-            path = cache / f"{name}-{fs}-{digest}.npy"
+            path = cache / f"{name.replace('/', '_')}-{fs}-{digest}.npy"  # clinc150/domains/banking: one file
             if not path.exists():
                 vectors, _ = embed_all(client, ordered, feature_set=fs)
                 cache.mkdir(parents=True, exist_ok=True)
