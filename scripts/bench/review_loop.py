@@ -349,7 +349,7 @@ def summarize(runs: list[list[dict]], rounds: int) -> None:
                 new_class[r["dataset"]] = r["new_class"]
                 recall.setdefault(key, {}).setdefault(r["round"], []).append(r.get("new_class_recall") or 0.0)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    seeds = sorted({len(per.get(0, [])) for per in acc.values()})
+    seeds = sorted({len(per.get(0) or next(iter(per.values()))) for per in acc.values()})
     print(f"#### Test accuracy per round, mean of {'/'.join(map(str, seeds))} runs (seeds) per strategy\n")
     print("| dataset | strategy | " + " | ".join(f"r{i}" for i in range(rounds + 1)) + " |")
     print("|---|---|" + "---|" * (rounds + 1))
@@ -359,6 +359,7 @@ def summarize(runs: list[list[dict]], rounds: int) -> None:
     print("| dataset | best after 5 (per run) | random after 10 (per run) | met |")
     print("|---|---|---|---|")
     for dataset in dict.fromkeys(d for d, _ in acc):
+        # the queue strategies (an offline ceiling, trained on every label, has no round 5)
         queue = {s: per for (d, s), per in acc.items() if d == dataset and not s.startswith("random") and 5 in per}
         rand = acc.get((dataset, "random"), {}).get(rounds)
         if not queue or not rand:

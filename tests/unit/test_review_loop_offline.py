@@ -35,9 +35,15 @@ async def test_the_replica_labels_n_a_round_and_adds_a_new_class_once_it_has_8_e
         "--datasets", "toy", "--datasets-dir", str(tmp_path), "--strategies", "random,balanced,new_label",
         "--seeds", "0-1", "--rounds", "3", "--n", "30", "--stream-per-round", "120", "--seed-fraction", "0.05",
         "--new-class", "gamma", "--new-class-round", "1", "--embedder-target", embedder.target,
-        "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+        "--cache-dir", str(tmp_path / "cache"), "--ceiling", "--out", str(out)]) == 0
     runs = json.loads(out.read_text())
+    ceilings = [r for r in runs if r[0]["strategy"] == review_loop_offline.CEILING]
+    runs = [r for r in runs if r[0]["strategy"] != review_loop_offline.CEILING]
     assert len(runs) == 6 and {r[0]["strategy"] for r in runs} == {"random", "balanced", "new_label"}
+    # the ceiling: one fit per seed on every train label (the new class known), in the last round's column
+    assert [len(c) for c in ceilings] == [1, 1]
+    assert all(c[0]["round"] == 3 and c[0]["labels_given"] == 450 and c[0]["new_class_recall"] > 0.5
+               for c in ceilings)
     for rounds in runs:
         assert [r["labels_given"] for r in rounds] == [0, 30, 60, 90]
         assert rounds[0]["classes"] == 2 and rounds[0]["new_class_recall"] == 0.0  # gamma left out of the seed
