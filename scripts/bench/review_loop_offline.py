@@ -11,7 +11,8 @@ what is picked and what is learned, and drops the transport:
 - each streamed text's logged answer is what the version serving in that round answers (its top-3, as a
   head logs); the queue's pool is what ``candidate_pool`` gives (the ``--pool`` least confident by top
   probability for uncertain, balanced and clustered; the newest for new_label; a random sample for random;
-  never a labelled text);
+  never a labelled text). A text streamed twice keeps only its newest answer here; ``candidate_pool`` finds
+  it by its least confident one and ranks it by its newest, the same ranking when the pool holds every text;
 - the ranking is the production code (``polyhead.inference_log.review.select`` with its ``STRATEGIES``,
   the served version's feature set for vectors, pending labels and the fallback as the gateway does);
 - training is the production trainer (``heads.training.fit.train_head``: logreg on the default and all6
