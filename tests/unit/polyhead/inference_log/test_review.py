@@ -110,6 +110,16 @@ def test_least_confident_ranks_a_text_by_its_newest_answer(engine):
     assert picked[0][0].text == "open"
 
 
+def test_a_pool_past_the_old_sqlite_parameter_limit_is_ranked_by_newest_answers(engine):
+    # 1,200 texts (over SQLite's old 999-parameter limit), each answered by v1 unsure and later by v2 surer
+    insert(engine, [row(f"a{i}", f"text {i}", [("billing", 0.5), ("account", 0.5)], minutes=i) for i in range(1200)]
+           + [row(f"b{i}", f"text {i}", [("billing", 0.6 + i / 4000), ("account", 0.4 - i / 4000)], minutes=2000 + i,
+                  version="v2") for i in range(1200)])
+    pool = candidate_pool(engine, "h", order="least_confident", limit=1100)
+    assert len(pool) == 1100 and {c.version for c in pool} == {"v2"}
+    assert [c.probability for c in pool] == sorted(c.probability for c in pool)
+
+
 def test_texts_with_nul_come_back_as_sent(engine):
     insert(engine, [row("n1", "a\x00b \\0 c", [("billing", 0.6), ("account", 0.4)])])
     assert [c.text for c in candidate_pool(engine, "h", order="recent", limit=10)] == ["a\x00b \\0 c"]
