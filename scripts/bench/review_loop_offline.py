@@ -108,6 +108,18 @@ def pool_of(strategy, logged: dict[str, tuple], labelled: set[str], limit: int, 
     return texts[:limit]
 
 
+def evaluate(result, vec: Vectors, data: Dataset) -> dict:
+    """A version on the test split: accuracy, classes, and the new class's recall when there is one."""
+    test_y = np.array([lab for _, lab in data.test])
+    proba = result.model.predict_proba(vec.of([t for t, _ in data.test], result.feature_set))
+    predicted = np.array(result.model.labels)[proba.argmax(1)]
+    out = {"new_class": data.new_class, "accuracy": round(float(np.mean(predicted == test_y)), 4),
+           "classes": len(result.model.labels)}
+    if data.new_class is not None:
+        out["new_class_recall"] = round(float(np.mean(predicted[test_y == data.new_class] == data.new_class)), 4)
+    return out
+
+
 def run(data: Dataset, vec: Vectors, strategy_name: str, args, seed: int) -> list[dict]:
     known = {label for _, label in data.seed}
     labelled_rows: list[tuple[str, str]] = []
@@ -115,17 +127,10 @@ def run(data: Dataset, vec: Vectors, strategy_name: str, args, seed: int) -> lis
     result = fit(vec, data.seed, known)
     version = 0
     logged: dict[str, tuple] = {}  # text -> (stream order, top-k answer of the version serving then, version)
-    test_texts, test_y = [t for t, _ in data.test], np.array([lab for _, lab in data.test])
     out, order = [], 0
     for round_no in range(args.rounds + 1):
-        predicted = np.array(result.model.labels)[result.model.predict_proba(vec.of(test_texts, result.feature_set)).argmax(1)]
-        entry = {"dataset": data.name, "strategy": strategy_name, "round": round_no, "seed": seed,
-                 "labels_given": len(labelled_rows), "new_class": data.new_class,
-                 "accuracy": round(float(np.mean(predicted == test_y)), 4), "classes": len(result.model.labels)}
-        if data.new_class is not None:
-            mask = test_y == data.new_class
-            entry["new_class_recall"] = round(float(np.mean(predicted[mask] == data.new_class)), 4)
-        out.append(entry)
+        out.append({"dataset": data.name, "strategy": strategy_name, "round": round_no, "seed": seed,
+                    "labels_given": len(labelled_rows), **evaluate(result, vec, data)})
         if round_no == args.rounds:
             break
         allowed = [r for r in data.pool if r[0] not in labelled
@@ -162,13 +167,8 @@ def ceiling(data: Dataset, vec: Vectors, _strategy: str, args, seed: int) -> lis
     accuracy and new-class recall no strategy can be expected to pass, in the last round's column."""
     rows = data.seed + [(t, data.truth[t]) for t, _ in data.pool]
     result = fit(vec, rows, {label for _, label in rows})
-    test_texts, test_y = [t for t, _ in data.test], np.array([lab for _, lab in data.test])
-    predicted = np.array(result.model.labels)[result.model.predict_proba(vec.of(test_texts, result.feature_set)).argmax(1)]
-    entry = {"dataset": data.name, "strategy": CEILING, "round": args.rounds, "seed": seed, "labels_given": len(rows),
-             "new_class": data.new_class, "accuracy": round(float(np.mean(predicted == test_y)), 4)}
-    if data.new_class is not None:
-        entry["new_class_recall"] = round(float(np.mean(predicted[test_y == data.new_class] == data.new_class)), 4)
-    return [entry]
+    return [{"dataset": data.name, "strategy": CEILING, "round": args.rounds, "seed": seed, "labels_given": len(rows),
+             **evaluate(result, vec, data)}]
 
 
 def parse_seeds(text: str) -> list[int]:
