@@ -304,10 +304,13 @@ def pending_texts(engine: sa.Engine, head: str, known_labels: Sequence[str], lim
 
 
 def candidate_pool(engine: sa.Engine, head: str, *, order: str, limit: int, since: datetime | None = None,
-                   until: datetime | None = None, disagreeing: bool = False) -> list[Candidate]:
+                   until: datetime | None = None, disagreeing: bool = False,
+                   rank_by_newest: bool = True) -> list[Candidate]:
     """Up to ``limit`` distinct unlabelled texts of ``head`` (one row each, the first in ``order``).
     ``disagreeing``: only texts a challenger's shadow row answered with another label (joined, so a
-    text two challengers disagree on comes once, with the first challenger in the order)."""
+    text two challengers disagree on comes once, with the first challenger in the order).
+    ``rank_by_newest`` (least_confident): each text ranked by its newest answer; False keeps the row that
+    found it (scripts/bench/review_pool.py times both)."""
     p, f = predictions, feedback
     index = sa.func.coalesce(p.c.text_index, 0)
     # Already labelled: feedback names the row itself (feedback.prediction_id, whatever id it was named by)
@@ -357,7 +360,7 @@ def candidate_pool(engine: sa.Engine, head: str, *, order: str, limit: int, sinc
             if len(rows) < page:
                 break
             offset += page
-        if order == "least_confident" and not disagreeing:
+        if order == "least_confident" and not disagreeing and rank_by_newest:
             # A text answered by several versions is found by its least confident answer but ranked by its
             # newest: after a retraining an old version's hesitation says little about the served one's.
             # One IN list for the whole pool where the driver takes that many parameters: each list is one

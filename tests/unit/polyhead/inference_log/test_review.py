@@ -108,6 +108,8 @@ def test_least_confident_ranks_a_text_by_its_newest_answer(engine):
     assert [(c.prediction_id, c.version, c.probability) for c in pool] == [("o2", "v2", 0.6), ("o3", "v2", 0.95)]
     picked = select(STRATEGIES["uncertain"], pool, 1, Context())
     assert picked[0][0].text == "open"
+    as_found = candidate_pool(engine, "h", order="least_confident", limit=10, rank_by_newest=False)
+    assert [c.prediction_id for c in as_found] == ["o1", "o2"]  # the old hesitation, as the benchmark's baseline
 
 
 def test_a_pool_past_the_old_sqlite_parameter_limit_is_ranked_by_newest_answers(engine):
